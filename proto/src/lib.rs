@@ -1,0 +1,42 @@
+//! Relay's v1 gRPC API, generated from the `.proto` files beside this crate.
+//!
+//! Modules follow the proto packages: `relay::intake::v1`, `relay::availability::v1`,
+//! `relay::routing::v1`, `relay::directory::v1` and the shared `relay::common::v1`.
+//! The `client` feature brings the client stubs, `server` the service traits; both are on by
+//! default. [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set, for gRPC server reflection.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+/// The encoded `google.protobuf.FileDescriptorSet` of every Relay proto file.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("relay_descriptor");
+
+pub mod relay {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("relay.common.v1");
+        }
+    }
+    pub mod availability {
+        pub mod v1 {
+            tonic::include_proto!("relay.availability.v1");
+        }
+    }
+    pub mod routing {
+        pub mod v1 {
+            tonic::include_proto!("relay.routing.v1");
+        }
+    }
+    pub mod intake {
+        pub mod v1 {
+            tonic::include_proto!("relay.intake.v1");
+        }
+    }
+    pub mod directory {
+        pub mod v1 {
+            tonic::include_proto!("relay.directory.v1");
+        }
+    }
+}
+
+pub use relay::{availability::v1 as availability, common::v1 as common};
+pub use relay::{directory::v1 as directory, intake::v1 as intake, routing::v1 as routing};
