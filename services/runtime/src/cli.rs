@@ -1,0 +1,122 @@
+//! The `main` of every service binary: `relay-<service> [--config FILE] [serve|migrate]`.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, process::ExitCode};
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::{BoxError, config::Config, error::cause_chain, shutdown, telemetry};
+
+/// The shutdown future handed to a running service.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a service binary provides to [`main`].
+pub trait Service: Sized + Send + 'static {
+    /// Short name: `intake`, `availability`, `routing` or `directory`.
+    const NAME: &'static str;
+    /// One line for `--help`.
+    const ABOUT: &'static str;
+
+    /// Builds the service and binds its listener.
+    fn build(config: Config) -> impl Future<Output = Result<Self, BoxError>> + Send;
+
+    /// The bound address.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Serves until `shutdown` completes, then drains.
+    fn run_until_stopped(
+        self,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Applies the service's database migrations.
+    fn migrate(config: Config) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+#[derive(Debug, Parser)]
+struct Cli {
+    /// A TOML configuration file. `RELAY_*` environment variables override its values.
+    #[arg(long, global = true, value_name = "FILE", env = "RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API until SIGTERM or SIGINT (the default).
+    Serve,
+    /// Apply this service's database migrations to RELAY_DATABASE_URL and exit.
+    Migrate,
+}
+
+/// Parses the command line, loads configuration, sets up telemetry and runs the service.
+/// Exit codes: 0 after a clean shutdown or migration, 2 for a configuration error, 1 otherwise.
+#[must_use]
+pub fn main<S: Service>() -> ExitCode {
+    let binary = format!("relay-{}", S::NAME);
+    let matches = Cli::command()
+        .name(binary.clone())
+        .bin_name(binary.clone())
+        .about(S::ABOUT)
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let config = match Config::load(S::NAME, cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{binary}: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{binary}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run::<S>(
+        &binary,
+        cli.command.unwrap_or(Command::Serve),
+        config,
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{binary}: {}", cause_chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run<S: Service>(binary: &str, command: Command, config: Config) -> Result<(), BoxError> {
+    let telemetry = telemetry::init(binary, &config.settings.log, config.settings.log_format)?;
+    let result = match command {
+        Command::Migrate => {
+            let result = S::migrate(config).await;
+            if result.is_ok() {
+                println!("{} migrations applied", S::NAME);
+            }
+            result
+        }
+        Command::Serve => match S::build(config).await {
+            Ok(service) => {
+                println!("{} listening on http://{}", S::NAME, service.local_addr());
+                service
+                    .run_until_stopped(Box::pin(shutdown::signal()))
+                    .await
+            }
+            Err(error) => Err(error),
+        },
+    };
+    if let Err(error) = &result {
+        tracing::error!(error.cause_chain = %cause_chain(error.as_ref()), "{} failed", S::NAME);
+    }
+    telemetry.shutdown();
+    result
+}

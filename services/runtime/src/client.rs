@@ -1,0 +1,53 @@
+//! Channels from one Relay service to another (or from a tool to Relay): a deadline on every
+//! call, and the caller's trace context in `traceparent` so the callee joins the trace.
+//!
+//! ```text
+//! let channel = relay_runtime::client::channel(&settings.routing_endpoint, Duration::from_secs(5))?;
+//! let client = RoutingServiceClient::with_interceptor(channel, TracePropagation);
+//! ```
+
+use std::time::Duration;
+
+use opentelemetry::global;
+use tonic::{
+    Request, Status,
+    service::Interceptor,
+    transport::{Channel, Endpoint},
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::layers::HeaderInjector;
+
+/// How long connecting may take before a call fails with `UNAVAILABLE`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A lazily connected channel to `endpoint` (`http://host:port`) whose calls time out after
+/// `timeout` unless the request sets a shorter deadline.
+///
+/// # Errors
+/// When `endpoint` is not a valid URI.
+pub fn channel(endpoint: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// An interceptor that writes the current span's trace context into each outgoing request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracePropagation;
+
+impl Interceptor for TracePropagation {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let context = tracing::Span::current().context();
+        let mut headers = std::mem::take(request.metadata_mut()).into_headers();
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(&mut headers));
+        });
+        *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+        Ok(request)
+    }
+}

@@ -1,0 +1,514 @@
+//! Typed configuration in layers: defaults, then an optional TOML file, then `RELAY_*`
+//! environment variables (the environment wins).
+//!
+//! The top-level keys are the operator's contract in DESIGN.md: `RELAY_LISTEN`,
+//! `RELAY_DATABASE_URL`, `RELAY_REDIS_URL`, `RELAY_ROUTING_ENDPOINT`,
+//! `RELAY_AVAILABILITY_ENDPOINT`, `RELAY_DIRECTORY_ENDPOINT`, `RELAY_INTAKE_ENDPOINT` and
+//! `RELAY_LOG`. Nested settings use a double underscore, e.g.
+//! `RELAY_SERVER__REQUEST_TIMEOUT_MS=5000` sets `[server] request_timeout_ms = 5000`.
+//! A service reads its own section with [`Config::section`].
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+
+/// The default ports of the four services, in the order intake, availability, routing,
+/// directory.
+pub const DEFAULT_PORTS: [(&str, u16); 4] = [
+    ("intake", 50051),
+    ("availability", 50052),
+    ("routing", 50053),
+    ("directory", 50054),
+];
+
+/// The default port of a service by its short name (`intake`, `routing`, ...).
+#[must_use]
+pub fn default_port(service: &str) -> Option<u16> {
+    DEFAULT_PORTS
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, port)| *port)
+}
+
+/// A configuration that could not be loaded. The message names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    /// A configuration error about one key.
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
+    fn from_figment(error: figment::Error) -> Self {
+        let messages: Vec<String> = error.into_iter().map(|e| describe(&e)).collect();
+        Self(messages.join("; "))
+    }
+}
+
+/// One figment error as "key (origin): what is wrong", on a single line. The origin is the
+/// environment variable or the file the value came from.
+fn describe(error: &figment::Error) -> String {
+    let key = if error.path.is_empty() {
+        String::from("<root>")
+    } else {
+        error.path.join(".")
+    };
+    let origin = match (&error.metadata, &error.profile) {
+        (Some(metadata), _) if metadata.name.contains("environment variable") => {
+            format!(
+                "environment variable RELAY_{}",
+                error.path.join("__").to_uppercase()
+            )
+        }
+        (Some(metadata), Some(profile)) => {
+            let keys: Vec<&str> = error.path.iter().map(String::as_str).collect();
+            let origin = metadata.interpolate(profile, &keys);
+            match &metadata.source {
+                Some(source) => format!("{origin} in {source}"),
+                None => format!("{origin} from {}", metadata.name),
+            }
+        }
+        (Some(metadata), None) => metadata.name.to_string(),
+        _ => String::from("defaults"),
+    };
+    format!("invalid value for `{key}` ({origin}): {}", error.kind)
+}
+
+/// An address to listen on. Accepts `host:port`, `[v6]:port` and `:port` (all interfaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        if let Some(port) = value.strip_prefix(':') {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("`{value}` is not a port number"))?;
+            return Ok(Self(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port,
+            )));
+        }
+        value
+            .parse()
+            .map(Self)
+            .map_err(|_| format!("`{value}` is not an address such as 0.0.0.0:50051 or :50051"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Figment turns `RELAY_LISTEN=50051` into a number; accept that as a port too.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Port(u16),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Raw::Port(port) => Ok(Self(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                port,
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (the default, for terminals).
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Settings of the gRPC server, the same for every service (`[server]`, `RELAY_SERVER__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    /// Longest time one unary call (or the start of a stream) may take, in milliseconds.
+    /// A client's shorter `grpc-timeout` wins.
+    pub request_timeout_ms: u64,
+    /// Calls served at once on one connection; more are refused with `UNAVAILABLE` at once
+    /// (load shedding) rather than queued.
+    pub concurrency_limit_per_connection: usize,
+    /// How long in-flight calls may run after SIGTERM before the process exits anyway, in
+    /// seconds. Kubernetes' `terminationGracePeriodSeconds` must be longer than this plus the
+    /// `preStop` sleep.
+    pub shutdown_grace_seconds: u64,
+    /// Connections are closed (gracefully) after this many seconds so that clients reconnect
+    /// and spread over new replicas; 0 turns it off.
+    pub max_connection_age_seconds: u64,
+    /// How often readiness re-checks PostgreSQL and Redis, in milliseconds.
+    pub readiness_interval_ms: u64,
+    /// Consecutive failed readiness checks before health turns NOT_SERVING (dampening).
+    pub readiness_failure_threshold: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 10_000,
+            concurrency_limit_per_connection: 512,
+            shutdown_grace_seconds: 20,
+            max_connection_age_seconds: 300,
+            readiness_interval_ms: 2_000,
+            readiness_failure_threshold: 3,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// [`Self::request_timeout_ms`] as a duration.
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// [`Self::shutdown_grace_seconds`] as a duration.
+    #[must_use]
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// [`Self::max_connection_age_seconds`] as a duration, `None` when turned off.
+    #[must_use]
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        (self.max_connection_age_seconds > 0)
+            .then(|| Duration::from_secs(self.max_connection_age_seconds))
+    }
+
+    /// [`Self::readiness_interval_ms`] as a duration.
+    #[must_use]
+    pub fn readiness_interval(&self) -> Duration {
+        Duration::from_millis(self.readiness_interval_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("server.request_timeout_ms", self.request_timeout_ms),
+            ("server.readiness_interval_ms", self.readiness_interval_ms),
+            (
+                "server.concurrency_limit_per_connection",
+                self.concurrency_limit_per_connection as u64,
+            ),
+            (
+                "server.readiness_failure_threshold",
+                u64::from(self.readiness_failure_threshold),
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(format!(
+                    "invalid value for `{key}`: must be greater than 0"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The settings every service shares. Service-specific settings live in their own section.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Where the service listens (`RELAY_LISTEN`).
+    pub listen: ListenAddr,
+    /// PostgreSQL (`postgres://...`) or SQLite (`sqlite://path`) URL (`RELAY_DATABASE_URL`).
+    #[serde(default)]
+    pub database_url: Option<SecretString>,
+    /// Redis URL (`redis://...` or `rediss://...`) (`RELAY_REDIS_URL`).
+    #[serde(default)]
+    pub redis_url: Option<SecretString>,
+    /// Where intake listens (`RELAY_INTAKE_ENDPOINT`).
+    pub intake_endpoint: String,
+    /// Where availability listens (`RELAY_AVAILABILITY_ENDPOINT`).
+    pub availability_endpoint: String,
+    /// Where routing listens (`RELAY_ROUTING_ENDPOINT`).
+    pub routing_endpoint: String,
+    /// Where the directory listens (`RELAY_DIRECTORY_ENDPOINT`).
+    pub directory_endpoint: String,
+    /// Log filter in `tracing` syntax (`RELAY_LOG`), e.g. `info` or `info,relay_routing=debug`.
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// `text` or `json` (`RELAY_LOG_FORMAT`).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// gRPC server settings (`[server]`, `RELAY_SERVER__*`).
+    #[serde(default)]
+    pub server: ServerSettings,
+}
+
+fn default_log() -> String {
+    String::from("info")
+}
+
+/// A loaded configuration: the shared [`Settings`] and the layers they came from, from which a
+/// service reads its own section.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The service this configuration was loaded for (`intake`, `routing`, ...).
+    pub service: &'static str,
+    /// The settings every service shares.
+    pub settings: Settings,
+    figment: Figment,
+}
+
+impl Config {
+    /// Starts a configuration for `service` (its short name) with the documented defaults.
+    #[must_use]
+    pub fn builder(service: &'static str) -> ConfigBuilder {
+        let port = default_port(service).unwrap_or(0);
+        let mut figment = Figment::new()
+            .merge(Serialized::default("listen", format!("0.0.0.0:{port}")))
+            .merge(Serialized::default("log", "info"));
+        for (name, port) in DEFAULT_PORTS {
+            figment = figment.merge(Serialized::default(
+                &format!("{name}_endpoint"),
+                format!("http://127.0.0.1:{port}"),
+            ));
+        }
+        ConfigBuilder { service, figment }
+    }
+
+    /// Loads the configuration of `service` from an optional TOML file and the environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key and its source when a value is missing or invalid.
+    pub fn load(service: &'static str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = Self::builder(service);
+        if let Some(file) = file {
+            builder = builder.file(file)?;
+        }
+        builder.env().build()
+    }
+
+    /// Reads the service's own section, e.g. `[routing]` (`RELAY_ROUTING__*`); a missing
+    /// section gives the type's defaults.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key when a value is invalid.
+    pub fn section<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, ConfigError> {
+        if self.figment.contains(key) {
+            self.figment
+                .extract_inner(key)
+                .map_err(ConfigError::from_figment)
+        } else {
+            Ok(T::default())
+        }
+    }
+
+    /// The database URL, or an error naming `RELAY_DATABASE_URL` when it is not set.
+    ///
+    /// # Errors
+    /// When `database_url` is not configured.
+    pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
+        self.settings.database_url.as_ref().ok_or_else(|| {
+            ConfigError::new(format!(
+                "missing value for `database_url` (RELAY_DATABASE_URL): relay-{} needs a PostgreSQL or SQLite URL",
+                self.service
+            ))
+        })
+    }
+
+    /// The Redis URL, or an error naming `RELAY_REDIS_URL` when it is not set.
+    ///
+    /// # Errors
+    /// When `redis_url` is not configured.
+    pub fn redis_url(&self) -> Result<&SecretString, ConfigError> {
+        self.settings.redis_url.as_ref().ok_or_else(|| {
+            ConfigError::new(format!(
+                "missing value for `redis_url` (RELAY_REDIS_URL): relay-{} needs a Redis URL",
+                self.service
+            ))
+        })
+    }
+}
+
+/// Builds a [`Config`] layer by layer; later layers win.
+#[derive(Debug)]
+pub struct ConfigBuilder {
+    service: &'static str,
+    figment: Figment,
+}
+
+impl ConfigBuilder {
+    /// Adds a TOML file, which must exist.
+    ///
+    /// # Errors
+    /// When the file does not exist.
+    pub fn file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::new(format!(
+                "configuration file {} does not exist",
+                path.display()
+            )));
+        }
+        self.figment = self.figment.merge(Toml::file_exact(path));
+        Ok(self)
+    }
+
+    /// Adds the `RELAY_*` environment variables (`__` separates nested keys).
+    #[must_use]
+    pub fn env(mut self) -> Self {
+        self.figment = self
+            .figment
+            .merge(Env::prefixed("RELAY_").split("__").ignore(&["config"]));
+        self
+    }
+
+    /// Sets one key, as a test or an embedding program would (`"server.request_timeout_ms"`).
+    #[must_use]
+    pub fn set(mut self, key: &str, value: impl serde::Serialize) -> Self {
+        self.figment = self.figment.merge(Serialized::default(key, value));
+        self
+    }
+
+    /// Checks and returns the configuration.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first invalid key and where it came from.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let settings: Settings = self.figment.extract().map_err(ConfigError::from_figment)?;
+        settings.server.validate()?;
+        Ok(Config {
+            service: self.service,
+            settings,
+            figment: self.figment,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_operator_table() {
+        let config = Config::builder("routing")
+            .build()
+            .expect("defaults are valid");
+        assert_eq!(config.settings.listen.to_string(), "0.0.0.0:50053");
+        assert_eq!(config.settings.intake_endpoint, "http://127.0.0.1:50051");
+        assert_eq!(config.settings.directory_endpoint, "http://127.0.0.1:50054");
+        assert_eq!(config.settings.log, "info");
+        assert!(config.settings.database_url.is_none());
+    }
+
+    #[test]
+    fn listen_accepts_port_only_forms() {
+        let config = Config::builder("intake")
+            .set("listen", ":6000")
+            .build()
+            .expect("valid");
+        assert_eq!(config.settings.listen.to_string(), "0.0.0.0:6000");
+        let config = Config::builder("intake")
+            .set("listen", 6001)
+            .build()
+            .expect("valid");
+        assert_eq!(config.settings.listen.to_string(), "0.0.0.0:6001");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let error = Config::builder("intake")
+            .set("listen", "not-an-address")
+            .build()
+            .expect_err("invalid listen address");
+        let message = error.to_string();
+        assert!(message.contains("`listen`"), "{message}");
+        assert!(message.contains("not-an-address"), "{message}");
+
+        let error = Config::builder("intake")
+            .set("server.request_timeout_ms", "soon")
+            .build()
+            .expect_err("invalid timeout");
+        assert!(
+            error.to_string().contains("server.request_timeout_ms"),
+            "{error}"
+        );
+
+        let error = Config::builder("intake")
+            .set("server.request_timeout_ms", 0)
+            .build()
+            .expect_err("zero timeout");
+        assert!(
+            error.to_string().contains("server.request_timeout_ms"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn later_layers_win_and_sections_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("relay.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\nlog = \"debug\"\n[demo]\nlimit = 7\n",
+        )
+        .expect("write");
+        let config = Config::builder("intake")
+            .file(&file)
+            .expect("file exists")
+            .set("log", "warn")
+            .build()
+            .expect("valid");
+        assert_eq!(config.settings.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(config.settings.log, "warn");
+
+        #[derive(Debug, Default, Deserialize, PartialEq)]
+        struct Demo {
+            limit: u32,
+        }
+        assert_eq!(
+            config.section::<Demo>("demo").expect("valid"),
+            Demo { limit: 7 }
+        );
+        assert_eq!(
+            config.section::<Demo>("absent").expect("valid"),
+            Demo::default()
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let error = Config::builder("intake")
+            .file(Path::new("/nonexistent/relay.toml"))
+            .expect_err("missing file");
+        assert!(error.to_string().contains("/nonexistent/relay.toml"));
+    }
+
+    #[test]
+    fn required_urls_name_their_variable() {
+        let config = Config::builder("routing").build().expect("valid");
+        let error = config.redis_url().expect_err("not set");
+        assert!(error.to_string().contains("RELAY_REDIS_URL"));
+        let error = config.database_url().expect_err("not set");
+        assert!(error.to_string().contains("RELAY_DATABASE_URL"));
+    }
+}

@@ -1,0 +1,32 @@
+//! The shared runtime of every Relay service.
+//!
+//! A service crate is a library with a thin `main`: it builds its gRPC handlers, hands them to a
+//! [`server::ServiceHost`] together with the readiness checks of its dependencies, binds, and
+//! runs until a shutdown signal. Everything cross-cutting lives here so the handlers hold domain
+//! logic only:
+//!
+//! - [`config`]: typed configuration from defaults, a TOML file and `RELAY_*` variables.
+//! - [`telemetry`]: `tracing` logs, OpenTelemetry traces over OTLP, W3C trace context.
+//! - [`server`]: health (`grpc.health.v1`), reflection, tower layers, graceful shutdown.
+//! - [`layers`]: the request id and trace context layer every request passes through.
+//! - [`client`]: channels to other services with deadlines and trace propagation.
+//! - [`error`] and [`validate`]: typed errors mapped to `tonic::Status` in one place.
+//! - [`storage`]: PostgreSQL pools (one schema per service), migrations, Redis connections.
+//! - [`cli`]: the `main` of every service binary (`serve` and `migrate`).
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod layers;
+pub mod server;
+pub mod shutdown;
+pub mod storage;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::Config;
+pub use error::{ApiError, FieldViolation};
+
+/// A boxed error for places that only pass errors on.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,0 +1,300 @@
+//! Hosting a gRPC service: health, reflection, tower layers, readiness and bounded graceful
+//! shutdown, the same for every Relay service.
+//!
+//! Health (`grpc.health.v1.Health`) starts NOT_SERVING for the whole server (`""`) and for each
+//! service name. A readiness task runs the service's dependency checks (PostgreSQL, Redis) and
+//! turns health SERVING on the first pass; it turns it NOT_SERVING again only after
+//! `server.readiness_failure_threshold` consecutive failures, so one slow ping does not flap a
+//! pod out of its Service. Liveness is the process answering at all: it never depends on
+//! another service. On SIGTERM health turns NOT_SERVING at once, the listener stops accepting,
+//! in-flight calls get `server.shutdown_grace_seconds` to finish, and streams are told to end
+//! through [`ServiceHost::shutdown_token`].
+
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{BoxError, config::ServerSettings, layers::RequestContextLayer};
+
+/// The future a readiness check returns: `Err` carries a short description of the failure.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// A gRPC server being assembled: the service's handlers and its readiness checks.
+pub struct ServiceHost {
+    settings: ServerSettings,
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    checks: Vec<(&'static str, Check)>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ServiceHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHost")
+            .field("services", &self.names)
+            .field(
+                "checks",
+                &self.checks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceHost {
+    /// A server with the given settings and no services yet.
+    #[must_use]
+    pub fn new(settings: &ServerSettings) -> Self {
+        Self {
+            settings: settings.clone(),
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            checks: Vec::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Serves a generated service (e.g. `AvailabilityServiceServer::new(handler)`); its name is
+    /// reported by health and reflection.
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Adds a dependency check run by the readiness task (e.g. a PostgreSQL `SELECT 1`).
+    #[must_use]
+    pub fn readiness_check<F>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> CheckFuture + Send + Sync + 'static,
+    {
+        self.checks.push((name, Arc::new(check)));
+        self
+    }
+
+    /// A token cancelled when shutdown starts; long-lived streams select on it and end.
+    #[must_use]
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Binds the listener (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(self, addr: SocketAddr) -> std::io::Result<BoundServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(BoundServer {
+            host: self,
+            listener,
+            local_addr,
+        })
+    }
+}
+
+/// A server with its listener bound, ready to run.
+#[derive(Debug)]
+pub struct BoundServer {
+    host: ServiceHost,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+#[derive(Clone)]
+struct Health {
+    reporter: HealthReporter,
+    names: Arc<Vec<&'static str>>,
+}
+
+impl Health {
+    async fn set(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for name in self.names.iter() {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+}
+
+impl BoundServer {
+    /// The bound address (with the real port when 0 was asked for).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The shutdown token of this server; see [`ServiceHost::shutdown_token`].
+    #[must_use]
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.host.shutdown.clone()
+    }
+
+    /// Serves until `shutdown` completes (or the shutdown token is cancelled), then drains
+    /// in-flight calls for at most the grace period.
+    ///
+    /// # Errors
+    /// When reflection cannot be built or the server fails.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), BoxError> {
+        let Self {
+            host,
+            listener,
+            local_addr,
+        } = self;
+        let ServiceHost {
+            settings,
+            mut routes,
+            names,
+            checks,
+            shutdown: token,
+        } = host;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health {
+            reporter,
+            names: Arc::new(names),
+        };
+        health.set(ServingStatus::NotServing).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(relay_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(relay_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let readiness = tokio::spawn(readiness_task(
+            health.clone(),
+            checks,
+            settings.clone(),
+            token.clone(),
+        ));
+
+        let signal = {
+            let token = token.clone();
+            let health = health.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = token.cancelled() => {}
+                }
+                token.cancel();
+                health.set(ServingStatus::NotServing).await;
+                tracing::info!("draining in-flight calls");
+            }
+        };
+
+        let mut builder = Server::builder()
+            .timeout(settings.request_timeout())
+            .concurrency_limit_per_connection(settings.concurrency_limit_per_connection)
+            .load_shed(true)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)));
+        if let Some(age) = settings.max_connection_age() {
+            builder = builder.max_connection_age(age);
+        }
+        tracing::info!(%local_addr, "serving");
+        let server = builder
+            .layer(RequestContextLayer)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+        let grace = settings.shutdown_grace();
+        let result = tokio::select! {
+            result = server => result.map_err(BoxError::from),
+            () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "graceful shutdown did not complete in time, terminating now");
+                Ok(())
+            }
+        };
+        readiness.abort();
+        tracing::info!("stopped");
+        result
+    }
+}
+
+async fn run_checks(checks: &[(&'static str, Check)], timeout: Duration) -> Result<(), String> {
+    for (name, check) in checks {
+        match tokio::time::timeout(timeout, check()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(format!("{name}: {error}")),
+            Err(_) => {
+                return Err(format!(
+                    "{name}: no answer within {}ms",
+                    timeout.as_millis()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn readiness_task(
+    health: Health,
+    checks: Vec<(&'static str, Check)>,
+    settings: ServerSettings,
+    token: CancellationToken,
+) {
+    let interval = settings.readiness_interval();
+    let timeout = interval.min(Duration::from_secs(2));
+    let mut serving = false;
+    let mut failures = 0_u32;
+    loop {
+        let result = run_checks(&checks, timeout).await;
+        if token.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                failures = 0;
+                if !serving {
+                    health.set(ServingStatus::Serving).await;
+                    tracing::info!("ready: dependencies reachable, health SERVING");
+                    serving = true;
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                if serving && failures >= settings.readiness_failure_threshold {
+                    health.set(ServingStatus::NotServing).await;
+                    tracing::warn!(%error, failures, "not ready: health NOT_SERVING");
+                    serving = false;
+                } else if !serving && (failures == 1 || failures.is_multiple_of(30)) {
+                    tracing::warn!(%error, failures, "waiting for dependencies");
+                }
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

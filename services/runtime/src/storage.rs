@@ -1,0 +1,124 @@
+//! Connections to PostgreSQL and Redis, and the readiness checks built on them.
+//!
+//! Each service owns one PostgreSQL schema (`intake`, `routing`, ...). Its pool sets
+//! `search_path` to that schema, so its tables and its `_sqlx_migrations` record live there and
+//! four services can share one database without touching each other's tables. Pools connect
+//! lazily: a service starts (NOT_SERVING) while its database is down and turns SERVING when the
+//! readiness check reaches it.
+
+use std::{str::FromStr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::server::CheckFuture;
+
+/// How long a caller waits for a pooled connection before the call fails.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Errors opening or migrating storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The schema name is not a plain lowercase identifier.
+    #[error("schema name `{0}` must match [a-z_]+")]
+    BadSchema(String),
+    /// PostgreSQL refused or failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Redis refused or failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+fn check_schema(schema: &str) -> Result<(), StorageError> {
+    if !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        Ok(())
+    } else {
+        Err(StorageError::BadSchema(schema.to_owned()))
+    }
+}
+
+/// A lazily connecting pool whose sessions use `schema` as their `search_path`.
+///
+/// # Errors
+/// When the URL or the schema name is invalid.
+pub fn postgres_pool(
+    url: &SecretString,
+    schema: &str,
+    max_connections: u32,
+) -> Result<PgPool, StorageError> {
+    check_schema(schema)?;
+    let options = PgConnectOptions::from_str(url.expose_secret())?
+        .options([("search_path", schema)])
+        .application_name(&format!("relay-{schema}"));
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+/// Creates `schema` if needed and applies `migrator` inside it.
+///
+/// # Errors
+/// When PostgreSQL is unreachable or a migration fails.
+pub async fn migrate_postgres(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &Migrator,
+) -> Result<(), StorageError> {
+    check_schema(schema)?;
+    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    // Two services migrating at once can race on the catalog; the second attempt sees the schema.
+    if sqlx::query(&create).execute(pool).await.is_err() {
+        sqlx::query(&create).execute(pool).await?;
+    }
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// A readiness check that runs `SELECT 1`.
+pub fn postgres_check(pool: PgPool) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|error| format!("postgres: {error}"))
+        })
+    }
+}
+
+/// A Redis client for `url` (no connection is made yet).
+///
+/// # Errors
+/// When the URL is invalid.
+pub fn redis_client(url: &SecretString) -> Result<redis::Client, StorageError> {
+    Ok(redis::Client::open(url.expose_secret())?)
+}
+
+/// A readiness check that sends `PING`.
+pub fn redis_check(client: redis::Client) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    move || {
+        let client = client.clone();
+        Box::pin(async move {
+            let mut connection = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|error| format!("redis: {error}"))?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+                .map(|_| ())
+                .map_err(|error| format!("redis: {error}"))
+        })
+    }
+}
