@@ -1,0 +1,5 @@
+//! `relay-intake`: see the crate documentation.
+
+fn main() -> std::process::ExitCode {
+    relay_runtime::cli::main::<relay_intake::Application>()
+}

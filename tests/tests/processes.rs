@@ -1,0 +1,253 @@
+//! The four service binaries as real processes: they start on an ephemeral port, report
+//! health truthfully, list their API over reflection, and stop cleanly on SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use relay_tests::{ServiceProcess, TestDatabase, redis_url};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+const SERVICES: [(&str, &str); 4] = [
+    ("relay-intake", "relay.intake.v1.IntakeService"),
+    (
+        "relay-availability",
+        "relay.availability.v1.AvailabilityService",
+    ),
+    ("relay-routing", "relay.routing.v1.RoutingService"),
+    ("relay-directory", "relay.directory.v1.DirectoryService"),
+];
+
+/// Settings that keep the tests quick: readiness re-checked every 100 ms, a 5 s grace.
+const FAST: [(&str, &str); 2] = [
+    ("RELAY_SERVER__READINESS_INTERVAL_MS", "100"),
+    ("RELAY_SERVER__SHUTDOWN_GRACE_SECONDS", "5"),
+];
+
+async fn health_status(channel: Channel, service: &str) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(channel);
+    let response = client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+/// Polls health until it reports `want`, or fails after 20 seconds with the last status seen.
+async fn wait_for_status(endpoint: &str, service: &str, want: ServingStatus) {
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect_lazy();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = health_status(channel.clone(), service).await;
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{endpoint} health for {service:?} stayed {last:?}, wanted {want:?}");
+}
+
+async fn reflected_services(endpoint: &str) -> Vec<String> {
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .next()
+        .await
+        .expect("one response")
+        .expect("reflection answer");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_binary_serves_health_and_reflection_and_stops_on_sigterm() {
+    let database = TestDatabase::new().await;
+    let redis = redis_url();
+    for (binary, service) in SERVICES {
+        let mut env = vec![
+            ("RELAY_DATABASE_URL", database.url()),
+            ("RELAY_REDIS_URL", redis.as_str()),
+        ];
+        env.extend(FAST);
+        let mut process = ServiceProcess::start(binary, &env);
+        let endpoint = process.endpoint();
+
+        wait_for_status(&endpoint, "", ServingStatus::Serving).await;
+        wait_for_status(&endpoint, service, ServingStatus::Serving).await;
+
+        let listed = reflected_services(&endpoint).await;
+        assert!(
+            listed.iter().any(|s| s == service),
+            "{binary} lists {listed:?}"
+        );
+        assert!(
+            listed.iter().any(|s| s == "grpc.health.v1.Health"),
+            "{binary} lists {listed:?}"
+        );
+
+        process.signal("TERM");
+        let status = process
+            .wait_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{binary} did not exit within the grace period"));
+        assert!(status.success(), "{binary} exited with {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_not_serving_while_a_dependency_is_unreachable() {
+    let database = TestDatabase::new().await;
+    // Nothing listens on port 1: Redis is "down" for this routing process.
+    let mut env = vec![
+        ("RELAY_DATABASE_URL", database.url()),
+        ("RELAY_REDIS_URL", "redis://127.0.0.1:1"),
+    ];
+    env.extend(FAST);
+    let process = ServiceProcess::start("relay-routing", &env);
+    let endpoint = process.endpoint();
+    // The process answers (it is alive) but says it is not ready, and keeps saying so.
+    wait_for_status(&endpoint, "", ServingStatus::NotServing).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let channel = Channel::from_shared(endpoint)
+        .expect("endpoint")
+        .connect_lazy();
+    assert_eq!(
+        health_status(channel, "relay.routing.v1.RoutingService").await,
+        Some(ServingStatus::NotServing)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unimplemented_rpc_says_so() {
+    use relay_proto::routing::{ListQueueRequest, routing_service_client::RoutingServiceClient};
+    let database = TestDatabase::new().await;
+    let redis = redis_url();
+    let process = ServiceProcess::start(
+        "relay-routing",
+        &[
+            ("RELAY_DATABASE_URL", database.url()),
+            ("RELAY_REDIS_URL", redis.as_str()),
+        ],
+    );
+    let mut client = RoutingServiceClient::connect(process.endpoint())
+        .await
+        .expect("connect");
+    let status = client
+        .list_queue(ListQueueRequest::default())
+        .await
+        .expect_err("not implemented yet");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
+
+fn run_to_exit(binary: &str, env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(relay_tests::binary_path(binary))
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run binary")
+}
+
+#[test]
+fn a_bad_configuration_value_is_one_line_naming_the_key() {
+    let cases = [
+        ("RELAY_LISTEN", "not-an-address", "`listen`"),
+        (
+            "RELAY_SERVER__REQUEST_TIMEOUT_MS",
+            "soon",
+            "server.request_timeout_ms",
+        ),
+        ("RELAY_LOG_FORMAT", "xml", "log_format"),
+    ];
+    for (key, value, named) in cases {
+        let output = run_to_exit("relay-availability", &[(key, value)]);
+        assert_eq!(output.status.code(), Some(2), "{key}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{key}={value} printed {stderr}");
+        assert!(lines[0].contains(named), "{key}={value} printed {stderr}");
+        assert!(lines[0].contains(key), "{key}={value} printed {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_required_url_names_its_variable() {
+    let output = run_to_exit("relay-intake", &[("RELAY_LISTEN", "127.0.0.1:0")]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("RELAY_DATABASE_URL"), "{stderr}");
+}
+
+#[test]
+fn the_relay_tool_explains_its_commands() {
+    let output = run_to_exit("relay", &[("PATH", "/usr/bin:/bin")]);
+    assert!(!output.status.success());
+    let output = std::process::Command::new(relay_tests::binary_path("relay"))
+        .arg("--help")
+        .output()
+        .expect("run relay --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in ["dev", "simulate", "directory"] {
+        assert!(
+            help.contains(command),
+            "relay --help lacks {command}: {help}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_creates_each_service_schema_and_exits() {
+    use sqlx::Connection;
+    let database = TestDatabase::new().await;
+    for (binary, _) in SERVICES {
+        let output = std::process::Command::new(relay_tests::binary_path(binary))
+            .arg("migrate")
+            .env_clear()
+            .env("RELAY_DATABASE_URL", database.url())
+            .env("RELAY_REDIS_URL", redis_url())
+            .output()
+            .expect("run migrate");
+        assert!(
+            output.status.success(),
+            "{binary} migrate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut connection = sqlx::PgConnection::connect(database.url())
+        .await
+        .expect("connect");
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname IN ('intake', 'availability', 'routing', 'directory') ORDER BY 1",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .expect("schemas");
+    assert_eq!(schemas, ["availability", "directory", "intake", "routing"]);
+}
