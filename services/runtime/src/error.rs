@@ -43,9 +43,15 @@ impl fmt::Display for FieldViolation {
 /// each service's `.proto`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// The request is malformed; nothing was changed.
-    #[error("invalid argument: {}", join(.0))]
-    InvalidArgument(Vec<FieldViolation>),
+    /// The request is malformed; nothing was changed. `reason` is `INVALID_FIELD` unless the
+    /// RPC names a more specific one (`INVALID_PAGE_TOKEN`, `REQUEST_ID_REUSED`).
+    #[error("invalid argument: {}", join(.violations))]
+    InvalidArgument {
+        /// Stable UPPER_SNAKE reason.
+        reason: &'static str,
+        /// Every bad field of the request.
+        violations: Vec<FieldViolation>,
+    },
     /// The named resource does not exist.
     #[error("{message}")]
     NotFound {
@@ -100,9 +106,33 @@ fn join(violations: &[FieldViolation]) -> String {
 }
 
 impl ApiError {
-    /// One invalid field.
+    /// The reason of an ordinary field violation.
+    pub const INVALID_FIELD: &'static str = "INVALID_FIELD";
+
+    /// One invalid field (reason `INVALID_FIELD`).
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+        Self::invalid_fields(vec![FieldViolation::new(field, description)])
+    }
+
+    /// Several invalid fields (reason `INVALID_FIELD`).
+    #[must_use]
+    pub fn invalid_fields(violations: Vec<FieldViolation>) -> Self {
+        Self::InvalidArgument {
+            reason: Self::INVALID_FIELD,
+            violations,
+        }
+    }
+
+    /// One invalid field with a specific reason, such as `INVALID_PAGE_TOKEN`.
+    pub fn invalid_with_reason(
+        reason: &'static str,
+        field: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        Self::InvalidArgument {
+            reason,
+            violations: vec![FieldViolation::new(field, description)],
+        }
     }
 
     /// A missing resource.
@@ -146,7 +176,7 @@ impl ApiError {
     #[must_use]
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
@@ -163,12 +193,12 @@ impl ApiError {
         let code = self.code();
         let mut details = ErrorDetails::new();
         let (reason, message) = match self {
-            Self::InvalidArgument(violations) => {
+            Self::InvalidArgument { reason, violations } => {
                 let message = format!("invalid argument: {}", join(&violations));
                 for violation in violations {
                     details.add_bad_request_violation(violation.field, violation.description);
                 }
-                ("INVALID_ARGUMENT", message)
+                (reason, message)
             }
             Self::NotFound { reason, message }
             | Self::AlreadyExists { reason, message }
@@ -204,7 +234,7 @@ mod tests {
 
     #[test]
     fn invalid_argument_carries_field_violations_and_error_info() {
-        let status = ApiError::InvalidArgument(vec![
+        let status = ApiError::invalid_fields(vec![
             FieldViolation::new("team_id", "must not be empty"),
             FieldViolation::new("location.latitude", "must be between -90 and 90"),
         ])
@@ -220,7 +250,7 @@ mod tests {
             .collect();
         assert_eq!(fields, ["team_id", "location.latitude"]);
         let info = details.error_info().expect("error info");
-        assert_eq!(info.reason, "INVALID_ARGUMENT");
+        assert_eq!(info.reason, "INVALID_FIELD");
         assert_eq!(info.domain, "relay.availability.v1");
     }
 

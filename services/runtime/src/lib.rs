@@ -11,6 +11,7 @@
 //! - [`layers`]: the request id and trace context layer every request passes through.
 //! - [`client`]: channels to other services with deadlines and trace propagation.
 //! - [`error`] and [`validate`]: typed errors mapped to `tonic::Status` in one place.
+//! - [`paging`]: opaque, tamper-evident page tokens.
 //! - [`storage`]: PostgreSQL pools (one schema per service), migrations, Redis connections.
 //! - [`cli`]: the `main` of every service binary (`serve` and `migrate`).
 
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod paging;
 pub mod server;
 pub mod shutdown;
 pub mod storage;

@@ -122,3 +122,33 @@ pub fn redis_check(client: redis::Client) -> impl Fn() -> CheckFuture + Send + S
         })
     }
 }
+
+/// A SQLite pool for `relay dev` (`sqlite://path/to/file.db`; the file is created if missing),
+/// in WAL mode with a busy timeout so concurrent writers wait instead of failing.
+///
+/// # Errors
+/// When the URL is invalid.
+pub fn sqlite_pool(
+    url: &SecretString,
+    max_connections: u32,
+) -> Result<sqlx::SqlitePool, StorageError> {
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    let options = SqliteConnectOptions::from_str(url.expose_secret())?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+/// Whether a database URL names SQLite rather than PostgreSQL.
+#[must_use]
+pub fn is_sqlite(url: &SecretString) -> bool {
+    url.expose_secret().starts_with("sqlite:")
+}

@@ -45,7 +45,7 @@ impl Violations {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::InvalidArgument(self.0))
+            Err(ApiError::invalid_fields(self.0))
         }
     }
 
@@ -176,7 +176,9 @@ mod tests {
     fn fields(violations: Violations) -> Vec<String> {
         match violations.finish() {
             Ok(()) => Vec::new(),
-            Err(ApiError::InvalidArgument(list)) => list.into_iter().map(|v| v.field).collect(),
+            Err(ApiError::InvalidArgument { violations, .. }) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
