@@ -1,0 +1,129 @@
+//! Graceful shutdown: when the shutdown signal arrives, health turns NOT_SERVING, calls in
+//! flight finish, and the server stops within the grace period even if a call would not.
+
+use std::time::{Duration, Instant};
+
+use relay_proto::routing::{
+    ListQueueRequest, ListQueueResponse,
+    routing_service_client::RoutingServiceClient,
+    routing_service_server::{RoutingService, RoutingServiceServer},
+};
+use relay_runtime::{config::ServerSettings, server::ServiceHost};
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status, transport::Channel};
+
+/// A RoutingService whose ListQueue takes as long as the region name says, in milliseconds,
+/// and tells the test when a call has reached it.
+#[derive(Debug, Clone, Default)]
+struct Slow {
+    entered: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[tonic::async_trait]
+impl RoutingService for Slow {
+    async fn list_queue(
+        &self,
+        request: Request<ListQueueRequest>,
+    ) -> Result<Response<ListQueueResponse>, Status> {
+        let millis: u64 = request.into_inner().region.parse().unwrap_or(0);
+        self.entered.notify_one();
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        Ok(Response::new(ListQueueResponse::default()))
+    }
+}
+
+struct Running {
+    endpoint: String,
+    entered: std::sync::Arc<tokio::sync::Notify>,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Result<(), relay_runtime::BoxError>>,
+}
+
+async fn start(grace_seconds: u64) -> Running {
+    let settings = ServerSettings {
+        shutdown_grace_seconds: grace_seconds,
+        ..ServerSettings::default()
+    };
+    let slow = Slow::default();
+    let entered = slow.entered.clone();
+    let server = ServiceHost::new(&settings)
+        .add_service(RoutingServiceServer::new(slow))
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", server.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(server.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        endpoint,
+        entered,
+        stop,
+        done,
+    }
+}
+
+async fn client(endpoint: &str) -> RoutingServiceClient<Channel> {
+    RoutingServiceClient::connect(endpoint.to_owned())
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_calls_finish_before_the_server_stops() {
+    let running = start(10).await;
+    let mut slow_client = client(&running.endpoint).await;
+    let in_flight = tokio::spawn(async move {
+        slow_client
+            .list_queue(ListQueueRequest {
+                region: "700".into(),
+                ..ListQueueRequest::default()
+            })
+            .await
+    });
+    // Once the call is in the handler, ask the server to stop.
+    running.entered.notified().await;
+    let started = Instant::now();
+    running.stop.send(()).expect("server running");
+
+    let answer = in_flight.await.expect("join");
+    assert!(answer.is_ok(), "the in-flight call was cut off: {answer:?}");
+    running
+        .done
+        .await
+        .expect("join")
+        .expect("server stopped cleanly");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drained in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_longer_than_the_grace_period_does_not_hold_the_server() {
+    let running = start(1).await;
+    let mut slow_client = client(&running.endpoint).await;
+    let _stuck = tokio::spawn(async move {
+        slow_client
+            .list_queue(ListQueueRequest {
+                region: "60000".into(),
+                ..ListQueueRequest::default()
+            })
+            .await
+    });
+    running.entered.notified().await;
+    let started = Instant::now();
+    running.stop.send(()).expect("server running");
+    running
+        .done
+        .await
+        .expect("join")
+        .expect("server stopped within the grace period");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "stopped after {took:?} with a 1 s grace"
+    );
+}
