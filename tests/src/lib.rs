@@ -18,6 +18,8 @@ use std::{
 
 use sqlx::{Connection, Executor, PgConnection};
 
+pub mod slow;
+
 /// The PostgreSQL server tests use (a URL to any database on it).
 #[must_use]
 pub fn postgres_admin_url() -> String {

@@ -4,33 +4,12 @@
 use std::time::{Duration, Instant};
 
 use relay_proto::routing::{
-    ListQueueRequest, ListQueueResponse,
-    routing_service_client::RoutingServiceClient,
-    routing_service_server::{RoutingService, RoutingServiceServer},
+    routing_service_client::RoutingServiceClient, routing_service_server::RoutingServiceServer,
 };
 use relay_runtime::{config::ServerSettings, server::ServiceHost};
+use relay_tests::slow::{Slow, slow_request};
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status, transport::Channel};
-
-/// A RoutingService whose ListQueue takes as long as the region name says, in milliseconds,
-/// and tells the test when a call has reached it.
-#[derive(Debug, Clone, Default)]
-struct Slow {
-    entered: std::sync::Arc<tokio::sync::Notify>,
-}
-
-#[tonic::async_trait]
-impl RoutingService for Slow {
-    async fn list_queue(
-        &self,
-        request: Request<ListQueueRequest>,
-    ) -> Result<Response<ListQueueResponse>, Status> {
-        let millis: u64 = request.into_inner().region.parse().unwrap_or(0);
-        self.entered.notify_one();
-        tokio::time::sleep(Duration::from_millis(millis)).await;
-        Ok(Response::new(ListQueueResponse::default()))
-    }
-}
+use tonic::transport::Channel;
 
 struct Running {
     endpoint: String,
@@ -74,14 +53,7 @@ async fn client(endpoint: &str) -> RoutingServiceClient<Channel> {
 async fn in_flight_calls_finish_before_the_server_stops() {
     let running = start(10).await;
     let mut slow_client = client(&running.endpoint).await;
-    let in_flight = tokio::spawn(async move {
-        slow_client
-            .list_queue(ListQueueRequest {
-                region: "700".into(),
-                ..ListQueueRequest::default()
-            })
-            .await
-    });
+    let in_flight = tokio::spawn(async move { slow_client.list_queue(slow_request(700)).await });
     // Once the call is in the handler, ask the server to stop.
     running.entered.notified().await;
     let started = Instant::now();
@@ -105,14 +77,7 @@ async fn in_flight_calls_finish_before_the_server_stops() {
 async fn a_call_longer_than_the_grace_period_does_not_hold_the_server() {
     let running = start(1).await;
     let mut slow_client = client(&running.endpoint).await;
-    let _stuck = tokio::spawn(async move {
-        slow_client
-            .list_queue(ListQueueRequest {
-                region: "60000".into(),
-                ..ListQueueRequest::default()
-            })
-            .await
-    });
+    let _stuck = tokio::spawn(async move { slow_client.list_queue(slow_request(60_000)).await });
     running.entered.notified().await;
     let started = Instant::now();
     running.stop.send(()).expect("server running");

@@ -155,8 +155,8 @@ pub struct ServerSettings {
     /// Longest time one unary call (or the start of a stream) may take, in milliseconds.
     /// A client's shorter `grpc-timeout` wins.
     pub request_timeout_ms: u64,
-    /// Calls served at once on one connection; more are refused with `UNAVAILABLE` at once
-    /// (load shedding) rather than queued.
+    /// Calls served at once on one connection; more are refused with `RESOURCE_EXHAUSTED` at
+    /// once (load shedding) rather than queued.
     pub concurrency_limit_per_connection: usize,
     /// How long in-flight calls may run after SIGTERM before the process exits anyway, in
     /// seconds. Kubernetes' `terminationGracePeriodSeconds` must be longer than this plus the
