@@ -23,11 +23,25 @@ $(BUF): package.json package-lock.json
 tools: $(BUF) ## Install the pinned developer tools (buf, from npm)
 
 .PHONY: lint
-lint: $(BUF) ## Static checks alone: rustfmt, clippy -D warnings, buf lint and buf format
+lint: $(BUF) deploy-check ## Static checks alone: rustfmt, clippy -D warnings, buf lint/format, manifests
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(BUF) lint proto
 	$(BUF) format --diff --exit-code proto
+
+# kubernetes-validate (PyPI, pinned) checks rendered manifests against the API schemas offline.
+KUBE_VALIDATE := target/tools/venv/bin/kubernetes-validate
+$(KUBE_VALIDATE):
+	python3 -m venv target/tools/venv
+	target/tools/venv/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+
+.PHONY: deploy-check
+deploy-check: $(KUBE_VALIDATE) ## Render the Kubernetes manifests and validate them (strict, 1.30 and 1.33)
+	@mkdir -p target/deploy
+	kubectl kustomize deploy/kustomize/base > target/deploy/base.yaml
+	kubectl kustomize deploy/kustomize/tests > target/deploy/all-components.yaml
+	$(KUBE_VALIDATE) --strict --quiet -k 1.30 target/deploy/base.yaml target/deploy/all-components.yaml
+	$(KUBE_VALIDATE) --strict --quiet -k 1.33 target/deploy/base.yaml target/deploy/all-components.yaml
 
 .PHONY: build
 build: ## Build every crate, binary and test once

@@ -5,8 +5,9 @@
 //! service name. A readiness task runs the service's dependency checks (PostgreSQL, Redis) and
 //! turns health SERVING on the first pass; it turns it NOT_SERVING again only after
 //! `server.readiness_failure_threshold` consecutive failures, so one slow ping does not flap a
-//! pod out of its Service. Liveness is the process answering at all: it never depends on
-//! another service. On SIGTERM health turns NOT_SERVING at once, the listener stops accepting,
+//! pod out of its Service. Liveness is the health entry named [`LIVENESS`], SERVING for as
+//! long as the process runs: it never depends on another service, so a database outage makes
+//! pods unready, never restarts them. On SIGTERM health turns NOT_SERVING at once, the listener stops accepting,
 //! in-flight calls get `server.shutdown_grace_seconds` to finish, and streams are told to end
 //! through [`ServiceHost::shutdown_token`].
 
@@ -21,6 +22,9 @@ use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{BoxError, config::ServerSettings, layers::RequestContextLayer};
+
+/// The health service name that reports liveness: SERVING while the process runs.
+pub const LIVENESS: &str = "liveness";
 
 /// The future a readiness check returns: `Err` carries a short description of the failure.
 pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -177,6 +181,10 @@ impl BoundServer {
             names: Arc::new(names),
         };
         health.set(ServingStatus::NotServing).await;
+        health
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(relay_proto::FILE_DESCRIPTOR_SET)
