@@ -32,23 +32,45 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Drive a Relay deployment through its public API with a seeded CAD and fleet
-    /// simulator, then print a report.
-    Simulate {
-        /// Intake endpoint of the deployment to drive.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        intake: String,
-        /// Seed of the synthetic metro area, fleet and call mix.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// How much faster than real time simulated time runs.
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-    },
+    /// simulator (teams on shifts reporting positions, calls with a realistic mix of types
+    /// and risk flags, each followed to its close), then print a report.
+    Simulate(SimulateArgs),
     /// Manage the referral directory.
     Directory {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Intake endpoint of the deployment to drive.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    intake: String,
+    /// Availability endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    availability: String,
+    /// Directory endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50054")]
+    directory: String,
+    /// Seed of the synthetic metro area, fleet and call mix.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulated seconds per wall-clock second (60: an hour in a minute).
+    #[arg(long, default_value_t = 60.0)]
+    speed: f64,
+    /// Simulated minutes to run.
+    #[arg(long, default_value_t = 240)]
+    minutes: u64,
+    /// Teams on shift.
+    #[arg(long, default_value_t = 8)]
+    teams: usize,
+    /// Mean calls per simulated hour.
+    #[arg(long, default_value_t = 12.0)]
+    calls_per_hour: f64,
+    /// No live progress display (for logs and tests).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,12 +86,67 @@ enum DirectoryCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (name, issue) = match cli.command {
+        Command::Simulate(args) => return simulate(&args),
         Command::Dev { .. } => ("relay dev", 7),
-        Command::Simulate { .. } => ("relay simulate", 7),
         Command::Directory {
             command: DirectoryCommand::Import { .. },
         } => ("relay directory import", 6),
     };
     eprintln!("relay: `{name}` is not built yet (tracked in issue #{issue})");
     ExitCode::FAILURE
+}
+
+fn simulate(args: &SimulateArgs) -> ExitCode {
+    use relay_simulator::{
+        run::{Endpoints, RunOptions, run},
+        scenario::{ScenarioConfig, generate},
+    };
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        eprintln!("relay simulate: --speed must be a number greater than 0");
+        return ExitCode::from(2);
+    }
+    let scenario = generate(&ScenarioConfig {
+        seed: args.seed,
+        teams: args.teams,
+        calls_per_hour: args.calls_per_hour,
+        duration_seconds: args.minutes * 60,
+        ..ScenarioConfig::default()
+    });
+    let endpoints = Endpoints {
+        intake: args.intake.clone(),
+        availability: args.availability.clone(),
+        directory: args.directory.clone(),
+    };
+    let options = RunOptions {
+        speed: args.speed,
+        progress: !args.no_progress,
+        ..RunOptions::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("relay simulate: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&scenario, &endpoints, options)) {
+        Ok((observed, failures)) => {
+            print!("{}", observed.report());
+            println!("counts: {}", observed.counts());
+            if !failures.is_empty() {
+                println!("\nfailed calls (first {}):", failures.len());
+                for failure in &failures {
+                    println!("  {failure}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relay simulate: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

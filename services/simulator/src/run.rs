@@ -1,0 +1,736 @@
+//! Drives a Relay deployment through a [`Scenario`], over gRPC only, and observes what happens.
+//!
+//! Simulated time advances event by event: call arrivals, position reports, and each team's
+//! lifecycle (en route one minute after dispatch, on scene after the ETA routing gave, clear
+//! after the call's time on scene, then close with or without a referral). `speed` paces it
+//! against the wall clock (`speed` 60 runs an hour in a minute). Events are handled one at a
+//! time, and after every call that can make Relay act on its own (a submission, a team
+//! clearing) the simulator waits briefly for the resulting events, so that for a fixed seed
+//! the sequence of calls Relay sees, and therefore the counts, are the same from run to run.
+//!
+//! Each run uses its own run id in its CAD system, team ids and region, so runs never see
+//! each other's state in a shared deployment.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
+    time::{Duration, Instant, SystemTime},
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use relay_proto::{
+    availability::{
+        SetTeamStatusRequest, StreamLocationsRequest, UpsertTeamRequest,
+        availability_service_client::AvailabilityServiceClient,
+    },
+    common::{GeoPoint, TeamStatus},
+    directory::{
+        CreateReferralRequest, SearchServicesRequest,
+        directory_service_client::DirectoryServiceClient,
+    },
+    intake::{
+        CloseIncidentRequest, CloseOutcome, Disposition, IncidentEventKind, RoutingOutcome,
+        RoutingState, SubmitIncidentRequest, WatchIncidentEventsRequest,
+        intake_service_client::IntakeServiceClient, watch_incident_events_response::Kind,
+    },
+};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::{
+    report::{Observations, TeamUse},
+    scenario::{CallPlan, Scenario},
+};
+
+/// Where the deployment listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// IntakeService.
+    pub intake: String,
+    /// AvailabilityService.
+    pub availability: String,
+    /// DirectoryService.
+    pub directory: String,
+}
+
+/// How a run is paced and shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    /// Simulated seconds per wall-clock second.
+    pub speed: f64,
+    /// Simulated seconds between position reports of each team.
+    pub position_interval_seconds: u64,
+    /// Show a live progress display on the terminal.
+    pub progress: bool,
+    /// How long to wait for Relay's own reactions after a call that can cause them.
+    pub settle: Duration,
+    /// A fixed run id (tests); by default one is made from the clock.
+    pub run_id: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            speed: 60.0,
+            position_interval_seconds: 10,
+            progress: true,
+            settle: Duration::from_millis(150),
+            run_id: None,
+        }
+    }
+}
+
+/// Why a run could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// An endpoint is not a valid URI.
+    #[error("`{0}` is not an endpoint such as http://127.0.0.1:50051")]
+    BadEndpoint(String),
+    /// An endpoint cannot be reached.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// Setting up the fleet failed.
+    #[error("{what} failed: {status}")]
+    Setup {
+        /// What was being done.
+        what: String,
+        /// Relay's answer.
+        status: tonic::Status,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Arrive(usize),
+    Positions,
+    EnRoute { team: String, incident: String },
+    OnScene { team: String, incident: String },
+    Clear { team: String, incident: String },
+    ShiftEnds(String),
+}
+
+#[derive(Debug, Clone)]
+struct Motion {
+    from: GeoPoint,
+    to: GeoPoint,
+    start: f64,
+    end: f64,
+}
+
+impl Motion {
+    fn at(&self, now: f64) -> GeoPoint {
+        if now >= self.end || self.end <= self.start {
+            return self.to;
+        }
+        let f = ((now - self.start) / (self.end - self.start)).clamp(0.0, 1.0);
+        GeoPoint {
+            latitude: self.from.latitude + (self.to.latitude - self.from.latitude) * f,
+            longitude: self.from.longitude + (self.to.longitude - self.from.longitude) * f,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TeamState {
+    team_id: String,
+    base: GeoPoint,
+    motion: Motion,
+    on_duty: bool,
+    busy_on: Option<String>,
+    busy_since: f64,
+    leave_after_clear: bool,
+}
+
+#[derive(Debug, Clone)]
+struct IncidentState {
+    call: usize,
+    arrived: f64,
+    assigned: bool,
+    queued: bool,
+    escalated: bool,
+}
+
+struct Sim<'a> {
+    scenario: &'a Scenario,
+    options: RunOptions,
+    run_id: String,
+    cad_system: String,
+    region: String,
+    intake: IntakeServiceClient<Channel>,
+    availability: AvailabilityServiceClient<Channel>,
+    directory: DirectoryServiceClient<Channel>,
+    steps: BinaryHeap<Reverse<(u64, u64, Step)>>,
+    sequence: u64,
+    started: Instant,
+    teams: BTreeMap<String, TeamState>,
+    incidents: HashMap<String, IncidentState>,
+    requests: u64,
+    observed: Observations,
+    failures: Vec<String>,
+    events: mpsc::UnboundedReceiver<relay_proto::intake::IncidentEvent>,
+    progress: ProgressBar,
+}
+
+fn to_timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+async fn connect(endpoint: &str) -> Result<Channel, SimError> {
+    Channel::from_shared(endpoint.to_owned())
+        .map_err(|_| SimError::BadEndpoint(endpoint.to_owned()))?
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|source| SimError::Connect {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
+}
+
+/// Runs `scenario` against the deployment at `endpoints`.
+///
+/// # Errors
+/// When the deployment cannot be reached or the fleet cannot be set up. Failures of
+/// individual calls later are counted in the report instead.
+pub async fn run(
+    scenario: &Scenario,
+    endpoints: &Endpoints,
+    options: RunOptions,
+) -> Result<(Observations, Vec<String>), SimError> {
+    let intake = IntakeServiceClient::new(connect(&endpoints.intake).await?);
+    let availability = AvailabilityServiceClient::new(connect(&endpoints.availability).await?);
+    let directory = DirectoryServiceClient::new(connect(&endpoints.directory).await?);
+    let run_id = options.run_id.clone().unwrap_or_else(|| {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{:08x}", nanos % 0xffff_ffff)
+    });
+    let cad_system = format!("{}-{run_id}", scenario.config.cad_system);
+    let region = format!("{}-{run_id}", scenario.config.region);
+
+    let (sender, events) = mpsc::unbounded_channel();
+    let mut watcher = intake.clone();
+    let watched = cad_system.clone();
+    let watch = tokio::spawn(async move {
+        let request = WatchIncidentEventsRequest {
+            cad_system: watched,
+            after_sequence: 0,
+        };
+        let Ok(response) = watcher.watch_incident_events(request).await else {
+            return;
+        };
+        let mut stream = response.into_inner();
+        while let Ok(Some(message)) = stream.message().await {
+            if let Some(Kind::Event(event)) = message.kind
+                && sender.send(event).is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    let progress = if options.progress {
+        let bar = ProgressBar::new(scenario.calls.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} calls  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let mut sim = Sim {
+        scenario,
+        options,
+        run_id,
+        cad_system,
+        region,
+        intake,
+        availability,
+        directory,
+        steps: BinaryHeap::new(),
+        sequence: 0,
+        started: Instant::now(),
+        teams: BTreeMap::new(),
+        incidents: HashMap::new(),
+        requests: 0,
+        observed: Observations::default(),
+        failures: Vec::new(),
+        events,
+        progress,
+    };
+    sim.set_up().await?;
+    sim.run().await;
+    watch.abort();
+    sim.progress.finish_and_clear();
+    Ok((sim.observed, sim.failures))
+}
+
+impl Sim<'_> {
+    fn request_id(&mut self) -> String {
+        self.requests += 1;
+        format!("sim-{}-{}", self.run_id, self.requests)
+    }
+
+    fn schedule(&mut self, at: f64, step: Step) {
+        self.sequence += 1;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let millis = (at.max(0.0) * 1000.0) as u64;
+        self.steps.push(Reverse((millis, self.sequence, step)));
+    }
+
+    fn sim_now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * self.options.speed
+    }
+
+    fn fail(&mut self, what: &str, status: &tonic::Status) {
+        if self.failures.len() < 20 {
+            self.failures
+                .push(format!("{what}: {:?} {}", status.code(), status.message()));
+        }
+    }
+
+    async fn set_up(&mut self) -> Result<(), SimError> {
+        let now = SystemTime::now();
+        for plan in &self.scenario.teams {
+            let team_id = format!("{}-{}", self.run_id, plan.team_id);
+            let shift_ends_at = plan
+                .shift_ends_after_seconds
+                .map(|after| now + Duration::from_secs_f64(after as f64 / self.options.speed));
+            let request = UpsertTeamRequest {
+                request_id: self.request_id(),
+                team_id: team_id.clone(),
+                display_name: plan.display_name.clone(),
+                region: self.region.clone(),
+                capabilities: plan.capabilities.clone(),
+                shift_ends_at: shift_ends_at.map(to_timestamp),
+                expected_revision: 0,
+            };
+            self.availability
+                .upsert_team(request)
+                .await
+                .map_err(|status| SimError::Setup {
+                    what: format!("UpsertTeam {team_id}"),
+                    status,
+                })?;
+            let request = SetTeamStatusRequest {
+                request_id: self.request_id(),
+                team_id: team_id.clone(),
+                status: TeamStatus::Available.into(),
+                incident_id: String::new(),
+                expected_revision: 0,
+            };
+            self.availability
+                .set_team_status(request)
+                .await
+                .map_err(|status| SimError::Setup {
+                    what: format!("SetTeamStatus {team_id} AVAILABLE"),
+                    status,
+                })?;
+            if let Some(after) = plan.shift_ends_after_seconds {
+                #[allow(clippy::cast_precision_loss)]
+                self.schedule(after as f64, Step::ShiftEnds(team_id.clone()));
+            }
+            self.observed
+                .teams
+                .insert(team_id.clone(), TeamUse::default());
+            self.teams.insert(
+                team_id.clone(),
+                TeamState {
+                    team_id,
+                    base: plan.base,
+                    motion: Motion {
+                        from: plan.base,
+                        to: plan.base,
+                        start: 0.0,
+                        end: 0.0,
+                    },
+                    on_duty: true,
+                    busy_on: None,
+                    busy_since: 0.0,
+                    leave_after_clear: false,
+                },
+            );
+        }
+        self.report_positions().await;
+        for (index, call) in self.scenario.calls.iter().enumerate() {
+            #[allow(clippy::cast_precision_loss)]
+            self.schedule(call.arrives_after_seconds as f64, Step::Arrive(index));
+        }
+        #[allow(clippy::cast_precision_loss)]
+        self.schedule(
+            self.options.position_interval_seconds as f64,
+            Step::Positions,
+        );
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    async fn run(&mut self) {
+        #[allow(clippy::cast_precision_loss)]
+        let duration = self.scenario.config.duration_seconds as f64;
+        while let Some(Reverse((millis, _, step))) = self.steps.pop() {
+            #[allow(clippy::cast_precision_loss)]
+            let at = millis as f64 / 1000.0;
+            // After the simulated duration, only finish the calls in progress.
+            if at > duration && matches!(step, Step::Positions | Step::ShiftEnds(_)) {
+                if self.teams.values().all(|t| t.busy_on.is_none()) {
+                    break;
+                }
+                if matches!(step, Step::ShiftEnds(_)) {
+                    continue;
+                }
+            }
+            let wait = (at - self.sim_now()) / self.options.speed;
+            if wait > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+            self.handle(step, at).await;
+            self.drain_events(at);
+            self.progress.set_message(format!(
+                "assigned {} queued {} escalated {}",
+                self.observed.assigned, self.observed.queued, self.observed.escalated
+            ));
+        }
+        self.observed.duration_seconds = self.sim_now().max(duration);
+    }
+
+    async fn settle(&mut self, at: f64) {
+        tokio::time::sleep(self.options.settle).await;
+        self.drain_events(at);
+    }
+
+    async fn handle(&mut self, step: Step, at: f64) {
+        match step {
+            Step::Arrive(index) => self.arrive(index, at).await,
+            Step::Positions => {
+                self.report_positions().await;
+                #[allow(clippy::cast_precision_loss)]
+                self.schedule(
+                    at + self.options.position_interval_seconds as f64,
+                    Step::Positions,
+                );
+            }
+            Step::EnRoute { team, incident } => {
+                self.set_status(&team, TeamStatus::EnRoute, &incident).await;
+            }
+            Step::OnScene { team, incident } => {
+                self.set_status(&team, TeamStatus::OnScene, &incident).await;
+                if let Some(state) = self.incidents.get(&incident) {
+                    self.observed.response_time.push(at - state.arrived);
+                }
+            }
+            Step::Clear { team, incident } => self.clear(&team, &incident, at).await,
+            Step::ShiftEnds(team) => {
+                let idle = self
+                    .teams
+                    .get(&team)
+                    .is_some_and(|t| t.busy_on.is_none() && t.on_duty);
+                if idle {
+                    self.set_status(&team, TeamStatus::OffDuty, "").await;
+                    if let Some(state) = self.teams.get_mut(&team) {
+                        state.on_duty = false;
+                    }
+                } else if let Some(state) = self.teams.get_mut(&team) {
+                    state.leave_after_clear = true;
+                }
+            }
+        }
+    }
+
+    async fn arrive(&mut self, index: usize, at: f64) {
+        let call: &CallPlan = &self.scenario.calls[index];
+        self.progress.inc(1);
+        let request = SubmitIncidentRequest {
+            cad_system: self.cad_system.clone(),
+            cad_incident_id: call.cad_incident_id.clone(),
+            incident_type: call.incident_type.to_owned(),
+            priority: call.priority,
+            location: Some(call.location),
+            address: call.address.clone(),
+            region: self.region.clone(),
+            // Synthetic text only: never a real person's words.
+            narrative: format!("simulated {} call", call.incident_type.to_lowercase()),
+            risk_flags: call.risk_flags.iter().map(|f| i32::from(*f)).collect(),
+            received_at: Some(to_timestamp(SystemTime::now())),
+            preferred_capabilities: call.preferred_capabilities.clone(),
+            ..SubmitIncidentRequest::default()
+        };
+        self.observed.submitted += 1;
+        match self.intake.submit_incident(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                if !response.created {
+                    self.observed.duplicates += 1;
+                }
+                let disposition = response
+                    .triage
+                    .as_ref()
+                    .and_then(|t| Disposition::try_from(t.disposition).ok())
+                    .map_or("UNKNOWN", |d| {
+                        d.as_str_name()
+                            .strip_prefix("DISPOSITION_")
+                            .unwrap_or("UNKNOWN")
+                    })
+                    .to_owned();
+                *self.observed.dispositions.entry(disposition).or_default() += 1;
+                let Some(incident) = response.incident else {
+                    return;
+                };
+                self.incidents.insert(
+                    incident.incident_id.clone(),
+                    IncidentState {
+                        call: index,
+                        arrived: at,
+                        assigned: false,
+                        queued: false,
+                        escalated: false,
+                    },
+                );
+                if let Some(routing) = response.routing {
+                    self.apply_routing(&incident.incident_id, &routing, at);
+                }
+                self.settle(at).await;
+            }
+            Err(status) => self.fail("SubmitIncident", &status),
+        }
+    }
+
+    fn apply_routing(&mut self, incident_id: &str, routing: &RoutingOutcome, at: f64) {
+        let Some(state) = self.incidents.get_mut(incident_id) else {
+            return;
+        };
+        match RoutingState::try_from(routing.state) {
+            Ok(RoutingState::Assigned) if !state.assigned && !routing.team_id.is_empty() => {
+                state.assigned = true;
+                let call = state.call;
+                let arrived = state.arrived;
+                self.observed.assigned += 1;
+                self.observed.time_to_assign.push(at - arrived);
+                self.dispatch(&routing.team_id, incident_id, call, routing.eta_seconds, at);
+            }
+            Ok(RoutingState::Queued) if !state.queued => {
+                state.queued = true;
+                self.observed.queued += 1;
+            }
+            Ok(RoutingState::Escalated) if !state.escalated => {
+                state.escalated = true;
+                self.observed.escalated += 1;
+                let reason = relay_proto::common::UnservedReason::try_from(routing.unserved_reason)
+                    .map_or("UNKNOWN", |r| {
+                        r.as_str_name()
+                            .strip_prefix("UNSERVED_REASON_")
+                            .unwrap_or("UNKNOWN")
+                    })
+                    .to_owned();
+                *self.observed.unserved.entry(reason).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn drain_events(&mut self, at: f64) {
+        while let Ok(event) = self.events.try_recv() {
+            let kind = IncidentEventKind::try_from(event.kind).ok();
+            if matches!(
+                kind,
+                Some(
+                    IncidentEventKind::Assigned
+                        | IncidentEventKind::Queued
+                        | IncidentEventKind::Escalated
+                )
+            ) && let Some(routing) = &event.routing
+            {
+                self.apply_routing(&event.incident_id, routing, at);
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        team_id: &str,
+        incident_id: &str,
+        call: usize,
+        eta_seconds: i32,
+        at: f64,
+    ) {
+        let plan = &self.scenario.calls[call];
+        let on_scene_seconds = plan.on_scene_seconds;
+        let destination = plan.location;
+        let Some(team) = self.teams.get_mut(team_id) else {
+            return;
+        };
+        let turnout = 60.0;
+        let travel = f64::from(eta_seconds.max(60));
+        let here = team.motion.at(at);
+        team.motion = Motion {
+            from: here,
+            to: destination,
+            start: at + turnout,
+            end: at + turnout + travel,
+        };
+        team.busy_on = Some(incident_id.to_owned());
+        team.busy_since = at;
+        if let Some(usage) = self.observed.teams.get_mut(team_id) {
+            usage.calls += 1;
+        }
+        let (team, incident) = (team_id.to_owned(), incident_id.to_owned());
+        self.schedule(
+            at + turnout,
+            Step::EnRoute {
+                team: team.clone(),
+                incident: incident.clone(),
+            },
+        );
+        self.schedule(
+            at + turnout + travel,
+            Step::OnScene {
+                team: team.clone(),
+                incident: incident.clone(),
+            },
+        );
+        #[allow(clippy::cast_precision_loss)]
+        self.schedule(
+            at + turnout + travel + on_scene_seconds as f64,
+            Step::Clear { team, incident },
+        );
+    }
+
+    async fn set_status(&mut self, team_id: &str, status: TeamStatus, incident_id: &str) {
+        let request = SetTeamStatusRequest {
+            request_id: self.request_id(),
+            team_id: team_id.to_owned(),
+            status: status.into(),
+            incident_id: incident_id.to_owned(),
+            expected_revision: 0,
+        };
+        if let Err(status_error) = self.availability.set_team_status(request).await {
+            self.fail(
+                &format!("SetTeamStatus {}", status.as_str_name()),
+                &status_error,
+            );
+        }
+    }
+
+    async fn clear(&mut self, team_id: &str, incident_id: &str, at: f64) {
+        self.set_status(team_id, TeamStatus::Available, incident_id)
+            .await;
+        let call = self.incidents.get(incident_id).map(|s| s.call);
+        let leave = if let Some(team) = self.teams.get_mut(team_id) {
+            let busy = at - team.busy_since;
+            let here = team.motion.at(at);
+            team.motion = Motion {
+                from: here,
+                to: team.base,
+                start: at,
+                end: at + 600.0,
+            };
+            team.busy_on = None;
+            if let Some(usage) = self.observed.teams.get_mut(team_id) {
+                usage.busy_seconds += busy;
+            }
+            team.leave_after_clear
+        } else {
+            false
+        };
+        if let Some(call) = call {
+            self.close(incident_id, call).await;
+        }
+        if leave {
+            self.set_status(team_id, TeamStatus::OffDuty, "").await;
+            if let Some(team) = self.teams.get_mut(team_id) {
+                team.on_duty = false;
+            }
+        }
+        // A freed team may be given a queued call at once.
+        self.settle(at).await;
+    }
+
+    async fn close(&mut self, incident_id: &str, call: usize) {
+        let plan = &self.scenario.calls[call];
+        let mut referral_ids = Vec::new();
+        if plan.ends_with_referral {
+            let search = SearchServicesRequest {
+                location: Some(plan.location),
+                radius_meters: 15_000.0,
+                page_size: 3,
+                ..SearchServicesRequest::default()
+            };
+            match self.directory.search_services(search).await {
+                Ok(response) => {
+                    if let Some(result) = response.into_inner().results.into_iter().next() {
+                        let service_id = result.service.map(|s| s.id).unwrap_or_default();
+                        let request = CreateReferralRequest {
+                            request_id: self.request_id(),
+                            incident_id: incident_id.to_owned(),
+                            service_id,
+                            location_id: result.location_id,
+                            notes: String::new(),
+                        };
+                        match self.directory.create_referral(request).await {
+                            Ok(created) => {
+                                if let Some(referral) = created.into_inner().referral {
+                                    referral_ids.push(referral.referral_id);
+                                    self.observed.referrals += 1;
+                                }
+                            }
+                            Err(status) => self.fail("CreateReferral", &status),
+                        }
+                    }
+                }
+                Err(status) => self.fail("SearchServices", &status),
+            }
+        }
+        let outcome = if referral_ids.is_empty() {
+            CloseOutcome::ResolvedOnScene
+        } else {
+            CloseOutcome::Referred
+        };
+        let request = CloseIncidentRequest {
+            request_id: self.request_id(),
+            incident_id: incident_id.to_owned(),
+            outcome: outcome.into(),
+            referral_ids,
+            notes: String::new(),
+        };
+        match self.intake.close_incident(request).await {
+            Ok(_) => self.observed.closed += 1,
+            Err(status) => self.fail("CloseIncident", &status),
+        }
+    }
+
+    async fn report_positions(&mut self) {
+        let now = self.sim_now();
+        let recorded_at = Some(to_timestamp(SystemTime::now()));
+        let reports: Vec<StreamLocationsRequest> = self
+            .teams
+            .values()
+            .filter(|team| team.on_duty)
+            .map(|team| StreamLocationsRequest {
+                team_id: team.team_id.clone(),
+                location: Some(team.motion.at(now)),
+                recorded_at,
+                ..StreamLocationsRequest::default()
+            })
+            .collect();
+        if reports.is_empty() {
+            return;
+        }
+        if let Err(status) = self
+            .availability
+            .stream_locations(tokio_stream::iter(reports))
+            .await
+        {
+            self.fail("StreamLocations", &status);
+        }
+    }
+}
