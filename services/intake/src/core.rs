@@ -402,13 +402,13 @@ impl Intake {
                     let intake = Arc::clone(self);
                     let delivery = tokio::spawn(async move { intake.deliver(item).await });
                     let wait = IntakeSettings::ms(self.settings.submit_wait_ms);
-                    if tokio::time::timeout(wait, delivery).await.is_ok() {
-                        if let Some(current) = self.store.get_incident(&incident_id).await? {
-                            return Ok(Submitted {
-                                incident: current.incident,
-                                created: true,
-                            });
-                        }
+                    if tokio::time::timeout(wait, delivery).await.is_ok()
+                        && let Some(current) = self.store.get_incident(&incident_id).await?
+                    {
+                        return Ok(Submitted {
+                            incident: current.incident,
+                            created: true,
+                        });
                     }
                 }
                 Ok(Submitted {
@@ -479,30 +479,30 @@ impl Intake {
                 }
             }
             let mut routing_inputs_changed = false;
-            if let Some(location) = update.location {
-                if after.location != Some(location) {
-                    after.location = Some(location);
-                    routing_inputs_changed = true;
-                }
+            if let Some(location) = update.location
+                && after.location != Some(location)
+            {
+                after.location = Some(location);
+                routing_inputs_changed = true;
             }
-            if let Some(priority) = update.priority {
-                if after.priority != priority {
-                    after.priority = priority;
-                    routing_inputs_changed = true;
-                }
+            if let Some(priority) = update.priority
+                && after.priority != priority
+            {
+                after.priority = priority;
+                routing_inputs_changed = true;
             }
             let mut other_changed = false;
-            if let Some(address) = &update.address {
-                if &after.address != address {
-                    after.address.clone_from(address);
-                    other_changed = true;
-                }
+            if let Some(address) = &update.address
+                && &after.address != address
+            {
+                after.address.clone_from(address);
+                other_changed = true;
             }
-            if let Some(incident_type) = &update.incident_type {
-                if &after.incident_type != incident_type {
-                    after.incident_type.clone_from(incident_type);
-                    other_changed = true;
-                }
+            if let Some(incident_type) = &update.incident_type
+                && &after.incident_type != incident_type
+            {
+                after.incident_type.clone_from(incident_type);
+                other_changed = true;
             }
             let flags = flags_of(&after);
             if let Some(wanted) = update.override_disposition {
@@ -944,43 +944,44 @@ impl Intake {
                 s.incident.state == IncidentState::Open as i32
                     && routing_state(&s.incident) == RoutingState::Pending
             });
-            if item.kind == OutboxKind::Assign && pending {
-                if let Some(mut next) = stored {
-                    let before_revision = next.incident.revision;
-                    let incident = &mut next.incident;
-                    incident.revision += 1;
-                    incident.update_time = Some(timestamp_of(now));
-                    let previous = incident.routing.clone().unwrap_or_default();
-                    let (routing, kind) = match (&answer, &refused) {
-                        (Some(answer), _) => outcome_of(answer, now),
-                        (None, Some(status)) => (
-                            RoutingOutcome {
-                                state: RoutingState::Escalated as i32,
-                                rationale: format!(
-                                    "routing refused the incident ({:?}); send a traditional response",
-                                    status.code()
-                                ),
-                                update_time: Some(timestamp_of(now)),
-                                ..previous
-                            },
-                            IncidentEventKind::Escalated,
-                        ),
-                        (None, None) => (previous, IncidentEventKind::Unspecified),
-                    };
-                    if kind == IncidentEventKind::Assigned {
-                        next.team_status = TeamStatus::Dispatched as i32;
-                    }
-                    let mut ev = event(incident, kind, now);
-                    ev.team_id.clone_from(&routing.team_id);
-                    ev.routing = Some(routing.clone());
-                    ev.detail.clone_from(&routing.rationale);
-                    incident.routing = Some(routing);
-                    change.expected_revision = before_revision;
-                    if kind != IncidentEventKind::Unspecified {
-                        change.events.push(ev);
-                    }
-                    change.incident = Some(next);
+            if item.kind == OutboxKind::Assign
+                && pending
+                && let Some(mut next) = stored
+            {
+                let before_revision = next.incident.revision;
+                let incident = &mut next.incident;
+                incident.revision += 1;
+                incident.update_time = Some(timestamp_of(now));
+                let previous = incident.routing.clone().unwrap_or_default();
+                let (routing, kind) = match (&answer, &refused) {
+                    (Some(answer), _) => outcome_of(answer, now),
+                    (None, Some(status)) => (
+                        RoutingOutcome {
+                            state: RoutingState::Escalated as i32,
+                            rationale: format!(
+                                "routing refused the incident ({:?}); send a traditional response",
+                                status.code()
+                            ),
+                            update_time: Some(timestamp_of(now)),
+                            ..previous
+                        },
+                        IncidentEventKind::Escalated,
+                    ),
+                    (None, None) => (previous, IncidentEventKind::Unspecified),
+                };
+                if kind == IncidentEventKind::Assigned {
+                    next.team_status = TeamStatus::Dispatched as i32;
                 }
+                let mut ev = event(incident, kind, now);
+                ev.team_id.clone_from(&routing.team_id);
+                ev.routing = Some(routing.clone());
+                ev.detail.clone_from(&routing.rationale);
+                incident.routing = Some(routing);
+                change.expected_revision = before_revision;
+                if kind != IncidentEventKind::Unspecified {
+                    change.events.push(ev);
+                }
+                change.incident = Some(next);
             }
             let cad = change
                 .incident
@@ -989,10 +990,10 @@ impl Intake {
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Conflict => continue,
                 ChangeOutcome::Applied(events) => {
-                    if let Some(cad) = cad {
-                        if !events.is_empty() {
-                            self.notify(&cad);
-                        }
+                    if let Some(cad) = cad
+                        && !events.is_empty()
+                    {
+                        self.notify(&cad);
                     }
                     return Ok(());
                 }

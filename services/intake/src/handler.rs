@@ -208,13 +208,13 @@ fn validate_submit(
     } else {
         v.timestamp("received_at", request.received_at.as_ref())
     };
-    if let Some(received) = received_at {
-        if received.timestamp_micros() > intake.clock.now_micros() + MAX_FUTURE_MICROS {
-            v.add(
-                "received_at",
-                "must not be more than 60 seconds ahead of the server's clock",
-            );
-        }
+    if let Some(received) = received_at
+        && received.timestamp_micros() > intake.clock.now_micros() + MAX_FUTURE_MICROS
+    {
+        v.add(
+            "received_at",
+            "must not be more than 60 seconds ahead of the server's clock",
+        );
     }
     if let Some(caller) = &request.caller {
         check_len(&mut v, "caller.name", &caller.name, 200);
@@ -465,10 +465,10 @@ impl IntakeService for IntakeServiceHandler {
         }
         let after = v.timestamp("received_after", request.received_after.as_ref());
         let before = v.timestamp("received_before", request.received_before.as_ref());
-        if let (Some(after), Some(before)) = (after, before) {
-            if after >= before {
-                v.add("received_after", "must be before received_before");
-            }
+        if let (Some(after), Some(before)) = (after, before)
+            && after >= before
+        {
+            v.add("received_after", "must be before received_before");
         }
         let page_size = v.page_size("page_size", request.page_size);
         v.finish().map_err(invalid)?;

@@ -390,10 +390,10 @@ async fn a_weapon_reported_after_assignment_raises_a_safety_alert_at_once() {
     let mut alert = None;
     while alert.is_none() {
         let message = stream.message().await.unwrap().unwrap();
-        if let Some(Kind::Event(event)) = message.kind {
-            if event.kind == IncidentEventKind::SafetyAlert as i32 {
-                alert = Some(event);
-            }
+        if let Some(Kind::Event(event)) = message.kind
+            && event.kind == IncidentEventKind::SafetyAlert as i32
+        {
+            alert = Some(event);
         }
     }
     let alert = alert.unwrap();
