@@ -152,7 +152,7 @@ async fn twenty_concurrent_identical_submissions_create_one_incident_and_one_rou
 #[tokio::test]
 async fn with_routing_stopped_a_hundred_incidents_are_accepted_and_all_reach_an_outcome_once() {
     let db = TestDatabase::new().await;
-    let routing = FakeRouting::new(); // not started
+    let routing = FakeRouting::new().await; // not started
     let app = TestIntake::start(
         db.url(),
         &routing,

@@ -44,41 +44,83 @@ pub enum Script {
     Queue,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A listener held for the whole test, so the port is never taken by another test. While the
+/// fake is stopped, connections are accepted and dropped at once (callers get UNAVAILABLE, as
+/// when a service is down); while it runs, they are handed to the gRPC server.
+struct Host {
+    port: u16,
+    gate: Arc<Mutex<Option<tokio::sync::mpsc::Sender<tokio::net::TcpStream>>>>,
+    running: tokio::sync::Mutex<Option<Running>>,
 }
 
-/// A server that can be stopped and started again on the same port.
 struct Running {
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
 
-async fn stop_running(running: Option<Running>) {
-    if let Some(running) = running {
-        running.stop.cancel();
-        let mut handle = running.handle;
-        if tokio::time::timeout(Duration::from_secs(5), &mut handle)
-            .await
-            .is_err()
-        {
-            handle.abort();
-        }
-    }
-}
+type Incoming = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> + Send>,
+>;
 
-async fn bind_retry(port: u16) -> tokio::net::TcpListener {
-    for _ in 0..100 {
-        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            return listener;
+impl Host {
+    async fn new() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gate: Arc<Mutex<Option<tokio::sync::mpsc::Sender<tokio::net::TcpStream>>>> =
+            Arc::default();
+        let acceptor_gate = Arc::clone(&gate);
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let sender = acceptor_gate.lock().unwrap().clone();
+                if let Some(sender) = sender {
+                    let _ = sender.send(socket).await;
+                }
+            }
+        });
+        Self {
+            port,
+            gate,
+            running: tokio::sync::Mutex::new(None),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("cannot bind port {port}");
+
+    async fn start<F, Fut>(&self, serve: F)
+    where
+        F: FnOnce(Incoming, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut running = self.running.lock().await;
+        if running.is_some() {
+            return;
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        *self.gate.lock().unwrap() = Some(sender);
+        let incoming: Incoming = Box::pin(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+            Ok::<_, std::io::Error>,
+        ));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(serve(incoming, stop.clone()));
+        *running = Some(Running { stop, handle });
+    }
+
+    async fn stop(&self) {
+        *self.gate.lock().unwrap() = None;
+        let running = self.running.lock().await.take();
+        if let Some(running) = running {
+            running.stop.cancel();
+            let mut handle = running.handle;
+            if tokio::time::timeout(Duration::from_secs(5), &mut handle)
+                .await
+                .is_err()
+            {
+                handle.abort();
+            }
+        }
+    }
 }
 
 // ---- Routing -------------------------------------------------------------------------------
@@ -327,61 +369,50 @@ impl RoutingService for RoutingSvc {
 /// A fake RoutingService.
 pub struct FakeRouting {
     inner: Arc<RoutingInner>,
-    port: u16,
-    running: tokio::sync::Mutex<Option<Running>>,
+    host: Host,
 }
 
 impl FakeRouting {
-    /// A fake that is not started yet.
-    pub fn new() -> Arc<Self> {
+    /// A fake that is not started yet (its port refuses calls).
+    pub async fn new() -> Arc<Self> {
         Arc::new(Self {
             inner: Arc::default(),
-            port: free_port(),
-            running: tokio::sync::Mutex::new(None),
+            host: Host::new().await,
         })
     }
 
     /// A started fake.
     pub async fn started() -> Arc<Self> {
-        let fake = Self::new();
+        let fake = Self::new().await;
         fake.start().await;
         fake
     }
 
     /// Where it listens.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.host.port)
     }
 
     /// Starts serving (on the same port every time).
     pub async fn start(&self) {
-        let mut running = self.running.lock().await;
-        if running.is_some() {
-            return;
-        }
-        let listener = bind_retry(self.port).await;
-        let stop = CancellationToken::new();
-        let svc = RoutingSvc {
-            inner: Arc::clone(&self.inner),
-            stop: stop.clone(),
-        };
-        let token = stop.clone();
-        let handle = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(RoutingServiceServer::new(svc))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    token.cancelled_owned(),
-                )
-                .await;
-        });
-        *running = Some(Running { stop, handle });
+        let inner = Arc::clone(&self.inner);
+        self.host
+            .start(|incoming, stop| async move {
+                let svc = RoutingSvc {
+                    inner,
+                    stop: stop.clone(),
+                };
+                let _ = tonic::transport::Server::builder()
+                    .add_service(RoutingServiceServer::new(svc))
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+            })
+            .await;
     }
 
     /// Stops serving; calls fail with UNAVAILABLE until started again.
     pub async fn stop(&self) {
-        let running = self.running.lock().await.take();
-        stop_running(running).await;
+        self.host.stop().await;
     }
 
     /// Sets how AssignTeam answers.
@@ -483,8 +514,7 @@ impl AvailabilityService for AvailabilitySvc {
 /// A fake AvailabilityService (WatchTeams only).
 pub struct FakeAvailability {
     inner: Arc<AvailabilityInner>,
-    port: u16,
-    running: tokio::sync::Mutex<Option<Running>>,
+    host: Host,
 }
 
 impl FakeAvailability {
@@ -492,8 +522,7 @@ impl FakeAvailability {
     pub async fn started() -> Arc<Self> {
         let fake = Arc::new(Self {
             inner: Arc::default(),
-            port: free_port(),
-            running: tokio::sync::Mutex::new(None),
+            host: Host::new().await,
         });
         fake.start().await;
         fake
@@ -501,38 +530,29 @@ impl FakeAvailability {
 
     /// Where it listens.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.host.port)
     }
 
     /// Starts serving.
     pub async fn start(&self) {
-        let mut running = self.running.lock().await;
-        if running.is_some() {
-            return;
-        }
-        let listener = bind_retry(self.port).await;
-        let stop = CancellationToken::new();
-        let svc = AvailabilitySvc {
-            inner: Arc::clone(&self.inner),
-            stop: stop.clone(),
-        };
-        let token = stop.clone();
-        let handle = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(AvailabilityServiceServer::new(svc))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    token.cancelled_owned(),
-                )
-                .await;
-        });
-        *running = Some(Running { stop, handle });
+        let inner = Arc::clone(&self.inner);
+        self.host
+            .start(|incoming, stop| async move {
+                let svc = AvailabilitySvc {
+                    inner,
+                    stop: stop.clone(),
+                };
+                let _ = tonic::transport::Server::builder()
+                    .add_service(AvailabilityServiceServer::new(svc))
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+            })
+            .await;
     }
 
     /// Stops serving.
     pub async fn stop(&self) {
-        let running = self.running.lock().await.take();
-        stop_running(running).await;
+        self.host.stop().await;
     }
 
     /// How many WatchTeams streams were opened so far.
@@ -595,10 +615,8 @@ impl TestIntake {
             .set("routing_endpoint", routing.endpoint())
             .set(
                 "availability_endpoint",
-                availability.map_or_else(
-                    || format!("http://127.0.0.1:{}", free_port()),
-                    |a| a.endpoint(),
-                ),
+                // Without a fake, intake does not watch teams; the routing port stands in.
+                availability.map_or_else(|| routing.endpoint(), |a| a.endpoint()),
             )
             .set("intake.run_migrations", true)
             .set("intake.regions", vec![REGION])
