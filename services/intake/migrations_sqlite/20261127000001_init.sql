@@ -16,6 +16,8 @@ CREATE TABLE incidents (
     -- Internal state: the dispatcher override in force and the assigned team's last status.
     override_disposition INTEGER NOT NULL DEFAULT 0,
     team_status      INTEGER NOT NULL DEFAULT 0,
+    -- The team routing assigned (empty when none), to find an incident from a team's status.
+    team_id          TEXT NOT NULL DEFAULT '',
     -- Personal data, purged by the retention job.
     narrative        TEXT NOT NULL DEFAULT '',
     caller           BLOB,
@@ -25,6 +27,7 @@ CREATE TABLE incidents (
     CONSTRAINT incidents_cad_key UNIQUE (cad_system, cad_incident_id)
 );
 CREATE INDEX incidents_received ON incidents (received_at DESC, incident_id DESC);
+CREATE INDEX incidents_team ON incidents (team_id) WHERE state = 1;
 CREATE INDEX incidents_purge ON incidents (received_at) WHERE purged_at IS NULL;
 
 CREATE TABLE cad_sequences (

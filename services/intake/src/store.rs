@@ -429,8 +429,8 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO incidents (incident_id, cad_system, cad_incident_id, region, state, disposition, \
-                     received_at, revision, body, override_disposition, team_status, narrative, caller, notes, close_notes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                     received_at, revision, body, override_disposition, team_status, narrative, caller, notes, close_notes, team_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                      ON CONFLICT (cad_system, cad_incident_id) DO NOTHING",
                 )
                 .bind(&incident.incident_id)
@@ -448,6 +448,7 @@ macro_rules! sql_store {
                 .bind(&columns.caller)
                 .bind(&columns.notes)
                 .bind(&columns.close_notes)
+                .bind(team_of(incident))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -518,21 +519,16 @@ macro_rules! sql_store {
             }
 
             async fn incident_for_team(&self, team_id: &str) -> Result<Option<StoredIncident>, StoreError> {
-                // The team id lives in the encoded body; candidates are the open incidents
-                // whose assigned team we track in team_status, newest first.
-                let rows = sqlx::query_as::<_, IncidentRow>(concat!(
-                    "SELECT ", incident_columns!(),
-                    " FROM incidents WHERE state = 1 AND team_status <> 0 ORDER BY received_at DESC LIMIT 1000"
-                ))
-                .fetch_all(&self.pool)
-                .await?;
-                for row in rows {
-                    let stored = row.into_stored()?;
-                    if stored.incident.routing.as_ref().is_some_and(|r| r.team_id == team_id) {
-                        return Ok(Some(stored));
-                    }
-                }
-                Ok(None)
+                self.fetch_one_incident(
+                    concat!(
+                        "SELECT ", incident_columns!(),
+                        " FROM incidents WHERE state = 1 AND team_id = $1 AND team_status <> 0 \
+                         ORDER BY received_at DESC LIMIT 1"
+                    ),
+                    team_id,
+                    None,
+                )
+                .await
             }
 
             async fn apply_change(&self, change: Change) -> Result<ChangeOutcome, StoreError> {
@@ -588,7 +584,7 @@ macro_rules! sql_store {
                          narrative = CASE WHEN purged_at IS NULL THEN $11 ELSE '' END, \
                          caller = CASE WHEN purged_at IS NULL THEN $12 ELSE NULL END, \
                          notes = CASE WHEN purged_at IS NULL THEN $13 ELSE NULL END, \
-                         close_notes = CASE WHEN purged_at IS NULL THEN $14 ELSE '' END \
+                         close_notes = CASE WHEN purged_at IS NULL THEN $14 ELSE '' END, team_id = $15 \
                          WHERE incident_id = $1 AND revision = $2",
                     )
                     .bind(&incident.incident_id)
@@ -605,6 +601,7 @@ macro_rules! sql_store {
                     .bind(&columns.caller)
                     .bind(&columns.notes)
                     .bind(&columns.close_notes)
+                    .bind(team_of(incident))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -832,6 +829,11 @@ impl IncidentRow {
             team_status: self.team_status,
         })
     }
+}
+
+/// The team routing assigned to an incident, empty when none.
+fn team_of(incident: &Incident) -> &str {
+    incident.routing.as_ref().map_or("", |r| r.team_id.as_str())
 }
 
 /// Micros since the epoch of an optional timestamp (0 when unset).

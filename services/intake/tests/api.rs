@@ -925,3 +925,273 @@ async fn the_retention_job_erases_caller_data_and_narrative_and_keeps_the_rest()
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn updates_requeue_a_queued_incident_and_stop_routing_one_that_becomes_unsafe() {
+    let db = TestDatabase::new().await;
+    let routing = FakeRouting::started().await;
+    routing.script(Script::Queue);
+    let mut app = TestIntake::start(db.url(), &routing, None, &[], None).await;
+    let queued = app
+        .client
+        .submit_incident(submission("RQ-1", "WELFARE"))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(routing_state(&queued), RoutingState::Queued as i32);
+    let moved = app
+        .client
+        .update_incident(UpdateIncidentRequest {
+            request_id: "rq-move".into(),
+            incident_id: queued.incident_id.clone(),
+            location: Some(relay_proto::common::GeoPoint {
+                latitude: 44.06,
+                longitude: -123.1,
+            }),
+            priority: Some(2),
+            ..UpdateIncidentRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!moved.safety_alert_raised, "no team is assigned");
+    let id = queued.incident_id.clone();
+    assert!(
+        eventually(5, || async {
+            routing
+                .assign_calls()
+                .iter()
+                .any(|c| c.incident_id == id && c.priority == 2)
+        })
+        .await,
+        "re-queued with the new values"
+    );
+    let calls: Vec<_> = routing
+        .assign_calls()
+        .into_iter()
+        .filter(|c| c.incident_id == id)
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert_ne!(calls[0].request_id, calls[1].request_id);
+
+    let unsafe_now = app
+        .client
+        .update_incident(UpdateIncidentRequest {
+            request_id: "rq-weapon".into(),
+            incident_id: id.clone(),
+            add_risk_flags: vec![RiskFlag::Violence as i32],
+            ..UpdateIncidentRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unsafe_now.safety_alert_raised);
+    assert_eq!(
+        unsafe_now.triage.unwrap().disposition,
+        Disposition::TraditionalResponse as i32
+    );
+    assert_eq!(
+        routing_state(&unsafe_now.incident.unwrap()),
+        RoutingState::NotRouted as i32
+    );
+    assert!(
+        eventually(5, || async {
+            routing.cancel_calls().iter().any(|c| c.incident_id == id)
+        })
+        .await,
+        "routing is told to stop"
+    );
+    // A note alone changes the revision but not the decision.
+    let before = app
+        .client
+        .get_incident(GetIncidentRequest {
+            incident_id: id.clone(),
+            ..GetIncidentRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    let noted = app
+        .client
+        .update_incident(UpdateIncidentRequest {
+            request_id: "rq-note".into(),
+            incident_id: id.clone(),
+            notes: Some("callback made".into()),
+            ..UpdateIncidentRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(noted.revision, before.revision + 1);
+    assert_eq!(noted.triage, before.triage);
+    assert_eq!(noted.notes.len(), 1);
+    // An update that changes nothing makes no new revision.
+    let same = app
+        .client
+        .update_incident(UpdateIncidentRequest {
+            request_id: "rq-same".into(),
+            incident_id: id.clone(),
+            priority: Some(2),
+            ..UpdateIncidentRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(same.revision, noted.revision);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_cannot_resume_before_the_retained_history() {
+    let db = TestDatabase::new().await;
+    let routing = FakeRouting::started().await;
+    let clock = OffsetClock::new();
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let mut app = TestIntake::start(db.url(), &routing, None, &[], Some(shared)).await;
+    app.client
+        .submit_incident(submission("H-1", "WELFARE"))
+        .await
+        .unwrap();
+    clock.advance_seconds(8 * 86_400);
+    app.intake.run_retention_once().await.unwrap();
+    app.client
+        .submit_incident(submission("H-2", "ROBBERY"))
+        .await
+        .unwrap();
+    // Events 1..3 are gone; 4 and 5 (H-2 received and triaged) remain.
+    let status = app
+        .client
+        .watch_incident_events(relay_proto::intake::WatchIncidentEventsRequest {
+            cad_system: "county-cad".into(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&status), "EVENT_HISTORY_EXPIRED");
+    let mut stream = watch(&mut app.client, "county-cad", 3).await;
+    let Some(Kind::Heartbeat(heartbeat)) = stream.message().await.unwrap().unwrap().kind else {
+        panic!("heartbeat first")
+    };
+    assert_eq!(heartbeat.last_sequence, 5);
+    let Some(Kind::Event(event)) = stream.message().await.unwrap().unwrap().kind else {
+        panic!("event")
+    };
+    assert_eq!(event.sequence, 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn routing_events_are_applied_once_even_when_repeated_or_missed_during_an_outage() {
+    let db = TestDatabase::new().await;
+    let routing = FakeRouting::started().await;
+    routing.script(Script::Queue);
+    let availability = FakeAvailability::started().await;
+    let mut app = TestIntake::start(db.url(), &routing, Some(&availability), &[], None).await;
+    assert!(eventually(10, || async { routing.watchers() >= 1 }).await);
+    let id = app
+        .client
+        .submit_incident(submission("RE-1", "WELFARE"))
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap()
+        .incident_id;
+    let store = app.intake.store().clone();
+    assert!(
+        eventually(10, || async {
+            store
+                .stream_cursor("routing", REGION)
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await
+    );
+    // Routing goes down; while it is down its queue assigns the incident.
+    routing.stop().await;
+    let assigned = relay_proto::routing::AssignmentEvent {
+        kind: relay_proto::routing::AssignmentEventKind::Assigned as i32,
+        incident_id: id.clone(),
+        cad_system: "county-cad".into(),
+        assignment: Some(relay_proto::routing::Assignment {
+            assignment_id: "asg-outage".into(),
+            incident_id: id.clone(),
+            team_id: "team-outage".into(),
+            state: 1,
+            source: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    routing.push_event(assigned.clone());
+    routing.start().await;
+    assert!(
+        eventually(15, || async {
+            kinds_of(&app, &id)
+                .await
+                .contains(&(IncidentEventKind::Assigned as i32))
+        })
+        .await,
+        "the consumer resumed after its last event id"
+    );
+    // The same event delivered again (a reconnect may repeat the last one) changes nothing.
+    let mut repeated = assigned.clone();
+    repeated.event_id = store
+        .stream_cursor("routing", REGION)
+        .await
+        .unwrap()
+        .unwrap();
+    app.intake
+        .apply_assignment_event(REGION, &repeated)
+        .await
+        .unwrap();
+    let kinds = kinds_of(&app, &id).await;
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == IncidentEventKind::Assigned as i32)
+            .count(),
+        1
+    );
+    let incident = app
+        .client
+        .get_incident(GetIncidentRequest {
+            incident_id: id,
+            ..GetIncidentRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incident
+        .unwrap();
+    assert_eq!(incident.routing.unwrap().team_id, "team-outage");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_protocol_file_stops_the_start_with_its_line() {
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "version = \"x\"\nunknown_type_reason = \"a\"\nunlisted_type_reason = \"b\"\n[[type_rules]]\nid = \"r\"\ntypes = [\"NOPE\"]\ndisposition = \"community\"\nreason = \"c\"\n").unwrap();
+    let config = relay_runtime::Config::builder("intake")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", db.url())
+        .set("intake.protocol_path", path.display().to_string())
+        .build()
+        .unwrap();
+    let error = relay_intake::Application::build(config).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("line 6"), "{message}");
+    assert!(message.contains("NOPE"), "{message}");
+}
