@@ -3,20 +3,53 @@
 //! The crate is a library with a thin `main`: [`Application::build`] binds the server from a
 //! [`Config`], and [`Application::run_until_stopped`] serves until shutdown. Tests build the
 //! same `Application` on port 0.
+//!
+//! - [`protocol`]: the triage rules file, loaded and validated at start.
+//! - [`store`]: the storage trait and its PostgreSQL and SQLite implementations.
+//! - [`core`]: the domain logic (submit, update, cancel, close, routing outcomes, upstream
+//!   events, retention) and the outbox worker.
+//! - [`upstream`]: consumers of routing's and availability's event streams.
+//! - [`handler`]: request validation and the gRPC surface.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use relay_proto::intake::intake_service_server::IntakeServiceServer;
+use relay_proto::{
+    availability::availability_service_client::AvailabilityServiceClient,
+    intake::intake_service_server::IntakeServiceServer,
+    routing::routing_service_client::RoutingServiceClient,
+};
 use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
+    client::{TracePropagation, channel},
+    paging::PageTokens,
     server::{BoundServer, ServiceHost},
     storage,
 };
+use secrecy::ExposeSecret;
+use tokio::sync::{Notify, broadcast};
 
+pub mod apco;
+pub mod clock;
+pub mod core;
 mod handler;
+pub mod protocol;
+pub mod settings;
+pub mod store;
+pub mod upstream;
 
-pub use handler::IntakeServiceHandler;
+pub use handler::{IntakeServiceHandler, api_error};
+
+use crate::{
+    clock::{Clock, SystemClock},
+    core::Intake,
+    protocol::Protocol,
+    settings::IntakeSettings,
+    store::{IncidentStore, postgres::PgStore, sqlite::SqliteStore},
+};
+
+/// A readiness check of the database.
+pub type CheckFn = Box<dyn Fn() -> relay_runtime::server::CheckFuture + Send + Sync>;
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.intake.v1";
@@ -27,24 +60,115 @@ pub const SCHEMA: &str = "intake";
 /// The migrations of [`SCHEMA`], applied by `relay-intake migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The SQLite migrations, applied at start when the database URL is `sqlite:`.
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
+
 /// The intake service, bound and ready to run.
 #[derive(Debug)]
 pub struct Application {
     server: BoundServer,
+    intake: Arc<Intake>,
+    availability: upstream::AvailabilityClient,
+}
+
+/// Opens the store named by the configuration's database URL, migrating when asked to
+/// (SQLite always).
+///
+/// # Errors
+/// When the URL is missing or invalid, or a migration fails.
+pub async fn open_store(
+    config: &Config,
+    settings: &IntakeSettings,
+) -> Result<(Arc<dyn IncidentStore>, CheckFn), BoxError> {
+    let url = config.database_url()?;
+    if storage::is_sqlite(url) {
+        let pool = storage::sqlite_pool(url, settings.max_connections.max(1))?;
+        SQLITE_MIGRATOR.run(&pool).await?;
+        let check_pool = pool.clone();
+        let check: CheckFn = Box::new(move || {
+            let pool = check_pool.clone();
+            Box::pin(async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| format!("sqlite: {error}"))
+            })
+        });
+        Ok((Arc::new(SqliteStore::new(pool)), check))
+    } else {
+        let pool = storage::postgres_pool(url, SCHEMA, settings.max_connections.max(1))?;
+        if settings.run_migrations {
+            storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
+        }
+        let check: CheckFn = Box::new(storage::postgres_check(pool.clone()));
+        Ok((Arc::new(PgStore::new(pool)), check))
+    }
 }
 
 impl Application {
     /// Builds the service from its configuration and binds `RELAY_LISTEN`.
     ///
     /// # Errors
-    /// When a required setting is missing or the address cannot be bound.
+    /// When a required setting is missing, the protocol file is invalid (the error names the
+    /// line and the reason), or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 10)?;
-        let host = ServiceHost::new(&config.settings.server)
-            .add_service(IntakeServiceServer::new(IntakeServiceHandler))
-            .readiness_check("postgres", storage::postgres_check(pool));
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Self::build`], with a given clock (tests control time with it).
+    ///
+    /// # Errors
+    /// As [`Self::build`].
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, BoxError> {
+        let settings: IntakeSettings = config.section("intake")?;
+        let protocol = match &settings.protocol_path {
+            Some(path) => Protocol::load(path)?,
+            None => Protocol::default_protocol()?,
+        };
+        let (store, check) = open_store(&config, &settings).await?;
+        let timeout = Duration::from_millis(settings.routing_timeout_ms.max(1));
+        let routing = RoutingServiceClient::with_interceptor(
+            channel(&config.settings.routing_endpoint, timeout)?,
+            TracePropagation,
+        );
+        // Watch streams are long-lived: no per-call timeout on this channel.
+        let availability = AvailabilityServiceClient::with_interceptor(
+            channel(
+                &config.settings.availability_endpoint,
+                Duration::from_secs(365 * 24 * 3600),
+            )?,
+            TracePropagation,
+        );
+        let routing = routing.max_decoding_message_size(16 * 1024 * 1024);
+        let tokens = settings
+            .page_token_secret
+            .as_ref()
+            .map_or_else(PageTokens::random, |s| {
+                PageTokens::new(s.expose_secret().as_bytes())
+            });
+        tracing::info!(protocol_version = %protocol.version, "triage protocol loaded");
+        let (notices, _) = broadcast::channel(1024);
+        let intake = Arc::new(Intake {
+            store,
+            protocol: Arc::new(protocol),
+            settings,
+            clock,
+            routing,
+            notices,
+            outbox_wake: Notify::new(),
+        });
+        let host = ServiceHost::new(&config.settings.server);
+        let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token());
+        let host = host
+            .add_service(IntakeServiceServer::new(handler))
+            .readiness_check("database", check);
         let server = host.bind(config.settings.listen.0).await?;
-        Ok(Self { server })
+        Ok(Self {
+            server,
+            intake,
+            availability,
+        })
     }
 
     /// The address the service listens on.
@@ -53,7 +177,14 @@ impl Application {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls.
+    /// The shared intake state (tests use it to drive the outbox and the retention job).
+    #[must_use]
+    pub fn intake(&self) -> Arc<Intake> {
+        Arc::clone(&self.intake)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls. The outbox worker,
+    /// the upstream consumers and the retention job run alongside and stop with it.
     ///
     /// # Errors
     /// When the server fails.
@@ -61,17 +192,46 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BoxError> {
-        self.server.run_until_stopped(shutdown).await
+        let token = self.server.shutdown_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(Arc::clone(&self.intake).run_outbox(token.clone()));
+        tasks.spawn(Arc::clone(&self.intake).run_retention(token.clone()));
+        if self.intake.settings.consume_upstream {
+            for region in self.intake.settings.regions.clone() {
+                tasks.spawn(upstream::watch_routing(
+                    Arc::clone(&self.intake),
+                    region.clone(),
+                    token.clone(),
+                ));
+                tasks.spawn(upstream::watch_teams(
+                    Arc::clone(&self.intake),
+                    self.availability.clone(),
+                    region,
+                    token.clone(),
+                ));
+            }
+        }
+        let result = self.server.run_until_stopped(shutdown).await;
+        token.cancel();
+        while tasks.join_next().await.is_some() {}
+        result
     }
 
-    /// Creates the `intake` schema and applies [`MIGRATOR`].
+    /// Creates the `intake` schema and applies [`MIGRATOR`] (or the SQLite migrations).
     ///
     /// # Errors
-    /// When PostgreSQL is unreachable or a migration fails.
+    /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 1)?;
-        storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
-        pool.close().await;
+        let url = config.database_url()?;
+        if storage::is_sqlite(url) {
+            let pool = storage::sqlite_pool(url, 1)?;
+            SQLITE_MIGRATOR.run(&pool).await?;
+            pool.close().await;
+        } else {
+            let pool = storage::postgres_pool(url, SCHEMA, 1)?;
+            storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
+            pool.close().await;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,1379 @@
+//! The domain logic of intake: submit, update, cancel and close incidents, apply routing's
+//! answers and upstream events, and compute the events each change produces. Validation of
+//! requests is the handler's job; storage is behind [`IncidentStore`].
+
+use std::{sync::Arc, time::Duration};
+
+use prost::Message;
+use relay_proto::{
+    common::{AssignmentMode, GeoPoint, TeamStatus},
+    intake::{
+        CallerContact, CancelIncidentResponse, CloseIncidentResponse, Disposition, Incident,
+        IncidentEvent, IncidentEventKind, IncidentNote, IncidentState, RiskFlag, RoutingOutcome,
+        RoutingState, TriageDecision, UpdateIncidentResponse,
+    },
+    routing::{
+        AssignTeamRequest, AssignTeamResponse, AssignmentEvent, AssignmentEventKind,
+        AssignmentOutcome, CancelRoutingRequest, ReleaseTeamRequest,
+        routing_service_client::RoutingServiceClient,
+    },
+};
+use relay_runtime::client::TracePropagation;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, broadcast};
+use tonic::{Code, codegen::InterceptedService, transport::Channel};
+
+use crate::{
+    clock::Clock,
+    protocol::{self, Decision, Protocol},
+    settings::IntakeSettings,
+    store::{
+        Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, OutboxItem, OutboxKind,
+        RequestRecord, StoreError, StoredIncident, timestamp_of,
+    },
+};
+
+/// The routing client intake uses.
+pub type RoutingClient = RoutingServiceClient<InterceptedService<Channel, TracePropagation>>;
+
+/// How many times a change is recomputed after a concurrent change to the same incident.
+const MAX_CONFLICTS: usize = 32;
+
+/// Errors of intake's domain logic, mapped to the API in `handler.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// No incident has this id.
+    #[error("incident {0} not found")]
+    NotFound(String),
+    /// The incident is closed or cancelled.
+    #[error("incident {0} is not open")]
+    NotOpen(String),
+    /// expected_revision is stale.
+    #[error("incident revision is {current}, not {expected}")]
+    RevisionMismatch {
+        /// The incident's revision.
+        current: i64,
+        /// The request's expected revision.
+        expected: i64,
+    },
+    /// The dispatcher override is forbidden by the flags.
+    #[error("override not allowed: {0}")]
+    OverrideNotAllowed(String),
+    /// The request_id was used for another request.
+    #[error("request_id was already used for a different request")]
+    RequestIdReused,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Too many concurrent changes to one incident.
+    #[error("incident changed concurrently too often; retry")]
+    Contended,
+}
+
+/// A notice that a CAD's stream has new events.
+#[derive(Debug, Clone)]
+pub struct EventNotice {
+    /// The CAD system whose stream grew.
+    pub cad_system: String,
+}
+
+/// A validated SubmitIncident request.
+#[derive(Debug, Clone)]
+pub struct NewIncident {
+    /// See the contract.
+    pub cad_system: String,
+    /// See the contract.
+    pub cad_incident_id: String,
+    /// See the contract.
+    pub incident_type: String,
+    /// See the contract.
+    pub priority: i32,
+    /// See the contract.
+    pub location: GeoPoint,
+    /// See the contract.
+    pub address: String,
+    /// See the contract.
+    pub region: String,
+    /// See the contract.
+    pub narrative: String,
+    /// See the contract (deduplicated, in order).
+    pub risk_flags: Vec<RiskFlag>,
+    /// Micros since the epoch.
+    pub received_at: i64,
+    /// See the contract.
+    pub caller: Option<CallerContact>,
+    /// See the contract (deduplicated).
+    pub required_capabilities: Vec<String>,
+    /// See the contract (deduplicated).
+    pub preferred_capabilities: Vec<String>,
+    /// AUTO_ASSIGN or RECOMMEND.
+    pub routing_mode: AssignmentMode,
+}
+
+/// A validated UpdateIncident request.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentUpdate {
+    /// Idempotency key.
+    pub request_id: String,
+    /// Digest of the request.
+    pub fingerprint: String,
+    /// The incident.
+    pub incident_id: String,
+    /// 0 for no check.
+    pub expected_revision: i64,
+    /// Flags to add.
+    pub add_risk_flags: Vec<RiskFlag>,
+    /// New location.
+    pub location: Option<GeoPoint>,
+    /// New address.
+    pub address: Option<String>,
+    /// New priority.
+    pub priority: Option<i32>,
+    /// New incident type.
+    pub incident_type: Option<String>,
+    /// Note to append.
+    pub note: Option<String>,
+    /// Dispatcher override.
+    pub override_disposition: Option<Disposition>,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The incident as stored (after waiting for routing).
+    pub incident: Incident,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+/// The shared state of the intake service.
+#[derive(Debug)]
+pub struct Intake {
+    pub(crate) store: Arc<dyn IncidentStore>,
+    pub(crate) protocol: Arc<Protocol>,
+    pub(crate) settings: IntakeSettings,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) routing: RoutingClient,
+    pub(crate) notices: broadcast::Sender<EventNotice>,
+    pub(crate) outbox_wake: Notify,
+}
+
+/// A digest of a request for `request_id` reuse detection.
+#[must_use]
+pub fn fingerprint(rpc: &str, request: &impl Message) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(rpc.as_bytes());
+    hasher.update([0]);
+    hasher.update(request.encode_to_vec());
+    base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        hasher.finalize(),
+    )
+}
+
+fn decision_proto(decision: &Decision, version: &str, now: i64) -> TriageDecision {
+    TriageDecision {
+        disposition: decision.disposition as i32,
+        reasons: decision.reasons.clone(),
+        protocol_version: version.to_owned(),
+        rule_ids: decision.rule_ids.clone(),
+        required_capabilities: decision.required_capabilities.clone(),
+        co_responders: decision.co_responders.clone(),
+        decided_time: Some(timestamp_of(now)),
+    }
+}
+
+fn routable(disposition: i32) -> bool {
+    disposition == Disposition::CommunityResponse as i32
+        || disposition == Disposition::CoResponse as i32
+}
+
+fn routing_state(incident: &Incident) -> RoutingState {
+    incident
+        .routing
+        .as_ref()
+        .and_then(|r| RoutingState::try_from(r.state).ok())
+        .unwrap_or(RoutingState::Unspecified)
+}
+
+fn flags_of(incident: &Incident) -> Vec<RiskFlag> {
+    incident
+        .risk_flags
+        .iter()
+        .filter_map(|f| RiskFlag::try_from(*f).ok())
+        .collect()
+}
+
+fn event(incident: &Incident, kind: IncidentEventKind, now: i64) -> IncidentEvent {
+    IncidentEvent {
+        sequence: 0,
+        incident_id: incident.incident_id.clone(),
+        cad_incident_id: incident.cad_incident_id.clone(),
+        kind: kind as i32,
+        event_time: Some(timestamp_of(now)),
+        incident_revision: incident.revision,
+        ..IncidentEvent::default()
+    }
+}
+
+fn outbox_id(now: i64) -> String {
+    format!("{now:020}-{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Intake {
+    fn now(&self) -> i64 {
+        self.clock.now_micros()
+    }
+
+    fn notify(&self, cad_system: &str) {
+        // No receiver is fine: nobody is watching.
+        let _ = self.notices.send(EventNotice {
+            cad_system: cad_system.to_owned(),
+        });
+    }
+
+    /// Subscribes to stream-growth notices.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<EventNotice> {
+        self.notices.subscribe()
+    }
+
+    /// The store (for tests and the retention job).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn IncidentStore> {
+        &self.store
+    }
+
+    /// The protocol in force.
+    #[must_use]
+    pub fn protocol(&self) -> &Protocol {
+        &self.protocol
+    }
+
+    /// Whether `region` is served by this deployment.
+    #[must_use]
+    pub fn region_known(&self, region: &str) -> bool {
+        self.settings.regions.is_empty() || self.settings.regions.iter().any(|r| r == region)
+    }
+
+    fn assign_item(&self, incident: &Incident, attempt: i64, now: i64) -> OutboxItem {
+        let triage = incident.triage.clone().unwrap_or_default();
+        let mut required = incident.required_capabilities.clone();
+        for tag in &triage.required_capabilities {
+            if !required.contains(tag) {
+                required.push(tag.clone());
+            }
+        }
+        let request = AssignTeamRequest {
+            request_id: format!("assign-{}-{attempt}", incident.incident_id),
+            incident_id: incident.incident_id.clone(),
+            region: incident.region.clone(),
+            location: incident.location,
+            required_capabilities: required,
+            preferred_capabilities: incident.preferred_capabilities.clone(),
+            priority: incident.priority,
+            mode: incident.routing_mode,
+            expected_duration_seconds: None,
+            cad_system: incident.cad_system.clone(),
+        };
+        OutboxItem {
+            outbox_id: outbox_id(now),
+            incident_id: incident.incident_id.clone(),
+            kind: OutboxKind::Assign,
+            payload: request.encode_to_vec(),
+            attempts: 0,
+            next_attempt_at: now,
+        }
+    }
+
+    fn cancel_item(&self, incident: &Incident, reason: &str, now: i64) -> OutboxItem {
+        let request = CancelRoutingRequest {
+            request_id: format!("cancel-{}-{}", incident.incident_id, incident.revision),
+            incident_id: incident.incident_id.clone(),
+            reason: reason.to_owned(),
+        };
+        OutboxItem {
+            outbox_id: outbox_id(now),
+            incident_id: incident.incident_id.clone(),
+            kind: OutboxKind::Cancel,
+            payload: request.encode_to_vec(),
+            attempts: 0,
+            next_attempt_at: now,
+        }
+    }
+
+    fn release_item(&self, incident: &Incident, assignment_id: &str, now: i64) -> OutboxItem {
+        let request = ReleaseTeamRequest {
+            request_id: format!("release-{}-{}", incident.incident_id, incident.revision),
+            assignment_id: assignment_id.to_owned(),
+            reason: "incident closed".to_owned(),
+        };
+        OutboxItem {
+            outbox_id: outbox_id(now),
+            incident_id: incident.incident_id.clone(),
+            kind: OutboxKind::Release,
+            payload: request.encode_to_vec(),
+            attempts: 0,
+            next_attempt_at: now,
+        }
+    }
+
+    /// Accepts an incident (see `SubmitIncident`).
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub async fn submit(self: &Arc<Self>, new: NewIncident) -> Result<Submitted, IntakeError> {
+        let now = self.now();
+        let decision = self.protocol.triage(
+            &new.cad_system,
+            &new.incident_type,
+            &new.risk_flags,
+            Disposition::Unspecified,
+        );
+        let triage = decision_proto(&decision, &self.protocol.version, now);
+        let routed = routable(triage.disposition);
+        let incident_id = format!("inc-{}", uuid::Uuid::now_v7());
+        let incident = Incident {
+            incident_id: incident_id.clone(),
+            cad_system: new.cad_system,
+            cad_incident_id: new.cad_incident_id,
+            incident_type: new.incident_type,
+            apco_incident_type: decision.apco_incident_type.clone(),
+            priority: new.priority,
+            location: Some(new.location),
+            address: new.address,
+            region: new.region,
+            narrative: new.narrative,
+            risk_flags: new.risk_flags.iter().map(|f| *f as i32).collect(),
+            received_at: Some(timestamp_of(new.received_at)),
+            caller: new.caller,
+            required_capabilities: new.required_capabilities,
+            preferred_capabilities: new.preferred_capabilities,
+            routing_mode: new.routing_mode as i32,
+            state: IncidentState::Open as i32,
+            triage: Some(triage.clone()),
+            routing: Some(RoutingOutcome {
+                state: if routed {
+                    RoutingState::Pending as i32
+                } else {
+                    RoutingState::NotRouted as i32
+                },
+                update_time: Some(timestamp_of(now)),
+                ..RoutingOutcome::default()
+            }),
+            revision: 1,
+            create_time: Some(timestamp_of(now)),
+            update_time: Some(timestamp_of(now)),
+            ..Incident::default()
+        };
+        let received = event(&incident, IncidentEventKind::Received, now);
+        let mut triaged = event(&incident, IncidentEventKind::Triaged, now);
+        triaged.triage = Some(triage);
+        let mut outbox = Vec::new();
+        if routed {
+            let mut item = self.assign_item(&incident, 1, now);
+            // The submitting call delivers at once; the lease keeps the worker away meanwhile.
+            item.next_attempt_at = now + lease_micros(&self.settings);
+            outbox.push(item);
+        }
+        let stored = StoredIncident {
+            incident,
+            override_disposition: 0,
+            team_status: 0,
+        };
+        match self
+            .store
+            .create_incident(&stored, vec![received, triaged], outbox.clone(), now)
+            .await?
+        {
+            CreateOutcome::Existing(existing) => Ok(Submitted {
+                incident: existing.incident,
+                created: false,
+            }),
+            CreateOutcome::Created(_) => {
+                self.notify(&stored.incident.cad_system);
+                tracing::info!(
+                    incident_id = %incident_id,
+                    cad_system = %stored.incident.cad_system,
+                    disposition = decision.disposition.as_str_name(),
+                    "incident accepted"
+                );
+                if let Some(item) = outbox.pop() {
+                    let intake = Arc::clone(self);
+                    let delivery = tokio::spawn(async move { intake.deliver(item).await });
+                    let wait = IntakeSettings::ms(self.settings.submit_wait_ms);
+                    if tokio::time::timeout(wait, delivery).await.is_ok()
+                        && let Some(current) = self.store.get_incident(&incident_id).await?
+                    {
+                        return Ok(Submitted {
+                            incident: current.incident,
+                            created: true,
+                        });
+                    }
+                }
+                Ok(Submitted {
+                    incident: stored.incident,
+                    created: true,
+                })
+            }
+        }
+    }
+
+    /// One incident by id.
+    ///
+    /// # Errors
+    /// NotFound, or storage failure.
+    pub async fn get(&self, incident_id: &str) -> Result<StoredIncident, IntakeError> {
+        self.store
+            .get_incident(incident_id)
+            .await?
+            .ok_or_else(|| IntakeError::NotFound(incident_id.to_owned()))
+    }
+
+    async fn remembered<R: Message + Default>(
+        &self,
+        request_id: &str,
+        fingerprint: &str,
+    ) -> Result<Option<R>, IntakeError> {
+        match self.store.find_request(request_id).await? {
+            None => Ok(None),
+            Some(record) => replay(&record, fingerprint).map(Some),
+        }
+    }
+
+    /// Applies an update (see `UpdateIncident`).
+    ///
+    /// # Errors
+    /// See the contract.
+    #[allow(clippy::too_many_lines)]
+    pub async fn update(
+        &self,
+        update: IncidentUpdate,
+    ) -> Result<UpdateIncidentResponse, IntakeError> {
+        if let Some(response) = self
+            .remembered(&update.request_id, &update.fingerprint)
+            .await?
+        {
+            return Ok(response);
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let stored = self.get(&update.incident_id).await?;
+            let before = &stored.incident;
+            if before.state != IncidentState::Open as i32 {
+                return Err(IntakeError::NotOpen(update.incident_id.clone()));
+            }
+            if update.expected_revision != 0 && update.expected_revision != before.revision {
+                return Err(IntakeError::RevisionMismatch {
+                    current: before.revision,
+                    expected: update.expected_revision,
+                });
+            }
+            let now = self.now();
+            let mut after = before.clone();
+            let mut next = stored.clone();
+            let mut added = Vec::new();
+            for flag in &update.add_risk_flags {
+                if !after.risk_flags.contains(&(*flag as i32)) {
+                    after.risk_flags.push(*flag as i32);
+                    added.push(*flag);
+                }
+            }
+            let mut routing_inputs_changed = false;
+            if let Some(location) = update.location
+                && after.location != Some(location)
+            {
+                after.location = Some(location);
+                routing_inputs_changed = true;
+            }
+            if let Some(priority) = update.priority
+                && after.priority != priority
+            {
+                after.priority = priority;
+                routing_inputs_changed = true;
+            }
+            let mut other_changed = false;
+            if let Some(address) = &update.address
+                && &after.address != address
+            {
+                after.address.clone_from(address);
+                other_changed = true;
+            }
+            if let Some(incident_type) = &update.incident_type
+                && &after.incident_type != incident_type
+            {
+                after.incident_type.clone_from(incident_type);
+                other_changed = true;
+            }
+            let flags = flags_of(&after);
+            if let Some(wanted) = update.override_disposition {
+                let protocol_decision = self.protocol.triage(
+                    &after.cad_system,
+                    &after.incident_type,
+                    &flags,
+                    Disposition::Unspecified,
+                );
+                self.protocol
+                    .check_override(protocol_decision.disposition, &flags, wanted)
+                    .map_err(|e| IntakeError::OverrideNotAllowed(e.0))?;
+                if next.override_disposition != wanted as i32 {
+                    next.override_disposition = wanted as i32;
+                    other_changed = true;
+                }
+            }
+            let retriage = !added.is_empty() || routing_inputs_changed || other_changed;
+            if !retriage && update.note.is_none() {
+                // Nothing changes: no new revision.
+                return Ok(UpdateIncidentResponse {
+                    triage: before.triage.clone(),
+                    incident: Some(before.clone()),
+                    safety_alert_raised: false,
+                });
+            }
+            after.revision = before.revision + 1;
+            after.update_time = Some(timestamp_of(now));
+            if let Some(note) = &update.note {
+                after.notes.push(IncidentNote {
+                    text: note.clone(),
+                    create_time: Some(timestamp_of(now)),
+                });
+            }
+            let mut events = Vec::new();
+            let mut outbox = Vec::new();
+            let mut updated = event(&after, IncidentEventKind::Updated, now);
+            updated.risk_flags = added.iter().map(|f| *f as i32).collect();
+            events.push(updated);
+            let mut safety_alert = false;
+            if retriage {
+                let override_in_force = Disposition::try_from(next.override_disposition)
+                    .unwrap_or(Disposition::Unspecified);
+                let decision = self.protocol.triage(
+                    &after.cad_system,
+                    &after.incident_type,
+                    &flags,
+                    override_in_force,
+                );
+                let previous = before.triage.clone().unwrap_or_default();
+                let triage = decision_proto(&decision, &self.protocol.version, now);
+                after
+                    .apco_incident_type
+                    .clone_from(&decision.apco_incident_type);
+                let decision_changed = previous.disposition != triage.disposition
+                    || previous.rule_ids != triage.rule_ids
+                    || previous.required_capabilities != triage.required_capabilities
+                    || previous.co_responders != triage.co_responders;
+                if decision_changed {
+                    let mut triaged = event(&after, IncidentEventKind::Triaged, now);
+                    triaged.triage = Some(triage.clone());
+                    events.push(triaged);
+                }
+                let previous_disposition =
+                    Disposition::try_from(previous.disposition).unwrap_or(Disposition::NeedsReview);
+                let new_co_responder = triage
+                    .co_responders
+                    .iter()
+                    .any(|c| !previous.co_responders.contains(c));
+                let state = routing_state(before);
+                let team_id = before
+                    .routing
+                    .as_ref()
+                    .map(|r| r.team_id.clone())
+                    .unwrap_or_default();
+                if state == RoutingState::Assigned
+                    && (!added.is_empty()
+                        || protocol::more_restrictive(previous_disposition, decision.disposition)
+                        || new_co_responder)
+                {
+                    safety_alert = true;
+                    let mut alert = event(&after, IncidentEventKind::SafetyAlert, now);
+                    alert.team_id.clone_from(&team_id);
+                    alert.risk_flags = added.iter().map(|f| *f as i32).collect();
+                    let flag_names: Vec<&str> =
+                        added.iter().map(|f| protocol::flag_name(*f)).collect();
+                    alert.detail = if flag_names.is_empty() {
+                        format!(
+                            "triage is now {} while team {team_id} is assigned",
+                            decision.disposition.as_str_name()
+                        )
+                    } else {
+                        format!(
+                            "risk flag {} added while team {team_id} is assigned; triage is now {}",
+                            flag_names.join(", "),
+                            decision.disposition.as_str_name()
+                        )
+                    };
+                    // The alert goes first: the team must hear it at once.
+                    events.insert(0, alert);
+                }
+                let now_routable = routable(triage.disposition);
+                let mut routing = after.routing.clone().unwrap_or_default();
+                after.triage = Some(triage.clone());
+                match state {
+                    RoutingState::Queued | RoutingState::Recommended | RoutingState::Pending
+                        if !now_routable =>
+                    {
+                        routing.state = RoutingState::NotRouted as i32;
+                        routing.update_time = Some(timestamp_of(now));
+                        outbox.push(self.cancel_item(
+                            &after,
+                            "no longer eligible for a community response",
+                            now,
+                        ));
+                    }
+                    RoutingState::NotRouted
+                    | RoutingState::Released
+                    | RoutingState::Cancelled
+                    | RoutingState::Escalated
+                        if now_routable && !routable(previous.disposition) =>
+                    {
+                        routing.state = RoutingState::Pending as i32;
+                        routing.update_time = Some(timestamp_of(now));
+                        outbox.push(self.assign_item(&after, after.revision, now));
+                    }
+                    RoutingState::Queued
+                        if now_routable
+                            && (routing_inputs_changed
+                                || previous.required_capabilities
+                                    != triage.required_capabilities) =>
+                    {
+                        outbox.push(self.assign_item(&after, after.revision, now));
+                    }
+                    _ => {}
+                }
+                after.routing = Some(routing);
+                after.triage = Some(triage);
+            }
+            next.incident = after.clone();
+            let response = UpdateIncidentResponse {
+                triage: after.triage.clone(),
+                incident: Some(after.clone()),
+                safety_alert_raised: safety_alert,
+            };
+            let change = Change {
+                incident: Some(next),
+                expected_revision: before.revision,
+                events,
+                outbox,
+                request: Some(RequestRecord {
+                    request_id: update.request_id.clone(),
+                    rpc: "UpdateIncident".into(),
+                    fingerprint: update.fingerprint.clone(),
+                    response: response.encode_to_vec(),
+                }),
+                now,
+                ..Change::default()
+            };
+            match self.store.apply_change(change).await? {
+                ChangeOutcome::Applied(_) => {
+                    self.notify(&after.cad_system);
+                    self.outbox_wake.notify_one();
+                    tracing::info!(
+                        incident_id = %after.incident_id,
+                        revision = after.revision,
+                        safety_alert,
+                        "incident updated"
+                    );
+                    return Ok(response);
+                }
+                ChangeOutcome::RequestExists(record) => {
+                    return replay(&record, &update.fingerprint);
+                }
+                _ => {}
+            }
+        }
+        Err(IntakeError::Contended)
+    }
+
+    /// Cancels an incident (see `CancelIncident`).
+    ///
+    /// # Errors
+    /// See the contract.
+    pub async fn cancel(
+        &self,
+        request_id: &str,
+        fingerprint: &str,
+        incident_id: &str,
+        reason: &str,
+    ) -> Result<CancelIncidentResponse, IntakeError> {
+        if let Some(response) = self.remembered(request_id, fingerprint).await? {
+            return Ok(response);
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let stored = self.get(incident_id).await?;
+            let before = &stored.incident;
+            if before.state != IncidentState::Open as i32 {
+                return Err(IntakeError::NotOpen(incident_id.to_owned()));
+            }
+            let now = self.now();
+            let mut after = before.clone();
+            after.revision += 1;
+            after.state = IncidentState::Cancelled as i32;
+            after.cancel_reason = reason.to_owned();
+            after.close_time = Some(timestamp_of(now));
+            after.update_time = Some(timestamp_of(now));
+            let mut outbox = Vec::new();
+            let mut cancelled = event(&after, IncidentEventKind::Cancelled, now);
+            if matches!(
+                routing_state(before),
+                RoutingState::Pending
+                    | RoutingState::Assigned
+                    | RoutingState::Queued
+                    | RoutingState::Recommended
+            ) {
+                outbox.push(self.cancel_item(&after, "incident cancelled", now));
+                let routing = after.routing.get_or_insert_with(RoutingOutcome::default);
+                routing.state = RoutingState::Cancelled as i32;
+                routing.update_time = Some(timestamp_of(now));
+                cancelled.routing = after.routing.clone();
+                cancelled.team_id = after
+                    .routing
+                    .as_ref()
+                    .map(|r| r.team_id.clone())
+                    .unwrap_or_default();
+            }
+            let response = CancelIncidentResponse {
+                incident: Some(after.clone()),
+            };
+            let change = Change {
+                incident: Some(StoredIncident {
+                    incident: after.clone(),
+                    override_disposition: stored.override_disposition,
+                    team_status: 0,
+                }),
+                expected_revision: before.revision,
+                events: vec![cancelled],
+                outbox,
+                request: Some(RequestRecord {
+                    request_id: request_id.to_owned(),
+                    rpc: "CancelIncident".into(),
+                    fingerprint: fingerprint.to_owned(),
+                    response: response.encode_to_vec(),
+                }),
+                now,
+                ..Change::default()
+            };
+            match self.store.apply_change(change).await? {
+                ChangeOutcome::Applied(_) => {
+                    self.notify(&after.cad_system);
+                    self.outbox_wake.notify_one();
+                    tracing::info!(incident_id = %incident_id, "incident cancelled");
+                    return Ok(response);
+                }
+                ChangeOutcome::RequestExists(record) => return replay(&record, fingerprint),
+                _ => {}
+            }
+        }
+        Err(IntakeError::Contended)
+    }
+
+    /// Closes an incident (see `CloseIncident`).
+    ///
+    /// # Errors
+    /// See the contract.
+    pub async fn close(
+        &self,
+        request_id: &str,
+        fingerprint: &str,
+        incident_id: &str,
+        outcome: i32,
+        referral_ids: Vec<String>,
+        notes: String,
+    ) -> Result<CloseIncidentResponse, IntakeError> {
+        if let Some(response) = self.remembered(request_id, fingerprint).await? {
+            return Ok(response);
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let stored = self.get(incident_id).await?;
+            let before = &stored.incident;
+            if before.state != IncidentState::Open as i32 {
+                return Err(IntakeError::NotOpen(incident_id.to_owned()));
+            }
+            let now = self.now();
+            let mut after = before.clone();
+            after.revision += 1;
+            after.state = IncidentState::Closed as i32;
+            after.close_outcome = outcome;
+            after.referral_ids.clone_from(&referral_ids);
+            after.close_notes.clone_from(&notes);
+            after.close_time = Some(timestamp_of(now));
+            after.update_time = Some(timestamp_of(now));
+            let mut events = Vec::new();
+            let mut outbox = Vec::new();
+            match routing_state(before) {
+                RoutingState::Assigned => {
+                    let assignment_id = before
+                        .routing
+                        .as_ref()
+                        .map(|r| r.assignment_id.clone())
+                        .unwrap_or_default();
+                    outbox.push(self.release_item(&after, &assignment_id, now));
+                    let mut routing = after.routing.clone().unwrap_or_default();
+                    routing.state = RoutingState::Released as i32;
+                    routing.update_time = Some(timestamp_of(now));
+                    after.routing = Some(routing.clone());
+                    let mut released = event(&after, IncidentEventKind::Released, now);
+                    released.team_id.clone_from(&routing.team_id);
+                    released.routing = Some(routing);
+                    released.detail = "team released: incident closed".into();
+                    events.push(released);
+                }
+                RoutingState::Pending | RoutingState::Queued | RoutingState::Recommended => {
+                    outbox.push(self.cancel_item(&after, "incident closed", now));
+                    let routing = after.routing.get_or_insert_with(RoutingOutcome::default);
+                    routing.state = RoutingState::Cancelled as i32;
+                    routing.update_time = Some(timestamp_of(now));
+                }
+                _ => {}
+            }
+            let mut closed = event(&after, IncidentEventKind::Closed, now);
+            closed.close_outcome = outcome;
+            events.push(closed);
+            let response = CloseIncidentResponse {
+                incident: Some(after.clone()),
+            };
+            let change = Change {
+                incident: Some(StoredIncident {
+                    incident: after.clone(),
+                    override_disposition: stored.override_disposition,
+                    team_status: 0,
+                }),
+                expected_revision: before.revision,
+                events,
+                outbox,
+                request: Some(RequestRecord {
+                    request_id: request_id.to_owned(),
+                    rpc: "CloseIncident".into(),
+                    fingerprint: fingerprint.to_owned(),
+                    response: response.encode_to_vec(),
+                }),
+                now,
+                ..Change::default()
+            };
+            match self.store.apply_change(change).await? {
+                ChangeOutcome::Applied(_) => {
+                    self.notify(&after.cad_system);
+                    self.outbox_wake.notify_one();
+                    tracing::info!(incident_id = %incident_id, "incident closed");
+                    return Ok(response);
+                }
+                ChangeOutcome::RequestExists(record) => return replay(&record, fingerprint),
+                _ => {}
+            }
+        }
+        Err(IntakeError::Contended)
+    }
+
+    // ---- Outbox delivery ----------------------------------------------------------------
+
+    /// Delivers one outbox row to routing and records the outcome, or schedules a retry.
+    pub async fn deliver(&self, item: OutboxItem) {
+        let timeout = IntakeSettings::ms(self.settings.routing_timeout_ms);
+        let mut client = self.routing.clone();
+        let result = match item.kind {
+            OutboxKind::Assign => match AssignTeamRequest::decode(item.payload.as_slice()) {
+                Ok(request) => {
+                    let mut call = tonic::Request::new(request);
+                    call.set_timeout(timeout);
+                    client.assign_team(call).await.map(|r| Some(r.into_inner()))
+                }
+                Err(error) => Err(tonic::Status::internal(error.to_string())),
+            },
+            OutboxKind::Cancel => match CancelRoutingRequest::decode(item.payload.as_slice()) {
+                Ok(request) => {
+                    let mut call = tonic::Request::new(request);
+                    call.set_timeout(timeout);
+                    client.cancel_routing(call).await.map(|_| None)
+                }
+                Err(error) => Err(tonic::Status::internal(error.to_string())),
+            },
+            OutboxKind::Release => match ReleaseTeamRequest::decode(item.payload.as_slice()) {
+                Ok(request) => {
+                    let mut call = tonic::Request::new(request);
+                    call.set_timeout(timeout);
+                    client.release_team(call).await.map(|_| None)
+                }
+                Err(error) => Err(tonic::Status::internal(error.to_string())),
+            },
+        };
+        let recorded = match result {
+            Ok(answer) => self.record_delivery(&item, answer, None).await,
+            Err(status) if retryable(status.code()) => {
+                let delay = backoff(&self.settings, item.attempts);
+                let next = self.now() + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+                tracing::warn!(
+                    incident_id = %item.incident_id,
+                    kind = item.kind.as_str(),
+                    attempts = item.attempts,
+                    code = ?status.code(),
+                    retry_in_ms = delay.as_millis(),
+                    "routing delivery failed; will retry"
+                );
+                self.store
+                    .reschedule_outbox(&item.outbox_id, next, &format!("{:?}", status.code()))
+                    .await
+            }
+            Err(status) => {
+                tracing::error!(
+                    incident_id = %item.incident_id,
+                    kind = item.kind.as_str(),
+                    code = ?status.code(),
+                    "routing refused the request"
+                );
+                self.record_delivery(&item, None, Some(status)).await
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::error!(incident_id = %item.incident_id, error = %error, "recording a routing outcome failed; the row will be retried");
+        }
+    }
+
+    async fn record_delivery(
+        &self,
+        item: &OutboxItem,
+        answer: Option<AssignTeamResponse>,
+        refused: Option<tonic::Status>,
+    ) -> Result<(), StoreError> {
+        for _ in 0..MAX_CONFLICTS {
+            let now = self.now();
+            let stored = self.store.get_incident(&item.incident_id).await?;
+            let mut change = Change {
+                settles_outbox: Some(item.outbox_id.clone()),
+                now,
+                ..Change::default()
+            };
+            let pending = stored.as_ref().is_some_and(|s| {
+                s.incident.state == IncidentState::Open as i32
+                    && routing_state(&s.incident) == RoutingState::Pending
+            });
+            if item.kind == OutboxKind::Assign
+                && pending
+                && let Some(mut next) = stored
+            {
+                let before_revision = next.incident.revision;
+                let incident = &mut next.incident;
+                incident.revision += 1;
+                incident.update_time = Some(timestamp_of(now));
+                let previous = incident.routing.clone().unwrap_or_default();
+                let (routing, kind) = match (&answer, &refused) {
+                    (Some(answer), _) => outcome_of(answer, now),
+                    (None, Some(status)) => (
+                        RoutingOutcome {
+                            state: RoutingState::Escalated as i32,
+                            rationale: format!(
+                                "routing refused the incident ({:?}); send a traditional response",
+                                status.code()
+                            ),
+                            update_time: Some(timestamp_of(now)),
+                            ..previous
+                        },
+                        IncidentEventKind::Escalated,
+                    ),
+                    (None, None) => (previous, IncidentEventKind::Unspecified),
+                };
+                if kind == IncidentEventKind::Assigned {
+                    next.team_status = TeamStatus::Dispatched as i32;
+                }
+                let mut ev = event(incident, kind, now);
+                ev.team_id.clone_from(&routing.team_id);
+                ev.routing = Some(routing.clone());
+                ev.detail.clone_from(&routing.rationale);
+                incident.routing = Some(routing);
+                change.expected_revision = before_revision;
+                if kind != IncidentEventKind::Unspecified {
+                    change.events.push(ev);
+                }
+                change.incident = Some(next);
+            }
+            let cad = change
+                .incident
+                .as_ref()
+                .map(|s| s.incident.cad_system.clone());
+            match self.store.apply_change(change).await? {
+                ChangeOutcome::Conflict => continue,
+                ChangeOutcome::Applied(events) => {
+                    if let Some(cad) = cad
+                        && !events.is_empty()
+                    {
+                        self.notify(&cad);
+                    }
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims due outbox rows and delivers them; returns how many were claimed.
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub async fn deliver_due(self: &Arc<Self>, limit: i64) -> Result<usize, StoreError> {
+        let now = self.now();
+        let items = self
+            .store
+            .claim_outbox(now, now + lease_micros(&self.settings), limit)
+            .await?;
+        let count = items.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for item in items {
+            let intake = Arc::clone(self);
+            tasks.spawn(async move { intake.deliver(item).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(count)
+    }
+
+    /// The outbox worker: delivers due rows until `shutdown`.
+    pub async fn run_outbox(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let poll = IntakeSettings::ms(self.settings.outbox_poll_ms);
+        loop {
+            match self.deliver_due(64).await {
+                Ok(64) => continue,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(error = %error, "outbox worker could not read the outbox")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.outbox_wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    // ---- Upstream events ------------------------------------------------------------------
+
+    /// Records one routing assignment event (idempotent by event id).
+    ///
+    /// # Errors
+    /// When storage fails.
+    #[allow(clippy::too_many_lines)]
+    pub async fn apply_assignment_event(
+        &self,
+        region: &str,
+        upstream: &AssignmentEvent,
+    ) -> Result<(), StoreError> {
+        let consumed = Consumed {
+            source: "routing",
+            region: region.to_owned(),
+            event_id: upstream.event_id.clone(),
+        };
+        for _ in 0..MAX_CONFLICTS {
+            let now = self.now();
+            let Some(mut next) = self.store.get_incident(&upstream.incident_id).await? else {
+                self.store.record_consumed(&consumed, now).await?;
+                return Ok(());
+            };
+            let before = next.incident.clone();
+            let state = routing_state(&before);
+            let open = before.state == IncidentState::Open as i32;
+            let current = before.routing.clone().unwrap_or_default();
+            let kind = AssignmentEventKind::try_from(upstream.kind)
+                .unwrap_or(AssignmentEventKind::Unspecified);
+            let mut routing = current.clone();
+            routing.update_time = Some(timestamp_of(now));
+            let mut emit = None;
+            match kind {
+                AssignmentEventKind::Assigned => {
+                    if let Some(a) = &upstream.assignment {
+                        let same = state == RoutingState::Assigned
+                            && current.assignment_id == a.assignment_id;
+                        if open
+                            && !same
+                            && matches!(
+                                state,
+                                RoutingState::Pending
+                                    | RoutingState::Queued
+                                    | RoutingState::Recommended
+                            )
+                        {
+                            routing.state = RoutingState::Assigned as i32;
+                            routing.assignment_id.clone_from(&a.assignment_id);
+                            routing.team_id.clone_from(&a.team_id);
+                            routing.eta_seconds = a.eta_seconds;
+                            routing.distance_meters = a.distance_meters;
+                            routing.unserved_reason = 0;
+                            routing.escalate_time = None;
+                            routing.rationale = format!("assigned team {}", a.team_id);
+                            next.team_status = TeamStatus::Dispatched as i32;
+                            emit = Some(IncidentEventKind::Assigned);
+                        }
+                    }
+                }
+                AssignmentEventKind::Queued => {
+                    let escalate = upstream.queued.as_ref().and_then(|q| q.escalate_time);
+                    let changed =
+                        matches!(state, RoutingState::Pending | RoutingState::Recommended)
+                            || (state == RoutingState::Queued && current.escalate_time != escalate);
+                    if open && changed {
+                        routing.state = RoutingState::Queued as i32;
+                        routing.unserved_reason = upstream.reason;
+                        routing.escalate_time = escalate;
+                        routing.rationale = "no team could take the call; queued".into();
+                        emit = Some(IncidentEventKind::Queued);
+                    }
+                }
+                AssignmentEventKind::Escalated => {
+                    if open && matches!(state, RoutingState::Queued | RoutingState::Pending) {
+                        routing.state = RoutingState::Escalated as i32;
+                        routing.unserved_reason = upstream.reason;
+                        routing.rationale =
+                            "waited too long in the queue; send a traditional response".into();
+                        emit = Some(IncidentEventKind::Escalated);
+                    }
+                }
+                AssignmentEventKind::Released => {
+                    let matches_assignment = upstream
+                        .assignment
+                        .as_ref()
+                        .is_some_and(|a| a.assignment_id == current.assignment_id);
+                    if state == RoutingState::Assigned && matches_assignment {
+                        routing.state = RoutingState::Released as i32;
+                        // A team that cleared was already reported as CLEARED.
+                        if next.team_status != TeamStatus::Available as i32 {
+                            emit = Some(IncidentEventKind::Released);
+                        }
+                        next.team_status = 0;
+                    }
+                }
+                AssignmentEventKind::Cancelled => {
+                    if open
+                        && matches!(
+                            state,
+                            RoutingState::Assigned | RoutingState::Queued | RoutingState::Pending
+                        )
+                    {
+                        routing.state = RoutingState::Cancelled as i32;
+                        next.team_status = 0;
+                        emit = Some(IncidentEventKind::Released);
+                    }
+                }
+                AssignmentEventKind::Unspecified => {}
+            }
+            let Some(kind) = emit else {
+                self.store.record_consumed(&consumed, now).await?;
+                return Ok(());
+            };
+            next.incident.revision += 1;
+            next.incident.update_time = Some(timestamp_of(now));
+            next.incident.routing = Some(routing.clone());
+            let mut ev = event(&next.incident, kind, now);
+            ev.team_id.clone_from(&routing.team_id);
+            ev.routing = Some(routing.clone());
+            ev.detail.clone_from(&routing.rationale);
+            let cad = before.cad_system.clone();
+            let change = Change {
+                incident: Some(next),
+                expected_revision: before.revision,
+                events: vec![ev],
+                consumed: Some(consumed.clone()),
+                now,
+                ..Change::default()
+            };
+            match self.store.apply_change(change).await? {
+                ChangeOutcome::Conflict => {}
+                ChangeOutcome::Applied(_) => {
+                    self.notify(&cad);
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one availability team event (idempotent by event id).
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub async fn apply_team_event(
+        &self,
+        region: &str,
+        event_id: &str,
+        team: &relay_proto::availability::Team,
+    ) -> Result<(), StoreError> {
+        let consumed = Consumed {
+            source: "availability",
+            region: region.to_owned(),
+            event_id: event_id.to_owned(),
+        };
+        for _ in 0..MAX_CONFLICTS {
+            let now = self.now();
+            let status = TeamStatus::try_from(team.status).unwrap_or(TeamStatus::Unspecified);
+            let kind = match status {
+                TeamStatus::Dispatched => IncidentEventKind::Dispatched,
+                TeamStatus::EnRoute => IncidentEventKind::EnRoute,
+                TeamStatus::OnScene => IncidentEventKind::OnScene,
+                TeamStatus::Transporting => IncidentEventKind::Transporting,
+                TeamStatus::Available => IncidentEventKind::Cleared,
+                _ => IncidentEventKind::Unspecified,
+            };
+            let target = if kind == IncidentEventKind::Unspecified {
+                None
+            } else if team.incident_id.is_empty() {
+                self.store.incident_for_team(&team.team_id).await?
+            } else {
+                self.store.get_incident(&team.incident_id).await?
+            };
+            let Some(mut next) = target.filter(|s| {
+                s.incident
+                    .routing
+                    .as_ref()
+                    .is_some_and(|r| r.team_id == team.team_id)
+                    && s.team_status != team.status
+                    && (status != TeamStatus::Available
+                        || matches!(
+                            TeamStatus::try_from(s.team_status),
+                            Ok(TeamStatus::Dispatched
+                                | TeamStatus::EnRoute
+                                | TeamStatus::OnScene
+                                | TeamStatus::Transporting)
+                        ))
+            }) else {
+                self.store.record_consumed(&consumed, now).await?;
+                return Ok(());
+            };
+            let before_revision = next.incident.revision;
+            next.team_status = team.status;
+            next.incident.revision += 1;
+            next.incident.update_time = Some(timestamp_of(now));
+            let mut ev = event(&next.incident, kind, now);
+            ev.team_id.clone_from(&team.team_id);
+            ev.detail = format!("team {} is {}", team.team_id, status.as_str_name());
+            let cad = next.incident.cad_system.clone();
+            let change = Change {
+                incident: Some(next),
+                expected_revision: before_revision,
+                events: vec![ev],
+                consumed: Some(consumed.clone()),
+                now,
+                ..Change::default()
+            };
+            match self.store.apply_change(change).await? {
+                ChangeOutcome::Conflict => {}
+                ChangeOutcome::Applied(_) => {
+                    self.notify(&cad);
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the retention job once: erases personal data past its retention and old history.
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub async fn run_retention_once(&self) -> Result<(u64, u64), StoreError> {
+        const DAY: i64 = 86_400_000_000;
+        let now = self.now();
+        let personal = self
+            .store
+            .purge_personal_data(now - self.settings.personal_data_retention_days * DAY, now)
+            .await?;
+        let history = self
+            .store
+            .purge_history(now - self.settings.event_retention_days * DAY)
+            .await?;
+        tracing::info!(
+            incidents_purged = personal,
+            history_rows_deleted = history,
+            "retention job ran"
+        );
+        Ok((personal, history))
+    }
+
+    /// The retention loop, until `shutdown`.
+    pub async fn run_retention(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let every = Duration::from_secs(self.settings.retention_interval_seconds.max(1));
+        loop {
+            if let Err(error) = self.run_retention_once().await {
+                tracing::error!(error = %error, "retention job failed");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
+
+fn replay<R: Message + Default>(
+    record: &RequestRecord,
+    fingerprint: &str,
+) -> Result<R, IntakeError> {
+    if record.fingerprint != fingerprint {
+        return Err(IntakeError::RequestIdReused);
+    }
+    R::decode(record.response.as_slice())
+        .map_err(|e| IntakeError::Store(StoreError::Corrupt(e.to_string())))
+}
+
+fn outcome_of(answer: &AssignTeamResponse, now: i64) -> (RoutingOutcome, IncidentEventKind) {
+    let mut routing = RoutingOutcome {
+        candidates: answer.candidates.clone(),
+        rationale: answer.rationale.clone(),
+        update_time: Some(timestamp_of(now)),
+        ..RoutingOutcome::default()
+    };
+    match AssignmentOutcome::try_from(answer.outcome).unwrap_or(AssignmentOutcome::Unspecified) {
+        AssignmentOutcome::Assigned => {
+            let a = answer.assignment.clone().unwrap_or_default();
+            routing.state = RoutingState::Assigned as i32;
+            routing.assignment_id = a.assignment_id;
+            routing.team_id = a.team_id;
+            routing.eta_seconds = a.eta_seconds;
+            routing.distance_meters = a.distance_meters;
+            (routing, IncidentEventKind::Assigned)
+        }
+        AssignmentOutcome::Recommended => {
+            routing.state = RoutingState::Recommended as i32;
+            if let Some(top) = answer.candidates.iter().find(|c| c.eligible) {
+                routing.team_id.clone_from(&top.team_id);
+                routing.eta_seconds = top.eta_seconds;
+                routing.distance_meters = top.distance_meters;
+            }
+            (routing, IncidentEventKind::Recommended)
+        }
+        AssignmentOutcome::Queued | AssignmentOutcome::Unspecified => {
+            routing.state = RoutingState::Queued as i32;
+            routing.unserved_reason = answer.unserved_reason;
+            routing.escalate_time = answer.queued.as_ref().and_then(|q| q.escalate_time);
+            (routing, IncidentEventKind::Queued)
+        }
+    }
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Internal
+            | Code::Unauthenticated
+    )
+}
+
+fn lease_micros(settings: &IntakeSettings) -> i64 {
+    i64::try_from(settings.outbox_lease_ms)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
+}
+
+/// Exponential backoff with jitter: base * 2^(attempts-1), capped, then a random half to full.
+fn backoff(settings: &IntakeSettings, attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    let ceiling = settings
+        .retry_base_ms
+        .saturating_mul(1u64 << exponent)
+        .min(settings.retry_max_ms)
+        .max(1);
+    let jittered = rand::random_range(ceiling / 2..=ceiling);
+    Duration::from_millis(jittered)
+}

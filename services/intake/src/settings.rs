@@ -1,0 +1,80 @@
+//! Intake's own configuration: the `[intake]` section, `RELAY_INTAKE__<KEY>` in the
+//! environment. Every key has a default; see docs/intake.md for the operator's table.
+
+use std::{path::PathBuf, time::Duration};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The `[intake]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntakeSettings {
+    /// The triage protocol file; unset uses the protocol shipped with the crate.
+    pub protocol_path: Option<PathBuf>,
+    /// The regions this deployment serves. A submitted region must be one of them (empty:
+    /// any well-formed region is accepted). Intake watches routing and availability for each.
+    pub regions: Vec<String>,
+    /// How long SubmitIncident waits for routing's answer, in milliseconds.
+    pub submit_wait_ms: u64,
+    /// Deadline of each call to routing, in milliseconds.
+    pub routing_timeout_ms: u64,
+    /// How often the outbox worker looks for due rows when not woken, in milliseconds.
+    pub outbox_poll_ms: u64,
+    /// How long a delivery attempt holds its row before another worker may retry it.
+    pub outbox_lease_ms: u64,
+    /// First retry delay after a failed delivery, in milliseconds (doubles each attempt).
+    pub retry_base_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// WatchIncidentEvents heartbeat interval on a quiet stream, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// How often a watch polls the database for events written by other replicas.
+    pub watch_poll_ms: u64,
+    /// Days after received_at when narrative, caller contact and notes are erased.
+    pub personal_data_retention_days: i64,
+    /// Days the event stream, request ids and consumed upstream ids are kept.
+    pub event_retention_days: i64,
+    /// How often the retention job runs, in seconds.
+    pub retention_interval_seconds: u64,
+    /// Apply migrations at start (SQLite always does).
+    pub run_migrations: bool,
+    /// Consume routing's WatchAssignments and availability's WatchTeams for `regions`.
+    pub consume_upstream: bool,
+    /// Key of the page tokens; every replica must share it. Unset: a random key per process.
+    pub page_token_secret: Option<SecretString>,
+    /// Database connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            protocol_path: None,
+            regions: Vec::new(),
+            submit_wait_ms: 2000,
+            routing_timeout_ms: 3000,
+            outbox_poll_ms: 500,
+            outbox_lease_ms: 10_000,
+            retry_base_ms: 100,
+            retry_max_ms: 30_000,
+            heartbeat_ms: 15_000,
+            watch_poll_ms: 1000,
+            personal_data_retention_days: 30,
+            event_retention_days: 7,
+            retention_interval_seconds: 3600,
+            run_migrations: false,
+            consume_upstream: true,
+            page_token_secret: None,
+            max_connections: 16,
+        }
+    }
+}
+
+impl IntakeSettings {
+    /// `ms` milliseconds as a duration.
+    #[must_use]
+    pub fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
