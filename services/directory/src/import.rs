@@ -428,7 +428,9 @@ fn map_record(
     r: &Record<'_>,
     options: &ImportOptions,
     now: i64,
+    line: u64,
 ) -> Result<Option<Mapped>, String> {
+    let position = i64::try_from(line).unwrap_or(i64::MAX);
     match table {
         "organizations.csv" => {
             let id = require_id(r, "id")?;
@@ -582,7 +584,7 @@ fn map_record(
             id: require_id(r, "id")?,
             service_id: require_id(r, "service_id")?,
             location_id: require_id(r, "location_id")?,
-            position: 0,
+            position,
         }),
         "attributes.csv" => {
             if !r.get("link_entity").eq_ignore_ascii_case("service") {
@@ -616,7 +618,7 @@ fn map_record(
             Mapped::one(Row::Language {
                 service_id,
                 code,
-                position: 0,
+                position,
             })
         }
         "phones.csv" => {
@@ -643,12 +645,12 @@ fn map_record(
                 },
             })
         }
-        "schedules.csv" | "regular_schedules.csv" => map_schedule(table, r),
+        "schedules.csv" | "regular_schedules.csv" => map_schedule(table, r, position),
         _ => Ok(None),
     }
 }
 
-fn map_schedule(table: &str, r: &Record<'_>) -> Result<Option<Mapped>, String> {
+fn map_schedule(table: &str, r: &Record<'_>, position: i64) -> Result<Option<Mapped>, String> {
     let id = require_id(r, "id")?;
     let optional = |column: &str| -> Result<Option<String>, String> {
         match r.opt(column) {
@@ -731,7 +733,7 @@ fn map_schedule(table: &str, r: &Record<'_>) -> Result<Option<Mapped>, String> {
         service_id,
         location_id,
         service_at_location_id,
-        position: 0,
+        position,
         schedule,
     });
     Ok(Some(Mapped {
@@ -773,7 +775,16 @@ pub async fn import<S: DirectoryStore>(
             file: table.to_owned(),
             ..FileSummary::default()
         };
-        let reader = source.reader(table)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, source.reader(table)?);
+        // With CRLF line ends the CSV reader stops at '\r' and counts the '\n' as part of
+        // the next record, one line early: correct for it.
+        let crlf = std::io::BufRead::fill_buf(&mut reader)
+            .map_err(|source| ImportError::Io {
+                path: table.to_owned(),
+                source,
+            })?
+            .windows(2)
+            .any(|w| w == b"\r\n");
         let mut csv = csv::ReaderBuilder::new()
             .flexible(true)
             .trim(csv::Trim::All)
@@ -798,8 +809,12 @@ pub async fn import<S: DirectoryStore>(
             .collect();
         let mut record = csv::StringRecord::new();
         let mut position = 0;
-        while csv.read_record(&mut record).map_err(csv_error)? {
-            let line = record.position().map_or(0, csv::Position::line);
+        loop {
+            // The reader's position before a record is where the record starts.
+            let line = csv.position().line() + u64::from(crlf);
+            if !csv.read_record(&mut record).map_err(csv_error)? {
+                break;
+            }
             summary.rows += 1;
             report.rows += 1;
             let mut reject = |reason: String| {
@@ -821,6 +836,7 @@ pub async fn import<S: DirectoryStore>(
                 },
                 options,
                 now,
+                line,
             );
             match mapped {
                 Err(reason) => reject(reason),
