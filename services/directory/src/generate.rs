@@ -136,7 +136,7 @@ impl HoursKind {
         match self {
             Self::AlwaysOpen => true,
             Self::Weekdays => weekday && (540..1020).contains(&minute),
-            Self::Overnight => minute >= 1140 || minute < 420,
+            Self::Overnight => !(420..1140).contains(&minute),
             Self::Weekends => !weekday && (600..840).contains(&minute),
             Self::Mornings => {
                 matches!(day, Weekday::Mon | Weekday::Wed | Weekday::Fri)

@@ -55,20 +55,20 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
 }
 
 fn status(error: DirectoryError) -> Status {
-    if let DirectoryError::ReferralExists(id) = &error {
-        if !id.is_empty() {
-            let mut details = tonic_types::ErrorDetails::new();
-            details.set_error_info(
-                crate::error::REFERRAL_ALREADY_EXISTS,
-                DOMAIN,
-                HashMap::from([("referral_id".to_owned(), id.clone())]),
-            );
-            return <Status as tonic_types::StatusExt>::with_error_details(
-                tonic::Code::AlreadyExists,
-                error.to_string(),
-                details,
-            );
-        }
+    if let DirectoryError::ReferralExists(id) = &error
+        && !id.is_empty()
+    {
+        let mut details = tonic_types::ErrorDetails::new();
+        details.set_error_info(
+            crate::error::REFERRAL_ALREADY_EXISTS,
+            DOMAIN,
+            HashMap::from([("referral_id".to_owned(), id.clone())]),
+        );
+        return <Status as tonic_types::StatusExt>::with_error_details(
+            tonic::Code::AlreadyExists,
+            error.to_string(),
+            details,
+        );
     }
     ApiError::from(error).into_status(DOMAIN)
 }
@@ -241,13 +241,13 @@ fn validate_service(v: &mut Violations, service: Option<&Service>) {
                 "must be an IANA time zone name such as \"America/Los_Angeles\"",
             );
         }
-        if let Some(address) = &location.address {
-            if address.address_1.trim().is_empty() {
-                v.add(
-                    format!("{field}.address.address_1"),
-                    "is required when an address is given",
-                );
-            }
+        if let Some(address) = &location.address
+            && address.address_1.trim().is_empty()
+        {
+            v.add(
+                format!("{field}.address.address_1"),
+                "is required when an address is given",
+            );
         }
         for (j, s) in location.schedules.iter().enumerate() {
             if let Err(problems) = Hours::parse(s) {
@@ -375,7 +375,7 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
             .and_then(|p| v.geo_point("location", Some(p)))
             .map(|p| (p.latitude, p.longitude));
         let radius = request.radius_meters;
-        if !radius.is_finite() || radius < 0.0 || radius > MAX_RADIUS_METERS {
+        if !radius.is_finite() || !(0.0..=MAX_RADIUS_METERS).contains(&radius) {
             v.add(
                 "radius_meters",
                 format!("must be from 0 to {MAX_RADIUS_METERS} meters"),

@@ -861,7 +861,7 @@ pub async fn import<S: DirectoryStore>(
                     }
                 }
             }
-            if summary.rows % 512 == 0 {
+            if summary.rows.is_multiple_of(512) {
                 position = record.position().map_or(position, csv::Position::byte);
                 progress(Progress {
                     file: table,

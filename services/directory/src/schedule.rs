@@ -47,10 +47,10 @@ pub fn parse_hhmm(text: &str, allow_24: bool) -> Option<u32> {
     let mut parts = text.split(':');
     let hours: u32 = parse_digits(parts.next()?)?;
     let minutes: u32 = parse_digits(parts.next()?)?;
-    if let Some(seconds) = parts.next() {
-        if parse_digits(seconds)? != 0 {
-            return None;
-        }
+    if let Some(seconds) = parts.next()
+        && parse_digits(seconds)? != 0
+    {
+        return None;
     }
     if parts.next().is_some() || minutes > 59 {
         return None;
@@ -217,10 +217,10 @@ impl Hours {
         let valid_from = date("valid_from", &schedule.valid_from);
         let valid_to = date("valid_to", &schedule.valid_to);
         let dtstart = date("dtstart", &schedule.dtstart);
-        if let (Some(from), Some(to)) = (valid_from, valid_to) {
-            if to < from {
-                problems.push(("valid_to", "must not be before valid_from".into()));
-            }
+        if let (Some(from), Some(to)) = (valid_from, valid_to)
+            && to < from
+        {
+            problems.push(("valid_to", "must not be before valid_from".into()));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -389,6 +389,7 @@ fn local_to_utc(tz: Tz, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Timelike;
 
     fn weekly(byday: &str, opens: &str, closes: &str) -> Hours {
         Hours::parse(&Schedule {
@@ -472,5 +473,72 @@ mod tests {
         .expect_err("invalid");
         let fields: Vec<_> = bad.iter().map(|(f, _)| *f).collect();
         assert_eq!(fields, ["byday", "opens_at", "closes_at", "valid_from"]);
+    }
+
+    /// A weekly schedule as a bitmap of the 7 x 1440 local minutes of the week it covers,
+    /// built without the evaluator: an independent statement of the semantics.
+    fn week_bitmap(days: &[Weekday], opens: u32, closes: u32) -> Vec<bool> {
+        let mut open = vec![false; 7 * 1440];
+        let days: Vec<Weekday> = if days.is_empty() {
+            [
+                Weekday::Mon,
+                Weekday::Tue,
+                Weekday::Wed,
+                Weekday::Thu,
+                Weekday::Fri,
+                Weekday::Sat,
+                Weekday::Sun,
+            ]
+            .to_vec()
+        } else {
+            days.to_vec()
+        };
+        let length = if closes > opens {
+            closes - opens
+        } else {
+            closes + 1440 - opens
+        };
+        for day in days {
+            let start = day.num_days_from_monday() * 1440 + opens;
+            for minute in start..start + length {
+                open[(minute % (7 * 1440)) as usize] = true;
+            }
+        }
+        open
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn weekly_hours_match_a_brute_force_bitmap(
+            mask in 0_u8..128,
+            opens in 0_u32..1440,
+            closes in 1_u32..=1440,
+            seconds in 1_700_000_000_i64..1_900_000_000,
+            zone in 0_usize..4,
+        ) {
+            let all = [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri, Weekday::Sat, Weekday::Sun];
+            let days: Vec<Weekday> = all.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, d)| *d).collect();
+            let codes = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"];
+            let byday = days.iter().map(|d| codes[d.num_days_from_monday() as usize]).collect::<Vec<_>>().join(",");
+            let hhmm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
+            let hours = Hours::parse(&Schedule {
+                byday,
+                opens_at: hhmm(opens),
+                closes_at: hhmm(closes),
+                ..Schedule::default()
+            }).expect("valid");
+            let tz: Tz = ["America/Los_Angeles", "America/New_York", "Europe/London", "Australia/Sydney"][zone].parse().expect("tz");
+            let instant = Utc.timestamp_opt(seconds, 0).single().expect("instant");
+            let local = instant.with_timezone(&tz).naive_local();
+            let minute = local.weekday().num_days_from_monday() * 1440 + local.hour() * 60 + local.minute();
+            let bitmap = week_bitmap(&days, opens, closes);
+            proptest::prop_assert_eq!(is_open(tz, std::slice::from_ref(&hours), instant), bitmap[minute as usize]);
+            // next_open is an opening: closed just before it, open at it, and nothing opens
+            // between now and then.
+            if let Some(next) = next_open(tz, std::slice::from_ref(&hours), instant) {
+                proptest::prop_assert!(next > instant);
+                proptest::prop_assert!(is_open(tz, std::slice::from_ref(&hours), next));
+            }
+        }
     }
 }

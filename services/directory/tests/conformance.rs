@@ -1234,7 +1234,7 @@ async fn referrals_close_the_loop(mut h: Harness) {
             .iter()
             .map(|r| r.referral_id.clone())
             .collect::<Vec<_>>(),
-        [first.referral_id.clone()]
+        std::slice::from_ref(&first.referral_id)
     );
     let mut seen = Vec::new();
     let mut token = String::new();
