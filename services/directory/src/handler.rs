@@ -1,12 +1,869 @@
-//! The gRPC handlers of `relay.directory.v1.DirectoryService`.
-//!
-//! RPCs not implemented yet answer `UNIMPLEMENTED` (the generated default).
+//! The gRPC handlers of `relay.directory.v1.DirectoryService`: validation first, then the
+//! store; ranking, distances and opening hours are computed here, never in SQL.
 
-use relay_proto::directory::directory_service_server::DirectoryService;
+use std::{cmp::Ordering, collections::HashMap};
 
-/// Handles `relay.directory.v1.DirectoryService` calls.
-#[derive(Debug, Clone, Default)]
-pub struct DirectoryServiceHandler;
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use prost::Message;
+use relay_proto::directory::{
+    CreateReferralRequest, CreateReferralResponse, GetServiceRequest, GetServiceResponse,
+    ListReferralsRequest, ListReferralsResponse, Referral, ReferralStatus, SearchResult,
+    SearchServicesRequest, SearchServicesResponse, Service, ServiceLocation, ServiceStatus,
+    UpdateCapacityRequest, UpdateCapacityResponse, UpdateReferralRequest, UpdateReferralResponse,
+    UpsertServiceRequest, UpsertServiceResponse, directory_service_server::DirectoryService,
+};
+use relay_runtime::{
+    error::ApiError,
+    paging::PageTokens,
+    validate::{Violations, to_timestamp},
+};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    DOMAIN,
+    error::{DirectoryError, REQUEST_ID_REUSED},
+    micros,
+    schedule::{self, Hours},
+    store::{CandidateFilter, DirectoryStore, Idem, Keyset, LocationHours, ReferralFilter},
+};
+
+/// Longest free-text query, in characters.
+pub const MAX_QUERY_CHARS: usize = 256;
+/// Largest search radius, in meters.
+pub const MAX_RADIUS_METERS: f64 = 500_000.0;
+/// Longest referral notes, in bytes.
+pub const MAX_NOTES_BYTES: usize = 4096;
+/// Longest name, in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+/// Mean Earth radius used for great-circle distances, in meters.
+pub const EARTH_RADIUS_METERS: f64 = 6_371_008.8;
+
+/// Handles `relay.directory.v1.DirectoryService` calls on a store.
+#[derive(Debug, Clone)]
+pub struct DirectoryServiceHandler<S> {
+    store: S,
+    tokens: PageTokens,
+}
+
+impl<S: DirectoryStore> DirectoryServiceHandler<S> {
+    /// A handler on `store`, signing page tokens with `tokens`.
+    pub fn new(store: S, tokens: PageTokens) -> Self {
+        Self { store, tokens }
+    }
+}
+
+fn status(error: DirectoryError) -> Status {
+    if let DirectoryError::ReferralExists(id) = &error
+        && !id.is_empty()
+    {
+        let mut details = tonic_types::ErrorDetails::new();
+        details.set_error_info(
+            crate::error::REFERRAL_ALREADY_EXISTS,
+            DOMAIN,
+            HashMap::from([("referral_id".to_owned(), id.clone())]),
+        );
+        return <Status as tonic_types::StatusExt>::with_error_details(
+            tonic::Code::AlreadyExists,
+            error.to_string(),
+            details,
+        );
+    }
+    ApiError::from(error).into_status(DOMAIN)
+}
+
+fn api(error: ApiError) -> Status {
+    error.into_status(DOMAIN)
+}
+
+/// Great-circle distance in meters (haversine).
+#[must_use]
+pub fn distance_meters(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
+    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_METERS * h.sqrt().min(1.0).asin()
+}
+
+/// A latitude/longitude box that contains every point within `radius` meters of `center`.
+fn bounding_box(center: (f64, f64), radius: f64) -> (f64, f64, f64, f64) {
+    let dlat = (radius / EARTH_RADIUS_METERS).to_degrees() * 1.001;
+    let min_lat = (center.0 - dlat).max(-90.0);
+    let max_lat = (center.0 + dlat).min(90.0);
+    let widest = min_lat.abs().max(max_lat.abs());
+    if widest >= 89.0 {
+        return (min_lat, max_lat, -180.0, 180.0);
+    }
+    let dlon = dlat / widest.to_radians().cos();
+    let (min_lon, max_lon) = (center.1 - dlon, center.1 + dlon);
+    if min_lon < -180.0 || max_lon > 180.0 {
+        (min_lat, max_lat, -180.0, 180.0)
+    } else {
+        (min_lat, max_lat, min_lon, max_lon)
+    }
+}
+
+fn is_language_tag(tag: &str) -> bool {
+    let mut parts = tag.split('-');
+    let primary = parts.next().unwrap_or_default();
+    (2..=3).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && tag.len() <= 35
+}
+
+fn is_taxonomy_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.chars().count() <= 64
+        && code.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+fn is_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() > "https://".len()
+        && url.len() <= 2048
+        && !url.chars().any(char::is_whitespace)
+}
+
+fn is_email(email: &str) -> bool {
+    email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !email.chars().any(char::is_whitespace)
+}
+
+fn check_name(v: &mut Violations, field: &str, value: &str) {
+    if value.trim().is_empty() {
+        v.add(field, "is required");
+    } else if value.chars().count() > MAX_NAME_CHARS {
+        v.add(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        );
+    }
+}
+
+/// Checks a service for UpsertService, naming each bad field under `service.`.
+fn validate_service(v: &mut Violations, service: Option<&Service>) {
+    let Some(service) = service else {
+        v.add("service", "is required");
+        return;
+    };
+    v.id("service.id", &service.id);
+    check_name(v, "service.name", &service.name);
+    v.enum_value::<ServiceStatus>("service.status", service.status);
+    match &service.organization {
+        None => v.add("service.organization", "is required"),
+        Some(org) => {
+            v.id("service.organization.id", &org.id);
+            check_name(v, "service.organization.name", &org.name);
+            if !org.url.is_empty() && !is_url(&org.url) {
+                v.add(
+                    "service.organization.url",
+                    "must be an absolute http(s) URL",
+                );
+            }
+            if !org.email.is_empty() && !is_email(&org.email) {
+                v.add("service.organization.email", "must be an email address");
+            }
+        }
+    }
+    if !service.url.is_empty() && !is_url(&service.url) {
+        v.add("service.url", "must be an absolute http(s) URL");
+    }
+    if !service.email.is_empty() && !is_email(&service.email) {
+        v.add("service.email", "must be an email address");
+    }
+    for (i, term) in service.taxonomy_terms.iter().enumerate() {
+        v.id(&format!("service.taxonomy_terms[{i}].id"), &term.id);
+        if !is_taxonomy_code(&term.code) {
+            v.add(
+                format!("service.taxonomy_terms[{i}].code"),
+                "is required: 1..64 characters without spaces",
+            );
+        }
+        v.optional_id(
+            &format!("service.taxonomy_terms[{i}].parent_id"),
+            &term.parent_id,
+        );
+    }
+    for (i, language) in service.languages.iter().enumerate() {
+        if !is_language_tag(language) {
+            v.add(
+                format!("service.languages[{i}]"),
+                "must be a BCP-47 tag or ISO 639 code such as \"es\" or \"zh-Hant\"",
+            );
+        }
+    }
+    for (i, phone) in service.phones.iter().enumerate() {
+        if phone.number.trim().is_empty() || phone.number.len() > 64 {
+            v.add(
+                format!("service.phones[{i}].number"),
+                "is required, at most 64 characters",
+            );
+        }
+        if !phone.extension.bytes().all(|b| b.is_ascii_digit()) || phone.extension.len() > 16 {
+            v.add(
+                format!("service.phones[{i}].extension"),
+                "must be digits only",
+            );
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, location) in service.locations.iter().enumerate() {
+        let field = format!("service.locations[{i}]");
+        v.id(&format!("{field}.location_id"), &location.location_id);
+        if !location.location_id.is_empty() && !seen.insert(location.location_id.as_str()) {
+            v.add(
+                format!("{field}.location_id"),
+                "is a duplicate: location ids are unique within a service",
+            );
+        }
+        if let Some(point) = &location.point {
+            v.geo_point(&format!("{field}.point"), Some(point));
+        }
+        if location.time_zone.is_empty() {
+            if !location.schedules.is_empty() {
+                v.add(
+                    format!("{field}.time_zone"),
+                    "is required when the location has schedules",
+                );
+            }
+        } else if schedule::parse_time_zone(&location.time_zone).is_none() {
+            v.add(
+                format!("{field}.time_zone"),
+                "must be an IANA time zone name such as \"America/Los_Angeles\"",
+            );
+        }
+        if let Some(address) = &location.address
+            && address.address_1.trim().is_empty()
+        {
+            v.add(
+                format!("{field}.address.address_1"),
+                "is required when an address is given",
+            );
+        }
+        for (j, s) in location.schedules.iter().enumerate() {
+            if let Err(problems) = Hours::parse(s) {
+                for (name, description) in problems {
+                    v.add(format!("{field}.schedules[{j}].{name}"), description);
+                }
+            }
+        }
+    }
+}
+
+/// The ranking key of a result: relevance (negated, so ascending sorts best first),
+/// distance, name (only when there is no query), service id, location id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct SearchCursor {
+    r: f64,
+    d: f64,
+    n: String,
+    s: String,
+    l: String,
+}
+
+fn cmp_key(a: &SearchCursor, b: &SearchCursor) -> Ordering {
+    a.r.total_cmp(&b.r)
+        .then(a.d.total_cmp(&b.d))
+        .then_with(|| a.n.cmp(&b.n))
+        .then_with(|| a.s.cmp(&b.s))
+        .then_with(|| a.l.cmp(&b.l))
+}
+
+struct Hit {
+    key: SearchCursor,
+    relevance: f64,
+    distance: f64,
+}
+
+/// Parsed opening hours of one location.
+fn parse_hours(hours: &LocationHours) -> (Tz, Vec<Hours>) {
+    let tz = schedule::parse_time_zone(&hours.time_zone).unwrap_or(Tz::UTC);
+    (
+        tz,
+        hours
+            .schedules
+            .iter()
+            .filter_map(|s| Hours::parse(s).ok())
+            .collect(),
+    )
+}
+
+fn location_hours(location: &ServiceLocation) -> (Tz, Vec<Hours>) {
+    parse_hours(&LocationHours {
+        time_zone: location.time_zone.clone(),
+        schedules: location.schedules.clone(),
+    })
+}
+
+impl<S: DirectoryStore> DirectoryServiceHandler<S> {
+    /// The original response of a request already recorded under `request_id`, or `None`.
+    async fn replay<R: Message + Default>(&self, idem: &Idem) -> Result<Option<R>, Status> {
+        let Some(stored) = self
+            .store
+            .lookup_request(&idem.request_id)
+            .await
+            .map_err(status)?
+        else {
+            return Ok(None);
+        };
+        if stored.rpc != idem.rpc || stored.fingerprint != idem.fingerprint {
+            return Err(api(ApiError::invalid_with_reason(
+                REQUEST_ID_REUSED,
+                "request_id",
+                "was already used for a different request",
+            )));
+        }
+        R::decode(stored.response.as_slice())
+            .map(Some)
+            .map_err(|e| status(DirectoryError::Corrupt(e.to_string())))
+    }
+
+    /// Runs a mutation once per request_id: replays the recorded response on a retry, and
+    /// after losing a race with a concurrent retry.
+    async fn once<R, F, Fut>(&self, idem: Idem, run: F) -> Result<Response<R>, Status>
+    where
+        R: Message + Default,
+        F: FnOnce(Idem) -> Fut,
+        Fut: Future<Output = Result<R, DirectoryError>>,
+    {
+        if let Some(response) = self.replay::<R>(&idem).await? {
+            return Ok(Response::new(response));
+        }
+        match run(idem.clone()).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(DirectoryError::RequestRace(_)) => match self.replay::<R>(&idem).await? {
+                Some(response) => Ok(Response::new(response)),
+                None => Err(Status::aborted("concurrent request; retry")),
+            },
+            Err(error) => Err(status(error)),
+        }
+    }
+
+    fn idem(rpc: &'static str, request_id: &str, request: &impl Message) -> Idem {
+        Idem {
+            request_id: request_id.to_owned(),
+            rpc,
+            fingerprint: request.encode_to_vec(),
+            now: micros(Utc::now()),
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    async fn search(
+        &self,
+        request: SearchServicesRequest,
+    ) -> Result<SearchServicesResponse, Status> {
+        let mut v = Violations::new();
+        if request.query.chars().count() > MAX_QUERY_CHARS {
+            v.add(
+                "query",
+                format!("must be at most {MAX_QUERY_CHARS} characters"),
+            );
+        }
+        let point = request
+            .location
+            .as_ref()
+            .and_then(|p| v.geo_point("location", Some(p)))
+            .map(|p| (p.latitude, p.longitude));
+        let radius = request.radius_meters;
+        if !radius.is_finite() || !(0.0..=MAX_RADIUS_METERS).contains(&radius) {
+            v.add(
+                "radius_meters",
+                format!("must be from 0 to {MAX_RADIUS_METERS} meters"),
+            );
+        } else if radius > 0.0 && request.location.is_none() {
+            v.add("radius_meters", "requires location");
+        }
+        for (i, code) in request.taxonomy_codes.iter().enumerate() {
+            if !is_taxonomy_code(code) {
+                v.add(
+                    format!("taxonomy_codes[{i}]"),
+                    "must be 1..64 characters without spaces",
+                );
+            }
+        }
+        for (i, language) in request.languages.iter().enumerate() {
+            if !is_language_tag(language) {
+                v.add(
+                    format!("languages[{i}]"),
+                    "must be a BCP-47 tag or ISO 639 code such as \"es\"",
+                );
+            }
+        }
+        let open_at = v.timestamp("open_at", request.open_at.as_ref());
+        let page_size = v.page_size("page_size", request.page_size);
+        v.finish().map_err(api)?;
+
+        let scope = format!(
+            "search\u{1}{}\u{1}{:?}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{:?}\u{1}{}",
+            request.query,
+            point,
+            radius,
+            request.taxonomy_codes,
+            open_at.map(|t| t.timestamp_micros()),
+            request.languages,
+            request.accepting_only
+        );
+        let cursor: Option<SearchCursor> = self
+            .tokens
+            .decode("page_token", &scope, &request.page_token)
+            .map_err(api)?;
+        let query = request.query.trim();
+        if !query.is_empty() && !query.chars().any(char::is_alphanumeric) {
+            return Ok(SearchServicesResponse::default());
+        }
+        let at = open_at.unwrap_or_else(Utc::now);
+        let filter = CandidateFilter {
+            text: (!query.is_empty()).then(|| query.to_owned()),
+            bounding_box: point
+                .filter(|_| radius > 0.0)
+                .map(|p| bounding_box(p, radius)),
+            taxonomy_codes: request.taxonomy_codes.clone(),
+            languages: request
+                .languages
+                .iter()
+                .map(|l| l.to_ascii_lowercase())
+                .collect(),
+            accepting_only: request.accepting_only,
+            keyset: None,
+        };
+        let want = page_size + 1;
+        let mut hits: Vec<Hit> = Vec::new();
+        if filter.text.is_none() && point.is_none() {
+            // Name order: page in SQL with a keyset.
+            let mut after = cursor.map(|c| (c.n, c.s, c.l));
+            let batch = if open_at.is_some() {
+                (want * 2).max(200)
+            } else {
+                want
+            };
+            loop {
+                let mut batch_filter = filter.clone();
+                batch_filter.keyset = Some(Keyset {
+                    after: after.clone(),
+                    limit: i64::try_from(batch).unwrap_or(500),
+                });
+                let candidates = self
+                    .store
+                    .search_candidates(&batch_filter)
+                    .await
+                    .map_err(status)?;
+                let exhausted = candidates.len() < batch;
+                if let Some(last) = candidates.last() {
+                    after = Some((
+                        last.name.clone(),
+                        last.service_id.clone(),
+                        last.location_id.clone(),
+                    ));
+                }
+                let mut batch_hits: Vec<Hit> = candidates
+                    .into_iter()
+                    .map(|c| Hit {
+                        key: SearchCursor {
+                            r: -1.0,
+                            d: 0.0,
+                            n: c.name,
+                            s: c.service_id,
+                            l: c.location_id,
+                        },
+                        relevance: 1.0,
+                        distance: 0.0,
+                    })
+                    .collect();
+                if open_at.is_some() {
+                    batch_hits = self.keep_open(batch_hits, at).await?;
+                }
+                hits.extend(batch_hits);
+                if hits.len() >= want || exhausted {
+                    break;
+                }
+            }
+        } else {
+            let candidates = self
+                .store
+                .search_candidates(&filter)
+                .await
+                .map_err(status)?;
+            let mut ranked: Vec<Hit> = candidates
+                .into_iter()
+                .filter_map(|c| {
+                    let distance = match (point, c.point) {
+                        (Some(from), Some(to)) => distance_meters(from, to),
+                        _ => 0.0,
+                    };
+                    if radius > 0.0 && (c.point.is_none() || distance > radius) {
+                        return None;
+                    }
+                    let relevance = if filter.text.is_some() {
+                        c.score / (c.score + 1.0)
+                    } else {
+                        1.0
+                    };
+                    let key = SearchCursor {
+                        r: -relevance,
+                        d: distance,
+                        n: if filter.text.is_some() {
+                            String::new()
+                        } else {
+                            c.name
+                        },
+                        s: c.service_id,
+                        l: c.location_id,
+                    };
+                    Some(Hit {
+                        key,
+                        relevance,
+                        distance,
+                    })
+                })
+                .filter(|hit| {
+                    cursor
+                        .as_ref()
+                        .is_none_or(|c| cmp_key(&hit.key, c) == Ordering::Greater)
+                })
+                .collect();
+            ranked.sort_by(|a, b| cmp_key(&a.key, &b.key));
+            if open_at.is_some() {
+                let mut rest = ranked.into_iter();
+                let batch = (want * 2).max(100);
+                loop {
+                    let chunk: Vec<Hit> = rest.by_ref().take(batch).collect();
+                    let exhausted = chunk.len() < batch;
+                    hits.extend(self.keep_open(chunk, at).await?);
+                    if hits.len() >= want || exhausted {
+                        break;
+                    }
+                }
+            } else {
+                ranked.truncate(want);
+                hits = ranked;
+            }
+        }
+        let more = hits.len() > page_size;
+        hits.truncate(page_size);
+        let next_page_token = match (more, hits.last()) {
+            (true, Some(last)) => self.tokens.encode(&scope, &last.key),
+            _ => String::new(),
+        };
+        let mut ids: Vec<String> = hits.iter().map(|h| h.key.s.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let services: HashMap<String, Service> = self
+            .store
+            .get_services(&ids)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let results = hits
+            .into_iter()
+            .filter_map(|hit| {
+                let service = services.get(&hit.key.s)?.clone();
+                let location = service
+                    .locations
+                    .iter()
+                    .find(|l| l.location_id == hit.key.l);
+                let (open_now, next_open_time, capacity) = match location {
+                    Some(location) => {
+                        let (tz, hours) = location_hours(location);
+                        let open = schedule::is_open(tz, &hours, at);
+                        let next = if open {
+                            None
+                        } else {
+                            schedule::next_open(tz, &hours, at).map(to_timestamp)
+                        };
+                        (open, next, location.capacity)
+                    }
+                    None => (false, None, None),
+                };
+                Some(SearchResult {
+                    service: Some(service),
+                    location_id: hit.key.l,
+                    distance_meters: hit.distance,
+                    open_now,
+                    next_open_time,
+                    capacity,
+                    relevance: hit.relevance,
+                })
+            })
+            .collect();
+        Ok(SearchServicesResponse {
+            results,
+            next_page_token,
+        })
+    }
+
+    /// The hits whose location is open at `at`.
+    async fn keep_open(&self, hits: Vec<Hit>, at: DateTime<Utc>) -> Result<Vec<Hit>, Status> {
+        let pairs: Vec<(String, String)> = hits
+            .iter()
+            .filter(|h| !h.key.l.is_empty())
+            .map(|h| (h.key.s.clone(), h.key.l.clone()))
+            .collect();
+        let hours = self.store.hours(&pairs).await.map_err(status)?;
+        Ok(hits
+            .into_iter()
+            .filter(|h| {
+                hours
+                    .get(&(h.key.s.clone(), h.key.l.clone()))
+                    .is_some_and(|hours| {
+                        let (tz, parsed) = parse_hours(hours);
+                        schedule::is_open(tz, &parsed, at)
+                    })
+            })
+            .collect())
+    }
+}
 
 #[tonic::async_trait]
-impl DirectoryService for DirectoryServiceHandler {}
+impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
+    async fn search_services(
+        &self,
+        request: Request<SearchServicesRequest>,
+    ) -> Result<Response<SearchServicesResponse>, Status> {
+        self.search(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<GetServiceRequest>,
+    ) -> Result<Response<GetServiceResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("service_id", &request.service_id);
+        v.finish().map_err(api)?;
+        let service = self
+            .store
+            .get_services(std::slice::from_ref(&request.service_id))
+            .await
+            .map_err(status)?
+            .pop()
+            .ok_or_else(|| status(DirectoryError::ServiceNotFound(request.service_id.clone())))?;
+        Ok(Response::new(GetServiceResponse {
+            service: Some(service),
+        }))
+    }
+
+    async fn upsert_service(
+        &self,
+        request: Request<UpsertServiceRequest>,
+    ) -> Result<Response<UpsertServiceResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("request_id", &request.request_id);
+        validate_service(&mut v, request.service.as_ref());
+        v.finish().map_err(api)?;
+        let idem = Self::idem("UpsertService", &request.request_id, &request);
+        let mut service = request.service.unwrap_or_default();
+        for location in &mut service.locations {
+            location.capacity = None;
+        }
+        service.create_time = None;
+        service.update_time = None;
+        tracing::info!(service_id = %service.id, "upserting service");
+        self.once(idem, |idem| async move {
+            self.store.upsert_service(&service, &idem).await
+        })
+        .await
+    }
+
+    async fn update_capacity(
+        &self,
+        request: Request<UpdateCapacityRequest>,
+    ) -> Result<Response<UpdateCapacityResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("request_id", &request.request_id);
+        v.id("service_id", &request.service_id);
+        v.id("location_id", &request.location_id);
+        if request.total < 0 {
+            v.add("total", "must not be negative");
+        }
+        if request.available < 0 || request.available > request.total.max(0) {
+            v.add("available", "must be from 0 to total");
+        }
+        match v.timestamp("as_of_time", request.as_of_time.as_ref()) {
+            None if request.as_of_time.is_none() => v.add("as_of_time", "is required"),
+            Some(time) if time > Utc::now() + Duration::seconds(60) => {
+                v.add(
+                    "as_of_time",
+                    "must not be more than 60 seconds ahead of the server's clock",
+                );
+            }
+            _ => {}
+        }
+        v.finish().map_err(api)?;
+        let idem = Self::idem("UpdateCapacity", &request.request_id, &request);
+        let capacity = relay_proto::directory::Capacity {
+            available: request.available,
+            total: request.total,
+            as_of_time: request.as_of_time,
+        };
+        self.once(idem, |idem| async move {
+            self.store
+                .update_capacity(&request.service_id, &request.location_id, &capacity, &idem)
+                .await
+        })
+        .await
+    }
+
+    async fn create_referral(
+        &self,
+        request: Request<CreateReferralRequest>,
+    ) -> Result<Response<CreateReferralResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("request_id", &request.request_id);
+        v.id("incident_id", &request.incident_id);
+        v.id("service_id", &request.service_id);
+        v.optional_id("location_id", &request.location_id);
+        if request.notes.len() > MAX_NOTES_BYTES {
+            v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
+        }
+        v.finish().map_err(api)?;
+        let idem = Self::idem("CreateReferral", &request.request_id, &request);
+        let referral = Referral {
+            referral_id: uuid::Uuid::now_v7().to_string(),
+            incident_id: request.incident_id.clone(),
+            service_id: request.service_id.clone(),
+            location_id: request.location_id.clone(),
+            status: ReferralStatus::Pending as i32,
+            notes: request.notes.clone(),
+            create_time: None,
+            update_time: None,
+        };
+        tracing::info!(referral_id = %referral.referral_id, service_id = %referral.service_id, "creating referral");
+        self.once(idem, |idem| async move {
+            self.store.create_referral(&referral, &idem).await
+        })
+        .await
+    }
+
+    async fn update_referral(
+        &self,
+        request: Request<UpdateReferralRequest>,
+    ) -> Result<Response<UpdateReferralResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("request_id", &request.request_id);
+        v.id("referral_id", &request.referral_id);
+        let status_value = if request.status == 0 {
+            Some(ReferralStatus::Unspecified)
+        } else {
+            v.enum_value::<ReferralStatus>("status", request.status)
+        };
+        if request
+            .notes
+            .as_ref()
+            .is_some_and(|n| n.len() > MAX_NOTES_BYTES)
+        {
+            v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
+        }
+        v.finish().map_err(api)?;
+        let idem = Self::idem("UpdateReferral", &request.request_id, &request);
+        let new_status = status_value.unwrap_or(ReferralStatus::Unspecified);
+        self.once(idem, |idem| async move {
+            self.store
+                .update_referral(
+                    &request.referral_id,
+                    new_status,
+                    request.notes.as_deref(),
+                    &idem,
+                )
+                .await
+        })
+        .await
+    }
+
+    async fn list_referrals(
+        &self,
+        request: Request<ListReferralsRequest>,
+    ) -> Result<Response<ListReferralsResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.optional_id("incident_id", &request.incident_id);
+        v.optional_id("service_id", &request.service_id);
+        if request.status != 0 {
+            v.enum_value::<ReferralStatus>("status", request.status);
+        }
+        let page_size = v.page_size("page_size", request.page_size);
+        v.finish().map_err(api)?;
+        let scope = format!(
+            "referrals\u{1}{}\u{1}{}\u{1}{}",
+            request.incident_id, request.service_id, request.status
+        );
+        let after: Option<(i64, String)> = self
+            .tokens
+            .decode("page_token", &scope, &request.page_token)
+            .map_err(api)?;
+        let mut referrals = self
+            .store
+            .list_referrals(&ReferralFilter {
+                incident_id: request.incident_id,
+                service_id: request.service_id,
+                status: request.status,
+                after,
+                limit: i64::try_from(page_size + 1).unwrap_or(501),
+            })
+            .await
+            .map_err(status)?;
+        let more = referrals.len() > page_size;
+        referrals.truncate(page_size);
+        let next_page_token = match (more, referrals.last()) {
+            (true, Some(last)) => self.tokens.encode(
+                &scope,
+                &(
+                    last.create_time
+                        .as_ref()
+                        .map_or(0, crate::timestamp_to_micros),
+                    last.referral_id.clone(),
+                ),
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListReferralsResponse {
+            referrals,
+            next_page_token,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances_and_boxes_agree() {
+        let portland = (45.5152, -122.6784);
+        let eugene = (44.0521, -123.0868);
+        let d = distance_meters(portland, eugene);
+        assert!((d - 165_000.0).abs() < 3_000.0, "{d}");
+        let (min_lat, max_lat, min_lon, max_lon) = bounding_box(portland, d);
+        assert!((min_lat..=max_lat).contains(&eugene.0));
+        assert!((min_lon..=max_lon).contains(&eugene.1));
+    }
+
+    #[test]
+    fn tags_codes_urls_and_emails() {
+        assert!(is_language_tag("es"));
+        assert!(is_language_tag("zh-Hant"));
+        assert!(!is_language_tag("spanish"));
+        assert!(!is_language_tag("e s"));
+        assert!(is_taxonomy_code("BH-1800.8500"));
+        assert!(!is_taxonomy_code("a b"));
+        assert!(is_url("https://example.org/x"));
+        assert!(!is_url("example.org"));
+        assert!(is_email("a@example.org"));
+        assert!(!is_email("a@b"));
+    }
+}

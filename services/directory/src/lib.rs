@@ -1,22 +1,35 @@
-//! Referral directory: HSDS 3.0 social services with open-now search, live capacity and referrals (gRPC relay.directory.v1.DirectoryService).
+//! Referral directory: HSDS 3.0 social services with open-now search, live capacity and
+//! referrals (gRPC `relay.directory.v1.DirectoryService`).
 //!
 //! The crate is a library with a thin `main`: [`Application::build`] binds the server from a
 //! [`Config`], and [`Application::run_until_stopped`] serves until shutdown. Tests build the
-//! same `Application` on port 0.
+//! same `Application` on port 0. Storage is behind [`store::DirectoryStore`], with a
+//! PostgreSQL backend and a SQLite one (for `relay dev`), picked from the database URL.
+//! [`import`] loads HSDS tabular data packages; [`generate`] makes a synthetic one.
 
 use std::net::SocketAddr;
 
-use relay_proto::directory::directory_service_server::DirectoryServiceServer;
+use chrono::{DateTime, TimeZone, Utc};
+use relay_proto::directory::{Service, directory_service_server::DirectoryServiceServer};
 use relay_runtime::{
     BoxError, Config,
-    cli::{Service, Shutdown},
+    cli::{Service as RelayService, Shutdown},
+    paging::PageTokens,
     server::{BoundServer, ServiceHost},
     storage,
 };
+use secrecy::SecretString;
+use serde::Deserialize;
 
+pub mod error;
+pub mod generate;
 mod handler;
+pub mod import;
+pub mod schedule;
+pub mod store;
 
 pub use handler::DirectoryServiceHandler;
+use store::{PgStore, Row, SqliteStore};
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.directory.v1";
@@ -27,6 +40,172 @@ pub const SCHEMA: &str = "directory";
 /// The migrations of [`SCHEMA`], applied by `relay-directory migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The migrations of the SQLite backend (`relay dev`).
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
+
+/// The directory's own settings (`[directory]`, `RELAY_DIRECTORY__*`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DirectorySettings {
+    /// Key that signs page tokens; every replica must share it
+    /// (`RELAY_DIRECTORY__PAGE_TOKEN_SECRET`). Unset: a random key per process.
+    #[serde(default)]
+    pub page_token_secret: Option<SecretString>,
+    /// Connections in the pool (`RELAY_DIRECTORY__MAX_CONNECTIONS`, default 10).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+}
+
+/// Microseconds since the epoch as a protobuf timestamp.
+#[must_use]
+pub fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as microseconds since the epoch (saturating).
+#[must_use]
+pub fn timestamp_to_micros(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(timestamp.nanos / 1000))
+}
+
+/// Microseconds since the epoch of a time.
+#[must_use]
+pub fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+/// A time from microseconds since the epoch.
+#[must_use]
+pub fn from_micros(micros: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(micros).single().unwrap_or_default()
+}
+
+/// The normalized rows of a (validated) service, in the order they must be written.
+#[must_use]
+pub fn rows_of_service(service: &Service, now: i64) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if let Some(organization) = &service.organization {
+        rows.push(Row::Organization {
+            id: organization.id.clone(),
+            name: organization.name.clone(),
+            description: organization.description.clone(),
+            url: organization.url.clone(),
+            email: organization.email.clone(),
+        });
+    }
+    for term in &service.taxonomy_terms {
+        rows.push(Row::TaxonomyTerm(term.clone()));
+    }
+    let mut bare = service.clone();
+    bare.taxonomy_terms.clear();
+    bare.phones.clear();
+    bare.locations.clear();
+    bare.languages.clear();
+    rows.push(Row::Service(Box::new(bare), now));
+    for term in &service.taxonomy_terms {
+        rows.push(Row::ServiceTaxonomy {
+            service_id: service.id.clone(),
+            term_id: term.id.clone(),
+        });
+    }
+    for (position, code) in service.languages.iter().enumerate() {
+        rows.push(Row::Language {
+            service_id: service.id.clone(),
+            code: code.to_ascii_lowercase(),
+            position: i64::try_from(position).unwrap_or(i64::MAX),
+        });
+    }
+    for (index, phone) in service.phones.iter().enumerate() {
+        rows.push(Row::Phone {
+            id: format!("{}:phone:{index:03}", service.id),
+            service_id: service.id.clone(),
+            phone: phone.clone(),
+        });
+    }
+    for (position, location) in service.locations.iter().enumerate() {
+        let position = i64::try_from(position).unwrap_or(i64::MAX);
+        rows.push(Row::Location {
+            id: location.location_id.clone(),
+            name: location.name.clone(),
+            point: location.point.map(|p| (p.latitude, p.longitude)),
+            time_zone: location.time_zone.clone(),
+        });
+        if let Some(address) = &location.address {
+            rows.push(Row::Address {
+                location_id: location.location_id.clone(),
+                address: address.clone(),
+            });
+        }
+        rows.push(Row::ServiceAtLocation {
+            id: format!("{}@{}", service.id, location.location_id),
+            service_id: service.id.clone(),
+            location_id: location.location_id.clone(),
+            position,
+        });
+        for (index, schedule) in location.schedules.iter().enumerate() {
+            rows.push(Row::Schedule {
+                id: format!("{}@{}:{index:03}", service.id, location.location_id),
+                service_id: Some(service.id.clone()),
+                location_id: Some(location.location_id.clone()),
+                service_at_location_id: None,
+                position: i64::try_from(index).unwrap_or(i64::MAX),
+                schedule: schedule.clone(),
+            });
+        }
+    }
+    rows
+}
+
+/// Either backend, chosen from the database URL.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres(PgStore),
+    /// SQLite.
+    Sqlite(SqliteStore),
+}
+
+impl Backend {
+    /// Opens (lazily) the store at `url`: `sqlite:` URLs use SQLite, anything else PostgreSQL
+    /// (schema [`SCHEMA`]).
+    ///
+    /// # Errors
+    /// When the URL is invalid.
+    pub fn open(url: &SecretString, max_connections: u32) -> Result<Self, BoxError> {
+        if storage::is_sqlite(url) {
+            Ok(Self::Sqlite(SqliteStore::new(storage::sqlite_pool(
+                url,
+                max_connections,
+            )?)))
+        } else {
+            Ok(Self::Postgres(PgStore::new(storage::postgres_pool(
+                url,
+                SCHEMA,
+                max_connections,
+            )?)))
+        }
+    }
+
+    /// Applies the backend's migrations (creating the schema on PostgreSQL).
+    ///
+    /// # Errors
+    /// When the database is unreachable or a migration fails.
+    pub async fn migrate(&self) -> Result<(), BoxError> {
+        match self {
+            Self::Postgres(store) => {
+                storage::migrate_postgres(store.pool(), SCHEMA, &MIGRATOR).await?
+            }
+            Self::Sqlite(store) => SQLITE_MIGRATOR.run(store.pool()).await?,
+        }
+        Ok(())
+    }
+}
+
 /// The directory service, bound and ready to run.
 #[derive(Debug)]
 pub struct Application {
@@ -34,15 +213,49 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the service from its configuration and binds `RELAY_LISTEN`.
+    /// Builds the service from its configuration and binds `RELAY_LISTEN`. PostgreSQL or
+    /// SQLite is chosen from `RELAY_DATABASE_URL`; SQLite databases are migrated at start
+    /// (`relay dev` has no separate migrate step).
     ///
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 10)?;
-        let host = ServiceHost::new(&config.settings.server)
-            .add_service(DirectoryServiceServer::new(DirectoryServiceHandler))
-            .readiness_check("postgres", storage::postgres_check(pool));
+        let settings: DirectorySettings = config.section("directory")?;
+        let tokens = settings
+            .page_token_secret
+            .as_ref()
+            .map_or_else(PageTokens::random, |secret| {
+                PageTokens::new(secrecy::ExposeSecret::expose_secret(secret).as_bytes())
+            });
+        let backend = Backend::open(
+            config.database_url()?,
+            settings.max_connections.unwrap_or(10),
+        )?;
+        let host = ServiceHost::new(&config.settings.server);
+        let host = match backend {
+            Backend::Postgres(store) => host
+                .readiness_check("postgres", storage::postgres_check(store.pool().clone()))
+                .add_service(DirectoryServiceServer::new(DirectoryServiceHandler::new(
+                    store, tokens,
+                ))),
+            Backend::Sqlite(store) => {
+                SQLITE_MIGRATOR.run(store.pool()).await?;
+                let pool = store.pool().clone();
+                host.readiness_check("sqlite", move || -> relay_runtime::server::CheckFuture {
+                    let pool = pool.clone();
+                    Box::pin(async move {
+                        sqlx::query("SELECT 1")
+                            .execute(&pool)
+                            .await
+                            .map(|_| ())
+                            .map_err(|error| format!("sqlite: {error}"))
+                    })
+                })
+                .add_service(DirectoryServiceServer::new(
+                    DirectoryServiceHandler::new(store, tokens),
+                ))
+            }
+        };
         let server = host.bind(config.settings.listen.0).await?;
         Ok(Self { server })
     }
@@ -64,19 +277,22 @@ impl Application {
         self.server.run_until_stopped(shutdown).await
     }
 
-    /// Creates the `directory` schema and applies [`MIGRATOR`].
+    /// Applies the migrations of the configured backend.
     ///
     /// # Errors
-    /// When PostgreSQL is unreachable or a migration fails.
+    /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 1)?;
-        storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
-        pool.close().await;
+        let backend = Backend::open(config.database_url()?, 1)?;
+        backend.migrate().await?;
+        match backend {
+            Backend::Postgres(store) => store.pool().close().await,
+            Backend::Sqlite(store) => store.pool().close().await,
+        }
         Ok(())
     }
 }
 
-impl Service for Application {
+impl RelayService for Application {
     const NAME: &'static str = "directory";
     const ABOUT: &'static str = "Referral directory: HSDS 3.0 social services with open-now search, live capacity and referrals (gRPC relay.directory.v1.DirectoryService).";
 

@@ -80,6 +80,13 @@ enum DirectoryCommand {
     Import {
         /// The data package folder or .zip file.
         package: PathBuf,
+        /// The database to import into: `postgres://...` or `sqlite://path`.
+        #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// IANA time zone of locations whose package gives none (HSDS 3.0 locations have no
+        /// time zone column).
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
     },
 }
 
@@ -89,8 +96,13 @@ fn main() -> ExitCode {
         Command::Simulate(args) => return simulate(&args),
         Command::Dev { .. } => ("relay dev", 7),
         Command::Directory {
-            command: DirectoryCommand::Import { .. },
-        } => ("relay directory import", 6),
+            command:
+                DirectoryCommand::Import {
+                    package,
+                    database_url,
+                    time_zone,
+                },
+        } => return directory_import(&package, database_url, time_zone),
     };
     eprintln!("relay: `{name}` is not built yet (tracked in issue #{issue})");
     ExitCode::FAILURE
@@ -146,6 +158,93 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         }
         Err(error) => {
             eprintln!("relay simulate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `relay directory import`: migrates the database, imports the package in one transaction
+/// with a progress bar, and prints every rejected row as `file:line: reason`.
+fn directory_import(
+    package: &std::path::Path,
+    database_url: String,
+    time_zone: String,
+) -> ExitCode {
+    use relay_directory::{Backend, import};
+
+    if relay_directory::schedule::parse_time_zone(&time_zone).is_none() {
+        eprintln!("relay: --time-zone `{time_zone}` is not an IANA time zone name");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("relay: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let options = import::ImportOptions {
+        default_time_zone: time_zone,
+    };
+    let result: anyhow::Result<import::ImportReport> = runtime.block_on(async {
+        let backend = Backend::open(&secrecy::SecretString::from(database_url), 2)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        backend
+            .migrate()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut progress = |p: import::Progress<'_>| {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!("{} ({} rows)", p.file, p.rows));
+        };
+        let report = match &backend {
+            Backend::Postgres(store) => {
+                import::import(store, package, &options, &mut progress).await
+            }
+            Backend::Sqlite(store) => import::import(store, package, &options, &mut progress).await,
+        }?;
+        Ok(report)
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => {
+            for rejection in &report.rejections {
+                println!("rejected {rejection}");
+            }
+            if report.rejected > report.rejections.len() as u64 {
+                println!(
+                    "... and {} more rejected rows",
+                    report.rejected - report.rejections.len() as u64
+                );
+            }
+            for file in &report.files {
+                println!(
+                    "{:<28} {:>9} rows {:>9} stored {:>7} rejected {:>7} ignored",
+                    file.file, file.rows, file.stored, file.rejected, file.ignored
+                );
+            }
+            println!(
+                "imported {} of {} rows from {}; {} rejected",
+                report.stored,
+                report.rows,
+                package.display(),
+                report.rejected
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relay: import failed, nothing was imported: {error}");
             ExitCode::FAILURE
         }
     }

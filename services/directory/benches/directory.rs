@@ -1,0 +1,238 @@
+//! `make bench` for the directory: imports a generated metro directory (100,000 services by
+//! default; `RELAY_BENCH_SERVICES` overrides) into a fresh PostgreSQL database, then measures
+//! SearchServices latency through gRPC for three typical query shapes, against a baseline
+//! measured in the same run: a bare SQL query of the same shape sent through sqlx (the
+//! candidate query alone, without ranking, opening hours or loading the services).
+//! Prints a Markdown table for docs/benchmarks.md.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_precision_loss,
+    clippy::too_many_lines
+)]
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use relay_directory::{
+    Application, Backend,
+    generate::{self, METRO_CENTER},
+    import::{ImportOptions, import},
+};
+use relay_proto::{
+    common::GeoPoint,
+    directory::{SearchServicesRequest, directory_service_client::DirectoryServiceClient},
+};
+use relay_tests::TestDatabase;
+use secrecy::SecretString;
+
+const QUERIES: usize = 300;
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1000.0
+}
+
+fn random_point(rng: &mut StdRng) -> (f64, f64) {
+    let d = 20_000.0 * rng.random::<f64>().sqrt();
+    let a = rng.random::<f64>() * std::f64::consts::TAU;
+    (
+        METRO_CENTER.0 + d * a.sin() / 111_320.0,
+        METRO_CENTER.1 + d * a.cos() / (111_320.0 * METRO_CENTER.0.to_radians().cos()),
+    )
+}
+
+fn bbox(p: (f64, f64), r: f64) -> (f64, f64, f64, f64) {
+    let dlat = r / 111_195.0;
+    let dlon = dlat / p.0.to_radians().cos();
+    (p.0 - dlat, p.0 + dlat, p.1 - dlon, p.1 + dlon)
+}
+
+#[tokio::main]
+async fn main() {
+    let services: usize = std::env::var("RELAY_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let db = TestDatabase::new().await;
+    let url = db.url().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    generate::write_package(dir.path(), services, 42).unwrap();
+    let generated = started.elapsed();
+    let backend = Backend::open(&SecretString::from(url.clone()), 8).unwrap();
+    backend.migrate().await.unwrap();
+    let Backend::Postgres(store) = backend else {
+        unreachable!("postgres url")
+    };
+    let options = ImportOptions {
+        default_time_zone: generate::METRO_TIME_ZONE.into(),
+    };
+    let started = Instant::now();
+    let report = import(&store, dir.path(), &options, &mut |_| {})
+        .await
+        .unwrap();
+    let import_time = started.elapsed();
+    assert_eq!(report.rejected, 0);
+    sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+    let rows_per_second = report.rows as f64 / import_time.as_secs_f64();
+
+    let config = relay_runtime::Config::builder("directory")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", url.clone())
+        .build()
+        .unwrap();
+    let app = Application::build(config).await.unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let mut client = DirectoryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let open_at = chrono::DateTime::parse_from_rfc3339("2026-03-10T17:00:00Z").unwrap();
+    let open_at = prost_types::Timestamp {
+        seconds: open_at.timestamp(),
+        nanos: 0,
+    };
+
+    struct Shape {
+        name: &'static str,
+        request: fn((f64, f64), &prost_types::Timestamp) -> SearchServicesRequest,
+        baseline: &'static str,
+        radius: f64,
+    }
+    let near = |p: (f64, f64)| {
+        Some(GeoPoint {
+            latitude: p.0,
+            longitude: p.1,
+        })
+    };
+    let shapes = [
+        Shape {
+            name: "text + near + open now (\"youth shelter\", 5 km, open_at)",
+            request: |p, at| SearchServicesRequest {
+                query: "youth shelter".into(),
+                location: Some(GeoPoint {
+                    latitude: p.0,
+                    longitude: p.1,
+                }),
+                radius_meters: 5000.0,
+                open_at: Some(*at),
+                ..Default::default()
+            },
+            baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude, ts_rank_cd(s.search_vector, q, 32) \
+                       FROM services s CROSS JOIN websearch_to_tsquery('english', 'youth shelter') AS q \
+                       JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
+                       WHERE s.status = 1 AND s.search_vector @@ q AND l.latitude BETWEEN $1 AND $2 AND l.longitude BETWEEN $3 AND $4 \
+                       ORDER BY 5 DESC LIMIT 50",
+            radius: 5000.0,
+        },
+        Shape {
+            name: "category + near (BH and descendants, 5 km)",
+            request: |p, _| SearchServicesRequest {
+                taxonomy_codes: vec!["BH".into()],
+                location: Some(GeoPoint {
+                    latitude: p.0,
+                    longitude: p.1,
+                }),
+                radius_meters: 5000.0,
+                ..Default::default()
+            },
+            baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude FROM services s \
+                       JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
+                       WHERE s.status = 1 AND l.latitude BETWEEN $1 AND $2 AND l.longitude BETWEEN $3 AND $4 \
+                       AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
+                       WHERE st.service_id = s.id AND (t.code = 'BH' OR t.parent_id = 'tx-bh')) \
+                       ORDER BY (l.latitude - ($1 + $2) / 2) ^ 2 + (l.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
+            radius: 5000.0,
+        },
+        Shape {
+            name: "near only (3 km)",
+            request: |p, _| SearchServicesRequest {
+                location: Some(GeoPoint {
+                    latitude: p.0,
+                    longitude: p.1,
+                }),
+                radius_meters: 3000.0,
+                ..Default::default()
+            },
+            baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude FROM services s \
+                       JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
+                       WHERE s.status = 1 AND l.latitude BETWEEN $1 AND $2 AND l.longitude BETWEEN $3 AND $4 \
+                       ORDER BY (l.latitude - ($1 + $2) / 2) ^ 2 + (l.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
+            radius: 3000.0,
+        },
+    ];
+    let _ = near;
+    println!(
+        "directory benchmark: {services} services, {} rows",
+        report.rows
+    );
+    println!(
+        "generate: {:.1} s; import: {:.1} s = {rows_per_second:.0} rows/s",
+        generated.as_secs_f64(),
+        import_time.as_secs_f64()
+    );
+    println!();
+    println!(
+        "| query shape | results/page (mean) | SearchServices p50 | p99 | bare SQL p50 | p99 | ratio p50 | ratio p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for shape in &shapes {
+        let mut rng = StdRng::seed_from_u64(9);
+        // Warm up both paths.
+        for _ in 0..20 {
+            let p = random_point(&mut rng);
+            client
+                .search_services((shape.request)(p, &open_at))
+                .await
+                .unwrap();
+        }
+        let mut service_times = Vec::with_capacity(QUERIES);
+        let mut sql_times = Vec::with_capacity(QUERIES);
+        let mut results = 0;
+        for _ in 0..QUERIES {
+            let p = random_point(&mut rng);
+            let started = Instant::now();
+            let response = client
+                .search_services((shape.request)(p, &open_at))
+                .await
+                .unwrap()
+                .into_inner();
+            service_times.push(started.elapsed());
+            results += response.results.len();
+            let (a, b, c, d) = bbox(p, shape.radius);
+            let started = Instant::now();
+            let rows = sqlx::query(shape.baseline)
+                .bind(a)
+                .bind(b)
+                .bind(c)
+                .bind(d)
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+            sql_times.push(started.elapsed());
+            std::hint::black_box(rows);
+        }
+        let (s50, s99) = (
+            percentile(&mut service_times, 0.5),
+            percentile(&mut service_times, 0.99),
+        );
+        let (b50, b99) = (
+            percentile(&mut sql_times, 0.5),
+            percentile(&mut sql_times, 0.99),
+        );
+        println!(
+            "| {} | {:.1} | {s50:.2} ms | {s99:.2} ms | {b50:.2} ms | {b99:.2} ms | {:.2} | {:.2} |",
+            shape.name,
+            results as f64 / QUERIES as f64,
+            s50 / b50,
+            s99 / b99
+        );
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+}

@@ -1,0 +1,946 @@
+//! The two SQL backends. Both schemas use the same tables, columns and types (times are
+//! BIGINT microseconds), so one body of code, instantiated by [`sql_store!`] for each
+//! `sqlx` database, serves both; the few dialect differences (full-text search, collation)
+//! branch on `PG`.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use relay_proto::common::GeoPoint;
+use relay_proto::directory::{
+    Address, Capacity, CreateReferralResponse, Organization, Phone, Referral, ReferralStatus,
+    Schedule, Service, ServiceLocation, TaxonomyTerm, UpdateCapacityResponse,
+    UpdateReferralResponse, UpsertServiceResponse,
+};
+use sqlx::{QueryBuilder, Row as _};
+
+use super::{
+    Applied, Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, ReferralFilter, Row,
+    StoreResult, StoredRequest, WriteSession, transition,
+};
+use crate::{error::DirectoryError, micros_to_timestamp, timestamp_to_micros};
+
+/// The FTS5 expression for free text: every word, quoted, all required.
+fn fts5_expression(text: &str) -> String {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(|word| format!("\"{word}\""))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Ids per statement when a list is bound (well below both databases' limits).
+const CHUNK: usize = 500;
+
+macro_rules! sql_store {
+    ($store:ident, $session:ident, $db:ty, $pool:ty, $conn:ty, $pg:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone)]
+        pub struct $store {
+            pool: $pool,
+        }
+
+        /// A write transaction of this backend.
+        #[derive(Debug)]
+        pub struct $session {
+            tx: sqlx::Transaction<'static, $db>,
+        }
+
+        impl $store {
+            const PG: bool = $pg;
+
+            /// A store on `pool` (migrated).
+            #[must_use]
+            pub fn new(pool: $pool) -> Self {
+                Self { pool }
+            }
+
+            /// The pool.
+            #[must_use]
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+
+            fn push_in<'a>(qb: &mut QueryBuilder<'a, $db>, ids: &'a [String]) {
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(id.as_str());
+                }
+            }
+
+            async fn record(conn: &mut $conn, idem: &Idem, response: &[u8]) -> StoreResult<()> {
+                let result = sqlx::query(
+                    "INSERT INTO requests (request_id, rpc, fingerprint, response, create_time) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&idem.request_id)
+                .bind(idem.rpc)
+                .bind(&idem.fingerprint)
+                .bind(response)
+                .bind(idem.now)
+                .execute(&mut *conn)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(error) if DirectoryError::is_unique_violation(&error) => {
+                        Err(DirectoryError::RequestRace(idem.request_id.clone()))
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            }
+
+            async fn apply_row(conn: &mut $conn, row: &Row) -> StoreResult<Applied> {
+                let affected = match row {
+                    Row::Organization { id, name, description, url, email } => sqlx::query(
+                        "INSERT INTO organizations (id, name, description, url, email) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, \
+                         url = excluded.url, email = excluded.email",
+                    )
+                    .bind(id).bind(name).bind(description).bind(url).bind(email)
+                    .execute(&mut *conn).await?.rows_affected(),
+                    Row::Service(service, update_time) => {
+                        let organization_id = service.organization.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+                        let affected = sqlx::query(
+                            "INSERT INTO services (id, organization_id, name, alternate_name, description, url, email, status, \
+                             eligibility_description, fees_description, application_process, alert, create_time, update_time) \
+                             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13 \
+                             WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $2) \
+                             ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, name = excluded.name, \
+                             alternate_name = excluded.alternate_name, description = excluded.description, url = excluded.url, \
+                             email = excluded.email, status = excluded.status, eligibility_description = excluded.eligibility_description, \
+                             fees_description = excluded.fees_description, application_process = excluded.application_process, \
+                             alert = excluded.alert, update_time = excluded.update_time",
+                        )
+                        .bind(&service.id).bind(&organization_id).bind(&service.name).bind(&service.alternate_name)
+                        .bind(&service.description).bind(&service.url).bind(&service.email).bind(i64::from(service.status))
+                        .bind(&service.eligibility_description).bind(&service.fees_description)
+                        .bind(&service.application_process).bind(&service.alert).bind(*update_time)
+                        .execute(&mut *conn).await?.rows_affected();
+                        if affected == 0 {
+                            return Ok(Applied::Missing(format!("organization_id `{organization_id}` is not an organization of the package")));
+                        }
+                        affected
+                    }
+                    Row::TaxonomyTerm(term) => sqlx::query(
+                        "INSERT INTO taxonomy_terms (id, code, name, taxonomy, parent_id) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (id) DO UPDATE SET code = excluded.code, name = excluded.name, \
+                         taxonomy = excluded.taxonomy, parent_id = excluded.parent_id",
+                    )
+                    .bind(&term.id).bind(&term.code).bind(&term.name).bind(&term.taxonomy)
+                    .bind((!term.parent_id.is_empty()).then_some(term.parent_id.as_str()))
+                    .execute(&mut *conn).await?.rows_affected(),
+                    Row::ServiceTaxonomy { service_id, term_id } => {
+                        let affected = sqlx::query(
+                            "INSERT INTO service_taxonomy (service_id, taxonomy_term_id) SELECT $1, $2 \
+                             WHERE EXISTS (SELECT 1 FROM services WHERE id = $1) AND EXISTS (SELECT 1 FROM taxonomy_terms WHERE id = $2) \
+                             ON CONFLICT (service_id, taxonomy_term_id) DO UPDATE SET service_id = excluded.service_id",
+                        )
+                        .bind(service_id).bind(term_id).execute(&mut *conn).await?.rows_affected();
+                        if affected == 0 {
+                            return Ok(Applied::Missing(format!("service `{service_id}` or taxonomy term `{term_id}` does not exist")));
+                        }
+                        affected
+                    }
+                    Row::Language { service_id, code, position } => {
+                        let affected = sqlx::query(
+                            "INSERT INTO languages (service_id, code, position) SELECT $1, $2, $3 \
+                             WHERE EXISTS (SELECT 1 FROM services WHERE id = $1) \
+                             ON CONFLICT (service_id, code) DO UPDATE SET position = excluded.position",
+                        )
+                        .bind(service_id).bind(code).bind(*position).execute(&mut *conn).await?.rows_affected();
+                        if affected == 0 {
+                            return Ok(Applied::Missing(format!("service `{service_id}` does not exist")));
+                        }
+                        affected
+                    }
+                    Row::Phone { id, service_id, phone } => {
+                        let affected = sqlx::query(
+                            "INSERT INTO phones (id, service_id, number, extension, type, description) SELECT $1, $2, $3, $4, $5, $6 \
+                             WHERE EXISTS (SELECT 1 FROM services WHERE id = $2) \
+                             ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, number = excluded.number, \
+                             extension = excluded.extension, type = excluded.type, description = excluded.description",
+                        )
+                        .bind(id).bind(service_id).bind(&phone.number).bind(&phone.extension).bind(&phone.r#type)
+                        .bind(&phone.description).execute(&mut *conn).await?.rows_affected();
+                        if affected == 0 {
+                            return Ok(Applied::Missing(format!("service `{service_id}` does not exist")));
+                        }
+                        affected
+                    }
+                    Row::Location { id, name, point, time_zone } => sqlx::query(
+                        "INSERT INTO locations (id, name, latitude, longitude, time_zone) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (id) DO UPDATE SET name = excluded.name, latitude = excluded.latitude, \
+                         longitude = excluded.longitude, time_zone = excluded.time_zone",
+                    )
+                    .bind(id).bind(name).bind(point.map(|p| p.0)).bind(point.map(|p| p.1)).bind(time_zone)
+                    .execute(&mut *conn).await?.rows_affected(),
+                    Row::Address { location_id, address } => {
+                        let affected = sqlx::query(
+                            "UPDATE locations SET attention = $2, address_1 = $3, address_2 = $4, city = $5, region = $6, \
+                             state_province = $7, postal_code = $8, country = $9, has_address = 1 WHERE id = $1",
+                        )
+                        .bind(location_id).bind(&address.attention).bind(&address.address_1).bind(&address.address_2)
+                        .bind(&address.city).bind(&address.region).bind(&address.state_province)
+                        .bind(&address.postal_code).bind(&address.country)
+                        .execute(&mut *conn).await?.rows_affected();
+                        if affected == 0 {
+                            return Ok(Applied::Missing(format!("location `{location_id}` does not exist")));
+                        }
+                        affected
+                    }
+                    Row::LocationTimeZone { location_id, time_zone } => sqlx::query(
+                        "UPDATE locations SET time_zone = $2 WHERE id = $1",
+                    )
+                    .bind(location_id).bind(time_zone).execute(&mut *conn).await?.rows_affected().max(1),
+                    Row::ServiceAtLocation { id, service_id, location_id, position } => {
+                        sqlx::query("DELETE FROM service_at_location WHERE id = $1 AND NOT (service_id = $2 AND location_id = $3)")
+                            .bind(id).bind(service_id).bind(location_id).execute(&mut *conn).await?;
+                        let affected = sqlx::query(
+                            "INSERT INTO service_at_location (service_id, location_id, id, position) SELECT $1, $2, $3, $4 \
+                             WHERE EXISTS (SELECT 1 FROM services WHERE id = $1) AND EXISTS (SELECT 1 FROM locations WHERE id = $2) \
+                             ON CONFLICT (service_id, location_id) DO UPDATE SET id = excluded.id, position = excluded.position",
+                        )
+                        .bind(service_id).bind(location_id).bind(id).bind(*position)
+                        .execute(&mut *conn).await?.rows_affected();
+                        if affected == 0 {
+                            return Ok(Applied::Missing(format!("service `{service_id}` or location `{location_id}` does not exist")));
+                        }
+                        affected
+                    }
+                    Row::Schedule { id, service_id, location_id, service_at_location_id, position, schedule } => {
+                        let (mut service_id, mut location_id) = (service_id.clone(), location_id.clone());
+                        if let Some(sal) = service_at_location_id {
+                            let found = sqlx::query("SELECT service_id, location_id FROM service_at_location WHERE id = $1")
+                                .bind(sal).fetch_optional(&mut *conn).await?;
+                            match found {
+                                Some(found) => {
+                                    service_id = Some(found.try_get(0)?);
+                                    location_id = Some(found.try_get(1)?);
+                                }
+                                None if service_id.is_none() && location_id.is_none() => {
+                                    return Ok(Applied::Missing(format!("service_at_location `{sal}` does not exist")));
+                                }
+                                None => {}
+                            }
+                        }
+                        if service_id.is_none() && location_id.is_none() {
+                            return Ok(Applied::Missing("the schedule names no service, location or service_at_location".into()));
+                        }
+                        let affected = sqlx::query(
+                            "INSERT INTO schedules (id, service_id, location_id, position, freq, \"interval\", byday, bymonthday, \
+                             opens_at, closes_at, valid_from, valid_to, dtstart, description) \
+                             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
+                             WHERE ($2 IS NULL OR EXISTS (SELECT 1 FROM services WHERE id = $2)) \
+                             AND ($3 IS NULL OR EXISTS (SELECT 1 FROM locations WHERE id = $3)) \
+                             ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, location_id = excluded.location_id, \
+                             position = excluded.position, freq = excluded.freq, \"interval\" = excluded.\"interval\", \
+                             byday = excluded.byday, bymonthday = excluded.bymonthday, opens_at = excluded.opens_at, \
+                             closes_at = excluded.closes_at, valid_from = excluded.valid_from, valid_to = excluded.valid_to, \
+                             dtstart = excluded.dtstart, description = excluded.description",
+                        )
+                        .bind(id).bind(service_id.as_deref()).bind(location_id.as_deref()).bind(*position)
+                        .bind(i64::from(schedule.freq)).bind(i64::from(schedule.interval)).bind(&schedule.byday)
+                        .bind(&schedule.bymonthday).bind(&schedule.opens_at).bind(&schedule.closes_at)
+                        .bind(&schedule.valid_from).bind(&schedule.valid_to).bind(&schedule.dtstart)
+                        .bind(&schedule.description).execute(&mut *conn).await?.rows_affected();
+                        if affected == 0 {
+                            return Ok(Applied::Missing(format!(
+                                "service `{}` or location `{}` does not exist",
+                                service_id.unwrap_or_default(), location_id.unwrap_or_default()
+                            )));
+                        }
+                        affected
+                    }
+                };
+                let _ = affected;
+                Ok(Applied::Stored)
+            }
+
+            /// Recomputes search text for the services matched by `condition` (a WHERE clause
+            /// on `services` with `$1`, `$2` bound to `a`, `b`), and their full-text entries.
+            async fn refresh_search(conn: &mut $conn, condition: &str, a: &str, b: &str) -> StoreResult<()> {
+                let text = if Self::PG {
+                    "concat_ws(' ', name, alternate_name, description, \
+                     (SELECT o.name FROM organizations o WHERE o.id = services.organization_id), \
+                     (SELECT string_agg(t.name, ' ') FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
+                      WHERE st.service_id = services.id))"
+                } else {
+                    "name || ' ' || alternate_name || ' ' || description || ' ' || \
+                     COALESCE((SELECT o.name FROM organizations o WHERE o.id = services.organization_id), '') || ' ' || \
+                     COALESCE((SELECT group_concat(t.name, ' ') FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
+                      WHERE st.service_id = services.id), '')"
+                };
+                let update = format!("UPDATE services SET search_text = {text} WHERE {condition}");
+                sqlx::query(&update).bind(a).bind(b).execute(&mut *conn).await?;
+                if !Self::PG {
+                    let delete = format!("DELETE FROM services_fts WHERE service_id IN (SELECT id FROM services WHERE {condition})");
+                    sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
+                    let insert = format!("INSERT INTO services_fts (service_id, body) SELECT id, search_text FROM services WHERE {condition}");
+                    sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
+            async fn load_services(conn: &mut $conn, ids: &[String]) -> StoreResult<Vec<Service>> {
+                let mut by_id: HashMap<String, Service> = HashMap::new();
+                for chunk in ids.chunks(CHUNK) {
+                    Self::load_chunk(conn, chunk, &mut by_id).await?;
+                }
+                Ok(ids.iter().filter_map(|id| by_id.get(id).cloned()).collect())
+            }
+
+            #[allow(clippy::too_many_lines)]
+            async fn load_chunk(conn: &mut $conn, ids: &[String], out: &mut HashMap<String, Service>) -> StoreResult<()> {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT s.id, s.organization_id, COALESCE(o.name, ''), COALESCE(o.description, ''), COALESCE(o.url, ''), \
+                     COALESCE(o.email, ''), s.name, s.alternate_name, s.description, s.url, s.email, s.status, \
+                     s.eligibility_description, s.fees_description, s.application_process, s.alert, s.create_time, s.update_time \
+                     FROM services s LEFT JOIN organizations o ON o.id = s.organization_id WHERE s.id IN (",
+                );
+                Self::push_in(&mut qb, ids);
+                qb.push(")");
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let id: String = row.try_get(0)?;
+                    let status: i64 = row.try_get(11)?;
+                    let service = Service {
+                        id: id.clone(),
+                        organization: Some(Organization {
+                            id: row.try_get(1)?,
+                            name: row.try_get(2)?,
+                            description: row.try_get(3)?,
+                            url: row.try_get(4)?,
+                            email: row.try_get(5)?,
+                        }),
+                        name: row.try_get(6)?,
+                        alternate_name: row.try_get(7)?,
+                        description: row.try_get(8)?,
+                        url: row.try_get(9)?,
+                        email: row.try_get(10)?,
+                        status: i32::try_from(status).unwrap_or(0),
+                        eligibility_description: row.try_get(12)?,
+                        fees_description: row.try_get(13)?,
+                        application_process: row.try_get(14)?,
+                        alert: row.try_get(15)?,
+                        create_time: Some(micros_to_timestamp(row.try_get(16)?)),
+                        update_time: Some(micros_to_timestamp(row.try_get(17)?)),
+                        ..Service::default()
+                    };
+                    out.insert(id, service);
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT st.service_id, t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, '') \
+                     FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id WHERE st.service_id IN (",
+                );
+                Self::push_in(&mut qb, ids);
+                qb.push(") ORDER BY st.service_id, t.code, t.id");
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let sid: String = row.try_get(0)?;
+                    if let Some(service) = out.get_mut(&sid) {
+                        service.taxonomy_terms.push(TaxonomyTerm {
+                            id: row.try_get(1)?,
+                            code: row.try_get(2)?,
+                            name: row.try_get(3)?,
+                            taxonomy: row.try_get(4)?,
+                            parent_id: row.try_get(5)?,
+                        });
+                    }
+                }
+                let mut qb = QueryBuilder::<$db>::new("SELECT service_id, code FROM languages WHERE service_id IN (");
+                Self::push_in(&mut qb, ids);
+                qb.push(") ORDER BY service_id, position, code");
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let sid: String = row.try_get(0)?;
+                    if let Some(service) = out.get_mut(&sid) {
+                        service.languages.push(row.try_get(1)?);
+                    }
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT service_id, number, extension, type, description FROM phones WHERE service_id IN (",
+                );
+                Self::push_in(&mut qb, ids);
+                qb.push(") ORDER BY service_id, id");
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let sid: String = row.try_get(0)?;
+                    if let Some(service) = out.get_mut(&sid) {
+                        service.phones.push(Phone {
+                            number: row.try_get(1)?,
+                            extension: row.try_get(2)?,
+                            r#type: row.try_get(3)?,
+                            description: row.try_get(4)?,
+                        });
+                    }
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT sal.service_id, l.id, l.name, l.latitude, l.longitude, l.time_zone, l.attention, l.address_1, \
+                     l.address_2, l.city, l.region, l.state_province, l.postal_code, l.country, l.has_address \
+                     FROM service_at_location sal JOIN locations l ON l.id = sal.location_id WHERE sal.service_id IN (",
+                );
+                Self::push_in(&mut qb, ids);
+                qb.push(") ORDER BY sal.service_id, sal.position, l.id");
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let sid: String = row.try_get(0)?;
+                    let latitude: Option<f64> = row.try_get(3)?;
+                    let longitude: Option<f64> = row.try_get(4)?;
+                    let has_address: i64 = row.try_get(14)?;
+                    let location = ServiceLocation {
+                        location_id: row.try_get(1)?,
+                        name: row.try_get(2)?,
+                        point: latitude.zip(longitude).map(|(latitude, longitude)| GeoPoint { latitude, longitude }),
+                        time_zone: row.try_get(5)?,
+                        address: if has_address == 0 {
+                            None
+                        } else {
+                            Some(Address {
+                                attention: row.try_get(6)?,
+                                address_1: row.try_get(7)?,
+                                address_2: row.try_get(8)?,
+                                city: row.try_get(9)?,
+                                region: row.try_get(10)?,
+                                state_province: row.try_get(11)?,
+                                postal_code: row.try_get(12)?,
+                                country: row.try_get(13)?,
+                            })
+                        },
+                        ..ServiceLocation::default()
+                    };
+                    if let Some(service) = out.get_mut(&sid) {
+                        service.locations.push(location);
+                    }
+                }
+                let mut qb = QueryBuilder::<$db>::new(Self::SCHEDULE_COLUMNS);
+                qb.push(" WHERE service_id IN (");
+                Self::push_in(&mut qb, ids);
+                qb.push(") OR (service_id IS NULL AND location_id IN (SELECT location_id FROM service_at_location WHERE service_id IN (");
+                Self::push_in(&mut qb, ids);
+                qb.push("))) ORDER BY position, id");
+                let schedules = Self::decode_schedules(qb.build().fetch_all(&mut *conn).await?)?;
+                for service in out.values_mut().filter(|s| ids.contains(&s.id)) {
+                    for location in &mut service.locations {
+                        location.schedules = schedules
+                            .iter()
+                            .filter(|(sid, lid, _)| applies(sid.as_deref(), lid.as_deref(), &service.id, &location.location_id))
+                            .map(|(_, _, schedule)| schedule.clone())
+                            .collect();
+                    }
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT service_id, location_id, available, total, as_of_time FROM capacity WHERE service_id IN (",
+                );
+                Self::push_in(&mut qb, ids);
+                qb.push(")");
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let sid: String = row.try_get(0)?;
+                    let lid: String = row.try_get(1)?;
+                    let capacity = Self::decode_capacity(&row, 2)?;
+                    if let Some(location) = out
+                        .get_mut(&sid)
+                        .and_then(|s| s.locations.iter_mut().find(|l| l.location_id == lid))
+                    {
+                        location.capacity = Some(capacity);
+                    }
+                }
+                Ok(())
+            }
+
+            const SCHEDULE_COLUMNS: &'static str =
+                "SELECT service_id, location_id, freq, \"interval\", byday, bymonthday, opens_at, closes_at, valid_from, \
+                 valid_to, dtstart, description FROM schedules";
+
+            #[allow(clippy::type_complexity)]
+            fn decode_schedules(
+                rows: Vec<<$db as sqlx::Database>::Row>,
+            ) -> StoreResult<Vec<(Option<String>, Option<String>, Schedule)>> {
+                rows.iter()
+                    .map(|row| {
+                        let freq: i64 = row.try_get(2)?;
+                        let interval: i64 = row.try_get(3)?;
+                        Ok((
+                            row.try_get(0)?,
+                            row.try_get(1)?,
+                            Schedule {
+                                freq: i32::try_from(freq).unwrap_or(0),
+                                interval: i32::try_from(interval).unwrap_or(0),
+                                byday: row.try_get(4)?,
+                                bymonthday: row.try_get(5)?,
+                                opens_at: row.try_get(6)?,
+                                closes_at: row.try_get(7)?,
+                                valid_from: row.try_get(8)?,
+                                valid_to: row.try_get(9)?,
+                                dtstart: row.try_get(10)?,
+                                description: row.try_get(11)?,
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+
+            fn decode_capacity(row: &<$db as sqlx::Database>::Row, first: usize) -> StoreResult<Capacity> {
+                let available: i64 = row.try_get(first)?;
+                let total: i64 = row.try_get(first + 1)?;
+                Ok(Capacity {
+                    available: i32::try_from(available).unwrap_or(i32::MAX),
+                    total: i32::try_from(total).unwrap_or(i32::MAX),
+                    as_of_time: Some(micros_to_timestamp(row.try_get(first + 2)?)),
+                })
+            }
+
+            fn decode_referral(row: &<$db as sqlx::Database>::Row) -> StoreResult<Referral> {
+                let status: i64 = row.try_get(4)?;
+                Ok(Referral {
+                    referral_id: row.try_get(0)?,
+                    incident_id: row.try_get(1)?,
+                    service_id: row.try_get(2)?,
+                    location_id: row.try_get(3)?,
+                    status: i32::try_from(status).unwrap_or(0),
+                    notes: row.try_get(5)?,
+                    create_time: Some(micros_to_timestamp(row.try_get(6)?)),
+                    update_time: Some(micros_to_timestamp(row.try_get(7)?)),
+                })
+            }
+
+            const REFERRAL_COLUMNS: &'static str =
+                "SELECT referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time FROM referrals";
+
+            async fn service_status(conn: &mut $conn, service_id: &str) -> StoreResult<i64> {
+                sqlx::query("SELECT status FROM services WHERE id = $1")
+                    .bind(service_id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .map(|row| row.try_get::<i64, _>(0))
+                    .transpose()?
+                    .ok_or_else(|| DirectoryError::ServiceNotFound(service_id.to_owned()))
+            }
+
+            async fn check_location(conn: &mut $conn, service_id: &str, location_id: &str) -> StoreResult<()> {
+                let found = sqlx::query("SELECT 1 FROM service_at_location WHERE service_id = $1 AND location_id = $2")
+                    .bind(service_id)
+                    .bind(location_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if found.is_none() {
+                    return Err(DirectoryError::LocationNotFound {
+                        service_id: service_id.to_owned(),
+                        location_id: location_id.to_owned(),
+                    });
+                }
+                Ok(())
+            }
+        }
+
+        impl WriteSession for $session {
+            async fn apply(&mut self, row: &Row) -> StoreResult<Applied> {
+                $store::apply_row(&mut self.tx, row).await
+            }
+
+            async fn refresh_all_search(&mut self) -> StoreResult<()> {
+                $store::refresh_search(&mut self.tx, "($1 = $2)", "", "").await
+            }
+
+            async fn commit(self) -> StoreResult<()> {
+                self.tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        impl DirectoryStore for $store {
+            type Session = $session;
+
+            async fn begin(&self) -> StoreResult<$session> {
+                Ok($session { tx: self.pool.begin().await? })
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn lookup_request(&self, request_id: &str) -> StoreResult<Option<StoredRequest>> {
+                let row = sqlx::query("SELECT rpc, fingerprint, response FROM requests WHERE request_id = $1")
+                    .bind(request_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    Ok(StoredRequest {
+                        rpc: row.try_get(0)?,
+                        fingerprint: row.try_get(1)?,
+                        response: row.try_get(2)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn upsert_service(&self, service: &Service, idem: &Idem) -> StoreResult<UpsertServiceResponse> {
+                let mut tx = self.pool.begin().await?;
+                let created = sqlx::query("SELECT 1 FROM services WHERE id = $1")
+                    .bind(&service.id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_none();
+                for table in ["service_taxonomy", "languages", "phones", "schedules", "service_at_location"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE service_id = $1"))
+                        .bind(&service.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for row in crate::rows_of_service(service, idem.now) {
+                    if let Applied::Missing(reason) = Self::apply_row(&mut tx, &row).await? {
+                        return Err(DirectoryError::Corrupt(reason));
+                    }
+                }
+                sqlx::query(
+                    "DELETE FROM capacity WHERE service_id = $1 AND NOT EXISTS (SELECT 1 FROM service_at_location sal \
+                     WHERE sal.service_id = capacity.service_id AND sal.location_id = capacity.location_id)",
+                )
+                .bind(&service.id)
+                .execute(&mut *tx)
+                .await?;
+                let organization_id = service.organization.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+                Self::refresh_search(
+                    &mut tx,
+                    "id = $1 OR organization_id = $2 OR id IN (SELECT b.service_id FROM service_taxonomy a \
+                     JOIN service_taxonomy b ON b.taxonomy_term_id = a.taxonomy_term_id WHERE a.service_id = $1)",
+                    &service.id,
+                    &organization_id,
+                )
+                .await?;
+                let stored = Self::load_services(&mut tx, std::slice::from_ref(&service.id))
+                    .await?
+                    .pop()
+                    .ok_or_else(|| DirectoryError::Corrupt("upserted service vanished".into()))?;
+                let response = UpsertServiceResponse { service: Some(stored), created };
+                Self::record(&mut tx, idem, &response.encode_to_vec()).await?;
+                tx.commit().await?;
+                Ok(response)
+            }
+
+            async fn get_services(&self, ids: &[String]) -> StoreResult<Vec<Service>> {
+                let mut conn = self.pool.acquire().await?;
+                Self::load_services(&mut conn, ids).await
+            }
+
+            async fn search_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
+                let fts = filter.text.as_deref().map(fts5_expression);
+                let mut qb = QueryBuilder::<$db>::new("");
+                if !filter.taxonomy_codes.is_empty() {
+                    qb.push("WITH RECURSIVE terms(id) AS (SELECT id FROM taxonomy_terms WHERE code IN (");
+                    Self::push_in(&mut qb, &filter.taxonomy_codes);
+                    qb.push(") UNION SELECT c.id FROM taxonomy_terms c JOIN terms ON c.parent_id = terms.id) ");
+                }
+                qb.push("SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, ");
+                match (&filter.text, &fts) {
+                    (Some(text), _) if Self::PG => {
+                        qb.push("ts_rank_cd(s.search_vector, q, 32)::float8 FROM services s CROSS JOIN websearch_to_tsquery('english', ");
+                        qb.push_bind(text.as_str());
+                        qb.push(") AS q ");
+                    }
+                    (Some(_), Some(fts)) => {
+                        qb.push("f.score FROM (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
+                        qb.push_bind(fts.as_str());
+                        qb.push(") f JOIN services s ON s.id = f.service_id ");
+                    }
+                    _ => {
+                        qb.push(if Self::PG { "0.0::float8 FROM services s " } else { "0.0 FROM services s " });
+                    }
+                }
+                qb.push("LEFT JOIN service_at_location sal ON sal.service_id = s.id LEFT JOIN locations l ON l.id = sal.location_id WHERE s.status = 1 ");
+                if Self::PG && filter.text.is_some() {
+                    qb.push("AND s.search_vector @@ q ");
+                }
+                if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
+                    qb.push("AND l.latitude BETWEEN ");
+                    qb.push_bind(min_lat);
+                    qb.push(" AND ");
+                    qb.push_bind(max_lat);
+                    qb.push(" AND l.longitude BETWEEN ");
+                    qb.push_bind(min_lon);
+                    qb.push(" AND ");
+                    qb.push_bind(max_lon);
+                    qb.push(" ");
+                }
+                if !filter.taxonomy_codes.is_empty() {
+                    qb.push("AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN terms ON terms.id = st.taxonomy_term_id WHERE st.service_id = s.id) ");
+                }
+                if !filter.languages.is_empty() {
+                    qb.push("AND EXISTS (SELECT 1 FROM languages lg WHERE lg.service_id = s.id AND (");
+                    for (index, language) in filter.languages.iter().enumerate() {
+                        if index > 0 {
+                            qb.push(" OR ");
+                        }
+                        qb.push("lg.code = ");
+                        qb.push_bind(language.as_str());
+                        qb.push(" OR lg.code LIKE ");
+                        qb.push_bind(format!("{language}-%"));
+                    }
+                    qb.push(")) ");
+                }
+                if filter.accepting_only {
+                    qb.push("AND EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = s.id AND c.location_id = sal.location_id AND c.available > 0) ");
+                }
+                if let Some(keyset) = &filter.keyset {
+                    let collate = if Self::PG { " COLLATE \"C\"" } else { "" };
+                    if let Some((name, sid, lid)) = &keyset.after {
+                        qb.push(format!("AND (s.name{collate}, s.id{collate}, COALESCE(sal.location_id, ''){collate}) > ("));
+                        qb.push_bind(name.as_str());
+                        qb.push(", ");
+                        qb.push_bind(sid.as_str());
+                        qb.push(", ");
+                        qb.push_bind(lid.as_str());
+                        qb.push(") ");
+                    }
+                    qb.push(format!("ORDER BY s.name{collate}, s.id{collate}, COALESCE(sal.location_id, ''){collate} LIMIT "));
+                    qb.push_bind(keyset.limit);
+                }
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let latitude: Option<f64> = row.try_get(3)?;
+                        let longitude: Option<f64> = row.try_get(4)?;
+                        let score: f64 = row.try_get(5)?;
+                        Ok(Candidate {
+                            service_id: row.try_get(0)?,
+                            location_id: row.try_get(1)?,
+                            name: row.try_get(2)?,
+                            point: latitude.zip(longitude),
+                            score: score.max(0.0),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn hours(&self, pairs: &[(String, String)]) -> StoreResult<HashMap<(String, String), LocationHours>> {
+                let mut out = HashMap::new();
+                let mut conn = self.pool.acquire().await?;
+                for chunk in pairs.chunks(CHUNK) {
+                    let mut locations: Vec<String> = chunk.iter().map(|p| p.1.clone()).filter(|l| !l.is_empty()).collect();
+                    locations.sort();
+                    locations.dedup();
+                    let mut services: Vec<String> = chunk.iter().map(|p| p.0.clone()).collect();
+                    services.sort();
+                    services.dedup();
+                    if locations.is_empty() {
+                        continue;
+                    }
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id, time_zone FROM locations WHERE id IN (");
+                    Self::push_in(&mut qb, &locations);
+                    qb.push(")");
+                    let mut zones = HashMap::new();
+                    for row in qb.build().fetch_all(&mut *conn).await? {
+                        let id: String = row.try_get(0)?;
+                        let zone: String = row.try_get(1)?;
+                        zones.insert(id, zone);
+                    }
+                    let mut qb = QueryBuilder::<$db>::new(Self::SCHEDULE_COLUMNS);
+                    qb.push(" WHERE location_id IN (");
+                    Self::push_in(&mut qb, &locations);
+                    qb.push(") OR (location_id IS NULL AND service_id IN (");
+                    Self::push_in(&mut qb, &services);
+                    qb.push(")) ORDER BY position, id");
+                    let schedules = Self::decode_schedules(qb.build().fetch_all(&mut *conn).await?)?;
+                    for (sid, lid) in chunk {
+                        let hours = LocationHours {
+                            time_zone: zones.get(lid).cloned().unwrap_or_default(),
+                            schedules: schedules
+                                .iter()
+                                .filter(|(s, l, _)| applies(s.as_deref(), l.as_deref(), sid, lid))
+                                .map(|(_, _, schedule)| schedule.clone())
+                                .collect(),
+                        };
+                        out.insert((sid.clone(), lid.clone()), hours);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn update_capacity(
+                &self,
+                service_id: &str,
+                location_id: &str,
+                capacity: &Capacity,
+                idem: &Idem,
+            ) -> StoreResult<UpdateCapacityResponse> {
+                let mut tx = self.pool.begin().await?;
+                Self::service_status(&mut tx, service_id).await?;
+                Self::check_location(&mut tx, service_id, location_id).await?;
+                let as_of = capacity.as_of_time.as_ref().map_or(0, timestamp_to_micros);
+                let current = sqlx::query(
+                    "SELECT available, total, as_of_time FROM capacity WHERE service_id = $1 AND location_id = $2",
+                )
+                .bind(service_id)
+                .bind(location_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let current = current.map(|row| Self::decode_capacity(&row, 0)).transpose()?;
+                let response = match current {
+                    Some(current) if current.as_of_time.as_ref().map_or(0, timestamp_to_micros) >= as_of => {
+                        UpdateCapacityResponse { capacity: Some(current), stale: true }
+                    }
+                    _ => {
+                        sqlx::query(
+                            "INSERT INTO capacity (service_id, location_id, available, total, as_of_time) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (service_id, location_id) DO UPDATE SET available = excluded.available, \
+                             total = excluded.total, as_of_time = excluded.as_of_time",
+                        )
+                        .bind(service_id)
+                        .bind(location_id)
+                        .bind(i64::from(capacity.available))
+                        .bind(i64::from(capacity.total))
+                        .bind(as_of)
+                        .execute(&mut *tx)
+                        .await?;
+                        UpdateCapacityResponse { capacity: Some(capacity.clone()), stale: false }
+                    }
+                };
+                Self::record(&mut tx, idem, &response.encode_to_vec()).await?;
+                tx.commit().await?;
+                Ok(response)
+            }
+
+            async fn create_referral(&self, referral: &Referral, idem: &Idem) -> StoreResult<CreateReferralResponse> {
+                let mut tx = self.pool.begin().await?;
+                let status = Self::service_status(&mut tx, &referral.service_id).await?;
+                if !referral.location_id.is_empty() {
+                    Self::check_location(&mut tx, &referral.service_id, &referral.location_id).await?;
+                }
+                if status != i64::from(relay_proto::directory::ServiceStatus::Active as i32) {
+                    return Err(DirectoryError::ServiceNotActive(referral.service_id.clone()));
+                }
+                let open = sqlx::query(
+                    "SELECT referral_id FROM referrals WHERE incident_id = $1 AND service_id = $2 AND location_id = $3 \
+                     AND status IN (1, 4, 5)",
+                )
+                .bind(&referral.incident_id)
+                .bind(&referral.service_id)
+                .bind(&referral.location_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = open {
+                    return Err(DirectoryError::ReferralExists(row.try_get(0)?));
+                }
+                let now = idem.now;
+                let inserted = sqlx::query(
+                    "INSERT INTO referrals (referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                )
+                .bind(&referral.referral_id)
+                .bind(&referral.incident_id)
+                .bind(&referral.service_id)
+                .bind(&referral.location_id)
+                .bind(i64::from(ReferralStatus::Pending as i32))
+                .bind(&referral.notes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+                if let Err(error) = inserted {
+                    if DirectoryError::is_unique_violation(&error) {
+                        return Err(DirectoryError::ReferralExists(String::new()));
+                    }
+                    return Err(error.into());
+                }
+                let mut stored = referral.clone();
+                stored.status = ReferralStatus::Pending as i32;
+                stored.create_time = Some(micros_to_timestamp(now));
+                stored.update_time = Some(micros_to_timestamp(now));
+                let response = CreateReferralResponse { referral: Some(stored) };
+                Self::record(&mut tx, idem, &response.encode_to_vec()).await?;
+                tx.commit().await?;
+                Ok(response)
+            }
+
+            async fn update_referral(
+                &self,
+                referral_id: &str,
+                status: ReferralStatus,
+                notes: Option<&str>,
+                idem: &Idem,
+            ) -> StoreResult<UpdateReferralResponse> {
+                let mut tx = self.pool.begin().await?;
+                let lock = if Self::PG { " WHERE referral_id = $1 FOR UPDATE" } else { " WHERE referral_id = $1" };
+                let row = sqlx::query(&format!("{}{lock}", Self::REFERRAL_COLUMNS))
+                    .bind(referral_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| DirectoryError::ReferralNotFound(referral_id.to_owned()))?;
+                let current = Self::decode_referral(&row)?;
+                let next = transition(&current, status, notes, idem.now)?;
+                if next != current {
+                    let update = sqlx::query("UPDATE referrals SET status = $2, notes = $3, update_time = $4 WHERE referral_id = $1")
+                        .bind(referral_id)
+                        .bind(i64::from(next.status))
+                        .bind(&next.notes)
+                        .bind(next.update_time.as_ref().map_or(idem.now, timestamp_to_micros))
+                        .execute(&mut *tx)
+                        .await;
+                    if let Err(error) = update {
+                        if DirectoryError::is_unique_violation(&error) {
+                            return Err(DirectoryError::ReferralExists(String::new()));
+                        }
+                        return Err(error.into());
+                    }
+                }
+                let response = UpdateReferralResponse { referral: Some(next) };
+                Self::record(&mut tx, idem, &response.encode_to_vec()).await?;
+                tx.commit().await?;
+                Ok(response)
+            }
+
+            async fn list_referrals(&self, filter: &ReferralFilter) -> StoreResult<Vec<Referral>> {
+                let mut qb = QueryBuilder::<$db>::new(Self::REFERRAL_COLUMNS);
+                qb.push(" WHERE 1 = 1");
+                if !filter.incident_id.is_empty() {
+                    qb.push(" AND incident_id = ");
+                    qb.push_bind(filter.incident_id.as_str());
+                }
+                if !filter.service_id.is_empty() {
+                    qb.push(" AND service_id = ");
+                    qb.push_bind(filter.service_id.as_str());
+                }
+                if filter.status != 0 {
+                    qb.push(" AND status = ");
+                    qb.push_bind(i64::from(filter.status));
+                }
+                if let Some((time, id)) = &filter.after {
+                    qb.push(" AND (create_time > ");
+                    qb.push_bind(*time);
+                    qb.push(" OR (create_time = ");
+                    qb.push_bind(*time);
+                    qb.push(" AND referral_id > ");
+                    qb.push_bind(id.as_str());
+                    qb.push("))");
+                }
+                let collate = if Self::PG { " COLLATE \"C\"" } else { "" };
+                qb.push(format!(" ORDER BY create_time, referral_id{collate} LIMIT "));
+                qb.push_bind(filter.limit);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter().map(Self::decode_referral).collect()
+            }
+        }
+    };
+}
+
+/// Whether a schedule stored for (`sid`, `lid`) applies to `service` at `location`.
+fn applies(sid: Option<&str>, lid: Option<&str>, service: &str, location: &str) -> bool {
+    match (sid, lid) {
+        (Some(s), Some(l)) => s == service && l == location,
+        (Some(s), None) => s == service,
+        (None, Some(l)) => l == location,
+        (None, None) => false,
+    }
+}
+
+sql_store!(
+    PgStore,
+    PgSession,
+    sqlx::Postgres,
+    sqlx::PgPool,
+    sqlx::PgConnection,
+    true,
+    "The PostgreSQL backend (schema `directory`; full text with `tsvector`)."
+);
+sql_store!(
+    SqliteStore,
+    SqliteSession,
+    sqlx::Sqlite,
+    sqlx::SqlitePool,
+    sqlx::SqliteConnection,
+    false,
+    "The SQLite backend for `relay dev` (full text with FTS5)."
+);

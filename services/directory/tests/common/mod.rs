@@ -1,0 +1,125 @@
+//! Shared test setup: a directory service on PostgreSQL (its own database) or SQLite (its own
+//! file), started in process on port 0 and called through the generated client.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::path::PathBuf;
+
+use relay_directory::{
+    Application, Backend,
+    store::{PgStore, SqliteStore},
+};
+use relay_proto::directory::directory_service_client::DirectoryServiceClient;
+use relay_tests::TestDatabase;
+use secrecy::SecretString;
+use tonic::transport::Channel;
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    Sqlite,
+}
+
+/// A running service and what it owns.
+pub struct Harness {
+    pub client: DirectoryServiceClient<Channel>,
+    pub url: String,
+    pub kind: Kind,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _database: Option<TestDatabase>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The shared HSDS 3.0 example package (`../shared/hsds` beside the repository).
+pub fn shared_hsds() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/hsds");
+    assert!(
+        path.join("services.csv").is_file(),
+        "the HSDS 3.0 examples must be at {} (the shared/ folder beside the repository)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, migrated database of `kind`: its URL and the guards that delete it.
+pub async fn database(kind: Kind) -> (String, Option<TestDatabase>, Option<tempfile::TempDir>) {
+    match kind {
+        Kind::Postgres => {
+            let db = TestDatabase::new().await;
+            (db.url().to_owned(), Some(db), None)
+        }
+        Kind::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("directory.db").display());
+            (url, None, Some(dir))
+        }
+    }
+}
+
+/// Opens and migrates the store at `url`.
+pub async fn backend(url: &str) -> Backend {
+    let backend = Backend::open(&SecretString::from(url.to_owned()), 4).unwrap();
+    backend.migrate().await.unwrap();
+    backend
+}
+
+/// Runs `f` with the concrete store of `backend`.
+#[macro_export]
+macro_rules! with_store {
+    ($backend:expr, |$store:ident| $body:expr) => {
+        match $backend {
+            relay_directory::Backend::Postgres($store) => $body,
+            relay_directory::Backend::Sqlite($store) => $body,
+        }
+    };
+}
+
+/// Starts the service on a new database of `kind`.
+pub async fn start(kind: Kind) -> Harness {
+    let (url, database, dir) = database(kind).await;
+    backend(&url).await;
+    start_on(kind, url, database, dir).await
+}
+
+/// Starts the service on an existing, migrated database.
+pub async fn start_on(
+    kind: Kind,
+    url: String,
+    database: Option<TestDatabase>,
+    dir: Option<tempfile::TempDir>,
+) -> Harness {
+    let config = relay_runtime::Config::builder("directory")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", url.clone())
+        .set("directory.page_token_secret", "test-secret")
+        .build()
+        .unwrap();
+    let app = Application::build(config).await.unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = DirectoryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Harness {
+        client,
+        url,
+        kind,
+        stop: Some(stop),
+        _database: database,
+        _dir: dir,
+    }
+}
+
+pub fn _unused(_: PgStore, _: SqliteStore) {}

@@ -1,0 +1,425 @@
+//! Importing HSDS tabular data packages: the specification's own 3.0 examples, a 1.x/2.0
+//! package written here, a zipped package, re-import and all-or-nothing, on both backends.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{Kind, backend, database, shared_hsds, start_on};
+use relay_directory::import::{ImportOptions, ImportReport, import};
+use relay_proto::directory::{GetServiceRequest, SearchServicesRequest};
+
+async fn run_import(
+    url: &str,
+    path: &Path,
+    options: &ImportOptions,
+) -> Result<ImportReport, relay_directory::import::ImportError> {
+    let backend = backend(url).await;
+    let mut calls = 0_u64;
+    let result = with_store!(backend, |store| import(&store, path, options, &mut |_| {
+        calls += 1
+    })
+    .await);
+    if result.is_ok() {
+        assert!(calls > 0, "progress was reported");
+    }
+    result
+}
+
+fn ts(text: &str) -> prost_types::Timestamp {
+    let t = chrono::DateTime::parse_from_rfc3339(text).unwrap();
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+async fn shared_examples_import_with_bad_coordinates_reported(kind: Kind) {
+    let (url, db, dir) = database(kind).await;
+    let options = ImportOptions {
+        default_time_zone: "Europe/London".into(),
+    };
+    let report = run_import(&url, &shared_hsds(), &options).await.unwrap();
+    // The one location at latitude 100, longitude 101 is reported, with file and line.
+    let coordinates: Vec<_> = report
+        .rejections
+        .iter()
+        .filter(|r| r.file == "locations.csv")
+        .collect();
+    assert_eq!(coordinates.len(), 1, "{:?}", report.rejections);
+    assert_eq!(coordinates[0].line, 2);
+    assert!(
+        coordinates[0].reason.contains("latitude `100`"),
+        "{}",
+        coordinates[0].reason
+    );
+    // Longitude 101 is in range; only the latitude is named.
+    assert!(
+        !coordinates[0].reason.contains("longitude"),
+        "{}",
+        coordinates[0].reason
+    );
+    let stored = |file: &str| {
+        report
+            .files
+            .iter()
+            .find(|f| f.file == file)
+            .map_or(0, |f| f.stored)
+    };
+    for file in [
+        "organizations.csv",
+        "services.csv",
+        "locations.csv",
+        "addresses.csv",
+        "service_at_location.csv",
+        "phones.csv",
+        "languages.csv",
+        "schedules.csv",
+        "taxonomy_terms.csv",
+    ] {
+        assert_eq!(stored(file), 1, "{file}: {:?}", report.files);
+    }
+    // Re-import: the same counts, nothing duplicated.
+    let again = run_import(&url, &shared_hsds(), &options).await.unwrap();
+    assert_eq!(again.stored, report.stored);
+    let mut h = start_on(kind, url, db, dir).await;
+    let service = h
+        .client
+        .get_service(GetServiceRequest {
+            service_id: "ac148810-d857-441c-9679-408f346de14b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service
+        .unwrap();
+    assert_eq!(service.name, "Community Counselling");
+    assert_eq!(
+        service.organization.as_ref().unwrap().name,
+        "Example Organization Inc."
+    );
+    assert_eq!(service.phones.len(), 1);
+    assert_eq!(service.languages, ["ur"]);
+    assert_eq!(service.locations.len(), 1);
+    let location = &service.locations[0];
+    assert!(
+        location.point.is_none(),
+        "the impossible coordinates were dropped"
+    );
+    assert_eq!(
+        location.address.as_ref().unwrap().address_1,
+        "1-30 Main Street"
+    );
+    // The schedule's timezone "3" is a UTC offset: Etc/GMT-3 (UTC+3).
+    assert_eq!(location.time_zone, "Etc/GMT-3");
+    assert_eq!(location.schedules.len(), 1);
+    assert_eq!(location.schedules[0].byday, "TH,FR");
+    assert_eq!(location.schedules[0].opens_at, "10:00");
+    let found = h
+        .client
+        .search_services(SearchServicesRequest {
+            query: "counselling".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.results.len(), 1);
+    // Valid only on 2005-01-01 (a Saturday): never open on a Thursday in 2026.
+    let open = h
+        .client
+        .search_services(SearchServicesRequest {
+            open_at: Some(ts("2026-11-26T10:00:00Z")),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(open.results.is_empty());
+}
+
+fn write(dir: &Path, name: &str, body: &str) {
+    std::fs::write(dir.join(name), body).unwrap();
+}
+
+/// A package in the HSDS 1.x/2.0 layout, as many 211s publish it.
+fn legacy_package(dir: &Path) {
+    write(
+        dir,
+        "organizations.csv",
+        "id,name,description,url,email\norg-1,Lane County 211,Referral line,https://211.example.org,info@211.example.org\n",
+    );
+    write(
+        dir,
+        "taxonomy.csv",
+        "id,name,parent_id,parent_name,vocabulary\nBH,Basic Needs,,,AIRS\nBH-1800,Housing,BH,Basic Needs,AIRS\n",
+    );
+    write(
+        dir,
+        "services.csv",
+        "id,organization_id,program_id,name,alternate_name,description,url,email,status,interpretation_services,application_process,wait_time,fees,accreditations,licenses\n\
+         svc-shelter,org-1,,Night Shelter,,Overnight beds for adults,https://shelter.example.org,,active,,Walk in,,Free,,\n\
+         svc-pantry,org-1,,Food Pantry,,Groceries weekly,,,,,,,,,\n\
+         svc-orphan,org-missing,,Orphan Service,,No such organization,,,active,,,,,,\n\
+         ,org-1,,No Id,,,,,active,,,,,,\n",
+    );
+    write(
+        dir,
+        "locations.csv",
+        "id,organization_id,name,alternate_name,description,transportation,latitude,longitude\n\
+         loc-1,org-1,Downtown,,,,44.0521,-123.0868\n\
+         loc-2,org-1,Westside,,,,44.0490,-123.1300\n",
+    );
+    write(
+        dir,
+        "physical_addresses.csv",
+        "id,location_id,attention,address_1,address_2,address_3,address_4,city,region,state_province,postal_code,country\n\
+         pa-1,loc-1,,100 Main St,Suite 2,,,Eugene,,OR,97401,US\n\
+         pa-2,loc-nowhere,,1 Nowhere,,,,Eugene,,OR,97401,US\n",
+    );
+    write(
+        dir,
+        "services_at_location.csv",
+        "id,service_id,location_id,description\n",
+    );
+    write(
+        dir,
+        "service_at_location.csv",
+        "id,service_id,location_id,description\nsal-1,svc-shelter,loc-1,\nsal-2,svc-pantry,loc-2,\n",
+    );
+    write(
+        dir,
+        "services_taxonomy.csv",
+        "id,service_id,taxonomy_id,taxonomy_detail\nst-1,svc-shelter,BH-1800,\nst-2,svc-pantry,BH,\n",
+    );
+    write(
+        dir,
+        "languages.csv",
+        "id,service_id,location_id,language\nlang-1,svc-shelter,,Spanish\nlang-2,svc-shelter,,English\nlang-3,svc-pantry,,Klingon Dialect Nine\n",
+    );
+    write(
+        dir,
+        "phones.csv",
+        "id,location_id,service_id,organization_id,contact_id,service_at_location_id,number,extension,type,language,description\nph-1,,svc-shelter,,,,541-555-0100,,voice,,Front desk\n",
+    );
+    write(
+        dir,
+        "regular_schedules.csv",
+        "id,service_id,location_id,service_at_location_id,weekday,opens_at,closes_at\n\
+         rs-1,,,sal-1,Friday,8:00pm,8:00am\n\
+         rs-2,svc-pantry,loc-2,,1,9:00am,12:30 PM\n\
+         rs-3,svc-pantry,loc-2,,Funday,9am,5pm\n\
+         rs-4,svc-pantry,loc-2,,2,nine,5pm\n",
+    );
+}
+
+async fn legacy_package_imports(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    legacy_package(dir.path());
+    let options = ImportOptions {
+        default_time_zone: "America/Los_Angeles".into(),
+    };
+    let report = run_import(&url, dir.path(), &options).await.unwrap();
+    let lines: Vec<(String, u64)> = report
+        .rejections
+        .iter()
+        .map(|r| (r.file.clone(), r.line))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("services.csv".to_owned(), 4),
+            ("services.csv".to_owned(), 5),
+            ("physical_addresses.csv".to_owned(), 3),
+            ("languages.csv".to_owned(), 4),
+            ("regular_schedules.csv".to_owned(), 4),
+            ("regular_schedules.csv".to_owned(), 5),
+        ],
+        "{:#?}",
+        report.rejections
+    );
+    assert!(report.rejections[0].reason.contains("org-missing"));
+    assert!(report.rejections[1].reason.contains("id is missing"));
+    assert!(report.rejections[4].reason.contains("Funday"));
+    assert!(report.rejections[5].reason.contains("nine"));
+    // Importing twice changes nothing further.
+    let again = run_import(&url, dir.path(), &options).await.unwrap();
+    assert_eq!(again.stored, report.stored);
+    let mut h = start_on(kind, url, db, tmp).await;
+    let shelter = h
+        .client
+        .get_service(GetServiceRequest {
+            service_id: "svc-shelter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service
+        .unwrap();
+    assert_eq!(shelter.languages, ["es", "en"]);
+    assert_eq!(shelter.taxonomy_terms[0].code, "BH-1800");
+    assert_eq!(shelter.taxonomy_terms[0].parent_id, "BH");
+    assert_eq!(shelter.phones.len(), 1);
+    let location = &shelter.locations[0];
+    assert_eq!(location.address.as_ref().unwrap().address_2, "Suite 2");
+    assert_eq!(location.schedules[0].opens_at, "20:00");
+    assert_eq!(location.schedules[0].closes_at, "08:00");
+    assert_eq!(location.schedules[0].byday, "FR");
+    let pantry = h
+        .client
+        .get_service(GetServiceRequest {
+            service_id: "svc-pantry".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service
+        .unwrap();
+    assert_eq!(
+        pantry.status,
+        relay_proto::directory::ServiceStatus::Active as i32,
+        "1.x status may be empty"
+    );
+    assert_eq!(pantry.locations[0].schedules[0].closes_at, "12:30");
+    // Friday 2026-03-06 23:00 PST: the shelter (overnight) is open; the pantry is not.
+    let open = h
+        .client
+        .search_services(SearchServicesRequest {
+            open_at: Some(ts("2026-03-07T07:00:00Z")),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = open
+        .results
+        .iter()
+        .map(|r| r.service.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(ids, ["svc-shelter"]);
+    // The parent code BH matches both through the hierarchy.
+    let basic = h
+        .client
+        .search_services(SearchServicesRequest {
+            taxonomy_codes: vec!["BH".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(basic.results.len(), 2);
+}
+
+async fn zipped_package_imports_and_a_broken_one_changes_nothing(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    legacy_package(dir.path());
+    // Zip it, inside a folder as 211 exports often are.
+    let zip_path = dir.path().join("package.zip");
+    {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "csv") {
+                let name = format!("export/{}", path.file_name().unwrap().to_string_lossy());
+                zip.start_file(name, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                std::io::Write::write_all(&mut zip, &std::fs::read(&path).unwrap()).unwrap();
+            }
+        }
+        zip.finish().unwrap();
+    }
+    // A broken copy: the last table is not valid UTF-8, so the import fails as a whole.
+    let broken = tempfile::tempdir().unwrap();
+    legacy_package(broken.path());
+    std::fs::write(
+        broken.path().join("regular_schedules.csv"),
+        b"id,service_id,weekday,opens_at,closes_at\nrs-1,svc-pantry,\xff\xfe,9am,5pm\n",
+    )
+    .unwrap();
+    let error = run_import(&url, broken.path(), &ImportOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("regular_schedules.csv"),
+        "{error}"
+    );
+    let report = run_import(&url, &zip_path, &ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.rejections.len(), 6);
+    let mut h = start_on(kind, url, db, tmp).await;
+    let all = h
+        .client
+        .search_services(SearchServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.results.len(), 2);
+    // Not a package at all.
+    let empty = tempfile::tempdir().unwrap();
+    let error = run_import(&h.url, empty.path(), &ImportOptions::default())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("not an HSDS"), "{error}");
+}
+
+#[tokio::test]
+async fn nothing_is_left_of_a_failed_import() {
+    // A failed import leaves no trace, even on a database that already had data.
+    for kind in [Kind::Postgres, Kind::Sqlite] {
+        let (url, _db, _tmp) = database(kind).await;
+        let broken = tempfile::tempdir().unwrap();
+        legacy_package(broken.path());
+        std::fs::write(
+            broken.path().join("regular_schedules.csv"),
+            b"id,weekday\n\xff,1\n",
+        )
+        .unwrap();
+        assert!(
+            run_import(&url, broken.path(), &ImportOptions::default())
+                .await
+                .is_err()
+        );
+        let backend = backend(&url).await;
+        let services = with_store!(backend, |store| {
+            relay_directory::store::DirectoryStore::get_services(
+                &store,
+                &["svc-shelter".to_owned()],
+            )
+            .await
+            .unwrap()
+        });
+        assert!(services.is_empty(), "{kind:?}");
+    }
+}
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    shared_examples_import_with_bad_coordinates_reported,
+    legacy_package_imports,
+    zipped_package_imports_and_a_broken_one_changes_nothing,
+);
