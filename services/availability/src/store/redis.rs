@@ -492,6 +492,9 @@ impl RedisTeamStore {
         reports: &[(usize, &LocationReport, String)],
         now: DateTime<Utc>,
     ) -> Result<Vec<Vec<String>>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = to_micros(now);
         let retention = self.retention_ms();
         let build = || {
