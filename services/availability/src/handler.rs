@@ -304,6 +304,8 @@ impl AvailabilityServiceHandler {
         summary: &mut StreamLocationsResponse,
     ) -> Result<(), Status> {
         if batch.is_empty() {
+            summary.rejections.sort_by_key(|r| r.index);
+            summary.rejections.truncate(MAX_REJECTIONS);
             return Ok(());
         }
         let reports: Vec<LocationReport> = batch.iter().map(|(_, r)| r.clone()).collect();
@@ -322,6 +324,9 @@ impl AvailabilityServiceHandler {
                 ),
             }
         }
+        // Field rejections were recorded before the batch ran: restore stream order.
+        summary.rejections.sort_by_key(|r| r.index);
+        summary.rejections.truncate(MAX_REJECTIONS);
         Ok(())
     }
 }
@@ -335,7 +340,8 @@ fn reject(
     description: &str,
 ) {
     summary.rejected_count += 1;
-    if summary.rejections.len() < MAX_REJECTIONS {
+    // Kept past the limit until the batch is applied; `apply_batch` orders and trims them.
+    if summary.rejections.len() < MAX_REJECTIONS + STREAM_BATCH {
         summary.rejections.push(LocationRejection {
             index,
             team_id,

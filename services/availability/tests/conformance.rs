@@ -7,8 +7,8 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
 use relay_availability::{
-    ChangeError, ClaimError, Keyspace, LocationOutcome, LocationReport,
-    MemoryTeamStore, RedisTeamStore, ReleaseError, ReleaseOutcome, TeamStore,
+    ChangeError, ClaimError, Keyspace, LocationOutcome, LocationReport, MemoryTeamStore,
+    RedisTeamStore, ReleaseError, ReleaseOutcome, TeamStore,
     model::{EventId, EventKind, Position, TeamDefinition, TeamStatus},
 };
 
@@ -120,7 +120,10 @@ async fn upsert_creates_updates_and_checks_revisions(store: &dyn TeamStore) {
         Some(created.team.clone())
     );
 
-    let same = store.upsert_team(&d, None, t0() + secs(1)).await.expect("same");
+    let same = store
+        .upsert_team(&d, None, t0() + secs(1))
+        .await
+        .expect("same");
     assert!(!same.created && !same.changed);
     assert_eq!(same.team.revision, 1);
 
@@ -138,14 +141,23 @@ async fn upsert_creates_updates_and_checks_revisions(store: &dyn TeamStore) {
     assert_eq!(updated.team.update_time, t0() + secs(2));
 
     let stale = store.upsert_team(&d, Some(1), t0()).await;
-    assert!(matches!(stale, Err(ChangeError::RevisionMismatch { current: 2 })));
+    assert!(matches!(
+        stale,
+        Err(ChangeError::RevisionMismatch { current: 2 })
+    ));
     let missing = store.upsert_team(&def("t9", "north"), Some(3), t0()).await;
-    assert!(matches!(missing, Err(ChangeError::RevisionMismatch { current: 0 })));
+    assert!(matches!(
+        missing,
+        Err(ChangeError::RevisionMismatch { current: 0 })
+    ));
     assert_eq!(store.get_team("t9").await.expect("get"), None);
 }
 
 async fn status_changes_follow_the_state_machine(store: &dyn TeamStore) {
-    store.upsert_team(&def("t1", "north"), None, t0()).await.expect("create");
+    store
+        .upsert_team(&def("t1", "north"), None, t0())
+        .await
+        .expect("create");
     let on_scene = store
         .set_status("t1", TeamStatus::OnScene, "inc-1", None, t0())
         .await;
@@ -173,15 +185,24 @@ async fn status_changes_follow_the_state_machine(store: &dyn TeamStore) {
     let dispatch = store
         .set_status("t1", TeamStatus::Dispatched, "inc-1", None, t0())
         .await;
-    assert!(matches!(dispatch, Err(ChangeError::DispatchRequiresRouting)));
+    assert!(matches!(
+        dispatch,
+        Err(ChangeError::DispatchRequiresRouting)
+    ));
     let en_route = store
         .set_status("t1", TeamStatus::EnRoute, "inc-1", None, t0())
         .await;
-    assert!(matches!(en_route, Err(ChangeError::InvalidTransition { .. })));
+    assert!(matches!(
+        en_route,
+        Err(ChangeError::InvalidTransition { .. })
+    ));
     let stale = store
         .set_status("t1", TeamStatus::OffDuty, "", Some(1), t0())
         .await;
-    assert!(matches!(stale, Err(ChangeError::RevisionMismatch { current: 2 })));
+    assert!(matches!(
+        stale,
+        Err(ChangeError::RevisionMismatch { current: 2 })
+    ));
     let missing = store
         .set_status("nobody", TeamStatus::OffDuty, "", None, t0())
         .await;
@@ -215,7 +236,9 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
         .claim("north", "nobody", "inc-1", None, t0(), max_age)
         .await;
     assert!(matches!(missing, Err(ClaimError::NotFound)));
-    let other_region = store.claim("south", "t1", "inc-1", None, t0(), max_age).await;
+    let other_region = store
+        .claim("south", "t1", "inc-1", None, t0(), max_age)
+        .await;
     assert!(matches!(other_region, Err(ClaimError::NotFound)));
 
     let claim = store
@@ -232,7 +255,9 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
         .expect("near");
     assert!(near.is_empty(), "a claimed team left the GEO set");
 
-    let again = store.claim("north", "t1", "inc-2", None, t0(), max_age).await;
+    let again = store
+        .claim("north", "t1", "inc-2", None, t0(), max_age)
+        .await;
     assert!(matches!(
         again,
         Err(ClaimError::NotAvailable {
@@ -244,12 +269,19 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
     let other = store
         .set_status("t1", TeamStatus::EnRoute, "inc-2", None, t0())
         .await;
-    assert!(matches!(other, Err(ChangeError::IncidentMismatch { current_incident }) if current_incident == "inc-1"));
+    assert!(
+        matches!(other, Err(ChangeError::IncidentMismatch { current_incident }) if current_incident == "inc-1")
+    );
     let clear_other = store
         .set_status("t1", TeamStatus::Available, "inc-2", None, t0())
         .await;
-    assert!(matches!(clear_other, Err(ChangeError::IncidentMismatch { .. })));
-    let off = store.set_status("t1", TeamStatus::OffDuty, "", None, t0()).await;
+    assert!(matches!(
+        clear_other,
+        Err(ChangeError::IncidentMismatch { .. })
+    ));
+    let off = store
+        .set_status("t1", TeamStatus::OffDuty, "", None, t0())
+        .await;
     assert!(matches!(off, Err(ChangeError::InvalidTransition { .. })));
     let (team, _) = store
         .set_status("t1", TeamStatus::EnRoute, "inc-1", None, t0())
@@ -261,7 +293,9 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
     );
 
     let wrong = store.release("north", "t1", "inc-2", t0()).await;
-    assert!(matches!(wrong, Err(ReleaseError::NotOnIncident { status: TeamStatus::EnRoute, current_incident }) if current_incident == "inc-1"));
+    assert!(
+        matches!(wrong, Err(ReleaseError::NotOnIncident { status: TeamStatus::EnRoute, current_incident }) if current_incident == "inc-1")
+    );
     let released = store
         .release("north", "t1", "inc-1", t0() + secs(400))
         .await
@@ -287,7 +321,10 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
     // The fencing counter only grows, also across roster upserts.
     let mut renamed = def("t1", "north");
     renamed.display_name = "renamed".into();
-    store.upsert_team(&renamed, None, t0()).await.expect("rename");
+    store
+        .upsert_team(&renamed, None, t0())
+        .await
+        .expect("rename");
     let second = store
         .claim("north", "t1", "inc-3", None, t0() + secs(10), max_age)
         .await
@@ -304,7 +341,10 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
 }
 
 async fn older_positions_never_win(store: &dyn TeamStore) {
-    store.upsert_team(&def("t1", "north"), None, t0()).await.expect("create");
+    store
+        .upsert_team(&def("t1", "north"), None, t0())
+        .await
+        .expect("create");
     let reports = [
         report("t1", at(44.0, -123.0), t0() + secs(20)),
         report("t1", at(45.0, -123.0), t0() + secs(10)),
@@ -313,7 +353,10 @@ async fn older_positions_never_win(store: &dyn TeamStore) {
         report("t1", at(47.0, -123.0), t0() + secs(30)),
         report("t1", at(48.0, -123.0), t0() + secs(5)),
     ];
-    let outcomes = store.report_locations(&reports, t0()).await.expect("report");
+    let outcomes = store
+        .report_locations(&reports, t0())
+        .await
+        .expect("report");
     assert_eq!(
         outcomes,
         [
@@ -334,44 +377,79 @@ async fn older_positions_never_win(store: &dyn TeamStore) {
 
 async fn the_geo_index_follows_status_and_position(store: &dyn TeamStore) {
     let center = at(44.05, -123.09);
-    store.upsert_team(&def("t1", "north"), None, t0()).await.expect("create");
+    store
+        .upsert_team(&def("t1", "north"), None, t0())
+        .await
+        .expect("create");
     store
         .set_status("t1", TeamStatus::Available, "", None, t0())
         .await
         .expect("available");
     // Available without a position: not found.
-    assert!(store
-        .available_near("north", center, 5000.0, 10)
-        .await
-        .expect("near")
-        .is_empty());
+    assert!(
+        store
+            .available_near("north", center, 5000.0, 10)
+            .await
+            .expect("near")
+            .is_empty()
+    );
     store
         .report_locations(&[report("t1", at(44.051, -123.09), t0())], t0())
         .await
         .expect("report");
-    let found = store.available_near("north", center, 5000.0, 10).await.expect("near");
+    let found = store
+        .available_near("north", center, 5000.0, 10)
+        .await
+        .expect("near");
     assert_eq!(ids(&found), ["t1"]);
     assert!((found[0].1 - 111.2).abs() < 1.0, "{}", found[0].1);
     // Outside the radius, or in another region: not found.
-    assert!(store.available_near("north", center, 100.0, 10).await.expect("near").is_empty());
-    assert!(store.available_near("south", center, 5000.0, 10).await.expect("near").is_empty());
+    assert!(
+        store
+            .available_near("north", center, 100.0, 10)
+            .await
+            .expect("near")
+            .is_empty()
+    );
+    assert!(
+        store
+            .available_near("south", center, 5000.0, 10)
+            .await
+            .expect("near")
+            .is_empty()
+    );
     store
         .set_status("t1", TeamStatus::OutOfService, "", None, t0())
         .await
         .expect("oos");
-    assert!(store.available_near("north", center, 5000.0, 10).await.expect("near").is_empty());
+    assert!(
+        store
+            .available_near("north", center, 5000.0, 10)
+            .await
+            .expect("near")
+            .is_empty()
+    );
     // A position accepted while not available does not index the team...
     store
         .report_locations(&[report("t1", at(44.0505, -123.09), t0() + secs(1))], t0())
         .await
         .expect("report");
-    assert!(store.available_near("north", center, 5000.0, 10).await.expect("near").is_empty());
+    assert!(
+        store
+            .available_near("north", center, 5000.0, 10)
+            .await
+            .expect("near")
+            .is_empty()
+    );
     // ...until it becomes available, at its latest position.
     store
         .set_status("t1", TeamStatus::Available, "", None, t0())
         .await
         .expect("available");
-    let found = store.available_near("north", center, 5000.0, 10).await.expect("near");
+    let found = store
+        .available_near("north", center, 5000.0, 10)
+        .await
+        .expect("near");
     assert!((found[0].1 - 55.6).abs() < 1.0, "{}", found[0].1);
 }
 
@@ -392,10 +470,20 @@ async fn find_filters_capabilities_orders_and_limits(store: &dyn TeamStore) {
         .await
         .expect("report");
 
-    let all = store.available_near("north", center, 10_000.0, 10).await.expect("near");
-    assert_eq!(ids(&all), ["d", "a", "b", "c"], "nearest first, ties by team_id");
+    let all = store
+        .available_near("north", center, 10_000.0, 10)
+        .await
+        .expect("near");
+    assert_eq!(
+        ids(&all),
+        ["d", "a", "b", "c"],
+        "nearest first, ties by team_id"
+    );
     assert_eq!(all[1].1, all[2].1);
-    let two = store.available_near("north", center, 10_000.0, 2).await.expect("near");
+    let two = store
+        .available_near("north", center, 10_000.0, 2)
+        .await
+        .expect("near");
     assert_eq!(ids(&two), ["d", "a"]);
     let emt = store
         .find_available("north", center, 10_000.0, &["emt".into()], 10)
@@ -403,7 +491,13 @@ async fn find_filters_capabilities_orders_and_limits(store: &dyn TeamStore) {
         .expect("find");
     assert_eq!(ids(&emt), ["a", "b", "c"]);
     let spanish = store
-        .find_available("north", center, 10_000.0, &["lang:es".into(), "peer".into()], 10)
+        .find_available(
+            "north",
+            center,
+            10_000.0,
+            &["lang:es".into(), "peer".into()],
+            10,
+        )
         .await
         .expect("find");
     assert_eq!(ids(&spanish), ["d"]);
@@ -452,7 +546,10 @@ async fn events_record_every_change_in_order(store: &dyn TeamStore) {
         .expect("events");
     assert!(nothing.is_empty());
     // Paging by `max`.
-    let first = store.read_events("north", start, 1, Duration::ZERO).await.expect("one");
+    let first = store
+        .read_events("north", start, 1, Duration::ZERO)
+        .await
+        .expect("one");
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].id, events[0].id);
     // A blocked reader wakes up on a change.
@@ -472,11 +569,13 @@ async fn events_record_every_change_in_order(store: &dyn TeamStore) {
     assert_eq!(woken[0].kind, EventKind::StatusChanged);
     assert_eq!(woken[0].team.status, TeamStatus::OffDuty);
     // Other regions are separate streams.
-    assert!(store
-        .read_events("south", EventId::ZERO, 10, Duration::ZERO)
-        .await
-        .expect("none")
-        .is_empty());
+    assert!(
+        store
+            .read_events("south", EventId::ZERO, 10, Duration::ZERO)
+            .await
+            .expect("none")
+            .is_empty()
+    );
 }
 
 async fn region_moves_only_off_duty(store: &dyn TeamStore) {
@@ -501,7 +600,10 @@ async fn region_moves_only_off_duty(store: &dyn TeamStore) {
     assert!(moved.changed && !moved.created);
     assert_eq!(moved.team.region, "south");
     assert_eq!(moved.team.revision, before.revision + 1);
-    assert_eq!(moved.team.location, before.location, "live state moves along");
+    assert_eq!(
+        moved.team.location, before.location,
+        "live state moves along"
+    );
     let team = store.get_team("t1").await.expect("get").expect("exists");
     assert_eq!(team, moved.team);
 
@@ -518,9 +620,15 @@ async fn region_moves_only_off_duty(store: &dyn TeamStore) {
     assert_eq!(south[0].kind, EventKind::Upserted);
     assert_eq!(south[0].team.region, "south");
 
-    let in_north = store.list_teams(Some("north"), None, None, 10).await.expect("list");
+    let in_north = store
+        .list_teams(Some("north"), None, None, 10)
+        .await
+        .expect("list");
     assert!(in_north.teams.is_empty());
-    let in_south = store.list_teams(Some("south"), None, None, 10).await.expect("list");
+    let in_south = store
+        .list_teams(Some("south"), None, None, 10)
+        .await
+        .expect("list");
     assert_eq!(in_south.teams.len(), 1);
     // Status changes and positions work in the new region.
     store
@@ -536,9 +644,15 @@ async fn region_moves_only_off_duty(store: &dyn TeamStore) {
 
 async fn lists_page_and_filter(store: &dyn TeamStore) {
     for id in ["e", "a", "d", "c", "b"] {
-        store.upsert_team(&def(id, "north"), None, t0()).await.expect("create");
+        store
+            .upsert_team(&def(id, "north"), None, t0())
+            .await
+            .expect("create");
     }
-    store.upsert_team(&def("f", "south"), None, t0()).await.expect("create");
+    store
+        .upsert_team(&def("f", "south"), None, t0())
+        .await
+        .expect("create");
     store
         .set_status("b", TeamStatus::Available, "", None, t0())
         .await
@@ -552,7 +666,10 @@ async fn lists_page_and_filter(store: &dyn TeamStore) {
     let page_ids: Vec<&str> = page.teams.iter().map(|t| t.team_id.as_str()).collect();
     assert_eq!(page_ids, ["a", "b", "c", "d"]);
     assert!(page.more);
-    let rest = store.list_teams(None, None, Some("d"), 4).await.expect("list");
+    let rest = store
+        .list_teams(None, None, Some("d"), 4)
+        .await
+        .expect("list");
     let rest_ids: Vec<&str> = rest.teams.iter().map(|t| t.team_id.as_str()).collect();
     assert_eq!(rest_ids, ["e", "f"]);
     assert!(!rest.more);
@@ -571,25 +688,47 @@ async fn lists_page_and_filter(store: &dyn TeamStore) {
 }
 
 async fn seeding_recreates_missing_teams_above_a_floor(store: &dyn TeamStore) {
-    let floor = 1_000_000;
-    assert!(store.seed_team(&def("t1", "north"), floor, t0()).await.expect("seed"));
+    // A realistic floor: wall time in microseconds, as `Availability::rebuild` passes.
+    let floor = 1_764_000_000_000_000;
+    assert!(
+        store
+            .seed_team(&def("t1", "north"), floor, t0())
+            .await
+            .expect("seed")
+    );
     let team = store.get_team("t1").await.expect("get").expect("exists");
     assert_eq!(team.status, TeamStatus::OffDuty);
     assert!(team.revision >= floor);
     assert!(team.fencing_token >= floor);
-    assert!(!store.seed_team(&def("t1", "north"), floor * 2, t0()).await.expect("seed"));
+    assert!(
+        !store
+            .seed_team(&def("t1", "north"), floor + 5, t0())
+            .await
+            .expect("seed")
+    );
     assert_eq!(
-        store.get_team("t1").await.expect("get").expect("exists").revision,
+        store
+            .get_team("t1")
+            .await
+            .expect("get")
+            .expect("exists")
+            .revision,
         team.revision
     );
     store
         .set_status("t1", TeamStatus::Available, "", None, t0())
         .await
         .expect("available");
-    store
+    let outcome = store
         .report_locations(&[report("t1", at(44.0, -123.0), t0())], t0())
         .await
         .expect("report");
+    assert_eq!(
+        outcome,
+        [LocationOutcome::Accepted {
+            revision: team.revision + 2
+        }]
+    );
     let claim = store
         .claim("north", "t1", "inc", None, t0(), Duration::from_secs(60))
         .await
@@ -598,16 +737,32 @@ async fn seeding_recreates_missing_teams_above_a_floor(store: &dyn TeamStore) {
 }
 
 async fn idempotency_records_expire_and_are_kept_per_rpc(store: &dyn TeamStore) {
-    assert_eq!(store.idempotency_get("upsert_team", "r1").await.expect("get"), None);
+    assert_eq!(
+        store
+            .idempotency_get("upsert_team", "r1")
+            .await
+            .expect("get"),
+        None
+    );
     store
         .idempotency_put("upsert_team", "r1", "{\"x\":1}", Duration::from_secs(60))
         .await
         .expect("put");
     assert_eq!(
-        store.idempotency_get("upsert_team", "r1").await.expect("get").as_deref(),
+        store
+            .idempotency_get("upsert_team", "r1")
+            .await
+            .expect("get")
+            .as_deref(),
         Some("{\"x\":1}")
     );
-    assert_eq!(store.idempotency_get("set_team_status", "r1").await.expect("get"), None);
+    assert_eq!(
+        store
+            .idempotency_get("set_team_status", "r1")
+            .await
+            .expect("get"),
+        None
+    );
     store.ping().await.expect("ping");
 }
 

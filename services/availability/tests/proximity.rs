@@ -105,17 +105,18 @@ async fn check(
         .find_available(region, point, radius, required, limit)
         .await
         .expect("find");
-    let got: Vec<(String, f64)> = found
-        .iter()
-        .map(|(t, d)| (t.team_id.clone(), *d))
-        .collect();
+    let got: Vec<(String, f64)> = found.iter().map(|(t, d)| (t.team_id.clone(), *d)).collect();
 
     // Brute force: every team, great-circle distance, the same rules.
     let mut expected: Vec<(String, f64)> = teams
         .iter()
         .enumerate()
         .filter(|(_, t)| t.available)
-        .filter(|(_, t)| required.iter().all(|r| t.capabilities.contains(&r.as_str())))
+        .filter(|(_, t)| {
+            required
+                .iter()
+                .all(|r| t.capabilities.contains(&r.as_str()))
+        })
         .filter_map(|(i, t)| {
             let d = distance_meters(point, grid(t.position?));
             (d <= radius).then(|| (format!("team-{i:02}"), d))

@@ -139,10 +139,11 @@ local cur = redis.call('HMGET', h, 'loc_at', 'rev', 'status', 'id')
 if cur[1] ~= '' and tonumber(cur[1]) >= tonumber(ARGV[3]) then return {'stale', cur[2]} end
 redis.call('HSET', h, 'lat', ARGV[1], 'lon', ARGV[2], 'loc_at', ARGV[3], 'hdg', ARGV[4],
   'spd', ARGV[5], 'acc', ARGV[6], 'updated', ARGV[7])
-local rev = redis.call('HINCRBY', h, 'rev', 1)
+redis.call('HINCRBY', h, 'rev', 1)
 if cur[3] == '2' then index(KEYS[2], cur[4], cur[3], ARGV[1], ARGV[2]) end
 emit(KEYS[3], h, 'location', ARGV[7], ARGV[8])
-return {'ok', tostring(rev)}
+-- Read back as a string: Lua would print a large number in exponent form.
+return {'ok', redis.call('HGET', h, 'rev')}
 ";
 
 /// Claims an available team for an incident.
