@@ -27,6 +27,8 @@ pub const EVENT_HISTORY_EXPIRED: &str = "EVENT_HISTORY_EXPIRED";
 pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
 /// `STORE_UNAVAILABLE` (UNAVAILABLE): Redis or the roster database did not answer.
 pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+/// `SHUTTING_DOWN` (UNAVAILABLE): the server is stopping.
+pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
 
 /// Everything that can go wrong in the availability service.
 #[derive(Debug, thiserror::Error)]

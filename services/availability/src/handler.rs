@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     DOMAIN,
-    error::{AvailabilityError, REQUEST_ID_REUSED, TEAM_NOT_FOUND},
+    error::{AvailabilityError, REQUEST_ID_REUSED, SHUTTING_DOWN, TEAM_NOT_FOUND},
     model::{EventId, EventKind, Position, Team, TeamDefinition, TeamStatus, is_busy},
     service::Availability,
     store::{LocationOutcome, LocationReport},
@@ -62,17 +62,25 @@ pub struct AvailabilityServiceHandler {
     domain: Availability,
     pages: PageTokens,
     shutdown: CancellationToken,
+    stream_max_age: Duration,
 }
 
 impl AvailabilityServiceHandler {
     /// A handler over `domain`, signing page tokens with `pages`; streams end when `shutdown`
-    /// is cancelled.
+    /// is cancelled, and StreamLocations answers early once a stream is `stream_max_age` old
+    /// (the server's request timeout bounds a whole client stream).
     #[must_use]
-    pub fn new(domain: Availability, pages: PageTokens, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        domain: Availability,
+        pages: PageTokens,
+        shutdown: CancellationToken,
+        stream_max_age: Duration,
+    ) -> Self {
         Self {
             domain,
             pages,
             shutdown,
+            stream_max_age,
         }
     }
 }
@@ -580,9 +588,13 @@ impl AvailabilityService for AvailabilityServiceHandler {
         let mut batch: Vec<(i64, LocationReport)> = Vec::with_capacity(STREAM_BATCH);
         let mut index: i64 = 0;
         let mut ended = false;
+        let deadline = tokio::time::Instant::now() + self.stream_max_age;
         while !ended {
+            // At shutdown or at the stream's maximum age, answer early with the counts so
+            // far; the client resends from their sum (stale reports are harmless).
             let first = tokio::select! {
                 () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(deadline) => break,
                 message = stream.next() => message,
             };
             let Some(first) = first else { break };
@@ -759,7 +771,10 @@ impl AvailabilityService for AvailabilityServiceHandler {
                 let read = tokio::select! {
                     () = shutdown.cancelled() => {
                         let _ = sender
-                            .send(Err(Status::unavailable("the server is shutting down; reconnect with the last event_id")))
+                            .send(Err(status(ApiError::unavailable(
+                                SHUTTING_DOWN,
+                                "the server is shutting down; reconnect with the last event_id",
+                            ))))
                             .await;
                         return;
                     }

@@ -188,7 +188,15 @@ impl Application {
         let ready = Arc::new(AtomicBool::new(false));
         let host = ServiceHost::new(&config.settings.server);
         let shutdown = host.shutdown_token();
-        let handler = AvailabilityServiceHandler::new(domain.clone(), pages, shutdown.clone());
+        // A client stream must be answered within the server's request timeout: answer at
+        // three quarters of it, leaving time to apply the last batch.
+        let stream_max_age = config.settings.server.request_timeout() * 3 / 4;
+        let handler = AvailabilityServiceHandler::new(
+            domain.clone(),
+            pages,
+            shutdown.clone(),
+            stream_max_age,
+        );
         let store_check = team_store.clone();
         let roster_check = roster.clone();
         let ready_check = ready.clone();

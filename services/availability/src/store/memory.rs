@@ -112,6 +112,50 @@ impl MemoryTeamStore {
         self.notify.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Adds a new OFF_DUTY team and its UPSERTED event.
+    fn create(
+        &self,
+        state: &mut State,
+        definition: &TeamDefinition,
+        revision: i64,
+        fencing_token: i64,
+        now: DateTime<Utc>,
+    ) -> Team {
+        let team = Team {
+            team_id: definition.team_id.clone(),
+            display_name: definition.display_name.clone(),
+            region: definition.region.clone(),
+            capabilities: definition.capabilities.clone(),
+            status: TeamStatus::OffDuty,
+            location: None,
+            location_updated_at: None,
+            heading_degrees: None,
+            speed_meters_per_second: None,
+            accuracy_meters: None,
+            incident_id: String::new(),
+            shift_ends_at: definition.shift_ends_at,
+            revision,
+            fencing_token,
+            create_time: now,
+            update_time: now,
+        };
+        state.teams.insert(
+            team.team_id.clone(),
+            Entry {
+                team: team.clone(),
+                last_incident: String::new(),
+            },
+        );
+        state
+            .regions
+            .entry(team.region.clone())
+            .or_default()
+            .teams
+            .insert(team.team_id.clone());
+        self.emit(state, EventKind::Upserted, &team, now);
+        team
+    }
+
     fn reindex(state: &mut State, team: &Team) {
         let region = state.regions.entry(team.region.clone()).or_default();
         if indexable(team) {
@@ -135,38 +179,7 @@ impl TeamStore for MemoryTeamStore {
             if expected_revision.is_some() {
                 return Err(ChangeError::RevisionMismatch { current: 0 });
             }
-            let team = Team {
-                team_id: definition.team_id.clone(),
-                display_name: definition.display_name.clone(),
-                region: definition.region.clone(),
-                capabilities: definition.capabilities.clone(),
-                status: TeamStatus::OffDuty,
-                location: None,
-                location_updated_at: None,
-                heading_degrees: None,
-                speed_meters_per_second: None,
-                accuracy_meters: None,
-                incident_id: String::new(),
-                shift_ends_at: definition.shift_ends_at,
-                revision: 1,
-                fencing_token: 0,
-                create_time: now,
-                update_time: now,
-            };
-            state.teams.insert(
-                team.team_id.clone(),
-                Entry {
-                    team: team.clone(),
-                    last_incident: String::new(),
-                },
-            );
-            state
-                .regions
-                .entry(team.region.clone())
-                .or_default()
-                .teams
-                .insert(team.team_id.clone());
-            self.emit(&mut state, EventKind::Upserted, &team, now);
+            let team = self.create(&mut state, definition, 1, 0, now);
             return Ok(UpsertOutcome {
                 team,
                 created: true,
@@ -231,25 +244,14 @@ impl TeamStore for MemoryTeamStore {
         floor: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        {
-            let state = self.lock()?;
-            if state.teams.contains_key(&definition.team_id) {
-                return Ok(false);
-            }
-        }
-        let created =
-            self.upsert_team(definition, None, now)
-                .await
-                .map_err(|error| match error {
-                    ChangeError::Store(error) => error,
-                    other => StoreError::Corrupt(other.to_string()),
-                })?;
         let mut state = self.lock()?;
-        if let Some(entry) = state.teams.get_mut(&definition.team_id) {
-            entry.team.revision = entry.team.revision.max(floor);
-            entry.team.fencing_token = entry.team.fencing_token.max(floor);
+        if state.teams.contains_key(&definition.team_id) {
+            return Ok(false);
         }
-        Ok(created.created)
+        // As the Redis script: revision and fencing counter both start at the floor.
+        let floor = floor.max(1);
+        self.create(&mut state, definition, floor, floor, now);
+        Ok(true)
     }
 
     async fn get_team(&self, team_id: &str) -> Result<Option<Team>, StoreError> {
