@@ -1,12 +1,796 @@
-//! The gRPC handlers of `relay.availability.v1.AvailabilityService`.
-//!
-//! RPCs not implemented yet answer `UNIMPLEMENTED` (the generated default).
+//! The gRPC handlers of `relay.availability.v1.AvailabilityService`: validate every request
+//! first (INVALID_ARGUMENT naming each bad field, nothing written), convert to the domain,
+//! call [`Availability`], convert back. Errors become `Status` only through [`ApiError`].
 
-use relay_proto::availability::availability_service_server::AvailabilityService;
+use std::{pin::Pin, time::Duration};
+
+use chrono::{DateTime, Utc};
+use futures::{FutureExt, Stream, StreamExt};
+use prost::Message;
+use relay_proto::{
+    availability::{
+        self as pb, FindAvailableTeamsRequest, FindAvailableTeamsResponse, GetTeamRequest,
+        GetTeamResponse, ListTeamsRequest, ListTeamsResponse, LocationRejection,
+        ReportLocationRequest, ReportLocationResponse, SetTeamStatusRequest, SetTeamStatusResponse,
+        StreamLocationsRequest, StreamLocationsResponse, TeamEventKind, TeamMatch,
+        UpsertTeamRequest, UpsertTeamResponse, WatchTeamsRequest, WatchTeamsResponse,
+        availability_service_server::AvailabilityService,
+    },
+    common::GeoPoint,
+};
+use relay_runtime::{
+    ApiError, FieldViolation,
+    paging::PageTokens,
+    validate::{Violations, is_capability, to_timestamp},
+};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    DOMAIN,
+    error::{AvailabilityError, REQUEST_ID_REUSED, SHUTTING_DOWN, TEAM_NOT_FOUND},
+    model::{EventId, EventKind, Position, Team, TeamDefinition, TeamStatus, is_busy},
+    service::Availability,
+    store::{LocationOutcome, LocationReport},
+};
+
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME: usize = 100;
+/// Most capability tags on one team or request.
+pub const MAX_CAPABILITIES: usize = 32;
+/// How far ahead of the server's clock a `recorded_at` may be.
+pub const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+/// Largest FindAvailableTeams radius, meters.
+pub const MAX_RADIUS_METERS: f64 = 100_000.0;
+/// Default and largest FindAvailableTeams limit.
+pub const DEFAULT_LIMIT: usize = 10;
+/// Largest FindAvailableTeams limit.
+pub const MAX_LIMIT: usize = 100;
+/// Reports applied in one store call by StreamLocations.
+const STREAM_BATCH: usize = 256;
+/// Rejections described in a StreamLocations answer.
+const MAX_REJECTIONS: usize = 100;
+/// How long one WatchTeams read waits for events before checking for shutdown again.
+const WATCH_BLOCK: Duration = Duration::from_secs(5);
+/// How long request ids are remembered.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Handles `relay.availability.v1.AvailabilityService` calls.
-#[derive(Debug, Clone, Default)]
-pub struct AvailabilityServiceHandler;
+#[derive(Debug, Clone)]
+pub struct AvailabilityServiceHandler {
+    domain: Availability,
+    pages: PageTokens,
+    shutdown: CancellationToken,
+    stream_max_age: Duration,
+}
+
+impl AvailabilityServiceHandler {
+    /// A handler over `domain`, signing page tokens with `pages`; streams end when `shutdown`
+    /// is cancelled, and StreamLocations answers early once a stream is `stream_max_age` old
+    /// (the server's request timeout bounds a whole client stream).
+    #[must_use]
+    pub fn new(
+        domain: Availability,
+        pages: PageTokens,
+        shutdown: CancellationToken,
+        stream_max_age: Duration,
+    ) -> Self {
+        Self {
+            domain,
+            pages,
+            shutdown,
+            stream_max_age,
+        }
+    }
+}
+
+fn status(error: impl Into<ApiError>) -> Status {
+    error.into().into_status(DOMAIN)
+}
+
+fn api(error: AvailabilityError) -> Status {
+    status(ApiError::from(error))
+}
+
+/// The proto form of a team.
+#[must_use]
+pub fn team_to_proto(team: &Team) -> pb::Team {
+    pb::Team {
+        team_id: team.team_id.clone(),
+        display_name: team.display_name.clone(),
+        region: team.region.clone(),
+        capabilities: team.capabilities.clone(),
+        status: team.status as i32,
+        location: team.location.map(|p| GeoPoint {
+            latitude: p.latitude,
+            longitude: p.longitude,
+        }),
+        location_updated_at: team.location_updated_at.map(to_timestamp),
+        incident_id: team.incident_id.clone(),
+        shift_ends_at: team.shift_ends_at.map(to_timestamp),
+        revision: team.revision,
+        create_time: Some(to_timestamp(team.create_time)),
+        update_time: Some(to_timestamp(team.update_time)),
+    }
+}
+
+fn event_kind(kind: EventKind) -> TeamEventKind {
+    match kind {
+        EventKind::Upserted => TeamEventKind::Upserted,
+        EventKind::StatusChanged => TeamEventKind::StatusChanged,
+        EventKind::LocationChanged => TeamEventKind::LocationChanged,
+        EventKind::Removed => TeamEventKind::Removed,
+    }
+}
+
+fn display_name(v: &mut Violations, value: &str) {
+    let length = value.chars().count();
+    if length == 0 || value.trim().is_empty() {
+        v.add("display_name", "is required");
+    } else if length > MAX_DISPLAY_NAME {
+        v.add(
+            "display_name",
+            format!("must be at most {MAX_DISPLAY_NAME} characters"),
+        );
+    } else if value.chars().any(char::is_control) {
+        v.add("display_name", "must not contain control characters");
+    }
+}
+
+/// Checks a list of capability tags and returns it sorted without duplicates.
+fn capabilities(v: &mut Violations, field: &str, tags: &[String]) -> Vec<String> {
+    if tags.len() > MAX_CAPABILITIES {
+        v.add(field, format!("holds at most {MAX_CAPABILITIES} tags"));
+    }
+    v.capabilities(field, tags);
+    let mut sorted: Vec<String> = tags.iter().filter(|t| is_capability(t)).cloned().collect();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+}
+
+fn expected_revision(v: &mut Violations, value: i64) -> Option<i64> {
+    if value < 0 {
+        v.add("expected_revision", "must be 0 (no check) or a revision");
+    }
+    (value > 0).then_some(value)
+}
+
+/// The fields of one position report, shared by ReportLocation and StreamLocations.
+struct ReportFields<'a> {
+    team_id: &'a str,
+    location: Option<&'a GeoPoint>,
+    recorded_at: Option<&'a prost_types::Timestamp>,
+    heading: Option<f64>,
+    speed: Option<f64>,
+    accuracy: Option<f64>,
+}
+
+fn location_report(
+    v: &mut Violations,
+    fields: &ReportFields<'_>,
+    now: DateTime<Utc>,
+) -> Option<LocationReport> {
+    v.id("team_id", fields.team_id);
+    let point = v.geo_point("location", fields.location);
+    let recorded_at = if fields.recorded_at.is_none() {
+        v.add("recorded_at", "is required");
+        None
+    } else {
+        v.timestamp("recorded_at", fields.recorded_at)
+    };
+    if let Some(at) = recorded_at
+        && at > now + MAX_CLOCK_SKEW
+    {
+        v.add(
+            "recorded_at",
+            "is more than 60 seconds ahead of the server's clock",
+        );
+    }
+    if let Some(heading) = fields.heading
+        && !(heading.is_finite() && (0.0..360.0).contains(&heading))
+    {
+        v.add("heading_degrees", "must be a number in [0, 360)");
+    }
+    if let Some(speed) = fields.speed
+        && !(speed.is_finite() && speed >= 0.0)
+    {
+        v.add("speed_meters_per_second", "must be a finite number >= 0");
+    }
+    if let Some(accuracy) = fields.accuracy
+        && !(accuracy.is_finite() && accuracy >= 0.0)
+    {
+        v.add("accuracy_meters", "must be a finite number >= 0");
+    }
+    if !v.is_empty() {
+        return None;
+    }
+    Some(LocationReport {
+        team_id: fields.team_id.to_owned(),
+        position: point.map(|p| Position {
+            latitude: p.latitude,
+            longitude: p.longitude,
+        })?,
+        recorded_at: recorded_at?,
+        heading_degrees: fields.heading,
+        speed_meters_per_second: fields.speed,
+        accuracy_meters: fields.accuracy,
+    })
+}
+
+fn violations_of(v: Violations) -> Vec<FieldViolation> {
+    match v.finish() {
+        Ok(()) => Vec::new(),
+        Err(ApiError::InvalidArgument { violations, .. }) => violations,
+        Err(_) => Vec::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    fingerprint: String,
+    response: String,
+}
+
+impl AvailabilityServiceHandler {
+    /// Runs a mutation once per request_id: a retry of a successful request returns the
+    /// stored response; a different request under the same id is REQUEST_ID_REUSED.
+    async fn idempotent<Q, R, F>(
+        &self,
+        rpc: &str,
+        request_id: &str,
+        fingerprint_of: &Q,
+        run: F,
+    ) -> Result<R, Status>
+    where
+        Q: Message,
+        R: Message + Default,
+        F: Future<Output = Result<R, Status>>,
+    {
+        let fingerprint = hex(&Sha256::digest(fingerprint_of.encode_to_vec()));
+        let store = self.domain.store();
+        let stored = store
+            .idempotency_get(rpc, request_id)
+            .await
+            .map_err(|e| api(e.into()))?;
+        if let Some(stored) = stored {
+            let remembered: Option<Remembered> = serde_json::from_str(&stored).ok();
+            match remembered {
+                Some(r) if r.fingerprint == fingerprint => {
+                    if let Some(response) =
+                        unhex(&r.response).and_then(|bytes| R::decode(bytes.as_slice()).ok())
+                    {
+                        return Ok(response);
+                    }
+                }
+                _ => {
+                    return Err(status(ApiError::invalid_with_reason(
+                        REQUEST_ID_REUSED,
+                        "request_id",
+                        "was already used for a different request",
+                    )));
+                }
+            }
+        }
+        let response = run.await?;
+        let record = serde_json::to_string(&Remembered {
+            fingerprint,
+            response: hex(&response.encode_to_vec()),
+        })
+        .unwrap_or_default();
+        if let Err(error) = store
+            .idempotency_put(rpc, request_id, &record, IDEMPOTENCY_TTL)
+            .await
+        {
+            tracing::warn!(%error, rpc, "could not remember request id");
+        }
+        Ok(response)
+    }
+
+    async fn apply_batch(
+        &self,
+        batch: &mut Vec<(i64, LocationReport)>,
+        summary: &mut StreamLocationsResponse,
+    ) -> Result<(), Status> {
+        if batch.is_empty() {
+            summary.rejections.sort_by_key(|r| r.index);
+            summary.rejections.truncate(MAX_REJECTIONS);
+            return Ok(());
+        }
+        let reports: Vec<LocationReport> = batch.iter().map(|(_, r)| r.clone()).collect();
+        let outcomes = self.domain.report(&reports).await.map_err(api)?;
+        for ((index, report), outcome) in batch.drain(..).zip(outcomes) {
+            match outcome {
+                LocationOutcome::Accepted { .. } => summary.accepted_count += 1,
+                LocationOutcome::Stale { .. } => summary.stale_count += 1,
+                LocationOutcome::NotFound => reject(
+                    summary,
+                    index,
+                    report.team_id,
+                    "team_id",
+                    TEAM_NOT_FOUND,
+                    "no team has this team_id",
+                ),
+            }
+        }
+        // Field rejections were recorded before the batch ran: restore stream order.
+        summary.rejections.sort_by_key(|r| r.index);
+        summary.rejections.truncate(MAX_REJECTIONS);
+        Ok(())
+    }
+}
+
+fn reject(
+    summary: &mut StreamLocationsResponse,
+    index: i64,
+    team_id: String,
+    field: &str,
+    reason: &str,
+    description: &str,
+) {
+    summary.rejected_count += 1;
+    // Kept past the limit until the batch is applied; `apply_batch` orders and trims them.
+    if summary.rejections.len() < MAX_REJECTIONS + STREAM_BATCH {
+        summary.rejections.push(LocationRejection {
+            index,
+            team_id,
+            field: field.to_owned(),
+            reason: reason.to_owned(),
+            description: description.to_owned(),
+        });
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ListCursor {
+    after: String,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchTeamsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl AvailabilityService for AvailabilityServiceHandler {}
+impl AvailabilityService for AvailabilityServiceHandler {
+    async fn upsert_team(
+        &self,
+        request: Request<UpsertTeamRequest>,
+    ) -> Result<Response<UpsertTeamResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("request_id", &request.request_id);
+        v.id("team_id", &request.team_id);
+        display_name(&mut v, &request.display_name);
+        v.id("region", &request.region);
+        let tags = capabilities(&mut v, "capabilities", &request.capabilities);
+        let shift_ends_at = v.timestamp("shift_ends_at", request.shift_ends_at.as_ref());
+        let expected = expected_revision(&mut v, request.expected_revision);
+        v.finish().map_err(status)?;
+        let definition = TeamDefinition {
+            team_id: request.team_id.clone(),
+            display_name: request.display_name.clone(),
+            region: request.region.clone(),
+            capabilities: tags,
+            shift_ends_at,
+        };
+        let fingerprint = UpsertTeamRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let response = self
+            .idempotent("upsert_team", &request.request_id, &fingerprint, async {
+                let outcome = self
+                    .domain
+                    .upsert(&definition, expected)
+                    .await
+                    .map_err(api)?;
+                tracing::info!(
+                    team_id = %outcome.team.team_id,
+                    region = %outcome.team.region,
+                    revision = outcome.team.revision,
+                    created = outcome.created,
+                    "team upserted"
+                );
+                Ok(UpsertTeamResponse {
+                    team: Some(team_to_proto(&outcome.team)),
+                    created: outcome.created,
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_team(
+        &self,
+        request: Request<GetTeamRequest>,
+    ) -> Result<Response<GetTeamResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("team_id", &request.team_id);
+        v.finish().map_err(status)?;
+        let team = self.domain.get(&request.team_id).await.map_err(api)?;
+        Ok(Response::new(GetTeamResponse {
+            team: Some(team_to_proto(&team)),
+        }))
+    }
+
+    async fn list_teams(
+        &self,
+        request: Request<ListTeamsRequest>,
+    ) -> Result<Response<ListTeamsResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.optional_id("region", &request.region);
+        let status_filter = if request.status == 0 {
+            None
+        } else {
+            v.enum_value::<TeamStatus>("status", request.status)
+        };
+        let size = v.page_size("page_size", request.page_size);
+        v.finish().map_err(status)?;
+        let scope = format!("region={}&status={}", request.region, request.status);
+        let cursor: Option<ListCursor> = self
+            .pages
+            .decode("page_token", &scope, &request.page_token)
+            .map_err(status)?;
+        let region = (!request.region.is_empty()).then_some(request.region.as_str());
+        let page = self
+            .domain
+            .list(
+                region,
+                status_filter,
+                cursor.as_ref().map(|c| c.after.as_str()),
+                size,
+            )
+            .await
+            .map_err(api)?;
+        let next_page_token = match (page.more, page.teams.last()) {
+            (true, Some(last)) => self.pages.encode(
+                &scope,
+                &ListCursor {
+                    after: last.team_id.clone(),
+                },
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListTeamsResponse {
+            teams: page.teams.iter().map(team_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn set_team_status(
+        &self,
+        request: Request<SetTeamStatusRequest>,
+    ) -> Result<Response<SetTeamStatusResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("request_id", &request.request_id);
+        v.id("team_id", &request.team_id);
+        let target = v.enum_value::<TeamStatus>("status", request.status);
+        if target.is_some_and(is_busy) {
+            v.id("incident_id", &request.incident_id);
+        } else {
+            v.optional_id("incident_id", &request.incident_id);
+        }
+        let expected = expected_revision(&mut v, request.expected_revision);
+        v.finish().map_err(status)?;
+        let Some(target) = target else {
+            return Err(status(ApiError::invalid("status", "is required")));
+        };
+        // The incident matters only for busy targets and for clearing to AVAILABLE.
+        let incident = if is_busy(target) || target == TeamStatus::Available {
+            request.incident_id.as_str()
+        } else {
+            ""
+        };
+        let fingerprint = SetTeamStatusRequest {
+            request_id: String::new(),
+            ..request.clone()
+        };
+        let response = self
+            .idempotent(
+                "set_team_status",
+                &request.request_id,
+                &fingerprint,
+                async {
+                    let (team, changed) = self
+                        .domain
+                        .set_status(&request.team_id, target, incident, expected)
+                        .await
+                        .map_err(api)?;
+                    if changed {
+                        tracing::info!(
+                            team_id = %team.team_id,
+                            status = target.as_str_name(),
+                            revision = team.revision,
+                            "team status changed"
+                        );
+                    }
+                    Ok(SetTeamStatusResponse {
+                        team: Some(team_to_proto(&team)),
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn report_location(
+        &self,
+        request: Request<ReportLocationRequest>,
+    ) -> Result<Response<ReportLocationResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        let report = location_report(
+            &mut v,
+            &ReportFields {
+                team_id: &request.team_id,
+                location: request.location.as_ref(),
+                recorded_at: request.recorded_at.as_ref(),
+                heading: request.heading_degrees,
+                speed: request.speed_meters_per_second,
+                accuracy: request.accuracy_meters,
+            },
+            self.domain.now(),
+        );
+        v.finish().map_err(status)?;
+        let Some(report) = report else {
+            return Err(status(ApiError::invalid("location", "is required")));
+        };
+        let outcome = self
+            .domain
+            .report(std::slice::from_ref(&report))
+            .await
+            .map_err(api)?;
+        match outcome.first() {
+            Some(LocationOutcome::Accepted { revision }) => {
+                Ok(Response::new(ReportLocationResponse {
+                    accepted: true,
+                    stale: false,
+                    revision: *revision,
+                }))
+            }
+            Some(LocationOutcome::Stale { revision }) => {
+                Ok(Response::new(ReportLocationResponse {
+                    accepted: false,
+                    stale: true,
+                    revision: *revision,
+                }))
+            }
+            _ => Err(api(AvailabilityError::TeamNotFound)),
+        }
+    }
+
+    async fn stream_locations(
+        &self,
+        request: Request<Streaming<StreamLocationsRequest>>,
+    ) -> Result<Response<StreamLocationsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut summary = StreamLocationsResponse::default();
+        let mut batch: Vec<(i64, LocationReport)> = Vec::with_capacity(STREAM_BATCH);
+        let mut index: i64 = 0;
+        let mut ended = false;
+        let deadline = tokio::time::Instant::now() + self.stream_max_age;
+        while !ended {
+            // At shutdown or at the stream's maximum age, answer early with the counts so
+            // far; the client resends from their sum (stale reports are harmless).
+            let first = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(deadline) => break,
+                message = stream.next() => message,
+            };
+            let Some(first) = first else { break };
+            let mut messages = vec![first];
+            // Take whatever else has already arrived, so a busy feed is applied in pipelines
+            // and a quiet one without delay.
+            while messages.len() < STREAM_BATCH {
+                match stream.next().now_or_never() {
+                    Some(Some(message)) => messages.push(message),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let now = self.domain.now();
+            for message in messages {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        // Apply what came before the bad message, then end the stream.
+                        self.apply_batch(&mut batch, &mut summary).await?;
+                        tracing::info!(code = ?error.code(), "location stream ended by an unreadable message");
+                        return Err(status(ApiError::invalid(
+                            "message",
+                            format!("message {index} could not be decoded"),
+                        )));
+                    }
+                };
+                let mut v = Violations::new();
+                let report = location_report(
+                    &mut v,
+                    &ReportFields {
+                        team_id: &message.team_id,
+                        location: message.location.as_ref(),
+                        recorded_at: message.recorded_at.as_ref(),
+                        heading: message.heading_degrees,
+                        speed: message.speed_meters_per_second,
+                        accuracy: message.accuracy_meters,
+                    },
+                    now,
+                );
+                match report {
+                    Some(report) => batch.push((index, report)),
+                    None => {
+                        let violation = violations_of(v).into_iter().next();
+                        let (field, description) = violation
+                            .map(|f| (f.field, f.description))
+                            .unwrap_or_default();
+                        reject(
+                            &mut summary,
+                            index,
+                            message.team_id,
+                            &field,
+                            ApiError::INVALID_FIELD,
+                            &description,
+                        );
+                    }
+                }
+                index += 1;
+            }
+            self.apply_batch(&mut batch, &mut summary).await?;
+        }
+        self.apply_batch(&mut batch, &mut summary).await?;
+        Ok(Response::new(summary))
+    }
+
+    async fn find_available_teams(
+        &self,
+        request: Request<FindAvailableTeamsRequest>,
+    ) -> Result<Response<FindAvailableTeamsResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("region", &request.region);
+        let point = v.geo_point("location", request.location.as_ref());
+        if !(request.radius_meters.is_finite()
+            && request.radius_meters > 0.0
+            && request.radius_meters <= MAX_RADIUS_METERS)
+        {
+            v.add("radius_meters", "must be greater than 0 and at most 100000");
+        }
+        let required = capabilities(
+            &mut v,
+            "required_capabilities",
+            &request.required_capabilities,
+        );
+        let limit = match usize::try_from(request.limit) {
+            Err(_) => {
+                v.add("limit", "must not be negative");
+                0
+            }
+            Ok(0) => DEFAULT_LIMIT,
+            Ok(limit) => limit.min(MAX_LIMIT),
+        };
+        v.finish().map_err(status)?;
+        let Some(point) = point else {
+            return Err(status(ApiError::invalid("location", "is required")));
+        };
+        let found = self
+            .domain
+            .store()
+            .find_available(
+                &request.region,
+                Position {
+                    latitude: point.latitude,
+                    longitude: point.longitude,
+                },
+                request.radius_meters,
+                &required,
+                limit,
+            )
+            .await
+            .map_err(|e| api(e.into()))?;
+        Ok(Response::new(FindAvailableTeamsResponse {
+            matches: found
+                .iter()
+                .map(|(team, distance)| TeamMatch {
+                    team: Some(team_to_proto(team)),
+                    distance_meters: *distance,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn watch_teams(
+        &self,
+        request: Request<WatchTeamsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.id("region", &request.region);
+        let after = if request.after_event_id.is_empty() {
+            None
+        } else {
+            let parsed = EventId::parse(&request.after_event_id);
+            if parsed.is_none() {
+                v.add("after_event_id", "is not an event id this service issued");
+            }
+            parsed
+        };
+        v.finish().map_err(status)?;
+        let store = self.domain.store().clone();
+        let region = request.region;
+        let mut after = match after {
+            Some(after) => after,
+            None => store
+                .last_event_id(&region)
+                .await
+                .map_err(|e| api(e.into()))?,
+        };
+        // Fail at once (rather than as the stream's first message) when history is gone.
+        let first = store
+            .read_events(&region, after, 100, Duration::ZERO)
+            .await
+            .map_err(|e| api(e.into()))?;
+        let shutdown = self.shutdown.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut pending = first;
+            loop {
+                for event in pending.drain(..) {
+                    after = event.id;
+                    let message = WatchTeamsResponse {
+                        event_id: event.id.to_string(),
+                        kind: event_kind(event.kind) as i32,
+                        team: Some(team_to_proto(&event.team)),
+                        event_time: Some(to_timestamp(event.event_time)),
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                let read = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = sender
+                            .send(Err(status(ApiError::unavailable(
+                                SHUTTING_DOWN,
+                                "the server is shutting down; reconnect with the last event_id",
+                            ))))
+                            .await;
+                        return;
+                    }
+                    () = sender.closed() => return,
+                    read = store.read_events(&region, after, 100, WATCH_BLOCK) => read,
+                };
+                match read {
+                    Ok(events) => pending = events,
+                    Err(error) => {
+                        let _ = sender.send(Err(api(error.into()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

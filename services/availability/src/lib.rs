@@ -3,6 +3,22 @@
 //! The crate is a library with a thin `main`: [`Application::build`] binds the server from a
 //! [`Config`], and [`Application::run_until_stopped`] serves until shutdown. Tests build the
 //! same `Application` on port 0.
+//!
+//! It is also the library through which routing reads availability and claims teams:
+//! [`keyspace`] names every Redis key, [`TeamStore`] is the store trait (with
+//! [`RedisTeamStore`] and [`MemoryTeamStore`]), and [`model`] holds the domain types.
+//!
+//! Storage: live state (status, position, incident, revision, fencing counter, events) lives
+//! in the [`TeamStore`]; the roster (who exists) is durable in PostgreSQL (schema
+//! `availability`) or SQLite (embedded mode), and the live store is rebuilt from it at start.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use std::net::SocketAddr;
 
@@ -10,13 +26,29 @@ use relay_proto::availability::availability_service_server::AvailabilityServiceS
 use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
-    server::{BoundServer, ServiceHost},
+    paging::PageTokens,
+    server::{BoundServer, CheckFuture, ServiceHost},
     storage,
 };
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
+pub mod error;
 mod handler;
+pub mod keyspace;
+pub mod model;
+pub mod roster;
+pub mod service;
+pub mod store;
 
-pub use handler::AvailabilityServiceHandler;
+pub use handler::{AvailabilityServiceHandler, team_to_proto};
+pub use keyspace::Keyspace;
+pub use service::{Availability, Clock, ManualClock, SystemClock};
+pub use store::{
+    ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, MemoryTeamStore,
+    RedisTeamStore, ReleaseError, ReleaseOutcome, StoreError, TeamStore,
+};
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.availability.v1";
@@ -27,10 +59,81 @@ pub const SCHEMA: &str = "availability";
 /// The migrations of [`SCHEMA`], applied by `relay-availability migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The migrations of the SQLite roster (embedded mode).
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
+
+/// Where live state is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Redis at `RELAY_REDIS_URL` (production).
+    #[default]
+    Redis,
+    /// In this process (embedded mode, `relay dev`): lost on exit, rebuilt from the roster.
+    Memory,
+}
+
+/// The `[availability]` settings (`RELAY_AVAILABILITY__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AvailabilitySettings {
+    /// `redis` (default) or `memory`.
+    pub backend: Backend,
+    /// Prefix of every Redis key (default `relay`).
+    pub key_prefix: String,
+    /// How long team events are kept for WatchTeams resumption, in seconds (default 24 h).
+    pub event_retention_seconds: u64,
+    /// Key that signs ListTeams page tokens; every replica needs the same one. Unset: a
+    /// random key per process.
+    pub page_token_secret: Option<SecretString>,
+    /// Apply the roster migrations at start (default true), so a fresh database works.
+    pub migrate_on_start: bool,
+}
+
+impl Default for AvailabilitySettings {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Redis,
+            key_prefix: String::from(keyspace::DEFAULT_PREFIX),
+            event_retention_seconds: 24 * 3600,
+            page_token_secret: None,
+            migrate_on_start: true,
+        }
+    }
+}
+
+enum RosterDb {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl RosterDb {
+    async fn migrate(&self) -> Result<(), BoxError> {
+        match self {
+            Self::Postgres(pool) => storage::migrate_postgres(pool, SCHEMA, &MIGRATOR).await?,
+            Self::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await?,
+        }
+        Ok(())
+    }
+}
+
 /// The availability service, bound and ready to run.
-#[derive(Debug)]
 pub struct Application {
     server: BoundServer,
+    domain: Availability,
+    roster_db: RosterDb,
+    settings: AvailabilitySettings,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("local_addr", &self.server.local_addr())
+            .field("backend", &self.settings.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Application {
@@ -39,14 +142,95 @@ impl Application {
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 10)?;
-        let redis = storage::redis_client(config.redis_url()?)?;
-        let host = ServiceHost::new(&config.settings.server)
-            .add_service(AvailabilityServiceServer::new(AvailabilityServiceHandler))
-            .readiness_check("postgres", storage::postgres_check(pool))
-            .readiness_check("redis", storage::redis_check(redis));
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Self::build`], with the clock the service reads (tests pass a [`ManualClock`]).
+    ///
+    /// # Errors
+    /// When a required setting is missing or the address cannot be bound.
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, BoxError> {
+        let settings: AvailabilitySettings = config.section("availability")?;
+        let retention = Duration::from_secs(settings.event_retention_seconds.max(60));
+        let database_url = config.database_url()?;
+        let (roster, roster_db): (Arc<dyn roster::RosterStore>, RosterDb) =
+            if storage::is_sqlite(database_url) {
+                let pool = storage::sqlite_pool(database_url, 4)?;
+                (
+                    Arc::new(roster::SqliteRoster::new(pool.clone())),
+                    RosterDb::Sqlite(pool),
+                )
+            } else {
+                let pool = storage::postgres_pool(database_url, SCHEMA, 10)?;
+                (
+                    Arc::new(roster::PostgresRoster::new(pool.clone())),
+                    RosterDb::Postgres(pool),
+                )
+            };
+        let team_store: Arc<dyn TeamStore> = match settings.backend {
+            Backend::Redis => {
+                let client = storage::redis_client(config.redis_url()?)?;
+                Arc::new(RedisTeamStore::new(
+                    client,
+                    Keyspace::new(settings.key_prefix.clone()),
+                    retention,
+                )?)
+            }
+            Backend::Memory => Arc::new(MemoryTeamStore::new(retention)),
+        };
+        let domain = Availability::new(team_store.clone(), roster.clone(), clock);
+        let pages = settings
+            .page_token_secret
+            .as_ref()
+            .map_or_else(PageTokens::random, |secret| {
+                PageTokens::new(secret.expose_secret().as_bytes())
+            });
+        let ready = Arc::new(AtomicBool::new(false));
+        let host = ServiceHost::new(&config.settings.server);
+        let shutdown = host.shutdown_token();
+        // A client stream must be answered within the server's request timeout: answer at
+        // three quarters of it, leaving time to apply the last batch.
+        let stream_max_age = config.settings.server.request_timeout() * 3 / 4;
+        let handler = AvailabilityServiceHandler::new(
+            domain.clone(),
+            pages,
+            shutdown.clone(),
+            stream_max_age,
+        );
+        let store_check = team_store.clone();
+        let roster_check = roster.clone();
+        let ready_check = ready.clone();
+        let host = host
+            .add_service(AvailabilityServiceServer::new(handler))
+            .readiness_check("team store", move || -> CheckFuture {
+                let store = store_check.clone();
+                Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+            })
+            .readiness_check("roster", move || -> CheckFuture {
+                let roster = roster_check.clone();
+                Box::pin(async move { roster.ping().await.map_err(|e| e.to_string()) })
+            })
+            .readiness_check("roster loaded", move || -> CheckFuture {
+                let loaded = ready_check.load(Ordering::Acquire);
+                Box::pin(async move {
+                    if loaded {
+                        Ok(())
+                    } else {
+                        Err(String::from(
+                            "the live state is not rebuilt from the roster yet",
+                        ))
+                    }
+                })
+            });
         let server = host.bind(config.settings.listen.0).await?;
-        Ok(Self { server })
+        Ok(Self {
+            server,
+            domain,
+            roster_db,
+            settings,
+            ready,
+            shutdown,
+        })
     }
 
     /// The address the service listens on.
@@ -55,7 +239,15 @@ impl Application {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls.
+    /// The domain this service serves (tests and embedding programs use its store).
+    #[must_use]
+    pub fn domain(&self) -> &Availability {
+        &self.domain
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls. Meanwhile a start task
+    /// applies the roster migrations (unless `migrate_on_start` is off) and rebuilds the live
+    /// state from the roster, retrying with backoff; health turns SERVING after it succeeds.
     ///
     /// # Errors
     /// When the server fails.
@@ -63,17 +255,62 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BoxError> {
-        self.server.run_until_stopped(shutdown).await
+        let Self {
+            server,
+            domain,
+            roster_db,
+            settings,
+            ready,
+            shutdown: token,
+        } = self;
+        let start = tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let attempt = async {
+                    if settings.migrate_on_start {
+                        roster_db.migrate().await?;
+                    }
+                    let created = domain.rebuild().await?;
+                    Ok::<usize, BoxError>(created)
+                };
+                match attempt.await {
+                    Ok(created) => {
+                        tracing::info!(recreated = created, "live state rebuilt from the roster");
+                        ready.store(true, Ordering::Release);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not rebuild the live state from the roster; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+        let result = server.run_until_stopped(shutdown).await;
+        start.abort();
+        result
     }
 
-    /// Creates the `availability` schema and applies [`MIGRATOR`].
+    /// Creates the `availability` schema and applies [`MIGRATOR`] (or the SQLite migrations
+    /// when the database URL is `sqlite:`).
     ///
     /// # Errors
-    /// When PostgreSQL is unreachable or a migration fails.
+    /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 1)?;
-        storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
-        pool.close().await;
+        let url = config.database_url()?;
+        if storage::is_sqlite(url) {
+            let pool = storage::sqlite_pool(url, 1)?;
+            SQLITE_MIGRATOR.run(&pool).await?;
+            pool.close().await;
+        } else {
+            let pool = storage::postgres_pool(url, SCHEMA, 1)?;
+            storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
+            pool.close().await;
+        }
         Ok(())
     }
 }

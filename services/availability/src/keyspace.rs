@@ -1,0 +1,104 @@
+//! The Redis keyspace of availability, shared with routing.
+//!
+//! Every key of one region carries the hash tag `{region}`, so on a Redis Cluster all keys of a
+//! region live in one slot and every Lua script touches one slot. The prefix is configurable
+//! (`availability.key_prefix`, default `relay`); tests use a unique prefix.
+//!
+//! | key | type | fields / members | written by |
+//! |---|---|---|---|
+//! | `<p>:{<region>}:team:<team_id>` | hash | `id`, `name`, `region`, `caps` (comma-joined sorted tags), `status` (TeamStatus number), `lat`, `lon` (degrees, empty until a position), `loc_at` (µs since epoch of the position's `recorded_at`), `hdg`, `spd`, `acc` (optional, empty when unknown), `incident` (empty unless busy), `last_incident` (the incident the team last left), `shift_end` (µs, empty when unknown), `rev` (revision), `fence` (fencing counter: increased by each claim, never decreased, kept across roster upserts), `created`, `updated` (µs) | availability scripts (upsert, status, location, move); routing through [`crate::TeamStore::claim`] and [`crate::TeamStore::release`] |
+//! | `<p>:{<region>}:available` | GEO (sorted set) | exactly the teams of the region that are `AVAILABLE` and have a position | the same scripts, in the same step as the hash |
+//! | `<p>:{<region>}:teams` | set | every team id of the region | upsert and move scripts |
+//! | `<p>:{<region>}:events` | stream | one entry per change: `kind` (`upserted`, `status`, `location`, `removed`), `at` (µs), then every field of the team hash after the change; trimmed by age (`MINID`) to the retention window | every script that changes a team |
+//! | `<p>:team_regions` | hash | team id → region (the only key outside a region: it finds a team's region from its id) | upsert and move |
+//! | `<p>:req:<rpc>:<request_id>` | string | JSON of the request fingerprint and the response, expires after 24 h | availability handlers (idempotency) |
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "relay";
+
+/// Key names for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Default for Keyspace {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Keyspace {
+    /// Keys under `prefix` (no trailing colon).
+    #[must_use]
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<p>:{<region>}`: the start of every key of a region.
+    #[must_use]
+    pub fn region_prefix(&self, region: &str) -> String {
+        format!("{}:{{{region}}}", self.prefix)
+    }
+
+    /// The hash of one team.
+    #[must_use]
+    pub fn team(&self, region: &str, team_id: &str) -> String {
+        format!("{}:team:{team_id}", self.region_prefix(region))
+    }
+
+    /// The GEO set of the region's available teams with a position.
+    #[must_use]
+    pub fn available(&self, region: &str) -> String {
+        format!("{}:available", self.region_prefix(region))
+    }
+
+    /// The set of the region's team ids.
+    #[must_use]
+    pub fn teams(&self, region: &str) -> String {
+        format!("{}:teams", self.region_prefix(region))
+    }
+
+    /// The region's event stream.
+    #[must_use]
+    pub fn events(&self, region: &str) -> String {
+        format!("{}:events", self.region_prefix(region))
+    }
+
+    /// The index from team id to region.
+    #[must_use]
+    pub fn team_regions(&self) -> String {
+        format!("{}:team_regions", self.prefix)
+    }
+
+    /// An idempotency record.
+    #[must_use]
+    pub fn request(&self, rpc: &str, request_id: &str) -> String {
+        format!("{}:req:{rpc}:{request_id}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_keys_share_one_hash_tag() {
+        let keys = Keyspace::default();
+        assert_eq!(keys.team("north", "t1"), "relay:{north}:team:t1");
+        assert_eq!(keys.available("north"), "relay:{north}:available");
+        assert_eq!(keys.teams("north"), "relay:{north}:teams");
+        assert_eq!(keys.events("north"), "relay:{north}:events");
+        let custom = Keyspace::new("test_1");
+        assert_eq!(custom.team_regions(), "test_1:team_regions");
+        assert_eq!(custom.request("upsert", "r1"), "test_1:req:upsert:r1");
+    }
+}

@@ -1,0 +1,211 @@
+//! The domain operations of availability over a [`TeamStore`] (live state) and a
+//! [`RosterStore`] (durable roster), with an injectable [`Clock`]. Handlers validate requests
+//! and call these; nothing here sees protobuf, SQL or Redis commands.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    error::AvailabilityError,
+    model::{Team, TeamDefinition, TeamStatus, to_micros},
+    roster::{RosterEntry, RosterStore},
+    store::{LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome},
+};
+
+/// A source of the current time.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that tests set and advance by hand.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    /// A clock showing `now`.
+    #[must_use]
+    pub fn new(now: DateTime<Utc>) -> Self {
+        Self(Mutex::new(now))
+    }
+
+    /// Moves the clock to `now`.
+    pub fn set(&self, now: DateTime<Utc>) {
+        if let Ok(mut time) = self.0.lock() {
+            *time = now;
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: chrono::Duration) {
+        if let Ok(mut time) = self.0.lock() {
+            *time += by;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.lock().map_or_else(|_| Utc::now(), |t| *t)
+    }
+}
+
+/// The availability domain: roster and live state.
+#[derive(Clone)]
+pub struct Availability {
+    store: Arc<dyn TeamStore>,
+    roster: Arc<dyn RosterStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Availability").finish_non_exhaustive()
+    }
+}
+
+impl Availability {
+    /// The domain over these stores and clock.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn TeamStore>,
+        roster: Arc<dyn RosterStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            roster,
+            clock,
+        }
+    }
+
+    /// The live store (routing uses the same trait).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn TeamStore> {
+        &self.store
+    }
+
+    /// The clock.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Now, by the clock.
+    #[must_use]
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Recreates in the live store every roster team it lacks (after Redis lost its data),
+    /// with revisions and fencing counters above any issued before. Returns how many teams
+    /// were recreated.
+    ///
+    /// # Errors
+    /// When the roster or the live store fails.
+    pub async fn rebuild(&self) -> Result<usize, AvailabilityError> {
+        let now = self.now();
+        // Microseconds of wall time exceed any revision or fencing token issued earlier
+        // (those grow by one per change), so neither ever decreases across a loss of Redis.
+        let floor = to_micros(now);
+        let mut created = 0;
+        for entry in self.roster.load_all().await? {
+            if self
+                .store
+                .seed_team(&entry.definition, floor.max(entry.revision + 1), now)
+                .await?
+            {
+                created += 1;
+            }
+        }
+        Ok(created)
+    }
+
+    /// Creates or updates a team's roster fields, in the live store and then in the durable
+    /// roster. A retry after a roster failure converges (an unchanged upsert still writes the
+    /// roster).
+    ///
+    /// # Errors
+    /// The store's refusals, or a storage failure.
+    pub async fn upsert(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+    ) -> Result<UpsertOutcome, AvailabilityError> {
+        let outcome = self
+            .store
+            .upsert_team(definition, expected_revision, self.now())
+            .await?;
+        self.roster
+            .save(&RosterEntry {
+                definition: outcome.team.definition(),
+                revision: outcome.team.revision,
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    /// One team.
+    ///
+    /// # Errors
+    /// `TeamNotFound`, or a storage failure.
+    pub async fn get(&self, team_id: &str) -> Result<Team, AvailabilityError> {
+        self.store
+            .get_team(team_id)
+            .await?
+            .ok_or(AvailabilityError::TeamNotFound)
+    }
+
+    /// A page of teams.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn list(
+        &self,
+        region: Option<&str>,
+        status: Option<TeamStatus>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<TeamPage, AvailabilityError> {
+        Ok(self.store.list_teams(region, status, after, limit).await?)
+    }
+
+    /// Changes a team's status.
+    ///
+    /// # Errors
+    /// The state machine's refusals, or a storage failure.
+    pub async fn set_status(
+        &self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<(Team, bool), AvailabilityError> {
+        Ok(self
+            .store
+            .set_status(team_id, status, incident_id, expected_revision, self.now())
+            .await?)
+    }
+
+    /// Applies position reports in order.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn report(
+        &self,
+        reports: &[LocationReport],
+    ) -> Result<Vec<LocationOutcome>, AvailabilityError> {
+        Ok(self.store.report_locations(reports, self.now()).await?)
+    }
+}

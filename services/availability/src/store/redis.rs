@@ -1,0 +1,986 @@
+//! The Redis backend of [`TeamStore`]: the keyspace of [`crate::keyspace`], changed only by the
+//! Lua scripts of [`scripts`](self) (loaded once, called by SHA, reloaded on `NOSCRIPT`).
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, RwLock},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use redis::{
+    AsyncCommands, Client, Script, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    streams::StreamReadReply,
+};
+
+use super::{
+    ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, ReleaseError,
+    ReleaseOutcome, StoreError, TeamPage, TeamStore, UpsertOutcome, rank_candidates, scripts,
+};
+use crate::{
+    keyspace::Keyspace,
+    model::{
+        EventId, EventKind, Position, Team, TeamDefinition, TeamEvent, TeamStatus, allowed_from,
+        from_micros, to_micros,
+    },
+};
+
+/// Reports sent to Redis in one pipeline by [`TeamStore::report_locations`].
+const LOCATION_BATCH: usize = 256;
+/// Extra search radius for the GEO index query, covering its quantization; the exact
+/// distance filter runs afterwards.
+const GEO_MARGIN_METERS: f64 = 5.0;
+
+struct Scripts {
+    upsert: Script,
+    seed: Script,
+    move_out: Script,
+    move_in: Script,
+    set_status: Script,
+    report_location: Script,
+    claim: Script,
+    release: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}{body}", scripts::PRELUDE))
+}
+
+/// Team live state in Redis.
+pub struct RedisTeamStore {
+    client: Client,
+    connection: ConnectionManager,
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    keys: Keyspace,
+    scripts: Scripts,
+    retention: Duration,
+    regions: RwLock<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for RedisTeamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTeamStore")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+fn list(statuses: &[TeamStatus]) -> String {
+    let mut text = String::from(",");
+    for status in statuses {
+        text.push_str(&(*status as i32).to_string());
+        text.push(',');
+    }
+    text
+}
+
+fn busy_list() -> String {
+    list(&[
+        TeamStatus::Dispatched,
+        TeamStatus::EnRoute,
+        TeamStatus::OnScene,
+        TeamStatus::Transporting,
+    ])
+}
+
+fn optional(value: Option<f64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn shift(value: Option<DateTime<Utc>>) -> String {
+    value.map(|t| to_micros(t).to_string()).unwrap_or_default()
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+fn status_from(text: &str) -> Result<TeamStatus, StoreError> {
+    text.parse::<i32>()
+        .ok()
+        .and_then(|n| TeamStatus::try_from(n).ok())
+        .ok_or_else(|| corrupt(format!("status `{text}`")))
+}
+
+fn revision_from(text: &str) -> Result<i64, StoreError> {
+    text.parse()
+        .map_err(|_| corrupt(format!("revision `{text}`")))
+}
+
+/// Decodes a team from its hash fields.
+///
+/// # Errors
+/// When a required field is missing or malformed.
+pub fn decode_team(fields: &HashMap<String, String>) -> Result<Team, StoreError> {
+    let get = |name: &str| {
+        fields
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(format!("team hash without `{name}`")))
+    };
+    let opt_f64 = |name: &str| -> Result<Option<f64>, StoreError> {
+        match fields.get(name).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| corrupt(format!("`{name}` = `{text}`"))),
+        }
+    };
+    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        match fields.get(name).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(|m| Some(from_micros(m)))
+                .map_err(|_| corrupt(format!("`{name}` = `{text}`"))),
+        }
+    };
+    let int = |name: &str| -> Result<i64, StoreError> {
+        let text = get(name)?;
+        text.parse()
+            .map_err(|_| corrupt(format!("`{name}` = `{text}`")))
+    };
+    let caps = get("caps")?;
+    let location = match (opt_f64("lat")?, opt_f64("lon")?) {
+        (Some(latitude), Some(longitude)) => Some(Position {
+            latitude,
+            longitude,
+        }),
+        _ => None,
+    };
+    Ok(Team {
+        team_id: get("id")?.to_owned(),
+        display_name: get("name")?.to_owned(),
+        region: get("region")?.to_owned(),
+        capabilities: if caps.is_empty() {
+            Vec::new()
+        } else {
+            caps.split(',').map(str::to_owned).collect()
+        },
+        status: status_from(get("status")?)?,
+        location,
+        location_updated_at: opt_time("loc_at")?,
+        heading_degrees: opt_f64("hdg")?,
+        speed_meters_per_second: opt_f64("spd")?,
+        accuracy_meters: opt_f64("acc")?,
+        incident_id: fields.get("incident").cloned().unwrap_or_default(),
+        shift_ends_at: opt_time("shift_end")?,
+        revision: int("rev")?,
+        fencing_token: int("fence")?,
+        create_time: from_micros(int("created")?),
+        update_time: from_micros(int("updated")?),
+    })
+}
+
+/// Decodes a team from a flat `field, value, ...` list.
+fn decode_flat(flat: &[String]) -> Result<Team, StoreError> {
+    let map = flat
+        .chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect();
+    decode_team(&map)
+}
+
+/// The hash fields of a team (the inverse of [`decode_team`]).
+fn encode_team(team: &Team) -> Vec<(&'static str, String)> {
+    let (lat, lon) = team.location.map_or((String::new(), String::new()), |p| {
+        (p.latitude.to_string(), p.longitude.to_string())
+    });
+    vec![
+        ("id", team.team_id.clone()),
+        ("name", team.display_name.clone()),
+        ("region", team.region.clone()),
+        ("caps", team.capabilities.join(",")),
+        ("status", (team.status as i32).to_string()),
+        ("lat", lat),
+        ("lon", lon),
+        ("loc_at", shift(team.location_updated_at)),
+        ("hdg", optional(team.heading_degrees)),
+        ("spd", optional(team.speed_meters_per_second)),
+        ("acc", optional(team.accuracy_meters)),
+        ("incident", team.incident_id.clone()),
+        ("shift_end", shift(team.shift_ends_at)),
+        ("rev", team.revision.to_string()),
+        ("fence", team.fencing_token.to_string()),
+        ("created", to_micros(team.create_time).to_string()),
+        ("updated", to_micros(team.update_time).to_string()),
+    ]
+}
+
+fn first(reply: &[String]) -> &str {
+    reply.first().map_or("", String::as_str)
+}
+
+fn second(reply: &[String]) -> &str {
+    reply.get(1).map_or("", String::as_str)
+}
+
+impl RedisTeamStore {
+    /// A store on `client` under `keys`, keeping events for `retention`. Connects lazily.
+    ///
+    /// # Errors
+    /// When the connection manager cannot be created.
+    pub fn new(client: Client, keys: Keyspace, retention: Duration) -> Result<Self, StoreError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self {
+            client,
+            connection,
+            blocking: Mutex::new(Vec::new()),
+            keys,
+            scripts: Scripts {
+                upsert: script(scripts::UPSERT),
+                seed: script(scripts::SEED),
+                move_out: script(scripts::MOVE_OUT),
+                move_in: script(scripts::MOVE_IN),
+                set_status: script(scripts::SET_STATUS),
+                report_location: script(scripts::REPORT_LOCATION),
+                claim: script(scripts::CLAIM),
+                release: script(scripts::RELEASE),
+            },
+            retention,
+            regions: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The keyspace this store uses.
+    #[must_use]
+    pub fn keyspace(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    fn retention_ms(&self) -> String {
+        self.retention.as_millis().to_string()
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    fn cached_region(&self, team_id: &str) -> Option<String> {
+        self.regions
+            .read()
+            .ok()
+            .and_then(|map| map.get(team_id).cloned())
+    }
+
+    fn remember_region(&self, team_id: &str, region: &str) {
+        if let Ok(mut map) = self.regions.write() {
+            map.insert(team_id.to_owned(), region.to_owned());
+        }
+    }
+
+    fn forget_region(&self, team_id: &str) {
+        if let Ok(mut map) = self.regions.write() {
+            map.remove(team_id);
+        }
+    }
+
+    /// The region of a team, from the index (not the cache).
+    async fn region_of(&self, team_id: &str) -> Result<Option<String>, StoreError> {
+        let region: Option<String> = self.conn().hget(self.keys.team_regions(), team_id).await?;
+        match &region {
+            Some(region) => self.remember_region(team_id, region),
+            None => self.forget_region(team_id),
+        }
+        Ok(region)
+    }
+
+    async fn hash(&self, region: &str, team_id: &str) -> Result<Option<Team>, StoreError> {
+        let fields: HashMap<String, String> =
+            self.conn().hgetall(self.keys.team(region, team_id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        decode_team(&fields).map(Some)
+    }
+
+    async fn hashes(&self, keys: &[String]) -> Result<Vec<Team>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.hgetall(key);
+        }
+        let replies: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+        replies
+            .iter()
+            .filter(|fields| !fields.is_empty())
+            .map(decode_team)
+            .collect()
+    }
+
+    async fn upsert_in_place(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<UpsertOutcome, ChangeError> {
+        let region = &definition.region;
+        let reply: Vec<String> = self
+            .scripts
+            .upsert
+            .key(self.keys.team(region, &definition.team_id))
+            .key(self.keys.teams(region))
+            .key(self.keys.events(region))
+            .arg(&definition.team_id)
+            .arg(&definition.display_name)
+            .arg(region)
+            .arg(definition.capabilities.join(","))
+            .arg(shift(definition.shift_ends_at))
+            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        let (created, changed) = match first(&reply) {
+            "created" => (true, true),
+            "updated" => (false, true),
+            "same" => (false, false),
+            "rev" => {
+                return Err(ChangeError::RevisionMismatch {
+                    current: revision_from(second(&reply))?,
+                });
+            }
+            other => return Err(corrupt(format!("upsert answered `{other}`")).into()),
+        };
+        let team = decode_flat(&reply[1..])?;
+        if created {
+            let _: () = self
+                .conn()
+                .hset(self.keys.team_regions(), &definition.team_id, region)
+                .await
+                .map_err(StoreError::from)?;
+            self.remember_region(&definition.team_id, region);
+        }
+        Ok(UpsertOutcome {
+            team,
+            created,
+            changed,
+        })
+    }
+
+    async fn move_region(
+        &self,
+        from: &str,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<UpsertOutcome, ChangeError> {
+        let allowed = list(&[TeamStatus::OffDuty, TeamStatus::OutOfService]);
+        let reply: Vec<String> = self
+            .scripts
+            .move_out
+            .key(self.keys.team(from, &definition.team_id))
+            .key(self.keys.teams(from))
+            .key(self.keys.events(from))
+            .key(self.keys.available(from))
+            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .arg(allowed)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => {}
+            "missing" => return Err(ChangeError::NotFound),
+            "rev" => {
+                return Err(ChangeError::RevisionMismatch {
+                    current: revision_from(second(&reply))?,
+                });
+            }
+            "region" => {
+                return Err(ChangeError::RegionChangeNotAllowed {
+                    status: status_from(second(&reply))?,
+                });
+            }
+            other => return Err(corrupt(format!("move answered `{other}`")).into()),
+        }
+        let mut team = decode_flat(&reply[1..])?;
+        team.display_name.clone_from(&definition.display_name);
+        team.region.clone_from(&definition.region);
+        team.capabilities.clone_from(&definition.capabilities);
+        team.shift_ends_at = definition.shift_ends_at;
+        team.revision += 1;
+        team.update_time = now;
+        let mut invocation = self.scripts.move_in.prepare_invoke();
+        invocation
+            .key(self.keys.team(&definition.region, &definition.team_id))
+            .key(self.keys.teams(&definition.region))
+            .key(self.keys.events(&definition.region))
+            .arg(&definition.team_id)
+            .arg(to_micros(now))
+            .arg(self.retention_ms());
+        for (field, value) in encode_team(&team) {
+            invocation.arg(field).arg(value);
+        }
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        let team = decode_flat(reply.get(1..).unwrap_or_default())?;
+        let _: () = self
+            .conn()
+            .hset(
+                self.keys.team_regions(),
+                &definition.team_id,
+                &definition.region,
+            )
+            .await
+            .map_err(StoreError::from)?;
+        self.remember_region(&definition.team_id, &definition.region);
+        Ok(UpsertOutcome {
+            team,
+            created: false,
+            changed: true,
+        })
+    }
+
+    async fn blocking_connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let pooled = self.blocking.lock().ok().and_then(|mut pool| pool.pop());
+        if let Some(connection) = pooled {
+            return Ok(connection);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    fn return_connection(&self, connection: MultiplexedConnection) {
+        if let Ok(mut pool) = self.blocking.lock()
+            && pool.len() < 16
+        {
+            pool.push(connection);
+        }
+    }
+
+    async fn history_expired(&self, region: &str, after: EventId) -> Result<bool, StoreError> {
+        let info: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(self.keys.events(region))
+            .query_async(&mut self.conn())
+            .await;
+        let Ok(info) = info else {
+            // No stream yet: nothing was ever trimmed.
+            return Ok(false);
+        };
+        let deleted = match info.get("max-deleted-entry-id") {
+            Some(value) => redis::from_redis_value::<String>(value.clone())
+                .ok()
+                .and_then(|text| EventId::parse(&text)),
+            None => None,
+        };
+        Ok(deleted.is_some_and(|deleted| after < deleted))
+    }
+
+    /// Applies one chunk of reports in a pipeline; `None` for reports whose team's region was
+    /// not known (they are retried after a fresh region lookup).
+    async fn report_chunk(
+        &self,
+        reports: &[(usize, &LocationReport, String)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_micros(now);
+        let retention = self.retention_ms();
+        let build = || {
+            let mut pipe = redis::pipe();
+            for (_, report, region) in reports {
+                let mut invocation = self.scripts.report_location.prepare_invoke();
+                invocation
+                    .key(self.keys.team(region, &report.team_id))
+                    .key(self.keys.available(region))
+                    .key(self.keys.events(region))
+                    .arg(report.position.latitude.to_string())
+                    .arg(report.position.longitude.to_string())
+                    .arg(to_micros(report.recorded_at))
+                    .arg(optional(report.heading_degrees))
+                    .arg(optional(report.speed_meters_per_second))
+                    .arg(optional(report.accuracy_meters))
+                    .arg(now)
+                    .arg(&retention);
+                pipe.invoke_script(&invocation);
+            }
+            pipe
+        };
+        match build().query_async(&mut self.conn()).await {
+            Ok(replies) => Ok(replies),
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // The server lost its scripts (restart, SCRIPT FLUSH): load and resend. Reports
+                // that did apply come back stale, which is harmless.
+                self.scripts
+                    .report_location
+                    .load_async(&mut self.conn())
+                    .await?;
+                Ok(build().query_async(&mut self.conn()).await?)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TeamStore for RedisTeamStore {
+    async fn upsert_team(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<UpsertOutcome, ChangeError> {
+        match self.region_of(&definition.team_id).await? {
+            Some(current) if current != definition.region => {
+                self.move_region(&current, definition, expected_revision, now)
+                    .await
+            }
+            _ => {
+                self.upsert_in_place(definition, expected_revision, now)
+                    .await
+            }
+        }
+    }
+
+    async fn seed_team(
+        &self,
+        definition: &TeamDefinition,
+        floor: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let region = &definition.region;
+        let reply: Vec<String> = self
+            .scripts
+            .seed
+            .key(self.keys.team(region, &definition.team_id))
+            .key(self.keys.teams(region))
+            .key(self.keys.events(region))
+            .arg(&definition.team_id)
+            .arg(&definition.display_name)
+            .arg(region)
+            .arg(definition.capabilities.join(","))
+            .arg(shift(definition.shift_ends_at))
+            .arg(floor.max(1))
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let _: () = self
+            .conn()
+            .hset(self.keys.team_regions(), &definition.team_id, region)
+            .await?;
+        self.remember_region(&definition.team_id, region);
+        Ok(first(&reply) == "created")
+    }
+
+    async fn get_team(&self, team_id: &str) -> Result<Option<Team>, StoreError> {
+        let Some(region) = self.region_of(team_id).await? else {
+            return Ok(None);
+        };
+        self.hash(&region, team_id).await
+    }
+
+    async fn list_teams(
+        &self,
+        region: Option<&str>,
+        status: Option<TeamStatus>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<TeamPage, StoreError> {
+        let mut conn = self.conn();
+        let mut entries: Vec<(String, String)> = match region {
+            Some(region) => {
+                let ids: Vec<String> = conn.smembers(self.keys.teams(region)).await?;
+                ids.into_iter().map(|id| (id, region.to_owned())).collect()
+            }
+            None => {
+                let map: HashMap<String, String> = conn.hgetall(self.keys.team_regions()).await?;
+                map.into_iter().collect()
+            }
+        };
+        entries.retain(|(id, _)| after.is_none_or(|after| id.as_str() > after));
+        entries.sort();
+        let mut teams = Vec::new();
+        for chunk in entries.chunks(limit.max(1) * 2) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|(id, region)| self.keys.team(region, id))
+                .collect();
+            for team in self.hashes(&keys).await? {
+                if status.is_none_or(|status| team.status == status) {
+                    teams.push(team);
+                }
+            }
+            if teams.len() > limit {
+                break;
+            }
+        }
+        let more = teams.len() > limit;
+        teams.truncate(limit);
+        Ok(TeamPage { teams, more })
+    }
+
+    async fn set_status(
+        &self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<(Team, bool), ChangeError> {
+        let Some(region) = self.region_of(team_id).await? else {
+            return Err(ChangeError::NotFound);
+        };
+        let reply: Vec<String> = self
+            .scripts
+            .set_status
+            .key(self.keys.team(&region, team_id))
+            .key(self.keys.available(&region))
+            .key(self.keys.events(&region))
+            .arg(status as i32)
+            .arg(incident_id)
+            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(list(allowed_from(status)))
+            .arg(busy_list())
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => Ok((decode_flat(&reply[1..])?, true)),
+            "same" => Ok((decode_flat(&reply[1..])?, false)),
+            "missing" => Err(ChangeError::NotFound),
+            "rev" => Err(ChangeError::RevisionMismatch {
+                current: revision_from(second(&reply))?,
+            }),
+            "incident" => Err(ChangeError::IncidentMismatch {
+                current_incident: second(&reply).to_owned(),
+            }),
+            "dispatch" => Err(ChangeError::DispatchRequiresRouting),
+            "transition" => Err(ChangeError::InvalidTransition {
+                from: status_from(second(&reply))?,
+                to: status,
+            }),
+            other => Err(corrupt(format!("set_status answered `{other}`")).into()),
+        }
+    }
+
+    async fn report_locations(
+        &self,
+        reports: &[LocationReport],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LocationOutcome>, StoreError> {
+        let mut outcomes = vec![LocationOutcome::NotFound; reports.len()];
+        for (chunk_index, chunk) in reports.chunks(LOCATION_BATCH).enumerate() {
+            let base = chunk_index * LOCATION_BATCH;
+            let mut known = Vec::with_capacity(chunk.len());
+            let mut unknown = Vec::new();
+            for (offset, report) in chunk.iter().enumerate() {
+                match self.cached_region(&report.team_id) {
+                    Some(region) => known.push((base + offset, report, region)),
+                    None => unknown.push((base + offset, report)),
+                }
+            }
+            let mut retry = Vec::new();
+            let replies = self.report_chunk(&known, now).await?;
+            for ((index, report, _), reply) in known.iter().zip(replies) {
+                match first(&reply) {
+                    "ok" => {
+                        outcomes[*index] = LocationOutcome::Accepted {
+                            revision: revision_from(second(&reply))?,
+                        };
+                    }
+                    "stale" => {
+                        outcomes[*index] = LocationOutcome::Stale {
+                            revision: revision_from(second(&reply))?,
+                        };
+                    }
+                    // The cached region is out of date (the team moved): look it up again.
+                    _ => retry.push((*index, *report)),
+                }
+            }
+            retry.extend(unknown);
+            retry.sort_by_key(|(index, _)| *index);
+            let mut second_pass = Vec::new();
+            for (index, report) in retry {
+                if let Some(region) = self.region_of(&report.team_id).await? {
+                    second_pass.push((index, report, region));
+                }
+            }
+            // Stream order per team is kept: a team's reports are either all known (one
+            // pipeline, in order) or all retried here, in order.
+            let replies = self.report_chunk(&second_pass, now).await?;
+            for ((index, _, _), reply) in second_pass.iter().zip(replies) {
+                outcomes[*index] = match first(&reply) {
+                    "ok" => LocationOutcome::Accepted {
+                        revision: revision_from(second(&reply))?,
+                    },
+                    "stale" => LocationOutcome::Stale {
+                        revision: revision_from(second(&reply))?,
+                    },
+                    _ => LocationOutcome::NotFound,
+                };
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn available_within(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+    ) -> Result<Vec<(Team, f64)>, StoreError> {
+        let ids: Vec<String> = redis::cmd("GEOSEARCH")
+            .arg(self.keys.available(region))
+            .arg("FROMLONLAT")
+            .arg(point.longitude)
+            .arg(point.latitude)
+            .arg("BYRADIUS")
+            .arg(radius_meters + GEO_MARGIN_METERS)
+            .arg("m")
+            .query_async(&mut self.conn())
+            .await?;
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.team(region, id)).collect();
+        let teams = self.hashes(&keys).await?;
+        Ok(rank_candidates(teams, point, radius_meters))
+    }
+
+    async fn claim(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        max_position_age: Duration,
+    ) -> Result<Claim, ClaimError> {
+        let max_age = i64::try_from(max_position_age.as_micros()).unwrap_or(i64::MAX);
+        let reply: Vec<String> = self
+            .scripts
+            .claim
+            .key(self.keys.team(region, team_id))
+            .key(self.keys.available(region))
+            .key(self.keys.events(region))
+            .arg(incident_id)
+            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(to_micros(now))
+            .arg(max_age)
+            .arg(self.retention_ms())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => {
+                let team = decode_flat(&reply[1..])?;
+                Ok(Claim {
+                    fencing_token: team.fencing_token,
+                    revision: team.revision,
+                    team,
+                })
+            }
+            "missing" => Err(ClaimError::NotFound),
+            "status" => Err(ClaimError::NotAvailable {
+                status: status_from(second(&reply))?,
+            }),
+            "stale" => Err(ClaimError::StalePosition),
+            "rev" => Err(ClaimError::RevisionMismatch {
+                current: revision_from(second(&reply))?,
+            }),
+            other => Err(corrupt(format!("claim answered `{other}`")).into()),
+        }
+    }
+
+    async fn release(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        let reply: Vec<String> = self
+            .scripts
+            .release
+            .key(self.keys.team(region, team_id))
+            .key(self.keys.available(region))
+            .key(self.keys.events(region))
+            .arg(incident_id)
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .arg(busy_list())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => Ok(ReleaseOutcome::Released(decode_flat(&reply[1..])?)),
+            "already" => Ok(ReleaseOutcome::AlreadyReleased(decode_flat(&reply[1..])?)),
+            "missing" => Err(ReleaseError::NotFound),
+            "other" => Err(ReleaseError::NotOnIncident {
+                status: status_from(second(&reply))?,
+                current_incident: reply.get(2).cloned().unwrap_or_default(),
+            }),
+            other => Err(corrupt(format!("release answered `{other}`")).into()),
+        }
+    }
+
+    async fn read_events(
+        &self,
+        region: &str,
+        after: EventId,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<TeamEvent>, EventsError> {
+        if self.history_expired(region, after).await? {
+            return Err(EventsError::HistoryExpired);
+        }
+        let mut command = redis::cmd("XREAD");
+        command.arg("COUNT").arg(max.max(1));
+        let block_ms = block.as_millis();
+        if block_ms > 0 {
+            command
+                .arg("BLOCK")
+                .arg(u64::try_from(block_ms).unwrap_or(u64::MAX));
+        }
+        command
+            .arg("STREAMS")
+            .arg(self.keys.events(region))
+            .arg(after.to_string());
+        let mut connection = self.blocking_connection().await?;
+        let reply: Option<StreamReadReply> = command
+            .query_async(&mut connection)
+            .await
+            .map_err(StoreError::from)?;
+        self.return_connection(connection);
+        let mut events = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                let id = EventId::parse(&entry.id)
+                    .ok_or_else(|| corrupt(format!("event id `{}`", entry.id)))?;
+                let mut fields = HashMap::new();
+                for (name, value) in entry.map {
+                    let text: String = redis::from_redis_value(value)
+                        .map_err(|_| corrupt(format!("event field `{name}`")))?;
+                    fields.insert(name, text);
+                }
+                let kind = fields
+                    .get("kind")
+                    .and_then(|code| EventKind::from_code(code))
+                    .ok_or_else(|| corrupt("event without a kind"))?;
+                let at = fields
+                    .get("at")
+                    .and_then(|at| at.parse().ok())
+                    .map(from_micros)
+                    .ok_or_else(|| corrupt("event without a time"))?;
+                events.push(TeamEvent {
+                    id,
+                    kind,
+                    team: decode_team(&fields)?,
+                    event_time: at,
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    async fn last_event_id(&self, region: &str) -> Result<EventId, StoreError> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.keys.events(region))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        let reply: redis::streams::StreamRangeReply =
+            redis::from_redis_value(reply).map_err(|e| corrupt(e.to_string()))?;
+        Ok(reply
+            .ids
+            .first()
+            .and_then(|entry| EventId::parse(&entry.id))
+            .unwrap_or(EventId::ZERO))
+    }
+
+    async fn idempotency_get(
+        &self,
+        rpc: &str,
+        request_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self.conn().get(self.keys.request(rpc, request_id)).await?)
+    }
+
+    async fn idempotency_put(
+        &self,
+        rpc: &str,
+        request_id: &str,
+        record: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .conn()
+            .set_ex(
+                self.keys.request(rpc, request_id),
+                record,
+                ttl.as_secs().max(1),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teams_round_trip_through_hash_fields() {
+        let now = from_micros(1_700_000_000_123_456);
+        let team = Team {
+            team_id: "t1".into(),
+            display_name: "CAHOOTS 3".into(),
+            region: "north".into(),
+            capabilities: vec!["emt".into(), "lang:es".into()],
+            status: TeamStatus::EnRoute,
+            location: Some(Position {
+                latitude: 44.05,
+                longitude: -123.09,
+            }),
+            location_updated_at: Some(now),
+            heading_degrees: Some(90.5),
+            speed_meters_per_second: None,
+            accuracy_meters: Some(3.0),
+            incident_id: "inc-1".into(),
+            shift_ends_at: None,
+            revision: 7,
+            fencing_token: 2,
+            create_time: now,
+            update_time: now,
+        };
+        let map = encode_team(&team)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(decode_team(&map).expect("decodes"), team);
+        let mut broken: HashMap<String, String> = map.clone();
+        broken.insert("status".into(), "99".into());
+        assert!(decode_team(&broken).is_err());
+    }
+}

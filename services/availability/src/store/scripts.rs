@@ -1,0 +1,184 @@
+//! Lua scripts of the Redis backend. Each runs atomically and touches keys of one region only
+//! (one hash tag, one Cluster slot). Every script returns an array of strings whose first
+//! element says what happened; `HGETALL` of the team follows when the caller needs the team.
+//! Status numbers are relay.common.v1.TeamStatus values (1 OFF_DUTY, 2 AVAILABLE,
+//! 3 DISPATCHED, ...). Times are microseconds since the epoch.
+
+/// Helpers prepended to every script.
+pub(super) const PRELUDE: &str = r"
+local function emit(events, hash, kind, now, retention_ms)
+  local t = redis.call('TIME')
+  local minid = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(retention_ms)
+  if minid < 0 then minid = 0 end
+  local fields = redis.call('HGETALL', hash)
+  redis.call('XADD', events, 'MINID', '~', string.format('%d', minid), '*', 'kind', kind, 'at', now, unpack(fields))
+end
+local function index(geo, id, status, lat, lon)
+  if status == '2' and lat ~= '' and lat ~= false and math.abs(tonumber(lat)) <= 85.05112878 then
+    redis.call('GEOADD', geo, lon, lat, id)
+  else
+    redis.call('ZREM', geo, id)
+  end
+end
+local function has(list, item)
+  return string.find(list, ',' .. item .. ',', 1, true) ~= nil
+end
+local function result(tag, hash)
+  local fields = redis.call('HGETALL', hash)
+  table.insert(fields, 1, tag)
+  return fields
+end
+";
+
+/// Creates a team or replaces its roster fields in its current region.
+/// KEYS: hash, teams, events. ARGV: id, name, region, caps, shift_end, expected ('' = none),
+/// now, retention_ms.
+pub(super) const UPSERT: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then
+  if ARGV[6] ~= '' then return {'rev', '0'} end
+  redis.call('HSET', h, 'id', ARGV[1], 'name', ARGV[2], 'region', ARGV[3], 'caps', ARGV[4],
+    'shift_end', ARGV[5], 'status', '1', 'lat', '', 'lon', '', 'loc_at', '', 'hdg', '', 'spd', '',
+    'acc', '', 'incident', '', 'last_incident', '', 'rev', '1', 'fence', '0', 'created', ARGV[7],
+    'updated', ARGV[7])
+  redis.call('SADD', KEYS[2], ARGV[1])
+  emit(KEYS[3], h, 'upserted', ARGV[7], ARGV[8])
+  return result('created', h)
+end
+local cur = redis.call('HMGET', h, 'rev', 'name', 'caps', 'shift_end')
+if ARGV[6] ~= '' and ARGV[6] ~= cur[1] then return {'rev', cur[1]} end
+if cur[2] == ARGV[2] and cur[3] == ARGV[4] and cur[4] == ARGV[5] then
+  return result('same', h)
+end
+redis.call('HSET', h, 'name', ARGV[2], 'caps', ARGV[4], 'shift_end', ARGV[5], 'updated', ARGV[7])
+redis.call('HINCRBY', h, 'rev', 1)
+emit(KEYS[3], h, 'upserted', ARGV[7], ARGV[8])
+return result('updated', h)
+";
+
+/// Recreates a team from the roster when it is missing.
+/// KEYS: hash, teams, events. ARGV: id, name, region, caps, shift_end, floor, now, retention_ms.
+pub(super) const SEED: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 1 then return {'kept'} end
+redis.call('HSET', h, 'id', ARGV[1], 'name', ARGV[2], 'region', ARGV[3], 'caps', ARGV[4],
+  'shift_end', ARGV[5], 'status', '1', 'lat', '', 'lon', '', 'loc_at', '', 'hdg', '', 'spd', '',
+  'acc', '', 'incident', '', 'last_incident', '', 'rev', ARGV[6], 'fence', ARGV[6],
+  'created', ARGV[7], 'updated', ARGV[7])
+redis.call('SADD', KEYS[2], ARGV[1])
+emit(KEYS[3], h, 'upserted', ARGV[7], ARGV[8])
+return {'created'}
+";
+
+/// Removes a team from its old region (region change, first step).
+/// KEYS: hash, teams, events, geo. ARGV: expected ('' = none), now, retention_ms,
+/// allowed statuses (',1,7,').
+pub(super) const MOVE_OUT: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then return {'missing'} end
+local cur = redis.call('HMGET', h, 'rev', 'status', 'id')
+if ARGV[1] ~= '' and ARGV[1] ~= cur[1] then return {'rev', cur[1]} end
+if not has(ARGV[4], cur[2]) then return {'region', cur[2]} end
+local fields = redis.call('HGETALL', h)
+emit(KEYS[3], h, 'removed', ARGV[2], ARGV[3])
+redis.call('DEL', h)
+redis.call('SREM', KEYS[2], cur[3])
+redis.call('ZREM', KEYS[4], cur[3])
+table.insert(fields, 1, 'ok')
+return fields
+";
+
+/// Adds a moved team to its new region (region change, second step).
+/// KEYS: hash, teams, events. ARGV: id, now, retention_ms, then field, value, ...
+pub(super) const MOVE_IN: &str = r"
+local h = KEYS[1]
+redis.call('DEL', h)
+redis.call('HSET', h, unpack(ARGV, 4))
+redis.call('SADD', KEYS[2], ARGV[1])
+emit(KEYS[3], h, 'upserted', ARGV[2], ARGV[3])
+return result('ok', h)
+";
+
+/// Changes a status following the state machine.
+/// KEYS: hash, geo, events. ARGV: target, incident, expected ('' = none), allowed-from list,
+/// busy list, now, retention_ms.
+pub(super) const SET_STATUS: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then return {'missing'} end
+local cur = redis.call('HMGET', h, 'status', 'rev', 'incident', 'lat', 'lon', 'id')
+local target, incident = ARGV[1], ARGV[2]
+if ARGV[3] ~= '' and ARGV[3] ~= cur[2] then return {'rev', cur[2]} end
+local busy_target = has(ARGV[5], target)
+local busy_now = has(ARGV[5], cur[1])
+if cur[1] == target then
+  if busy_target and incident ~= cur[3] then return {'incident', cur[3]} end
+  return result('same', h)
+end
+if target == '3' and cur[1] == '2' then return {'dispatch'} end
+if not has(ARGV[4], cur[1]) then return {'transition', cur[1]} end
+if busy_target and incident ~= cur[3] then return {'incident', cur[3]} end
+if busy_now and not busy_target and incident ~= '' and incident ~= cur[3] then
+  return {'incident', cur[3]}
+end
+local next_incident = ''
+if busy_target then next_incident = cur[3] end
+redis.call('HSET', h, 'status', target, 'incident', next_incident, 'updated', ARGV[6])
+if busy_now and not busy_target then redis.call('HSET', h, 'last_incident', cur[3]) end
+redis.call('HINCRBY', h, 'rev', 1)
+index(KEYS[2], cur[6], target, cur[4], cur[5])
+emit(KEYS[3], h, 'status', ARGV[6], ARGV[7])
+return result('ok', h)
+";
+
+/// Applies one position report unless the stored one is as new or newer.
+/// KEYS: hash, geo, events. ARGV: lat, lon, recorded_at, hdg, spd, acc, now, retention_ms.
+pub(super) const REPORT_LOCATION: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then return {'missing'} end
+local cur = redis.call('HMGET', h, 'loc_at', 'rev', 'status', 'id')
+if cur[1] ~= '' and tonumber(cur[1]) >= tonumber(ARGV[3]) then return {'stale', cur[2]} end
+redis.call('HSET', h, 'lat', ARGV[1], 'lon', ARGV[2], 'loc_at', ARGV[3], 'hdg', ARGV[4],
+  'spd', ARGV[5], 'acc', ARGV[6], 'updated', ARGV[7])
+redis.call('HINCRBY', h, 'rev', 1)
+if cur[3] == '2' then index(KEYS[2], cur[4], cur[3], ARGV[1], ARGV[2]) end
+emit(KEYS[3], h, 'location', ARGV[7], ARGV[8])
+-- Read back as a string: Lua would print a large number in exponent form.
+return {'ok', redis.call('HGET', h, 'rev')}
+";
+
+/// Claims an available team for an incident.
+/// KEYS: hash, geo, events. ARGV: incident, expected ('' = none), now, max_age_us, retention_ms.
+pub(super) const CLAIM: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then return {'missing'} end
+local cur = redis.call('HMGET', h, 'status', 'rev', 'loc_at', 'id')
+if cur[1] ~= '2' then return {'status', cur[1]} end
+if cur[3] == '' or tonumber(ARGV[3]) - tonumber(cur[3]) > tonumber(ARGV[4]) then
+  return {'stale'}
+end
+if ARGV[2] ~= '' and ARGV[2] ~= cur[2] then return {'rev', cur[2]} end
+redis.call('HSET', h, 'status', '3', 'incident', ARGV[1], 'updated', ARGV[3])
+redis.call('HINCRBY', h, 'rev', 1)
+redis.call('HINCRBY', h, 'fence', 1)
+redis.call('ZREM', KEYS[2], cur[4])
+emit(KEYS[3], h, 'status', ARGV[3], ARGV[5])
+return result('ok', h)
+";
+
+/// Releases a team busy on an incident.
+/// KEYS: hash, geo, events. ARGV: incident, now, retention_ms, busy list.
+pub(super) const RELEASE: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then return {'missing'} end
+local cur = redis.call('HMGET', h, 'status', 'incident', 'last_incident', 'lat', 'lon', 'id')
+local busy = has(ARGV[4], cur[1])
+if busy and cur[2] == ARGV[1] then
+  redis.call('HSET', h, 'status', '2', 'incident', '', 'last_incident', ARGV[1], 'updated', ARGV[2])
+  redis.call('HINCRBY', h, 'rev', 1)
+  index(KEYS[2], cur[6], '2', cur[4], cur[5])
+  emit(KEYS[3], h, 'status', ARGV[2], ARGV[3])
+  return result('ok', h)
+end
+if not busy and cur[3] == ARGV[1] then return result('already', h) end
+return {'other', cur[1], cur[2]}
+";

@@ -1,0 +1,168 @@
+//! Starting the availability service in-process for black-box tests, on port 0, with its own
+//! database and Redis key prefix.
+
+#![allow(dead_code)]
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, TimeZone, Utc};
+use relay_availability::{Application, Availability, ManualClock};
+use relay_proto::availability::{
+    UpsertTeamRequest, availability_service_client::AvailabilityServiceClient,
+};
+use relay_runtime::Config;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+/// The instant tests start their manual clocks at.
+pub fn start_time() -> DateTime<Utc> {
+    Utc.timestamp_opt(Utc::now().timestamp(), 0)
+        .single()
+        .expect("now")
+}
+
+/// A running service.
+pub struct TestApp {
+    pub client: AvailabilityServiceClient<Channel>,
+    pub domain: Availability,
+    pub clock: Arc<ManualClock>,
+    pub endpoint: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How to start the service.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub database_url: String,
+    pub prefix: String,
+    pub backend: &'static str,
+}
+
+impl TestApp {
+    /// Starts the service and waits until its health says SERVING (roster rebuilt).
+    pub async fn start(setup: &Setup, clock: Arc<ManualClock>) -> Self {
+        let config = Config::builder("availability")
+            .set("listen", "127.0.0.1:0")
+            .set("database_url", setup.database_url.as_str())
+            .set("redis_url", relay_tests::redis_url())
+            .set("availability.backend", setup.backend)
+            .set("availability.key_prefix", setup.prefix.as_str())
+            .set("server.readiness_interval_ms", 50)
+            .set("server.shutdown_grace_seconds", 2)
+            .build()
+            .expect("config");
+        let app = Application::build_with_clock(config, clock.clone())
+            .await
+            .expect("build");
+        let endpoint = format!("http://{}", app.local_addr());
+        let domain = app.domain().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        let channel = Channel::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .connect_lazy();
+        wait_serving(channel.clone()).await;
+        Self {
+            client: AvailabilityServiceClient::new(channel),
+            domain,
+            clock,
+            endpoint,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the service and waits for it to exit.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("service task");
+        }
+    }
+}
+
+async fn wait_serving(channel: Channel) {
+    let mut health = HealthClient::new(channel);
+    for _ in 0..400 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()
+            .and_then(|r| ServingStatus::try_from(r.into_inner().status).ok());
+        if status == Some(ServingStatus::Serving) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the service never became SERVING");
+}
+
+/// A fresh Redis-backed service on its own database and prefix.
+pub struct RedisEnv {
+    pub database: relay_tests::TestDatabase,
+    pub setup: Setup,
+}
+
+impl RedisEnv {
+    pub async fn new() -> Self {
+        let database = relay_tests::TestDatabase::new().await;
+        let setup = Setup {
+            database_url: database.url().to_owned(),
+            prefix: relay_tests::unique_name("api"),
+            backend: "redis",
+        };
+        Self { database, setup }
+    }
+
+    /// Deletes this test's Redis keys (never FLUSHALL: other tests share the server).
+    pub async fn cleanup(&self) {
+        relay_tests::redis_delete_prefix(&self.setup.prefix).await;
+    }
+}
+
+/// An upsert request for a team with default fields.
+pub fn upsert(team_id: &str, region: &str) -> UpsertTeamRequest {
+    UpsertTeamRequest {
+        request_id: relay_tests::unique_name("req"),
+        team_id: team_id.into(),
+        display_name: format!("Team {team_id}"),
+        region: region.into(),
+        capabilities: vec!["emt".into(), "clinician".into(), "emt".into()],
+        shift_ends_at: None,
+        expected_revision: 0,
+    }
+}
+
+/// The fields named by an INVALID_ARGUMENT status.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The ErrorInfo reason of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
