@@ -14,7 +14,10 @@ use relay_runtime::{
     storage,
 };
 
+pub mod eta;
 mod handler;
+pub mod ranking;
+pub mod settings;
 
 pub use handler::RoutingServiceHandler;
 
