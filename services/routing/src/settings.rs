@@ -14,6 +14,9 @@
 //! default_expected_duration_seconds = 3600
 //! escalation_seconds = [300, 600, 900, 1800, 3600]   # queue wait limit for priority 1..5
 //! ```
+//!
+//! Also `fleet` (`"memory"` for the in-process fleet), `maintenance_interval_ms` (2000),
+//! `reconcile_grace_seconds` (30) and `event_retention_hours` (24).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -128,6 +131,15 @@ pub struct RoutingSettings {
     pub any_region: bool,
     /// Per-region parameters.
     pub regions: BTreeMap<String, RegionSettings>,
+    /// Which fleet to use: empty for availability's Redis store (arrives with the
+    /// availability integration), `memory` for the in-process fleet (`relay dev`, tests).
+    pub fleet: String,
+    /// How often the upkeep runs (escalations, queue re-check, reconciliation), milliseconds.
+    pub maintenance_interval_ms: u64,
+    /// Reconciliation leaves alone states younger than this, seconds.
+    pub reconcile_grace_seconds: u64,
+    /// Events and remembered responses are kept this long, hours (at least 24).
+    pub event_retention_hours: u64,
 }
 
 impl Default for RoutingSettings {
@@ -135,6 +147,10 @@ impl Default for RoutingSettings {
         Self {
             any_region: true,
             regions: BTreeMap::new(),
+            fleet: String::new(),
+            maintenance_interval_ms: 2_000,
+            reconcile_grace_seconds: 30,
+            event_retention_hours: 24,
         }
     }
 }
@@ -145,6 +161,17 @@ impl RoutingSettings {
     /// # Errors
     /// The key and the problem of the first invalid value.
     pub fn validate(&self) -> Result<(), String> {
+        if !matches!(self.fleet.as_str(), "" | "redis" | "memory") {
+            return Err(String::from(
+                "routing.fleet: must be \"memory\" or empty (availability's Redis store)",
+            ));
+        }
+        if self.maintenance_interval_ms == 0 {
+            return Err(String::from("routing.maintenance_interval_ms: must be more than 0"));
+        }
+        if self.event_retention_hours < 24 {
+            return Err(String::from("routing.event_retention_hours: must be at least 24"));
+        }
         self.regions
             .iter()
             .try_for_each(|(name, region)| region.validate(name))
