@@ -272,6 +272,13 @@ impl Engine {
         })
     }
 
+    /// The clock, to the microsecond (what the record keeps), so that answers and the
+    /// record agree.
+    fn now(&self) -> DateTime<Utc> {
+        use chrono::SubsecRound;
+        self.clock.now().trunc_subsecs(6)
+    }
+
     async fn write(&self, write: Write) -> Result<(), StoreError> {
         let has_events = !write.events.is_empty();
         self.store.write(write).await?;
@@ -366,7 +373,7 @@ impl Engine {
             let Some(best) = ranking.eligible().next().cloned() else {
                 return Ok(Attempt::NoTeam);
             };
-            let now = self.clock.now();
+            let now = self.now();
             let claim = self
                 .fleet
                 .claim(
@@ -522,7 +529,7 @@ impl Engine {
         }
         let region = self.region("region", &params.region)?;
         for _ in 0..MAX_ATTEMPTS {
-            let now = self.clock.now();
+            let now = self.now();
             let existing = self.store.incident(&params.incident_id).await?;
             if let Some(active) = self
                 .store
@@ -757,7 +764,7 @@ impl Engine {
                     incident_region: incident.region,
                 });
             }
-            let now = self.clock.now();
+            let now = self.now();
             let claim = self
                 .fleet
                 .claim(&incident.region, &request.team_id, &incident.incident_id, now, None)
@@ -840,7 +847,7 @@ impl Engine {
         respond: &(dyn Fn(&Assignment) -> Vec<u8> + Send + Sync),
     ) -> Result<Assignment, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let now = self.clock.now();
+            let now = self.now();
             let mut ended = active.clone();
             ended.state = state.into();
             ended.end_time = Some(to_timestamp(now));
@@ -1003,7 +1010,7 @@ impl Engine {
             request.reason.as_str()
         };
         for _ in 0..MAX_ATTEMPTS {
-            let now = self.clock.now();
+            let now = self.now();
             let Some(incident) = self.store.incident(&request.incident_id).await? else {
                 return Err(RoutingError::IncidentNotFound(request.incident_id.clone()));
             };
@@ -1182,7 +1189,7 @@ impl Engine {
                 incident_id: last.incident_id.clone(),
             });
             for incident in &page {
-                let now = self.clock.now();
+                let now = self.now();
                 let mut ranking = self.rank_teams(
                     std::slice::from_ref(&team.snapshot),
                     &settings,
@@ -1233,7 +1240,7 @@ impl Engine {
         let mut assigned = 0;
         let page = self.store.queue(region, None, 500).await?;
         for incident in &page {
-            let now = self.clock.now();
+            let now = self.now();
             let mut ranking = self
                 .rank_incident(
                     &settings,
@@ -1274,7 +1281,7 @@ impl Engine {
     /// # Errors
     /// When the record is unreachable.
     pub async fn escalate_due(&self) -> Result<usize, RoutingError> {
-        let now = self.clock.now();
+        let now = self.now();
         let mut escalated = 0;
         loop {
             let due = self.store.due_escalations(now, 100).await?;
@@ -1338,7 +1345,7 @@ impl Engine {
         region: &str,
         grace: Duration,
     ) -> Result<(usize, usize), RoutingError> {
-        let now = self.clock.now();
+        let now = self.now();
         let grace = duration(grace);
         let mut released = 0;
         for team in self.fleet.busy_teams(region).await? {
@@ -1414,7 +1421,7 @@ impl Engine {
             self.reconcile(&region, grace).await?;
         }
         let retention = Duration::from_secs(self.settings.event_retention_hours * 3_600);
-        self.store.prune(self.clock.now() - duration(retention)).await?;
+        self.store.prune(self.now() - duration(retention)).await?;
         Ok(())
     }
 }
