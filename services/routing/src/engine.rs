@@ -1154,16 +1154,16 @@ impl Engine {
         region: &str,
         team_id: &str,
     ) -> Result<Option<Assignment>, RoutingError> {
-        let Some(team) = self.fleet.team(team_id).await? else {
-            return Ok(None);
-        };
-        if team.snapshot.status != TeamStatus::Available {
-            return Ok(None);
-        }
-        if team.region != region {
-            return Ok(None);
-        }
+        // The record is read before the fleet: a team seen not working the incident of its
+        // ACTIVE assignment after that assignment was recorded has left it (the reverse
+        // order could end an assignment recorded just after a stale fleet read).
         if let Some(stale) = self.store.active_assignment_of_team(team_id).await? {
+            let working = self.fleet.team(team_id).await?.is_some_and(|t| {
+                is_busy(t.snapshot.status) && t.incident_id.as_deref() == Some(&stale.incident_id)
+            });
+            if working {
+                return Ok(None);
+            }
             match self
                 .end_assignment(&stale, AssignmentState::Released, TEAM_CLEARED, None, &|_| {
                     Vec::new()
@@ -1173,6 +1173,12 @@ impl Engine {
                 Ok(_) | Err(StoreError::NotActive) => {}
                 Err(error) => return Err(error.into()),
             }
+        }
+        let Some(team) = self.fleet.team(team_id).await? else {
+            return Ok(None);
+        };
+        if team.snapshot.status != TeamStatus::Available || team.region != region {
+            return Ok(None);
         }
         let Some(settings) = self.settings.region(region) else {
             return Ok(None);
