@@ -114,7 +114,10 @@ fn fingerprint(method: &str, request: &impl Message) -> Vec<u8> {
 fn is_busy(status: TeamStatus) -> bool {
     matches!(
         status,
-        TeamStatus::Dispatched | TeamStatus::EnRoute | TeamStatus::OnScene | TeamStatus::Transporting
+        TeamStatus::Dispatched
+            | TeamStatus::EnRoute
+            | TeamStatus::OnScene
+            | TeamStatus::Transporting
     )
 }
 
@@ -144,9 +147,13 @@ fn unserved_text(reason: UnservedReason) -> &'static str {
         UnservedReason::NoTeamsInRegion => "no team of the region is on duty",
         UnservedReason::MissingCapability => "no on-duty team has every required capability",
         UnservedReason::AllBusy => "every capable on-duty team is busy",
-        UnservedReason::AllPositionsStale => "every free capable team's position is missing or stale",
+        UnservedReason::AllPositionsStale => {
+            "every free capable team's position is missing or stale"
+        }
         UnservedReason::NoTeamInRange => "every free capable team is out of range",
-        UnservedReason::ShiftEnding => "the remaining teams end their shift before the call could finish",
+        UnservedReason::ShiftEnding => {
+            "the remaining teams end their shift before the call could finish"
+        }
         UnservedReason::OutsideProgramHours => "the program is not operating now",
         UnservedReason::Unspecified => "no eligible team",
     }
@@ -304,6 +311,7 @@ impl Engine {
             .map_err(|e| RoutingError::Store(StoreError::Backend(Box::new(e))))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn rank_incident(
         &self,
         region: &RegionSettings,
@@ -404,7 +412,13 @@ impl Engine {
                 end_reason: String::new(),
             };
             match self
-                .record_assignment(record, expected_version, &assignment, request, respond(ranking, &assignment))
+                .record_assignment(
+                    record,
+                    expected_version,
+                    &assignment,
+                    request,
+                    respond(ranking, &assignment),
+                )
                 .await
             {
                 Ok(()) => return Ok(Attempt::Done(assignment)),
@@ -494,7 +508,10 @@ impl Engine {
         if let Some(seconds) = request.expected_duration_seconds
             && !(1..=86_400).contains(&seconds)
         {
-            v.add("expected_duration_seconds", "must be from 1 to 86400 seconds");
+            v.add(
+                "expected_duration_seconds",
+                "must be from 1 to 86400 seconds",
+            );
         }
         v.finish()?;
         if !request.region.is_empty() {
@@ -655,7 +672,8 @@ impl Engine {
             record.state = IncidentState::Queued;
             record.queued_time = Some(queued_time);
             record.escalate_time = Some(
-                queued_time + duration(region.escalation_limit(u8::try_from(params.priority).unwrap_or(5))),
+                queued_time
+                    + duration(region.escalation_limit(u8::try_from(params.priority).unwrap_or(5))),
             );
             record.unserved_reason = reason.into();
             let queued = queued_entry(&record);
@@ -767,7 +785,13 @@ impl Engine {
             let now = self.now();
             let claim = self
                 .fleet
-                .claim(&incident.region, &request.team_id, &incident.incident_id, now, None)
+                .claim(
+                    &incident.region,
+                    &request.team_id,
+                    &incident.incident_id,
+                    now,
+                    None,
+                )
                 .await?;
             let fencing_token = match claim {
                 Ok(claim) => claim.fencing_token,
@@ -853,21 +877,22 @@ impl Engine {
             ended.end_time = Some(to_timestamp(now));
             ended.end_reason = reason.to_owned();
             let incident = self.store.incident(&active.incident_id).await?;
-            let incident = incident
-                .filter(|i| i.state == IncidentState::Assigned)
-                .map(|mut record| {
-                    let expected_version = record.version;
-                    record.state = if state == AssignmentState::Cancelled {
-                        IncidentState::Cancelled
-                    } else {
-                        IncidentState::Released
-                    };
-                    record.update_time = now;
-                    IncidentWrite {
-                        record,
-                        expected_version,
-                    }
-                });
+            let incident =
+                incident
+                    .filter(|i| i.state == IncidentState::Assigned)
+                    .map(|mut record| {
+                        let expected_version = record.version;
+                        record.state = if state == AssignmentState::Cancelled {
+                            IncidentState::Cancelled
+                        } else {
+                            IncidentState::Released
+                        };
+                        record.update_time = now;
+                        IncidentWrite {
+                            record,
+                            expected_version,
+                        }
+                    });
             let kind = if state == AssignmentState::Cancelled {
                 AssignmentEventKind::Cancelled
             } else {
@@ -943,10 +968,14 @@ impl Engine {
             return Ok(response);
         }
         let Some(active) = self.store.assignment(&request.assignment_id).await? else {
-            return Err(RoutingError::AssignmentNotFound(request.assignment_id.clone()));
+            return Err(RoutingError::AssignmentNotFound(
+                request.assignment_id.clone(),
+            ));
         };
         if active.state != i32::from(AssignmentState::Active) {
-            return Err(RoutingError::AssignmentNotActive(request.assignment_id.clone()));
+            return Err(RoutingError::AssignmentNotActive(
+                request.assignment_id.clone(),
+            ));
         }
         let reason = if request.reason.is_empty() {
             "released"
@@ -971,7 +1000,9 @@ impl Engine {
         {
             Ok(ended) => ended,
             Err(StoreError::NotActive) => {
-                return Err(RoutingError::AssignmentNotActive(request.assignment_id.clone()));
+                return Err(RoutingError::AssignmentNotActive(
+                    request.assignment_id.clone(),
+                ));
             }
             Err(StoreError::DuplicateRequest) => {
                 return self.replay(&request.request_id, &fingerprint).await;
@@ -1165,9 +1196,13 @@ impl Engine {
                 return Ok(None);
             }
             match self
-                .end_assignment(&stale, AssignmentState::Released, TEAM_CLEARED, None, &|_| {
-                    Vec::new()
-                })
+                .end_assignment(
+                    &stale,
+                    AssignmentState::Released,
+                    TEAM_CLEARED,
+                    None,
+                    &|_| Vec::new(),
+                )
                 .await
             {
                 Ok(_) | Err(StoreError::NotActive) => {}
@@ -1367,7 +1402,10 @@ impl Engine {
             if now.signed_duration_since(status_since) < grace {
                 continue;
             }
-            let recorded = self.store.active_assignment_of_team(&snapshot.team_id).await?;
+            let recorded = self
+                .store
+                .active_assignment_of_team(&snapshot.team_id)
+                .await?;
             if recorded.is_some_and(|a| a.incident_id == incident_id) {
                 continue;
             }
@@ -1393,9 +1431,13 @@ impl Engine {
                 continue;
             }
             match self
-                .end_assignment(&active, AssignmentState::Released, TEAM_CLEARED, None, &|_| {
-                    Vec::new()
-                })
+                .end_assignment(
+                    &active,
+                    AssignmentState::Released,
+                    TEAM_CLEARED,
+                    None,
+                    &|_| Vec::new(),
+                )
                 .await
             {
                 Ok(_) => {

@@ -90,7 +90,9 @@ impl RoutingError {
                 "was already used for a different request",
             )
             .into_status(DOMAIN),
-            Self::IncidentNotFound(_) => status(Code::NotFound, "INCIDENT_NOT_FOUND", message, none()),
+            Self::IncidentNotFound(_) => {
+                status(Code::NotFound, "INCIDENT_NOT_FOUND", message, none())
+            }
             Self::TeamNotFound(_) => status(Code::NotFound, "TEAM_NOT_FOUND", message, none()),
             Self::AssignmentNotFound(_) => {
                 status(Code::NotFound, "ASSIGNMENT_NOT_FOUND", message, none())
@@ -107,22 +109,34 @@ impl RoutingError {
                     (String::from("team_id"), team_id),
                 ]),
             ),
-            Self::TeamNotAvailable(_) => {
-                status(Code::FailedPrecondition, "TEAM_NOT_AVAILABLE", message, none())
-            }
+            Self::TeamNotAvailable(_) => status(
+                Code::FailedPrecondition,
+                "TEAM_NOT_AVAILABLE",
+                message,
+                none(),
+            ),
             Self::RegionMismatch { .. } => {
                 status(Code::FailedPrecondition, "REGION_MISMATCH", message, none())
             }
-            Self::AssignmentNotActive(_) => {
-                status(Code::FailedPrecondition, "ASSIGNMENT_NOT_ACTIVE", message, none())
-            }
-            Self::RoutingCancelled(_) => {
-                status(Code::FailedPrecondition, "ROUTING_CANCELLED", message, none())
-            }
+            Self::AssignmentNotActive(_) => status(
+                Code::FailedPrecondition,
+                "ASSIGNMENT_NOT_ACTIVE",
+                message,
+                none(),
+            ),
+            Self::RoutingCancelled(_) => status(
+                Code::FailedPrecondition,
+                "ROUTING_CANCELLED",
+                message,
+                none(),
+            ),
             Self::ClaimConflict => status(Code::Aborted, "CLAIM_CONFLICT", message, none()),
-            Self::EventHistoryExpired(_) => {
-                status(Code::FailedPrecondition, "EVENT_HISTORY_EXPIRED", message, none())
-            }
+            Self::EventHistoryExpired(_) => status(
+                Code::FailedPrecondition,
+                "EVENT_HISTORY_EXPIRED",
+                message,
+                none(),
+            ),
             Self::Contended => status(Code::Unavailable, "CONTENDED", message, none()),
             Self::Store(error) => {
                 tracing::warn!(error.cause_chain = %cause_chain(&error), "record unavailable");

@@ -116,7 +116,10 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
 fn is_busy(status: TeamStatus) -> bool {
     matches!(
         status,
-        TeamStatus::Dispatched | TeamStatus::EnRoute | TeamStatus::OnScene | TeamStatus::Transporting
+        TeamStatus::Dispatched
+            | TeamStatus::EnRoute
+            | TeamStatus::OnScene
+            | TeamStatus::Transporting
     )
 }
 
@@ -385,7 +388,11 @@ mod tests {
         );
         fleet.flush();
         let after = fleet.claim("r", "t1", "i3", now, None).await.expect("up");
-        assert_eq!(after, Ok(Claim { fencing_token: 1 }), "a flush loses counters");
+        assert_eq!(
+            after,
+            Ok(Claim { fencing_token: 1 }),
+            "a flush loses counters"
+        );
     }
 
     #[tokio::test]
@@ -398,7 +405,10 @@ mod tests {
         fleet.upsert_team("r", team);
         let limit = Some(Duration::from_secs(300));
         assert_eq!(
-            fleet.claim("r", "t1", "i", Utc::now(), limit).await.expect("up"),
+            fleet
+                .claim("r", "t1", "i", Utc::now(), limit)
+                .await
+                .expect("up"),
             Err(ClaimRefused::StalePosition)
         );
         assert!(

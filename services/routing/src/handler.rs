@@ -138,9 +138,9 @@ async fn start_of_watch(
     let (first, last) = engine.store().event_bounds(&request.region).await?;
     match after {
         None => Ok(last),
-        Some(seq) if seq.saturating_add(1) < first => {
-            Err(RoutingError::EventHistoryExpired(request.after_event_id.clone()))
-        }
+        Some(seq) if seq.saturating_add(1) < first => Err(RoutingError::EventHistoryExpired(
+            request.after_event_id.clone(),
+        )),
         Some(seq) => Ok(seq),
     }
 }

@@ -133,9 +133,14 @@ impl Application {
         let engine = Engine::new(store, fleet, clock, settings, page_tokens(&config)?);
         let host = ServiceHost::new(&config.settings.server);
         let handler = RoutingServiceHandler::new(engine.clone(), host.shutdown_token());
-        let host = host
+        let mut host = host
             .add_service(RoutingServiceServer::new(handler))
             .readiness_check("record", move || check());
+        // The fleet's Redis (availability's keyspace): routing is not ready without it. The
+        // in-process fleet of `relay dev` runs without Redis.
+        if let Some(url) = &config.settings.redis_url {
+            host = host.readiness_check("redis", storage::redis_check(storage::redis_client(url)?));
+        }
         let server = host.bind(config.settings.listen.0).await?;
         Ok(Self {
             server,
@@ -226,7 +231,10 @@ async fn drain_loop(engine: Engine, stop: CancellationToken) {
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "missed team announcements; the periodic re-check covers them");
+                tracing::warn!(
+                    missed,
+                    "missed team announcements; the periodic re-check covers them"
+                );
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }

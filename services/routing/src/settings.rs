@@ -167,10 +167,14 @@ impl RoutingSettings {
             ));
         }
         if self.maintenance_interval_ms == 0 {
-            return Err(String::from("routing.maintenance_interval_ms: must be more than 0"));
+            return Err(String::from(
+                "routing.maintenance_interval_ms: must be more than 0",
+            ));
         }
         if self.event_retention_hours < 24 {
-            return Err(String::from("routing.event_retention_hours: must be at least 24"));
+            return Err(String::from(
+                "routing.event_retention_hours: must be at least 24",
+            ));
         }
         self.regions
             .iter()

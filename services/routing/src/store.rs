@@ -231,7 +231,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<IncidentRecord>, StoreError>;
-    /// Regions with a queued incident or an ACTIVE assignment.
+    /// Regions with a queued incident, an ACTIVE assignment, or any event.
     async fn regions(&self) -> Result<Vec<String>, StoreError>;
     /// A remembered response.
     async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
@@ -284,10 +284,8 @@ pub(crate) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
 }
 
 pub(crate) fn from_timestamp(time: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
-    time.and_then(|t| {
-        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-    })
-    .unwrap_or_default()
+    time.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .unwrap_or_default()
 }
 
 /// The conformance suite every [`Store`] backend passes.

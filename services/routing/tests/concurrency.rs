@@ -19,7 +19,9 @@ use std::{
 use common::{assign, engine_over, postgres_store, team};
 use relay_proto::{
     common::{AssignmentMode, TeamStatus},
-    routing::{AssignmentEventKind, AssignmentOutcome, ConfirmAssignmentRequest, ReleaseTeamRequest},
+    routing::{
+        AssignmentEventKind, AssignmentOutcome, ConfirmAssignmentRequest, ReleaseTeamRequest,
+    },
 };
 use relay_routing::{
     clock::{Clock, ManualClock},
@@ -51,19 +53,39 @@ fn spawn_drain(engine: Engine, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
     })
 }
 
-async fn one_call(index: usize, engine: Engine, other: Engine, fleet: Arc<MemoryFleet>, region: String) {
+async fn one_call(
+    index: usize,
+    engine: Engine,
+    other: Engine,
+    fleet: Arc<MemoryFleet>,
+    region: String,
+) {
     let incident = format!("inc-{index}");
     let priority = i32::try_from(index % 5).unwrap_or(0) + 1;
     match index % 5 {
         0 | 1 => {
             engine
-                .assign_team(assign(&format!("a-{index}"), &incident, &region, AssignmentMode::AutoAssign, priority, &[]))
+                .assign_team(assign(
+                    &format!("a-{index}"),
+                    &incident,
+                    &region,
+                    AssignmentMode::AutoAssign,
+                    priority,
+                    &[],
+                ))
                 .await
                 .expect("auto assign");
         }
         2 => {
             let recommended = engine
-                .assign_team(assign(&format!("r-{index}"), &incident, &region, AssignmentMode::Recommend, priority, &[]))
+                .assign_team(assign(
+                    &format!("r-{index}"),
+                    &incident,
+                    &region,
+                    AssignmentMode::Recommend,
+                    priority,
+                    &[],
+                ))
                 .await
                 .expect("recommend");
             if recommended.outcome() != AssignmentOutcome::Recommended {
@@ -79,19 +101,36 @@ async fn one_call(index: usize, engine: Engine, other: Engine, fleet: Arc<Memory
                 .await;
             if let Err(error) = confirmed {
                 assert!(
-                    matches!(error.reason().as_str(), "TEAM_NOT_AVAILABLE" | "CLAIM_CONFLICT"),
+                    matches!(
+                        error.reason().as_str(),
+                        "TEAM_NOT_AVAILABLE" | "CLAIM_CONFLICT"
+                    ),
                     "{error:?}"
                 );
                 // The dispatcher falls back to automatic assignment.
                 engine
-                    .assign_team(assign(&format!("f-{index}"), &incident, &region, AssignmentMode::AutoAssign, priority, &[]))
+                    .assign_team(assign(
+                        &format!("f-{index}"),
+                        &incident,
+                        &region,
+                        AssignmentMode::AutoAssign,
+                        priority,
+                        &[],
+                    ))
                     .await
                     .expect("fallback");
             }
         }
         3 => {
             let response = engine
-                .assign_team(assign(&format!("a-{index}"), &incident, &region, AssignmentMode::AutoAssign, priority, &[]))
+                .assign_team(assign(
+                    &format!("a-{index}"),
+                    &incident,
+                    &region,
+                    AssignmentMode::AutoAssign,
+                    priority,
+                    &[],
+                ))
                 .await
                 .expect("assign");
             if let Some(assignment) = response.assignment {
@@ -113,7 +152,11 @@ async fn one_call(index: usize, engine: Engine, other: Engine, fleet: Arc<Memory
             // A team's status changes under the router: busy teams clear, free ones take a
             // break and come back.
             let team_id = format!("t{:02}", index % TEAMS);
-            let status = fleet.team(&team_id).await.expect("up").map(|t| t.snapshot.status);
+            let status = fleet
+                .team(&team_id)
+                .await
+                .expect("up")
+                .map(|t| t.snapshot.status);
             match status {
                 Some(TeamStatus::Dispatched) => {
                     fleet.set_status(&team_id, TeamStatus::OnScene);
@@ -133,7 +176,9 @@ async fn one_call(index: usize, engine: Engine, other: Engine, fleet: Arc<Memory
 
 async fn assert_no_double_assignment(store: &PostgresStore, database: &TestDatabase) {
     let _ = store;
-    let pool = sqlx::PgPool::connect(database.url()).await.expect("connect");
+    let pool = sqlx::PgPool::connect(database.url())
+        .await
+        .expect("connect");
     for column in ["team_id", "incident_id"] {
         let doubled: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM (SELECT {column} FROM routing.assignments WHERE state = 'ACTIVE' \
@@ -159,12 +204,18 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
         // Teams on a line north of the incident, 200 m apart.
         #[allow(clippy::cast_precision_loss)]
         let meters = 200.0 * (index as f64 + 1.0);
-        fleet.upsert_team(&region, team(&format!("t{index:02}"), meters, &[], 5, clock.now()));
+        fleet.upsert_team(
+            &region,
+            team(&format!("t{index:02}"), meters, &[], 5, clock.now()),
+        );
     }
     let a = engine_over(store_a.clone(), fleet.clone(), clock.clone());
     let b = engine_over(store_b.clone(), fleet.clone(), clock.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let drains = [spawn_drain(a.clone(), stop.clone()), spawn_drain(b.clone(), stop.clone())];
+    let drains = [
+        spawn_drain(a.clone(), stop.clone()),
+        spawn_drain(b.clone(), stop.clone()),
+    ];
 
     // A monitor samples the invariant while the calls run.
     let monitor = {
@@ -191,8 +242,18 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
 
     let calls: Vec<_> = (0..CALLS)
         .map(|index| {
-            let (engine, other) = if index % 2 == 0 { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) };
-            tokio::spawn(one_call(index, engine, other, fleet.clone(), region.clone()))
+            let (engine, other) = if index % 2 == 0 {
+                (a.clone(), b.clone())
+            } else {
+                (b.clone(), a.clone())
+            };
+            tokio::spawn(one_call(
+                index,
+                engine,
+                other,
+                fleet.clone(),
+                region.clone(),
+            ))
         })
         .collect();
     for call in calls {
@@ -210,8 +271,14 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
     // reconcile after the grace period.
     for index in 0..TEAMS {
         let team_id = format!("t{index:02}");
-        let _ = a.on_team_available(&region, &team_id).await.expect("drain a");
-        let _ = b.on_team_available(&region, &team_id).await.expect("drain b");
+        let _ = a
+            .on_team_available(&region, &team_id)
+            .await
+            .expect("drain a");
+        let _ = b
+            .on_team_available(&region, &team_id)
+            .await
+            .expect("drain b");
     }
     clock.advance(Duration::from_secs(31));
     let grace = Duration::from_secs(30);
@@ -220,7 +287,10 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
     let _ = ended;
     b.reconcile(&region, grace).await.expect("reconcile");
     for index in 0..TEAMS {
-        let _ = a.on_team_available(&region, &format!("t{index:02}")).await.expect("drain");
+        let _ = a
+            .on_team_available(&region, &format!("t{index:02}"))
+            .await
+            .expect("drain");
     }
     assert_no_double_assignment(&store_a, &database).await;
 
@@ -235,7 +305,10 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
         assert!(
             matches!(
                 incident.state,
-                IncidentState::Assigned | IncidentState::Queued | IncidentState::Escalated | IncidentState::Released
+                IncidentState::Assigned
+                    | IncidentState::Queued
+                    | IncidentState::Escalated
+                    | IncidentState::Released
             ),
             "inc-{index} ended {:?}",
             incident.state
@@ -243,7 +316,10 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
         *outcomes.entry(format!("{:?}", incident.state)).or_insert(0) += 1;
     }
     for outcome in ["Assigned", "Released", "Queued"] {
-        assert!(outcomes.contains_key(outcome), "no {outcome} incident: {outcomes:?}");
+        assert!(
+            outcomes.contains_key(outcome),
+            "no {outcome} incident: {outcomes:?}"
+        );
     }
     eprintln!("outcomes: {outcomes:?}");
 
@@ -256,10 +332,16 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
             .expect("read");
         match fleet_team.snapshot.status {
             TeamStatus::Available => {
-                assert!(recorded.is_none(), "{} free but recorded busy", fleet_team.snapshot.team_id);
+                assert!(
+                    recorded.is_none(),
+                    "{} free but recorded busy",
+                    fleet_team.snapshot.team_id
+                );
             }
             _ => {
-                let recorded = recorded.unwrap_or_else(|| panic!("{} busy without a record", fleet_team.snapshot.team_id));
+                let recorded = recorded.unwrap_or_else(|| {
+                    panic!("{} busy without a record", fleet_team.snapshot.team_id)
+                });
                 assert_eq!(Some(recorded.incident_id.clone()), fleet_team.incident_id);
                 busy.insert(fleet_team.snapshot.team_id.clone());
             }
@@ -268,7 +350,12 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
     // No team is free while the queue holds an incident (none needs a capability).
     let queued = store_a.queue(&region, None, 1_000).await.expect("queue");
     if !queued.is_empty() {
-        assert_eq!(busy.len(), TEAMS, "a free team while {} incidents wait", queued.len());
+        assert_eq!(
+            busy.len(),
+            TEAMS,
+            "a free team while {} incidents wait",
+            queued.len()
+        );
     }
 
     // Events: gapless, and each incident assigned at most once.
@@ -279,10 +366,16 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
     let mut assigned = HashSet::new();
     for (_, event) in &events {
         if event.kind() == AssignmentEventKind::Assigned {
-            assert!(assigned.insert(event.incident_id.clone()), "{} assigned twice", event.incident_id);
+            assert!(
+                assigned.insert(event.incident_id.clone()),
+                "{} assigned twice",
+                event.incident_id
+            );
         }
     }
-    let pool = sqlx::PgPool::connect(database.url()).await.expect("connect");
+    let pool = sqlx::PgPool::connect(database.url())
+        .await
+        .expect("connect");
     let rows = sqlx::query("SELECT count(*) AS n FROM routing.assignments")
         .fetch_one(&pool)
         .await

@@ -70,7 +70,11 @@ async fn auto_assign_claims_the_nearest_records_it_and_is_idempotent() {
         .map(|c| (c.team_id.as_str(), c.rank))
         .collect();
     assert_eq!(ranks, [("near", 1), ("mid", 2), ("far", 3)]);
-    assert!(response.rationale.starts_with("assigned Team near"), "{}", response.rationale);
+    assert!(
+        response.rationale.starts_with("assigned Team near"),
+        "{}",
+        response.rationale
+    );
     assert_eq!(
         status_of(&w, "near"),
         (TeamStatus::Dispatched, Some("inc-1".into()))
@@ -84,7 +88,10 @@ async fn auto_assign_claims_the_nearest_records_it_and_is_idempotent() {
         .await
         .expect("get");
     assert_eq!(stored, assignment);
-    assert_eq!(kinds(&w).await, [(AssignmentEventKind::Assigned, "inc-1".into())]);
+    assert_eq!(
+        kinds(&w).await,
+        [(AssignmentEventKind::Assigned, "inc-1".into())]
+    );
 
     // A retry returns the original answer and claims nothing more.
     let again = w.engine.assign_team(request.clone()).await.expect("retry");
@@ -139,7 +146,9 @@ async fn stale_positions_and_missing_capabilities_are_excluded_with_reasons() {
         ]
     );
     assert!(
-        response.rationale.contains("Team stale was nearer but last position 60 min old"),
+        response
+            .rationale
+            .contains("Team stale was nearer but last position 60 min old"),
         "{}",
         response.rationale
     );
@@ -189,7 +198,12 @@ impl Fleet for RacingFleet {
             .claim(region, team_id, incident_id, now, max_age)
             .await
     }
-    async fn release(&self, region: &str, team_id: &str, incident_id: &str) -> Result<bool, FleetError> {
+    async fn release(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+    ) -> Result<bool, FleetError> {
         self.inner.release(region, team_id, incident_id).await
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TeamAvailable> {
@@ -221,7 +235,10 @@ async fn a_team_lost_to_another_call_is_marked_and_the_next_is_claimed() {
     assert_eq!(response.assignment.expect("assigned").team_id, "second");
     let first = &response.candidates[1];
     assert_eq!(first.team_id, "best");
-    assert_eq!(first.exclusion_reason(), ExclusionReason::ClaimedByAnotherCall);
+    assert_eq!(
+        first.exclusion_reason(),
+        ExclusionReason::ClaimedByAnotherCall
+    );
     assert_eq!(
         status_of(&w, "best"),
         (TeamStatus::Dispatched, Some("other-call".into()))
@@ -234,11 +251,23 @@ async fn the_queue_serves_priority_then_age_when_a_team_frees_up() {
     add(&w, "busy", 500.0, &[], 10);
     w.fleet.set_status("busy", TeamStatus::OnScene);
     let mut queued = Vec::new();
-    for (id, priority) in [("old-p3", 3), ("old-p1", 1), ("new-p1", 1), ("needs-emt", 1)] {
+    for (id, priority) in [
+        ("old-p3", 3),
+        ("old-p1", 1),
+        ("new-p1", 1),
+        ("needs-emt", 1),
+    ] {
         let required: &[&str] = if id == "needs-emt" { &["emt"] } else { &[] };
         let response = w
             .engine
-            .assign_team(assign(&format!("q-{id}"), id, &w.region, AUTO, priority, required))
+            .assign_team(assign(
+                &format!("q-{id}"),
+                id,
+                &w.region,
+                AUTO,
+                priority,
+                required,
+            ))
             .await
             .expect("queue");
         assert_eq!(response.outcome(), AssignmentOutcome::Queued);
@@ -261,7 +290,11 @@ async fn the_queue_serves_priority_then_age_when_a_team_frees_up() {
         })
         .await
         .expect("list");
-    let ids: Vec<&str> = list.queued_incidents.iter().map(|q| q.incident_id.as_str()).collect();
+    let ids: Vec<&str> = list
+        .queued_incidents
+        .iter()
+        .map(|q| q.incident_id.as_str())
+        .collect();
     assert_eq!(ids, ["old-p1", "new-p1"]);
     let rest = w
         .engine
@@ -272,7 +305,11 @@ async fn the_queue_serves_priority_then_age_when_a_team_frees_up() {
         })
         .await
         .expect("list");
-    let ids: Vec<&str> = rest.queued_incidents.iter().map(|q| q.incident_id.as_str()).collect();
+    let ids: Vec<&str> = rest
+        .queued_incidents
+        .iter()
+        .map(|q| q.incident_id.as_str())
+        .collect();
     assert_eq!(ids, ["needs-emt", "old-p3"]);
     assert!(rest.next_page_token.is_empty());
     // A token for another region is refused.
@@ -377,9 +414,20 @@ async fn requeueing_keeps_queued_time_and_escalation_follows_the_clock() {
     assert_eq!(last.kind(), AssignmentEventKind::Escalated);
     assert_eq!(last.reason(), UnservedReason::NoTeamsInRegion);
     assert_eq!(last.queued.as_ref().expect("entry").incident_id, "inc-1");
-    let incident = w.store.incident("inc-1").await.expect("read").expect("exists");
+    let incident = w
+        .store
+        .incident("inc-1")
+        .await
+        .expect("read")
+        .expect("exists");
     assert_eq!(incident.state, IncidentState::Escalated);
-    assert!(w.store.queue(&w.region, None, 10).await.expect("queue").is_empty());
+    assert!(
+        w.store
+            .queue(&w.region, None, 10)
+            .await
+            .expect("queue")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -389,7 +437,10 @@ async fn recommend_ranks_only_and_confirm_claims_the_dispatchers_choice() {
     add(&w, "b", 800.0, &[], 10);
     add(&w, "busy", 100.0, &[], 10);
     w.fleet.set_status("busy", TeamStatus::EnRoute);
-    w.fleet.upsert_team("other-region", team("far-away", 0.0, &[], 10, w.clock.now()));
+    w.fleet.upsert_team(
+        "other-region",
+        team("far-away", 0.0, &[], 10, w.clock.now()),
+    );
     let response = w
         .engine
         .assign_team(assign("r1", "inc-1", &w.region, RECOMMEND, 2, &[]))
@@ -398,7 +449,11 @@ async fn recommend_ranks_only_and_confirm_claims_the_dispatchers_choice() {
     assert_eq!(response.outcome(), AssignmentOutcome::Recommended);
     assert_eq!(response.candidates[0].team_id, "a");
     assert!(response.assignment.is_none() && response.queued.is_none());
-    assert_eq!(status_of(&w, "a").0, TeamStatus::Available, "nothing claimed");
+    assert_eq!(
+        status_of(&w, "a").0,
+        TeamStatus::Available,
+        "nothing claimed"
+    );
 
     let confirm = |request_id: &str, team_id: &str| ConfirmAssignmentRequest {
         request_id: request_id.into(),
@@ -438,7 +493,10 @@ async fn recommend_ranks_only_and_confirm_claims_the_dispatchers_choice() {
     assert_eq!(chosen.team_id, "b");
     assert_eq!(chosen.source(), AssignmentSource::Dispatcher);
     assert!(chosen.eta_seconds > 0 && chosen.distance_meters > 700.0);
-    assert_eq!(status_of(&w, "b"), (TeamStatus::Dispatched, Some("inc-1".into())));
+    assert_eq!(
+        status_of(&w, "b"),
+        (TeamStatus::Dispatched, Some("inc-1".into()))
+    );
     let same = w
         .engine
         .confirm_assignment(confirm("c-b2", "b"))
@@ -594,8 +652,10 @@ async fn bad_input_names_every_field_and_changes_nothing() {
     assert_eq!(status_of(&w, "t1").0, TeamStatus::Available);
     assert!(w.store.incident("bad id!").await.expect("read").is_none());
     // An unknown region, when regions are restricted.
-    let mut settings = relay_routing::settings::RoutingSettings::default();
-    settings.any_region = false;
+    let settings = relay_routing::settings::RoutingSettings {
+        any_region: false,
+        ..Default::default()
+    };
     let strict = relay_routing::engine::Engine::new(
         w.store.clone(),
         w.fleet.clone(),
@@ -609,16 +669,14 @@ async fn bad_input_names_every_field_and_changes_nothing() {
         .expect_err("unknown region");
     assert_eq!(error.reason(), "REGION_UNKNOWN");
     assert_eq!(status_of(&w, "t1").0, TeamStatus::Available);
-    for (bad, field) in [
-        (
-            ReleaseTeamRequest {
-                request_id: "ok".into(),
-                assignment_id: String::new(),
-                reason: "x".repeat(300),
-            },
-            "assignment_id",
-        ),
-    ] {
+    for (bad, field) in [(
+        ReleaseTeamRequest {
+            request_id: "ok".into(),
+            assignment_id: String::new(),
+            reason: "x".repeat(300),
+        },
+        "assignment_id",
+    )] {
         let error = w.engine.release_team(bad).await.expect_err("invalid");
         assert!(error.to_string().contains(field), "{error}");
         assert!(error.to_string().contains("reason"), "{error}");
@@ -659,7 +717,12 @@ async fn a_team_that_clears_ends_its_assignment_and_takes_the_queue() {
         .expect("drain")
         .expect("assigned");
     assert_eq!(next.incident_id, "inc-2");
-    let ended = w.store.assignment(&first.assignment_id).await.expect("read").expect("exists");
+    let ended = w
+        .store
+        .assignment(&first.assignment_id)
+        .await
+        .expect("read")
+        .expect("exists");
     assert_eq!(ended.state(), AssignmentState::Released);
     assert_eq!(ended.end_reason, "team cleared");
 }
@@ -684,8 +747,18 @@ async fn reconciliation_repairs_a_crash_between_claim_and_record_and_lost_claims
             .await
             .expect("assign");
     }
-    let lost = w.store.active_assignment_of_team("lost").await.expect("read").expect("active");
-    let fine = w.store.active_assignment_of_team("fine").await.expect("read").expect("active");
+    let lost = w
+        .store
+        .active_assignment_of_team("lost")
+        .await
+        .expect("read")
+        .expect("active");
+    let fine = w
+        .store
+        .active_assignment_of_team("fine")
+        .await
+        .expect("read")
+        .expect("active");
     assert_eq!(fine.incident_id, "inc-2");
     // The fleet forgets "lost"'s claim (as a failover would) without announcing it.
     w.fleet.upsert_team(&w.region, {
@@ -694,28 +767,65 @@ async fn reconciliation_repairs_a_crash_between_claim_and_record_and_lost_claims
         t
     });
     let grace = Duration::from_secs(30);
-    assert_eq!(w.engine.reconcile(&w.region, grace).await.expect("reconcile"), (0, 0));
+    assert_eq!(
+        w.engine
+            .reconcile(&w.region, grace)
+            .await
+            .expect("reconcile"),
+        (0, 0)
+    );
     w.clock.advance(Duration::from_secs(31));
-    assert_eq!(w.engine.reconcile(&w.region, grace).await.expect("reconcile"), (1, 1));
+    assert_eq!(
+        w.engine
+            .reconcile(&w.region, grace)
+            .await
+            .expect("reconcile"),
+        (1, 1)
+    );
     assert_eq!(status_of(&w, "orphan"), (TeamStatus::Available, None));
-    let ended = w.store.assignment(&lost.assignment_id).await.expect("read").expect("exists");
+    let ended = w
+        .store
+        .assignment(&lost.assignment_id)
+        .await
+        .expect("read")
+        .expect("exists");
     assert_eq!(ended.state(), AssignmentState::Released);
     assert!(
-        w.store.active_assignment_of_team("fine").await.expect("read").is_some(),
+        w.store
+            .active_assignment_of_team("fine")
+            .await
+            .expect("read")
+            .is_some(),
         "a team working its incident is left alone"
     );
-    assert_eq!(w.engine.reconcile(&w.region, grace).await.expect("again"), (0, 0));
+    assert_eq!(
+        w.engine.reconcile(&w.region, grace).await.expect("again"),
+        (0, 0)
+    );
 }
 
 #[tokio::test]
 async fn a_fleet_flush_mid_run_never_yields_two_active_assignments_for_a_team() {
     let w = world().await;
     for index in 0..5 {
-        add(&w, &format!("t{index}"), 300.0 * f64::from(index + 1), &[], 10);
+        add(
+            &w,
+            &format!("t{index}"),
+            300.0 * f64::from(index + 1),
+            &[],
+            10,
+        );
     }
     for index in 0..4 {
         w.engine
-            .assign_team(assign(&format!("a{index}"), &format!("inc-{index}"), &w.region, AUTO, 2, &[]))
+            .assign_team(assign(
+                &format!("a{index}"),
+                &format!("inc-{index}"),
+                &w.region,
+                AUTO,
+                2,
+                &[],
+            ))
             .await
             .expect("assign");
     }
@@ -725,7 +835,14 @@ async fn a_fleet_flush_mid_run_never_yields_two_active_assignments_for_a_team() 
     for index in 4..12 {
         match w
             .engine
-            .assign_team(assign(&format!("a{index}"), &format!("inc-{index}"), &w.region, AUTO, 2, &[]))
+            .assign_team(assign(
+                &format!("a{index}"),
+                &format!("inc-{index}"),
+                &w.region,
+                AUTO,
+                2,
+                &[],
+            ))
             .await
         {
             Ok(_) => {}
@@ -734,7 +851,10 @@ async fn a_fleet_flush_mid_run_never_yields_two_active_assignments_for_a_team() 
         }
         for t in 0..5 {
             let active = w.store.active_assignments(&w.region).await.expect("read");
-            let count = active.iter().filter(|a| a.team_id == format!("t{t}")).count();
+            let count = active
+                .iter()
+                .filter(|a| a.team_id == format!("t{t}"))
+                .count();
             assert!(count <= 1, "team t{t} has {count} active assignments");
         }
     }

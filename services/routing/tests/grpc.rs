@@ -78,7 +78,12 @@ async fn start(database: &TestDatabase, fleet: Arc<MemoryFleet>) -> Server {
     }
 }
 
-fn request(request_id: &str, incident_id: &str, region: &str, required: &[&str]) -> AssignTeamRequest {
+fn request(
+    request_id: &str,
+    incident_id: &str,
+    region: &str,
+    required: &[&str],
+) -> AssignTeamRequest {
     common::assign(
         request_id,
         incident_id,
@@ -89,7 +94,9 @@ fn request(request_id: &str, incident_id: &str, region: &str, required: &[&str])
     )
 }
 
-async fn next_event(stream: &mut Streaming<WatchAssignmentsResponse>) -> relay_proto::routing::AssignmentEvent {
+async fn next_event(
+    stream: &mut Streaming<WatchAssignmentsResponse>,
+) -> relay_proto::routing::AssignmentEvent {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("an event within 10 s")
@@ -143,7 +150,11 @@ async fn assignments_stream_in_order_and_resume_without_gap_across_a_restart() {
     let mut seen = Vec::new();
     for _ in 0..4 {
         let event = next_event(&mut stream).await;
-        seen.push((event.event_id.clone(), event.kind(), event.incident_id.clone()));
+        seen.push((
+            event.event_id.clone(),
+            event.kind(),
+            event.incident_id.clone(),
+        ));
     }
     let kinds: Vec<(AssignmentEventKind, &str)> =
         seen.iter().map(|(_, k, i)| (*k, i.as_str())).collect();
@@ -172,14 +183,24 @@ async fn assignments_stream_in_order_and_resume_without_gap_across_a_restart() {
         .into_inner();
     for expected in &seen[1..] {
         let event = next_event(&mut resumed).await;
-        assert_eq!(&(event.event_id.clone(), event.kind(), event.incident_id.clone()), expected);
+        assert_eq!(
+            &(
+                event.event_id.clone(),
+                event.kind(),
+                event.incident_id.clone()
+            ),
+            expected
+        );
     }
     // The next event is new, not a repeat.
     fleet.set_status("t1", TeamStatus::OnScene);
     fleet.set_status("t1", TeamStatus::Available);
     let event = next_event(&mut resumed).await;
     assert_eq!(event.kind(), AssignmentEventKind::Released);
-    assert_eq!(event.assignment.expect("assignment").end_reason, "team cleared");
+    assert_eq!(
+        event.assignment.expect("assignment").end_reason,
+        "team cleared"
+    );
 
     // Once the history is pruned, resuming from before it is refused.
     server
@@ -218,7 +239,10 @@ async fn errors_carry_their_reason_fields_and_metadata_over_the_wire() {
     assert_eq!(error.code(), Code::InvalidArgument);
     let details = error.get_error_details();
     assert_eq!(details.error_info().expect("info").reason, "INVALID_FIELD");
-    assert_eq!(details.error_info().expect("info").domain, "relay.routing.v1");
+    assert_eq!(
+        details.error_info().expect("info").domain,
+        "relay.routing.v1"
+    );
     let fields: Vec<String> = details
         .bad_request()
         .expect("bad request")
@@ -226,7 +250,10 @@ async fn errors_carry_their_reason_fields_and_metadata_over_the_wire() {
         .iter()
         .map(|v| v.field.clone())
         .collect();
-    assert_eq!(fields, ["request_id", "location", "required_capabilities[0]"]);
+    assert_eq!(
+        fields,
+        ["request_id", "location", "required_capabilities[0]"]
+    );
     assert_eq!(fleet.all_teams()[0].snapshot.status, TeamStatus::Available);
 
     let first = server
@@ -243,9 +270,16 @@ async fn errors_carry_their_reason_fields_and_metadata_over_the_wire() {
         .await
         .expect_err("already assigned");
     assert_eq!(error.code(), Code::AlreadyExists);
-    let info = error.get_error_details().error_info().expect("info").clone();
+    let info = error
+        .get_error_details()
+        .error_info()
+        .expect("info")
+        .clone();
     assert_eq!(info.reason, "INCIDENT_ALREADY_ASSIGNED");
-    assert_eq!(info.metadata.get("assignment_id"), Some(&first.assignment_id));
+    assert_eq!(
+        info.metadata.get("assignment_id"),
+        Some(&first.assignment_id)
+    );
     assert_eq!(info.metadata.get("team_id").map(String::as_str), Some("t1"));
 
     let error = server
@@ -278,7 +312,10 @@ async fn the_queue_escalates_on_its_own_and_without_the_memory_fleet_startup_is_
         .build()
         .expect("config");
     let error = Application::build(config).await.expect_err("no fleet");
-    assert!(error.to_string().contains("availability integration"), "{error}");
+    assert!(
+        error.to_string().contains("availability integration"),
+        "{error}"
+    );
 
     let fleet = Arc::new(MemoryFleet::default());
     let region = relay_tests::unique_name("region");
@@ -286,7 +323,10 @@ async fn the_queue_escalates_on_its_own_and_without_the_memory_fleet_startup_is_
         .set("listen", "127.0.0.1:0")
         .set("database_url", database.url())
         .set("routing.maintenance_interval_ms", 50)
-        .set(&format!("routing.regions.{region}.escalation_seconds"), [1, 1, 1, 1, 1])
+        .set(
+            &format!("routing.regions.{region}.escalation_seconds"),
+            [1, 1, 1, 1, 1],
+        )
         .build()
         .expect("config");
     Application::migrate(&config).await.expect("migrate");
@@ -319,6 +359,58 @@ async fn the_queue_escalates_on_its_own_and_without_the_memory_fleet_startup_is_
     let escalated = next_event(&mut stream).await;
     assert_eq!(escalated.kind(), AssignmentEventKind::Escalated);
     assert_eq!(escalated.incident_id, "inc-1");
+    let _ = stop.send(());
+    task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn relay_dev_runs_on_sqlite_with_the_memory_fleet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("routing.db").display());
+    let config = Config::builder("routing")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", url.as_str())
+        .set("routing.fleet", "memory")
+        .build()
+        .expect("config");
+    Application::migrate(&config).await.expect("migrate");
+    let fleet = Arc::new(MemoryFleet::default());
+    let region = relay_tests::unique_name("region");
+    fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
+    let app = Application::build_with_fleet(config, fleet.clone(), Arc::new(SystemClock))
+        .await
+        .expect("build");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let mut client = RoutingServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let assigned = client
+        .assign_team(request("r1", "inc-1", &region, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert_eq!(assigned.outcome(), AssignmentOutcome::Assigned);
+    let queued = client
+        .assign_team(request("r2", "inc-2", &region, &[]))
+        .await
+        .expect("queue")
+        .into_inner();
+    assert_eq!(queued.outcome(), AssignmentOutcome::Queued);
+    let list = client
+        .list_queue(relay_proto::routing::ListQueueRequest {
+            region: region.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.queued_incidents.len(), 1);
+    assert_eq!(list.queued_incidents[0].incident_id, "inc-2");
     let _ = stop.send(());
     task.await.expect("join").expect("serve");
 }

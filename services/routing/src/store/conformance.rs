@@ -3,12 +3,14 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use relay_proto::{
     common::GeoPoint,
-    routing::{Assignment, AssignmentEvent, AssignmentEventKind, AssignmentSource, AssignmentState},
+    routing::{
+        Assignment, AssignmentEvent, AssignmentEventKind, AssignmentSource, AssignmentState,
+    },
 };
 
 use super::{
-    EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord,
-    Store, StoreError, Write, timestamp,
+    EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord, Store,
+    StoreError, Write, timestamp,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -356,7 +358,11 @@ pub(crate) async fn the_queue_is_served_by_priority_then_age(store: &dyn Store) 
         ("tie-a", 3, 5),
     ];
     for (id, priority, offset) in entries {
-        create(store, queued(id, "q", priority, base + Duration::seconds(offset))).await;
+        create(
+            store,
+            queued(id, "q", priority, base + Duration::seconds(offset)),
+        )
+        .await;
     }
     create(store, queued("elsewhere", "other", 1, base)).await;
     create(store, incident("not-queued", "q", IncidentState::Routed)).await;

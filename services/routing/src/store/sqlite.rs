@@ -365,13 +365,15 @@ impl Store for SqliteStore {
             .bind(&write.region)
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO events (region, seq, payload, event_time) VALUES (?1, ?2, ?3, ?4)")
-                .bind(&write.region)
-                .bind(seq)
-                .bind(event.encode_to_vec())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO events (region, seq, payload, event_time) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(&write.region)
+            .bind(seq)
+            .bind(event.encode_to_vec())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -36,11 +36,14 @@ pub struct World {
 
 pub async fn postgres_store(database: &TestDatabase) -> Arc<PostgresStore> {
     let url = secrecy::SecretString::from(database.url().to_owned());
-    let pool =
-        relay_runtime::storage::postgres_pool(&url, relay_routing::SCHEMA, 8).expect("pool");
-    relay_runtime::storage::migrate_postgres(&pool, relay_routing::SCHEMA, &relay_routing::MIGRATOR)
-        .await
-        .expect("migrate");
+    let pool = relay_runtime::storage::postgres_pool(&url, relay_routing::SCHEMA, 8).expect("pool");
+    relay_runtime::storage::migrate_postgres(
+        &pool,
+        relay_routing::SCHEMA,
+        &relay_routing::MIGRATOR,
+    )
+    .await
+    .expect("migrate");
     Arc::new(PostgresStore::new(pool))
 }
 
@@ -95,7 +98,10 @@ pub fn team(
         status: TeamStatus::Available,
         capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
         position: Some(Position {
-            point: at(INCIDENT.latitude + meters_north / 111_195.0, INCIDENT.longitude),
+            point: at(
+                INCIDENT.latitude + meters_north / 111_195.0,
+                INCIDENT.longitude,
+            ),
             recorded_at: now - Duration::seconds(age_s),
         }),
         shift_ends_at: None,
