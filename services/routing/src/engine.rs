@@ -1280,19 +1280,28 @@ impl Engine {
         };
         let mut assigned = 0;
         let page = self.store.queue(region, None, 500).await?;
+        if page.is_empty() {
+            return Ok(0);
+        }
+        // One fleet read for the whole page; claims re-check every team atomically.
+        let mut teams = self
+            .fleet
+            .teams_near(region, page[0].location, f64::INFINITY)
+            .await?;
         for incident in &page {
+            if !teams.iter().any(|t| t.status == TeamStatus::Available) {
+                break;
+            }
             let now = self.now();
-            let mut ranking = self
-                .rank_incident(
-                    &settings,
-                    region,
-                    incident.location,
-                    &incident.required_capabilities,
-                    &incident.preferred_capabilities,
-                    incident.expected_duration_seconds,
-                    now,
-                )
-                .await?;
+            let mut ranking = self.rank_teams(
+                &teams,
+                &settings,
+                incident.location,
+                &incident.required_capabilities,
+                &incident.preferred_capabilities,
+                incident.expected_duration_seconds,
+                now,
+            );
             if ranking.eligible().next().is_none() {
                 continue;
             }
@@ -1308,7 +1317,13 @@ impl Engine {
                 )
                 .await
             {
-                Ok(Attempt::Done(_)) => assigned += 1,
+                Ok(Attempt::Done(assignment)) => {
+                    assigned += 1;
+                    if let Some(taken) = teams.iter_mut().find(|t| t.team_id == assignment.team_id)
+                    {
+                        taken.status = TeamStatus::Dispatched;
+                    }
+                }
                 Ok(Attempt::Retry | Attempt::NoTeam) | Err(RoutingError::ClaimConflict) => {}
                 Err(error) => return Err(error),
             }

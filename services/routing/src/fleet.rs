@@ -73,7 +73,9 @@ pub struct TeamAvailable {
 #[tonic::async_trait]
 pub trait Fleet: Send + Sync + std::fmt::Debug {
     /// Every team of `region` that is not OFF_DUTY and is within `radius_meters` of `point`,
-    /// plus such teams without a position; any status.
+    /// plus such teams without a position; any status. Routing passes `f64::INFINITY` (the
+    /// whole region), because the candidate list and the unserved reason must see busy and
+    /// out-of-range teams too.
     async fn teams_near(
         &self,
         region: &str,
