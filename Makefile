@@ -60,6 +60,7 @@ test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	$(CARGO) bench -p relay-intake --bench submit
 	$(CARGO) bench -p relay-availability --bench ingest
+	$(CARGO) bench -p relay-routing --bench assign
 
 .PHONY: dev
 dev: ## Run the whole suite locally on embedded storage (relay dev)

@@ -95,6 +95,8 @@ async fn each_binary_serves_health_and_reflection_and_stops_on_sigterm() {
         let mut env = vec![
             ("RELAY_DATABASE_URL", database.url()),
             ("RELAY_REDIS_URL", redis.as_str()),
+            // Routing's Redis fleet adapter arrives with the availability integration.
+            ("RELAY_ROUTING__FLEET", "memory"),
         ];
         env.extend(FAST);
         let mut process = ServiceProcess::start(binary, &env);
@@ -128,6 +130,7 @@ async fn health_is_not_serving_while_a_dependency_is_unreachable() {
     let mut env = vec![
         ("RELAY_DATABASE_URL", database.url()),
         ("RELAY_REDIS_URL", "redis://127.0.0.1:1"),
+        ("RELAY_ROUTING__FLEET", "memory"),
     ];
     env.extend(FAST);
     let process = ServiceProcess::start("relay-routing", &env);
@@ -150,7 +153,7 @@ async fn health_is_not_serving_while_a_dependency_is_unreachable() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unimplemented_rpc_says_so() {
+async fn a_routing_process_validates_a_request_over_the_wire() {
     use relay_proto::routing::{ListQueueRequest, routing_service_client::RoutingServiceClient};
     let database = TestDatabase::new().await;
     let redis = redis_url();
@@ -159,6 +162,7 @@ async fn an_unimplemented_rpc_says_so() {
         &[
             ("RELAY_DATABASE_URL", database.url()),
             ("RELAY_REDIS_URL", redis.as_str()),
+            ("RELAY_ROUTING__FLEET", "memory"),
         ],
     );
     let mut client = RoutingServiceClient::connect(process.endpoint())
@@ -167,8 +171,9 @@ async fn an_unimplemented_rpc_says_so() {
     let status = client
         .list_queue(ListQueueRequest::default())
         .await
-        .expect_err("not implemented yet");
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .expect_err("region is required");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("region"), "{}", status.message());
 }
 
 fn run_to_exit(binary: &str, env: &[(&str, &str)]) -> std::process::Output {

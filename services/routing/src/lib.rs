@@ -2,21 +2,44 @@
 //!
 //! The crate is a library with a thin `main`: [`Application::build`] binds the server from a
 //! [`Config`], and [`Application::run_until_stopped`] serves until shutdown. Tests build the
-//! same `Application` on port 0.
+//! same `Application` on port 0 with [`Application::build_with_fleet`].
+//!
+//! Layout: [`ranking`] (pure), [`fleet`] (the port to live team state and the atomic claim),
+//! [`store`] (the record in PostgreSQL or SQLite), [`engine`] (the RPCs, the queue,
+//! escalation and reconciliation), [`handler`] (gRPC).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use relay_proto::routing::routing_service_server::RoutingServiceServer;
 use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
+    config::ConfigError,
+    paging::PageTokens,
     server::{BoundServer, ServiceHost},
     storage,
 };
+use tokio_util::sync::CancellationToken;
 
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod eta;
+pub mod fleet;
 mod handler;
+pub mod ranking;
+pub mod settings;
+pub mod store;
 
 pub use handler::RoutingServiceHandler;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    engine::Engine,
+    fleet::{Fleet, MemoryFleet},
+    settings::RoutingSettings,
+    store::{PostgresStore, SqliteStore, Store},
+};
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.routing.v1";
@@ -27,26 +50,104 @@ pub const SCHEMA: &str = "routing";
 /// The migrations of [`SCHEMA`], applied by `relay-routing migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The same schema for SQLite (`relay dev`).
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
+
 /// The routing service, bound and ready to run.
 #[derive(Debug)]
 pub struct Application {
     server: BoundServer,
+    engine: Engine,
+    background: CancellationToken,
+    interval: Duration,
+}
+
+type CheckFn = Arc<dyn Fn() -> relay_runtime::server::CheckFuture + Send + Sync>;
+
+/// Opens the record named by the configuration (PostgreSQL, or SQLite for `sqlite:` URLs).
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, CheckFn), BoxError> {
+    let url = config.database_url()?;
+    if storage::is_sqlite(url) {
+        let pool = storage::sqlite_pool(url, 4)?;
+        SQLITE_MIGRATOR.run(&pool).await?;
+        let check_pool = pool.clone();
+        let check: CheckFn = Arc::new(move || {
+            let pool = check_pool.clone();
+            Box::pin(async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("sqlite: {e}"))
+            })
+        });
+        Ok((Arc::new(SqliteStore::new(pool)), check))
+    } else {
+        let pool = storage::postgres_pool(url, SCHEMA, 10)?;
+        let check: CheckFn = Arc::new(storage::postgres_check(pool.clone()));
+        Ok((Arc::new(PostgresStore::new(pool)), check))
+    }
+}
+
+fn page_tokens(config: &Config) -> Result<PageTokens, ConfigError> {
+    let secret: Option<String> = config.section("page_token_secret")?;
+    Ok(secret.map_or_else(PageTokens::random, |s| PageTokens::new(s.as_bytes())))
 }
 
 impl Application {
     /// Builds the service from its configuration and binds `RELAY_LISTEN`.
     ///
+    /// The fleet is availability's Redis store, whose adapter arrives with the availability
+    /// integration; until then only `routing.fleet = "memory"` (the in-process fleet) starts.
+    ///
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 10)?;
-        let redis = storage::redis_client(config.redis_url()?)?;
-        let host = ServiceHost::new(&config.settings.server)
-            .add_service(RoutingServiceServer::new(RoutingServiceHandler))
-            .readiness_check("postgres", storage::postgres_check(pool))
-            .readiness_check("redis", storage::redis_check(redis));
+        let settings: RoutingSettings = config.section("routing")?;
+        if settings.fleet != "memory" {
+            return Err(Box::new(ConfigError::new(
+                "routing.fleet (RELAY_ROUTING__FLEET): the Redis fleet adapter arrives with the \
+                 availability integration; set it to \"memory\" for the in-process fleet",
+            )));
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let fleet: Arc<dyn Fleet> = Arc::new(MemoryFleet::new(clock.clone()));
+        Self::build_with_fleet(config, fleet, clock).await
+    }
+
+    /// Builds the service over `fleet`, timed by `clock`.
+    ///
+    /// # Errors
+    /// When a setting is invalid, the record cannot be opened, or the address cannot be bound.
+    pub async fn build_with_fleet(
+        config: Config,
+        fleet: Arc<dyn Fleet>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, BoxError> {
+        let settings: RoutingSettings = config.section("routing")?;
+        settings
+            .validate()
+            .map_err(|message| Box::new(ConfigError::new(message)) as BoxError)?;
+        let interval = Duration::from_millis(settings.maintenance_interval_ms);
+        let (store, check) = open_store(&config).await?;
+        let engine = Engine::new(store, fleet, clock, settings, page_tokens(&config)?);
+        let host = ServiceHost::new(&config.settings.server);
+        let handler = RoutingServiceHandler::new(engine.clone(), host.shutdown_token());
+        let mut host = host
+            .add_service(RoutingServiceServer::new(handler))
+            .readiness_check("record", move || check());
+        // The fleet's Redis (availability's keyspace): routing is not ready without it. The
+        // in-process fleet of `relay dev` runs without Redis.
+        if let Some(url) = &config.settings.redis_url {
+            host = host.readiness_check("redis", storage::redis_check(storage::redis_client(url)?));
+        }
         let server = host.bind(config.settings.listen.0).await?;
-        Ok(Self { server })
+        Ok(Self {
+            server,
+            engine,
+            background: CancellationToken::new(),
+            interval,
+        })
     }
 
     /// The address the service listens on.
@@ -55,7 +156,14 @@ impl Application {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls.
+    /// The engine (for tests and embedding).
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls. The queue drain (on
+    /// fleet announcements) and the periodic upkeep run alongside.
     ///
     /// # Errors
     /// When the server fails.
@@ -63,18 +171,88 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BoxError> {
-        self.server.run_until_stopped(shutdown).await
+        let token = self.server.shutdown_token();
+        let background = self.background.clone();
+        let drain = tokio::spawn(drain_loop(self.engine.clone(), background.clone()));
+        let upkeep = tokio::spawn(upkeep_loop(
+            self.engine.clone(),
+            self.interval,
+            background.clone(),
+        ));
+        let result = self
+            .server
+            .run_until_stopped(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = token.cancelled() => {}
+                }
+            })
+            .await;
+        background.cancel();
+        let _ = drain.await;
+        let _ = upkeep.await;
+        result
     }
 
-    /// Creates the `routing` schema and applies [`MIGRATOR`].
+    /// Creates the `routing` schema and applies [`MIGRATOR`] (or the SQLite migrations).
     ///
     /// # Errors
-    /// When PostgreSQL is unreachable or a migration fails.
+    /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let pool = storage::postgres_pool(config.database_url()?, SCHEMA, 1)?;
+        let url = config.database_url()?;
+        if storage::is_sqlite(url) {
+            let pool = storage::sqlite_pool(url, 1)?;
+            SQLITE_MIGRATOR.run(&pool).await?;
+            pool.close().await;
+            return Ok(());
+        }
+        let pool = storage::postgres_pool(url, SCHEMA, 1)?;
         storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
         pool.close().await;
         Ok(())
+    }
+}
+
+/// Offers each team that becomes AVAILABLE to its region's queue.
+async fn drain_loop(engine: Engine, stop: CancellationToken) {
+    let mut events = engine.fleet().subscribe();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(available) => {
+                if let Err(error) = engine
+                    .on_team_available(&available.region, &available.team_id)
+                    .await
+                {
+                    tracing::warn!(region = %available.region, team_id = %available.team_id, %error, "queue drain failed; the periodic re-check will retry");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "missed team announcements; the periodic re-check covers them"
+                );
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Runs [`Engine::maintain`] every `interval`.
+async fn upkeep_loop(engine: Engine, interval: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = engine.maintain().await {
+            tracing::warn!(%error, "routing upkeep failed; retrying next round");
+        }
     }
 }
 

@@ -1,0 +1,184 @@
+//! Routing's errors and their one mapping to `tonic::Status`.
+
+use std::collections::HashMap;
+
+use relay_runtime::error::{ApiError, cause_chain};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{DOMAIN, fleet::FleetError, store::StoreError};
+
+/// Everything an RPC of routing can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    /// Bad input (INVALID_FIELD, INVALID_PAGE_TOKEN, REGION_UNKNOWN).
+    #[error(transparent)]
+    Invalid(#[from] ApiError),
+    /// The request_id was used for another request.
+    #[error("request_id was already used for a different request")]
+    RequestIdReused,
+    /// Unknown incident.
+    #[error("routing has no record of incident {0}")]
+    IncidentNotFound(String),
+    /// Unknown team.
+    #[error("no team has id {0}")]
+    TeamNotFound(String),
+    /// Unknown assignment.
+    #[error("no assignment has id {0}")]
+    AssignmentNotFound(String),
+    /// The incident already has an ACTIVE assignment.
+    #[error("incident is already assigned to team {team_id} (assignment {assignment_id})")]
+    IncidentAlreadyAssigned {
+        /// The ACTIVE assignment.
+        assignment_id: String,
+        /// Its team.
+        team_id: String,
+    },
+    /// The team is no longer AVAILABLE.
+    #[error("team {0} is not available")]
+    TeamNotAvailable(String),
+    /// The team is in another region than the incident.
+    #[error("team {team_id} is in region {team_region}, the incident in {incident_region}")]
+    RegionMismatch {
+        /// The team.
+        team_id: String,
+        /// Its region.
+        team_region: String,
+        /// The incident's region.
+        incident_region: String,
+    },
+    /// The assignment already ended.
+    #[error("assignment {0} is no longer active")]
+    AssignmentNotActive(String),
+    /// CancelRouting stopped the incident's routing.
+    #[error("routing of incident {0} was cancelled; route it again with AssignTeam")]
+    RoutingCancelled(String),
+    /// The record refused the claim.
+    #[error("the assignment record refused the claim; retry with the same request_id")]
+    ClaimConflict,
+    /// The watch cannot resume from that event.
+    #[error("events after {0} are no longer retained; resynchronise and watch from the next event")]
+    EventHistoryExpired(String),
+    /// Too many concurrent changes to one incident.
+    #[error("the incident is changing concurrently; retry with the same request_id")]
+    Contended,
+    /// The record could not be reached.
+    #[error("record unavailable")]
+    Store(#[from] StoreError),
+    /// The fleet could not be reached.
+    #[error("fleet unavailable")]
+    Fleet(#[from] FleetError),
+}
+
+fn status(code: Code, reason: &str, message: String, metadata: HashMap<String, String>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+impl RoutingError {
+    /// The gRPC status for this error (ErrorInfo with domain `relay.routing.v1`).
+    #[must_use]
+    pub fn into_status(self) -> Status {
+        let message = self.to_string();
+        let none = HashMap::new;
+        match self {
+            Self::Invalid(error) => error.into_status(DOMAIN),
+            Self::RequestIdReused => ApiError::invalid_with_reason(
+                "REQUEST_ID_REUSED",
+                "request_id",
+                "was already used for a different request",
+            )
+            .into_status(DOMAIN),
+            Self::IncidentNotFound(_) => {
+                status(Code::NotFound, "INCIDENT_NOT_FOUND", message, none())
+            }
+            Self::TeamNotFound(_) => status(Code::NotFound, "TEAM_NOT_FOUND", message, none()),
+            Self::AssignmentNotFound(_) => {
+                status(Code::NotFound, "ASSIGNMENT_NOT_FOUND", message, none())
+            }
+            Self::IncidentAlreadyAssigned {
+                assignment_id,
+                team_id,
+            } => status(
+                Code::AlreadyExists,
+                "INCIDENT_ALREADY_ASSIGNED",
+                message,
+                HashMap::from([
+                    (String::from("assignment_id"), assignment_id),
+                    (String::from("team_id"), team_id),
+                ]),
+            ),
+            Self::TeamNotAvailable(_) => status(
+                Code::FailedPrecondition,
+                "TEAM_NOT_AVAILABLE",
+                message,
+                none(),
+            ),
+            Self::RegionMismatch { .. } => {
+                status(Code::FailedPrecondition, "REGION_MISMATCH", message, none())
+            }
+            Self::AssignmentNotActive(_) => status(
+                Code::FailedPrecondition,
+                "ASSIGNMENT_NOT_ACTIVE",
+                message,
+                none(),
+            ),
+            Self::RoutingCancelled(_) => status(
+                Code::FailedPrecondition,
+                "ROUTING_CANCELLED",
+                message,
+                none(),
+            ),
+            Self::ClaimConflict => status(Code::Aborted, "CLAIM_CONFLICT", message, none()),
+            Self::EventHistoryExpired(_) => status(
+                Code::FailedPrecondition,
+                "EVENT_HISTORY_EXPIRED",
+                message,
+                none(),
+            ),
+            Self::Contended => status(Code::Unavailable, "CONTENDED", message, none()),
+            Self::Store(error) => {
+                tracing::warn!(error.cause_chain = %cause_chain(&error), "record unavailable");
+                status(Code::Unavailable, "RECORD_UNAVAILABLE", message, none())
+            }
+            Self::Fleet(error) => {
+                tracing::warn!(error.cause_chain = %cause_chain(&error), "fleet unavailable");
+                status(Code::Unavailable, "FLEET_UNAVAILABLE", message, none())
+            }
+        }
+    }
+
+    /// The ErrorInfo reason this error maps to (for tests and logs).
+    #[must_use]
+    pub fn reason(&self) -> String {
+        self.clone_status_reason()
+    }
+
+    fn clone_status_reason(&self) -> String {
+        match self {
+            Self::Invalid(ApiError::InvalidArgument { reason, .. }) => (*reason).to_owned(),
+            Self::Invalid(_) => String::from("INVALID_FIELD"),
+            Self::RequestIdReused => String::from("REQUEST_ID_REUSED"),
+            Self::IncidentNotFound(_) => String::from("INCIDENT_NOT_FOUND"),
+            Self::TeamNotFound(_) => String::from("TEAM_NOT_FOUND"),
+            Self::AssignmentNotFound(_) => String::from("ASSIGNMENT_NOT_FOUND"),
+            Self::IncidentAlreadyAssigned { .. } => String::from("INCIDENT_ALREADY_ASSIGNED"),
+            Self::TeamNotAvailable(_) => String::from("TEAM_NOT_AVAILABLE"),
+            Self::RegionMismatch { .. } => String::from("REGION_MISMATCH"),
+            Self::AssignmentNotActive(_) => String::from("ASSIGNMENT_NOT_ACTIVE"),
+            Self::RoutingCancelled(_) => String::from("ROUTING_CANCELLED"),
+            Self::ClaimConflict => String::from("CLAIM_CONFLICT"),
+            Self::EventHistoryExpired(_) => String::from("EVENT_HISTORY_EXPIRED"),
+            Self::Contended => String::from("CONTENDED"),
+            Self::Store(_) => String::from("RECORD_UNAVAILABLE"),
+            Self::Fleet(_) => String::from("FLEET_UNAVAILABLE"),
+        }
+    }
+}
+
+impl From<RoutingError> for Status {
+    fn from(error: RoutingError) -> Self {
+        error.into_status()
+    }
+}

@@ -1,0 +1,96 @@
+//! Estimated time of arrival.
+//!
+//! Nearest means shortest ETA, not straight-line distance alone. The default estimator is the
+//! great-circle distance times the region's road factor, over the region's average speed. The
+//! estimator is a trait so that a road-network engine (OSRM, Valhalla) can replace it.
+
+use relay_proto::common::GeoPoint;
+
+/// Mean radius of the Earth in meters (IUGG), as used by the haversine formula.
+pub const EARTH_RADIUS_METERS: f64 = 6_371_008.8;
+
+/// Great-circle distance between two points in meters (haversine).
+#[must_use]
+pub fn great_circle_meters(a: GeoPoint, b: GeoPoint) -> f64 {
+    let (lat1, lat2) = (a.latitude.to_radians(), b.latitude.to_radians());
+    let d_lat = lat2 - lat1;
+    let d_lng = (b.longitude - a.longitude).to_radians();
+    let h = (d_lat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (d_lng / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_METERS * h.sqrt().min(1.0).asin()
+}
+
+/// One estimate: how far and how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// Great-circle distance, meters.
+    pub distance_meters: f64,
+    /// Estimated travel time, whole seconds (rounded up).
+    pub eta_seconds: u32,
+}
+
+/// Estimates travel from a team's position to an incident.
+pub trait EtaEstimator: Send + Sync + std::fmt::Debug {
+    /// The estimate from `from` to `to`.
+    fn estimate(&self, from: GeoPoint, to: GeoPoint) -> Estimate;
+}
+
+/// Great-circle distance times a road factor, over an average speed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GreatCircleEstimator {
+    /// How much longer roads are than the straight line (1.0 or more; 1.3-1.5 in cities).
+    pub road_factor: f64,
+    /// Average driving speed in meters per second (more than 0).
+    pub speed_meters_per_second: f64,
+}
+
+impl EtaEstimator for GreatCircleEstimator {
+    fn estimate(&self, from: GeoPoint, to: GeoPoint) -> Estimate {
+        let distance_meters = great_circle_meters(from, to);
+        let seconds = (distance_meters * self.road_factor / self.speed_meters_per_second).ceil();
+        // Clamped: the range check excludes anything this far long before it matters.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let eta_seconds = seconds.clamp(0.0, f64::from(u32::MAX)) as u32;
+        Estimate {
+            distance_meters,
+            eta_seconds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(latitude: f64, longitude: f64) -> GeoPoint {
+        GeoPoint {
+            latitude,
+            longitude,
+        }
+    }
+
+    #[test]
+    fn distances_match_known_values() {
+        // Eugene, OR to Portland, OR: about 170 km as the crow flies.
+        let d = great_circle_meters(point(44.0521, -123.0868), point(45.5152, -122.6784));
+        assert!((d - 166_400.0).abs() < 2_000.0, "{d}");
+        // One degree of latitude is about 111.2 km.
+        let d = great_circle_meters(point(0.0, 0.0), point(1.0, 0.0));
+        assert!((d - 111_195.0).abs() < 10.0, "{d}");
+        assert!(great_circle_meters(point(10.0, 20.0), point(10.0, 20.0)).abs() < 1e-9);
+        // Antipodes do not overflow asin.
+        let d = great_circle_meters(point(0.0, 0.0), point(0.0, 180.0));
+        assert!((d - std::f64::consts::PI * EARTH_RADIUS_METERS).abs() < 1.0);
+    }
+
+    #[test]
+    fn eta_is_distance_times_road_factor_over_speed_rounded_up() {
+        let estimator = GreatCircleEstimator {
+            road_factor: 1.5,
+            speed_meters_per_second: 10.0,
+        };
+        let e = estimator.estimate(point(0.0, 0.0), point(0.01, 0.0));
+        // 1111.95 m * 1.5 / 10 = 166.8 s -> 167 s.
+        assert_eq!(e.eta_seconds, 167);
+        assert!((e.distance_meters - 1_111.95).abs() < 0.1);
+    }
+}

@@ -1,0 +1,762 @@
+//! Ranking: which teams may take a call, in what order, and why the others may not.
+//!
+//! Pure and synchronous: it sees a snapshot of the region's teams and a clock reading, and
+//! storage never enters it, so its answer can be checked against a brute-force scan.
+//!
+//! Hard constraints, checked in the order the contract gives (the first failing one is the
+//! team's exclusion reason; the rationale names the rest): every required capability; status
+//! AVAILABLE; a position; a position fresher than the region's staleness limit; distance and
+//! ETA within the region's range; a shift that does not end before now + ETA + the call's
+//! expected duration. Eligible teams are ordered by ETA, then team_id. Preferred
+//! capabilities only reorder near-ties: starting from the fastest team not yet placed, every
+//! team whose ETA is within the region's tie window of it forms a group, ordered by the number
+//! of preferred capabilities it has (more first), then ETA, then team_id.
+
+use chrono::{DateTime, Utc};
+use relay_proto::common::{ExclusionReason, GeoPoint, TeamStatus, UnservedReason};
+
+use crate::{eta::EtaEstimator, settings::RegionSettings};
+
+/// A team's position and when it was recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Position {
+    /// Where the team was.
+    pub point: GeoPoint,
+    /// When it was there.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// What ranking needs to know about one team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamSnapshot {
+    /// The team.
+    pub team_id: String,
+    /// Its name, for the dispatcher.
+    pub display_name: String,
+    /// Its status.
+    pub status: TeamStatus,
+    /// Its capability tags.
+    pub capabilities: Vec<String>,
+    /// Its last position, if it ever reported one.
+    pub position: Option<Position>,
+    /// When its shift ends, if known.
+    pub shift_ends_at: Option<DateTime<Utc>>,
+}
+
+/// The call being ranked for.
+#[derive(Debug, Clone, Copy)]
+pub struct RankInput<'a> {
+    /// Where the team should go.
+    pub location: GeoPoint,
+    /// Capabilities a team must all have.
+    pub required: &'a [String],
+    /// Capabilities that reorder near-ties.
+    pub preferred: &'a [String],
+    /// How long the call is likely to take, seconds.
+    pub expected_duration_seconds: u32,
+    /// The clock reading to judge freshness and shifts by.
+    pub now: DateTime<Utc>,
+}
+
+/// One team's place in the ranking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedTeam {
+    /// The team.
+    pub team_id: String,
+    /// Its name.
+    pub display_name: String,
+    /// Every reason it may not take the call, in the contract's order; empty when eligible.
+    pub exclusions: Vec<ExclusionReason>,
+    /// Great-circle distance, meters (0 without a position).
+    pub distance_meters: f64,
+    /// ETA, seconds (0 without a position).
+    pub eta_seconds: u32,
+    /// The preferred capabilities it has.
+    pub matched_preferred: Vec<String>,
+    /// One sentence on its rank or exclusion.
+    pub rationale: String,
+    facts: Facts,
+}
+
+impl RankedTeam {
+    /// Whether the team met every hard constraint.
+    #[must_use]
+    pub fn eligible(&self) -> bool {
+        self.exclusions.is_empty()
+    }
+
+    /// The reported exclusion reason (the first), if any.
+    #[must_use]
+    pub fn exclusion(&self) -> Option<ExclusionReason> {
+        self.exclusions.first().copied()
+    }
+}
+
+/// The funnel stages a team passed, for the unserved reason.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Facts {
+    on_duty: bool,
+    capable: bool,
+    free: bool,
+    fresh: bool,
+    in_range: bool,
+}
+
+/// The ranked candidates of one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranking {
+    /// Eligible teams in rank order, then excluded teams by ETA (teams without a position
+    /// last). OFF_DUTY teams are not candidates (and are never on duty for the funnel).
+    pub candidates: Vec<RankedTeam>,
+}
+
+impl Ranking {
+    /// The eligible teams, best first.
+    pub fn eligible(&self) -> impl Iterator<Item = &RankedTeam> {
+        self.candidates.iter().take_while(|team| team.eligible())
+    }
+
+    /// Records that `team_id` was claimed by another call between ranking and claiming: it
+    /// becomes excluded (CLAIMED_BY_ANOTHER_CALL, and busy for the funnel) and moves behind
+    /// the eligible teams.
+    pub fn mark_claimed_by_another_call(&mut self, team_id: &str) {
+        let Some(index) = self.candidates.iter().position(|t| t.team_id == team_id) else {
+            return;
+        };
+        let mut team = self.candidates.remove(index);
+        if !team
+            .exclusions
+            .contains(&ExclusionReason::ClaimedByAnotherCall)
+        {
+            team.exclusions.push(ExclusionReason::ClaimedByAnotherCall);
+        }
+        team.facts.free = false;
+        team.facts.fresh = false;
+        team.facts.in_range = false;
+        team.rationale = String::from("excluded: another call claimed this team first");
+        let eligible = self.eligible().count();
+        self.candidates.insert(eligible, team);
+    }
+
+    /// Why no team can take the call, or `None` when one can: the first funnel stage at
+    /// which the region's last teams dropped out (NO_TEAMS_IN_REGION, MISSING_CAPABILITY,
+    /// ALL_BUSY, ALL_POSITIONS_STALE, NO_TEAM_IN_RANGE, SHIFT_ENDING).
+    #[must_use]
+    pub fn unserved(&self) -> Option<UnservedReason> {
+        if self.eligible().next().is_some() {
+            return None;
+        }
+        let any = |stage: fn(&Facts) -> bool| self.candidates.iter().any(|t| stage(&t.facts));
+        Some(if !any(|f| f.on_duty) {
+            UnservedReason::NoTeamsInRegion
+        } else if !any(|f| f.capable) {
+            UnservedReason::MissingCapability
+        } else if !any(|f| f.free) {
+            UnservedReason::AllBusy
+        } else if !any(|f| f.fresh) {
+            UnservedReason::AllPositionsStale
+        } else if !any(|f| f.in_range) {
+            UnservedReason::NoTeamInRange
+        } else {
+            UnservedReason::ShiftEnding
+        })
+    }
+}
+
+fn minutes(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{seconds:.0} s")
+    } else {
+        format!("{:.0} min", seconds / 60.0)
+    }
+}
+
+fn status_name(status: TeamStatus) -> &'static str {
+    status
+        .as_str_name()
+        .strip_prefix("TEAM_STATUS_")
+        .unwrap_or("UNKNOWN")
+}
+
+/// Ranks `teams` (the region's teams, any status) for one call.
+#[must_use]
+pub fn rank(
+    teams: &[TeamSnapshot],
+    input: &RankInput<'_>,
+    region: &RegionSettings,
+    estimator: &dyn EtaEstimator,
+) -> Ranking {
+    let (mut eligible, mut excluded): (Vec<_>, Vec<_>) = teams
+        .iter()
+        .filter(|team| team.status != TeamStatus::OffDuty)
+        .map(|team| evaluate(team, input, region, estimator))
+        .partition(RankedTeam::eligible);
+
+    eligible.sort_by(|a, b| {
+        a.eta_seconds
+            .cmp(&b.eta_seconds)
+            .then_with(|| a.team_id.cmp(&b.team_id))
+    });
+    if !input.preferred.is_empty() {
+        eligible = order_near_ties(eligible, region.tie_window_seconds);
+    }
+    excluded.sort_by(|a, b| {
+        let key = |t: &RankedTeam| {
+            (
+                t.exclusions.contains(&ExclusionReason::NoPosition),
+                t.eta_seconds,
+            )
+        };
+        key(a).cmp(&key(b)).then_with(|| a.team_id.cmp(&b.team_id))
+    });
+    eligible.extend(excluded);
+    Ranking {
+        candidates: eligible,
+    }
+}
+
+/// Reorders near-ties of `sorted` (eligible teams by ETA, then team_id) by preferred
+/// capabilities, as the module documentation describes, and says so in the rationale of a
+/// team that moved ahead of a faster one.
+fn order_near_ties(sorted: Vec<RankedTeam>, window: u32) -> Vec<RankedTeam> {
+    let mut out: Vec<RankedTeam> = Vec::with_capacity(sorted.len());
+    let mut rest = sorted.into_iter().peekable();
+    while let Some(first) = rest.next() {
+        let anchor = first.eta_seconds;
+        let mut group = vec![first];
+        while let Some(next) = rest.next_if(|t| t.eta_seconds - anchor <= window) {
+            group.push(next);
+        }
+        group.sort_by(|a, b| {
+            b.matched_preferred
+                .len()
+                .cmp(&a.matched_preferred.len())
+                .then_with(|| a.eta_seconds.cmp(&b.eta_seconds))
+                .then_with(|| a.team_id.cmp(&b.team_id))
+        });
+        let speed_key = |t: &RankedTeam| (t.eta_seconds, t.team_id.clone());
+        for index in 0..group.len() {
+            let key = speed_key(&group[index]);
+            let passed: Vec<String> = group[index + 1..]
+                .iter()
+                .filter(|later| speed_key(later) < key)
+                .map(|later| later.team_id.clone())
+                .collect();
+            let team = &mut group[index];
+            if !passed.is_empty() {
+                team.rationale = format!(
+                    "{}; ranked ahead of faster {} for preferred {} (ETAs within {window} s)",
+                    team.rationale,
+                    passed.join(", "),
+                    team.matched_preferred.join(", "),
+                );
+            }
+        }
+        out.extend(group);
+    }
+    out
+}
+
+fn evaluate(
+    team: &TeamSnapshot,
+    input: &RankInput<'_>,
+    region: &RegionSettings,
+    estimator: &dyn EtaEstimator,
+) -> RankedTeam {
+    let mut exclusions = Vec::new();
+    let mut reasons = Vec::new();
+
+    let missing: Vec<&str> = input
+        .required
+        .iter()
+        .filter(|tag| !team.capabilities.contains(tag))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        exclusions.push(ExclusionReason::MissingCapability);
+        reasons.push(format!("lacks {}", missing.join(", ")));
+    }
+    let available = team.status == TeamStatus::Available;
+    if !available {
+        exclusions.push(ExclusionReason::NotAvailable);
+        reasons.push(format!("status {}", status_name(team.status)));
+    }
+
+    let estimate = team
+        .position
+        .map(|position| (position, estimator.estimate(position.point, input.location)));
+    let (distance_meters, eta_seconds) =
+        estimate.map_or((0.0, 0), |(_, e)| (e.distance_meters, e.eta_seconds));
+    let mut fresh = false;
+    let mut in_range = false;
+    match estimate {
+        None => {
+            exclusions.push(ExclusionReason::NoPosition);
+            reasons.push(String::from("no position reported"));
+        }
+        Some((position, _)) => {
+            let age = input.now.signed_duration_since(position.recorded_at);
+            let limit = region.staleness_limit_seconds;
+            #[allow(clippy::cast_precision_loss)]
+            let age_seconds = age.num_milliseconds() as f64 / 1000.0;
+            fresh = age.num_milliseconds()
+                <= i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX);
+            if !fresh {
+                exclusions.push(ExclusionReason::StalePosition);
+                #[allow(clippy::cast_precision_loss)]
+                let limit = limit as f64;
+                reasons.push(format!(
+                    "last position {} old (limit {})",
+                    minutes(age_seconds),
+                    minutes(limit)
+                ));
+            }
+            in_range = distance_meters <= region.max_distance_meters
+                && eta_seconds <= region.max_eta_seconds;
+            if !in_range {
+                exclusions.push(ExclusionReason::OutOfRange);
+                reasons.push(format!(
+                    "ETA {} ({:.1} km) beyond the region's limit of {} or {:.1} km",
+                    minutes(f64::from(eta_seconds)),
+                    distance_meters / 1000.0,
+                    minutes(f64::from(region.max_eta_seconds)),
+                    region.max_distance_meters / 1000.0
+                ));
+            }
+        }
+    }
+    if let Some(shift_end) = team.shift_ends_at {
+        let finish = input.now
+            + chrono::Duration::seconds(
+                i64::from(eta_seconds) + i64::from(input.expected_duration_seconds),
+            );
+        if shift_end < finish {
+            exclusions.push(ExclusionReason::ShiftEnding);
+            reasons.push(format!(
+                "shift ends {}, before the call could finish ({})",
+                shift_end.format("%H:%M UTC"),
+                finish.format("%H:%M UTC")
+            ));
+        }
+    }
+
+    let matched_preferred: Vec<String> = input
+        .preferred
+        .iter()
+        .filter(|tag| team.capabilities.contains(tag))
+        .cloned()
+        .collect();
+    let rationale = if exclusions.is_empty() {
+        let mut text = format!(
+            "ETA {} ({:.1} km)",
+            minutes(f64::from(eta_seconds)),
+            distance_meters / 1000.0
+        );
+        if !matched_preferred.is_empty() {
+            text.push_str(&format!("; has preferred {}", matched_preferred.join(", ")));
+        }
+        text
+    } else {
+        format!("excluded: {}", reasons.join("; "))
+    };
+
+    let on_duty = !matches!(team.status, TeamStatus::OffDuty | TeamStatus::OutOfService);
+    let capable = on_duty && missing.is_empty();
+    let free = capable && available;
+    let fresh = free && fresh;
+    let in_range = fresh && in_range;
+    RankedTeam {
+        team_id: team.team_id.clone(),
+        display_name: team.display_name.clone(),
+        exclusions,
+        distance_meters,
+        eta_seconds,
+        matched_preferred,
+        rationale,
+        facts: Facts {
+            on_duty,
+            capable,
+            free,
+            fresh,
+            in_range,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::eta::{GreatCircleEstimator, great_circle_meters};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0)
+            .single()
+            .expect("valid")
+    }
+
+    fn at(latitude: f64, longitude: f64) -> GeoPoint {
+        GeoPoint {
+            latitude,
+            longitude,
+        }
+    }
+
+    fn team(
+        id: &str,
+        status: TeamStatus,
+        caps: &[&str],
+        point: Option<GeoPoint>,
+        age_s: i64,
+    ) -> TeamSnapshot {
+        TeamSnapshot {
+            team_id: id.to_owned(),
+            display_name: format!("Team {id}"),
+            status,
+            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            position: point.map(|point| Position {
+                point,
+                recorded_at: now() - chrono::Duration::seconds(age_s),
+            }),
+            shift_ends_at: None,
+        }
+    }
+
+    const INCIDENT: GeoPoint = GeoPoint {
+        latitude: 44.05,
+        longitude: -123.09,
+    };
+
+    fn input<'a>(required: &'a [String], preferred: &'a [String]) -> RankInput<'a> {
+        RankInput {
+            location: INCIDENT,
+            required,
+            preferred,
+            expected_duration_seconds: 3_600,
+            now: now(),
+        }
+    }
+
+    fn ids(ranking: &Ranking) -> Vec<(&str, Option<ExclusionReason>)> {
+        ranking
+            .candidates
+            .iter()
+            .map(|t| (t.team_id.as_str(), t.exclusion()))
+            .collect()
+    }
+
+    #[test]
+    fn nearest_eligible_first_then_excluded_with_reasons() {
+        let region = RegionSettings::default();
+        let teams = vec![
+            team(
+                "far",
+                TeamStatus::Available,
+                &["clinician"],
+                Some(at(44.10, -123.09)),
+                10,
+            ),
+            team(
+                "near",
+                TeamStatus::Available,
+                &["clinician"],
+                Some(at(44.051, -123.09)),
+                10,
+            ),
+            team(
+                "stale",
+                TeamStatus::Available,
+                &["clinician"],
+                Some(at(44.0501, -123.09)),
+                3_600,
+            ),
+            team(
+                "busy",
+                TeamStatus::OnScene,
+                &["clinician"],
+                Some(at(44.0502, -123.09)),
+                10,
+            ),
+            team(
+                "nocap",
+                TeamStatus::Available,
+                &["peer"],
+                Some(at(44.0503, -123.09)),
+                10,
+            ),
+            team("nopos", TeamStatus::Available, &["clinician"], None, 0),
+            team(
+                "off",
+                TeamStatus::OffDuty,
+                &["clinician"],
+                Some(at(44.05, -123.09)),
+                10,
+            ),
+            team(
+                "outside",
+                TeamStatus::Available,
+                &["clinician"],
+                Some(at(46.0, -123.09)),
+                10,
+            ),
+        ];
+        let required = vec![String::from("clinician")];
+        let ranking = rank(&teams, &input(&required, &[]), &region, &region.estimator());
+        assert_eq!(
+            ids(&ranking),
+            [
+                ("near", None),
+                ("far", None),
+                ("stale", Some(ExclusionReason::StalePosition)),
+                ("busy", Some(ExclusionReason::NotAvailable)),
+                ("nocap", Some(ExclusionReason::MissingCapability)),
+                ("outside", Some(ExclusionReason::OutOfRange)),
+                ("nopos", Some(ExclusionReason::NoPosition)),
+            ]
+        );
+        assert_eq!(ranking.unserved(), None);
+        let stale = &ranking.candidates[2];
+        assert!(
+            stale.rationale.contains("60 min old (limit 5 min)"),
+            "{}",
+            stale.rationale
+        );
+        assert!(ranking.candidates[4].rationale.contains("lacks clinician"));
+    }
+
+    #[test]
+    fn shift_ending_before_the_call_could_finish_excludes() {
+        let region = RegionSettings::default();
+        let mut ending = team(
+            "ending",
+            TeamStatus::Available,
+            &[],
+            Some(at(44.051, -123.09)),
+            10,
+        );
+        ending.shift_ends_at = Some(now() + chrono::Duration::minutes(30));
+        let mut fine = team(
+            "fine",
+            TeamStatus::Available,
+            &[],
+            Some(at(44.06, -123.09)),
+            10,
+        );
+        fine.shift_ends_at = Some(now() + chrono::Duration::hours(3));
+        let ranking = rank(
+            &[ending, fine],
+            &input(&[], &[]),
+            &region,
+            &region.estimator(),
+        );
+        assert_eq!(
+            ids(&ranking),
+            [
+                ("fine", None),
+                ("ending", Some(ExclusionReason::ShiftEnding))
+            ]
+        );
+    }
+
+    #[test]
+    fn preferences_reorder_near_ties_only_and_say_so() {
+        let region = RegionSettings {
+            tie_window_seconds: 60,
+            ..RegionSettings::default()
+        };
+        // ~111 m per 0.001 degree; at 40 km/h * 1.4 road factor that is ~14 s per step.
+        let teams = vec![
+            team(
+                "a",
+                TeamStatus::Available,
+                &[],
+                Some(at(44.051, -123.09)),
+                10,
+            ),
+            team(
+                "b",
+                TeamStatus::Available,
+                &["lang:es"],
+                Some(at(44.053, -123.09)),
+                10,
+            ),
+            team(
+                "c",
+                TeamStatus::Available,
+                &["lang:es"],
+                Some(at(44.10, -123.09)),
+                10,
+            ),
+        ];
+        let preferred = vec![String::from("lang:es")];
+        let ranking = rank(
+            &teams,
+            &input(&[], &preferred),
+            &region,
+            &region.estimator(),
+        );
+        let order: Vec<&str> = ranking.eligible().map(|t| t.team_id.as_str()).collect();
+        assert_eq!(order, ["b", "a", "c"], "c is far outside the tie window");
+        assert!(
+            ranking.candidates[0]
+                .rationale
+                .contains("ranked ahead of faster a")
+        );
+        assert!(!ranking.candidates[1].rationale.contains("ranked ahead"));
+    }
+
+    #[test]
+    fn unserved_reasons_follow_the_funnel() {
+        let region = RegionSettings::default();
+        let required = vec![String::from("clinician")];
+        let check = |teams: Vec<TeamSnapshot>, want: UnservedReason| {
+            let ranking = rank(&teams, &input(&required, &[]), &region, &region.estimator());
+            assert_eq!(ranking.unserved(), Some(want), "{:?}", ids(&ranking));
+        };
+        let near = Some(at(44.051, -123.09));
+        check(vec![], UnservedReason::NoTeamsInRegion);
+        check(
+            vec![
+                team("x", TeamStatus::OffDuty, &["clinician"], near, 1),
+                team("y", TeamStatus::OutOfService, &["clinician"], near, 1),
+            ],
+            UnservedReason::NoTeamsInRegion,
+        );
+        check(
+            vec![team("x", TeamStatus::Available, &["peer"], near, 1)],
+            UnservedReason::MissingCapability,
+        );
+        check(
+            vec![team("x", TeamStatus::EnRoute, &["clinician"], near, 1)],
+            UnservedReason::AllBusy,
+        );
+        check(
+            vec![
+                team("x", TeamStatus::Available, &["clinician"], near, 9_999),
+                team("y", TeamStatus::Available, &["clinician"], None, 0),
+            ],
+            UnservedReason::AllPositionsStale,
+        );
+        check(
+            vec![team(
+                "x",
+                TeamStatus::Available,
+                &["clinician"],
+                Some(at(47.0, -123.09)),
+                1,
+            )],
+            UnservedReason::NoTeamInRange,
+        );
+        let mut ending = team("x", TeamStatus::Available, &["clinician"], near, 1);
+        ending.shift_ends_at = Some(now());
+        check(vec![ending], UnservedReason::ShiftEnding);
+    }
+
+    #[test]
+    fn a_team_lost_to_another_call_moves_behind_and_counts_as_busy() {
+        let region = RegionSettings::default();
+        let teams = vec![team(
+            "only",
+            TeamStatus::Available,
+            &[],
+            Some(at(44.051, -123.09)),
+            1,
+        )];
+        let mut ranking = rank(&teams, &input(&[], &[]), &region, &region.estimator());
+        assert_eq!(ranking.unserved(), None);
+        ranking.mark_claimed_by_another_call("only");
+        assert_eq!(
+            ids(&ranking),
+            [("only", Some(ExclusionReason::ClaimedByAnotherCall))]
+        );
+        assert_eq!(ranking.unserved(), Some(UnservedReason::AllBusy));
+    }
+
+    fn arb_team(index: usize) -> impl Strategy<Value = TeamSnapshot> {
+        let statuses = prop_oneof![
+            4 => Just(TeamStatus::Available),
+            1 => Just(TeamStatus::OnScene),
+            1 => Just(TeamStatus::OffDuty),
+            1 => Just(TeamStatus::OutOfService),
+        ];
+        (
+            statuses,
+            prop::collection::vec(
+                prop_oneof![Just("clinician"), Just("emt"), Just("lang:es")],
+                0..3,
+            ),
+            prop::option::weighted(0.9, (43.7..44.4_f64, -123.5..-122.7_f64)),
+            0..900_i64,
+            prop::option::of(0..10_800_i64),
+        )
+            .prop_map(move |(status, caps, point, age, shift)| {
+                let mut t = team(
+                    &format!("t{index:03}"),
+                    status,
+                    &caps,
+                    point.map(|(la, lo)| at(la, lo)),
+                    age,
+                );
+                t.shift_ends_at = shift.map(|s| now() + chrono::Duration::seconds(s));
+                t
+            })
+    }
+
+    fn arb_teams() -> impl Strategy<Value = Vec<TeamSnapshot>> {
+        (0..40_usize).prop_flat_map(|n| (0..n).map(arb_team).collect::<Vec<_>>())
+    }
+
+    proptest! {
+        /// The first eligible team is the minimal-ETA team among those a brute-force scan of
+        /// the hard constraints accepts (ties by team_id), and every candidate's exclusion is
+        /// the first failing constraint.
+        #[test]
+        fn the_chosen_team_is_the_brute_force_minimum(teams in arb_teams(), need_clinician in any::<bool>()) {
+            let region = RegionSettings::default();
+            let estimator = GreatCircleEstimator { road_factor: region.road_factor, speed_meters_per_second: region.average_speed_kmh / 3.6 };
+            let required: Vec<String> = if need_clinician { vec!["clinician".into()] } else { vec![] };
+            let ranking = rank(&teams, &input(&required, &[]), &region, &estimator);
+
+            let brute: Vec<(u32, String)> = teams.iter().filter_map(|t| {
+                let p = t.position?;
+                let d = great_circle_meters(p.point, INCIDENT);
+                let eta = (d * region.road_factor / (region.average_speed_kmh / 3.6)).ceil() as u32;
+                let ok = t.status == TeamStatus::Available
+                    && required.iter().all(|r| t.capabilities.contains(r))
+                    && (now() - p.recorded_at).num_seconds() <= region.staleness_limit_seconds as i64
+                    && d <= region.max_distance_meters && eta <= region.max_eta_seconds
+                    && t.shift_ends_at.is_none_or(|end| end >= now() + chrono::Duration::seconds(i64::from(eta) + 3_600));
+                ok.then(|| (eta, t.team_id.clone()))
+            }).collect();
+            let best = brute.iter().min().map(|(_, id)| id.as_str());
+            prop_assert_eq!(ranking.eligible().next().map(|t| t.team_id.as_str()), best);
+            prop_assert_eq!(ranking.eligible().count(), brute.len());
+            prop_assert_eq!(ranking.unserved().is_none(), !brute.is_empty());
+            // Off-duty teams are never candidates; everyone else is, exactly once.
+            let on = teams.iter().filter(|t| t.status != TeamStatus::OffDuty).count();
+            prop_assert_eq!(ranking.candidates.len(), on);
+            // Eligible teams come in ETA order.
+            let etas: Vec<u32> = ranking.eligible().map(|t| t.eta_seconds).collect();
+            prop_assert!(etas.windows(2).all(|w| w[0] <= w[1]));
+        }
+
+        /// With preferences, the chosen team is never slower than the fastest eligible team by
+        /// more than the tie window, and has at least as many preferred capabilities as every
+        /// team within the window.
+        #[test]
+        fn preferences_never_cost_more_than_the_tie_window(teams in arb_teams()) {
+            let region = RegionSettings::default();
+            let preferred = vec![String::from("lang:es")];
+            let ranking = rank(&teams, &input(&[], &preferred), &region, &region.estimator());
+            if let Some(chosen) = ranking.eligible().next() {
+                let fastest = ranking.eligible().map(|t| t.eta_seconds).min().unwrap_or(0);
+                prop_assert!(chosen.eta_seconds - fastest <= region.tie_window_seconds);
+                for other in ranking.eligible().filter(|t| t.eta_seconds - fastest <= region.tie_window_seconds) {
+                    prop_assert!(chosen.matched_preferred.len() >= other.matched_preferred.len());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The record: routing's durable memory of incidents, assignments, idempotent responses and
+//! the region event log, behind the [`Store`] trait (PostgreSQL in production, SQLite for
+//! `relay dev`). Domain logic never sees SQL.
+//!
+//! Every change goes through [`Store::write`], one transaction that:
+//! - remembers the request's response (refusing a request_id already remembered),
+//! - creates or updates the incident, only if its version is still the one read
+//!   (optimistic concurrency: replicas that race on one incident cannot both win),
+//! - ends an ACTIVE assignment, only if it is still ACTIVE,
+//! - records a new ACTIVE assignment, only if its fencing token is larger than the last one
+//!   recorded for the team and neither the team nor the incident has another ACTIVE one
+//!   (unique partial indexes),
+//! - appends the events, numbered by a per-region counter row bumped in the same transaction,
+//!   so event numbers are gapless and in commit order.
+
+use chrono::{DateTime, Utc};
+use relay_proto::{
+    common::GeoPoint,
+    routing::{Assignment, AssignmentEvent, AssignmentState},
+};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// What routing last did with an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentState {
+    /// Ranked (recommended) and waiting for a dispatcher.
+    Routed,
+    /// In its region's queue.
+    Queued,
+    /// A team is actively assigned.
+    Assigned,
+    /// Its assignment ended normally.
+    Released,
+    /// CancelRouting stopped its routing.
+    Cancelled,
+    /// It waited too long and left the queue.
+    Escalated,
+}
+
+impl IncidentState {
+    /// The stored name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Routed => "ROUTED",
+            Self::Queued => "QUEUED",
+            Self::Assigned => "ASSIGNED",
+            Self::Released => "RELEASED",
+            Self::Cancelled => "CANCELLED",
+            Self::Escalated => "ESCALATED",
+        }
+    }
+
+    /// The state with this stored name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "ROUTED" => Self::Routed,
+            "QUEUED" => Self::Queued,
+            "ASSIGNED" => Self::Assigned,
+            "RELEASED" => Self::Released,
+            "CANCELLED" => Self::Cancelled,
+            "ESCALATED" => Self::Escalated,
+            _ => return None,
+        })
+    }
+}
+
+/// An incident as routing knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentRecord {
+    /// The incident.
+    pub incident_id: String,
+    /// Its region.
+    pub region: String,
+    /// The CAD it came from.
+    pub cad_system: String,
+    /// 1..5.
+    pub priority: i32,
+    /// Where the team should go.
+    pub location: GeoPoint,
+    /// Capabilities a team must have.
+    pub required_capabilities: Vec<String>,
+    /// Capabilities that reorder near-ties.
+    pub preferred_capabilities: Vec<String>,
+    /// The expected duration given by the caller, seconds.
+    pub expected_duration_seconds: Option<i32>,
+    /// What routing last did with it.
+    pub state: IncidentState,
+    /// When it was first queued (kept while it stays queued).
+    pub queued_time: Option<DateTime<Utc>>,
+    /// When it is escalated if still queued.
+    pub escalate_time: Option<DateTime<Utc>>,
+    /// Why no team could take it (`UnservedReason` as i32; 0 when served).
+    pub unserved_reason: i32,
+    /// Incremented by every write; a write names the version it read.
+    pub version: i64,
+    /// When it last changed.
+    pub update_time: DateTime<Utc>,
+}
+
+/// The position after which a queue page starts (serving order).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueueCursor {
+    /// Priority of the last entry returned.
+    pub priority: i32,
+    /// Its queued_time.
+    pub queued_time: DateTime<Utc>,
+    /// Its incident_id.
+    pub incident_id: String,
+}
+
+/// A remembered response of a mutation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The caller's request_id.
+    pub request_id: String,
+    /// Identifies the request (method and content) so a reuse for another request is seen.
+    pub fingerprint: Vec<u8>,
+    /// The encoded response.
+    pub response: Vec<u8>,
+}
+
+/// Creates or updates an incident.
+#[derive(Debug, Clone)]
+pub struct IncidentWrite {
+    /// The incident as it is after the write (its `version` is ignored: the store sets
+    /// `expected_version + 1`).
+    pub record: IncidentRecord,
+    /// The version read before deciding; 0 means the incident must not exist yet.
+    pub expected_version: i64,
+}
+
+/// Ends an ACTIVE assignment.
+#[derive(Debug, Clone)]
+pub struct EndAssignment {
+    /// The assignment.
+    pub assignment_id: String,
+    /// RELEASED or CANCELLED.
+    pub state: AssignmentState,
+    /// When it ended.
+    pub end_time: DateTime<Utc>,
+    /// Why.
+    pub end_reason: String,
+}
+
+/// One transaction of the record (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub struct Write {
+    /// The region the events belong to.
+    pub region: String,
+    /// The idempotent response to remember.
+    pub request: Option<RequestRecord>,
+    /// The incident change.
+    pub incident: Option<IncidentWrite>,
+    /// The assignment to end.
+    pub end_assignment: Option<EndAssignment>,
+    /// The assignment to record (state ACTIVE).
+    pub new_assignment: Option<Assignment>,
+    /// The events to append (their `event_id` is assigned by the store).
+    pub events: Vec<AssignmentEvent>,
+}
+
+/// Why the record refused a write, or could not be reached. A refused write changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The incident changed since it was read (or already exists).
+    #[error("the incident changed since it was read")]
+    VersionConflict,
+    /// The claim's fencing token is not larger than the last one recorded for the team.
+    #[error("stale fencing token")]
+    StaleToken,
+    /// The team already has an ACTIVE assignment.
+    #[error("the team already has an active assignment")]
+    TeamBusy,
+    /// The incident already has an ACTIVE assignment.
+    #[error("the incident already has an active assignment")]
+    IncidentBusy,
+    /// The assignment to end is not ACTIVE.
+    #[error("the assignment is not active")]
+    NotActive,
+    /// The request_id is already remembered.
+    #[error("the request was already recorded")]
+    DuplicateRequest,
+    /// The database failed.
+    #[error("record unavailable")]
+    Backend(#[source] relay_runtime::BoxError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Backend(Box::new(error))
+    }
+}
+
+/// The record. Every method is one statement or one transaction.
+#[tonic::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// One incident.
+    async fn incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError>;
+    /// One assignment.
+    async fn assignment(&self, assignment_id: &str) -> Result<Option<Assignment>, StoreError>;
+    /// The ACTIVE assignment of an incident.
+    async fn active_assignment_of_incident(
+        &self,
+        incident_id: &str,
+    ) -> Result<Option<Assignment>, StoreError>;
+    /// The ACTIVE assignment of a team.
+    async fn active_assignment_of_team(
+        &self,
+        team_id: &str,
+    ) -> Result<Option<Assignment>, StoreError>;
+    /// Every ACTIVE assignment of a region.
+    async fn active_assignments(&self, region: &str) -> Result<Vec<Assignment>, StoreError>;
+    /// Queued incidents of a region in serving order (priority, queued_time, incident_id),
+    /// after `after`.
+    async fn queue(
+        &self,
+        region: &str,
+        after: Option<&QueueCursor>,
+        limit: usize,
+    ) -> Result<Vec<IncidentRecord>, StoreError>;
+    /// Queued incidents whose escalate_time is at or before `now`, any region.
+    async fn due_escalations(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<IncidentRecord>, StoreError>;
+    /// Regions with a queued incident, an ACTIVE assignment, or any event.
+    async fn regions(&self) -> Result<Vec<String>, StoreError>;
+    /// A remembered response.
+    async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// One transaction; see [`Write`].
+    async fn write(&self, write: Write) -> Result<(), StoreError>;
+    /// Events of a region with sequence number above `after`, oldest first, with event_id set.
+    async fn events(
+        &self,
+        region: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, AssignmentEvent)>, StoreError>;
+    /// The oldest retained and the last sequence numbers of a region; the oldest is last + 1
+    /// when no event is retained (and (1, 0) for a region without events).
+    async fn event_bounds(&self, region: &str) -> Result<(i64, i64), StoreError>;
+    /// Forgets events and remembered responses older than `before`; returns how many rows.
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+pub(crate) fn join_tags(tags: &[String]) -> String {
+    tags.join(",")
+}
+
+pub(crate) fn split_tags(tags: &str) -> Vec<String> {
+    if tags.is_empty() {
+        Vec::new()
+    } else {
+        tags.split(',').map(str::to_owned).collect()
+    }
+}
+
+pub(crate) fn assignment_state_name(state: AssignmentState) -> &'static str {
+    match state {
+        AssignmentState::Released => "RELEASED",
+        AssignmentState::Cancelled => "CANCELLED",
+        AssignmentState::Active | AssignmentState::Unspecified => "ACTIVE",
+    }
+}
+
+pub(crate) fn parse_assignment_state(name: &str) -> AssignmentState {
+    match name {
+        "RELEASED" => AssignmentState::Released,
+        "CANCELLED" => AssignmentState::Cancelled,
+        _ => AssignmentState::Active,
+    }
+}
+
+pub(crate) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    relay_runtime::validate::to_timestamp(time)
+}
+
+pub(crate) fn from_timestamp(time: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+    time.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .unwrap_or_default()
+}
+
+/// The conformance suite every [`Store`] backend passes.
+#[cfg(test)]
+pub(crate) mod conformance;

@@ -1,0 +1,460 @@
+//! The conformance suite of [`Store`]: every check runs against PostgreSQL and SQLite.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use relay_proto::{
+    common::GeoPoint,
+    routing::{
+        Assignment, AssignmentEvent, AssignmentEventKind, AssignmentSource, AssignmentState,
+    },
+};
+
+use super::{
+    EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord, Store,
+    StoreError, Write, timestamp,
+};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0)
+        .single()
+        .expect("valid")
+}
+
+fn incident(id: &str, region: &str, state: IncidentState) -> IncidentRecord {
+    IncidentRecord {
+        incident_id: id.to_owned(),
+        region: region.to_owned(),
+        cad_system: "cad".into(),
+        priority: 3,
+        location: GeoPoint {
+            latitude: 44.05,
+            longitude: -123.09,
+        },
+        required_capabilities: vec!["clinician".into(), "lang:es".into()],
+        preferred_capabilities: vec![],
+        expected_duration_seconds: Some(600),
+        state,
+        queued_time: None,
+        escalate_time: None,
+        unserved_reason: 0,
+        version: 0,
+        update_time: t0(),
+    }
+}
+
+fn queued(id: &str, region: &str, priority: i32, at: DateTime<Utc>) -> IncidentRecord {
+    let mut record = incident(id, region, IncidentState::Queued);
+    record.priority = priority;
+    record.queued_time = Some(at);
+    record.escalate_time = Some(at + Duration::minutes(10));
+    record.unserved_reason = 3;
+    record
+}
+
+fn assignment(id: &str, incident_id: &str, team_id: &str, token: i64) -> Assignment {
+    Assignment {
+        assignment_id: id.to_owned(),
+        incident_id: incident_id.to_owned(),
+        team_id: team_id.to_owned(),
+        region: "r".into(),
+        distance_meters: 1234.5,
+        eta_seconds: 99,
+        assigned_at: Some(timestamp(t0())),
+        fencing_token: token,
+        state: AssignmentState::Active.into(),
+        source: AssignmentSource::Queue.into(),
+        cad_system: "cad".into(),
+        end_time: None,
+        end_reason: String::new(),
+    }
+}
+
+fn event(incident_id: &str) -> AssignmentEvent {
+    AssignmentEvent {
+        event_id: String::new(),
+        kind: AssignmentEventKind::Queued.into(),
+        incident_id: incident_id.to_owned(),
+        cad_system: "cad".into(),
+        assignment: None,
+        queued: None,
+        reason: 3,
+        event_time: Some(timestamp(t0())),
+    }
+}
+
+async fn create(store: &dyn Store, record: IncidentRecord) {
+    store
+        .write(Write {
+            region: record.region.clone(),
+            incident: Some(IncidentWrite {
+                record,
+                expected_version: 0,
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("create incident");
+}
+
+async fn assign(store: &dyn Store, a: Assignment) -> Result<(), StoreError> {
+    store
+        .write(Write {
+            region: a.region.clone(),
+            new_assignment: Some(a),
+            ..Write::default()
+        })
+        .await
+}
+
+pub(crate) async fn incidents_round_trip_and_refuse_stale_versions(store: &dyn Store) {
+    let record = incident("i1", "r", IncidentState::Routed);
+    create(store, record.clone()).await;
+    let read = store.incident("i1").await.expect("read").expect("exists");
+    assert_eq!(read.version, 1);
+    assert_eq!(read.required_capabilities, record.required_capabilities);
+    assert_eq!(read.expected_duration_seconds, Some(600));
+    assert!(matches!(
+        store
+            .write(Write {
+                region: "r".into(),
+                incident: Some(IncidentWrite {
+                    record: record.clone(),
+                    expected_version: 0
+                }),
+                ..Write::default()
+            })
+            .await,
+        Err(StoreError::VersionConflict)
+    ));
+    let mut next = read.clone();
+    next.state = IncidentState::Cancelled;
+    let stale = Write {
+        region: "r".into(),
+        incident: Some(IncidentWrite {
+            record: next.clone(),
+            expected_version: 7,
+        }),
+        events: vec![event("i1")],
+        ..Write::default()
+    };
+    assert!(matches!(
+        store.write(stale).await,
+        Err(StoreError::VersionConflict)
+    ));
+    assert_eq!(
+        store.event_bounds("r").await.expect("bounds"),
+        (1, 0),
+        "a refused write appends no event"
+    );
+    store
+        .write(Write {
+            region: "r".into(),
+            incident: Some(IncidentWrite {
+                record: next,
+                expected_version: 1,
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("current version");
+    let read = store.incident("i1").await.expect("read").expect("exists");
+    assert_eq!((read.version, read.state), (2, IncidentState::Cancelled));
+    assert!(store.incident("nope").await.expect("read").is_none());
+}
+
+pub(crate) async fn one_active_assignment_per_team_and_per_incident(store: &dyn Store) {
+    for id in ["i1", "i2", "i3"] {
+        create(store, incident(id, "r", IncidentState::Routed)).await;
+    }
+    assign(store, assignment("a1", "i1", "t1", 1))
+        .await
+        .expect("first");
+    assert!(matches!(
+        assign(store, assignment("a2", "i2", "t1", 2)).await,
+        Err(StoreError::TeamBusy)
+    ));
+    assert!(matches!(
+        assign(store, assignment("a3", "i1", "t2", 1)).await,
+        Err(StoreError::IncidentBusy)
+    ));
+    let active = store
+        .active_assignment_of_team("t1")
+        .await
+        .expect("read")
+        .expect("active");
+    assert_eq!(active, assignment("a1", "i1", "t1", 1));
+    assert_eq!(store.active_assignments("r").await.expect("read").len(), 1);
+    // Ending it frees both the team and the incident.
+    let end = EndAssignment {
+        assignment_id: "a1".into(),
+        state: AssignmentState::Released,
+        end_time: t0() + Duration::minutes(5),
+        end_reason: "done".into(),
+    };
+    store
+        .write(Write {
+            region: "r".into(),
+            end_assignment: Some(end.clone()),
+            ..Write::default()
+        })
+        .await
+        .expect("end");
+    assert!(matches!(
+        store
+            .write(Write {
+                region: "r".into(),
+                end_assignment: Some(end),
+                ..Write::default()
+            })
+            .await,
+        Err(StoreError::NotActive)
+    ));
+    let ended = store.assignment("a1").await.expect("read").expect("exists");
+    assert_eq!(ended.state, i32::from(AssignmentState::Released));
+    assert_eq!(ended.end_reason, "done");
+    assert!(ended.end_time.is_some());
+    assign(store, assignment("a4", "i2", "t1", 2))
+        .await
+        .expect("team free again");
+    assert!(
+        store
+            .active_assignment_of_incident("i1")
+            .await
+            .expect("read")
+            .is_none()
+    );
+}
+
+pub(crate) async fn stale_fencing_tokens_are_refused(store: &dyn Store) {
+    for id in ["i1", "i2", "i3"] {
+        create(store, incident(id, "r", IncidentState::Routed)).await;
+    }
+    assign(store, assignment("a1", "i1", "t1", 5))
+        .await
+        .expect("first");
+    store
+        .write(Write {
+            region: "r".into(),
+            end_assignment: Some(EndAssignment {
+                assignment_id: "a1".into(),
+                state: AssignmentState::Cancelled,
+                end_time: t0(),
+                end_reason: "x".into(),
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("end");
+    for token in [5, 3] {
+        assert!(
+            matches!(
+                assign(store, assignment("a2", "i2", "t1", token)).await,
+                Err(StoreError::StaleToken)
+            ),
+            "token {token} is not larger than 5"
+        );
+    }
+    assert!(store.assignment("a2").await.expect("read").is_none());
+    assign(store, assignment("a2", "i2", "t1", 6))
+        .await
+        .expect("larger token");
+}
+
+pub(crate) async fn requests_are_remembered_once(store: &dyn Store) {
+    let request = RequestRecord {
+        request_id: "req-1".into(),
+        fingerprint: vec![1, 2, 3],
+        response: vec![9, 9],
+    };
+    let write = |record: IncidentRecord| Write {
+        region: "r".into(),
+        request: Some(request.clone()),
+        incident: Some(IncidentWrite {
+            record,
+            expected_version: 0,
+        }),
+        events: vec![event("i1")],
+        ..Write::default()
+    };
+    store
+        .write(write(incident("i1", "r", IncidentState::Routed)))
+        .await
+        .expect("first");
+    assert!(matches!(
+        store
+            .write(write(incident("i2", "r", IncidentState::Routed)))
+            .await,
+        Err(StoreError::DuplicateRequest)
+    ));
+    assert!(
+        store.incident("i2").await.expect("read").is_none(),
+        "a refused write changes nothing"
+    );
+    assert_eq!(
+        store.request("req-1").await.expect("read"),
+        Some(request.clone())
+    );
+    assert_eq!(store.request("other").await.expect("read"), None);
+}
+
+pub(crate) async fn events_are_numbered_per_region_without_gaps(store: &dyn Store) {
+    for (index, region) in ["a", "b", "a", "a", "b"].into_iter().enumerate() {
+        store
+            .write(Write {
+                region: region.into(),
+                events: vec![event(&format!("i{index}"))],
+                ..Write::default()
+            })
+            .await
+            .expect("append");
+    }
+    store
+        .write(Write {
+            region: "a".into(),
+            events: vec![event("x1"), event("x2")],
+            ..Write::default()
+        })
+        .await
+        .expect("append two");
+    let a = store.events("a", 0, 100).await.expect("read");
+    let seqs: Vec<i64> = a.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let ids: Vec<&str> = a.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5"]);
+    let incidents: Vec<&str> = a.iter().map(|(_, e)| e.incident_id.as_str()).collect();
+    assert_eq!(incidents, ["i0", "i2", "i3", "x1", "x2"]);
+    assert_eq!(store.events("a", 3, 1).await.expect("read").len(), 1);
+    assert_eq!(store.events("a", 5, 10).await.expect("read").len(), 0);
+    assert_eq!(store.event_bounds("a").await.expect("bounds"), (1, 5));
+    assert_eq!(store.event_bounds("b").await.expect("bounds"), (1, 2));
+    assert_eq!(store.event_bounds("c").await.expect("bounds"), (1, 0));
+    let regions = store.regions().await.expect("regions");
+    assert_eq!(regions, ["a", "b"]);
+    // Pruning everything keeps the numbering: the next event is 6.
+    store
+        .prune(Utc::now() + Duration::hours(1))
+        .await
+        .expect("prune");
+    assert_eq!(store.event_bounds("a").await.expect("bounds"), (6, 5));
+    store
+        .write(Write {
+            region: "a".into(),
+            events: vec![event("later")],
+            ..Write::default()
+        })
+        .await
+        .expect("append");
+    let after = store.events("a", 5, 10).await.expect("read");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].0, 6);
+}
+
+pub(crate) async fn the_queue_is_served_by_priority_then_age(store: &dyn Store) {
+    let base = t0();
+    let entries = [
+        ("late-p1", 1, 30),
+        ("early-p2", 2, 0),
+        ("early-p1", 1, 10),
+        ("tie-b", 3, 5),
+        ("tie-a", 3, 5),
+    ];
+    for (id, priority, offset) in entries {
+        create(
+            store,
+            queued(id, "q", priority, base + Duration::seconds(offset)),
+        )
+        .await;
+    }
+    create(store, queued("elsewhere", "other", 1, base)).await;
+    create(store, incident("not-queued", "q", IncidentState::Routed)).await;
+    let all: Vec<String> = store
+        .queue("q", None, 100)
+        .await
+        .expect("queue")
+        .into_iter()
+        .map(|i| i.incident_id)
+        .collect();
+    assert_eq!(all, ["early-p1", "late-p1", "early-p2", "tie-a", "tie-b"]);
+    let first = store.queue("q", None, 2).await.expect("page");
+    let last = &first[1];
+    let cursor = QueueCursor {
+        priority: last.priority,
+        queued_time: last.queued_time.expect("queued"),
+        incident_id: last.incident_id.clone(),
+    };
+    let rest: Vec<String> = store
+        .queue("q", Some(&cursor), 100)
+        .await
+        .expect("page")
+        .into_iter()
+        .map(|i| i.incident_id)
+        .collect();
+    assert_eq!(rest, ["early-p2", "tie-a", "tie-b"]);
+    let due: Vec<String> = store
+        .due_escalations(base + Duration::minutes(10) + Duration::seconds(5), 100)
+        .await
+        .expect("due")
+        .into_iter()
+        .map(|i| i.incident_id)
+        .collect();
+    assert_eq!(due, ["early-p2", "elsewhere", "tie-a", "tie-b"]);
+}
+
+/// Generates one test per check for a backend.
+macro_rules! conformance_tests {
+    ($open:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (store, _guard) = $open().await;
+                $crate::store::conformance::$check(&store).await;
+            }
+        )*
+    };
+}
+
+macro_rules! all_conformance_tests {
+    ($open:path) => {
+        $crate::store::conformance::conformance_tests!($open;
+            incidents_round_trip_and_refuse_stale_versions,
+            one_active_assignment_per_team_and_per_incident,
+            stale_fencing_tokens_are_refused,
+            requests_are_remembered_once,
+            events_are_numbered_per_region_without_gaps,
+            the_queue_is_served_by_priority_then_age,
+        );
+    };
+}
+
+pub(crate) use all_conformance_tests;
+pub(crate) use conformance_tests;
+
+/// A migrated PostgreSQL store in its own database.
+pub(crate) async fn postgres() -> (super::PostgresStore, relay_tests::TestDatabase) {
+    let database = relay_tests::TestDatabase::new().await;
+    let url = secrecy::SecretString::from(database.url().to_owned());
+    let pool = relay_runtime::storage::postgres_pool(&url, crate::SCHEMA, 4).expect("pool");
+    relay_runtime::storage::migrate_postgres(&pool, crate::SCHEMA, &crate::MIGRATOR)
+        .await
+        .expect("migrate");
+    (super::PostgresStore::new(pool), database)
+}
+
+/// A migrated SQLite store in its own temporary file.
+pub(crate) async fn sqlite() -> (super::SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = secrecy::SecretString::from(format!(
+        "sqlite://{}",
+        dir.path().join("routing.db").display()
+    ));
+    let pool = relay_runtime::storage::sqlite_pool(&url, 4).expect("pool");
+    crate::SQLITE_MIGRATOR.run(&pool).await.expect("migrate");
+    (super::SqliteStore::new(pool), dir)
+}
+
+mod on_postgres {
+    super::all_conformance_tests!(super::postgres);
+}
+
+mod on_sqlite {
+    super::all_conformance_tests!(super::sqlite);
+}

@@ -1,0 +1,428 @@
+//! The PostgreSQL record (schema `routing`).
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use relay_proto::{
+    common::GeoPoint,
+    routing::{Assignment, AssignmentEvent, AssignmentSource},
+};
+use sqlx::{PgPool, Row, postgres::PgRow};
+
+use super::{
+    IncidentRecord, IncidentState, QueueCursor, RequestRecord, Store, StoreError, Write,
+    assignment_state_name, from_timestamp, join_tags, parse_assignment_state, split_tags,
+    timestamp,
+};
+
+/// The record in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// A store over `pool` (whose search_path is the `routing` schema, migrated).
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+const INCIDENT_COLUMNS: &str = "incident_id, region, cad_system, priority, latitude, longitude, \
+     required_capabilities, preferred_capabilities, expected_duration_seconds, state, \
+     queued_time, escalate_time, unserved_reason, version, update_time";
+
+const ASSIGNMENT_COLUMNS: &str = "assignment_id, incident_id, team_id, region, distance_meters, \
+     eta_seconds, assigned_at, fencing_token, state, source, cad_system, end_time, end_reason";
+
+fn incident_from(row: &PgRow) -> Result<IncidentRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    Ok(IncidentRecord {
+        incident_id: row.try_get("incident_id")?,
+        region: row.try_get("region")?,
+        cad_system: row.try_get("cad_system")?,
+        priority: row.try_get("priority")?,
+        location: GeoPoint {
+            latitude: row.try_get("latitude")?,
+            longitude: row.try_get("longitude")?,
+        },
+        required_capabilities: split_tags(row.try_get("required_capabilities")?),
+        preferred_capabilities: split_tags(row.try_get("preferred_capabilities")?),
+        expected_duration_seconds: row.try_get("expected_duration_seconds")?,
+        state: IncidentState::parse(&state)
+            .ok_or_else(|| StoreError::Backend(format!("unknown state {state}").into()))?,
+        queued_time: row.try_get("queued_time")?,
+        escalate_time: row.try_get("escalate_time")?,
+        unserved_reason: row.try_get("unserved_reason")?,
+        version: row.try_get("version")?,
+        update_time: row.try_get("update_time")?,
+    })
+}
+
+fn assignment_from(row: &PgRow) -> Result<Assignment, StoreError> {
+    let state: String = row.try_get("state")?;
+    let end_time: Option<DateTime<Utc>> = row.try_get("end_time")?;
+    Ok(Assignment {
+        assignment_id: row.try_get("assignment_id")?,
+        incident_id: row.try_get("incident_id")?,
+        team_id: row.try_get("team_id")?,
+        region: row.try_get("region")?,
+        distance_meters: row.try_get("distance_meters")?,
+        eta_seconds: row.try_get("eta_seconds")?,
+        assigned_at: Some(timestamp(row.try_get("assigned_at")?)),
+        fencing_token: row.try_get("fencing_token")?,
+        state: parse_assignment_state(&state).into(),
+        source: row.try_get("source")?,
+        cad_system: row.try_get("cad_system")?,
+        end_time: end_time.map(timestamp),
+        end_reason: row.try_get("end_reason")?,
+    })
+}
+
+fn constraint(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|e| e.constraint().map(str::to_owned))
+}
+
+#[tonic::async_trait]
+impl Store for PostgresStore {
+    async fn incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError> {
+        let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE incident_id = $1");
+        sqlx::query(&sql)
+            .bind(incident_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(incident_from)
+            .transpose()
+    }
+
+    async fn assignment(&self, assignment_id: &str) -> Result<Option<Assignment>, StoreError> {
+        let sql = format!("SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE assignment_id = $1");
+        sqlx::query(&sql)
+            .bind(assignment_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(assignment_from)
+            .transpose()
+    }
+
+    async fn active_assignment_of_incident(
+        &self,
+        incident_id: &str,
+    ) -> Result<Option<Assignment>, StoreError> {
+        let sql = format!(
+            "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE incident_id = $1 AND state = 'ACTIVE'"
+        );
+        sqlx::query(&sql)
+            .bind(incident_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(assignment_from)
+            .transpose()
+    }
+
+    async fn active_assignment_of_team(
+        &self,
+        team_id: &str,
+    ) -> Result<Option<Assignment>, StoreError> {
+        let sql = format!(
+            "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE team_id = $1 AND state = 'ACTIVE'"
+        );
+        sqlx::query(&sql)
+            .bind(team_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(assignment_from)
+            .transpose()
+    }
+
+    async fn active_assignments(&self, region: &str) -> Result<Vec<Assignment>, StoreError> {
+        let sql = format!(
+            "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE region = $1 AND state = 'ACTIVE' \
+             ORDER BY assigned_at, assignment_id"
+        );
+        sqlx::query(&sql)
+            .bind(region)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(assignment_from)
+            .collect()
+    }
+
+    async fn queue(
+        &self,
+        region: &str,
+        after: Option<&QueueCursor>,
+        limit: usize,
+    ) -> Result<Vec<IncidentRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match after {
+            None => {
+                let sql = format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE region = $1 AND state = 'QUEUED' \
+                     ORDER BY priority, queued_time, incident_id LIMIT $2"
+                );
+                sqlx::query(&sql)
+                    .bind(region)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(cursor) => {
+                let sql = format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE region = $1 AND state = 'QUEUED' \
+                     AND (priority, queued_time, incident_id) > ($2, $3, $4) \
+                     ORDER BY priority, queued_time, incident_id LIMIT $5"
+                );
+                sqlx::query(&sql)
+                    .bind(region)
+                    .bind(cursor.priority)
+                    .bind(cursor.queued_time)
+                    .bind(&cursor.incident_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(incident_from).collect()
+    }
+
+    async fn due_escalations(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<IncidentRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE state = 'QUEUED' AND escalate_time <= $1 \
+             ORDER BY escalate_time, incident_id LIMIT $2"
+        );
+        sqlx::query(&sql)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(incident_from)
+            .collect()
+    }
+
+    async fn regions(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT region FROM region_counters \
+             UNION SELECT region FROM incidents WHERE state = 'QUEUED' \
+             UNION SELECT region FROM assignments WHERE state = 'ACTIVE' ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let row = sqlx::query("SELECT fingerprint, response FROM requests WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(RequestRecord {
+                request_id: request_id.to_owned(),
+                fingerprint: row.try_get("fingerprint")?,
+                response: row.try_get("response")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        if let Some(request) = &write.request {
+            let done = sqlx::query(
+                "INSERT INTO requests (request_id, fingerprint, response, create_time) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&request.request_id)
+            .bind(&request.fingerprint)
+            .bind(&request.response)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::DuplicateRequest);
+            }
+        }
+        if let Some(change) = &write.incident {
+            let r = &change.record;
+            let sql = if change.expected_version == 0 {
+                "INSERT INTO incidents (incident_id, region, cad_system, priority, latitude, longitude, \
+                 required_capabilities, preferred_capabilities, expected_duration_seconds, state, \
+                 queued_time, escalate_time, unserved_reason, version, update_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 + 1, $15) \
+                 ON CONFLICT (incident_id) DO NOTHING"
+            } else {
+                "UPDATE incidents SET region = $2, cad_system = $3, priority = $4, latitude = $5, \
+                 longitude = $6, required_capabilities = $7, preferred_capabilities = $8, \
+                 expected_duration_seconds = $9, state = $10, queued_time = $11, \
+                 escalate_time = $12, unserved_reason = $13, version = $14 + 1, update_time = $15 \
+                 WHERE incident_id = $1 AND version = $14"
+            };
+            let done = sqlx::query(sql)
+                .bind(&r.incident_id)
+                .bind(&r.region)
+                .bind(&r.cad_system)
+                .bind(r.priority)
+                .bind(r.location.latitude)
+                .bind(r.location.longitude)
+                .bind(join_tags(&r.required_capabilities))
+                .bind(join_tags(&r.preferred_capabilities))
+                .bind(r.expected_duration_seconds)
+                .bind(r.state.as_str())
+                .bind(r.queued_time)
+                .bind(r.escalate_time)
+                .bind(r.unserved_reason)
+                .bind(change.expected_version)
+                .bind(r.update_time)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::VersionConflict);
+            }
+        }
+        if let Some(end) = &write.end_assignment {
+            let done = sqlx::query(
+                "UPDATE assignments SET state = $2, end_time = $3, end_reason = $4 \
+                 WHERE assignment_id = $1 AND state = 'ACTIVE'",
+            )
+            .bind(&end.assignment_id)
+            .bind(assignment_state_name(end.state))
+            .bind(end.end_time)
+            .bind(&end.end_reason)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotActive);
+            }
+        }
+        if let Some(a) = &write.new_assignment {
+            let fenced = sqlx::query(
+                "INSERT INTO team_tokens (team_id, last_token) VALUES ($1, $2) \
+                 ON CONFLICT (team_id) DO UPDATE SET last_token = EXCLUDED.last_token \
+                 WHERE team_tokens.last_token < EXCLUDED.last_token",
+            )
+            .bind(&a.team_id)
+            .bind(a.fencing_token)
+            .execute(&mut *tx)
+            .await?;
+            if fenced.rows_affected() == 0 {
+                return Err(StoreError::StaleToken);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO assignments (assignment_id, incident_id, team_id, region, \
+                 distance_meters, eta_seconds, assigned_at, fencing_token, state, source, \
+                 cad_system, end_time, end_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ACTIVE', $9, $10, NULL, '')",
+            )
+            .bind(&a.assignment_id)
+            .bind(&a.incident_id)
+            .bind(&a.team_id)
+            .bind(&a.region)
+            .bind(a.distance_meters)
+            .bind(a.eta_seconds)
+            .bind(from_timestamp(a.assigned_at.as_ref()))
+            .bind(a.fencing_token)
+            .bind(if a.source == 0 {
+                AssignmentSource::AutoAssign as i32
+            } else {
+                a.source
+            })
+            .bind(&a.cad_system)
+            .execute(&mut *tx)
+            .await;
+            if let Err(error) = inserted {
+                return Err(match constraint(&error).as_deref() {
+                    Some("assignments_one_active_per_team") => StoreError::TeamBusy,
+                    Some("assignments_one_active_per_incident") => StoreError::IncidentBusy,
+                    _ => error.into(),
+                });
+            }
+        }
+        for event in &write.events {
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO region_counters (region, last_seq) VALUES ($1, 1) \
+                 ON CONFLICT (region) DO UPDATE SET last_seq = region_counters.last_seq + 1 \
+                 RETURNING last_seq",
+            )
+            .bind(&write.region)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO events (region, seq, payload, event_time) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&write.region)
+            .bind(seq)
+            .bind(event.encode_to_vec())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events(
+        &self,
+        region: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, AssignmentEvent)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, payload FROM events WHERE region = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(region)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq")?;
+                let payload: Vec<u8> = row.try_get("payload")?;
+                let mut event = AssignmentEvent::decode(payload.as_slice())
+                    .map_err(|e| StoreError::Backend(Box::new(e)))?;
+                event.event_id = seq.to_string();
+                Ok((seq, event))
+            })
+            .collect()
+    }
+
+    async fn event_bounds(&self, region: &str) -> Result<(i64, i64), StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM region_counters WHERE region = $1")
+                .bind(region)
+                .fetch_optional(&self.pool)
+                .await?;
+        let first: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(seq) FROM events WHERE region = $1")
+                .bind(region)
+                .fetch_one(&self.pool)
+                .await?;
+        let last = last.unwrap_or(0);
+        Ok((first.unwrap_or(last + 1), last))
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let events = sqlx::query("DELETE FROM events WHERE event_time < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        let requests = sqlx::query("DELETE FROM requests WHERE create_time < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(events.rows_affected() + requests.rows_affected())
+    }
+}

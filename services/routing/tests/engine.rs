@@ -1,0 +1,872 @@
+//! The engine against the real PostgreSQL record and the in-process fleet, with a manual
+//! clock: assignment, exclusions, lost races, the queue, escalation, confirmation, release,
+//! cancellation, idempotency, validation, and reconciliation.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::{World, assign, team, world};
+use relay_proto::{
+    common::{AssignmentMode, ExclusionReason, TeamStatus, UnservedReason},
+    routing::{
+        AssignmentEventKind, AssignmentOutcome, AssignmentSource, AssignmentState,
+        CancelRoutingRequest, ConfirmAssignmentRequest, GetAssignmentRequest, ListQueueRequest,
+        ReleaseTeamRequest,
+    },
+};
+use relay_routing::{
+    clock::Clock,
+    error::RoutingError,
+    fleet::{Claim, ClaimRefused, Fleet, FleetError, FleetTeam, MemoryFleet, TeamAvailable},
+    ranking::TeamSnapshot,
+    store::{IncidentState, Store},
+};
+
+const AUTO: AssignmentMode = AssignmentMode::AutoAssign;
+const RECOMMEND: AssignmentMode = AssignmentMode::Recommend;
+
+fn add(w: &World, id: &str, meters: f64, caps: &[&str], age_s: i64) {
+    w.fleet
+        .upsert_team(&w.region, team(id, meters, caps, age_s, w.clock.now()));
+}
+
+fn status_of(w: &World, id: &str) -> (TeamStatus, Option<String>) {
+    w.fleet
+        .all_teams()
+        .into_iter()
+        .find(|t| t.snapshot.team_id == id)
+        .map(|t| (t.snapshot.status, t.incident_id))
+        .expect("team exists")
+}
+
+async fn kinds(w: &World) -> Vec<(AssignmentEventKind, String)> {
+    w.store
+        .events(&w.region, 0, 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|(_, e)| (e.kind(), e.incident_id))
+        .collect()
+}
+
+#[tokio::test]
+async fn auto_assign_claims_the_nearest_records_it_and_is_idempotent() {
+    let w = world().await;
+    add(&w, "far", 3_000.0, &[], 10);
+    add(&w, "near", 500.0, &[], 10);
+    add(&w, "mid", 1_000.0, &[], 10);
+    let request = assign("r1", "inc-1", &w.region, AUTO, 2, &[]);
+    let response = w.engine.assign_team(request.clone()).await.expect("assign");
+    assert_eq!(response.outcome(), AssignmentOutcome::Assigned);
+    let assignment = response.assignment.clone().expect("assignment");
+    assert_eq!(assignment.team_id, "near");
+    assert_eq!(assignment.source(), AssignmentSource::AutoAssign);
+    assert_eq!(assignment.fencing_token, 1);
+    assert_eq!(assignment.cad_system, "cad-1");
+    let ranks: Vec<(&str, i32)> = response
+        .candidates
+        .iter()
+        .map(|c| (c.team_id.as_str(), c.rank))
+        .collect();
+    assert_eq!(ranks, [("near", 1), ("mid", 2), ("far", 3)]);
+    assert!(
+        response.rationale.starts_with("assigned Team near"),
+        "{}",
+        response.rationale
+    );
+    assert_eq!(
+        status_of(&w, "near"),
+        (TeamStatus::Dispatched, Some("inc-1".into()))
+    );
+    // Recorded before the answer.
+    let stored = w
+        .engine
+        .get_assignment(GetAssignmentRequest {
+            assignment_id: assignment.assignment_id.clone(),
+        })
+        .await
+        .expect("get");
+    assert_eq!(stored, assignment);
+    assert_eq!(
+        kinds(&w).await,
+        [(AssignmentEventKind::Assigned, "inc-1".into())]
+    );
+
+    // A retry returns the original answer and claims nothing more.
+    let again = w.engine.assign_team(request.clone()).await.expect("retry");
+    assert_eq!(again, response);
+    assert_eq!(status_of(&w, "mid").0, TeamStatus::Available);
+    // Reusing the request_id for another request is refused.
+    let mut other = request.clone();
+    other.priority = 1;
+    let error = w.engine.assign_team(other).await.expect_err("reused");
+    assert_eq!(error.reason(), "REQUEST_ID_REUSED");
+    // A new routing of an assigned incident is refused, naming the assignment.
+    let error = w
+        .engine
+        .assign_team(assign("r2", "inc-1", &w.region, AUTO, 2, &[]))
+        .await
+        .expect_err("already assigned");
+    match error {
+        RoutingError::IncidentAlreadyAssigned {
+            assignment_id,
+            team_id,
+        } => {
+            assert_eq!(assignment_id, assignment.assignment_id);
+            assert_eq!(team_id, "near");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stale_positions_and_missing_capabilities_are_excluded_with_reasons() {
+    let w = world().await;
+    add(&w, "stale", 100.0, &["clinician"], 3_600);
+    add(&w, "nocap", 200.0, &["peer"], 10);
+    add(&w, "ok", 2_000.0, &["clinician", "peer"], 10);
+    let response = w
+        .engine
+        .assign_team(assign("r1", "inc-1", &w.region, AUTO, 3, &["clinician"]))
+        .await
+        .expect("assign");
+    assert_eq!(response.assignment.expect("assigned").team_id, "ok");
+    let reasons: Vec<(&str, ExclusionReason)> = response
+        .candidates
+        .iter()
+        .map(|c| (c.team_id.as_str(), c.exclusion_reason()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("ok", ExclusionReason::Unspecified),
+            ("stale", ExclusionReason::StalePosition),
+            ("nocap", ExclusionReason::MissingCapability),
+        ]
+    );
+    assert!(
+        response
+            .rationale
+            .contains("Team stale was nearer but last position 60 min old"),
+        "{}",
+        response.rationale
+    );
+    assert_eq!(status_of(&w, "stale").0, TeamStatus::Available);
+}
+
+/// A fleet where another call claims `victim` just before this engine's first claim.
+#[derive(Debug)]
+struct RacingFleet {
+    inner: Arc<MemoryFleet>,
+    victim: String,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[tonic::async_trait]
+impl Fleet for RacingFleet {
+    async fn teams_near(
+        &self,
+        region: &str,
+        point: relay_proto::common::GeoPoint,
+        radius: f64,
+    ) -> Result<Vec<TeamSnapshot>, FleetError> {
+        self.inner.teams_near(region, point, radius).await
+    }
+    async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {
+        self.inner.team(team_id).await
+    }
+    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, FleetError> {
+        self.inner.busy_teams(region).await
+    }
+    async fn claim(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        max_age: Option<Duration>,
+    ) -> Result<Result<Claim, ClaimRefused>, FleetError> {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let won = self
+                .inner
+                .claim(region, &self.victim, "other-call", now, None)
+                .await?;
+            assert!(won.is_ok());
+        }
+        self.inner
+            .claim(region, team_id, incident_id, now, max_age)
+            .await
+    }
+    async fn release(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+    ) -> Result<bool, FleetError> {
+        self.inner.release(region, team_id, incident_id).await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TeamAvailable> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test]
+async fn a_team_lost_to_another_call_is_marked_and_the_next_is_claimed() {
+    let w = world().await;
+    add(&w, "best", 300.0, &[], 10);
+    add(&w, "second", 900.0, &[], 10);
+    let racing = Arc::new(RacingFleet {
+        inner: w.fleet.clone(),
+        victim: "best".into(),
+        raced: false.into(),
+    });
+    let engine = relay_routing::engine::Engine::new(
+        w.store.clone(),
+        racing,
+        w.clock.clone(),
+        relay_routing::settings::RoutingSettings::default(),
+        relay_runtime::paging::PageTokens::new(b"k"),
+    );
+    let response = engine
+        .assign_team(assign("r1", "inc-1", &w.region, AUTO, 2, &[]))
+        .await
+        .expect("assign");
+    assert_eq!(response.assignment.expect("assigned").team_id, "second");
+    let first = &response.candidates[1];
+    assert_eq!(first.team_id, "best");
+    assert_eq!(
+        first.exclusion_reason(),
+        ExclusionReason::ClaimedByAnotherCall
+    );
+    assert_eq!(
+        status_of(&w, "best"),
+        (TeamStatus::Dispatched, Some("other-call".into()))
+    );
+}
+
+#[tokio::test]
+async fn the_queue_serves_priority_then_age_when_a_team_frees_up() {
+    let w = world().await;
+    add(&w, "busy", 500.0, &[], 10);
+    w.fleet.set_status("busy", TeamStatus::OnScene);
+    let mut queued = Vec::new();
+    for (id, priority) in [
+        ("old-p3", 3),
+        ("old-p1", 1),
+        ("new-p1", 1),
+        ("needs-emt", 1),
+    ] {
+        let required: &[&str] = if id == "needs-emt" { &["emt"] } else { &[] };
+        let response = w
+            .engine
+            .assign_team(assign(
+                &format!("q-{id}"),
+                id,
+                &w.region,
+                AUTO,
+                priority,
+                required,
+            ))
+            .await
+            .expect("queue");
+        assert_eq!(response.outcome(), AssignmentOutcome::Queued);
+        let expected = if id == "needs-emt" {
+            UnservedReason::MissingCapability
+        } else {
+            UnservedReason::AllBusy
+        };
+        assert_eq!(response.unserved_reason(), expected);
+        assert_eq!(response.queued.as_ref().expect("entry").reason(), expected);
+        queued.push(id);
+        w.clock.advance(Duration::from_secs(1));
+    }
+    let list = w
+        .engine
+        .list_queue(ListQueueRequest {
+            region: w.region.clone(),
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list");
+    let ids: Vec<&str> = list
+        .queued_incidents
+        .iter()
+        .map(|q| q.incident_id.as_str())
+        .collect();
+    assert_eq!(ids, ["old-p1", "new-p1"]);
+    let rest = w
+        .engine
+        .list_queue(ListQueueRequest {
+            region: w.region.clone(),
+            page_size: 2,
+            page_token: list.next_page_token.clone(),
+        })
+        .await
+        .expect("list");
+    let ids: Vec<&str> = rest
+        .queued_incidents
+        .iter()
+        .map(|q| q.incident_id.as_str())
+        .collect();
+    assert_eq!(ids, ["needs-emt", "old-p3"]);
+    assert!(rest.next_page_token.is_empty());
+    // A token for another region is refused.
+    let error = w
+        .engine
+        .list_queue(ListQueueRequest {
+            region: "elsewhere".into(),
+            page_size: 2,
+            page_token: list.next_page_token,
+        })
+        .await
+        .expect_err("foreign token");
+    assert_eq!(error.reason(), "INVALID_PAGE_TOKEN");
+
+    // The team clears: the first queued incident it suits is assigned, from the queue.
+    w.fleet.set_status("busy", TeamStatus::Available);
+    let assigned = w
+        .engine
+        .on_team_available(&w.region, "busy")
+        .await
+        .expect("drain")
+        .expect("assigned");
+    assert_eq!(assigned.incident_id, "old-p1");
+    assert_eq!(assigned.source(), AssignmentSource::Queue);
+    // Released, it takes the next one (the EMT call is skipped: it does not suit).
+    let released = w
+        .engine
+        .release_team(ReleaseTeamRequest {
+            request_id: "rel-1".into(),
+            assignment_id: assigned.assignment_id.clone(),
+            reason: "handed back to police".into(),
+        })
+        .await
+        .expect("release")
+        .assignment
+        .expect("assignment");
+    assert_eq!(released.state(), AssignmentState::Released);
+    assert_eq!(released.end_reason, "handed back to police");
+    let next = w
+        .store
+        .active_assignment_of_team("busy")
+        .await
+        .expect("read")
+        .expect("the release offered the team to the queue");
+    assert_eq!(next.incident_id, "new-p1");
+    let remaining: Vec<String> = w
+        .store
+        .queue(&w.region, None, 10)
+        .await
+        .expect("queue")
+        .into_iter()
+        .map(|i| i.incident_id)
+        .collect();
+    assert_eq!(remaining, ["needs-emt", "old-p3"]);
+    let events = kinds(&w).await;
+    let tail: Vec<AssignmentEventKind> = events[4..].iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        tail,
+        [
+            AssignmentEventKind::Assigned,
+            AssignmentEventKind::Released,
+            AssignmentEventKind::Assigned
+        ]
+    );
+}
+
+#[tokio::test]
+async fn requeueing_keeps_queued_time_and_escalation_follows_the_clock() {
+    let w = world().await;
+    let first = w
+        .engine
+        .assign_team(assign("q1", "inc-1", &w.region, AUTO, 1, &[]))
+        .await
+        .expect("queue");
+    assert_eq!(first.unserved_reason(), UnservedReason::NoTeamsInRegion);
+    let entry = first.queued.expect("queued");
+    w.clock.advance(Duration::from_secs(100));
+    // Routed again with a lower priority: queued_time kept, escalate_time recomputed.
+    let again = w
+        .engine
+        .assign_team(assign("q2", "inc-1", &w.region, RECOMMEND, 2, &[]))
+        .await
+        .expect("requeue")
+        .queued
+        .expect("queued");
+    assert_eq!(again.queued_time, entry.queued_time);
+    assert_eq!(again.priority, 2);
+    let limit_p2 = 600;
+    assert_eq!(
+        again.escalate_time.expect("set").seconds,
+        entry.queued_time.expect("set").seconds + limit_p2
+    );
+    w.clock.advance(Duration::from_secs(499));
+    assert_eq!(w.engine.escalate_due().await.expect("escalate"), 0);
+    w.clock.advance(Duration::from_secs(1));
+    // Two replicas escalate it exactly once.
+    let other = common::engine_over(w.store.clone(), w.fleet.clone(), w.clock.clone());
+    let (a, b) = tokio::join!(w.engine.escalate_due(), other.escalate_due());
+    assert_eq!(a.expect("a") + b.expect("b"), 1);
+    let events = w.store.events(&w.region, 0, 10).await.expect("events");
+    let last = &events.last().expect("event").1;
+    assert_eq!(last.kind(), AssignmentEventKind::Escalated);
+    assert_eq!(last.reason(), UnservedReason::NoTeamsInRegion);
+    assert_eq!(last.queued.as_ref().expect("entry").incident_id, "inc-1");
+    let incident = w
+        .store
+        .incident("inc-1")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(incident.state, IncidentState::Escalated);
+    assert!(
+        w.store
+            .queue(&w.region, None, 10)
+            .await
+            .expect("queue")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn recommend_ranks_only_and_confirm_claims_the_dispatchers_choice() {
+    let w = world().await;
+    add(&w, "a", 400.0, &[], 10);
+    add(&w, "b", 800.0, &[], 10);
+    add(&w, "busy", 100.0, &[], 10);
+    w.fleet.set_status("busy", TeamStatus::EnRoute);
+    w.fleet.upsert_team(
+        "other-region",
+        team("far-away", 0.0, &[], 10, w.clock.now()),
+    );
+    let response = w
+        .engine
+        .assign_team(assign("r1", "inc-1", &w.region, RECOMMEND, 2, &[]))
+        .await
+        .expect("recommend");
+    assert_eq!(response.outcome(), AssignmentOutcome::Recommended);
+    assert_eq!(response.candidates[0].team_id, "a");
+    assert!(response.assignment.is_none() && response.queued.is_none());
+    assert_eq!(
+        status_of(&w, "a").0,
+        TeamStatus::Available,
+        "nothing claimed"
+    );
+
+    let confirm = |request_id: &str, team_id: &str| ConfirmAssignmentRequest {
+        request_id: request_id.into(),
+        incident_id: "inc-1".into(),
+        team_id: team_id.into(),
+    };
+    for (team_id, reason) in [
+        ("ghost", "TEAM_NOT_FOUND"),
+        ("busy", "TEAM_NOT_AVAILABLE"),
+        ("far-away", "REGION_MISMATCH"),
+    ] {
+        let error = w
+            .engine
+            .confirm_assignment(confirm(&format!("c-{team_id}"), team_id))
+            .await
+            .expect_err(team_id);
+        assert_eq!(error.reason(), reason);
+    }
+    let error = w
+        .engine
+        .confirm_assignment(ConfirmAssignmentRequest {
+            request_id: "c-x".into(),
+            incident_id: "unknown".into(),
+            team_id: "a".into(),
+        })
+        .await
+        .expect_err("unknown incident");
+    assert_eq!(error.reason(), "INCIDENT_NOT_FOUND");
+
+    let chosen = w
+        .engine
+        .confirm_assignment(confirm("c-b", "b"))
+        .await
+        .expect("confirm")
+        .assignment
+        .expect("assignment");
+    assert_eq!(chosen.team_id, "b");
+    assert_eq!(chosen.source(), AssignmentSource::Dispatcher);
+    assert!(chosen.eta_seconds > 0 && chosen.distance_meters > 700.0);
+    assert_eq!(
+        status_of(&w, "b"),
+        (TeamStatus::Dispatched, Some("inc-1".into()))
+    );
+    let same = w
+        .engine
+        .confirm_assignment(confirm("c-b2", "b"))
+        .await
+        .expect("same team again")
+        .assignment
+        .expect("assignment");
+    assert_eq!(same.assignment_id, chosen.assignment_id);
+    let error = w
+        .engine
+        .confirm_assignment(confirm("c-a", "a"))
+        .await
+        .expect_err("another team");
+    assert_eq!(error.reason(), "INCIDENT_ALREADY_ASSIGNED");
+    assert_eq!(status_of(&w, "a").0, TeamStatus::Available);
+}
+
+#[tokio::test]
+async fn cancel_dequeues_or_cancels_and_blocks_confirmation() {
+    let w = world().await;
+    add(&w, "t1", 400.0, &[], 10);
+    let assigned = w
+        .engine
+        .assign_team(assign("r1", "inc-a", &w.region, AUTO, 2, &[]))
+        .await
+        .expect("assign")
+        .assignment
+        .expect("assigned");
+    let queued = w
+        .engine
+        .assign_team(assign("r2", "inc-q", &w.region, AUTO, 2, &[]))
+        .await
+        .expect("queue");
+    assert_eq!(queued.unserved_reason(), UnservedReason::AllBusy);
+
+    let cancel = |request_id: &str, incident_id: &str| CancelRoutingRequest {
+        request_id: request_id.into(),
+        incident_id: incident_id.into(),
+        reason: "caller cancelled".into(),
+    };
+    let dequeued = w
+        .engine
+        .cancel_routing(cancel("x1", "inc-q"))
+        .await
+        .expect("cancel queued");
+    assert_eq!(dequeued.dequeued.expect("entry").incident_id, "inc-q");
+    assert!(dequeued.assignment.is_none());
+    // Cancelling the assigned one frees the team (and the now empty queue takes nothing).
+    let cancelled = w
+        .engine
+        .cancel_routing(cancel("x2", "inc-a"))
+        .await
+        .expect("cancel assigned")
+        .assignment
+        .expect("assignment");
+    assert_eq!(cancelled.assignment_id, assigned.assignment_id);
+    assert_eq!(cancelled.state(), AssignmentState::Cancelled);
+    assert_eq!(status_of(&w, "t1"), (TeamStatus::Available, None));
+    // Nothing left to cancel: success, both unset, no event.
+    let before = kinds(&w).await.len();
+    let nothing = w
+        .engine
+        .cancel_routing(cancel("x3", "inc-a"))
+        .await
+        .expect("nothing");
+    assert!(nothing.assignment.is_none() && nothing.dequeued.is_none());
+    assert_eq!(kinds(&w).await.len(), before);
+    let error = w
+        .engine
+        .confirm_assignment(ConfirmAssignmentRequest {
+            request_id: "c1".into(),
+            incident_id: "inc-a".into(),
+            team_id: "t1".into(),
+        })
+        .await
+        .expect_err("cancelled");
+    assert_eq!(error.reason(), "ROUTING_CANCELLED");
+    let error = w
+        .engine
+        .cancel_routing(cancel("x4", "never-seen"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(error.reason(), "INCIDENT_NOT_FOUND");
+    let error = w
+        .engine
+        .release_team(ReleaseTeamRequest {
+            request_id: "rel".into(),
+            assignment_id: assigned.assignment_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("not active");
+    assert_eq!(error.reason(), "ASSIGNMENT_NOT_ACTIVE");
+    // AssignTeam routes a cancelled incident anew.
+    let again = w
+        .engine
+        .assign_team(assign("r3", "inc-a", &w.region, AUTO, 2, &[]))
+        .await
+        .expect("route anew");
+    assert_eq!(again.outcome(), AssignmentOutcome::Assigned);
+    let tail: Vec<AssignmentEventKind> = kinds(&w).await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        tail,
+        [
+            AssignmentEventKind::Assigned,
+            AssignmentEventKind::Queued,
+            AssignmentEventKind::Cancelled,
+            AssignmentEventKind::Cancelled,
+            AssignmentEventKind::Assigned,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_input_names_every_field_and_changes_nothing() {
+    let w = world().await;
+    add(&w, "t1", 400.0, &[], 10);
+    let mut request = assign("", "bad id!", &w.region, AUTO, 9, &["Not-A-Tag"]);
+    request.location = Some(relay_proto::common::GeoPoint {
+        latitude: f64::NAN,
+        longitude: 200.0,
+    });
+    request.expected_duration_seconds = Some(0);
+    request.cad_system = String::new();
+    request.mode = 42;
+    let error = w.engine.assign_team(request).await.expect_err("invalid");
+    let status = error.into_status();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let mut fields: Vec<String> = details
+        .bad_request()
+        .expect("bad request")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "cad_system",
+            "expected_duration_seconds",
+            "incident_id",
+            "location.latitude",
+            "location.longitude",
+            "mode",
+            "priority",
+            "request_id",
+            "required_capabilities[0]",
+        ]
+    );
+    assert_eq!(status_of(&w, "t1").0, TeamStatus::Available);
+    assert!(w.store.incident("bad id!").await.expect("read").is_none());
+    // An unknown region, when regions are restricted.
+    let settings = relay_routing::settings::RoutingSettings {
+        any_region: false,
+        ..Default::default()
+    };
+    let strict = relay_routing::engine::Engine::new(
+        w.store.clone(),
+        w.fleet.clone(),
+        w.clock.clone(),
+        settings,
+        relay_runtime::paging::PageTokens::new(b"k"),
+    );
+    let error = strict
+        .assign_team(assign("r1", "inc-1", &w.region, AUTO, 1, &[]))
+        .await
+        .expect_err("unknown region");
+    assert_eq!(error.reason(), "REGION_UNKNOWN");
+    assert_eq!(status_of(&w, "t1").0, TeamStatus::Available);
+    for (bad, field) in [(
+        ReleaseTeamRequest {
+            request_id: "ok".into(),
+            assignment_id: String::new(),
+            reason: "x".repeat(300),
+        },
+        "assignment_id",
+    )] {
+        let error = w.engine.release_team(bad).await.expect_err("invalid");
+        assert!(error.to_string().contains(field), "{error}");
+        assert!(error.to_string().contains("reason"), "{error}");
+    }
+    let error = w
+        .engine
+        .list_queue(ListQueueRequest {
+            region: w.region.clone(),
+            page_size: -1,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("negative page size");
+    assert!(error.to_string().contains("page_size"));
+}
+
+#[tokio::test]
+async fn a_team_that_clears_ends_its_assignment_and_takes_the_queue() {
+    let w = world().await;
+    add(&w, "t1", 400.0, &[], 10);
+    let first = w
+        .engine
+        .assign_team(assign("r1", "inc-1", &w.region, AUTO, 2, &[]))
+        .await
+        .expect("assign")
+        .assignment
+        .expect("assigned");
+    w.engine
+        .assign_team(assign("r2", "inc-2", &w.region, AUTO, 2, &[]))
+        .await
+        .expect("queued");
+    w.fleet.set_status("t1", TeamStatus::OnScene);
+    w.fleet.set_status("t1", TeamStatus::Available);
+    let next = w
+        .engine
+        .on_team_available(&w.region, "t1")
+        .await
+        .expect("drain")
+        .expect("assigned");
+    assert_eq!(next.incident_id, "inc-2");
+    let ended = w
+        .store
+        .assignment(&first.assignment_id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(ended.state(), AssignmentState::Released);
+    assert_eq!(ended.end_reason, "team cleared");
+}
+
+#[tokio::test]
+async fn reconciliation_repairs_a_crash_between_claim_and_record_and_lost_claims() {
+    let w = world().await;
+    add(&w, "orphan", 400.0, &[], 10);
+    add(&w, "lost", 800.0, &[], 10);
+    add(&w, "fine", 1_200.0, &[], 10);
+    // A replica claimed "orphan" and died before recording.
+    let claim = w
+        .fleet
+        .claim(&w.region, "orphan", "inc-dead", w.clock.now(), None)
+        .await
+        .expect("up");
+    assert!(claim.is_ok());
+    // Two recorded assignments; then the fleet loses the claim of one ("lost").
+    for (request, incident) in [("r1", "inc-1"), ("r2", "inc-2")] {
+        w.engine
+            .assign_team(assign(request, incident, &w.region, AUTO, 2, &[]))
+            .await
+            .expect("assign");
+    }
+    let lost = w
+        .store
+        .active_assignment_of_team("lost")
+        .await
+        .expect("read")
+        .expect("active");
+    let fine = w
+        .store
+        .active_assignment_of_team("fine")
+        .await
+        .expect("read")
+        .expect("active");
+    assert_eq!(fine.incident_id, "inc-2");
+    // The fleet forgets "lost"'s claim (as a failover would) without announcing it.
+    w.fleet.upsert_team(&w.region, {
+        let mut t = team("lost", 800.0, &[], 10, w.clock.now());
+        t.status = TeamStatus::OutOfService;
+        t
+    });
+    let grace = Duration::from_secs(30);
+    assert_eq!(
+        w.engine
+            .reconcile(&w.region, grace)
+            .await
+            .expect("reconcile"),
+        (0, 0)
+    );
+    w.clock.advance(Duration::from_secs(31));
+    assert_eq!(
+        w.engine
+            .reconcile(&w.region, grace)
+            .await
+            .expect("reconcile"),
+        (1, 1)
+    );
+    assert_eq!(status_of(&w, "orphan"), (TeamStatus::Available, None));
+    let ended = w
+        .store
+        .assignment(&lost.assignment_id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(ended.state(), AssignmentState::Released);
+    assert!(
+        w.store
+            .active_assignment_of_team("fine")
+            .await
+            .expect("read")
+            .is_some(),
+        "a team working its incident is left alone"
+    );
+    assert_eq!(
+        w.engine.reconcile(&w.region, grace).await.expect("again"),
+        (0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_fleet_flush_mid_run_never_yields_two_active_assignments_for_a_team() {
+    let w = world().await;
+    for index in 0..5 {
+        add(
+            &w,
+            &format!("t{index}"),
+            300.0 * f64::from(index + 1),
+            &[],
+            10,
+        );
+    }
+    for index in 0..4 {
+        w.engine
+            .assign_team(assign(
+                &format!("a{index}"),
+                &format!("inc-{index}"),
+                &w.region,
+                AUTO,
+                2,
+                &[],
+            ))
+            .await
+            .expect("assign");
+    }
+    // Redis fails over and loses every claim and counter: all teams look free.
+    w.fleet.flush();
+    let mut conflicts = 0;
+    for index in 4..12 {
+        match w
+            .engine
+            .assign_team(assign(
+                &format!("a{index}"),
+                &format!("inc-{index}"),
+                &w.region,
+                AUTO,
+                2,
+                &[],
+            ))
+            .await
+        {
+            Ok(_) => {}
+            Err(RoutingError::ClaimConflict) => conflicts += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        for t in 0..5 {
+            let active = w.store.active_assignments(&w.region).await.expect("read");
+            let count = active
+                .iter()
+                .filter(|a| a.team_id == format!("t{t}"))
+                .count();
+            assert!(count <= 1, "team t{t} has {count} active assignments");
+        }
+    }
+    assert!(conflicts > 0, "stale tokens after the flush were refused");
+    // Every claim the record refused was undone: each busy team has its recorded assignment.
+    for team in w.fleet.busy_teams(&w.region).await.expect("busy") {
+        let recorded = w
+            .store
+            .active_assignment_of_team(&team.snapshot.team_id)
+            .await
+            .expect("read")
+            .expect("busy team is recorded");
+        assert_eq!(Some(recorded.incident_id), team.incident_id);
+    }
+}

@@ -1,0 +1,416 @@
+//! Black-box tests: the routing server on 127.0.0.1:0, called through the generated client.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::{INCIDENT, team};
+use relay_proto::{
+    common::{AssignmentMode, TeamStatus},
+    routing::{
+        AssignTeamRequest, AssignmentEventKind, AssignmentOutcome, ReleaseTeamRequest,
+        WatchAssignmentsRequest, WatchAssignmentsResponse,
+        routing_service_client::RoutingServiceClient,
+    },
+};
+use relay_routing::{
+    Application,
+    clock::{Clock, SystemClock},
+    fleet::MemoryFleet,
+};
+use relay_runtime::Config;
+use relay_tests::TestDatabase;
+use tokio::sync::oneshot;
+use tonic::{Code, Streaming, transport::Channel};
+use tonic_types::StatusExt;
+
+struct Server {
+    client: RoutingServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    app_engine: relay_routing::engine::Engine,
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+fn config(database: &TestDatabase) -> Config {
+    Config::builder("routing")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", database.url())
+        .set("routing.fleet", "memory")
+        .set("routing.maintenance_interval_ms", 50)
+        .build()
+        .expect("config")
+}
+
+async fn start(database: &TestDatabase, fleet: Arc<MemoryFleet>) -> Server {
+    let config = config(database);
+    Application::migrate(&config).await.expect("migrate");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let app = Application::build_with_fleet(config, fleet, clock)
+        .await
+        .expect("build");
+    let addr = app.local_addr();
+    let app_engine = app.engine().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve");
+    });
+    let client = RoutingServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    Server {
+        client,
+        stop: Some(stop),
+        task,
+        app_engine,
+    }
+}
+
+fn request(
+    request_id: &str,
+    incident_id: &str,
+    region: &str,
+    required: &[&str],
+) -> AssignTeamRequest {
+    common::assign(
+        request_id,
+        incident_id,
+        region,
+        AssignmentMode::AutoAssign,
+        2,
+        required,
+    )
+}
+
+async fn next_event(
+    stream: &mut Streaming<WatchAssignmentsResponse>,
+) -> relay_proto::routing::AssignmentEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream ok")
+        .expect("stream open")
+        .event
+        .expect("event set")
+}
+
+#[tokio::test]
+async fn assignments_stream_in_order_and_resume_without_gap_across_a_restart() {
+    let database = TestDatabase::new().await;
+    let fleet = Arc::new(MemoryFleet::default());
+    let region = relay_tests::unique_name("region");
+    fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
+    let mut server = start(&database, fleet.clone()).await;
+    let mut stream = server
+        .client
+        .watch_assignments(WatchAssignmentsRequest {
+            region: region.clone(),
+            after_event_id: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let assigned = server
+        .client
+        .assign_team(request("r1", "inc-1", &region, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert_eq!(assigned.outcome(), AssignmentOutcome::Assigned);
+    let queued = server
+        .client
+        .assign_team(request("r2", "inc-2", &region, &[]))
+        .await
+        .expect("queue")
+        .into_inner();
+    assert_eq!(queued.outcome(), AssignmentOutcome::Queued);
+    // Releasing the team lets the queue assign it to inc-2.
+    server
+        .client
+        .release_team(ReleaseTeamRequest {
+            request_id: "rel-1".into(),
+            assignment_id: assigned.assignment.expect("assigned").assignment_id,
+            reason: "done".into(),
+        })
+        .await
+        .expect("release");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let event = next_event(&mut stream).await;
+        seen.push((
+            event.event_id.clone(),
+            event.kind(),
+            event.incident_id.clone(),
+        ));
+    }
+    let kinds: Vec<(AssignmentEventKind, &str)> =
+        seen.iter().map(|(_, k, i)| (*k, i.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (AssignmentEventKind::Assigned, "inc-1"),
+            (AssignmentEventKind::Queued, "inc-2"),
+            (AssignmentEventKind::Released, "inc-1"),
+            (AssignmentEventKind::Assigned, "inc-2"),
+        ]
+    );
+    drop(stream);
+
+    // A restarted server resumes after the first event: the other three, once each.
+    server.stop().await;
+    let mut server = start(&database, fleet.clone()).await;
+    let mut resumed = server
+        .client
+        .watch_assignments(WatchAssignmentsRequest {
+            region: region.clone(),
+            after_event_id: seen[0].0.clone(),
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    for expected in &seen[1..] {
+        let event = next_event(&mut resumed).await;
+        assert_eq!(
+            &(
+                event.event_id.clone(),
+                event.kind(),
+                event.incident_id.clone()
+            ),
+            expected
+        );
+    }
+    // The next event is new, not a repeat.
+    fleet.set_status("t1", TeamStatus::OnScene);
+    fleet.set_status("t1", TeamStatus::Available);
+    let event = next_event(&mut resumed).await;
+    assert_eq!(event.kind(), AssignmentEventKind::Released);
+    assert_eq!(
+        event.assignment.expect("assignment").end_reason,
+        "team cleared"
+    );
+
+    // Once the history is pruned, resuming from before it is refused.
+    server
+        .app_engine
+        .store()
+        .prune(chrono::Utc::now() + chrono::Duration::hours(1))
+        .await
+        .expect("prune");
+    let error = server
+        .client
+        .watch_assignments(WatchAssignmentsRequest {
+            region: region.clone(),
+            after_event_id: seen[0].0.clone(),
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error.get_error_details().error_info().expect("info").reason,
+        "EVENT_HISTORY_EXPIRED"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn errors_carry_their_reason_fields_and_metadata_over_the_wire() {
+    let database = TestDatabase::new().await;
+    let fleet = Arc::new(MemoryFleet::default());
+    let region = relay_tests::unique_name("region");
+    fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
+    let mut server = start(&database, fleet.clone()).await;
+
+    let mut bad = request("", "inc-1", &region, &["BAD"]);
+    bad.location = None;
+    let error = server.client.assign_team(bad).await.expect_err("invalid");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let details = error.get_error_details();
+    assert_eq!(details.error_info().expect("info").reason, "INVALID_FIELD");
+    assert_eq!(
+        details.error_info().expect("info").domain,
+        "relay.routing.v1"
+    );
+    let fields: Vec<String> = details
+        .bad_request()
+        .expect("bad request")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert_eq!(
+        fields,
+        ["request_id", "location", "required_capabilities[0]"]
+    );
+    assert_eq!(fleet.all_teams()[0].snapshot.status, TeamStatus::Available);
+
+    let first = server
+        .client
+        .assign_team(request("r1", "inc-1", &region, &[]))
+        .await
+        .expect("assign")
+        .into_inner()
+        .assignment
+        .expect("assigned");
+    let error = server
+        .client
+        .assign_team(request("r2", "inc-1", &region, &[]))
+        .await
+        .expect_err("already assigned");
+    assert_eq!(error.code(), Code::AlreadyExists);
+    let info = error
+        .get_error_details()
+        .error_info()
+        .expect("info")
+        .clone();
+    assert_eq!(info.reason, "INCIDENT_ALREADY_ASSIGNED");
+    assert_eq!(
+        info.metadata.get("assignment_id"),
+        Some(&first.assignment_id)
+    );
+    assert_eq!(info.metadata.get("team_id").map(String::as_str), Some("t1"));
+
+    let error = server
+        .client
+        .watch_assignments(WatchAssignmentsRequest {
+            region: region.clone(),
+            after_event_id: "not-an-id".into(),
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let error = server
+        .client
+        .get_assignment(relay_proto::routing::GetAssignmentRequest {
+            assignment_id: "missing".into(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(error.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_queue_escalates_on_its_own_and_without_the_memory_fleet_startup_is_refused() {
+    let database = TestDatabase::new().await;
+    // Priority 1 waits at most 1 s in this region.
+    let config = Config::builder("routing")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", database.url())
+        .build()
+        .expect("config");
+    let error = Application::build(config).await.expect_err("no fleet");
+    assert!(
+        error.to_string().contains("availability integration"),
+        "{error}"
+    );
+
+    let fleet = Arc::new(MemoryFleet::default());
+    let region = relay_tests::unique_name("region");
+    let config = Config::builder("routing")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", database.url())
+        .set("routing.maintenance_interval_ms", 50)
+        .set(
+            &format!("routing.regions.{region}.escalation_seconds"),
+            [1, 1, 1, 1, 1],
+        )
+        .build()
+        .expect("config");
+    Application::migrate(&config).await.expect("migrate");
+    let app = Application::build_with_fleet(config, fleet, Arc::new(SystemClock))
+        .await
+        .expect("build");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let mut client = RoutingServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let mut stream = client
+        .watch_assignments(WatchAssignmentsRequest {
+            region: region.clone(),
+            after_event_id: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut req = request("r1", "inc-1", &region, &[]);
+    req.priority = 1;
+    req.location = Some(INCIDENT);
+    client.assign_team(req).await.expect("queue");
+    let queued = next_event(&mut stream).await;
+    assert_eq!(queued.kind(), AssignmentEventKind::Queued);
+    // The upkeep escalates it once its escalate_time passes (waiting on the event).
+    let escalated = next_event(&mut stream).await;
+    assert_eq!(escalated.kind(), AssignmentEventKind::Escalated);
+    assert_eq!(escalated.incident_id, "inc-1");
+    let _ = stop.send(());
+    task.await.expect("join").expect("serve");
+}
+
+#[tokio::test]
+async fn relay_dev_runs_on_sqlite_with_the_memory_fleet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("routing.db").display());
+    let config = Config::builder("routing")
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", url.as_str())
+        .set("routing.fleet", "memory")
+        .build()
+        .expect("config");
+    Application::migrate(&config).await.expect("migrate");
+    let fleet = Arc::new(MemoryFleet::default());
+    let region = relay_tests::unique_name("region");
+    fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
+    let app = Application::build_with_fleet(config, fleet.clone(), Arc::new(SystemClock))
+        .await
+        .expect("build");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let mut client = RoutingServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let assigned = client
+        .assign_team(request("r1", "inc-1", &region, &[]))
+        .await
+        .expect("assign")
+        .into_inner();
+    assert_eq!(assigned.outcome(), AssignmentOutcome::Assigned);
+    let queued = client
+        .assign_team(request("r2", "inc-2", &region, &[]))
+        .await
+        .expect("queue")
+        .into_inner();
+    assert_eq!(queued.outcome(), AssignmentOutcome::Queued);
+    let list = client
+        .list_queue(relay_proto::routing::ListQueueRequest {
+            region: region.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.queued_incidents.len(), 1);
+    assert_eq!(list.queued_incidents[0].incident_id, "inc-2");
+    let _ = stop.send(());
+    task.await.expect("join").expect("serve");
+}
