@@ -246,6 +246,39 @@ impl ServiceProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Waits until the process reports SERVING on `grpc.health.v1` (its dependencies are
+    /// reachable and its start-up work is done).
+    ///
+    /// # Panics
+    /// When it does not within 30 seconds.
+    pub async fn wait_until_serving(&self) {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let channel = tonic::transport::Channel::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect_lazy();
+        let mut client = HealthClient::new(channel);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = client
+                .check(HealthCheckRequest::default())
+                .await
+                .ok()
+                .map(|r| r.into_inner().status);
+            if status == Some(ServingStatus::Serving as i32) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became SERVING (last {status:?}); stderr: {:?}",
+                self.endpoint(),
+                self.stderr_lines()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process id.
     #[must_use]
     pub fn pid(&self) -> u32 {

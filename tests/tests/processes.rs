@@ -95,8 +95,6 @@ async fn each_binary_serves_health_and_reflection_and_stops_on_sigterm() {
         let mut env = vec![
             ("RELAY_DATABASE_URL", database.url()),
             ("RELAY_REDIS_URL", redis.as_str()),
-            // Routing's Redis fleet adapter arrives with the availability integration.
-            ("RELAY_ROUTING__FLEET", "memory"),
         ];
         env.extend(FAST);
         let mut process = ServiceProcess::start(binary, &env);
@@ -130,7 +128,6 @@ async fn health_is_not_serving_while_a_dependency_is_unreachable() {
     let mut env = vec![
         ("RELAY_DATABASE_URL", database.url()),
         ("RELAY_REDIS_URL", "redis://127.0.0.1:1"),
-        ("RELAY_ROUTING__FLEET", "memory"),
     ];
     env.extend(FAST);
     let process = ServiceProcess::start("relay-routing", &env);
@@ -162,7 +159,6 @@ async fn a_routing_process_validates_a_request_over_the_wire() {
         &[
             ("RELAY_DATABASE_URL", database.url()),
             ("RELAY_REDIS_URL", redis.as_str()),
-            ("RELAY_ROUTING__FLEET", "memory"),
         ],
     );
     let mut client = RoutingServiceClient::connect(process.endpoint())

@@ -357,7 +357,14 @@ async fn refusals_map_to_their_codes_and_reasons() {
     let claim = app
         .domain
         .store()
-        .claim("north", "t1", "inc-1", None, now, Duration::from_secs(60))
+        .claim(
+            "north",
+            "t1",
+            "inc-1",
+            None,
+            now,
+            Some(Duration::from_secs(60)),
+        )
         .await
         .expect("claim");
     assert_eq!(claim.fencing_token, 1);
@@ -861,7 +868,14 @@ async fn the_roster_survives_losing_redis_and_a_restart() {
     let claim = app
         .domain
         .store()
-        .claim("north", "t1", "inc-1", None, now, Duration::from_secs(60))
+        .claim(
+            "north",
+            "t1",
+            "inc-1",
+            None,
+            now,
+            Some(Duration::from_secs(60)),
+        )
         .await
         .expect("claim");
     let before = revision(&mut app, "t1").await;
@@ -907,7 +921,14 @@ async fn the_roster_survives_losing_redis_and_a_restart() {
     let later = app
         .domain
         .store()
-        .claim("north", "t1", "inc-2", None, now, Duration::from_secs(60))
+        .claim(
+            "north",
+            "t1",
+            "inc-2",
+            None,
+            now,
+            Some(Duration::from_secs(60)),
+        )
         .await
         .expect("claim");
     assert!(later.fencing_token > claim.fencing_token);

@@ -222,27 +222,55 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
 
     // Too old a position at this `now`.
     let stale = store
-        .claim("north", "t1", "inc-1", None, t0() + secs(301), max_age)
+        .claim(
+            "north",
+            "t1",
+            "inc-1",
+            None,
+            t0() + secs(301),
+            Some(max_age),
+        )
         .await;
     assert!(matches!(stale, Err(ClaimError::StalePosition)));
+    // A dispatcher's explicit choice (no age limit) does not check the position.
+    available_team(store, "t2", "north", here).await;
+    let chosen = store
+        .claim("north", "t2", "inc-9", None, t0() + secs(100_000), None)
+        .await
+        .expect("a claim without an age limit ignores the position's age");
+    assert_eq!(chosen.team.status, TeamStatus::Dispatched);
     let wrong_revision = store
-        .claim("north", "t1", "inc-1", Some(1), t0() + secs(10), max_age)
+        .claim(
+            "north",
+            "t1",
+            "inc-1",
+            Some(1),
+            t0() + secs(10),
+            Some(max_age),
+        )
         .await;
     assert!(matches!(
         wrong_revision,
         Err(ClaimError::RevisionMismatch { current: 3 })
     ));
     let missing = store
-        .claim("north", "nobody", "inc-1", None, t0(), max_age)
+        .claim("north", "nobody", "inc-1", None, t0(), Some(max_age))
         .await;
     assert!(matches!(missing, Err(ClaimError::NotFound)));
     let other_region = store
-        .claim("south", "t1", "inc-1", None, t0(), max_age)
+        .claim("south", "t1", "inc-1", None, t0(), Some(max_age))
         .await;
     assert!(matches!(other_region, Err(ClaimError::NotFound)));
 
     let claim = store
-        .claim("north", "t1", "inc-1", Some(3), t0() + secs(300), max_age)
+        .claim(
+            "north",
+            "t1",
+            "inc-1",
+            Some(3),
+            t0() + secs(300),
+            Some(max_age),
+        )
         .await
         .expect("claim");
     assert_eq!(claim.fencing_token, 1);
@@ -256,7 +284,7 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
     assert!(near.is_empty(), "a claimed team left the GEO set");
 
     let again = store
-        .claim("north", "t1", "inc-2", None, t0(), max_age)
+        .claim("north", "t1", "inc-2", None, t0(), Some(max_age))
         .await;
     assert!(matches!(
         again,
@@ -326,7 +354,7 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
         .await
         .expect("rename");
     let second = store
-        .claim("north", "t1", "inc-3", None, t0() + secs(10), max_age)
+        .claim("north", "t1", "inc-3", None, t0() + secs(10), Some(max_age))
         .await
         .expect("second claim");
     assert_eq!(second.fencing_token, 2);
@@ -730,7 +758,14 @@ async fn seeding_recreates_missing_teams_above_a_floor(store: &dyn TeamStore) {
         }]
     );
     let claim = store
-        .claim("north", "t1", "inc", None, t0(), Duration::from_secs(60))
+        .claim(
+            "north",
+            "t1",
+            "inc",
+            None,
+            t0(),
+            Some(Duration::from_secs(60)),
+        )
         .await
         .expect("claim");
     assert!(claim.fencing_token > floor);

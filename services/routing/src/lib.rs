@@ -30,6 +30,7 @@ mod handler;
 pub mod ranking;
 pub mod settings;
 pub mod store;
+pub mod store_fleet;
 
 pub use handler::RoutingServiceHandler;
 
@@ -97,21 +98,29 @@ fn page_tokens(config: &Config) -> Result<PageTokens, ConfigError> {
 impl Application {
     /// Builds the service from its configuration and binds `RELAY_LISTEN`.
     ///
-    /// The fleet is availability's Redis store, whose adapter arrives with the availability
-    /// integration; until then only `routing.fleet = "memory"` (the in-process fleet) starts.
+    /// The fleet is availability's team store in Redis (`RELAY_REDIS_URL`, under the key
+    /// prefix `availability.key_prefix`, which must match availability's), through
+    /// [`store_fleet::StoreFleet`]; `routing.fleet = "memory"` uses an in-process fleet of
+    /// routing's own instead (tests).
     ///
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let settings: RoutingSettings = config.section("routing")?;
-        if settings.fleet != "memory" {
-            return Err(Box::new(ConfigError::new(
-                "routing.fleet (RELAY_ROUTING__FLEET): the Redis fleet adapter arrives with the \
-                 availability integration; set it to \"memory\" for the in-process fleet",
-            )));
-        }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let fleet: Arc<dyn Fleet> = Arc::new(MemoryFleet::new(clock.clone()));
+        let fleet: Arc<dyn Fleet> = if settings.fleet == "memory" {
+            Arc::new(MemoryFleet::new(clock.clone()))
+        } else {
+            let availability: relay_availability::AvailabilitySettings =
+                config.section("availability")?;
+            let client = storage::redis_client(config.redis_url()?)?;
+            let store = relay_availability::RedisTeamStore::new(
+                client,
+                relay_availability::Keyspace::new(availability.key_prefix),
+                Duration::from_secs(availability.event_retention_seconds),
+            )?;
+            Arc::new(store_fleet::StoreFleet::new(Arc::new(store), clock.clone()))
+        };
         Self::build_with_fleet(config, fleet, clock).await
     }
 

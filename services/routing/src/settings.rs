@@ -131,8 +131,8 @@ pub struct RoutingSettings {
     pub any_region: bool,
     /// Per-region parameters.
     pub regions: BTreeMap<String, RegionSettings>,
-    /// Which fleet to use: empty for availability's Redis store (arrives with the
-    /// availability integration), `memory` for the in-process fleet (`relay dev`, tests).
+    /// Which fleet to use: empty or `redis` for availability's team store in Redis (the
+    /// production path), `memory` for an in-process fleet of routing's own (tests).
     pub fleet: String,
     /// How often the upkeep runs (escalations, queue re-check, reconciliation), milliseconds.
     pub maintenance_interval_ms: u64,
@@ -163,7 +163,7 @@ impl RoutingSettings {
     pub fn validate(&self) -> Result<(), String> {
         if !matches!(self.fleet.as_str(), "" | "redis" | "memory") {
             return Err(String::from(
-                "routing.fleet: must be \"memory\" or empty (availability's Redis store)",
+                "routing.fleet: must be \"redis\" (availability's store, the default) or \"memory\"",
             ));
         }
         if self.maintenance_interval_ms == 0 {

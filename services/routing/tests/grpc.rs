@@ -303,7 +303,7 @@ async fn errors_carry_their_reason_fields_and_metadata_over_the_wire() {
 }
 
 #[tokio::test]
-async fn the_queue_escalates_on_its_own_and_without_the_memory_fleet_startup_is_refused() {
+async fn the_queue_escalates_on_its_own_and_without_redis_startup_names_the_missing_url() {
     let database = TestDatabase::new().await;
     // Priority 1 waits at most 1 s in this region.
     let config = Config::builder("routing")
@@ -311,11 +311,9 @@ async fn the_queue_escalates_on_its_own_and_without_the_memory_fleet_startup_is_
         .set("database_url", database.url())
         .build()
         .expect("config");
+    // The fleet is availability's store in Redis: without a Redis URL routing cannot start.
     let error = Application::build(config).await.expect_err("no fleet");
-    assert!(
-        error.to_string().contains("availability integration"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("RELAY_REDIS_URL"), "{error}");
 
     let fleet = Arc::new(MemoryFleet::default());
     let region = relay_tests::unique_name("region");

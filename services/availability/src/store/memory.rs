@@ -412,7 +412,7 @@ impl TeamStore for MemoryTeamStore {
         incident_id: &str,
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
-        max_position_age: Duration,
+        max_position_age: Option<Duration>,
     ) -> Result<Claim, ClaimError> {
         let mut state = self.lock()?;
         let Some(entry) = state
@@ -428,11 +428,13 @@ impl TeamStore for MemoryTeamStore {
                 status: team.status,
             });
         }
-        let max_age = chrono::Duration::from_std(max_position_age).unwrap_or(chrono::Duration::MAX);
-        let fresh = team.location.is_some()
-            && team
-                .location_updated_at
-                .is_some_and(|at| now.signed_duration_since(at) <= max_age);
+        let fresh = max_position_age.is_none_or(|age| {
+            let max_age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+            team.location.is_some()
+                && team
+                    .location_updated_at
+                    .is_some_and(|at| now.signed_duration_since(at) <= max_age)
+        });
         if !fresh {
             return Err(ClaimError::StalePosition);
         }

@@ -277,8 +277,8 @@ pub trait TeamStore: Send + Sync + 'static {
     ) -> Result<Vec<(Team, f64)>, StoreError>;
 
     /// Claims an AVAILABLE team for an incident in one atomic step: only if its position is
-    /// at most `max_position_age` old at `now` and its revision equals `expected_revision`
-    /// when given. The team becomes DISPATCHED on the incident, leaves the GEO set, and its
+    /// at most `max_position_age` old at `now` (not checked when `None`: a dispatcher's
+    /// explicit choice) and its revision equals `expected_revision` when given. The team becomes DISPATCHED on the incident, leaves the GEO set, and its
     /// fencing counter increases.
     async fn claim(
         &self,
@@ -287,7 +287,7 @@ pub trait TeamStore: Send + Sync + 'static {
         incident_id: &str,
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
-        max_position_age: Duration,
+        max_position_age: Option<Duration>,
     ) -> Result<Claim, ClaimError>;
 
     /// Hands a team that is busy on `incident_id` back: AVAILABLE, no incident, back in the

@@ -767,9 +767,16 @@ impl TeamStore for RedisTeamStore {
         incident_id: &str,
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
-        max_position_age: Duration,
+        max_position_age: Option<Duration>,
     ) -> Result<Claim, ClaimError> {
-        let max_age = i64::try_from(max_position_age.as_micros()).unwrap_or(i64::MAX);
+        // Empty: no position check (a dispatcher's choice).
+        let max_age = max_position_age
+            .map(|age| {
+                i64::try_from(age.as_micros())
+                    .unwrap_or(i64::MAX)
+                    .to_string()
+            })
+            .unwrap_or_default();
         let reply: Vec<String> = self
             .scripts
             .claim

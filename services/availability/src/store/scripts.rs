@@ -153,7 +153,7 @@ local h = KEYS[1]
 if redis.call('EXISTS', h) == 0 then return {'missing'} end
 local cur = redis.call('HMGET', h, 'status', 'rev', 'loc_at', 'id')
 if cur[1] ~= '2' then return {'status', cur[1]} end
-if cur[3] == '' or tonumber(ARGV[3]) - tonumber(cur[3]) > tonumber(ARGV[4]) then
+if ARGV[4] ~= '' and (cur[3] == '' or tonumber(ARGV[3]) - tonumber(cur[3]) > tonumber(ARGV[4])) then
   return {'stale'}
 end
 if ARGV[2] ~= '' and ARGV[2] ~= cur[2] then return {'rev', cur[2]} end
