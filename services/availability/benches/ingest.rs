@@ -78,10 +78,14 @@ async fn service_rate(client: &AvailabilityServiceClient<Channel>) -> f64 {
                     .await
                     .expect("stream")
                     .into_inner();
-                assert_eq!(summary.rejected_count, 0, "{:?}", summary.rejections.first());
+                assert_eq!(
+                    summary.rejected_count,
+                    0,
+                    "{:?}",
+                    summary.rejections.first()
+                );
                 accepted += summary.accepted_count;
-                sent += usize::try_from(summary.accepted_count + summary.stale_count)
-                    .unwrap_or(0);
+                sent += usize::try_from(summary.accepted_count + summary.stale_count).unwrap_or(0);
             }
             accepted
         }));
@@ -115,7 +119,12 @@ async fn raw_rate(prefix: &str) -> f64 {
                 for &update in chunk {
                     let (lat, lon) = position(update);
                     let team = format!("team-{:04}", update % TEAMS);
-                    pipe.cmd("GEOADD").arg(&geo).arg(lon).arg(lat).arg(&team).ignore();
+                    pipe.cmd("GEOADD")
+                        .arg(&geo)
+                        .arg(lon)
+                        .arg(lat)
+                        .arg(&team)
+                        .ignore();
                     pipe.cmd("HSET")
                         .arg(format!("{prefix}:{{raw}}:team:{team}"))
                         .arg("lat")
@@ -213,11 +222,13 @@ fn main() {
         let _ = raw_rate(&prefix).await;
         let service = service_rate(&client).await;
         let raw = raw_rate(&prefix).await;
+        println!("availability ingest: {UPDATES} updates for {TEAMS} teams over {STREAMS} streams");
         println!(
-            "availability ingest: {UPDATES} updates for {TEAMS} teams over {STREAMS} streams"
+            "  StreamLocations (gRPC, Lua per update, event per update): {service:>10.0} updates/s"
         );
-        println!("  StreamLocations (gRPC, Lua per update, event per update): {service:>10.0} updates/s");
-        println!("  raw pipelined GEOADD+HSET, bare redis client:             {raw:>10.0} updates/s");
+        println!(
+            "  raw pipelined GEOADD+HSET, bare redis client:             {raw:>10.0} updates/s"
+        );
         println!("  ratio: {:.2}", service / raw);
 
         let _ = stop.send(());

@@ -496,7 +496,16 @@ impl RedisTeamStore {
             return Ok(Vec::new());
         }
         let now = to_micros(now);
-        let retention = self.retention_ms();
+        // The trim point of the event streams by this process's wall clock (not the
+        // injectable `now`): stream ids follow the Redis server's clock, which this matches
+        // closely enough for an approximate (`~`) trim.
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let min_id = wall_ms
+            .saturating_sub(self.retention.as_millis())
+            .to_string();
         let build = || {
             let mut pipe = redis::pipe();
             for (_, report, region) in reports {
@@ -512,7 +521,7 @@ impl RedisTeamStore {
                     .arg(optional(report.speed_meters_per_second))
                     .arg(optional(report.accuracy_meters))
                     .arg(now)
-                    .arg(&retention);
+                    .arg(&min_id);
                 pipe.invoke_script(&invocation);
             }
             pipe
