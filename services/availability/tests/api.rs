@@ -940,6 +940,7 @@ async fn embedded_mode_keeps_the_roster_in_sqlite() {
         database_url: format!("sqlite://{}", dir.path().join("availability.db").display()),
         prefix: String::from("unused"),
         backend: "memory",
+        request_timeout_ms: None,
     };
     let clock = Arc::new(ManualClock::new(start_time()));
     let mut app = TestApp::start(&setup, clock.clone()).await;
@@ -966,4 +967,68 @@ async fn embedded_mode_keeps_the_roster_in_sqlite() {
     assert_eq!(team.display_name, "Team t1");
     assert_eq!(team.status, TeamStatus::OffDuty as i32);
     app.stop().await;
+}
+
+/// A feed keeps its stream open longer than the server's request timeout: the server answers
+/// early with the counts so far (the client then resends from their sum), and at shutdown a
+/// watch ends with UNAVAILABLE, reason SHUTTING_DOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_streams_are_answered_early_and_watches_end_at_shutdown() {
+    let mut env = RedisEnv::new().await;
+    env.setup.request_timeout_ms = Some(400);
+    let app = TestApp::start(&env.setup, Arc::new(ManualClock::new(start_time()))).await;
+    let mut client = app.client.clone();
+    let now = app.clock.now();
+    client
+        .upsert_team(upsert("t1", "north"))
+        .await
+        .expect("create");
+
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    sender
+        .send(StreamLocationsRequest {
+            team_id: "t1".into(),
+            location: point(44.0, -123.0),
+            recorded_at: Some(to_timestamp(now)),
+            heading_degrees: None,
+            speed_meters_per_second: None,
+            accuracy_meters: None,
+        })
+        .await
+        .expect("send");
+    // The sender stays open: the stream never half-closes on its own.
+    let summary = client
+        .stream_locations(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("answered early, not timed out")
+        .into_inner();
+    assert_eq!(
+        (
+            summary.accepted_count,
+            summary.stale_count,
+            summary.rejected_count
+        ),
+        (1, 0, 0)
+    );
+    drop(sender);
+
+    let mut watch = client
+        .watch_teams(WatchTeamsRequest {
+            region: "north".into(),
+            after_event_id: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    app.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("ends in time")
+        .expect("a final message");
+    let status = ended.expect_err("an error ends the watch");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unavailable, "SHUTTING_DOWN")
+    );
+    env.cleanup().await;
 }
