@@ -466,23 +466,57 @@ impl RedisTeamStore {
         }
     }
 
+    /// Whether events after `after` were trimmed away. Trimming removes the oldest entries
+    /// (`MINID`), so when anything was removed (`entries-added` > `length`), every removed id
+    /// is below the first retained one: reading after an id below it may have missed some.
+    /// Redis does not say which id was trimmed last, so a reader positioned exactly on it is
+    /// also told the history expired (it rebuilds its view, which is safe).
     async fn history_expired(&self, region: &str, after: EventId) -> Result<bool, StoreError> {
         let info: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(self.keys.events(region))
             .query_async(&mut self.conn())
             .await;
-        let Ok(info) = info else {
+        let info = match info {
+            Ok(info) => info,
             // No stream yet: nothing was ever trimmed.
+            Err(error)
+                if error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let number = |name: &str| {
+            info.get(name)
+                .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+                .unwrap_or(0)
+        };
+        if number("entries-added") <= number("length") {
             return Ok(false);
-        };
-        let deleted = match info.get("max-deleted-entry-id") {
-            Some(value) => redis::from_redis_value::<String>(value.clone())
+        }
+        let id_of = |value: &Value| {
+            redis::from_redis_value::<String>(value.clone())
                 .ok()
-                .and_then(|text| EventId::parse(&text)),
-            None => None,
+                .and_then(|text| EventId::parse(&text))
         };
-        Ok(deleted.is_some_and(|deleted| after < deleted))
+        let first = match info.get("first-entry") {
+            Some(Value::Array(entry)) => entry.first().and_then(id_of),
+            _ => None,
+        };
+        let boundary = match first {
+            Some(first) => Some(first),
+            // Everything was trimmed: nothing is missing only for a reader at the newest id.
+            None => info
+                .get("last-generated-id")
+                .and_then(id_of)
+                .map(|last| EventId {
+                    ms: last.ms,
+                    seq: last.seq.saturating_add(1),
+                }),
+        };
+        Ok(boundary.is_some_and(|boundary| after < boundary))
     }
 
     /// Applies one chunk of reports in a pipeline; `None` for reports whose team's region was
