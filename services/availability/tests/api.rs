@@ -961,6 +961,7 @@ async fn embedded_mode_keeps_the_roster_in_sqlite() {
         database_url: format!("sqlite://{}", dir.path().join("availability.db").display()),
         prefix: String::from("unused"),
         backend: "memory",
+        request_timeout_ms: None,
     };
     let clock = Arc::new(ManualClock::new(start_time()));
     let mut app = TestApp::start(&setup, clock.clone()).await;
@@ -987,4 +988,178 @@ async fn embedded_mode_keeps_the_roster_in_sqlite() {
     assert_eq!(team.display_name, "Team t1");
     assert_eq!(team.status, TeamStatus::OffDuty as i32);
     app.stop().await;
+}
+
+/// A feed keeps its stream open longer than the server's request timeout: the server answers
+/// early with the counts so far (the client then resends from their sum), and at shutdown a
+/// watch ends with UNAVAILABLE, reason SHUTTING_DOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_streams_are_answered_early_and_watches_end_at_shutdown() {
+    let mut env = RedisEnv::new().await;
+    env.setup.request_timeout_ms = Some(400);
+    let app = TestApp::start(&env.setup, Arc::new(ManualClock::new(start_time()))).await;
+    let mut client = app.client.clone();
+    let now = app.clock.now();
+    client
+        .upsert_team(upsert("t1", "north"))
+        .await
+        .expect("create");
+
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    sender
+        .send(StreamLocationsRequest {
+            team_id: "t1".into(),
+            location: point(44.0, -123.0),
+            recorded_at: Some(to_timestamp(now)),
+            heading_degrees: None,
+            speed_meters_per_second: None,
+            accuracy_meters: None,
+        })
+        .await
+        .expect("send");
+    // The sender stays open: the stream never half-closes on its own.
+    let summary = client
+        .stream_locations(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("answered early, not timed out")
+        .into_inner();
+    assert_eq!(
+        (
+            summary.accepted_count,
+            summary.stale_count,
+            summary.rejected_count
+        ),
+        (1, 0, 0)
+    );
+    drop(sender);
+
+    let mut watch = client
+        .watch_teams(WatchTeamsRequest {
+            region: "north".into(),
+            after_event_id: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    app.stop().await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("ends in time")
+        .expect("a final message");
+    let status = ended.expect_err("an error ends the watch");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unavailable, "SHUTTING_DOWN")
+    );
+    env.cleanup().await;
+}
+
+/// Sends raw bytes as gRPC messages, to feed the server something that is not protobuf.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = relay_proto::availability::StreamLocationsResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, tonic::Status> {
+        prost::Message::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = relay_proto::availability::StreamLocationsResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+/// A stream that sends bytes that are not a message ends with INVALID_ARGUMENT; the valid
+/// reports before it were applied, and nothing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_garbage_is_refused_after_applying_what_came_before() {
+    let (env, mut app) = redis_app().await;
+    let now = app.clock.now();
+    app.client
+        .upsert_team(upsert("t1", "north"))
+        .await
+        .expect("create");
+    let valid = |lat: f64, seconds: i64| {
+        prost::Message::encode_to_vec(&StreamLocationsRequest {
+            team_id: "t1".into(),
+            location: point(lat, -123.0),
+            recorded_at: Some(to_timestamp(now - chrono::Duration::seconds(seconds))),
+            heading_degrees: None,
+            speed_meters_per_second: None,
+            accuracy_meters: None,
+        })
+    };
+    // Field 1 (team_id) claims 255 bytes and carries 2: not decodable.
+    let garbage = vec![0x0a, 0xff, 0x01, b'x', b'y'];
+    let messages = vec![valid(44.1, 20), garbage, valid(44.2, 10)];
+    let channel = tonic::transport::Channel::from_shared(app.endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let status = grpc
+        .client_streaming(
+            tonic::Request::new(tokio_stream::iter(messages)),
+            http::uri::PathAndQuery::from_static(
+                "/relay.availability.v1.AvailabilityService/StreamLocations",
+            ),
+            RawCodec,
+        )
+        .await
+        .expect_err("garbage ends the stream");
+    assert_eq!(bad_fields(&status), ["message"]);
+    let team = app
+        .client
+        .get_team(GetTeamRequest {
+            team_id: "t1".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .team
+        .expect("team");
+    assert_eq!(
+        team.location,
+        point(44.1, -123.0),
+        "the report before the garbage only"
+    );
+    app.stop().await;
+    env.cleanup().await;
 }

@@ -466,23 +466,57 @@ impl RedisTeamStore {
         }
     }
 
+    /// Whether events after `after` were trimmed away. Trimming removes the oldest entries
+    /// (`MINID`), so when anything was removed (`entries-added` > `length`), every removed id
+    /// is below the first retained one: reading after an id below it may have missed some.
+    /// Redis does not say which id was trimmed last, so a reader positioned exactly on it is
+    /// also told the history expired (it rebuilds its view, which is safe).
     async fn history_expired(&self, region: &str, after: EventId) -> Result<bool, StoreError> {
         let info: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(self.keys.events(region))
             .query_async(&mut self.conn())
             .await;
-        let Ok(info) = info else {
+        let info = match info {
+            Ok(info) => info,
             // No stream yet: nothing was ever trimmed.
+            Err(error)
+                if error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let number = |name: &str| {
+            info.get(name)
+                .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+                .unwrap_or(0)
+        };
+        if number("entries-added") <= number("length") {
             return Ok(false);
-        };
-        let deleted = match info.get("max-deleted-entry-id") {
-            Some(value) => redis::from_redis_value::<String>(value.clone())
+        }
+        let id_of = |value: &Value| {
+            redis::from_redis_value::<String>(value.clone())
                 .ok()
-                .and_then(|text| EventId::parse(&text)),
-            None => None,
+                .and_then(|text| EventId::parse(&text))
         };
-        Ok(deleted.is_some_and(|deleted| after < deleted))
+        let first = match info.get("first-entry") {
+            Some(Value::Array(entry)) => entry.first().and_then(id_of),
+            _ => None,
+        };
+        let boundary = match first {
+            Some(first) => Some(first),
+            // Everything was trimmed: nothing is missing only for a reader at the newest id.
+            None => info
+                .get("last-generated-id")
+                .and_then(id_of)
+                .map(|last| EventId {
+                    ms: last.ms,
+                    seq: last.seq.saturating_add(1),
+                }),
+        };
+        Ok(boundary.is_some_and(|boundary| after < boundary))
     }
 
     /// Applies one chunk of reports in a pipeline; `None` for reports whose team's region was
@@ -496,7 +530,16 @@ impl RedisTeamStore {
             return Ok(Vec::new());
         }
         let now = to_micros(now);
-        let retention = self.retention_ms();
+        // The trim point of the event streams by this process's wall clock (not the
+        // injectable `now`): stream ids follow the Redis server's clock, which this matches
+        // closely enough for an approximate (`~`) trim.
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let min_id = wall_ms
+            .saturating_sub(self.retention.as_millis())
+            .to_string();
         let build = || {
             let mut pipe = redis::pipe();
             for (_, report, region) in reports {
@@ -512,7 +555,7 @@ impl RedisTeamStore {
                     .arg(optional(report.speed_meters_per_second))
                     .arg(optional(report.accuracy_meters))
                     .arg(now)
-                    .arg(&retention);
+                    .arg(&min_id);
                 pipe.invoke_script(&invocation);
             }
             pipe

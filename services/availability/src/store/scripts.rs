@@ -130,20 +130,30 @@ emit(KEYS[3], h, 'status', ARGV[6], ARGV[7])
 return result('ok', h)
 ";
 
-/// Applies one position report unless the stored one is as new or newer.
-/// KEYS: hash, geo, events. ARGV: lat, lon, recorded_at, hdg, spd, acc, now, retention_ms.
+/// Applies one position report unless the stored one is as new or newer. The hot path of
+/// StreamLocations, so it reads the whole team in one HMGET and builds the event from it
+/// (no HGETALL), and takes the stream's trim point from the caller (no TIME).
+/// KEYS: hash, geo, events. ARGV: lat, lon, recorded_at, hdg, spd, acc, now, min event id.
 pub(super) const REPORT_LOCATION: &str = r"
+local F = {'id', 'name', 'region', 'caps', 'status', 'lat', 'lon', 'loc_at', 'hdg', 'spd',
+  'acc', 'incident', 'last_incident', 'shift_end', 'rev', 'fence', 'created', 'updated'}
 local h = KEYS[1]
-if redis.call('EXISTS', h) == 0 then return {'missing'} end
-local cur = redis.call('HMGET', h, 'loc_at', 'rev', 'status', 'id')
-if cur[1] ~= '' and tonumber(cur[1]) >= tonumber(ARGV[3]) then return {'stale', cur[2]} end
+local v = redis.call('HMGET', h, unpack(F))
+if not v[1] then return {'missing'} end
+if v[8] and v[8] ~= '' and tonumber(v[8]) >= tonumber(ARGV[3]) then return {'stale', v[15]} end
+local rev = string.format('%d', tonumber(v[15]) + 1)
+v[6], v[7], v[8], v[9], v[10], v[11] = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+v[15], v[18] = rev, ARGV[7]
 redis.call('HSET', h, 'lat', ARGV[1], 'lon', ARGV[2], 'loc_at', ARGV[3], 'hdg', ARGV[4],
-  'spd', ARGV[5], 'acc', ARGV[6], 'updated', ARGV[7])
-redis.call('HINCRBY', h, 'rev', 1)
-if cur[3] == '2' then index(KEYS[2], cur[4], cur[3], ARGV[1], ARGV[2]) end
-emit(KEYS[3], h, 'location', ARGV[7], ARGV[8])
--- Read back as a string: Lua would print a large number in exponent form.
-return {'ok', redis.call('HGET', h, 'rev')}
+  'spd', ARGV[5], 'acc', ARGV[6], 'rev', rev, 'updated', ARGV[7])
+if v[5] == '2' then index(KEYS[2], v[1], '2', ARGV[1], ARGV[2]) end
+local args = {KEYS[3], 'MINID', '~', ARGV[8], '*', 'kind', 'location', 'at', ARGV[7]}
+for i = 1, #F do
+  args[#args + 1] = F[i]
+  args[#args + 1] = v[i] or ''
+end
+redis.call('XADD', unpack(args))
+return {'ok', rev}
 ";
 
 /// Claims an available team for an incident.

@@ -41,6 +41,8 @@ pub struct Setup {
     pub database_url: String,
     pub prefix: String,
     pub backend: &'static str,
+    /// `server.request_timeout_ms`, when a test needs a short one.
+    pub request_timeout_ms: Option<u64>,
 }
 
 impl TestApp {
@@ -54,6 +56,10 @@ impl TestApp {
             .set("availability.key_prefix", setup.prefix.as_str())
             .set("server.readiness_interval_ms", 50)
             .set("server.shutdown_grace_seconds", 2)
+            .set(
+                "server.request_timeout_ms",
+                setup.request_timeout_ms.unwrap_or(10_000),
+            )
             .build()
             .expect("config");
         let app = Application::build_with_clock(config, clock.clone())
@@ -125,6 +131,7 @@ impl RedisEnv {
             database_url: database.url().to_owned(),
             prefix: relay_tests::unique_name("api"),
             backend: "redis",
+            request_timeout_ms: None,
         };
         Self { database, setup }
     }
