@@ -400,15 +400,27 @@ impl Intake {
                 );
                 if let Some(item) = outbox.pop() {
                     let intake = Arc::clone(self);
-                    let delivery = tokio::spawn(async move { intake.deliver(item).await });
+                    // The delivery runs on its own task: a caller that gives up does not stop it.
+                    let known = stored.clone();
+                    let delivery =
+                        tokio::spawn(async move { intake.deliver_known(item, Some(known)).await });
                     let wait = IntakeSettings::ms(self.settings.submit_wait_ms);
-                    if tokio::time::timeout(wait, delivery).await.is_ok()
-                        && let Some(current) = self.store.get_incident(&incident_id).await?
-                    {
-                        return Ok(Submitted {
-                            incident: current.incident,
-                            created: true,
-                        });
+                    match tokio::time::timeout(wait, delivery).await {
+                        Ok(Ok(Some(current))) => {
+                            return Ok(Submitted {
+                                incident: current.incident,
+                                created: true,
+                            });
+                        }
+                        Ok(_) => {
+                            if let Some(current) = self.store.get_incident(&incident_id).await? {
+                                return Ok(Submitted {
+                                    incident: current.incident,
+                                    created: true,
+                                });
+                            }
+                        }
+                        Err(_) => {}
                     }
                 }
                 Ok(Submitted {
@@ -866,6 +878,16 @@ impl Intake {
 
     /// Delivers one outbox row to routing and records the outcome, or schedules a retry.
     pub async fn deliver(&self, item: OutboxItem) {
+        self.deliver_known(item, None).await;
+    }
+
+    /// As [`Self::deliver`], starting from the incident as the caller knows it (saving a read;
+    /// a stale copy only costs a retry). Returns the incident when the outcome changed it.
+    async fn deliver_known(
+        &self,
+        item: OutboxItem,
+        known: Option<StoredIncident>,
+    ) -> Option<StoredIncident> {
         let timeout = IntakeSettings::ms(self.settings.routing_timeout_ms);
         let mut client = self.routing.clone();
         let result = match item.kind {
@@ -895,7 +917,7 @@ impl Intake {
             },
         };
         let recorded = match result {
-            Ok(answer) => self.record_delivery(&item, answer, None).await,
+            Ok(answer) => self.record_delivery(&item, answer, None, known).await,
             Err(status) if retryable(status.code()) => {
                 let delay = backoff(&self.settings, item.attempts);
                 let next = self.now() + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
@@ -910,6 +932,7 @@ impl Intake {
                 self.store
                     .reschedule_outbox(&item.outbox_id, next, &format!("{:?}", status.code()))
                     .await
+                    .map(|()| None)
             }
             Err(status) => {
                 tracing::error!(
@@ -918,11 +941,15 @@ impl Intake {
                     code = ?status.code(),
                     "routing refused the request"
                 );
-                self.record_delivery(&item, None, Some(status)).await
+                self.record_delivery(&item, None, Some(status), known).await
             }
         };
-        if let Err(error) = recorded {
-            tracing::error!(incident_id = %item.incident_id, error = %error, "recording a routing outcome failed; the row will be retried");
+        match recorded {
+            Ok(changed) => changed,
+            Err(error) => {
+                tracing::error!(incident_id = %item.incident_id, error = %error, "recording a routing outcome failed; the row will be retried");
+                None
+            }
         }
     }
 
@@ -931,10 +958,14 @@ impl Intake {
         item: &OutboxItem,
         answer: Option<AssignTeamResponse>,
         refused: Option<tonic::Status>,
-    ) -> Result<(), StoreError> {
+        mut known: Option<StoredIncident>,
+    ) -> Result<Option<StoredIncident>, StoreError> {
         for _ in 0..MAX_CONFLICTS {
             let now = self.now();
-            let stored = self.store.get_incident(&item.incident_id).await?;
+            let stored = match known.take() {
+                Some(known) => Some(known),
+                None => self.store.get_incident(&item.incident_id).await?,
+            };
             let mut change = Change {
                 settles_outbox: Some(item.outbox_id.clone()),
                 now,
@@ -983,24 +1014,21 @@ impl Intake {
                 }
                 change.incident = Some(next);
             }
-            let cad = change
-                .incident
-                .as_ref()
-                .map(|s| s.incident.cad_system.clone());
+            let changed = change.incident.clone();
             match self.store.apply_change(change).await? {
-                ChangeOutcome::Conflict => continue,
+                ChangeOutcome::Conflict => {}
                 ChangeOutcome::Applied(events) => {
-                    if let Some(cad) = cad
+                    if let Some(changed) = &changed
                         && !events.is_empty()
                     {
-                        self.notify(&cad);
+                        self.notify(&changed.incident.cad_system);
                     }
-                    return Ok(());
+                    return Ok(changed);
                 }
-                _ => return Ok(()),
+                _ => return Ok(None),
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Claims due outbox rows and delivers them; returns how many were claimed.

@@ -343,17 +343,13 @@ macro_rules! sql_store {
                 if events.is_empty() {
                     return Ok(events);
                 }
-                sqlx::query(
-                    "INSERT INTO cad_sequences (cad_system, last_sequence) VALUES ($1, 0) \
-                     ON CONFLICT (cad_system) DO NOTHING",
-                )
-                .bind(cad_system)
-                .execute(&mut **tx)
-                .await?;
+                // One statement allocates the sequences: the row lock it takes on the CAD's
+                // counter is held until commit, so sequences become visible in order, gapless.
                 let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
                 let last: i64 = sqlx::query_scalar(
-                    "UPDATE cad_sequences SET last_sequence = last_sequence + $2 \
-                     WHERE cad_system = $1 RETURNING last_sequence",
+                    "INSERT INTO cad_sequences (cad_system, last_sequence) VALUES ($1, $2) \
+                     ON CONFLICT (cad_system) DO UPDATE SET last_sequence = cad_sequences.last_sequence + $2 \
+                     RETURNING last_sequence",
                 )
                 .bind(cad_system)
                 .bind(count)
@@ -363,18 +359,18 @@ macro_rules! sql_store {
                 for event in &mut events {
                     sequence += 1;
                     event.sequence = sequence;
-                    sqlx::query(
-                        "INSERT INTO incident_events (cad_system, sequence, incident_id, event_time, body) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(cad_system)
-                    .bind(sequence)
-                    .bind(&event.incident_id)
-                    .bind(now)
-                    .bind(event.encode_to_vec())
-                    .execute(&mut **tx)
-                    .await?;
                 }
+                let mut insert = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO incident_events (cad_system, sequence, incident_id, event_time, body) ",
+                );
+                insert.push_values(&events, |mut row, event| {
+                    row.push_bind(cad_system.to_owned())
+                        .push_bind(event.sequence)
+                        .push_bind(event.incident_id.clone())
+                        .push_bind(now)
+                        .push_bind(event.encode_to_vec());
+                });
+                insert.build().execute(&mut **tx).await?;
                 Ok(events)
             }
 
