@@ -44,7 +44,7 @@ test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 
 .PHONY: bench
 bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
-	@echo "no benchmarks yet: they arrive with the service issues (see docs/benchmarks.md)"
+	$(CARGO) bench --locked -p relay-directory --bench directory
 
 .PHONY: dev
 dev: ## Run the whole suite locally on embedded storage (relay dev)
