@@ -61,6 +61,7 @@ bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	$(CARGO) bench -p relay-intake --bench submit
 	$(CARGO) bench -p relay-availability --bench ingest
 	$(CARGO) bench -p relay-routing --bench assign
+	$(CARGO) bench --locked -p relay-directory --bench directory
 
 .PHONY: dev
 dev: ## Run the whole suite locally on embedded storage (relay dev)

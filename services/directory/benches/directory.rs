@@ -126,7 +126,7 @@ async fn main() {
             baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude, ts_rank_cd(s.search_vector, q, 32) \
                        FROM services s CROSS JOIN websearch_to_tsquery('english', 'youth shelter') AS q \
                        JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
-                       WHERE s.status = 1 AND s.search_vector @@ q AND l.latitude BETWEEN $1 AND $2 AND l.longitude BETWEEN $3 AND $4 \
+                       WHERE s.status = 1 AND s.search_vector @@ q AND point(l.longitude, l.latitude) <@ box(point($3, $1), point($4, $2)) \
                        ORDER BY 5 DESC LIMIT 50",
             radius: 5000.0,
         },
@@ -143,7 +143,7 @@ async fn main() {
             },
             baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude FROM services s \
                        JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
-                       WHERE s.status = 1 AND l.latitude BETWEEN $1 AND $2 AND l.longitude BETWEEN $3 AND $4 \
+                       WHERE s.status = 1 AND point(l.longitude, l.latitude) <@ box(point($3, $1), point($4, $2)) \
                        AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
                        WHERE st.service_id = s.id AND (t.code = 'BH' OR t.parent_id = 'tx-bh')) \
                        ORDER BY (l.latitude - ($1 + $2) / 2) ^ 2 + (l.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
@@ -161,7 +161,7 @@ async fn main() {
             },
             baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude FROM services s \
                        JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
-                       WHERE s.status = 1 AND l.latitude BETWEEN $1 AND $2 AND l.longitude BETWEEN $3 AND $4 \
+                       WHERE s.status = 1 AND point(l.longitude, l.latitude) <@ box(point($3, $1), point($4, $2)) \
                        ORDER BY (l.latitude - ($1 + $2) / 2) ^ 2 + (l.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
             radius: 3000.0,
         },

@@ -645,7 +645,20 @@ macro_rules! sql_store {
                 if Self::PG && filter.text.is_some() {
                     qb.push("AND s.search_vector @@ q ");
                 }
-                if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
+                if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box
+                    && Self::PG
+                {
+                    // Matches the GiST expression index of migration 0002.
+                    qb.push("AND point(l.longitude, l.latitude) <@ box(point(");
+                    qb.push_bind(min_lon);
+                    qb.push(", ");
+                    qb.push_bind(min_lat);
+                    qb.push("), point(");
+                    qb.push_bind(max_lon);
+                    qb.push(", ");
+                    qb.push_bind(max_lat);
+                    qb.push(")) ");
+                } else if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
                     qb.push("AND l.latitude BETWEEN ");
                     qb.push_bind(min_lat);
                     qb.push(" AND ");
