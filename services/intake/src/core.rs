@@ -934,6 +934,17 @@ impl Intake {
                     .await
                     .map(|()| None)
             }
+            // The assignment already ended (the team cleared first): nothing left to release.
+            Err(status)
+                if matches!(item.kind, OutboxKind::Release)
+                    && status.code() == tonic::Code::FailedPrecondition =>
+            {
+                tracing::debug!(
+                    incident_id = %item.incident_id,
+                    "assignment already ended; nothing to release"
+                );
+                self.record_delivery(&item, None, None, known).await
+            }
             Err(status) => {
                 tracing::error!(
                     incident_id = %item.incident_id,

@@ -1,11 +1,12 @@
 //! `relay`: the command-line tool around the four Relay services.
 //!
-//! Each subcommand below is part of the plan in DESIGN.md. Those not built yet say so and exit
-//! with status 1 rather than pretending to work.
+//! Each subcommand below is part of the plan in DESIGN.md.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+
+mod dev;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,9 +93,12 @@ enum DirectoryCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (name, issue) = match cli.command {
-        Command::Simulate(args) => return simulate(&args),
-        Command::Dev { .. } => ("relay dev", 7),
+    match cli.command {
+        Command::Simulate(args) => simulate(&args),
+        Command::Dev {
+            port_base,
+            data_dir,
+        } => dev(port_base, data_dir),
         Command::Directory {
             command:
                 DirectoryCommand::Import {
@@ -102,10 +106,31 @@ fn main() -> ExitCode {
                     database_url,
                     time_zone,
                 },
-        } => return directory_import(&package, database_url, time_zone),
+        } => directory_import(&package, database_url, time_zone),
+    }
+}
+
+fn dev(port_base: u16, data_dir: Option<PathBuf>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("relay dev: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
     };
-    eprintln!("relay: `{name}` is not built yet (tracked in issue #{issue})");
-    ExitCode::FAILURE
+    match runtime.block_on(dev::run(dev::DevOptions {
+        port_base,
+        data_dir,
+    })) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("relay dev: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn simulate(args: &SimulateArgs) -> ExitCode {

@@ -108,7 +108,8 @@ impl Observations {
             );
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "team       calls   busy      utilisation");
+        let width = self.teams.keys().map(String::len).max().unwrap_or(4).max(4) + 2;
+        let _ = writeln!(out, "{:<width$}calls   busy      utilisation", "team");
         for (team, usage) in &self.teams {
             let utilisation = if self.duration_seconds > 0.0 {
                 100.0 * usage.busy_seconds / self.duration_seconds
@@ -117,7 +118,7 @@ impl Observations {
             };
             let _ = writeln!(
                 out,
-                "{team:<11}{:<8}{:<10}{utilisation:.0}%",
+                "{team:<width$}{:<8}{:<10}{utilisation:.0}%",
                 usage.calls,
                 format!("{:.0} min", usage.busy_seconds / 60.0),
             );

@@ -1,0 +1,115 @@
+//! `relay dev`: the four services in one process on embedded storage, each on its own
+//! loopback port, talking to each other over real gRPC exactly as in production.
+//!
+//! Availability keeps live state in process (its in-memory team store) and its roster in
+//! SQLite; routing claims teams through that same store (the fleet adapter routing uses over
+//! Redis in production); intake, routing and the directory keep their records in SQLite files
+//! of their own. Nothing needs to be installed.
+
+use std::{path::PathBuf, sync::Arc};
+
+use relay_runtime::{BoxError, Config, config::LogFormat, telemetry};
+
+/// What `relay dev` was asked for.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// First of the four ports: intake, availability, routing, directory.
+    pub port_base: u16,
+    /// Where state is kept between runs; `None`: a temporary folder removed at exit.
+    pub data_dir: Option<PathBuf>,
+}
+
+fn config(
+    service: &'static str,
+    port: u16,
+    database: &std::path::Path,
+    base: u16,
+) -> Result<Config, BoxError> {
+    let endpoint = |offset: u16| format!("http://127.0.0.1:{}", base + offset);
+    Ok(Config::builder(service)
+        .set("listen", format!("127.0.0.1:{port}"))
+        .set("database_url", format!("sqlite://{}", database.display()))
+        .set("intake_endpoint", endpoint(0))
+        .set("availability_endpoint", endpoint(1))
+        .set("routing_endpoint", endpoint(2))
+        .set("directory_endpoint", endpoint(3))
+        .set("availability.backend", "memory")
+        .build()?)
+}
+
+/// Runs the suite until SIGINT or SIGTERM.
+///
+/// # Errors
+/// When a port is taken, the data folder cannot be used, or a service fails.
+pub async fn run(options: DevOptions) -> Result<(), BoxError> {
+    let telemetry = telemetry::init(
+        "relay-dev",
+        &std::env::var("RELAY_LOG").unwrap_or_else(|_| String::from("warn")),
+        LogFormat::Text,
+    )?;
+    let temporary;
+    let dir = match options.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            dir
+        }
+        None => {
+            temporary = tempfile::tempdir()?;
+            temporary.path().to_owned()
+        }
+    };
+    let base = options.port_base;
+    if base > u16::MAX - 3 {
+        return Err(format!("--port-base {base} leaves no room for four ports").into());
+    }
+    let db = |name: &str| dir.join(format!("{name}.db"));
+
+    let availability_config = config("availability", base + 1, &db("availability"), base)?;
+    let availability = relay_availability::Application::build(availability_config).await?;
+    let clock: Arc<dyn relay_routing::clock::Clock> = Arc::new(relay_routing::clock::SystemClock);
+    let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
+        availability.domain().store().clone(),
+        clock.clone(),
+    ));
+
+    let routing_config = config("routing", base + 2, &db("routing"), base)?;
+    relay_routing::Application::migrate(&routing_config).await?;
+    let routing =
+        relay_routing::Application::build_with_fleet(routing_config, fleet, clock).await?;
+
+    let intake_config = config("intake", base, &db("intake"), base)?;
+    relay_intake::Application::migrate(&intake_config).await?;
+    let intake = relay_intake::Application::build(intake_config).await?;
+
+    let directory_config = config("directory", base + 3, &db("directory"), base)?;
+    relay_directory::Application::migrate(&directory_config).await?;
+    let directory = relay_directory::Application::build(directory_config).await?;
+
+    println!("intake listening on http://{}", intake.local_addr());
+    println!(
+        "availability listening on http://{}",
+        availability.local_addr()
+    );
+    println!("routing listening on http://{}", routing.local_addr());
+    println!("directory listening on http://{}", directory.local_addr());
+    println!("data in {}; Ctrl-C stops", dir.display());
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            relay_runtime::shutdown::signal().await;
+            stop.cancel();
+        })
+    };
+    let until = |stop: tokio_util::sync::CancellationToken| async move { stop.cancelled().await };
+    let result = tokio::try_join!(
+        intake.run_until_stopped(until(stop.clone())),
+        availability.run_until_stopped(until(stop.clone())),
+        routing.run_until_stopped(until(stop.clone())),
+        directory.run_until_stopped(until(stop.clone())),
+    );
+    signal.abort();
+    telemetry.shutdown();
+    result.map(|_| ())
+}

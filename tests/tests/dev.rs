@@ -1,0 +1,117 @@
+//! `relay dev` runs the whole suite on embedded storage, and `relay simulate` drives it
+//! through the public API: calls are triaged, teams are assigned and calls are closed, and the
+//! same seed gives the same counts.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use relay_tests::binary_path;
+
+/// Kills `relay dev` when the test ends, however it ends.
+struct Dev(std::process::Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn simulate(base: u16) -> String {
+    let output = Command::new(binary_path("relay"))
+        .args([
+            "simulate",
+            "--no-progress",
+            "--seed",
+            "7",
+            "--minutes",
+            "90",
+            "--speed",
+            "900",
+        ])
+        .args(["--intake", &format!("http://127.0.0.1:{base}")])
+        .args(["--availability", &format!("http://127.0.0.1:{}", base + 1)])
+        .args(["--directory", &format!("http://127.0.0.1:{}", base + 3)])
+        .output()
+        .expect("run relay simulate");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "relay simulate failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!stdout.contains("failed calls"), "{stdout}");
+    stdout
+}
+
+fn count(report: &str, name: &str) -> u64 {
+    let counts = report
+        .lines()
+        .find_map(|line| line.strip_prefix("counts: "))
+        .expect("a counts line");
+    counts
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {counts}"))
+}
+
+#[test]
+fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
+    // A port range unlikely to be in use: four ports from a base picked by the process id.
+    let base = 42_000 + u16::try_from(std::process::id() % 4_000).expect("small") * 4;
+    let mut child = Command::new(binary_path("relay"))
+        .args(["dev", "--port-base", &base.to_string()])
+        .env("RELAY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start relay dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let dev = Dev(child);
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut listening = Vec::new();
+    while listening.len() < 4 {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("relay dev prints its endpoints");
+        if line.contains(" listening on http://127.0.0.1:") {
+            listening.push(line);
+        }
+    }
+    assert_eq!(
+        listening,
+        [
+            format!("intake listening on http://127.0.0.1:{base}"),
+            format!("availability listening on http://127.0.0.1:{}", base + 1),
+            format!("routing listening on http://127.0.0.1:{}", base + 2),
+            format!("directory listening on http://127.0.0.1:{}", base + 3),
+        ]
+    );
+
+    let first = simulate(base);
+    assert!(count(&first, "submitted") >= 10, "{first}");
+    assert!(count(&first, "assigned") >= 1, "{first}");
+    assert!(count(&first, "closed") >= 1, "{first}");
+    assert!(first.contains("time to assign"), "{first}");
+    // The same seed again, in the same deployment (the run id keeps the runs apart).
+    let second = simulate(base);
+    let counts = |report: &str| {
+        report
+            .lines()
+            .find(|line| line.starts_with("counts: "))
+            .map(str::to_owned)
+    };
+    assert_eq!(counts(&first), counts(&second), "{first}\n{second}");
+    drop(dev);
+}
