@@ -82,7 +82,7 @@ impl Observations {
         };
         let _ = writeln!(out, "calls submitted      {}", self.submitted);
         for (disposition, count) in &self.dispositions {
-            let _ = writeln!(out, "  {:<19}{count}", disposition.to_lowercase());
+            let _ = writeln!(out, "  {:<20} {count}", disposition.to_lowercase());
         }
         let _ = writeln!(out, "diverted to teams    {community} ({share:.0}%)");
         let _ = writeln!(out, "assigned             {}", self.assigned);
@@ -195,7 +195,7 @@ mod tests {
             "{report}"
         );
         assert!(
-            report.contains("team-01    3       30 min    50%"),
+            report.contains("team-01  3       30 min    50%"),
             "{report}"
         );
         assert_eq!(
