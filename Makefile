@@ -64,12 +64,12 @@ bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	$(CARGO) bench --locked -p relay-directory --bench directory
 
 .PHONY: dev
-dev: ## Run the whole suite locally on embedded storage (relay dev)
-	$(CARGO) run --release --bin relay -- dev
+dev: ## Run the whole suite locally on embedded storage (relay dev), no server needed
+	$(CARGO) run --bin relay -- dev
 
 .PHONY: demo
-demo: ## relay dev plus a few minutes of simulated calls, ending with a report
-	$(CARGO) run --release --bin relay -- simulate
+demo: ## relay dev, a loaded directory and a few hours of simulated calls, ending with a report
+	scripts/demo.sh
 
 .PHONY: clean
 clean: ## Remove build output

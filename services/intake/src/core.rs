@@ -156,6 +156,10 @@ pub struct Intake {
     pub(crate) routing: RoutingClient,
     pub(crate) notices: broadcast::Sender<EventNotice>,
     pub(crate) outbox_wake: Notify,
+    /// Regions whose routing and availability events intake consumes (or has asked to).
+    pub(crate) watched_regions: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Tells the application to start consuming a region's events.
+    pub(crate) new_regions: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 /// A digest of a request for `request_id` reuse detection.
@@ -221,6 +225,23 @@ fn outbox_id(now: i64) -> String {
 }
 
 impl Intake {
+    /// Makes sure intake consumes `region`'s routing and availability events (its queue
+    /// assignments, escalations and team statuses), starting at its first incident.
+    pub(crate) fn watch_region(&self, region: &str) {
+        if !self.settings.consume_upstream {
+            return;
+        }
+        let first = self
+            .watched_regions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(region.to_owned());
+        if first {
+            // The receiver lives as long as the application runs; after that nothing listens.
+            let _ = self.new_regions.send(region.to_owned());
+        }
+    }
+
     fn now(&self) -> i64 {
         self.clock.now_micros()
     }
@@ -323,6 +344,7 @@ impl Intake {
     /// # Errors
     /// When storage fails.
     pub async fn submit(self: &Arc<Self>, new: NewIncident) -> Result<Submitted, IntakeError> {
+        self.watch_region(&new.region);
         let now = self.now();
         let decision = self.protocol.triage(
             &new.cad_system,

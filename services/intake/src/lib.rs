@@ -69,6 +69,7 @@ pub struct Application {
     server: BoundServer,
     intake: Arc<Intake>,
     availability: upstream::AvailabilityClient,
+    new_regions: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 /// Opens the store named by the configuration's database URL, migrating when asked to
@@ -149,6 +150,7 @@ impl Application {
             });
         tracing::info!(protocol_version = %protocol.version, "triage protocol loaded");
         let (notices, _) = broadcast::channel(1024);
+        let (region_sender, new_regions) = tokio::sync::mpsc::unbounded_channel();
         let intake = Arc::new(Intake {
             store,
             protocol: Arc::new(protocol),
@@ -157,6 +159,8 @@ impl Application {
             routing,
             notices,
             outbox_wake: Notify::new(),
+            watched_regions: std::sync::Mutex::default(),
+            new_regions: region_sender,
         });
         let host = ServiceHost::new(&config.settings.server);
         let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token());
@@ -168,6 +172,7 @@ impl Application {
             server,
             intake,
             availability,
+            new_regions,
         })
     }
 
@@ -196,20 +201,40 @@ impl Application {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(Arc::clone(&self.intake).run_outbox(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_retention(token.clone()));
-        if self.intake.settings.consume_upstream {
-            for region in self.intake.settings.regions.clone() {
-                tasks.spawn(upstream::watch_routing(
-                    Arc::clone(&self.intake),
-                    region.clone(),
-                    token.clone(),
-                ));
-                tasks.spawn(upstream::watch_teams(
-                    Arc::clone(&self.intake),
-                    self.availability.clone(),
-                    region,
-                    token.clone(),
-                ));
-            }
+        // The configured regions are watched from the start; any other region from its first
+        // incident on (when no regions are configured, every region is accepted).
+        for region in &self.intake.settings.regions {
+            self.intake.watch_region(region);
+        }
+        {
+            let intake = Arc::clone(&self.intake);
+            let availability = self.availability.clone();
+            let token = token.clone();
+            let mut new_regions = self.new_regions;
+            tasks.spawn(async move {
+                let mut watchers = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        region = new_regions.recv() => {
+                            let Some(region) = region else { break };
+                            tracing::info!(%region, "consuming the region's routing and team events");
+                            watchers.spawn(upstream::watch_routing(
+                                Arc::clone(&intake),
+                                region.clone(),
+                                token.clone(),
+                            ));
+                            watchers.spawn(upstream::watch_teams(
+                                Arc::clone(&intake),
+                                availability.clone(),
+                                region,
+                                token.clone(),
+                            ));
+                        }
+                    }
+                }
+                while watchers.join_next().await.is_some() {}
+            });
         }
         let result = self.server.run_until_stopped(shutdown).await;
         token.cancel();

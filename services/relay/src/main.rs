@@ -89,6 +89,18 @@ enum DirectoryCommand {
         #[arg(long, default_value = "UTC")]
         time_zone: String,
     },
+    /// Write a seeded synthetic HSDS 3.0 package of a metro area's services (the same metro
+    /// `relay simulate` uses), for demos and load tests.
+    Generate {
+        /// The folder to write the package to (created if needed).
+        folder: PathBuf,
+        /// How many services.
+        #[arg(long, default_value_t = 2_000)]
+        services: usize,
+        /// Seed of the generated directory.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +119,27 @@ fn main() -> ExitCode {
                     time_zone,
                 },
         } => directory_import(&package, database_url, time_zone),
+        Command::Directory {
+            command:
+                DirectoryCommand::Generate {
+                    folder,
+                    services,
+                    seed,
+                },
+        } => match relay_directory::generate::write_package(&folder, services, seed) {
+            Ok(written) => {
+                println!(
+                    "wrote {} services to {} (time zone America/Los_Angeles)",
+                    written.len(),
+                    folder.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("relay: cannot write {}: {error}", folder.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

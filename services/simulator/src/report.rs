@@ -21,8 +21,10 @@ pub struct Observations {
     pub closed: u64,
     /// Referrals made at the close of a call.
     pub referrals: u64,
-    /// Unserved calls by reason.
+    /// Escalated calls by unserved reason.
     pub unserved: BTreeMap<String, u64>,
+    /// Queued calls by the reason no team could take them.
+    pub queued_reasons: BTreeMap<String, u64>,
     /// Seconds from a call's arrival to its assignment (simulated time).
     pub time_to_assign: Vec<f64>,
     /// Seconds from a call's arrival to the team arriving on scene (simulated time).
@@ -87,9 +89,12 @@ impl Observations {
         let _ = writeln!(out, "diverted to teams    {community} ({share:.0}%)");
         let _ = writeln!(out, "assigned             {}", self.assigned);
         let _ = writeln!(out, "queued               {}", self.queued);
+        for (reason, count) in &self.queued_reasons {
+            let _ = writeln!(out, "  {:<20} {count}", reason.to_lowercase());
+        }
         let _ = writeln!(out, "escalated            {}", self.escalated);
         for (reason, count) in &self.unserved {
-            let _ = writeln!(out, "  unserved {:<10}{count}", reason.to_lowercase());
+            let _ = writeln!(out, "  {:<20} {count}", reason.to_lowercase());
         }
         let _ = writeln!(out, "closed               {}", self.closed);
         let _ = writeln!(out, "referrals            {}", self.referrals);

@@ -176,6 +176,16 @@ struct Sim<'a> {
     progress: ProgressBar,
 }
 
+fn reason_name(reason: i32) -> String {
+    relay_proto::common::UnservedReason::try_from(reason)
+        .map_or("UNKNOWN", |r| {
+            r.as_str_name()
+                .strip_prefix("UNSERVED_REASON_")
+                .unwrap_or("UNKNOWN")
+        })
+        .to_owned()
+}
+
 fn to_timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
@@ -303,9 +313,12 @@ impl Sim<'_> {
         let now = SystemTime::now();
         for plan in &self.scenario.teams {
             let team_id = format!("{}-{}", self.run_id, plan.team_id);
+            // Relay judges shifts by the wall clock against a call's real expected duration, so
+            // the shift end is given in wall-clock seconds; the simulator itself takes the
+            // team off duty at the simulated time (Step::ShiftEnds).
             let shift_ends_at = plan
                 .shift_ends_after_seconds
-                .map(|after| now + Duration::from_secs_f64(after as f64 / self.options.speed));
+                .map(|after| now + Duration::from_secs(after));
             let request = UpsertTeamRequest {
                 request_id: self.request_id(),
                 team_id: team_id.clone(),
@@ -521,18 +534,20 @@ impl Sim<'_> {
             Ok(RoutingState::Queued) if !state.queued => {
                 state.queued = true;
                 self.observed.queued += 1;
+                *self
+                    .observed
+                    .queued_reasons
+                    .entry(reason_name(routing.unserved_reason))
+                    .or_default() += 1;
             }
             Ok(RoutingState::Escalated) if !state.escalated => {
                 state.escalated = true;
                 self.observed.escalated += 1;
-                let reason = relay_proto::common::UnservedReason::try_from(routing.unserved_reason)
-                    .map_or("UNKNOWN", |r| {
-                        r.as_str_name()
-                            .strip_prefix("UNSERVED_REASON_")
-                            .unwrap_or("UNKNOWN")
-                    })
-                    .to_owned();
-                *self.observed.unserved.entry(reason).or_default() += 1;
+                *self
+                    .observed
+                    .unserved
+                    .entry(reason_name(routing.unserved_reason))
+                    .or_default() += 1;
             }
             _ => {}
         }

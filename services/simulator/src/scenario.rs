@@ -55,10 +55,11 @@ impl Default for ScenarioConfig {
             teams: 8,
             calls_per_hour: 12.0,
             duration_seconds: 4 * 3600,
-            // Eugene, Oregon, home of CAHOOTS.
+            // Portland, Oregon: the metro `relay directory generate` fills with services, so
+            // referrals at the close of a call find some nearby.
             center: GeoPoint {
-                latitude: 44.0521,
-                longitude: -123.0868,
+                latitude: 45.5152,
+                longitude: -122.6784,
             },
             radius_meters: 9_000.0,
             region: String::from("metro"),
