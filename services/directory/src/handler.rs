@@ -58,16 +58,12 @@ fn status(error: DirectoryError) -> Status {
     if let DirectoryError::ReferralExists(id) = &error
         && !id.is_empty()
     {
-        let mut details = tonic_types::ErrorDetails::new();
-        details.set_error_info(
-            crate::error::REFERRAL_ALREADY_EXISTS,
-            DOMAIN,
-            HashMap::from([("referral_id".to_owned(), id.clone())]),
-        );
-        return <Status as tonic_types::StatusExt>::with_error_details(
+        return relay_runtime::error::status(
             tonic::Code::AlreadyExists,
+            DOMAIN,
+            crate::error::REFERRAL_ALREADY_EXISTS,
             error.to_string(),
-            details,
+            HashMap::from([("referral_id".to_owned(), id.clone())]),
         );
     }
     ApiError::from(error).into_status(DOMAIN)

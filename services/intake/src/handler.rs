@@ -542,15 +542,12 @@ impl IntakeService for IntakeServiceHandler {
             .await
             .map_err(|e| status(e.into()))?;
         if after > last {
-            let details = tonic_types::ErrorDetails::with_error_info(
-                "SEQUENCE_AHEAD",
-                DOMAIN,
-                std::collections::HashMap::new(),
-            );
-            return Err(<Status as tonic_types::StatusExt>::with_error_details(
+            return Err(relay_runtime::error::status(
                 tonic::Code::OutOfRange,
+                DOMAIN,
+                "SEQUENCE_AHEAD",
                 format!("after_sequence {after} is beyond the last sequence issued ({last})"),
-                details,
+                std::collections::HashMap::new(),
             ));
         }
         let expired = match first {

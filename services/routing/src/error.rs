@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use relay_runtime::error::{ApiError, cause_chain};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{DOMAIN, fleet::FleetError, store::StoreError};
 
@@ -71,9 +70,7 @@ pub enum RoutingError {
 }
 
 fn status(code: Code, reason: &str, message: String, metadata: HashMap<String, String>) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(reason, DOMAIN, metadata);
-    Status::with_error_details(code, message, details)
+    relay_runtime::error::status(code, DOMAIN, reason, message, metadata)
 }
 
 impl RoutingError {
@@ -81,98 +78,66 @@ impl RoutingError {
     #[must_use]
     pub fn into_status(self) -> Status {
         let message = self.to_string();
-        let none = HashMap::new;
-        match self {
-            Self::Invalid(error) => error.into_status(DOMAIN),
-            Self::RequestIdReused => ApiError::invalid_with_reason(
-                "REQUEST_ID_REUSED",
-                "request_id",
-                "was already used for a different request",
-            )
-            .into_status(DOMAIN),
-            Self::IncidentNotFound(_) => {
-                status(Code::NotFound, "INCIDENT_NOT_FOUND", message, none())
-            }
-            Self::TeamNotFound(_) => status(Code::NotFound, "TEAM_NOT_FOUND", message, none()),
-            Self::AssignmentNotFound(_) => {
-                status(Code::NotFound, "ASSIGNMENT_NOT_FOUND", message, none())
+        let (code, reason) = self.code_and_reason();
+        let metadata = match self {
+            Self::Invalid(error) => return error.into_status(DOMAIN),
+            Self::RequestIdReused => {
+                return ApiError::invalid_with_reason(
+                    "REQUEST_ID_REUSED",
+                    "request_id",
+                    "was already used for a different request",
+                )
+                .into_status(DOMAIN);
             }
             Self::IncidentAlreadyAssigned {
                 assignment_id,
                 team_id,
-            } => status(
-                Code::AlreadyExists,
-                "INCIDENT_ALREADY_ASSIGNED",
-                message,
-                HashMap::from([
-                    (String::from("assignment_id"), assignment_id),
-                    (String::from("team_id"), team_id),
-                ]),
-            ),
-            Self::TeamNotAvailable(_) => status(
-                Code::FailedPrecondition,
-                "TEAM_NOT_AVAILABLE",
-                message,
-                none(),
-            ),
-            Self::RegionMismatch { .. } => {
-                status(Code::FailedPrecondition, "REGION_MISMATCH", message, none())
-            }
-            Self::AssignmentNotActive(_) => status(
-                Code::FailedPrecondition,
-                "ASSIGNMENT_NOT_ACTIVE",
-                message,
-                none(),
-            ),
-            Self::RoutingCancelled(_) => status(
-                Code::FailedPrecondition,
-                "ROUTING_CANCELLED",
-                message,
-                none(),
-            ),
-            Self::ClaimConflict => status(Code::Aborted, "CLAIM_CONFLICT", message, none()),
-            Self::EventHistoryExpired(_) => status(
-                Code::FailedPrecondition,
-                "EVENT_HISTORY_EXPIRED",
-                message,
-                none(),
-            ),
-            Self::Contended => status(Code::Unavailable, "CONTENDED", message, none()),
+            } => HashMap::from([
+                (String::from("assignment_id"), assignment_id),
+                (String::from("team_id"), team_id),
+            ]),
             Self::Store(error) => {
                 tracing::warn!(error.cause_chain = %cause_chain(&error), "record unavailable");
-                status(Code::Unavailable, "RECORD_UNAVAILABLE", message, none())
+                HashMap::new()
             }
             Self::Fleet(error) => {
                 tracing::warn!(error.cause_chain = %cause_chain(&error), "fleet unavailable");
-                status(Code::Unavailable, "FLEET_UNAVAILABLE", message, none())
+                HashMap::new()
             }
-        }
+            _ => HashMap::new(),
+        };
+        status(code, reason, message, metadata)
     }
 
     /// The ErrorInfo reason this error maps to (for tests and logs).
     #[must_use]
     pub fn reason(&self) -> String {
-        self.clone_status_reason()
-    }
-
-    fn clone_status_reason(&self) -> String {
         match self {
             Self::Invalid(ApiError::InvalidArgument { reason, .. }) => (*reason).to_owned(),
-            Self::Invalid(_) => String::from("INVALID_FIELD"),
-            Self::RequestIdReused => String::from("REQUEST_ID_REUSED"),
-            Self::IncidentNotFound(_) => String::from("INCIDENT_NOT_FOUND"),
-            Self::TeamNotFound(_) => String::from("TEAM_NOT_FOUND"),
-            Self::AssignmentNotFound(_) => String::from("ASSIGNMENT_NOT_FOUND"),
-            Self::IncidentAlreadyAssigned { .. } => String::from("INCIDENT_ALREADY_ASSIGNED"),
-            Self::TeamNotAvailable(_) => String::from("TEAM_NOT_AVAILABLE"),
-            Self::RegionMismatch { .. } => String::from("REGION_MISMATCH"),
-            Self::AssignmentNotActive(_) => String::from("ASSIGNMENT_NOT_ACTIVE"),
-            Self::RoutingCancelled(_) => String::from("ROUTING_CANCELLED"),
-            Self::ClaimConflict => String::from("CLAIM_CONFLICT"),
-            Self::EventHistoryExpired(_) => String::from("EVENT_HISTORY_EXPIRED"),
-            Self::Contended => String::from("CONTENDED"),
-            Self::Store(_) => String::from("RECORD_UNAVAILABLE"),
-            Self::Fleet(_) => String::from("FLEET_UNAVAILABLE"),
+            _ => self.code_and_reason().1.to_owned(),
+        }
+    }
+
+    /// The one table of codes and reasons (`Invalid` maps through [`ApiError`]).
+    fn code_and_reason(&self) -> (Code, &'static str) {
+        match self {
+            Self::Invalid(_) => (Code::InvalidArgument, "INVALID_FIELD"),
+            Self::RequestIdReused => (Code::InvalidArgument, "REQUEST_ID_REUSED"),
+            Self::IncidentNotFound(_) => (Code::NotFound, "INCIDENT_NOT_FOUND"),
+            Self::TeamNotFound(_) => (Code::NotFound, "TEAM_NOT_FOUND"),
+            Self::AssignmentNotFound(_) => (Code::NotFound, "ASSIGNMENT_NOT_FOUND"),
+            Self::IncidentAlreadyAssigned { .. } => {
+                (Code::AlreadyExists, "INCIDENT_ALREADY_ASSIGNED")
+            }
+            Self::TeamNotAvailable(_) => (Code::FailedPrecondition, "TEAM_NOT_AVAILABLE"),
+            Self::RegionMismatch { .. } => (Code::FailedPrecondition, "REGION_MISMATCH"),
+            Self::AssignmentNotActive(_) => (Code::FailedPrecondition, "ASSIGNMENT_NOT_ACTIVE"),
+            Self::RoutingCancelled(_) => (Code::FailedPrecondition, "ROUTING_CANCELLED"),
+            Self::ClaimConflict => (Code::Aborted, "CLAIM_CONFLICT"),
+            Self::EventHistoryExpired(_) => (Code::FailedPrecondition, "EVENT_HISTORY_EXPIRED"),
+            Self::Contended => (Code::Unavailable, "CONTENDED"),
+            Self::Store(_) => (Code::Unavailable, "RECORD_UNAVAILABLE"),
+            Self::Fleet(_) => (Code::Unavailable, "FLEET_UNAVAILABLE"),
         }
     }
 }

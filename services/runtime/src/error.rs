@@ -215,6 +215,23 @@ impl ApiError {
     }
 }
 
+/// A `Status` with a `google.rpc.ErrorInfo` (`reason`, `domain`, `metadata`), for the errors
+/// whose metadata names the resources involved (an `ErrorInfo` with `assignment_id`, say) or
+/// whose code [`ApiError`] does not cover. Every Relay error that is not [`ApiError`] goes
+/// through here, so all of them carry the same details.
+#[must_use]
+pub fn status(
+    code: Code,
+    domain: &'static str,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: HashMap<String, String>,
+) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, domain, metadata);
+    Status::with_error_details(code, message.into(), details)
+}
+
 /// Formats an error and its sources as `outer: inner: innermost`.
 #[must_use]
 pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -284,6 +301,23 @@ mod tests {
             let details = status.get_error_details();
             assert_eq!(details.error_info().expect("error info").reason, reason);
         }
+    }
+
+    #[test]
+    fn status_carries_error_info_metadata() {
+        let status = super::status(
+            Code::AlreadyExists,
+            "relay.routing.v1",
+            "INCIDENT_ALREADY_ASSIGNED",
+            "already assigned",
+            HashMap::from([(String::from("team_id"), String::from("t1"))]),
+        );
+        assert_eq!(status.code(), Code::AlreadyExists);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "INCIDENT_ALREADY_ASSIGNED");
+        assert_eq!(info.domain, "relay.routing.v1");
+        assert_eq!(info.metadata.get("team_id").map(String::as_str), Some("t1"));
     }
 
     #[test]
