@@ -61,25 +61,49 @@ fn count(report: &str, name: &str) -> u64 {
 
 #[test]
 fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
-    // A port range unlikely to be in use: four ports from a base picked by the process id.
-    let base = 42_000 + u16::try_from(std::process::id() % 4_000).expect("small") * 4;
-    let mut child = Command::new(binary_path("relay"))
-        .args(["dev", "--port-base", &base.to_string()])
-        .env("RELAY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start relay dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let dev = Dev(child);
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
+    // Fixed ports must stay clear of the ones the OS hands out to other tests (the ephemeral
+    // range, 32768..=60999 on Linux): pick four from above it, and try another four when
+    // something holds them anyway.
+    let mut attempt = 0_u16;
+    let (base, dev, lines_rx) = loop {
+        let slot =
+            u16::try_from((std::process::id() + u32::from(attempt) * 97) % 1_100).expect("small");
+        let base = 61_000 + slot * 4;
+        let mut child = Command::new(binary_path("relay"))
+            .args(["dev", "--port-base", &base.to_string()])
+            .env("RELAY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start relay dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let dev = Dev(child);
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
             }
+        });
+        match lines_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(first) => {
+                let (again_tx, again_rx) = std::sync::mpsc::channel();
+                again_tx.send(first).expect("requeue");
+                std::thread::spawn(move || {
+                    for line in lines_rx {
+                        if again_tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+                break (base, dev, again_rx);
+            }
+            // relay dev exited without a line: its ports were taken.
+            Err(_) if attempt < 5 => attempt += 1,
+            Err(error) => panic!("relay dev did not start: {error}"),
         }
-    });
+    };
     let mut listening = Vec::new();
     while listening.len() < 4 {
         let line = lines_rx
