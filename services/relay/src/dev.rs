@@ -65,6 +65,8 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     let db = |name: &str| dir.join(format!("{name}.db"));
 
     let availability_config = config("availability", base + 1, &db("availability"), base)?;
+    // Migrate before serving, so no call can arrive before the roster's tables exist.
+    relay_availability::Application::migrate(&availability_config).await?;
     let availability = relay_availability::Application::build(availability_config).await?;
     let clock: Arc<dyn relay_routing::clock::Clock> = Arc::new(relay_routing::clock::SystemClock);
     let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(

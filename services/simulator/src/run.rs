@@ -176,6 +176,25 @@ struct Sim<'a> {
     progress: ProgressBar,
 }
 
+/// Calls `call` again, with backoff, while the deployment answers UNAVAILABLE (still starting
+/// up, as a CAD integration would retry), at most ten times.
+async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 0_u32;
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::Unavailable && attempt < 10 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn reason_name(reason: i32) -> String {
     relay_proto::common::UnservedReason::try_from(reason)
         .map_or("UNKNOWN", |r| {
@@ -328,13 +347,17 @@ impl Sim<'_> {
                 shift_ends_at: shift_ends_at.map(to_timestamp),
                 expected_revision: 0,
             };
-            self.availability
-                .upsert_team(request)
-                .await
-                .map_err(|status| SimError::Setup {
-                    what: format!("UpsertTeam {team_id}"),
-                    status,
-                })?;
+            let client = self.availability.clone();
+            retry_unavailable(|| {
+                let request = request.clone();
+                let mut client = client.clone();
+                async move { client.upsert_team(request).await }
+            })
+            .await
+            .map_err(|status| SimError::Setup {
+                what: format!("UpsertTeam {team_id}"),
+                status,
+            })?;
             let request = SetTeamStatusRequest {
                 request_id: self.request_id(),
                 team_id: team_id.clone(),
@@ -342,13 +365,16 @@ impl Sim<'_> {
                 incident_id: String::new(),
                 expected_revision: 0,
             };
-            self.availability
-                .set_team_status(request)
-                .await
-                .map_err(|status| SimError::Setup {
-                    what: format!("SetTeamStatus {team_id} AVAILABLE"),
-                    status,
-                })?;
+            retry_unavailable(|| {
+                let request = request.clone();
+                let mut client = client.clone();
+                async move { client.set_team_status(request).await }
+            })
+            .await
+            .map_err(|status| SimError::Setup {
+                what: format!("SetTeamStatus {team_id} AVAILABLE"),
+                status,
+            })?;
             if let Some(after) = plan.shift_ends_after_seconds {
                 #[allow(clippy::cast_precision_loss)]
                 self.schedule(after as f64, Step::ShiftEnds(team_id.clone()));
