@@ -16,9 +16,12 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{server::NamedService, service::RoutesBuilder, transport::Server};
+use tonic::{
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{BoxError, config::ServerSettings, layers::RequestContextLayer};
@@ -220,11 +223,14 @@ impl BoundServer {
             }
         };
 
+        // TCP_NODELAY on the accepted connections themselves: the builder's own setting
+        // applies only to listeners it binds. Without it a response written in two frames
+        // (message, then trailers) waits for the client's delayed ACK, about 40 ms.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut builder = Server::builder()
             .timeout(settings.request_timeout())
             .concurrency_limit_per_connection(settings.concurrency_limit_per_connection)
             .load_shed(true)
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)));
         if let Some(age) = settings.max_connection_age() {
             builder = builder.max_connection_age(age);
@@ -233,7 +239,7 @@ impl BoundServer {
         let server = builder
             .layer(RequestContextLayer)
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            .serve_with_incoming_shutdown(incoming, signal);
 
         let grace = settings.shutdown_grace();
         let result = tokio::select! {
