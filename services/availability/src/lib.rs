@@ -47,7 +47,7 @@ pub use keyspace::Keyspace;
 pub use service::{Availability, Clock, ManualClock, SystemClock};
 pub use store::{
     ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, MemoryTeamStore,
-    RedisTeamStore, ReleaseError, ReleaseOutcome, StoreError, TeamStore,
+    Nearest, RedisTeamStore, ReleaseError, ReleaseOutcome, StoreError, TeamStore,
 };
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.

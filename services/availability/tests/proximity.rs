@@ -1,6 +1,8 @@
 //! Property test: for random teams and query points, `find_available` (what FindAvailableTeams
 //! serves) returns exactly the teams that a brute-force great-circle scan over every team
-//! returns, in the same order (nearest first, ties by team_id), on both backends.
+//! returns, in the same order (nearest first, ties by team_id), on both backends; and that
+//! `nearest_available` (routing's bounded read) is an exact prefix of that scan with a
+//! frontier no team it left out is nearer than.
 //!
 //! Positions come from a coarse grid around a center so that equal distances (ties) happen
 //! often; statuses, capabilities and missing positions vary per team.
@@ -101,6 +103,44 @@ async fn check(
     store.report_locations(&reports, now).await.expect("report");
 
     let point = grid(query);
+    // The bounded read routing ranks from: an exact nearest-first prefix of every AVAILABLE
+    // team in the radius, and a frontier no team left out is nearer than.
+    let nearest = store
+        .nearest_available(region, point, radius, limit)
+        .await
+        .expect("nearest");
+    let mut all: Vec<(String, f64)> = teams
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.available)
+        .filter_map(|(i, t)| {
+            let d = distance_meters(point, grid(t.position?));
+            (d <= radius).then(|| (format!("team-{i:02}"), d))
+        })
+        .collect();
+    all.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    let read: Vec<(String, f64)> = nearest
+        .teams
+        .iter()
+        .map(|(t, d)| (t.team_id.clone(), *d))
+        .collect();
+    prop_assert!(read.len() <= limit);
+    prop_assert_eq!(&read[..], &all[..read.len()]);
+    match nearest.frontier {
+        None => prop_assert_eq!(read.len(), all.len()),
+        Some(frontier) => {
+            for (id, d) in &all[read.len()..] {
+                prop_assert!(
+                    *d >= frontier,
+                    "{} at {} m is nearer than the frontier {}",
+                    id,
+                    d,
+                    frontier
+                );
+            }
+        }
+    }
+
     let found = store
         .find_available(region, point, radius, required, limit)
         .await

@@ -47,6 +47,10 @@ use crate::{
 
 /// At most this many candidates are returned.
 pub const MAX_CANDIDATES: usize = 50;
+/// Teams read in the first, bounded read of a ranking (then 4x more each time, up to
+/// [`MAX_READ`], before reading the whole region).
+const FIRST_READ: usize = 16;
+const MAX_READ: usize = 1_024;
 /// How often one call retries when the incident changed under it.
 const MAX_ATTEMPTS: usize = 8;
 /// Capability lists hold at most this many tags.
@@ -322,6 +326,42 @@ impl Engine {
         expected: Option<i32>,
         now: DateTime<Utc>,
     ) -> Result<Ranking, RoutingError> {
+        let default = region.estimator();
+        let estimator: &dyn EtaEstimator = self.estimator.as_deref().unwrap_or(&default);
+        // The nearest AVAILABLE teams first, more of them while the best eligible one's
+        // place is not certain; the whole region when none of them can take the call (then
+        // busy and out-of-range teams matter: for the candidates and the unserved reason).
+        let mut count = FIRST_READ;
+        while count <= MAX_READ {
+            let nearest = self
+                .fleet
+                .available_near(region_name, location, region.max_distance_meters, count)
+                .await?;
+            let horizon = match nearest.frontier {
+                None => None,
+                Some(frontier) => match estimator.min_eta_beyond(frontier) {
+                    Some(horizon) => Some(horizon),
+                    None => break,
+                },
+            };
+            let mut ranking = self.rank_teams(
+                &nearest.teams,
+                region,
+                location,
+                required,
+                preferred,
+                expected,
+                now,
+            );
+            ranking.horizon = horizon;
+            let best_settled = ranking.eligible().next().map(|best| ranking.settled(best));
+            match best_settled {
+                Some(true) => return Ok(ranking),
+                None if horizon.is_none() => break,
+                _ => {}
+            }
+            count *= 4;
+        }
         let teams = self
             .fleet
             .teams_near(region_name, location, f64::INFINITY)
@@ -379,8 +419,17 @@ impl Engine {
     ) -> Result<Attempt<Assignment>, RoutingError> {
         loop {
             let Some(best) = ranking.eligible().next().cloned() else {
-                return Ok(Attempt::NoTeam);
+                // A partial ranking that ran out of teams (lost to other calls) says nothing
+                // of the rest of the region: rank again.
+                return Ok(if ranking.horizon.is_some() {
+                    Attempt::Retry
+                } else {
+                    Attempt::NoTeam
+                });
             };
+            if !ranking.settled(&best) {
+                return Ok(Attempt::Retry);
+            }
             let now = self.now();
             let claim = self
                 .fleet

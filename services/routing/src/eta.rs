@@ -32,6 +32,13 @@ pub struct Estimate {
 pub trait EtaEstimator: Send + Sync + std::fmt::Debug {
     /// The estimate from `from` to `to`.
     fn estimate(&self, from: GeoPoint, to: GeoPoint) -> Estimate;
+
+    /// A lower bound of the ETA of every team at least `distance_meters` away (great-circle),
+    /// when the estimator can give one. Routing then ranks from the nearest teams only; an
+    /// estimator that cannot (road networks, say) makes it rank the whole region.
+    fn min_eta_beyond(&self, _distance_meters: f64) -> Option<u32> {
+        None
+    }
 }
 
 /// Great-circle distance times a road factor, over an average speed.
@@ -46,14 +53,25 @@ pub struct GreatCircleEstimator {
 impl EtaEstimator for GreatCircleEstimator {
     fn estimate(&self, from: GeoPoint, to: GeoPoint) -> Estimate {
         let distance_meters = great_circle_meters(from, to);
+        Estimate {
+            distance_meters,
+            eta_seconds: self.eta_seconds(distance_meters),
+        }
+    }
+
+    /// The ETA grows with the distance, so the ETA at the distance itself is the bound.
+    fn min_eta_beyond(&self, distance_meters: f64) -> Option<u32> {
+        Some(self.eta_seconds(distance_meters))
+    }
+}
+
+impl GreatCircleEstimator {
+    fn eta_seconds(&self, distance_meters: f64) -> u32 {
         let seconds = (distance_meters * self.road_factor / self.speed_meters_per_second).ceil();
         // Clamped: the range check excludes anything this far long before it matters.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let eta_seconds = seconds.clamp(0.0, f64::from(u32::MAX)) as u32;
-        Estimate {
-            distance_meters,
-            eta_seconds,
-        }
+        let eta = seconds.clamp(0.0, f64::from(u32::MAX)) as u32;
+        eta
     }
 }
 

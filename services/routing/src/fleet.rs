@@ -6,9 +6,11 @@
 //! implementation: one lock, atomic claims, and a per-team fencing token that only grows
 //! (until [`MemoryFleet::flush`], which stands in for a Redis failover that lost writes).
 //!
-//! Round trips per assignment (with the Redis adapter): one `teams_near` (GEO search plus the
-//! team hashes, pipelined), one `claim` (one script call) per candidate tried, then one
-//! PostgreSQL transaction for the record.
+//! Round trips per assignment (with the Redis adapter): one `available_near` (a bounded GEO
+//! search, then the hashes of the teams it found, pipelined: two round trips), one `claim`
+//! (one script call) per candidate tried, then one PostgreSQL transaction for the record. Only
+//! when the nearest teams cannot serve the call does routing read the whole region
+//! (`teams_near`), to say exactly why no team can.
 
 use std::{
     collections::BTreeMap,
@@ -60,6 +62,16 @@ pub struct FleetTeam {
     pub status_since: DateTime<Utc>,
 }
 
+/// The nearest AVAILABLE teams around a point, as [`Fleet::available_near`] answers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NearestTeams {
+    /// The teams read (AVAILABLE, positioned, within the radius), nearest first.
+    pub teams: Vec<TeamSnapshot>,
+    /// `None` when `teams` holds every AVAILABLE team within the radius; otherwise a
+    /// great-circle distance (meters) that every AVAILABLE team left unread is at least as far.
+    pub frontier: Option<f64>,
+}
+
 /// A team became AVAILABLE (it cleared, came on duty, or a claim was undone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeamAvailable {
@@ -82,6 +94,16 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
         point: GeoPoint,
         radius_meters: f64,
     ) -> Result<Vec<TeamSnapshot>, FleetError>;
+
+    /// At most `count` AVAILABLE, positioned teams of `region` within `radius_meters` of
+    /// `point`, nearest first (ties by team_id), without reading the rest of the region.
+    async fn available_near(
+        &self,
+        region: &str,
+        point: GeoPoint,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<NearestTeams, FleetError>;
 
     /// One team, in any status and region.
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError>;
@@ -256,6 +278,32 @@ impl Fleet for MemoryFleet {
             })
             .map(|t| t.snapshot.clone())
             .collect())
+    }
+
+    async fn available_near(
+        &self,
+        region: &str,
+        point: GeoPoint,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<NearestTeams, FleetError> {
+        let mut found: Vec<(f64, TeamSnapshot)> = self
+            .lock()
+            .teams
+            .values()
+            .filter(|t| t.region == region && t.snapshot.status == TeamStatus::Available)
+            .filter_map(|t| {
+                let distance = great_circle_meters(t.snapshot.position?.point, point);
+                (distance <= radius_meters).then(|| (distance, t.snapshot.clone()))
+            })
+            .collect();
+        found.sort_by(|(a, ta), (b, tb)| a.total_cmp(b).then_with(|| ta.team_id.cmp(&tb.team_id)));
+        let frontier = found.get(count).map(|(distance, _)| *distance);
+        found.truncate(count);
+        Ok(NearestTeams {
+            teams: found.into_iter().map(|(_, team)| team).collect(),
+            frontier,
+        })
     }
 
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {

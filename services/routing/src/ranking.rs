@@ -108,12 +108,27 @@ pub struct Ranking {
     /// Eligible teams in rank order, then excluded teams by ETA (teams without a position
     /// last). OFF_DUTY teams are not candidates (and are never on duty for the funnel).
     pub candidates: Vec<RankedTeam>,
+    /// `None` when the ranking saw every team of the region. Otherwise it saw only the
+    /// nearest AVAILABLE teams, and every team it did not see has an ETA of at least this
+    /// many seconds: see [`Ranking::settled`].
+    pub horizon: Option<u32>,
+    /// The tie window (seconds) preferred capabilities reordered by; 0 without preferences.
+    pub window: u32,
 }
 
 impl Ranking {
     /// The eligible teams, best first.
     pub fn eligible(&self) -> impl Iterator<Item = &RankedTeam> {
         self.candidates.iter().take_while(|team| team.eligible())
+    }
+
+    /// Whether `team`'s place is certain: no unseen team could rank ahead of it (always, for
+    /// a ranking of the whole region). Its tie group ends within the window of its own ETA,
+    /// so it is complete when that is still below the horizon.
+    #[must_use]
+    pub fn settled(&self, team: &RankedTeam) -> bool {
+        self.horizon
+            .is_none_or(|horizon| team.eta_seconds.saturating_add(self.window) < horizon)
     }
 
     /// Records that `team_id` was claimed by another call between ranking and claiming: it
@@ -212,6 +227,12 @@ pub fn rank(
     eligible.extend(excluded);
     Ranking {
         candidates: eligible,
+        horizon: None,
+        window: if input.preferred.is_empty() {
+            0
+        } else {
+            region.tie_window_seconds
+        },
     }
 }
 

@@ -2,8 +2,10 @@
 //! store in `relay dev`), used as a library as DESIGN.md says. Every method maps onto one
 //! store call; the claim is availability's one-script atomic claim with its fencing counter.
 //!
-//! Round trips (Redis): `teams_near` and `busy_teams` page through the region's teams (one
-//! `SMEMBERS`-and-hashes read per 500 teams), `claim` and `release` are one script call each.
+//! Round trips (Redis): `available_near` is two (a `GEOSEARCH ... COUNT` of the region's
+//! AVAILABLE set, then the found teams' hashes in one pipeline); `teams_near` and `busy_teams`
+//! page through the region's teams (one `SMEMBERS`-and-hashes read per 500 teams); `claim`
+//! and `release` are one script call each.
 //! Announcements of teams becoming AVAILABLE come from each region's availability event
 //! stream, read by one task per region from the first time routing looks at that region.
 
@@ -16,7 +18,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use relay_availability::{
     ClaimError, ReleaseError, ReleaseOutcome, TeamStore,
-    model::{EventKind, Team, TeamStatus as StoreStatus},
+    model::{EventKind, Position as StorePosition, Team, TeamStatus as StoreStatus},
 };
 use relay_proto::common::{GeoPoint, TeamStatus};
 use tokio::sync::broadcast;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::Clock,
     eta::great_circle_meters,
-    fleet::{Claim, ClaimRefused, Fleet, FleetError, FleetTeam, TeamAvailable},
+    fleet::{Claim, ClaimRefused, Fleet, FleetError, FleetTeam, NearestTeams, TeamAvailable},
     ranking::{Position, TeamSnapshot},
 };
 
@@ -218,6 +220,37 @@ impl Fleet for StoreFleet {
             })
             .map(snapshot)
             .collect())
+    }
+
+    async fn available_near(
+        &self,
+        region: &str,
+        point: GeoPoint,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<NearestTeams, FleetError> {
+        self.watch(region);
+        let nearest = self
+            .store
+            .nearest_available(
+                region,
+                StorePosition {
+                    latitude: point.latitude,
+                    longitude: point.longitude,
+                },
+                radius_meters,
+                count,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(NearestTeams {
+            teams: nearest
+                .teams
+                .iter()
+                .map(|(team, _)| snapshot(team))
+                .collect(),
+            frontier: nearest.frontier,
+        })
     }
 
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {

@@ -18,7 +18,9 @@ use relay_proto::{
 use relay_routing::{
     clock::Clock,
     error::RoutingError,
-    fleet::{Claim, ClaimRefused, Fleet, FleetError, FleetTeam, MemoryFleet, TeamAvailable},
+    fleet::{
+        Claim, ClaimRefused, Fleet, FleetError, FleetTeam, MemoryFleet, NearestTeams, TeamAvailable,
+    },
     ranking::TeamSnapshot,
     store::{IncidentState, Store},
 };
@@ -172,6 +174,17 @@ impl Fleet for RacingFleet {
         radius: f64,
     ) -> Result<Vec<TeamSnapshot>, FleetError> {
         self.inner.teams_near(region, point, radius).await
+    }
+    async fn available_near(
+        &self,
+        region: &str,
+        point: relay_proto::common::GeoPoint,
+        radius: f64,
+        count: usize,
+    ) -> Result<NearestTeams, FleetError> {
+        self.inner
+            .available_near(region, point, radius, count)
+            .await
     }
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {
         self.inner.team(team_id).await
@@ -869,4 +882,53 @@ async fn a_fleet_flush_mid_run_never_yields_two_active_assignments_for_a_team() 
             .expect("busy team is recorded");
         assert_eq!(Some(recorded.incident_id), team.incident_id);
     }
+}
+
+#[tokio::test]
+async fn the_bounded_read_widens_until_the_best_team_is_certain() {
+    let w = world().await;
+    // The 20 nearest teams cannot take a clinician call: the first read (16 teams) finds no
+    // eligible one and routing reads further instead of queueing.
+    for n in 0..20 {
+        add(
+            &w,
+            &format!("plain-{n:02}"),
+            500.0 + f64::from(n) * 10.0,
+            &[],
+            10,
+        );
+    }
+    add(&w, "clinician-far", 3_000.0, &["clinician"], 10);
+    add(&w, "clinician-farther", 3_100.0, &["clinician"], 10);
+    let response = w
+        .engine
+        .assign_team(assign("r1", "inc-1", &w.region, AUTO, 2, &["clinician"]))
+        .await
+        .expect("assign");
+    assert_eq!(response.outcome(), AssignmentOutcome::Assigned);
+    assert_eq!(
+        response.assignment.expect("assignment").team_id,
+        "clinician-far"
+    );
+
+    // A preferred capability reorders near-ties, so a team just past the first read can
+    // still rank first: routing reads until the best team's tie window is covered.
+    let w = world().await;
+    add(&w, "fast", 500.0, &[], 10);
+    for n in 0..18 {
+        add(
+            &w,
+            &format!("fill-{n:02}"),
+            510.0 + f64::from(n) * 10.0,
+            &[],
+            10,
+        );
+    }
+    add(&w, "peer", 700.0, &["peer"], 10);
+    let mut request = assign("r2", "inc-2", &w.region, RECOMMEND, 2, &[]);
+    request.preferred_capabilities = vec!["peer".into()];
+    let response = w.engine.assign_team(request).await.expect("recommend");
+    assert_eq!(response.outcome(), AssignmentOutcome::Recommended);
+    assert_eq!(response.candidates[0].team_id, "peer", "{response:?}");
+    assert_eq!(response.candidates[1].team_id, "fast");
 }

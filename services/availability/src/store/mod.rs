@@ -347,6 +347,22 @@ pub trait TeamStore: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// The `count` nearest AVAILABLE teams of the region within the radius, nearest first
+    /// (ties by team id), read without touching the rest of the region: the bounded read
+    /// routing ranks from. [`Nearest::frontier`] tells what was left unread.
+    async fn nearest_available(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Nearest, StoreError> {
+        let mut teams = self.available_within(region, point, radius_meters).await?;
+        let frontier = (teams.len() > count).then(|| teams[count].1);
+        teams.truncate(count);
+        Ok(Nearest { teams, frontier })
+    }
+
     /// As [`Self::available_near`], keeping only teams with every required capability.
     async fn find_available(
         &self,
@@ -361,6 +377,16 @@ pub trait TeamStore: Send + Sync + 'static {
         found.truncate(limit);
         Ok(found)
     }
+}
+
+/// The answer of [`TeamStore::nearest_available`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearest {
+    /// The teams read, with their great-circle distances, nearest first (ties by team id).
+    pub teams: Vec<(Team, f64)>,
+    /// `None` when `teams` holds every AVAILABLE team within the radius; otherwise a distance
+    /// (meters) that every AVAILABLE team left unread is at least as far as.
+    pub frontier: Option<f64>,
 }
 
 /// Filters and orders proximity candidates exactly: AVAILABLE, positioned, indexable, within

@@ -15,8 +15,9 @@ use redis::{
 };
 
 use super::{
-    ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, ReleaseError,
-    ReleaseOutcome, StoreError, TeamPage, TeamStore, UpsertOutcome, rank_candidates, scripts,
+    ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, Nearest,
+    ReleaseError, ReleaseOutcome, StoreError, TeamPage, TeamStore, UpsertOutcome, rank_candidates,
+    scripts,
 };
 use crate::{
     keyspace::Keyspace,
@@ -31,6 +32,8 @@ const LOCATION_BATCH: usize = 256;
 /// Extra search radius for the GEO index query, covering its quantization; the exact
 /// distance filter runs afterwards.
 const GEO_MARGIN_METERS: f64 = 5.0;
+/// The radius a nearest-teams search starts with (then four times wider each round).
+const FIRST_REACH_METERS: f64 = 2_000.0;
 
 struct Scripts {
     upsert: Script,
@@ -801,6 +804,55 @@ impl TeamStore for RedisTeamStore {
         let keys: Vec<String> = ids.iter().map(|id| self.keys.team(region, id)).collect();
         let teams = self.hashes(&keys).await?;
         Ok(rank_candidates(teams, point, radius_meters))
+    }
+
+    async fn nearest_available(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Nearest, StoreError> {
+        // GEOSEARCH costs as much as the members inside its radius, sorted or not: start
+        // small and widen until `count` teams are found or the radius is reached. Redis orders
+        // by its own distance over the geohash-rounded position (within a metre of the
+        // stored one); the margin covers that, and the exact order is made below.
+        let count = count.max(1);
+        let mut reach = FIRST_REACH_METERS.min(radius_meters);
+        let (found, frontier) = loop {
+            let found: Vec<(String, f64)> = redis::cmd("GEOSEARCH")
+                .arg(self.keys.available(region))
+                .arg("FROMLONLAT")
+                .arg(point.longitude)
+                .arg(point.latitude)
+                .arg("BYRADIUS")
+                .arg(reach + GEO_MARGIN_METERS)
+                .arg("m")
+                .arg("ASC")
+                .arg("COUNT")
+                .arg(count)
+                .arg("WITHDIST")
+                .query_async(&mut self.conn())
+                .await?;
+            if found.len() >= count {
+                let last = found.last().map_or(0.0, |(_, distance)| *distance);
+                break (found, Some((last - GEO_MARGIN_METERS).max(0.0)));
+            }
+            if reach >= radius_meters {
+                break (found, None);
+            }
+            reach = (reach * 4.0).min(radius_meters);
+        };
+        let keys: Vec<String> = found
+            .iter()
+            .map(|(id, _)| self.keys.team(region, id))
+            .collect();
+        let mut teams = rank_candidates(self.hashes(&keys).await?, point, radius_meters);
+        if let Some(frontier) = frontier {
+            // Beyond the frontier the order is unknown: what was read there is left out.
+            teams.retain(|(_, distance)| *distance < frontier);
+        }
+        Ok(Nearest { teams, frontier })
     }
 
     async fn claim(
