@@ -53,6 +53,8 @@ const FIRST_READ: usize = 16;
 const MAX_READ: usize = 1_024;
 /// How often one call retries when the incident changed under it.
 const MAX_ATTEMPTS: usize = 8;
+/// How long a first recommendation stays confirmable without being recorded.
+const RECOMMENDATION_TTL: Duration = Duration::from_secs(3_600);
 /// Capability lists hold at most this many tags.
 const MAX_TAGS: usize = 32;
 /// Reasons are at most this long.
@@ -96,6 +98,40 @@ struct Params {
     recommend: bool,
     expected_duration_seconds: Option<i32>,
     cad_system: String,
+}
+
+impl Params {
+    /// The incident as routing records it once ranked (state ROUTED).
+    fn routed(&self, version: i64, now: DateTime<Utc>) -> IncidentRecord {
+        IncidentRecord {
+            incident_id: self.incident_id.clone(),
+            region: self.region.clone(),
+            cad_system: self.cad_system.clone(),
+            priority: self.priority,
+            location: self.location,
+            required_capabilities: self.required.clone(),
+            preferred_capabilities: self.preferred.clone(),
+            expected_duration_seconds: self.expected_duration_seconds,
+            state: IncidentState::Routed,
+            queued_time: None,
+            escalate_time: None,
+            unserved_reason: 0,
+            version,
+            update_time: now,
+        }
+    }
+}
+
+/// The remembered response of a request, unless the request_id was used for another request.
+fn replayed<R: Message + Default>(
+    record: &RequestRecord,
+    fingerprint: &[u8],
+) -> Result<R, RoutingError> {
+    if record.fingerprint != fingerprint {
+        return Err(RoutingError::RequestIdReused);
+    }
+    R::decode(record.response.as_slice())
+        .map_err(|e| RoutingError::Store(StoreError::Backend(Box::new(e))))
 }
 
 fn dedupe(tags: &[String]) -> Vec<String> {
@@ -304,15 +340,11 @@ impl Engine {
         request_id: &str,
         fingerprint: &[u8],
     ) -> Result<Option<R>, RoutingError> {
-        let Some(record) = self.store.request(request_id).await? else {
-            return Ok(None);
-        };
-        if record.fingerprint != fingerprint {
-            return Err(RoutingError::RequestIdReused);
-        }
-        R::decode(record.response.as_slice())
-            .map(Some)
-            .map_err(|e| RoutingError::Store(StoreError::Backend(Box::new(e))))
+        self.store
+            .request(request_id)
+            .await?
+            .map(|record| replayed(&record, fingerprint))
+            .transpose()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -393,6 +425,24 @@ impl Engine {
             Some(estimator) => rank(teams, &input, region, estimator.as_ref()),
             None => rank(teams, &input, region, &region.estimator()),
         }
+    }
+
+    /// The recorded incident, or else one that was only recommended (version 0: writing it
+    /// inserts it).
+    async fn find_incident(
+        &self,
+        incident_id: &str,
+    ) -> Result<Option<IncidentRecord>, RoutingError> {
+        if let Some(incident) = self.store.incident(incident_id).await? {
+            return Ok(Some(incident));
+        }
+        let Some(bytes) = self.fleet.recommendation(incident_id).await? else {
+            return Ok(None);
+        };
+        let request = AssignTeamRequest::decode(bytes.as_slice())
+            .map_err(|e| RoutingError::Store(StoreError::Backend(Box::new(e))))?;
+        let params = self.validate_assign(&request)?;
+        Ok(Some(params.routed(0, self.now())))
     }
 
     /// Undoes a claim after the record refused or failed (best effort: reconciliation
@@ -590,18 +640,18 @@ impl Engine {
     ) -> Result<AssignTeamResponse, RoutingError> {
         let params = self.validate_assign(&request)?;
         let fingerprint = fingerprint("AssignTeam", &request);
-        if let Some(response) = self.remembered(&request.request_id, &fingerprint).await? {
-            return Ok(response);
-        }
         let region = self.region("region", &params.region)?;
         for _ in 0..MAX_ATTEMPTS {
             let now = self.now();
-            let existing = self.store.incident(&params.incident_id).await?;
-            if let Some(active) = self
+            let found = self
                 .store
-                .active_assignment_of_incident(&params.incident_id)
-                .await?
-            {
+                .lookup(&request.request_id, &params.incident_id)
+                .await?;
+            if let Some(record) = found.request {
+                return replayed(&record, &fingerprint);
+            }
+            let existing = found.incident;
+            if let Some(active) = found.active {
                 return Err(RoutingError::IncidentAlreadyAssigned {
                     assignment_id: active.assignment_id,
                     team_id: active.team_id,
@@ -612,22 +662,7 @@ impl Engine {
                 .as_ref()
                 .filter(|i| i.state == IncidentState::Queued)
                 .and_then(|i| i.queued_time);
-            let mut record = IncidentRecord {
-                incident_id: params.incident_id.clone(),
-                region: params.region.clone(),
-                cad_system: params.cad_system.clone(),
-                priority: params.priority,
-                location: params.location,
-                required_capabilities: params.required.clone(),
-                preferred_capabilities: params.preferred.clone(),
-                expected_duration_seconds: params.expected_duration_seconds,
-                state: IncidentState::Routed,
-                queued_time: None,
-                escalate_time: None,
-                unserved_reason: 0,
-                version: expected_version,
-                update_time: now,
-            };
+            let mut record = params.routed(expected_version, now);
             let mut ranking = self
                 .rank_incident(
                     &region,
@@ -654,6 +689,20 @@ impl Engine {
                             minutes(best.eta_seconds)
                         ),
                     };
+                    if expected_version == 0 {
+                        // A first recommendation claims nothing and records nothing: the
+                        // request is remembered beside the teams' live state, where
+                        // ConfirmAssignment and CancelRouting on any replica find it. A
+                        // retry ranks again.
+                        self.fleet
+                            .remember_recommendation(
+                                &params.incident_id,
+                                &request.encode_to_vec(),
+                                RECOMMENDATION_TTL,
+                            )
+                            .await?;
+                        return Ok(response);
+                    }
                     let write = Write {
                         region: params.region.clone(),
                         request: Some(RequestRecord {
@@ -800,7 +849,7 @@ impl Engine {
             return Ok(response);
         }
         for _ in 0..MAX_ATTEMPTS {
-            let Some(incident) = self.store.incident(&request.incident_id).await? else {
+            let Some(incident) = self.find_incident(&request.incident_id).await? else {
                 return Err(RoutingError::IncidentNotFound(request.incident_id.clone()));
             };
             if incident.state == IncidentState::Cancelled {
@@ -1091,7 +1140,7 @@ impl Engine {
         };
         for _ in 0..MAX_ATTEMPTS {
             let now = self.now();
-            let Some(incident) = self.store.incident(&request.incident_id).await? else {
+            let Some(incident) = self.find_incident(&request.incident_id).await? else {
                 return Err(RoutingError::IncidentNotFound(request.incident_id.clone()));
             };
             let active = self

@@ -105,6 +105,19 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
         count: usize,
     ) -> Result<NearestTeams, FleetError>;
 
+    /// Remembers, for `ttl`, the routing request of an incident that was only recommended,
+    /// so that ConfirmAssignment or CancelRouting on any replica finds the incident. Live
+    /// state like the teams': lost with them, never the record.
+    async fn remember_recommendation(
+        &self,
+        incident_id: &str,
+        request: &[u8],
+        ttl: Duration,
+    ) -> Result<(), FleetError>;
+
+    /// The request remembered by [`Fleet::remember_recommendation`], if it has not expired.
+    async fn recommendation(&self, incident_id: &str) -> Result<Option<Vec<u8>>, FleetError>;
+
     /// One team, in any status and region.
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError>;
 
@@ -151,6 +164,7 @@ fn is_busy(status: TeamStatus) -> bool {
 struct State {
     teams: BTreeMap<String, FleetTeam>,
     tokens: BTreeMap<String, i64>,
+    recommendations: BTreeMap<String, (Vec<u8>, DateTime<Utc>)>,
 }
 
 /// The in-process fleet: a faithful model of the Redis store (one lock makes each method
@@ -304,6 +318,30 @@ impl Fleet for MemoryFleet {
             teams: found.into_iter().map(|(_, team)| team).collect(),
             frontier,
         })
+    }
+
+    async fn remember_recommendation(
+        &self,
+        incident_id: &str,
+        request: &[u8],
+        ttl: Duration,
+    ) -> Result<(), FleetError> {
+        let expires =
+            self.clock.now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        self.lock()
+            .recommendations
+            .insert(incident_id.to_owned(), (request.to_vec(), expires));
+        Ok(())
+    }
+
+    async fn recommendation(&self, incident_id: &str) -> Result<Option<Vec<u8>>, FleetError> {
+        let now = self.clock.now();
+        Ok(self
+            .lock()
+            .recommendations
+            .get(incident_id)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(request, _)| request.clone()))
     }
 
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {

@@ -127,6 +127,17 @@ pub struct RequestRecord {
 }
 
 /// Creates or updates an incident.
+/// The answer of [`Store::lookup`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    /// The remembered response of the request_id, if any.
+    pub request: Option<RequestRecord>,
+    /// The incident, if recorded.
+    pub incident: Option<IncidentRecord>,
+    /// Its ACTIVE assignment, if any.
+    pub active: Option<Assignment>,
+}
+
 #[derive(Debug, Clone)]
 pub struct IncidentWrite {
     /// The incident as it is after the write (its `version` is ignored: the store sets
@@ -235,6 +246,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn regions(&self) -> Result<Vec<String>, StoreError>;
     /// A remembered response.
     async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// What AssignTeam reads first, in one round trip where the backend can: the remembered
+    /// response of `request_id`, the incident, and its ACTIVE assignment.
+    async fn lookup(&self, request_id: &str, incident_id: &str) -> Result<Lookup, StoreError> {
+        Ok(Lookup {
+            request: self.request(request_id).await?,
+            incident: self.incident(incident_id).await?,
+            active: self.active_assignment_of_incident(incident_id).await?,
+        })
+    }
     /// One transaction; see [`Write`].
     async fn write(&self, write: Write) -> Result<(), StoreError>;
     /// Events of a region with sequence number above `after`, oldest first, with event_id set.

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use chrono::{DateTime, Utc};
 use relay_availability::{
     ClaimError, ReleaseError, ReleaseOutcome, TeamStore,
@@ -30,6 +31,9 @@ use crate::{
     fleet::{Claim, ClaimRefused, Fleet, FleetError, FleetTeam, NearestTeams, TeamAvailable},
     ranking::{Position, TeamSnapshot},
 };
+
+/// The namespace of remembered recommendations among the store's expiring records.
+const RECOMMENDATION: &str = "routing.recommendation";
 
 /// Teams read per page when routing scans a region.
 const PAGE: usize = 500;
@@ -251,6 +255,27 @@ impl Fleet for StoreFleet {
                 .collect(),
             frontier: nearest.frontier,
         })
+    }
+
+    async fn remember_recommendation(
+        &self,
+        incident_id: &str,
+        request: &[u8],
+        ttl: Duration,
+    ) -> Result<(), FleetError> {
+        self.store
+            .idempotency_put(RECOMMENDATION, incident_id, &BASE64.encode(request), ttl)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn recommendation(&self, incident_id: &str) -> Result<Option<Vec<u8>>, FleetError> {
+        self.store
+            .idempotency_get(RECOMMENDATION, incident_id)
+            .await
+            .map_err(unavailable)?
+            .map(|text| BASE64.decode(text).map_err(unavailable))
+            .transpose()
     }
 
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {

@@ -186,6 +186,19 @@ impl Fleet for RacingFleet {
             .available_near(region, point, radius, count)
             .await
     }
+    async fn remember_recommendation(
+        &self,
+        incident_id: &str,
+        request: &[u8],
+        ttl: Duration,
+    ) -> Result<(), FleetError> {
+        self.inner
+            .remember_recommendation(incident_id, request, ttl)
+            .await
+    }
+    async fn recommendation(&self, incident_id: &str) -> Result<Option<Vec<u8>>, FleetError> {
+        self.inner.recommendation(incident_id).await
+    }
     async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {
         self.inner.team(team_id).await
     }
@@ -931,4 +944,88 @@ async fn the_bounded_read_widens_until_the_best_team_is_certain() {
     assert_eq!(response.outcome(), AssignmentOutcome::Recommended);
     assert_eq!(response.candidates[0].team_id, "peer", "{response:?}");
     assert_eq!(response.candidates[1].team_id, "fast");
+}
+
+#[tokio::test]
+async fn a_first_recommendation_is_remembered_live_and_recorded_when_acted_on() {
+    let w = world().await;
+    add(&w, "a", 400.0, &[], 10);
+    add(&w, "b", 800.0, &[], 10);
+    for incident in ["inc-1", "inc-2", "inc-3"] {
+        let response = w
+            .engine
+            .assign_team(assign(
+                &format!("r-{incident}"),
+                incident,
+                &w.region,
+                RECOMMEND,
+                2,
+                &[],
+            ))
+            .await
+            .expect("recommend");
+        assert_eq!(response.outcome(), AssignmentOutcome::Recommended);
+    }
+    // Nothing written to the record: the request lives beside the teams' live state.
+    assert!(w.store.incident("inc-1").await.expect("read").is_none());
+    assert!(
+        w.fleet
+            .recommendation("inc-1")
+            .await
+            .expect("live")
+            .is_some()
+    );
+
+    // Confirming records the incident and the assignment.
+    let confirmed = w
+        .engine
+        .confirm_assignment(ConfirmAssignmentRequest {
+            request_id: "c-1".into(),
+            incident_id: "inc-1".into(),
+            team_id: "b".into(),
+        })
+        .await
+        .expect("confirm");
+    assert_eq!(confirmed.assignment.expect("assignment").team_id, "b");
+    let recorded = w
+        .store
+        .incident("inc-1")
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(recorded.state, IncidentState::Assigned);
+    assert_eq!(recorded.cad_system, "cad-1");
+
+    // Cancelling a recommended incident records it cancelled; it can no longer be confirmed.
+    w.engine
+        .cancel_routing(CancelRoutingRequest {
+            request_id: "x-2".into(),
+            incident_id: "inc-2".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect("cancel");
+    let error = w
+        .engine
+        .confirm_assignment(ConfirmAssignmentRequest {
+            request_id: "c-2".into(),
+            incident_id: "inc-2".into(),
+            team_id: "a".into(),
+        })
+        .await
+        .expect_err("cancelled");
+    assert_eq!(error.reason(), "ROUTING_CANCELLED");
+
+    // An hour on, an unconfirmed recommendation is forgotten: routing must be asked again.
+    w.clock.advance(Duration::from_secs(3_601));
+    let error = w
+        .engine
+        .confirm_assignment(ConfirmAssignmentRequest {
+            request_id: "c-3".into(),
+            incident_id: "inc-3".into(),
+            team_id: "a".into(),
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(error.reason(), "INCIDENT_NOT_FOUND");
 }

@@ -296,6 +296,42 @@ pub(crate) async fn requests_are_remembered_once(store: &dyn Store) {
     assert_eq!(store.request("other").await.expect("read"), None);
 }
 
+pub(crate) async fn lookup_reads_request_incident_and_active_assignment(store: &dyn Store) {
+    let empty = store.lookup("req-1", "i1").await.expect("lookup");
+    assert_eq!(
+        (empty.request, empty.incident, empty.active),
+        (None, None, None)
+    );
+    let request = RequestRecord {
+        request_id: "req-1".into(),
+        fingerprint: vec![1, 2, 3],
+        response: vec![9, 9],
+    };
+    let record = incident("i1", "r", IncidentState::Routed);
+    store
+        .write(Write {
+            region: "r".into(),
+            request: Some(request.clone()),
+            incident: Some(IncidentWrite {
+                record: record.clone(),
+                expected_version: 0,
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("write");
+    let found = store.lookup("req-1", "i1").await.expect("lookup");
+    assert_eq!(found.request, Some(request));
+    assert_eq!(found.incident, store.incident("i1").await.expect("read"));
+    assert!(found.incident.is_some() && found.active.is_none());
+    assign(store, assignment("a1", "i1", "t1", 1))
+        .await
+        .expect("assign");
+    let found = store.lookup("other", "i1").await.expect("lookup");
+    assert_eq!(found.request, None);
+    assert_eq!(found.active, Some(assignment("a1", "i1", "t1", 1)));
+}
+
 pub(crate) async fn events_are_numbered_per_region_without_gaps(store: &dyn Store) {
     for (index, region) in ["a", "b", "a", "a", "b"].into_iter().enumerate() {
         store
@@ -419,6 +455,7 @@ macro_rules! all_conformance_tests {
             one_active_assignment_per_team_and_per_incident,
             stale_fencing_tokens_are_refused,
             requests_are_remembered_once,
+            lookup_reads_request_incident_and_active_assignment,
             events_are_numbered_per_region_without_gaps,
             the_queue_is_served_by_priority_then_age,
         );

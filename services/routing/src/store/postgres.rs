@@ -9,7 +9,7 @@ use relay_proto::{
 use sqlx::{PgPool, Row, postgres::PgRow};
 
 use super::{
-    IncidentRecord, IncidentState, QueueCursor, RequestRecord, Store, StoreError, Write,
+    IncidentRecord, IncidentState, Lookup, QueueCursor, RequestRecord, Store, StoreError, Write,
     assignment_state_name, from_timestamp, join_tags, parse_assignment_state, split_tags,
     timestamp,
 };
@@ -36,46 +36,58 @@ const ASSIGNMENT_COLUMNS: &str = "assignment_id, incident_id, team_id, region, d
      eta_seconds, assigned_at, fencing_token, state, source, cad_system, end_time, end_reason";
 
 fn incident_from(row: &PgRow) -> Result<IncidentRecord, StoreError> {
-    let state: String = row.try_get("state")?;
+    incident_at(row, "")
+}
+
+/// An incident from columns named `<prefix><column>`.
+fn incident_at(row: &PgRow, prefix: &str) -> Result<IncidentRecord, StoreError> {
+    let c = |name: &str| format!("{prefix}{name}");
+    let state: String = row.try_get(c("state").as_str())?;
     Ok(IncidentRecord {
-        incident_id: row.try_get("incident_id")?,
-        region: row.try_get("region")?,
-        cad_system: row.try_get("cad_system")?,
-        priority: row.try_get("priority")?,
+        incident_id: row.try_get(c("incident_id").as_str())?,
+        region: row.try_get(c("region").as_str())?,
+        cad_system: row.try_get(c("cad_system").as_str())?,
+        priority: row.try_get(c("priority").as_str())?,
         location: GeoPoint {
-            latitude: row.try_get("latitude")?,
-            longitude: row.try_get("longitude")?,
+            latitude: row.try_get(c("latitude").as_str())?,
+            longitude: row.try_get(c("longitude").as_str())?,
         },
-        required_capabilities: split_tags(row.try_get("required_capabilities")?),
-        preferred_capabilities: split_tags(row.try_get("preferred_capabilities")?),
-        expected_duration_seconds: row.try_get("expected_duration_seconds")?,
+        required_capabilities: split_tags(row.try_get(c("required_capabilities").as_str())?),
+        preferred_capabilities: split_tags(row.try_get(c("preferred_capabilities").as_str())?),
+        expected_duration_seconds: row.try_get(c("expected_duration_seconds").as_str())?,
         state: IncidentState::parse(&state)
             .ok_or_else(|| StoreError::Backend(format!("unknown state {state}").into()))?,
-        queued_time: row.try_get("queued_time")?,
-        escalate_time: row.try_get("escalate_time")?,
-        unserved_reason: row.try_get("unserved_reason")?,
-        version: row.try_get("version")?,
-        update_time: row.try_get("update_time")?,
+        queued_time: row.try_get(c("queued_time").as_str())?,
+        escalate_time: row.try_get(c("escalate_time").as_str())?,
+        unserved_reason: row.try_get(c("unserved_reason").as_str())?,
+        version: row.try_get(c("version").as_str())?,
+        update_time: row.try_get(c("update_time").as_str())?,
     })
 }
 
 fn assignment_from(row: &PgRow) -> Result<Assignment, StoreError> {
-    let state: String = row.try_get("state")?;
-    let end_time: Option<DateTime<Utc>> = row.try_get("end_time")?;
+    assignment_at(row, "")
+}
+
+/// An assignment from columns named `<prefix><column>`.
+fn assignment_at(row: &PgRow, prefix: &str) -> Result<Assignment, StoreError> {
+    let c = |name: &str| format!("{prefix}{name}");
+    let state: String = row.try_get(c("state").as_str())?;
+    let end_time: Option<DateTime<Utc>> = row.try_get(c("end_time").as_str())?;
     Ok(Assignment {
-        assignment_id: row.try_get("assignment_id")?,
-        incident_id: row.try_get("incident_id")?,
-        team_id: row.try_get("team_id")?,
-        region: row.try_get("region")?,
-        distance_meters: row.try_get("distance_meters")?,
-        eta_seconds: row.try_get("eta_seconds")?,
-        assigned_at: Some(timestamp(row.try_get("assigned_at")?)),
-        fencing_token: row.try_get("fencing_token")?,
+        assignment_id: row.try_get(c("assignment_id").as_str())?,
+        incident_id: row.try_get(c("incident_id").as_str())?,
+        team_id: row.try_get(c("team_id").as_str())?,
+        region: row.try_get(c("region").as_str())?,
+        distance_meters: row.try_get(c("distance_meters").as_str())?,
+        eta_seconds: row.try_get(c("eta_seconds").as_str())?,
+        assigned_at: Some(timestamp(row.try_get(c("assigned_at").as_str())?)),
+        fencing_token: row.try_get(c("fencing_token").as_str())?,
         state: parse_assignment_state(&state).into(),
-        source: row.try_get("source")?,
-        cad_system: row.try_get("cad_system")?,
+        source: row.try_get(c("source").as_str())?,
+        cad_system: row.try_get(c("cad_system").as_str())?,
         end_time: end_time.map(timestamp),
-        end_reason: row.try_get("end_reason")?,
+        end_reason: row.try_get(c("end_reason").as_str())?,
     })
 }
 
@@ -220,6 +232,50 @@ impl Store for PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn lookup(&self, request_id: &str, incident_id: &str) -> Result<Lookup, StoreError> {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let aliased = |columns: &str, alias: &str| {
+                columns
+                    .split(',')
+                    .map(|c| format!("{alias}.{0} AS {alias}_{0}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "SELECT q.fingerprint AS q_fingerprint, q.response AS q_response, {}, {} \
+                 FROM (SELECT 1) AS one \
+                 LEFT JOIN requests q ON q.request_id = $1 \
+                 LEFT JOIN incidents i ON i.incident_id = $2 \
+                 LEFT JOIN assignments a ON a.incident_id = $2 AND a.state = 'ACTIVE'",
+                aliased(INCIDENT_COLUMNS, "i"),
+                aliased(ASSIGNMENT_COLUMNS, "a")
+            )
+        });
+        let row = sqlx::query(&SQL)
+            .bind(request_id)
+            .bind(incident_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let fingerprint: Option<Vec<u8>> = row.try_get("q_fingerprint")?;
+        let request = match fingerprint {
+            Some(fingerprint) => Some(RequestRecord {
+                request_id: request_id.to_owned(),
+                fingerprint,
+                response: row.try_get("q_response")?,
+            }),
+            None => None,
+        };
+        let incident_id: Option<String> = row.try_get("i_incident_id")?;
+        let assignment_id: Option<String> = row.try_get("a_assignment_id")?;
+        Ok(Lookup {
+            request,
+            incident: incident_id.map(|_| incident_at(&row, "i_")).transpose()?,
+            active: assignment_id
+                .map(|_| assignment_at(&row, "a_"))
+                .transpose()?,
+        })
     }
 
     async fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
