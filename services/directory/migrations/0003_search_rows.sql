@@ -30,6 +30,35 @@ CREATE INDEX search_rows_text ON search_rows USING gin (search_vector);
 CREATE INDEX search_rows_terms ON search_rows USING gin (term_ids);
 CREATE INDEX search_rows_name ON search_rows ((name COLLATE "C"), (service_id COLLATE "C"), (location_id COLLATE "C"));
 
+-- Each service's lists as GetService and a search page return them, as one JSON array
+-- [terms, languages, phones, locations (each with the schedules that apply)], rebuilt with
+-- search_rows, so a page of 50 services is read with 50 primary-key probes instead of seven
+-- queries (or one with some 300 correlated subqueries). Capacity is read live.
+CREATE TABLE service_documents (
+    service_id TEXT PRIMARY KEY,
+    lists      TEXT NOT NULL
+);
+
+INSERT INTO service_documents (service_id, lists)
+SELECT s.id, json_build_array(
+    COALESCE((SELECT json_agg(json_build_array(t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, ''))
+              ORDER BY t.code, t.id) FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id
+              WHERE st.service_id = s.id), '[]'::json),
+    COALESCE((SELECT json_agg(lg.code ORDER BY lg.position, lg.code) FROM languages lg
+              WHERE lg.service_id = s.id), '[]'::json),
+    COALESCE((SELECT json_agg(json_build_array(p.number, p.extension, p.type, p.description) ORDER BY p.id)
+              FROM phones p WHERE p.service_id = s.id), '[]'::json),
+    COALESCE((SELECT json_agg(json_build_array(l.id, l.name, l.latitude, l.longitude, l.time_zone, l.attention,
+              l.address_1, l.address_2, l.city, l.region, l.state_province, l.postal_code, l.country, l.has_address,
+              COALESCE((SELECT json_agg(json_build_array(sc.freq, sc."interval", sc.byday, sc.bymonthday, sc.opens_at,
+                        sc.closes_at, sc.valid_from, sc.valid_to, sc.dtstart, sc.description) ORDER BY sc.position, sc.id)
+                        FROM schedules sc
+                        WHERE (sc.service_id = s.id AND (sc.location_id = l.id OR sc.location_id IS NULL))
+                           OR (sc.service_id IS NULL AND sc.location_id = l.id)), '[]'::json))
+              ORDER BY sal.position, l.id)
+              FROM service_at_location sal JOIN locations l ON l.id = sal.location_id WHERE sal.service_id = s.id), '[]'::json))::text
+FROM services s;
+
 -- Filled for data imported before this migration; later writes keep it current.
 INSERT INTO search_rows (service_id, location_id, name, latitude, longitude, time_zone, search_vector,
                          term_ids, languages, schedules)

@@ -55,6 +55,27 @@ fn schedules_json(service: &str, location: &str) -> String {
     )
 }
 
+/// The SQL (PostgreSQL) of a service's stored document, for service `service` (an SQL
+/// expression): the JSON array `[terms, languages, phones, locations]`, each a JSON array in
+/// the order GetService returns them, a location with the schedules that apply to it.
+fn lists_json(service: &str) -> String {
+    format!(
+        "json_build_array(\
+         COALESCE((SELECT json_agg(json_build_array(t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, '')) \
+         ORDER BY t.code, t.id) FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
+         WHERE st.service_id = {service}), '[]'::json), \
+         COALESCE((SELECT json_agg(lg.code ORDER BY lg.position, lg.code) FROM languages lg \
+         WHERE lg.service_id = {service}), '[]'::json), \
+         COALESCE((SELECT json_agg(json_build_array(p.number, p.extension, p.type, p.description) ORDER BY p.id) \
+         FROM phones p WHERE p.service_id = {service}), '[]'::json), \
+         COALESCE((SELECT json_agg(json_build_array(l.id, l.name, l.latitude, l.longitude, l.time_zone, l.attention, \
+         l.address_1, l.address_2, l.city, l.region, l.state_province, l.postal_code, l.country, l.has_address, \
+         COALESCE({}, '[]'::json)) ORDER BY sal.position, l.id) \
+         FROM service_at_location sal JOIN locations l ON l.id = sal.location_id WHERE sal.service_id = {service}), '[]'::json))::text",
+        schedules_json(service, "l.id")
+    )
+}
+
 fn schedule_of(json: ScheduleJson) -> Schedule {
     let (
         freq,
@@ -647,6 +668,8 @@ macro_rules! sql_store {
                 let update = format!("UPDATE services SET search_text = {text} WHERE {condition}");
                 sqlx::query(&update).bind(a).bind(b).execute(&mut *conn).await?;
                 if Self::PG {
+                    // Rows are written in cells of 0.02 degrees (about 2 km), so that the rows
+                    // of a radius search lie in few pages after an import.
                     let delete = format!("DELETE FROM search_rows WHERE service_id IN (SELECT id FROM services WHERE {condition})");
                     sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
                     let insert = format!(
@@ -659,8 +682,17 @@ macro_rules! sql_store {
                          WHERE lg.service_id = s.id), COALESCE({}::text, '[]') \
                          FROM services s LEFT JOIN service_at_location sal ON sal.service_id = s.id \
                          LEFT JOIN locations l ON l.id = sal.location_id \
-                         WHERE s.status = 1 AND s.id IN (SELECT id FROM services WHERE {condition})",
+                         WHERE s.status = 1 AND s.id IN (SELECT id FROM services WHERE {condition}) \
+                         ORDER BY floor(l.latitude * 50), floor(l.longitude * 50)",
                         schedules_json("s.id", "sal.location_id")
+                    );
+                    sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
+                    let delete = format!("DELETE FROM service_documents WHERE service_id IN (SELECT id FROM services WHERE {condition})");
+                    sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
+                    let insert = format!(
+                        "INSERT INTO service_documents (service_id, lists) SELECT s.id, {} FROM services s \
+                         WHERE s.id IN (SELECT id FROM services WHERE {condition})",
+                        lists_json("s.id")
                     );
                     sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                 } else {
@@ -684,72 +716,66 @@ macro_rules! sql_store {
                 Ok(ids.iter().filter_map(|id| by_id.get(id).cloned()).collect())
             }
 
-            /// Loads services (PostgreSQL) in one statement: each row carries its terms,
-            /// languages, phones and locations (with schedules and capacity) as JSON, in the
-            /// orders of [`Self::load_chunk`].
+            /// Loads services (PostgreSQL) in one statement: each row carries its stored
+            /// document (terms, languages, phones, locations with schedules; see
+            /// [`lists_json`]) and its live capacity as JSON.
             async fn load_chunk_json(conn: &mut $conn, ids: &[String], out: &mut HashMap<String, Service>) -> StoreResult<()> {
-                let mut qb = QueryBuilder::<$db>::new(format!(
+                let mut qb = QueryBuilder::<$db>::new(
                     "SELECT s.id, s.organization_id, COALESCE(o.name, ''), COALESCE(o.description, ''), COALESCE(o.url, ''), \
                      COALESCE(o.email, ''), s.name, s.alternate_name, s.description, s.url, s.email, s.status, \
                      s.eligibility_description, s.fees_description, s.application_process, s.alert, s.create_time, s.update_time, \
-                     COALESCE((SELECT json_agg(json_build_array(t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, '')) \
-                     ORDER BY t.code, t.id) FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
-                     WHERE st.service_id = s.id)::text, '[]'), \
-                     COALESCE((SELECT json_agg(lg.code ORDER BY lg.position, lg.code) FROM languages lg \
-                     WHERE lg.service_id = s.id)::text, '[]'), \
-                     COALESCE((SELECT json_agg(json_build_array(p.number, p.extension, p.type, p.description) ORDER BY p.id) \
-                     FROM phones p WHERE p.service_id = s.id)::text, '[]'), \
-                     COALESCE((SELECT json_agg(json_build_array(l.id, l.name, l.latitude, l.longitude, l.time_zone, l.attention, \
-                     l.address_1, l.address_2, l.city, l.region, l.state_province, l.postal_code, l.country, l.has_address, \
-                     COALESCE({}, '[]'::json), (SELECT json_build_array(c.available, c.total, c.as_of_time) FROM capacity c \
-                     WHERE c.service_id = s.id AND c.location_id = l.id)) ORDER BY sal.position, l.id) \
-                     FROM service_at_location sal JOIN locations l ON l.id = sal.location_id WHERE sal.service_id = s.id)::text, '[]') \
-                     FROM services s LEFT JOIN organizations o ON o.id = s.organization_id WHERE s.id IN (",
-                    schedules_json("s.id", "l.id")
-                ));
+                     COALESCE(d.lists, '[[], [], [], []]'), \
+                     COALESCE((SELECT json_agg(json_build_array(c.location_id, c.available, c.total, c.as_of_time)) \
+                     FROM capacity c WHERE c.service_id = s.id)::text, '[]') \
+                     FROM services s LEFT JOIN organizations o ON o.id = s.organization_id \
+                     LEFT JOIN service_documents d ON d.service_id = s.id WHERE s.id IN (",
+                );
                 Self::push_in(&mut qb, ids);
                 qb.push(")");
                 type LocationJson = (
                     String, String, Option<f64>, Option<f64>, String, String, String, String, String, String, String,
-                    String, String, i64, Vec<ScheduleJson>, Option<(i64, i64, i64)>,
+                    String, String, i64, Vec<ScheduleJson>,
                 );
+                type Lists = (Vec<(String, String, String, String, String)>, Vec<String>, Vec<(String, String, String, String)>, Vec<LocationJson>);
                 for row in qb.build().fetch_all(&mut *conn).await? {
                     let mut service = Self::decode_service(&row)?;
-                    let terms: Vec<(String, String, String, String, String)> = decode_json(&row.try_get::<String, _>(18)?)?;
+                    let (terms, languages, phones, locations): Lists = decode_json(&row.try_get::<String, _>(18)?)?;
+                    let capacity: Vec<(String, i64, i64, i64)> = decode_json(&row.try_get::<String, _>(19)?)?;
                     service.taxonomy_terms = terms
                         .into_iter()
                         .map(|(id, code, name, taxonomy, parent_id)| TaxonomyTerm { id, code, name, taxonomy, parent_id })
                         .collect();
-                    service.languages = decode_json(&row.try_get::<String, _>(19)?)?;
-                    let phones: Vec<(String, String, String, String)> = decode_json(&row.try_get::<String, _>(20)?)?;
+                    service.languages = languages;
                     service.phones = phones
                         .into_iter()
                         .map(|(number, extension, r#type, description)| Phone { number, extension, r#type, description })
                         .collect();
-                    let locations: Vec<LocationJson> = decode_json(&row.try_get::<String, _>(21)?)?;
                     service.locations = locations
                         .into_iter()
-                        .map(|l| ServiceLocation {
-                            location_id: l.0,
-                            name: l.1,
-                            point: l.2.zip(l.3).map(|(latitude, longitude)| GeoPoint { latitude, longitude }),
-                            time_zone: l.4,
-                            address: (l.13 != 0).then(|| Address {
-                                attention: l.5,
-                                address_1: l.6,
-                                address_2: l.7,
-                                city: l.8,
-                                region: l.9,
-                                state_province: l.10,
-                                postal_code: l.11,
-                                country: l.12,
-                            }),
-                            schedules: l.14.into_iter().map(schedule_of).collect(),
-                            capacity: l.15.map(|(available, total, as_of)| Capacity {
-                                available: i32::try_from(available).unwrap_or(i32::MAX),
-                                total: i32::try_from(total).unwrap_or(i32::MAX),
-                                as_of_time: Some(micros_to_timestamp(as_of)),
-                            }),
+                        .map(|l| {
+                            let location_id = l.0;
+                            ServiceLocation {
+                                location_id: location_id.clone(),
+                                name: l.1,
+                                point: l.2.zip(l.3).map(|(latitude, longitude)| GeoPoint { latitude, longitude }),
+                                time_zone: l.4,
+                                address: (l.13 != 0).then(|| Address {
+                                    attention: l.5,
+                                    address_1: l.6,
+                                    address_2: l.7,
+                                    city: l.8,
+                                    region: l.9,
+                                    state_province: l.10,
+                                    postal_code: l.11,
+                                    country: l.12,
+                                }),
+                                capacity: capacity.iter().find(|c| c.0 == location_id).map(|&(_, available, total, as_of)| Capacity {
+                                    available: i32::try_from(available).unwrap_or(i32::MAX),
+                                    total: i32::try_from(total).unwrap_or(i32::MAX),
+                                    as_of_time: Some(micros_to_timestamp(as_of)),
+                                }),
+                                schedules: l.14.into_iter().map(schedule_of).collect(),
+                            }
                         })
                         .collect();
                     out.insert(service.id.clone(), service);
