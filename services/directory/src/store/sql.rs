@@ -1282,6 +1282,21 @@ macro_rules! sql_store {
                     .fetch_optional(&mut *tx)
                     .await?
                     .is_none();
+                // Whether a term it names differs from the stored one: only then are the other
+                // services with that term (a seventh of a generated directory) refreshed.
+                let mut terms_changed = false;
+                for term in &service.taxonomy_terms {
+                    let stored = sqlx::query("SELECT code, name, taxonomy, COALESCE(parent_id, '') FROM taxonomy_terms WHERE id = $1")
+                        .bind(&term.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(row) = stored {
+                        let (code, name, taxonomy, parent): (String, String, String, String) =
+                            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                        terms_changed |= (code, name, taxonomy, parent)
+                            != (term.code.clone(), term.name.clone(), term.taxonomy.clone(), term.parent_id.clone());
+                    }
+                }
                 for table in ["service_taxonomy", "languages", "phones", "schedules", "service_at_location"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE service_id = $1"))
                         .bind(&service.id)
@@ -1301,18 +1316,19 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 let organization_id = service.organization.as_ref().map(|o| o.id.clone()).unwrap_or_default();
-                Self::refresh_search(
-                    &mut tx,
-                    // Its organization's name, its terms' names, and its locations (coordinates,
-                    // time zone) are part of other services' search data too.
-                    "id = $1 OR organization_id = $2 OR id IN (SELECT b.service_id FROM service_taxonomy a \
-                     JOIN service_taxonomy b ON b.taxonomy_term_id = a.taxonomy_term_id WHERE a.service_id = $1) \
-                     OR id IN (SELECT b.service_id FROM service_at_location a \
-                     JOIN service_at_location b ON b.location_id = a.location_id WHERE a.service_id = $1)",
-                    &service.id,
-                    &organization_id,
-                )
-                .await?;
+                // Its organization, its locations (coordinates, time zone) and its terms (when
+                // changed) are part of other services' search data and documents too.
+                let sharing_terms = if terms_changed {
+                    " OR id IN (SELECT b.service_id FROM service_taxonomy a \
+                     JOIN service_taxonomy b ON b.taxonomy_term_id = a.taxonomy_term_id WHERE a.service_id = $1)"
+                } else {
+                    ""
+                };
+                let condition = format!(
+                    "id = $1 OR organization_id = $2 OR id IN (SELECT b.service_id FROM service_at_location a \
+                     JOIN service_at_location b ON b.location_id = a.location_id WHERE a.service_id = $1){sharing_terms}"
+                );
+                Self::refresh_search(&mut tx, &condition, &service.id, &organization_id).await?;
                 let stored = Self::load_services(&mut tx, std::slice::from_ref(&service.id))
                     .await?
                     .pop()
