@@ -1,5 +1,6 @@
 //! The gRPC handlers of `relay.directory.v1.DirectoryService`: validation first, then the
-//! store; ranking, distances and opening hours are computed here, never in SQL.
+//! store. The store filters, ranks (relevance, distance, name, ids; see
+//! [`crate::store::RankKey`]) and pages; opening hours are checked here.
 
 use std::collections::HashMap;
 
