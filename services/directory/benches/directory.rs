@@ -2,7 +2,9 @@
 //! default; `RELAY_BENCH_SERVICES` overrides) into a fresh PostgreSQL database, then measures
 //! SearchServices latency through gRPC for three typical query shapes, against a baseline
 //! measured in the same run: a bare SQL query of the same shape sent through sqlx (the
-//! candidate query alone, without ranking, opening hours or loading the services).
+//! candidate query alone on the `search_rows` table the service searches, ordered by planar
+//! distance or text rank with a LIMIT, without exact ranking, opening hours or loading the
+//! services).
 //! Prints a Markdown table for docs/benchmarks.md.
 
 #![allow(
@@ -123,11 +125,10 @@ async fn main() {
                 open_at: Some(*at),
                 ..Default::default()
             },
-            baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude, ts_rank_cd(s.search_vector, q, 32) \
-                       FROM services s CROSS JOIN websearch_to_tsquery('english', 'youth shelter') AS q \
-                       JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
-                       WHERE s.status = 1 AND s.search_vector @@ q AND point(l.longitude, l.latitude) <@ box(point($3, $1), point($4, $2)) \
-                       ORDER BY 5 DESC LIMIT 50",
+            baseline: "SELECT r.service_id, r.location_id, r.latitude, r.longitude, r.schedules, ts_rank_cd(r.search_vector, q, 32) \
+                       FROM search_rows r CROSS JOIN websearch_to_tsquery('english', 'youth shelter') AS q \
+                       WHERE r.search_vector @@ q AND point(r.longitude, r.latitude) <@ box(point($3, $1), point($4, $2)) \
+                       ORDER BY 6 DESC LIMIT 50",
             radius: 5000.0,
         },
         Shape {
@@ -141,12 +142,10 @@ async fn main() {
                 radius_meters: 5000.0,
                 ..Default::default()
             },
-            baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude FROM services s \
-                       JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
-                       WHERE s.status = 1 AND point(l.longitude, l.latitude) <@ box(point($3, $1), point($4, $2)) \
-                       AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
-                       WHERE st.service_id = s.id AND (t.code = 'BH' OR t.parent_id = 'tx-bh')) \
-                       ORDER BY (l.latitude - ($1 + $2) / 2) ^ 2 + (l.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
+            baseline: "SELECT r.service_id, r.location_id, r.latitude, r.longitude FROM search_rows r \
+                       WHERE point(r.longitude, r.latitude) <@ box(point($3, $1), point($4, $2)) \
+                       AND r.term_ids && ARRAY['tx-bh', 'tx-bh-shelter', 'tx-bh-food', 'tx-bh-meals'] \
+                       ORDER BY (r.latitude - ($1 + $2) / 2) ^ 2 + (r.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
             radius: 5000.0,
         },
         Shape {
@@ -159,10 +158,9 @@ async fn main() {
                 radius_meters: 3000.0,
                 ..Default::default()
             },
-            baseline: "SELECT s.id, sal.location_id, l.latitude, l.longitude FROM services s \
-                       JOIN service_at_location sal ON sal.service_id = s.id JOIN locations l ON l.id = sal.location_id \
-                       WHERE s.status = 1 AND point(l.longitude, l.latitude) <@ box(point($3, $1), point($4, $2)) \
-                       ORDER BY (l.latitude - ($1 + $2) / 2) ^ 2 + (l.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
+            baseline: "SELECT r.service_id, r.location_id, r.latitude, r.longitude FROM search_rows r \
+                       WHERE point(r.longitude, r.latitude) <@ box(point($3, $1), point($4, $2)) \
+                       ORDER BY (r.latitude - ($1 + $2) / 2) ^ 2 + (r.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
             radius: 3000.0,
         },
     ];

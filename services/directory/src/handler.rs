@@ -1,7 +1,8 @@
 //! The gRPC handlers of `relay.directory.v1.DirectoryService`: validation first, then the
-//! store; ranking, distances and opening hours are computed here, never in SQL.
+//! store. The store filters, ranks (relevance, distance, name, ids; see
+//! [`crate::store::RankKey`]) and pages; opening hours are checked here.
 
-use std::{cmp::Ordering, collections::HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
@@ -18,7 +19,6 @@ use relay_runtime::{
     paging::PageTokens,
     validate::{Violations, to_timestamp},
 };
-use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -26,7 +26,9 @@ use crate::{
     error::{DirectoryError, REQUEST_ID_REUSED},
     micros,
     schedule::{self, Hours},
-    store::{CandidateFilter, DirectoryStore, Idem, Keyset, LocationHours, ReferralFilter},
+    store::{
+        Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey, ReferralFilter,
+    },
 };
 
 /// Longest free-text query, in characters.
@@ -255,29 +257,21 @@ fn validate_service(v: &mut Violations, service: Option<&Service>) {
     }
 }
 
-/// The ranking key of a result: relevance (negated, so ascending sorts best first),
-/// distance, name (only when there is no query), service id, location id.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct SearchCursor {
-    r: f64,
-    d: f64,
-    n: String,
-    s: String,
-    l: String,
-}
-
-fn cmp_key(a: &SearchCursor, b: &SearchCursor) -> Ordering {
-    a.r.total_cmp(&b.r)
-        .then(a.d.total_cmp(&b.d))
-        .then_with(|| a.n.cmp(&b.n))
-        .then_with(|| a.s.cmp(&b.s))
-        .then_with(|| a.l.cmp(&b.l))
-}
-
+/// A result before its service is loaded; the key is also the page token's cursor.
 struct Hit {
-    key: SearchCursor,
+    key: RankKey,
     relevance: f64,
     distance: f64,
+}
+
+impl From<RankKey> for Hit {
+    fn from(key: RankKey) -> Self {
+        Self {
+            relevance: -key.r,
+            distance: key.d,
+            key,
+        }
+    }
 }
 
 /// Parsed opening hours of one location.
@@ -409,7 +403,7 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
             request.languages,
             request.accepting_only
         );
-        let cursor: Option<SearchCursor> = self
+        let cursor: Option<RankKey> = self
             .tokens
             .decode("page_token", &scope, &request.page_token)
             .map_err(api)?;
@@ -418,8 +412,10 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
             return Ok(SearchServicesResponse::default());
         }
         let at = open_at.unwrap_or_else(Utc::now);
-        let filter = CandidateFilter {
+        let mut filter = CandidateFilter {
             text: (!query.is_empty()).then(|| query.to_owned()),
+            point,
+            radius,
             bounding_box: point
                 .filter(|_| radius > 0.0)
                 .map(|p| bounding_box(p, radius)),
@@ -430,118 +426,36 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
                 .map(|l| l.to_ascii_lowercase())
                 .collect(),
             accepting_only: request.accepting_only,
-            keyset: None,
+            after: cursor,
+            limit: 0,
         };
         let want = page_size + 1;
-        let mut hits: Vec<Hit> = Vec::new();
-        if filter.text.is_none() && point.is_none() {
-            // Name order: page in SQL with a keyset.
-            let mut after = cursor.map(|c| (c.n, c.s, c.l));
-            let batch = if open_at.is_some() {
-                (want * 2).max(200)
-            } else {
-                want
-            };
-            loop {
-                let mut batch_filter = filter.clone();
-                batch_filter.keyset = Some(Keyset {
-                    after: after.clone(),
-                    limit: i64::try_from(batch).unwrap_or(500),
-                });
-                let candidates = self
-                    .store
-                    .search_candidates(&batch_filter)
-                    .await
-                    .map_err(status)?;
-                let exhausted = candidates.len() < batch;
-                if let Some(last) = candidates.last() {
-                    after = Some((
-                        last.name.clone(),
-                        last.service_id.clone(),
-                        last.location_id.clone(),
-                    ));
-                }
-                let mut batch_hits: Vec<Hit> = candidates
-                    .into_iter()
-                    .map(|c| Hit {
-                        key: SearchCursor {
-                            r: -1.0,
-                            d: 0.0,
-                            n: c.name,
-                            s: c.service_id,
-                            l: c.location_id,
-                        },
-                        relevance: 1.0,
-                        distance: 0.0,
-                    })
-                    .collect();
-                if open_at.is_some() {
-                    batch_hits = self.keep_open(batch_hits, at).await?;
-                }
-                hits.extend(batch_hits);
-                if hits.len() >= want || exhausted {
-                    break;
-                }
-            }
+        // The store ranks and pages; only opening hours are checked here, so with open_at
+        // read ahead in batches until a page is full.
+        let batch = if open_at.is_some() {
+            (want * 2).max(100)
         } else {
+            want
+        };
+        filter.limit = i64::try_from(batch).unwrap_or(500);
+        let mut hits: Vec<Hit> = Vec::new();
+        loop {
             let candidates = self
                 .store
                 .search_candidates(&filter)
                 .await
                 .map_err(status)?;
-            let mut ranked: Vec<Hit> = candidates
-                .into_iter()
-                .filter_map(|c| {
-                    let distance = match (point, c.point) {
-                        (Some(from), Some(to)) => distance_meters(from, to),
-                        _ => 0.0,
-                    };
-                    if radius > 0.0 && (c.point.is_none() || distance > radius) {
-                        return None;
-                    }
-                    let relevance = if filter.text.is_some() {
-                        c.score / (c.score + 1.0)
-                    } else {
-                        1.0
-                    };
-                    let key = SearchCursor {
-                        r: -relevance,
-                        d: distance,
-                        n: if filter.text.is_some() {
-                            String::new()
-                        } else {
-                            c.name
-                        },
-                        s: c.service_id,
-                        l: c.location_id,
-                    };
-                    Some(Hit {
-                        key,
-                        relevance,
-                        distance,
-                    })
-                })
-                .filter(|hit| {
-                    cursor
-                        .as_ref()
-                        .is_none_or(|c| cmp_key(&hit.key, c) == Ordering::Greater)
-                })
-                .collect();
-            ranked.sort_by(|a, b| cmp_key(&a.key, &b.key));
+            let exhausted = candidates.len() < batch;
+            if let Some(last) = candidates.last() {
+                filter.after = Some(last.key.clone());
+            }
             if open_at.is_some() {
-                let mut rest = ranked.into_iter();
-                let batch = (want * 2).max(100);
-                loop {
-                    let chunk: Vec<Hit> = rest.by_ref().take(batch).collect();
-                    let exhausted = chunk.len() < batch;
-                    hits.extend(self.keep_open(chunk, at).await?);
-                    if hits.len() >= want || exhausted {
-                        break;
-                    }
-                }
+                hits.extend(self.keep_open(candidates, at).await?);
             } else {
-                ranked.truncate(want);
-                hits = ranked;
+                hits.extend(candidates.into_iter().map(|c| Hit::from(c.key)));
+            }
+            if hits.len() >= want || exhausted {
+                break;
             }
         }
         let more = hits.len() > page_size;
@@ -599,24 +513,39 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         })
     }
 
-    /// The hits whose location is open at `at`.
-    async fn keep_open(&self, hits: Vec<Hit>, at: DateTime<Utc>) -> Result<Vec<Hit>, Status> {
-        let pairs: Vec<(String, String)> = hits
+    /// The candidates whose location is open at `at`, as hits. Hours the store did not
+    /// return with the candidates are read in one more query.
+    async fn keep_open(
+        &self,
+        candidates: Vec<Candidate>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Hit>, Status> {
+        let missing: Vec<(String, String)> = candidates
             .iter()
-            .filter(|h| !h.key.l.is_empty())
-            .map(|h| (h.key.s.clone(), h.key.l.clone()))
+            .filter(|c| c.hours.is_none() && !c.key.l.is_empty())
+            .map(|c| (c.key.s.clone(), c.key.l.clone()))
             .collect();
-        let hours = self.store.hours(&pairs).await.map_err(status)?;
-        Ok(hits
+        let read = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.hours(&missing).await.map_err(status)?
+        };
+        Ok(candidates
             .into_iter()
-            .filter(|h| {
-                hours
-                    .get(&(h.key.s.clone(), h.key.l.clone()))
-                    .is_some_and(|hours| {
-                        let (tz, parsed) = parse_hours(hours);
-                        schedule::is_open(tz, &parsed, at)
-                    })
+            .filter(|c| {
+                if c.key.l.is_empty() {
+                    return false;
+                }
+                let hours = match &c.hours {
+                    Some(hours) => Some(hours),
+                    None => read.get(&(c.key.s.clone(), c.key.l.clone())),
+                };
+                hours.is_some_and(|hours| {
+                    let (tz, parsed) = parse_hours(hours);
+                    schedule::is_open(tz, &parsed, at)
+                })
             })
+            .map(|c| Hit::from(c.key))
             .collect())
     }
 }

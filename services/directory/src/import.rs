@@ -742,6 +742,74 @@ fn map_schedule(table: &str, r: &Record<'_>, position: i64) -> Result<Option<Map
     }))
 }
 
+/// Rows written per batch (one multi-row statement per kind of row).
+const BATCH_ROWS: usize = 1000;
+
+/// Writes the `pending` records of `table` in one batch and accounts for each, in line order.
+/// A record is rejected when any of its rows could not be stored; its other rows are still
+/// written (only schedules have two rows, and the first, a location's time zone, is always
+/// stored).
+async fn flush<W: WriteSession>(
+    session: &mut W,
+    table: &str,
+    pending: &mut Vec<(u64, Result<Mapped, String>)>,
+    summary: &mut FileSummary,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
+    // Each record's rows, in order, and how many there were.
+    let mut counts = Vec::with_capacity(pending.len());
+    let mut rows: Vec<Row> = Vec::new();
+    for (_, mapped) in pending.iter_mut() {
+        let taken = mapped
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.rows))
+            .unwrap_or_default();
+        counts.push(taken.len());
+        rows.extend(taken);
+    }
+    let results = if rows.is_empty() {
+        Vec::new()
+    } else {
+        session.apply_all(&rows).await?
+    };
+    let mut results = results.into_iter();
+    let mut reject = |line: u64, reason: String| {
+        summary.rejected += 1;
+        report.rejected += 1;
+        if report.rejections.len() < MAX_REPORTED_REJECTIONS {
+            report.rejections.push(Rejection {
+                file: table.to_owned(),
+                line,
+                reason,
+            });
+        }
+    };
+    for ((line, mapped), count) in pending.drain(..).zip(counts) {
+        // The first row of the record that could not be stored, if any.
+        let missing = results
+            .by_ref()
+            .take(count)
+            .fold(None, |first, applied| match applied {
+                Applied::Missing(reason) => first.or(Some(reason)),
+                Applied::Stored => first,
+            });
+        match mapped {
+            Err(reason) => reject(line, reason),
+            Ok(mapped) => match missing {
+                Some(reason) => reject(line, reason),
+                None => {
+                    for note in mapped.notes {
+                        reject(line, note);
+                    }
+                    summary.stored += 1;
+                    report.stored += 1;
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
 /// Imports the package at `path` (a folder or a `.zip`) into `store`, in one transaction,
 /// calling `progress` as it reads.
 ///
@@ -809,6 +877,9 @@ pub async fn import<S: DirectoryStore>(
             .collect();
         let mut record = csv::StringRecord::new();
         let mut position = 0;
+        // Records read but not yet written, in order, with their line.
+        let mut pending: Vec<(u64, Result<Mapped, String>)> = Vec::new();
+        let mut pending_rows = 0;
         loop {
             // The reader's position before a record is where the record starts.
             let line = csv.position().line() + u64::from(crlf);
@@ -817,17 +888,6 @@ pub async fn import<S: DirectoryStore>(
             }
             summary.rows += 1;
             report.rows += 1;
-            let mut reject = |reason: String| {
-                summary.rejected += 1;
-                report.rejected += 1;
-                if report.rejections.len() < MAX_REPORTED_REJECTIONS {
-                    report.rejections.push(Rejection {
-                        file: table.to_owned(),
-                        line,
-                        reason,
-                    });
-                }
-            };
             let mapped = map_record(
                 table,
                 &Record {
@@ -839,27 +899,16 @@ pub async fn import<S: DirectoryStore>(
                 line,
             );
             match mapped {
-                Err(reason) => reject(reason),
                 Ok(None) => summary.ignored += 1,
                 Ok(Some(mapped)) => {
-                    let mut missing = None;
-                    for row in &mapped.rows {
-                        if let Applied::Missing(reason) = session.apply(row).await? {
-                            missing = Some(reason);
-                            break;
-                        }
-                    }
-                    match missing {
-                        Some(reason) => reject(reason),
-                        None => {
-                            for note in mapped.notes {
-                                reject(note);
-                            }
-                            summary.stored += 1;
-                            report.stored += 1;
-                        }
-                    }
+                    pending_rows += mapped.rows.len();
+                    pending.push((line, Ok(mapped)));
                 }
+                Err(reason) => pending.push((line, Err(reason))),
+            }
+            if pending_rows >= BATCH_ROWS || pending.len() >= BATCH_ROWS {
+                flush(&mut session, table, &mut pending, &mut summary, &mut report).await?;
+                pending_rows = 0;
             }
             if summary.rows.is_multiple_of(512) {
                 position = record.position().map_or(position, csv::Position::byte);
@@ -871,6 +920,7 @@ pub async fn import<S: DirectoryStore>(
                 });
             }
         }
+        flush(&mut session, table, &mut pending, &mut summary, &mut report).await?;
         bytes_before += size;
         progress(Progress {
             file: table,

@@ -1274,6 +1274,70 @@ async fn referrals_close_the_loop(mut h: Harness) {
     assert_eq!(reason(&status), "INVALID_PAGE_TOKEN");
 }
 
+/// What one service's upsert changes in shared rows (a taxonomy term, the organization, a
+/// location) shows in the other services that share them: in search and in GetService.
+async fn shared_rows_edited_through_one_service_show_in_the_others(mut h: Harness) {
+    let term = |name: &str| TaxonomyTerm {
+        id: "t-shared".into(),
+        code: "BH-1800".into(),
+        name: name.into(),
+        taxonomy: "211".into(),
+        parent_id: String::new(),
+    };
+    let site = |lat: f64| location("loc-shared", lat, -123.09, "America/Los_Angeles", vec![]);
+    let mut a = service("svc-a", "Alpha", "first", vec![site(44.05)]);
+    a.taxonomy_terms = vec![term("Shelter")];
+    let mut b = service("svc-b", "Bravo", "second", vec![site(44.05)]);
+    b.taxonomy_terms = vec![term("Shelter")];
+    upsert(&mut h, a.clone()).await;
+    upsert(&mut h, b).await;
+
+    // Rename the term, rename the organization and move the location, through svc-a only.
+    a.taxonomy_terms = vec![term("Warming Center")];
+    a.organization.as_mut().unwrap().name = "Willamette Aid".into();
+    a.locations = vec![site(44.95)];
+    upsert(&mut h, a).await;
+
+    let by_text = |query: &str| SearchServicesRequest {
+        query: query.into(),
+        ..Default::default()
+    };
+    let mut got = ids(&search(&mut h, by_text("warming")).await);
+    got.sort();
+    assert_eq!(got, ["svc-a@loc-shared", "svc-b@loc-shared"]);
+    let mut got = ids(&search(&mut h, by_text("willamette")).await);
+    got.sort();
+    assert_eq!(got, ["svc-a@loc-shared", "svc-b@loc-shared"]);
+    assert!(search(&mut h, by_text("shelter")).await.results.is_empty());
+    let near_new = search(
+        &mut h,
+        SearchServicesRequest {
+            location: Some(GeoPoint {
+                latitude: 44.95,
+                longitude: -123.09,
+            }),
+            radius_meters: 1000.0,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&near_new), ["svc-a@loc-shared", "svc-b@loc-shared"]);
+
+    let b = h
+        .client
+        .get_service(GetServiceRequest {
+            service_id: "svc-b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service
+        .unwrap();
+    assert_eq!(b.taxonomy_terms[0].name, "Warming Center");
+    assert_eq!(b.organization.unwrap().name, "Willamette Aid");
+    assert_eq!(b.locations[0].point.unwrap().latitude, 44.95);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -1304,4 +1368,5 @@ conformance!(
     pages_are_stable_while_data_changes_and_tokens_are_checked,
     capacity_reports_ignore_stale_ones,
     referrals_close_the_loop,
+    shared_rows_edited_through_one_service_show_in_the_others,
 );

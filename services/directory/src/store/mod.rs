@@ -43,14 +43,20 @@ pub struct StoredRequest {
     pub response: Vec<u8>,
 }
 
-/// The SQL-side filters of a search. Distance, opening hours and ranking are computed by the
-/// caller from the candidates.
+/// The filters and order of a search. The store returns the matching ACTIVE (service,
+/// location) pairs in [`RankKey`] order, strictly after `after`, at most `limit`; opening
+/// hours are checked by the caller.
 #[derive(Debug, Clone, Default)]
 pub struct CandidateFilter {
     /// Free text; `None` means no text filter.
     pub text: Option<String>,
-    /// Latitude and longitude bounds, inclusive: `(min_lat, max_lat, min_lon, max_lon)`.
-    /// Candidates without coordinates are excluded when set.
+    /// The point distances are measured from (latitude, longitude), if any.
+    pub point: Option<(f64, f64)>,
+    /// Radius in meters around `point`; 0 means no radius. Candidates without coordinates
+    /// are excluded when set.
+    pub radius: f64,
+    /// Latitude and longitude bounds that contain the radius, inclusive:
+    /// `(min_lat, max_lat, min_lon, max_lon)`; set with `radius`.
     pub bounding_box: Option<(f64, f64, f64, f64)>,
     /// Taxonomy codes (each matches its descendants); empty means any.
     pub taxonomy_codes: Vec<String>,
@@ -58,37 +64,103 @@ pub struct CandidateFilter {
     pub languages: Vec<String>,
     /// Only locations whose live capacity has units available.
     pub accepting_only: bool,
-    /// Name-ordered keyset paging, used when neither text nor a point orders the results:
-    /// candidates strictly after `(name, service_id, location_id)`, at most `limit`.
-    pub keyset: Option<Keyset>,
-}
-
-/// A position in name order.
-#[derive(Debug, Clone, Default)]
-pub struct Keyset {
-    /// Start strictly after this `(name, service_id, location_id)`.
-    pub after: Option<(String, String, String)>,
+    /// Start strictly after this key.
+    pub after: Option<RankKey>,
     /// At most this many candidates.
     pub limit: i64,
 }
 
-/// One (service, location) pair that passed the SQL-side filters.
+/// The ranking key of a candidate, ascending = best first: relevance (negated), distance,
+/// name (only when ordering by name matters: no text), service id, location id. Strings
+/// compare bytewise.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RankKey {
+    /// Negated relevance in [-1, 0]: -score/(score+1) with text, -1 without.
+    #[serde(with = "exact")]
+    pub r: f64,
+    /// Distance in meters from the search's point (0 without a point or coordinates).
+    #[serde(with = "exact")]
+    pub d: f64,
+    /// The service's name without text, empty with text.
+    pub n: String,
+    /// Service id.
+    pub s: String,
+    /// Location id (empty for a service without locations).
+    pub l: String,
+}
+
+impl RankKey {
+    /// The key of a candidate with raw text score `score` (>= 0) at `to`.
+    #[must_use]
+    pub fn of(
+        filter: &CandidateFilter,
+        score: f64,
+        to: Option<(f64, f64)>,
+        name: String,
+        s: String,
+        l: String,
+    ) -> Self {
+        let score = score.max(0.0);
+        Self {
+            r: if filter.text.is_some() {
+                -(score / (score + 1.0))
+            } else {
+                -1.0
+            },
+            d: match (filter.point, to) {
+                (Some(from), Some(to)) => crate::handler::distance_meters(from, to),
+                _ => 0.0,
+            },
+            n: if filter.text.is_some() {
+                String::new()
+            } else {
+                name
+            },
+            s,
+            l,
+        }
+    }
+
+    /// Total order of keys.
+    #[must_use]
+    pub fn rank_cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.r
+            .total_cmp(&other.r)
+            .then(self.d.total_cmp(&other.d))
+            .then_with(|| self.n.cmp(&other.n))
+            .then_with(|| self.s.cmp(&other.s))
+            .then_with(|| self.l.cmp(&other.l))
+    }
+}
+
+/// A float in a page token as its IEEE 754 bits: `serde_json` without its
+/// `float_roundtrip` feature parses about half of all doubles one unit off, and a cursor one
+/// unit off repeats or skips the result at a page boundary.
+mod exact {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[allow(clippy::trivially_copy_pass_by_ref)]
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        u64::deserialize(deserializer).map(f64::from_bits)
+    }
+}
+
+/// One (service, location) pair that passed the filters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
-    /// The service.
-    pub service_id: String,
-    /// The location; empty for a service without locations.
-    pub location_id: String,
-    /// The service's name.
-    pub name: String,
-    /// The location's coordinates, when known.
-    pub point: Option<(f64, f64)>,
-    /// Raw text score, >= 0 (higher is better); 0 without a text filter.
-    pub score: f64,
+    /// Its ranking key (service and location ids included).
+    pub key: RankKey,
+    /// The location's opening hours, when the backend keeps them with the search data
+    /// (`None`: ask [`DirectoryStore::hours`]).
+    pub hours: Option<LocationHours>,
 }
 
 /// The opening hours of one service at one location.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LocationHours {
     /// The location's IANA time zone.
     pub time_zone: String,
@@ -222,6 +294,11 @@ pub enum Row {
 pub trait WriteSession: Send {
     /// Writes one row (insert or update by its id).
     fn apply(&mut self, row: &Row) -> impl Future<Output = StoreResult<Applied>> + Send;
+    /// Writes rows in order, as many `apply` calls would, in fewer statements; the result of
+    /// each row. Rows of different kinds must not depend on each other (rows of one HSDS
+    /// file do not).
+    fn apply_all(&mut self, rows: &[Row])
+    -> impl Future<Output = StoreResult<Vec<Applied>>> + Send;
     /// Rebuilds the full-text index of every service.
     fn refresh_all_search(&mut self) -> impl Future<Output = StoreResult<()>> + Send;
     /// Commits.
@@ -259,7 +336,7 @@ pub trait DirectoryStore: Clone + Send + Sync + 'static {
         ids: &[String],
     ) -> impl Future<Output = StoreResult<Vec<Service>>> + Send;
 
-    /// ACTIVE (service, location) pairs passing `filter`.
+    /// ACTIVE (service, location) pairs passing `filter`, best first (see [`CandidateFilter`]).
     fn search_candidates(
         &self,
         filter: &CandidateFilter,
@@ -340,4 +417,35 @@ pub fn transition(
         next.update_time = Some(crate::micros_to_timestamp(now));
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RankKey;
+
+    /// A page token carries the last key; it must come back bit for bit, or the next page
+    /// repeats or skips the result at the boundary.
+    #[test]
+    fn rank_keys_round_trip_exactly() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut off = 0;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            #[allow(clippy::cast_precision_loss)]
+            let d = (x >> 11) as f64 / (1u64 << 53) as f64 * 5000.0;
+            let key = RankKey {
+                r: -d / (d + 1.0),
+                d,
+                ..RankKey::default()
+            };
+            let json = serde_json::to_vec(&key).expect("a key serializes");
+            let back: RankKey = serde_json::from_slice(&json).expect("a key parses");
+            if back.d.to_bits() != d.to_bits() || back.r.to_bits() != key.r.to_bits() {
+                off += 1;
+            }
+        }
+        assert_eq!(off, 0);
+    }
 }

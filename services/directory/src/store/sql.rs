@@ -15,8 +15,8 @@ use relay_proto::directory::{
 use sqlx::{QueryBuilder, Row as _};
 
 use super::{
-    Applied, Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, ReferralFilter, Row,
-    StoreResult, StoredRequest, WriteSession, transition,
+    Applied, Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey,
+    ReferralFilter, Row, StoreResult, StoredRequest, WriteSession, transition,
 };
 use crate::{error::DirectoryError, micros_to_timestamp, timestamp_to_micros};
 
@@ -27,6 +27,91 @@ fn fts5_expression(text: &str) -> String {
         .map(|word| format!("\"{word}\""))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A schedule as the PostgreSQL backend aggregates it to JSON: `[freq, interval, byday,
+/// bymonthday, opens_at, closes_at, valid_from, valid_to, dtstart, description]`.
+type ScheduleJson = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+/// The SQL (PostgreSQL) of the JSON array of the schedules that apply to service `service`
+/// at location `location` (two SQL expressions), ordered as stored; NULL when none.
+fn schedules_json(service: &str, location: &str) -> String {
+    format!(
+        "(SELECT json_agg(json_build_array(sc.freq, sc.\"interval\", sc.byday, sc.bymonthday, sc.opens_at, \
+         sc.closes_at, sc.valid_from, sc.valid_to, sc.dtstart, sc.description) ORDER BY sc.position, sc.id) \
+         FROM schedules sc WHERE (sc.service_id = {service} AND (sc.location_id = {location} OR sc.location_id IS NULL)) \
+         OR (sc.service_id IS NULL AND sc.location_id = {location}))"
+    )
+}
+
+/// The SQL (PostgreSQL) of a service's stored document, for service `service` (an SQL
+/// expression): the JSON array `[terms, languages, phones, locations]`, each a JSON array in
+/// the order GetService returns them, a location with the schedules that apply to it.
+fn lists_json(service: &str) -> String {
+    format!(
+        "json_build_array(\
+         COALESCE((SELECT json_agg(json_build_array(t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, '')) \
+         ORDER BY t.code, t.id) FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
+         WHERE st.service_id = {service}), '[]'::json), \
+         COALESCE((SELECT json_agg(lg.code ORDER BY lg.position, lg.code) FROM languages lg \
+         WHERE lg.service_id = {service}), '[]'::json), \
+         COALESCE((SELECT json_agg(json_build_array(p.number, p.extension, p.type, p.description) ORDER BY p.id) \
+         FROM phones p WHERE p.service_id = {service}), '[]'::json), \
+         COALESCE((SELECT json_agg(json_build_array(l.id, l.name, l.latitude, l.longitude, l.time_zone, l.attention, \
+         l.address_1, l.address_2, l.city, l.region, l.state_province, l.postal_code, l.country, l.has_address, \
+         COALESCE({}, '[]'::json)) ORDER BY sal.position, l.id) \
+         FROM service_at_location sal JOIN locations l ON l.id = sal.location_id WHERE sal.service_id = {service}), '[]'::json))::text",
+        schedules_json(service, "l.id")
+    )
+}
+
+fn schedule_of(json: ScheduleJson) -> Schedule {
+    let (
+        freq,
+        interval,
+        byday,
+        bymonthday,
+        opens_at,
+        closes_at,
+        valid_from,
+        valid_to,
+        dtstart,
+        description,
+    ) = json;
+    Schedule {
+        freq: i32::try_from(freq).unwrap_or(0),
+        interval: i32::try_from(interval).unwrap_or(0),
+        byday,
+        bymonthday,
+        opens_at,
+        closes_at,
+        valid_from,
+        valid_to,
+        dtstart,
+        description,
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(json: &str) -> StoreResult<T> {
+    serde_json::from_str(json).map_err(|e| DirectoryError::Corrupt(format!("stored JSON: {e}")))
+}
+
+fn decode_schedule_json(json: &str) -> StoreResult<Vec<Schedule>> {
+    Ok(decode_json::<Vec<ScheduleJson>>(json)?
+        .into_iter()
+        .map(schedule_of)
+        .collect())
 }
 
 /// Ids per statement when a list is bound (well below both databases' limits).
@@ -255,8 +340,319 @@ macro_rules! sql_store {
                 Ok(Applied::Stored)
             }
 
+            /// Writes `rows` as [`Self::apply_row`] would one by one, with one multi-row
+            /// statement per run of rows of one kind (and distinct ids); the result of each row,
+            /// in order. Rows of different kinds are written kind by kind, in the order each
+            /// kind first appears, so they must not depend on each other (the importer batches
+            /// rows of one file, whose kinds do not).
+            async fn apply_rows(conn: &mut $conn, rows: &[Row]) -> StoreResult<Vec<Applied>> {
+                let mut out = vec![Applied::Stored; rows.len()];
+                let mut kinds: Vec<(std::mem::Discriminant<Row>, Vec<usize>)> = Vec::new();
+                for (index, row) in rows.iter().enumerate() {
+                    let kind = std::mem::discriminant(row);
+                    match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                        Some((_, indexes)) => indexes.push(index),
+                        None => kinds.push((kind, vec![index])),
+                    }
+                }
+                for (_, indexes) in kinds {
+                    // A run ends before a row whose id was already in it: a multi-row upsert
+                    // may not touch a row twice, and the later row must win.
+                    let mut run: Vec<&Row> = Vec::new();
+                    let mut run_at: Vec<usize> = Vec::new();
+                    let mut seen = std::collections::HashSet::new();
+                    for index in indexes {
+                        let keys = row_keys(&rows[index]);
+                        if run.len() >= BATCH || keys.iter().any(|k| seen.contains(k)) {
+                            Self::apply_run(conn, &run, &run_at, &mut out).await?;
+                            run.clear();
+                            run_at.clear();
+                            seen.clear();
+                        }
+                        seen.extend(keys);
+                        run.push(&rows[index]);
+                        run_at.push(index);
+                    }
+                    Self::apply_run(conn, &run, &run_at, &mut out).await?;
+                }
+                Ok(out)
+            }
+
+            /// Runs `head`, the VALUES of `items` (bound by `bind`), then `tail`, and returns
+            /// the rows it returns, each as its columns joined by U+0001.
+            async fn values<'r, T>(
+                conn: &mut $conn,
+                head: &str,
+                items: impl IntoIterator<Item = T>,
+                bind: impl FnMut(sqlx::query_builder::Separated<'_, 'r, $db, &'static str>, T),
+                tail: &str,
+            ) -> StoreResult<std::collections::HashSet<String>> {
+                let mut qb = QueryBuilder::<'r, $db>::new(head);
+                qb.push(" FROM (");
+                qb.push_values(items, bind);
+                qb.push(") AS v ");
+                qb.push(tail);
+                let mut keys = std::collections::HashSet::new();
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let mut key = Vec::new();
+                    for column in 0..row.len() {
+                        key.push(row.try_get::<String, _>(column)?);
+                    }
+                    keys.insert(key.join("\u{1}"));
+                }
+                Ok(keys)
+            }
+
+            /// Writes a run of rows of one kind with distinct ids; sets `out[at[i]]` for the
+            /// rows that could not be stored.
+            #[allow(clippy::too_many_lines)]
+            async fn apply_run(conn: &mut $conn, run: &[&Row], at: &[usize], out: &mut [Applied]) -> StoreResult<()> {
+                let Some(first) = run.first() else {
+                    return Ok(());
+                };
+                let stored = match first {
+                    Row::Organization { .. } => Self::values(
+                        conn,
+                        "INSERT INTO organizations (id, name, description, url, email) \
+                         SELECT v.column1, v.column2, v.column3, v.column4, v.column5",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::Organization { id, name, description, url, email } = row {
+                            b.push_bind(id).push_bind(name).push_bind(description).push_bind(url).push_bind(email);
+                        },
+                        "WHERE TRUE ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, \
+                         url = excluded.url, email = excluded.email RETURNING id",
+                    ).await?,
+                    Row::Service(..) => Self::values(
+                        conn,
+                        "INSERT INTO services (id, organization_id, name, alternate_name, description, url, email, status, \
+                         eligibility_description, fees_description, application_process, alert, create_time, update_time) \
+                         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, \
+                         v.column9, v.column10, v.column11, v.column12, v.column13, v.column13",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::Service(service, update_time) = row {
+                            b.push_bind(&service.id)
+                                .push_bind(service.organization.as_ref().map_or("", |o| o.id.as_str()))
+                                .push_bind(&service.name).push_bind(&service.alternate_name)
+                                .push_bind(&service.description).push_bind(&service.url).push_bind(&service.email)
+                                .push_bind(i64::from(service.status)).push_bind(&service.eligibility_description)
+                                .push_bind(&service.fees_description).push_bind(&service.application_process)
+                                .push_bind(&service.alert).push_bind(*update_time);
+                        },
+                        "WHERE EXISTS (SELECT 1 FROM organizations WHERE id = v.column2) \
+                         ON CONFLICT (id) DO UPDATE SET organization_id = excluded.organization_id, name = excluded.name, \
+                         alternate_name = excluded.alternate_name, description = excluded.description, url = excluded.url, \
+                         email = excluded.email, status = excluded.status, eligibility_description = excluded.eligibility_description, \
+                         fees_description = excluded.fees_description, application_process = excluded.application_process, \
+                         alert = excluded.alert, update_time = excluded.update_time RETURNING id",
+                    ).await?,
+                    Row::TaxonomyTerm(_) => Self::values(
+                        conn,
+                        "INSERT INTO taxonomy_terms (id, code, name, taxonomy, parent_id) \
+                         SELECT v.column1, v.column2, v.column3, v.column4, v.column5",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::TaxonomyTerm(term) = row {
+                            b.push_bind(&term.id).push_bind(&term.code).push_bind(&term.name).push_bind(&term.taxonomy)
+                                .push_bind((!term.parent_id.is_empty()).then_some(term.parent_id.as_str()));
+                        },
+                        "WHERE TRUE ON CONFLICT (id) DO UPDATE SET code = excluded.code, name = excluded.name, \
+                         taxonomy = excluded.taxonomy, parent_id = excluded.parent_id RETURNING id",
+                    ).await?,
+                    Row::ServiceTaxonomy { .. } => Self::values(
+                        conn,
+                        "INSERT INTO service_taxonomy (service_id, taxonomy_term_id) SELECT v.column1, v.column2",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::ServiceTaxonomy { service_id, term_id } = row {
+                            b.push_bind(service_id).push_bind(term_id);
+                        },
+                        "WHERE EXISTS (SELECT 1 FROM services WHERE id = v.column1) \
+                         AND EXISTS (SELECT 1 FROM taxonomy_terms WHERE id = v.column2) \
+                         ON CONFLICT (service_id, taxonomy_term_id) DO UPDATE SET service_id = excluded.service_id \
+                         RETURNING service_id, taxonomy_term_id",
+                    ).await?,
+                    Row::Language { .. } => Self::values(
+                        conn,
+                        "INSERT INTO languages (service_id, code, position) SELECT v.column1, v.column2, v.column3",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::Language { service_id, code, position } = row {
+                            b.push_bind(service_id).push_bind(code).push_bind(*position);
+                        },
+                        "WHERE EXISTS (SELECT 1 FROM services WHERE id = v.column1) \
+                         ON CONFLICT (service_id, code) DO UPDATE SET position = excluded.position RETURNING service_id, code",
+                    ).await?,
+                    Row::Phone { .. } => Self::values(
+                        conn,
+                        "INSERT INTO phones (id, service_id, number, extension, type, description) \
+                         SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::Phone { id, service_id, phone } = row {
+                            b.push_bind(id).push_bind(service_id).push_bind(&phone.number).push_bind(&phone.extension)
+                                .push_bind(&phone.r#type).push_bind(&phone.description);
+                        },
+                        "WHERE EXISTS (SELECT 1 FROM services WHERE id = v.column2) \
+                         ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, number = excluded.number, \
+                         extension = excluded.extension, type = excluded.type, description = excluded.description RETURNING id",
+                    ).await?,
+                    Row::Location { .. } => Self::values(
+                        conn,
+                        "INSERT INTO locations (id, name, latitude, longitude, time_zone) \
+                         SELECT v.column1, v.column2, v.column3, v.column4, v.column5",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::Location { id, name, point, time_zone } = row {
+                            b.push_bind(id).push_bind(name).push_bind(point.map(|p| p.0)).push_bind(point.map(|p| p.1))
+                                .push_bind(time_zone);
+                        },
+                        "WHERE TRUE ON CONFLICT (id) DO UPDATE SET name = excluded.name, latitude = excluded.latitude, \
+                         longitude = excluded.longitude, time_zone = excluded.time_zone RETURNING id",
+                    ).await?,
+                    Row::Address { .. } => Self::values(
+                        conn,
+                        "UPDATE locations SET attention = v.column2, address_1 = v.column3, address_2 = v.column4, \
+                         city = v.column5, region = v.column6, state_province = v.column7, postal_code = v.column8, \
+                         country = v.column9, has_address = 1",
+                        run.iter().copied(),
+                        |mut b, row| if let Row::Address { location_id, address } = row {
+                            b.push_bind(location_id).push_bind(&address.attention).push_bind(&address.address_1)
+                                .push_bind(&address.address_2).push_bind(&address.city).push_bind(&address.region)
+                                .push_bind(&address.state_province).push_bind(&address.postal_code).push_bind(&address.country);
+                        },
+                        "WHERE locations.id = v.column1 RETURNING id",
+                    ).await?,
+                    Row::LocationTimeZone { .. } => {
+                        Self::values(
+                            conn,
+                            "UPDATE locations SET time_zone = v.column2",
+                            run.iter().copied(),
+                            |mut b, row| if let Row::LocationTimeZone { location_id, time_zone } = row {
+                                b.push_bind(location_id).push_bind(time_zone);
+                            },
+                            "WHERE locations.id = v.column1",
+                        ).await?;
+                        // Like apply_row: a time zone for an unknown location is not an error.
+                        return Ok(());
+                    }
+                    Row::ServiceAtLocation { .. } => {
+                        // An id moving to another (service, location) leaves its old pair.
+                        Self::values(
+                            conn,
+                            "DELETE FROM service_at_location WHERE EXISTS (SELECT 1",
+                            run.iter().copied(),
+                            |mut b, row| if let Row::ServiceAtLocation { id, service_id, location_id, .. } = row {
+                                b.push_bind(id).push_bind(service_id).push_bind(location_id);
+                            },
+                            "WHERE v.column1 = service_at_location.id AND NOT (v.column2 = service_at_location.service_id \
+                             AND v.column3 = service_at_location.location_id))",
+                        ).await?;
+                        Self::values(
+                            conn,
+                            "INSERT INTO service_at_location (service_id, location_id, id, position) \
+                             SELECT v.column1, v.column2, v.column3, v.column4",
+                            run.iter().copied(),
+                            |mut b, row| if let Row::ServiceAtLocation { id, service_id, location_id, position } = row {
+                                b.push_bind(service_id).push_bind(location_id).push_bind(id).push_bind(*position);
+                            },
+                            "WHERE EXISTS (SELECT 1 FROM services WHERE id = v.column1) \
+                             AND EXISTS (SELECT 1 FROM locations WHERE id = v.column2) \
+                             ON CONFLICT (service_id, location_id) DO UPDATE SET id = excluded.id, position = excluded.position \
+                             RETURNING id",
+                        ).await?
+                    }
+                    Row::Schedule { .. } => return Self::apply_schedules(conn, run, at, out).await,
+                };
+                for (row, &index) in run.iter().zip(at) {
+                    if let Some(reason) = missing_reason(row, &stored) {
+                        out[index] = Applied::Missing(reason);
+                    }
+                }
+                Ok(())
+            }
+
+            /// [`Self::apply_run`] for schedules: resolves their service_at_location ids in one
+            /// query, then inserts them in one statement.
+            async fn apply_schedules(conn: &mut $conn, run: &[&Row], at: &[usize], out: &mut [Applied]) -> StoreResult<()> {
+                let sal_ids: Vec<String> = run
+                    .iter()
+                    .filter_map(|row| match row {
+                        Row::Schedule { service_at_location_id: Some(sal), .. } => Some(sal.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let mut pairs = HashMap::new();
+                if !sal_ids.is_empty() {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id, service_id, location_id FROM service_at_location WHERE id IN (");
+                    Self::push_in(&mut qb, &sal_ids);
+                    qb.push(")");
+                    for row in qb.build().fetch_all(&mut *conn).await? {
+                        pairs.insert(row.try_get::<String, _>(0)?, (row.try_get::<String, _>(1)?, row.try_get::<String, _>(2)?));
+                    }
+                }
+                // (index in out, id, service, location, position, schedule) of the rows to write.
+                let mut resolved = Vec::new();
+                for (row, &index) in run.iter().zip(at) {
+                    let Row::Schedule { id, service_id, location_id, service_at_location_id, position, schedule } = row else {
+                        continue;
+                    };
+                    let (mut service_id, mut location_id) = (service_id.clone(), location_id.clone());
+                    if let Some(sal) = service_at_location_id {
+                        match pairs.get(sal) {
+                            Some((s, l)) => {
+                                service_id = Some(s.clone());
+                                location_id = Some(l.clone());
+                            }
+                            None if service_id.is_none() && location_id.is_none() => {
+                                out[index] = Applied::Missing(format!("service_at_location `{sal}` does not exist"));
+                                continue;
+                            }
+                            None => {}
+                        }
+                    }
+                    if service_id.is_none() && location_id.is_none() {
+                        out[index] = Applied::Missing("the schedule names no service, location or service_at_location".into());
+                        continue;
+                    }
+                    resolved.push((index, id, service_id, location_id, *position, schedule));
+                }
+                if resolved.is_empty() {
+                    return Ok(());
+                }
+                let stored = Self::values(
+                    conn,
+                    "INSERT INTO schedules (id, service_id, location_id, position, freq, \"interval\", byday, bymonthday, \
+                     opens_at, closes_at, valid_from, valid_to, dtstart, description) \
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, \
+                     v.column9, v.column10, v.column11, v.column12, v.column13, v.column14",
+                    resolved.iter(),
+                    |mut b, (_, id, service_id, location_id, position, schedule)| {
+                        b.push_bind(id.as_str()).push_bind(service_id.clone()).push_bind(location_id.clone()).push_bind(*position)
+                            .push_bind(i64::from(schedule.freq)).push_bind(i64::from(schedule.interval))
+                            .push_bind(schedule.byday.as_str()).push_bind(schedule.bymonthday.as_str())
+                            .push_bind(schedule.opens_at.as_str()).push_bind(schedule.closes_at.as_str())
+                            .push_bind(schedule.valid_from.as_str()).push_bind(schedule.valid_to.as_str())
+                            .push_bind(schedule.dtstart.as_str()).push_bind(schedule.description.as_str());
+                    },
+                    "WHERE (v.column2 IS NULL OR EXISTS (SELECT 1 FROM services WHERE id = v.column2)) \
+                     AND (v.column3 IS NULL OR EXISTS (SELECT 1 FROM locations WHERE id = v.column3)) \
+                     ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, location_id = excluded.location_id, \
+                     position = excluded.position, freq = excluded.freq, \"interval\" = excluded.\"interval\", \
+                     byday = excluded.byday, bymonthday = excluded.bymonthday, opens_at = excluded.opens_at, \
+                     closes_at = excluded.closes_at, valid_from = excluded.valid_from, valid_to = excluded.valid_to, \
+                     dtstart = excluded.dtstart, description = excluded.description RETURNING id",
+                )
+                .await?;
+                for (index, id, service_id, location_id, ..) in resolved {
+                    if !stored.contains(id.as_str()) {
+                        out[index] = Applied::Missing(format!(
+                            "service `{}` or location `{}` does not exist",
+                            service_id.unwrap_or_default(),
+                            location_id.unwrap_or_default()
+                        ));
+                    }
+                }
+                Ok(())
+            }
+
             /// Recomputes search text for the services matched by `condition` (a WHERE clause
-            /// on `services` with `$1`, `$2` bound to `a`, `b`), and their full-text entries.
+            /// on `services` with `$1`, `$2` bound to `a`, `b`), and their full-text entries
+            /// (SQLite) or search rows (PostgreSQL).
             async fn refresh_search(conn: &mut $conn, condition: &str, a: &str, b: &str) -> StoreResult<()> {
                 let text = if Self::PG {
                     "concat_ws(' ', name, alternate_name, description, \
@@ -271,7 +667,35 @@ macro_rules! sql_store {
                 };
                 let update = format!("UPDATE services SET search_text = {text} WHERE {condition}");
                 sqlx::query(&update).bind(a).bind(b).execute(&mut *conn).await?;
-                if !Self::PG {
+                if Self::PG {
+                    // Rows are written in cells of 0.02 degrees (about 2 km), so that the rows
+                    // of a radius search lie in few pages after an import.
+                    let delete = format!("DELETE FROM search_rows WHERE service_id IN (SELECT id FROM services WHERE {condition})");
+                    sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
+                    let insert = format!(
+                        "INSERT INTO search_rows (service_id, location_id, name, latitude, longitude, time_zone, search_vector, \
+                         term_ids, languages, schedules) \
+                         SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, COALESCE(l.time_zone, ''), \
+                         s.search_vector, ARRAY(SELECT st.taxonomy_term_id FROM service_taxonomy st WHERE st.service_id = s.id), \
+                         ARRAY(SELECT DISTINCT array_to_string((string_to_array(lg.code, '-'))[1:n], '-') \
+                         FROM languages lg, generate_series(1, cardinality(string_to_array(lg.code, '-'))) AS n \
+                         WHERE lg.service_id = s.id), COALESCE({}::text, '[]') \
+                         FROM services s LEFT JOIN service_at_location sal ON sal.service_id = s.id \
+                         LEFT JOIN locations l ON l.id = sal.location_id \
+                         WHERE s.status = 1 AND s.id IN (SELECT id FROM services WHERE {condition}) \
+                         ORDER BY floor(l.latitude * 50), floor(l.longitude * 50)",
+                        schedules_json("s.id", "sal.location_id")
+                    );
+                    sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
+                    let delete = format!("DELETE FROM service_documents WHERE service_id IN (SELECT id FROM services WHERE {condition})");
+                    sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
+                    let insert = format!(
+                        "INSERT INTO service_documents (service_id, lists) SELECT s.id, {} FROM services s \
+                         WHERE s.id IN (SELECT id FROM services WHERE {condition})",
+                        lists_json("s.id")
+                    );
+                    sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
+                } else {
                     let delete = format!("DELETE FROM services_fts WHERE service_id IN (SELECT id FROM services WHERE {condition})");
                     sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
                     let insert = format!("INSERT INTO services_fts (service_id, body) SELECT id, search_text FROM services WHERE {condition}");
@@ -283,9 +707,108 @@ macro_rules! sql_store {
             async fn load_services(conn: &mut $conn, ids: &[String]) -> StoreResult<Vec<Service>> {
                 let mut by_id: HashMap<String, Service> = HashMap::new();
                 for chunk in ids.chunks(CHUNK) {
-                    Self::load_chunk(conn, chunk, &mut by_id).await?;
+                    if Self::PG {
+                        Self::load_chunk_json(conn, chunk, &mut by_id).await?;
+                    } else {
+                        Self::load_chunk(conn, chunk, &mut by_id).await?;
+                    }
                 }
                 Ok(ids.iter().filter_map(|id| by_id.get(id).cloned()).collect())
+            }
+
+            /// Loads services (PostgreSQL) in one statement: each row carries its stored
+            /// document (terms, languages, phones, locations with schedules; see
+            /// [`lists_json`]) and its live capacity as JSON.
+            async fn load_chunk_json(conn: &mut $conn, ids: &[String], out: &mut HashMap<String, Service>) -> StoreResult<()> {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT s.id, s.organization_id, COALESCE(o.name, ''), COALESCE(o.description, ''), COALESCE(o.url, ''), \
+                     COALESCE(o.email, ''), s.name, s.alternate_name, s.description, s.url, s.email, s.status, \
+                     s.eligibility_description, s.fees_description, s.application_process, s.alert, s.create_time, s.update_time, \
+                     COALESCE(d.lists, '[[], [], [], []]'), \
+                     COALESCE((SELECT json_agg(json_build_array(c.location_id, c.available, c.total, c.as_of_time)) \
+                     FROM capacity c WHERE c.service_id = s.id)::text, '[]') \
+                     FROM services s LEFT JOIN organizations o ON o.id = s.organization_id \
+                     LEFT JOIN service_documents d ON d.service_id = s.id WHERE s.id IN (",
+                );
+                Self::push_in(&mut qb, ids);
+                qb.push(")");
+                type LocationJson = (
+                    String, String, Option<f64>, Option<f64>, String, String, String, String, String, String, String,
+                    String, String, i64, Vec<ScheduleJson>,
+                );
+                type Lists = (Vec<(String, String, String, String, String)>, Vec<String>, Vec<(String, String, String, String)>, Vec<LocationJson>);
+                for row in qb.build().fetch_all(&mut *conn).await? {
+                    let mut service = Self::decode_service(&row)?;
+                    let (terms, languages, phones, locations): Lists = decode_json(&row.try_get::<String, _>(18)?)?;
+                    let capacity: Vec<(String, i64, i64, i64)> = decode_json(&row.try_get::<String, _>(19)?)?;
+                    service.taxonomy_terms = terms
+                        .into_iter()
+                        .map(|(id, code, name, taxonomy, parent_id)| TaxonomyTerm { id, code, name, taxonomy, parent_id })
+                        .collect();
+                    service.languages = languages;
+                    service.phones = phones
+                        .into_iter()
+                        .map(|(number, extension, r#type, description)| Phone { number, extension, r#type, description })
+                        .collect();
+                    service.locations = locations
+                        .into_iter()
+                        .map(|l| {
+                            let location_id = l.0;
+                            ServiceLocation {
+                                location_id: location_id.clone(),
+                                name: l.1,
+                                point: l.2.zip(l.3).map(|(latitude, longitude)| GeoPoint { latitude, longitude }),
+                                time_zone: l.4,
+                                address: (l.13 != 0).then(|| Address {
+                                    attention: l.5,
+                                    address_1: l.6,
+                                    address_2: l.7,
+                                    city: l.8,
+                                    region: l.9,
+                                    state_province: l.10,
+                                    postal_code: l.11,
+                                    country: l.12,
+                                }),
+                                capacity: capacity.iter().find(|c| c.0 == location_id).map(|&(_, available, total, as_of)| Capacity {
+                                    available: i32::try_from(available).unwrap_or(i32::MAX),
+                                    total: i32::try_from(total).unwrap_or(i32::MAX),
+                                    as_of_time: Some(micros_to_timestamp(as_of)),
+                                }),
+                                schedules: l.14.into_iter().map(schedule_of).collect(),
+                            }
+                        })
+                        .collect();
+                    out.insert(service.id.clone(), service);
+                }
+                Ok(())
+            }
+
+            /// The service columns (0 to 17) of a load query, without its lists.
+            fn decode_service(row: &<$db as sqlx::Database>::Row) -> StoreResult<Service> {
+                let status: i64 = row.try_get(11)?;
+                Ok(Service {
+                    id: row.try_get(0)?,
+                    organization: Some(Organization {
+                        id: row.try_get(1)?,
+                        name: row.try_get(2)?,
+                        description: row.try_get(3)?,
+                        url: row.try_get(4)?,
+                        email: row.try_get(5)?,
+                    }),
+                    name: row.try_get(6)?,
+                    alternate_name: row.try_get(7)?,
+                    description: row.try_get(8)?,
+                    url: row.try_get(9)?,
+                    email: row.try_get(10)?,
+                    status: i32::try_from(status).unwrap_or(0),
+                    eligibility_description: row.try_get(12)?,
+                    fees_description: row.try_get(13)?,
+                    application_process: row.try_get(14)?,
+                    alert: row.try_get(15)?,
+                    create_time: Some(micros_to_timestamp(row.try_get(16)?)),
+                    update_time: Some(micros_to_timestamp(row.try_get(17)?)),
+                    ..Service::default()
+                })
             }
 
             #[allow(clippy::too_many_lines)]
@@ -299,32 +822,8 @@ macro_rules! sql_store {
                 Self::push_in(&mut qb, ids);
                 qb.push(")");
                 for row in qb.build().fetch_all(&mut *conn).await? {
-                    let id: String = row.try_get(0)?;
-                    let status: i64 = row.try_get(11)?;
-                    let service = Service {
-                        id: id.clone(),
-                        organization: Some(Organization {
-                            id: row.try_get(1)?,
-                            name: row.try_get(2)?,
-                            description: row.try_get(3)?,
-                            url: row.try_get(4)?,
-                            email: row.try_get(5)?,
-                        }),
-                        name: row.try_get(6)?,
-                        alternate_name: row.try_get(7)?,
-                        description: row.try_get(8)?,
-                        url: row.try_get(9)?,
-                        email: row.try_get(10)?,
-                        status: i32::try_from(status).unwrap_or(0),
-                        eligibility_description: row.try_get(12)?,
-                        fees_description: row.try_get(13)?,
-                        application_process: row.try_get(14)?,
-                        alert: row.try_get(15)?,
-                        create_time: Some(micros_to_timestamp(row.try_get(16)?)),
-                        update_time: Some(micros_to_timestamp(row.try_get(17)?)),
-                        ..Service::default()
-                    };
-                    out.insert(id, service);
+                    let service = Self::decode_service(&row)?;
+                    out.insert(service.id.clone(), service);
                 }
                 let mut qb = QueryBuilder::<$db>::new(
                     "SELECT st.service_id, t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, '') \
@@ -441,6 +940,210 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// A query that starts with `terms(id)`, the ids of the terms with the filter's
+            /// taxonomy codes and of their descendants, when it has codes.
+            fn with_terms(filter: &CandidateFilter) -> QueryBuilder<'_, $db> {
+                let mut qb = QueryBuilder::<$db>::new("");
+                if !filter.taxonomy_codes.is_empty() {
+                    qb.push("WITH RECURSIVE terms(id) AS (SELECT id FROM taxonomy_terms WHERE code IN (");
+                    Self::push_in(&mut qb, &filter.taxonomy_codes);
+                    qb.push(") UNION SELECT c.id FROM taxonomy_terms c JOIN terms ON c.parent_id = terms.id) ");
+                }
+                qb
+            }
+
+            /// The candidates of `filter` by joining the normalized tables, ranked here: the
+            /// SQLite backend's search (`relay dev`, small directories).
+            async fn scanned_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
+                let mut qb = Self::with_terms(filter);
+                qb.push("SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, ");
+                if let Some(text) = &filter.text {
+                    qb.push("f.score FROM (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
+                    qb.push_bind(fts5_expression(text));
+                    qb.push(") f JOIN services s ON s.id = f.service_id ");
+                } else {
+                    qb.push("0.0 FROM services s ");
+                }
+                qb.push("LEFT JOIN service_at_location sal ON sal.service_id = s.id LEFT JOIN locations l ON l.id = sal.location_id WHERE s.status = 1 ");
+                if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
+                    qb.push("AND l.latitude BETWEEN ");
+                    qb.push_bind(min_lat);
+                    qb.push(" AND ");
+                    qb.push_bind(max_lat);
+                    qb.push(" AND l.longitude BETWEEN ");
+                    qb.push_bind(min_lon);
+                    qb.push(" AND ");
+                    qb.push_bind(max_lon);
+                    qb.push(" ");
+                }
+                if !filter.taxonomy_codes.is_empty() {
+                    qb.push("AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN terms ON terms.id = st.taxonomy_term_id WHERE st.service_id = s.id) ");
+                }
+                if !filter.languages.is_empty() {
+                    qb.push("AND EXISTS (SELECT 1 FROM languages lg WHERE lg.service_id = s.id AND (");
+                    for (index, language) in filter.languages.iter().enumerate() {
+                        if index > 0 {
+                            qb.push(" OR ");
+                        }
+                        qb.push("lg.code = ");
+                        qb.push_bind(language.as_str());
+                        qb.push(" OR lg.code LIKE ");
+                        qb.push_bind(format!("{language}-%"));
+                    }
+                    qb.push(")) ");
+                }
+                if filter.accepting_only {
+                    qb.push("AND EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = s.id AND c.location_id = sal.location_id AND c.available > 0) ");
+                }
+                if filter.text.is_none() && filter.point.is_none() {
+                    // Name order: page in SQL.
+                    if let Some(RankKey { n: name, s: sid, l: lid, .. }) = &filter.after {
+                        qb.push("AND (s.name, s.id, COALESCE(sal.location_id, '')) > (");
+                        qb.push_bind(name.as_str());
+                        qb.push(", ");
+                        qb.push_bind(sid.as_str());
+                        qb.push(", ");
+                        qb.push_bind(lid.as_str());
+                        qb.push(") ");
+                    }
+                    qb.push("ORDER BY s.name, s.id, COALESCE(sal.location_id, '') LIMIT ");
+                    qb.push_bind(filter.limit);
+                }
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut candidates = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let latitude: Option<f64> = row.try_get(3)?;
+                    let longitude: Option<f64> = row.try_get(4)?;
+                    let point = latitude.zip(longitude);
+                    let key = RankKey::of(filter, row.try_get(5)?, point, row.try_get(2)?, row.try_get(0)?, row.try_get(1)?);
+                    if filter.radius > 0.0 && (point.is_none() || key.d > filter.radius) {
+                        continue;
+                    }
+                    if filter.after.as_ref().is_some_and(|after| key.rank_cmp(after).is_le()) {
+                        continue;
+                    }
+                    candidates.push(Candidate { key, hours: None });
+                }
+                candidates.sort_by(|a, b| a.key.rank_cmp(&b.key));
+                candidates.truncate(usize::try_from(filter.limit).unwrap_or(0));
+                Ok(candidates)
+            }
+
+            /// The candidates of `filter` from `search_rows` (PostgreSQL), filtered, ranked,
+            /// paged and limited in one statement; the key's relevance and distance are
+            /// computed in SQL with the same arithmetic as [`RankKey::of`].
+            #[allow(clippy::too_many_lines)]
+            async fn ranked_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
+                let mut qb = Self::with_terms(filter);
+                qb.push("SELECT service_id, location_id, name, time_zone, schedules, rk, d FROM (SELECT r.service_id, r.location_id, r.name, r.time_zone, r.schedules, ");
+                if filter.text.is_some() {
+                    // -(score / (score + 1)) with score = max(ts_rank_cd, 0), as RankKey::of.
+                    qb.push("-(GREATEST(ts_rank_cd(r.search_vector, q, 32)::float8, 0.0::float8) / (GREATEST(ts_rank_cd(r.search_vector, q, 32)::float8, 0.0::float8) + 1.0::float8)) AS rk, ");
+                } else {
+                    qb.push("-1.0::float8 AS rk, ");
+                }
+                if let Some((latitude, longitude)) = filter.point {
+                    // Haversine, operation for operation as crate::handler::distance_meters.
+                    let k = std::f64::consts::PI / 180.0;
+                    let lat1 = latitude.to_radians();
+                    let lon1 = longitude.to_radians();
+                    qb.push("COALESCE(");
+                    qb.push_bind(2.0 * crate::handler::EARTH_RADIUS_METERS);
+                    qb.push(" * asin(LEAST(sqrt(h.a * h.a + ");
+                    qb.push_bind(lat1.cos());
+                    qb.push(" * h.c * (h.b * h.b)), 1.0::float8)), 0.0::float8) AS d ");
+                    qb.push("FROM search_rows r CROSS JOIN LATERAL (SELECT sin((r.latitude * ");
+                    qb.push_bind(k);
+                    qb.push(" - ");
+                    qb.push_bind(lat1);
+                    qb.push(") / 2.0::float8) AS a, sin((r.longitude * ");
+                    qb.push_bind(k);
+                    qb.push(" - ");
+                    qb.push_bind(lon1);
+                    qb.push(") / 2.0::float8) AS b, cos(r.latitude * ");
+                    qb.push_bind(k);
+                    qb.push(") AS c) AS h ");
+                } else {
+                    qb.push("0.0::float8 AS d FROM search_rows r ");
+                }
+                if let Some(text) = &filter.text {
+                    qb.push("CROSS JOIN websearch_to_tsquery('english', ");
+                    qb.push_bind(text.as_str());
+                    qb.push(") AS q WHERE r.search_vector @@ q ");
+                } else {
+                    qb.push("WHERE TRUE ");
+                }
+                if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
+                    // Matches the GiST expression index search_rows_point.
+                    qb.push("AND point(r.longitude, r.latitude) <@ box(point(");
+                    qb.push_bind(min_lon);
+                    qb.push(", ");
+                    qb.push_bind(min_lat);
+                    qb.push("), point(");
+                    qb.push_bind(max_lon);
+                    qb.push(", ");
+                    qb.push_bind(max_lat);
+                    qb.push(")) ");
+                }
+                if !filter.taxonomy_codes.is_empty() {
+                    qb.push("AND r.term_ids && ARRAY(SELECT id FROM terms) ");
+                }
+                if !filter.languages.is_empty() {
+                    qb.push("AND r.languages && ARRAY[");
+                    Self::push_in(&mut qb, &filter.languages);
+                    qb.push("]::text[] ");
+                }
+                if filter.accepting_only {
+                    qb.push("AND EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = r.service_id AND c.location_id = r.location_id AND c.available > 0) ");
+                }
+                qb.push(") AS c WHERE TRUE ");
+                if filter.radius > 0.0 {
+                    qb.push("AND d <= ");
+                    qb.push_bind(filter.radius);
+                    qb.push(" ");
+                }
+                // Name order (no text, no point) is the key order of the name index.
+                let ranked = filter.text.is_some() || filter.point.is_some();
+                let name = if filter.text.is_none() { "name COLLATE \"C\", " } else { "" };
+                let order = format!("{}{name}service_id COLLATE \"C\", location_id COLLATE \"C\"", if ranked { "rk, d, " } else { "" });
+                if let Some(after) = &filter.after {
+                    qb.push(format!("AND ({order}) > ("));
+                    let mut key = qb.separated(", ");
+                    if ranked {
+                        key.push_bind(after.r);
+                        key.push_bind(after.d);
+                    }
+                    if filter.text.is_none() {
+                        key.push_bind(after.n.as_str());
+                    }
+                    key.push_bind(after.s.as_str());
+                    key.push_bind(after.l.as_str());
+                    qb.push(") ");
+                }
+                qb.push(format!("ORDER BY {order} LIMIT "));
+                qb.push_bind(filter.limit);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let name: String = row.try_get(2)?;
+                        let schedules: String = row.try_get(4)?;
+                        Ok(Candidate {
+                            key: RankKey {
+                                r: row.try_get(5)?,
+                                d: row.try_get(6)?,
+                                n: if filter.text.is_none() { name } else { String::new() },
+                                s: row.try_get(0)?,
+                                l: row.try_get(1)?,
+                            },
+                            hours: Some(LocationHours {
+                                time_zone: row.try_get(3)?,
+                                schedules: decode_schedule_json(&schedules)?,
+                            }),
+                        })
+                    })
+                    .collect()
+            }
+
             const SCHEDULE_COLUMNS: &'static str =
                 "SELECT service_id, location_id, freq, \"interval\", byday, bymonthday, opens_at, closes_at, valid_from, \
                  valid_to, dtstart, description FROM schedules";
@@ -531,6 +1234,10 @@ macro_rules! sql_store {
                 $store::apply_row(&mut self.tx, row).await
             }
 
+            async fn apply_all(&mut self, rows: &[Row]) -> StoreResult<Vec<Applied>> {
+                $store::apply_rows(&mut self.tx, rows).await
+            }
+
             async fn refresh_all_search(&mut self) -> StoreResult<()> {
                 $store::refresh_search(&mut self.tx, "($1 = $2)", "", "").await
             }
@@ -575,6 +1282,21 @@ macro_rules! sql_store {
                     .fetch_optional(&mut *tx)
                     .await?
                     .is_none();
+                // Whether a term it names differs from the stored one: only then are the other
+                // services with that term (a seventh of a generated directory) refreshed.
+                let mut terms_changed = false;
+                for term in &service.taxonomy_terms {
+                    let stored = sqlx::query("SELECT code, name, taxonomy, COALESCE(parent_id, '') FROM taxonomy_terms WHERE id = $1")
+                        .bind(&term.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(row) = stored {
+                        let (code, name, taxonomy, parent): (String, String, String, String) =
+                            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                        terms_changed |= (code, name, taxonomy, parent)
+                            != (term.code.clone(), term.name.clone(), term.taxonomy.clone(), term.parent_id.clone());
+                    }
+                }
                 for table in ["service_taxonomy", "languages", "phones", "schedules", "service_at_location"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE service_id = $1"))
                         .bind(&service.id)
@@ -594,14 +1316,19 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?;
                 let organization_id = service.organization.as_ref().map(|o| o.id.clone()).unwrap_or_default();
-                Self::refresh_search(
-                    &mut tx,
-                    "id = $1 OR organization_id = $2 OR id IN (SELECT b.service_id FROM service_taxonomy a \
-                     JOIN service_taxonomy b ON b.taxonomy_term_id = a.taxonomy_term_id WHERE a.service_id = $1)",
-                    &service.id,
-                    &organization_id,
-                )
-                .await?;
+                // Its organization, its locations (coordinates, time zone) and its terms (when
+                // changed) are part of other services' search data and documents too.
+                let sharing_terms = if terms_changed {
+                    " OR id IN (SELECT b.service_id FROM service_taxonomy a \
+                     JOIN service_taxonomy b ON b.taxonomy_term_id = a.taxonomy_term_id WHERE a.service_id = $1)"
+                } else {
+                    ""
+                };
+                let condition = format!(
+                    "id = $1 OR organization_id = $2 OR id IN (SELECT b.service_id FROM service_at_location a \
+                     JOIN service_at_location b ON b.location_id = a.location_id WHERE a.service_id = $1){sharing_terms}"
+                );
+                Self::refresh_search(&mut tx, &condition, &service.id, &organization_id).await?;
                 let stored = Self::load_services(&mut tx, std::slice::from_ref(&service.id))
                     .await?
                     .pop()
@@ -618,105 +1345,11 @@ macro_rules! sql_store {
             }
 
             async fn search_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
-                let fts = filter.text.as_deref().map(fts5_expression);
-                let mut qb = QueryBuilder::<$db>::new("");
-                if !filter.taxonomy_codes.is_empty() {
-                    qb.push("WITH RECURSIVE terms(id) AS (SELECT id FROM taxonomy_terms WHERE code IN (");
-                    Self::push_in(&mut qb, &filter.taxonomy_codes);
-                    qb.push(") UNION SELECT c.id FROM taxonomy_terms c JOIN terms ON c.parent_id = terms.id) ");
+                if Self::PG {
+                    self.ranked_candidates(filter).await
+                } else {
+                    self.scanned_candidates(filter).await
                 }
-                qb.push("SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, ");
-                match (&filter.text, &fts) {
-                    (Some(text), _) if Self::PG => {
-                        qb.push("ts_rank_cd(s.search_vector, q, 32)::float8 FROM services s CROSS JOIN websearch_to_tsquery('english', ");
-                        qb.push_bind(text.as_str());
-                        qb.push(") AS q ");
-                    }
-                    (Some(_), Some(fts)) => {
-                        qb.push("f.score FROM (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
-                        qb.push_bind(fts.as_str());
-                        qb.push(") f JOIN services s ON s.id = f.service_id ");
-                    }
-                    _ => {
-                        qb.push(if Self::PG { "0.0::float8 FROM services s " } else { "0.0 FROM services s " });
-                    }
-                }
-                qb.push("LEFT JOIN service_at_location sal ON sal.service_id = s.id LEFT JOIN locations l ON l.id = sal.location_id WHERE s.status = 1 ");
-                if Self::PG && filter.text.is_some() {
-                    qb.push("AND s.search_vector @@ q ");
-                }
-                if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box
-                    && Self::PG
-                {
-                    // Matches the GiST expression index of migration 0002.
-                    qb.push("AND point(l.longitude, l.latitude) <@ box(point(");
-                    qb.push_bind(min_lon);
-                    qb.push(", ");
-                    qb.push_bind(min_lat);
-                    qb.push("), point(");
-                    qb.push_bind(max_lon);
-                    qb.push(", ");
-                    qb.push_bind(max_lat);
-                    qb.push(")) ");
-                } else if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
-                    qb.push("AND l.latitude BETWEEN ");
-                    qb.push_bind(min_lat);
-                    qb.push(" AND ");
-                    qb.push_bind(max_lat);
-                    qb.push(" AND l.longitude BETWEEN ");
-                    qb.push_bind(min_lon);
-                    qb.push(" AND ");
-                    qb.push_bind(max_lon);
-                    qb.push(" ");
-                }
-                if !filter.taxonomy_codes.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN terms ON terms.id = st.taxonomy_term_id WHERE st.service_id = s.id) ");
-                }
-                if !filter.languages.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM languages lg WHERE lg.service_id = s.id AND (");
-                    for (index, language) in filter.languages.iter().enumerate() {
-                        if index > 0 {
-                            qb.push(" OR ");
-                        }
-                        qb.push("lg.code = ");
-                        qb.push_bind(language.as_str());
-                        qb.push(" OR lg.code LIKE ");
-                        qb.push_bind(format!("{language}-%"));
-                    }
-                    qb.push(")) ");
-                }
-                if filter.accepting_only {
-                    qb.push("AND EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = s.id AND c.location_id = sal.location_id AND c.available > 0) ");
-                }
-                if let Some(keyset) = &filter.keyset {
-                    let collate = if Self::PG { " COLLATE \"C\"" } else { "" };
-                    if let Some((name, sid, lid)) = &keyset.after {
-                        qb.push(format!("AND (s.name{collate}, s.id{collate}, COALESCE(sal.location_id, ''){collate}) > ("));
-                        qb.push_bind(name.as_str());
-                        qb.push(", ");
-                        qb.push_bind(sid.as_str());
-                        qb.push(", ");
-                        qb.push_bind(lid.as_str());
-                        qb.push(") ");
-                    }
-                    qb.push(format!("ORDER BY s.name{collate}, s.id{collate}, COALESCE(sal.location_id, ''){collate} LIMIT "));
-                    qb.push_bind(keyset.limit);
-                }
-                let rows = qb.build().fetch_all(&self.pool).await?;
-                rows.iter()
-                    .map(|row| {
-                        let latitude: Option<f64> = row.try_get(3)?;
-                        let longitude: Option<f64> = row.try_get(4)?;
-                        let score: f64 = row.try_get(5)?;
-                        Ok(Candidate {
-                            service_id: row.try_get(0)?,
-                            location_id: row.try_get(1)?,
-                            name: row.try_get(2)?,
-                            point: latitude.zip(longitude),
-                            score: score.max(0.0),
-                        })
-                    })
-                    .collect()
             }
 
             async fn hours(&self, pairs: &[(String, String)]) -> StoreResult<HashMap<(String, String), LocationHours>> {
@@ -927,6 +1560,90 @@ macro_rules! sql_store {
             }
         }
     };
+}
+
+/// Rows per multi-row statement when importing (at most 14 bound values each, well below
+/// both databases' limits).
+const BATCH: usize = 1000;
+
+/// The ids a row writes by (a multi-row statement may write each only once).
+fn row_keys(row: &Row) -> Vec<String> {
+    match row {
+        Row::Organization { id, .. }
+        | Row::Phone { id, .. }
+        | Row::Location { id, .. }
+        | Row::Schedule { id, .. } => {
+            vec![id.clone()]
+        }
+        Row::Service(service, _) => vec![service.id.clone()],
+        Row::TaxonomyTerm(term) => vec![term.id.clone()],
+        Row::ServiceTaxonomy {
+            service_id,
+            term_id,
+        } => vec![format!("{service_id}\u{1}{term_id}")],
+        Row::Language {
+            service_id, code, ..
+        } => vec![format!("{service_id}\u{1}{code}")],
+        Row::Address { location_id, .. } | Row::LocationTimeZone { location_id, .. } => {
+            vec![location_id.clone()]
+        }
+        Row::ServiceAtLocation {
+            id,
+            service_id,
+            location_id,
+            ..
+        } => {
+            vec![id.clone(), format!("{service_id}\u{1}{location_id}")]
+        }
+    }
+}
+
+/// Why `row` was not stored, when its key is not among the keys a statement returned.
+fn missing_reason(row: &Row, stored: &std::collections::HashSet<String>) -> Option<String> {
+    let (key, reason) = match row {
+        Row::Service(service, _) => (
+            service.id.clone(),
+            format!(
+                "organization_id `{}` is not an organization of the package",
+                service.organization.as_ref().map_or("", |o| o.id.as_str())
+            ),
+        ),
+        Row::ServiceTaxonomy {
+            service_id,
+            term_id,
+        } => (
+            format!("{service_id}\u{1}{term_id}"),
+            format!("service `{service_id}` or taxonomy term `{term_id}` does not exist"),
+        ),
+        Row::Language {
+            service_id, code, ..
+        } => (
+            format!("{service_id}\u{1}{code}"),
+            format!("service `{service_id}` does not exist"),
+        ),
+        Row::Phone { id, service_id, .. } => {
+            (id.clone(), format!("service `{service_id}` does not exist"))
+        }
+        Row::Address { location_id, .. } => (
+            location_id.clone(),
+            format!("location `{location_id}` does not exist"),
+        ),
+        Row::ServiceAtLocation {
+            id,
+            service_id,
+            location_id,
+            ..
+        } => (
+            id.clone(),
+            format!("service `{service_id}` or location `{location_id}` does not exist"),
+        ),
+        Row::Organization { .. }
+        | Row::TaxonomyTerm(_)
+        | Row::Location { .. }
+        | Row::LocationTimeZone { .. }
+        | Row::Schedule { .. } => return None,
+    };
+    (!stored.contains(&key)).then_some(reason)
 }
 
 /// Whether a schedule stored for (`sid`, `lid`) applies to `service` at `location`.
