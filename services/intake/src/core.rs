@@ -42,6 +42,9 @@ const MAX_CONFLICTS: usize = 32;
 /// Events the sequencer moves per transaction.
 pub const SEQUENCE_BATCH: i64 = 500;
 
+/// After moving events, the sequencer waits this long for more before its next batch.
+const SEQUENCER_GATHER: Duration = Duration::from_millis(5);
+
 /// The sequencer warns when it moves an event committed longer ago than this.
 const SEQUENCER_LAG_WARN_MS: i64 = 5_000;
 
@@ -1148,8 +1151,19 @@ impl Intake {
     pub async fn run_sequencer(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let poll = IntakeSettings::ms(self.settings.sequencer_poll_ms.max(1));
         loop {
-            if let Err(error) = self.sequence_now().await {
-                tracing::error!(error = %error, "sequencer could not move events; will retry");
+            match self.sequence_now().await {
+                // Let the next changes gather for a moment: one batch and one WAL flush for
+                // several changes, instead of a sequencer commit after every request commit.
+                Ok(moved) if moved > 0 => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(SEQUENCER_GATHER) => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(error = %error, "sequencer could not move events; will retry");
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
