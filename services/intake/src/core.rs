@@ -39,6 +39,15 @@ pub type RoutingClient = RoutingServiceClient<InterceptedService<Channel, TraceP
 /// How many times a change is recomputed after a concurrent change to the same incident.
 const MAX_CONFLICTS: usize = 32;
 
+/// Events the sequencer moves per transaction.
+pub const SEQUENCE_BATCH: i64 = 500;
+
+/// After moving events, the sequencer waits this long for more before its next batch.
+const SEQUENCER_GATHER: Duration = Duration::from_millis(5);
+
+/// The sequencer warns when it moves an event committed longer ago than this.
+const SEQUENCER_LAG_WARN_MS: i64 = 5_000;
+
 /// Errors of intake's domain logic, mapped to the API in `handler.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -156,6 +165,8 @@ pub struct Intake {
     pub(crate) routing: RoutingClient,
     pub(crate) notices: broadcast::Sender<EventNotice>,
     pub(crate) outbox_wake: Notify,
+    /// Wakes the sequencer: a change committed events.
+    pub(crate) sequencer_wake: Notify,
     /// Regions whose routing and availability events intake consumes (or has asked to).
     pub(crate) watched_regions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Tells the application to start consuming a region's events.
@@ -246,11 +257,10 @@ impl Intake {
         self.clock.now_micros()
     }
 
-    fn notify(&self, cad_system: &str) {
-        // No receiver is fine: nobody is watching.
-        let _ = self.notices.send(EventNotice {
-            cad_system: cad_system.to_owned(),
-        });
+    /// A change committed events: the sequencer gives them their sequences, then tells the
+    /// watchers.
+    fn events_queued(&self) {
+        self.sequencer_wake.notify_one();
     }
 
     /// Subscribes to stream-growth notices.
@@ -412,8 +422,8 @@ impl Intake {
                 incident: existing.incident,
                 created: false,
             }),
-            CreateOutcome::Created(_) => {
-                self.notify(&stored.incident.cad_system);
+            CreateOutcome::Created => {
+                self.events_queued();
                 tracing::info!(
                     incident_id = %incident_id,
                     cad_system = %stored.incident.cad_system,
@@ -698,7 +708,7 @@ impl Intake {
             };
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Applied(_) => {
-                    self.notify(&after.cad_system);
+                    self.events_queued();
                     self.outbox_wake.notify_one();
                     tracing::info!(
                         incident_id = %after.incident_id,
@@ -787,7 +797,7 @@ impl Intake {
             };
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Applied(_) => {
-                    self.notify(&after.cad_system);
+                    self.events_queued();
                     self.outbox_wake.notify_one();
                     tracing::info!(incident_id = %incident_id, "incident cancelled");
                     return Ok(response);
@@ -884,7 +894,7 @@ impl Intake {
             };
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Applied(_) => {
-                    self.notify(&after.cad_system);
+                    self.events_queued();
                     self.outbox_wake.notify_one();
                     tracing::info!(incident_id = %incident_id, "incident closed");
                     return Ok(response);
@@ -1051,10 +1061,8 @@ impl Intake {
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Conflict => {}
                 ChangeOutcome::Applied(events) => {
-                    if let Some(changed) = &changed
-                        && !events.is_empty()
-                    {
-                        self.notify(&changed.incident.cad_system);
+                    if events > 0 {
+                        self.events_queued();
                     }
                     return Ok(changed);
                 }
@@ -1100,6 +1108,71 @@ impl Intake {
                 () = self.outbox_wake.notified() => {}
                 () = tokio::time::sleep(poll) => {}
             }
+        }
+    }
+
+    // ---- Sequencing ------------------------------------------------------------------------
+
+    /// Gives every event committed so far its per-CAD sequence (in batches of
+    /// [`SEQUENCE_BATCH`]), telling this process's watchers after each batch commits. The
+    /// sequencer task runs it when woken; a new watch runs it first, so that it starts after
+    /// every change committed before it. Returns how many events were sequenced.
+    ///
+    /// # Errors
+    /// When storage fails (the events stay pending; nothing is lost).
+    pub async fn sequence_now(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let batch = self.store.sequence_events(SEQUENCE_BATCH).await?;
+            total += batch.events;
+            if let Some(oldest) = batch.oldest_event_time {
+                let lag_ms = (self.now() - oldest) / 1000;
+                if lag_ms > SEQUENCER_LAG_WARN_MS {
+                    tracing::warn!(
+                        lag_ms,
+                        events = batch.events,
+                        "sequencer is behind: events reach WatchIncidentEvents late"
+                    );
+                }
+            }
+            for cad_system in batch.cad_systems {
+                // No receiver is fine: nobody is watching.
+                let _ = self.notices.send(EventNotice { cad_system });
+            }
+            if batch.events < usize::try_from(SEQUENCE_BATCH).unwrap_or(usize::MAX) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The sequencer: sequences events when a change of this process commits, and every
+    /// `sequencer_poll_ms` for other replicas' (and a crashed replica's) events, until
+    /// `shutdown`; then once more, for the changes committed while draining.
+    pub async fn run_sequencer(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let poll = IntakeSettings::ms(self.settings.sequencer_poll_ms.max(1));
+        loop {
+            match self.sequence_now().await {
+                // Let the next changes gather for a moment: one batch and one WAL flush for
+                // several changes, instead of a sequencer commit after every request commit.
+                Ok(moved) if moved > 0 => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(SEQUENCER_GATHER) => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(error = %error, "sequencer could not move events; will retry");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.sequencer_wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+        if let Err(error) = self.sequence_now().await {
+            tracing::warn!(error = %error, "sequencer stopped with events pending; another replica or the next start sequences them");
         }
     }
 
@@ -1223,7 +1296,6 @@ impl Intake {
             ev.team_id.clone_from(&routing.team_id);
             ev.routing = Some(routing.clone());
             ev.detail.clone_from(&routing.rationale);
-            let cad = before.cad_system.clone();
             let change = Change {
                 incident: Some(next),
                 expected_revision: before.revision,
@@ -1235,7 +1307,7 @@ impl Intake {
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Conflict => {}
                 ChangeOutcome::Applied(_) => {
-                    self.notify(&cad);
+                    self.events_queued();
                     return Ok(());
                 }
                 _ => return Ok(()),
@@ -1302,7 +1374,6 @@ impl Intake {
             let mut ev = event(&next.incident, kind, now);
             ev.team_id.clone_from(&team.team_id);
             ev.detail = format!("team {} is {}", team.team_id, status.as_str_name());
-            let cad = next.incident.cad_system.clone();
             let change = Change {
                 incident: Some(next),
                 expected_revision: before_revision,
@@ -1314,7 +1385,7 @@ impl Intake {
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Conflict => {}
                 ChangeOutcome::Applied(_) => {
-                    self.notify(&cad);
+                    self.events_queued();
                     return Ok(());
                 }
                 _ => return Ok(()),
@@ -1329,6 +1400,9 @@ impl Intake {
     /// When storage fails.
     pub async fn run_retention_once(&self) -> Result<(u64, u64), StoreError> {
         const DAY: i64 = 86_400_000_000;
+        // Retention applies to the stream: sequence what is pending first, so that old events
+        // are not kept only because they were still waiting.
+        self.sequence_now().await?;
         let now = self.now();
         let personal = self
             .store

@@ -535,6 +535,12 @@ impl IntakeService for IntakeServiceHandler {
         let after = request.after_sequence;
         // Subscribe before reading, so no event committed from now on is missed.
         let mut notices = self.intake.subscribe();
+        // Sequence what is pending, so the stream starts after every change committed before
+        // this call (a CAD that submits, then watches, sees its submission).
+        self.intake
+            .sequence_now()
+            .await
+            .map_err(|e| status(e.into()))?;
         let (last, first) = self
             .intake
             .store

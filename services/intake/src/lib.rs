@@ -159,6 +159,7 @@ impl Application {
             routing,
             notices,
             outbox_wake: Notify::new(),
+            sequencer_wake: Notify::new(),
             watched_regions: std::sync::Mutex::default(),
             new_regions: region_sender,
         });
@@ -189,7 +190,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls. The outbox worker,
-    /// the upstream consumers and the retention job run alongside and stop with it.
+    /// the sequencer, the upstream consumers and the retention job run alongside and stop
+    /// with it.
     ///
     /// # Errors
     /// When the server fails.
@@ -200,6 +202,7 @@ impl Application {
         let token = self.server.shutdown_token();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(Arc::clone(&self.intake).run_outbox(token.clone()));
+        tasks.spawn(Arc::clone(&self.intake).run_sequencer(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_retention(token.clone()));
         // The configured regions are watched from the start; any other region from its first
         // incident on (when no regions are configured, every region is accepted).

@@ -31,6 +31,9 @@ pub struct IntakeSettings {
     pub heartbeat_ms: u64,
     /// How often a watch polls the database for events written by other replicas.
     pub watch_poll_ms: u64,
+    /// How often the sequencer looks for events committed by other replicas when not woken
+    /// by a change of its own, in milliseconds.
+    pub sequencer_poll_ms: u64,
     /// Days after received_at when narrative, caller contact and notes are erased.
     pub personal_data_retention_days: i64,
     /// Days the event stream, request ids and consumed upstream ids are kept.
@@ -60,6 +63,7 @@ impl Default for IntakeSettings {
             retry_max_ms: 30_000,
             heartbeat_ms: 15_000,
             watch_poll_ms: 1000,
+            sequencer_poll_ms: 200,
             personal_data_retention_days: 30,
             event_retention_days: 7,
             retention_interval_seconds: 3600,

@@ -27,6 +27,8 @@ fn routing_state(incident: &relay_proto::intake::Incident) -> i32 {
 }
 
 async fn kinds_of(intake: &TestIntake, incident_id: &str) -> Vec<i32> {
+    // Committed events reach the stream when the sequencer moves them; do it now.
+    intake.intake.sequence_now().await.unwrap();
     intake
         .intake
         .store()
@@ -185,6 +187,7 @@ async fn with_routing_stopped_a_hundred_incidents_are_accepted_and_all_reach_an_
         eventually(60, || async { store.pending_outbox().await.unwrap() == 0 }).await,
         "every routing request is delivered"
     );
+    app.intake.sequence_now().await.unwrap();
     let events = store.events_after("county-cad", 0, 100_000).await.unwrap();
     let mut assigned: HashMap<String, usize> = HashMap::new();
     for event in &events {

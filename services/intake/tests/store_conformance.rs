@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use relay_intake::store::{
     Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, ListFilter, OutboxItem,
-    OutboxKind, RequestRecord, StoredIncident, postgres::PgStore, sqlite::SqliteStore,
+    OutboxKind, RequestRecord, Sequenced, StoredIncident, postgres::PgStore, sqlite::SqliteStore,
     timestamp_of,
 };
 use relay_proto::intake::{
@@ -83,11 +83,34 @@ async fn conformance(store: Arc<dyn IncidentStore>) {
         .create_incident(&a, vec![ev("a"), ev("a")], vec![outbox("0001", "a", 0)], 5)
         .await
         .unwrap();
-    let CreateOutcome::Created(events) = created else {
-        panic!("created")
-    };
+    assert_eq!(created, CreateOutcome::Created);
+    // Committed events wait for the sequencer: not on the stream yet.
+    assert_eq!(store.pending_events().await.unwrap(), (2, Some(5)));
+    assert_eq!(store.sequence_bounds("cad").await.unwrap(), (0, None));
+    assert!(store.events_after("cad", 0, 100).await.unwrap().is_empty());
+    let sequenced = store.sequence_events(100).await.unwrap();
     assert_eq!(
-        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        sequenced,
+        Sequenced {
+            events: 2,
+            cad_systems: vec!["cad".into()],
+            oldest_event_time: Some(5),
+        }
+    );
+    assert_eq!(store.pending_events().await.unwrap(), (0, None));
+    assert_eq!(
+        store.sequence_events(100).await.unwrap(),
+        Sequenced::default(),
+        "nothing left"
+    );
+    assert_eq!(
+        store
+            .events_after("cad", 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect::<Vec<_>>(),
         vec![1, 2]
     );
     let mut again = incident("a2", "A", 1_000);
@@ -133,12 +156,15 @@ async fn conformance(store: Arc<dyn IncidentStore>) {
         store.apply_change(change(7, None)).await.unwrap(),
         ChangeOutcome::Conflict
     );
-    let ChangeOutcome::Applied(events) =
-        store.apply_change(change(1, Some("req-1"))).await.unwrap()
-    else {
-        panic!("applied")
-    };
-    assert_eq!(events[0].sequence, 3);
+    assert_eq!(
+        store.apply_change(change(1, Some("req-1"))).await.unwrap(),
+        ChangeOutcome::Applied(1)
+    );
+    assert_eq!(store.sequence_events(100).await.unwrap().events, 1);
+    assert_eq!(
+        store.events_after("cad", 2, 100).await.unwrap()[0].sequence,
+        3
+    );
     let ChangeOutcome::RequestExists(record) =
         store.apply_change(change(2, Some("req-1"))).await.unwrap()
     else {
@@ -172,7 +198,7 @@ async fn conformance(store: Arc<dyn IncidentStore>) {
     };
     assert_eq!(
         store.apply_change(settle.clone()).await.unwrap(),
-        ChangeOutcome::Applied(vec![])
+        ChangeOutcome::Applied(0)
     );
     assert_eq!(
         store.apply_change(settle).await.unwrap(),
@@ -347,27 +373,34 @@ async fn conformance(store: Arc<dyn IncidentStore>) {
     );
 }
 
-#[tokio::test]
-async fn postgres_store_conforms() {
-    let db = TestDatabase::new().await;
+/// A migrated pool on the test database; each call opens its own pool (its own replica).
+async fn pg_pool(db: &TestDatabase, connections: u32) -> sqlx::PgPool {
     let url = SecretString::from(db.url().to_owned());
-    let pool = storage::postgres_pool(&url, relay_intake::SCHEMA, 4).unwrap();
+    let pool = storage::postgres_pool(&url, relay_intake::SCHEMA, connections).unwrap();
     storage::migrate_postgres(&pool, relay_intake::SCHEMA, &relay_intake::MIGRATOR)
         .await
         .unwrap();
-    conformance(Arc::new(PgStore::new(pool))).await;
+    pool
+}
+
+/// A migrated pool on `dir/intake.db`; each call opens its own pool.
+async fn sqlite_pool(dir: &std::path::Path) -> sqlx::SqlitePool {
+    let url = SecretString::from(format!("sqlite://{}", dir.join("intake.db").display()));
+    let pool = storage::sqlite_pool(&url, 4).unwrap();
+    relay_intake::SQLITE_MIGRATOR.run(&pool).await.unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn postgres_store_conforms() {
+    let db = TestDatabase::new().await;
+    conformance(Arc::new(PgStore::new(pg_pool(&db, 4).await))).await;
 }
 
 #[tokio::test]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let url = SecretString::from(format!(
-        "sqlite://{}",
-        dir.path().join("intake.db").display()
-    ));
-    let pool = storage::sqlite_pool(&url, 4).unwrap();
-    relay_intake::SQLITE_MIGRATOR.run(&pool).await.unwrap();
-    conformance(Arc::new(SqliteStore::new(pool))).await;
+    conformance(Arc::new(SqliteStore::new(sqlite_pool(dir.path()).await))).await;
 }
 
 #[tokio::test]
@@ -388,4 +421,156 @@ async fn intake_serves_on_sqlite_for_relay_dev() {
         relay_proto::intake::RoutingState::Assigned as i32
     );
     app.stop().await;
+}
+
+/// An event of step `change` (0: the creation) of incident `id`, `index` within the change.
+fn step(id: &str, change: i64, index: usize) -> IncidentEvent {
+    IncidentEvent {
+        incident_id: id.into(),
+        kind: 1,
+        incident_revision: change + 1,
+        detail: format!("{change}.{index}"),
+        ..IncidentEvent::default()
+    }
+}
+
+/// Two stores on one database stand in for two intake replicas. Many incidents of one CAD
+/// change at once, each incident's changes alternating between the replicas, while both
+/// replicas' sequencers run in small batches. The stream must end up gapless, with every
+/// event exactly once, and each incident's events in the order they happened.
+async fn replicas_sequence_gapless_and_in_order(stores: [Arc<dyn IncidentStore>; 2]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const INCIDENTS: usize = 24;
+    const CHANGES: i64 = 6;
+    const PER_CHANGE: usize = 2;
+    let writing = Arc::new(AtomicBool::new(true));
+    let mut sequencers = tokio::task::JoinSet::new();
+    for store in &stores {
+        let store = Arc::clone(store);
+        let writing = Arc::clone(&writing);
+        sequencers.spawn(async move {
+            loop {
+                let last_round = !writing.load(Ordering::SeqCst);
+                let moved = store.sequence_events(7).await.unwrap();
+                if moved.events == 0 {
+                    if last_round {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        });
+    }
+    let mut writers = tokio::task::JoinSet::new();
+    for n in 0..INCIDENTS {
+        let stores = stores.clone();
+        writers.spawn(async move {
+            let id = format!("r{n}");
+            let mut current = incident(&id, &format!("R{n}"), 1);
+            let created = stores[n % 2]
+                .create_incident(&current, vec![step(&id, 0, 0), step(&id, 0, 1)], vec![], 1)
+                .await
+                .unwrap();
+            assert_eq!(created, CreateOutcome::Created);
+            for change in 1..=CHANGES {
+                let mut next = current.clone();
+                next.incident.revision += 1;
+                let events = (0..PER_CHANGE).map(|i| step(&id, change, i)).collect();
+                let replica = (n + usize::try_from(change).unwrap()) % 2;
+                let outcome = stores[replica]
+                    .apply_change(Change {
+                        incident: Some(next.clone()),
+                        expected_revision: current.incident.revision,
+                        events,
+                        now: 1 + change,
+                        ..Change::default()
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(outcome, ChangeOutcome::Applied(PER_CHANGE));
+                current = next;
+            }
+        });
+    }
+    while let Some(result) = writers.join_next().await {
+        result.unwrap();
+    }
+    writing.store(false, Ordering::SeqCst);
+    while let Some(result) = sequencers.join_next().await {
+        result.unwrap();
+    }
+    assert_eq!(stores[1].pending_events().await.unwrap(), (0, None));
+    let events = stores[0].events_after("cad", 0, 100_000).await.unwrap();
+    let total = INCIDENTS * (1 + usize::try_from(CHANGES).unwrap()) * PER_CHANGE;
+    assert_eq!(
+        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=i64::try_from(total).unwrap()).collect::<Vec<_>>(),
+        "gapless, each event once"
+    );
+    assert_eq!(
+        stores[1].sequence_bounds("cad").await.unwrap(),
+        (i64::try_from(total).unwrap(), Some(1))
+    );
+    for n in 0..INCIDENTS {
+        let id = format!("r{n}");
+        let seen: Vec<&str> = events
+            .iter()
+            .filter(|e| e.incident_id == id)
+            .map(|e| e.detail.as_str())
+            .collect();
+        let happened: Vec<String> = (0..=CHANGES)
+            .flat_map(|c| (0..PER_CHANGE).map(move |i| format!("{c}.{i}")))
+            .collect();
+        assert_eq!(seen, happened, "incident {id} out of order");
+    }
+}
+
+#[tokio::test]
+async fn postgres_replicas_sequence_one_cad_gapless_and_in_incident_order() {
+    let db = TestDatabase::new().await;
+    replicas_sequence_gapless_and_in_order([
+        Arc::new(PgStore::new(pg_pool(&db, 8).await)),
+        Arc::new(PgStore::new(pg_pool(&db, 8).await)),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_replicas_sequence_one_cad_gapless_and_in_incident_order() {
+    let dir = tempfile::tempdir().unwrap();
+    replicas_sequence_gapless_and_in_order([
+        Arc::new(SqliteStore::new(sqlite_pool(dir.path()).await)),
+        Arc::new(SqliteStore::new(sqlite_pool(dir.path()).await)),
+    ])
+    .await;
+}
+
+/// A pending event whose transaction is still open when a later-id event commits does not
+/// hold the stream back, and takes the next sequence once it commits: no gap, no reuse.
+#[tokio::test]
+async fn an_event_committed_late_with_a_lower_id_takes_the_next_sequence() {
+    let db = TestDatabase::new().await;
+    let pool = pg_pool(&db, 4).await;
+    let store = PgStore::new(pool.clone());
+    let mut slow = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO pending_events (cad_system, incident_id, event_time, body) \
+         VALUES ('cad', 'slow', 1, '')",
+    )
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    store
+        .create_incident(&incident("fast", "F", 1), vec![ev("fast")], vec![], 2)
+        .await
+        .unwrap();
+    assert_eq!(store.sequence_events(100).await.unwrap().events, 1);
+    slow.commit().await.unwrap();
+    assert_eq!(store.sequence_events(100).await.unwrap().events, 1);
+    let events = store.events_after("cad", 0, 100).await.unwrap();
+    let order: Vec<(i64, &str)> = events
+        .iter()
+        .map(|e| (e.sequence, e.incident_id.as_str()))
+        .collect();
+    assert_eq!(order, vec![(1, "fast"), (2, "")]);
 }
