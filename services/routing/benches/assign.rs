@@ -28,6 +28,11 @@ use relay_routing::Application;
 use relay_runtime::Config;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+/// The allocator the routing binary runs with (see its main.rs), so the benchmark measures
+/// the same code.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TEAMS: usize = 10_000;
 const CONCURRENCY: usize = 16;
 const CENTER: GeoPoint = GeoPoint {
@@ -291,7 +296,7 @@ async fn main() {
     let recommend = {
         let client = client.clone();
         let region = region.clone();
-        run("RECOMMEND (10k teams)", 2_000, move |i| {
+        run("RECOMMEND (10k teams)", 20_000, move |i| {
             let mut client = client.clone();
             let request = request(i, "rec", &region, AssignmentMode::Recommend);
             async move {

@@ -643,10 +643,20 @@ impl Engine {
         let region = self.region("region", &params.region)?;
         for _ in 0..MAX_ATTEMPTS {
             let now = self.now();
-            let found = self
-                .store
-                .lookup(&request.request_id, &params.incident_id)
-                .await?;
+            // The record and the fleet are independent reads: both at once.
+            let (found, ranking) = tokio::join!(
+                self.store.lookup(&request.request_id, &params.incident_id),
+                self.rank_incident(
+                    &region,
+                    &params.region,
+                    params.location,
+                    &params.required,
+                    &params.preferred,
+                    params.expected_duration_seconds,
+                    now,
+                )
+            );
+            let found = found?;
             if let Some(record) = found.request {
                 return replayed(&record, &fingerprint);
             }
@@ -663,17 +673,7 @@ impl Engine {
                 .filter(|i| i.state == IncidentState::Queued)
                 .and_then(|i| i.queued_time);
             let mut record = params.routed(expected_version, now);
-            let mut ranking = self
-                .rank_incident(
-                    &region,
-                    &params.region,
-                    params.location,
-                    &params.required,
-                    &params.preferred,
-                    params.expected_duration_seconds,
-                    now,
-                )
-                .await?;
+            let mut ranking = ranking?;
             if params.recommend {
                 if let Some(best) = ranking.eligible().next() {
                     let eligible = ranking.eligible().count();

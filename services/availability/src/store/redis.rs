@@ -116,14 +116,50 @@ fn revision_from(text: &str) -> Result<i64, StoreError> {
 /// # Errors
 /// When a required field is missing or malformed.
 pub fn decode_team(fields: &HashMap<String, String>) -> Result<Team, StoreError> {
-    let get = |name: &str| {
-        fields
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| corrupt(format!("team hash without `{name}`")))
-    };
+    decode_fields(|name| fields.get(name).map(String::as_str))
+}
+
+/// Every field of a team hash, in the order [`TeamStore`] reads them with `HMGET`.
+const TEAM_FIELDS: [&str; 17] = [
+    "id",
+    "name",
+    "region",
+    "caps",
+    "status",
+    "lat",
+    "lon",
+    "loc_at",
+    "hdg",
+    "spd",
+    "acc",
+    "incident",
+    "shift_end",
+    "rev",
+    "fence",
+    "created",
+    "updated",
+];
+
+/// Decodes a team from the values of [`TEAM_FIELDS`], in order; `None` when the hash does
+/// not exist (every value missing).
+fn decode_values(values: &[Option<String>]) -> Result<Option<Team>, StoreError> {
+    if values.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    decode_fields(|name| {
+        TEAM_FIELDS
+            .iter()
+            .position(|field| *field == name)
+            .and_then(|index| values.get(index)?.as_deref())
+    })
+    .map(Some)
+}
+
+fn decode_fields<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Result<Team, StoreError> {
+    let get =
+        |name: &str| field(name).ok_or_else(|| corrupt(format!("team hash without `{name}`")));
     let opt_f64 = |name: &str| -> Result<Option<f64>, StoreError> {
-        match fields.get(name).map(String::as_str) {
+        match field(name) {
             None | Some("") => Ok(None),
             Some(text) => text
                 .parse()
@@ -132,7 +168,7 @@ pub fn decode_team(fields: &HashMap<String, String>) -> Result<Team, StoreError>
         }
     };
     let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
-        match fields.get(name).map(String::as_str) {
+        match field(name) {
             None | Some("") => Ok(None),
             Some(text) => text
                 .parse()
@@ -168,7 +204,7 @@ pub fn decode_team(fields: &HashMap<String, String>) -> Result<Team, StoreError>
         heading_degrees: opt_f64("hdg")?,
         speed_meters_per_second: opt_f64("spd")?,
         accuracy_meters: opt_f64("acc")?,
-        incident_id: fields.get("incident").cloned().unwrap_or_default(),
+        incident_id: field("incident").unwrap_or_default().to_owned(),
         shift_ends_at: opt_time("shift_end")?,
         revision: int("rev")?,
         fencing_token: int("fence")?,
@@ -307,16 +343,17 @@ impl RedisTeamStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // HMGET of named fields: the reply carries values only, decoded by position.
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.hgetall(key);
+            pipe.cmd("HMGET").arg(key).arg(&TEAM_FIELDS[..]);
         }
-        let replies: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
-        replies
-            .iter()
-            .filter(|fields| !fields.is_empty())
-            .map(decode_team)
-            .collect()
+        let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
+        let mut teams = Vec::with_capacity(replies.len());
+        for values in &replies {
+            teams.extend(decode_values(values)?);
+        }
+        Ok(teams)
     }
 
     async fn upsert_in_place(
@@ -1081,6 +1118,13 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         assert_eq!(decode_team(&map).expect("decodes"), team);
+        // The positional read (HMGET of TEAM_FIELDS) sees the same fields in the same order.
+        let encoded = encode_team(&team);
+        let names: Vec<&str> = encoded.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, TEAM_FIELDS);
+        let values: Vec<Option<String>> = encoded.into_iter().map(|(_, v)| Some(v)).collect();
+        assert_eq!(decode_values(&values).expect("decodes"), Some(team));
+        assert_eq!(decode_values(&[None, None]).expect("absent"), None);
         let mut broken: HashMap<String, String> = map.clone();
         broken.insert("status".into(), "99".into());
         assert!(decode_team(&broken).is_err());
