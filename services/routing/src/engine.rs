@@ -1571,6 +1571,8 @@ impl Engine {
     /// # Errors
     /// When the record or the fleet is unreachable.
     pub async fn maintain(&self) -> Result<(), RoutingError> {
+        // Events nobody is watching still get their numbers.
+        self.store.sequence_events().await?;
         self.escalate_due().await?;
         let mut regions = self.store.regions().await?;
         regions.extend(self.settings.regions.keys().cloned());

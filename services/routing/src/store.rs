@@ -257,6 +257,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// One transaction; see [`Write`].
     async fn write(&self, write: Write) -> Result<(), StoreError>;
+    /// Numbers the events written since the last call (where the backend defers numbering to
+    /// keep it out of the request path); reading events does it first. Returns how many.
+    async fn sequence_events(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
     /// Events of a region with sequence number above `after`, oldest first, with event_id set.
     async fn events(
         &self,

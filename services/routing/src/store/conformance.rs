@@ -384,6 +384,61 @@ pub(crate) async fn events_are_numbered_per_region_without_gaps(store: &dyn Stor
     assert_eq!(after[0].0, 6);
 }
 
+pub(crate) async fn concurrent_writers_get_gapless_ordered_numbers(store: &dyn Store) {
+    // Four writers at once, each appending 25 pairs of events, while events are numbered;
+    // the numbers that come out are
+    // 1..=200 without a gap, each event once, and each pair in its written order.
+    let writer = |w: usize| async move {
+        for n in 0..25 {
+            store
+                .write(Write {
+                    region: "r".into(),
+                    events: vec![
+                        event(&format!("w{w}-{n}-first")),
+                        event(&format!("w{w}-{n}-second")),
+                    ],
+                    ..Write::default()
+                })
+                .await
+                .expect("append");
+        }
+    };
+    // Numbering runs while the writers write, so it meets rows of transactions that commit
+    // after rows with higher ids.
+    let sequencer = async {
+        for _ in 0..40 {
+            store.sequence_events().await.expect("sequence");
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::join!(writer(0), writer(1), writer(2), writer(3), sequencer);
+    let events = store.events("r", 0, 1_000).await.expect("read");
+    let seqs: Vec<i64> = events.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<i64>>());
+    let ids: Vec<&str> = events.iter().map(|(_, e)| e.incident_id.as_str()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 200);
+    for w in 0..4 {
+        for n in 0..25 {
+            let at = |suffix: &str| {
+                ids.iter()
+                    .position(|id| *id == format!("w{w}-{n}-{suffix}"))
+                    .expect("present")
+            };
+            assert!(at("first") < at("second"), "w{w}-{n} out of order");
+            if n > 0 {
+                let previous = ids
+                    .iter()
+                    .position(|id| *id == format!("w{w}-{}-second", n - 1))
+                    .expect("present");
+                assert!(previous < at("first"), "w{w}-{n} before its predecessor");
+            }
+        }
+    }
+}
+
 pub(crate) async fn the_queue_is_served_by_priority_then_age(store: &dyn Store) {
     let base = t0();
     let entries = [
@@ -457,6 +512,7 @@ macro_rules! all_conformance_tests {
             requests_are_remembered_once,
             lookup_reads_request_incident_and_active_assignment,
             events_are_numbered_per_region_without_gaps,
+            concurrent_writers_get_gapless_ordered_numbers,
             the_queue_is_served_by_priority_then_age,
         );
     };

@@ -406,27 +406,88 @@ impl Store for PostgresStore {
                 });
             }
         }
-        for event in &write.events {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO region_counters (region, last_seq) VALUES ($1, 1) \
-                 ON CONFLICT (region) DO UPDATE SET last_seq = region_counters.last_seq + 1 \
-                 RETURNING last_seq",
-            )
-            .bind(&write.region)
-            .fetch_one(&mut *tx)
-            .await?;
+        if !write.events.is_empty() {
+            // Unnumbered: the sequencer numbers them (see sequence_events).
+            let payloads: Vec<Vec<u8>> = write.events.iter().map(Message::encode_to_vec).collect();
             sqlx::query(
-                "INSERT INTO events (region, seq, payload, event_time) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO pending_events (region, payload) SELECT $1, payload \
+                 FROM UNNEST($2::bytea[]) WITH ORDINALITY AS p(payload, n) ORDER BY n",
             )
             .bind(&write.region)
-            .bind(seq)
-            .bind(event.encode_to_vec())
-            .bind(now)
+            .bind(&payloads)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn sequence_events(&self) -> Result<usize, StoreError> {
+        let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pending_events)")
+            .fetch_one(&self.pool)
+            .await?;
+        if !pending {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        // One sequencer at a time across replicas; DELETE .. RETURNING moves each row once.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('relay.routing.sequencer'))")
+            .execute(&mut *tx)
+            .await?;
+        let mut rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "DELETE FROM pending_events WHERE pending_id IN \
+             (SELECT pending_id FROM pending_events ORDER BY pending_id LIMIT 1000) \
+             RETURNING pending_id, region, payload",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        rows.sort_unstable_by_key(|row| row.0);
+        let mut regions: Vec<(String, i64)> = Vec::new();
+        for (_, region, _) in &rows {
+            match regions.iter_mut().find(|(r, _)| r == region) {
+                Some(entry) => entry.1 += 1,
+                None => regions.push((region.clone(), 1)),
+            }
+        }
+        let mut next = std::collections::HashMap::with_capacity(regions.len());
+        for (region, count) in &regions {
+            let last: i64 = sqlx::query_scalar(
+                "INSERT INTO region_counters (region, last_seq) VALUES ($1, $2) \
+                 ON CONFLICT (region) DO UPDATE SET last_seq = region_counters.last_seq + $2 \
+                 RETURNING last_seq",
+            )
+            .bind(region)
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await?;
+            next.insert(region.clone(), last - count);
+        }
+        let mut numbered_regions = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
+        for (_, region, payload) in rows {
+            let seq = next
+                .get_mut(&region)
+                .ok_or_else(|| StoreError::Backend("sequencer lost a region".into()))?;
+            *seq += 1;
+            seqs.push(*seq);
+            numbered_regions.push(region);
+            payloads.push(payload);
+        }
+        // clock_timestamp() under the lock never decreases along a region's numbers, so
+        // pruning by time never leaves a hole before a kept event.
+        sqlx::query(
+            "INSERT INTO events (region, seq, payload, event_time) \
+             SELECT region, seq, payload, clock_timestamp() \
+             FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS e(region, seq, payload)",
+        )
+        .bind(&numbered_regions)
+        .bind(&seqs)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seqs.len())
     }
 
     async fn events(
@@ -435,6 +496,7 @@ impl Store for PostgresStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, AssignmentEvent)>, StoreError> {
+        self.sequence_events().await?;
         let rows = sqlx::query(
             "SELECT seq, payload FROM events WHERE region = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -456,6 +518,7 @@ impl Store for PostgresStore {
     }
 
     async fn event_bounds(&self, region: &str) -> Result<(i64, i64), StoreError> {
+        self.sequence_events().await?;
         let last: Option<i64> =
             sqlx::query_scalar("SELECT last_seq FROM region_counters WHERE region = $1")
                 .bind(region)
