@@ -224,7 +224,7 @@ fn main() {
         let raw = raw_rate(&prefix).await;
         println!("availability ingest: {UPDATES} updates for {TEAMS} teams over {STREAMS} streams");
         println!(
-            "  StreamLocations (gRPC, Lua per update, event per update): {service:>10.0} updates/s"
+            "  StreamLocations (gRPC, a script call per chunk, event per update): {service:>10.0} updates/s"
         );
         println!(
             "  raw pipelined GEOADD+HSET, bare redis client:             {raw:>10.0} updates/s"

@@ -27,7 +27,8 @@ use crate::{
     },
 };
 
-/// Reports sent to Redis in one pipeline by [`TeamStore::report_locations`].
+/// Reports sent to Redis together (one location script call per region) by
+/// [`TeamStore::report_locations`].
 const LOCATION_BATCH: usize = 256;
 /// Extra search radius for the GEO index query, covering its quantization; the exact
 /// distance filter runs afterwards.
@@ -41,7 +42,7 @@ struct Scripts {
     move_out: Script,
     move_in: Script,
     set_status: Script,
-    report_location: Script,
+    report_locations: Script,
     claim: Script,
     release: Script,
 }
@@ -278,7 +279,7 @@ impl RedisTeamStore {
                 move_out: script(scripts::MOVE_OUT),
                 move_in: script(scripts::MOVE_IN),
                 set_status: script(scripts::SET_STATUS),
-                report_location: script(scripts::REPORT_LOCATION),
+                report_locations: script(scripts::REPORT_LOCATIONS),
                 claim: script(scripts::CLAIM),
                 release: script(scripts::RELEASE),
             },
@@ -559,8 +560,8 @@ impl RedisTeamStore {
         Ok(boundary.is_some_and(|boundary| after < boundary))
     }
 
-    /// Applies one chunk of reports in a pipeline; `None` for reports whose team's region was
-    /// not known (they are retried after a fresh region lookup).
+    /// Applies one chunk of reports, one location script call per region (pipelined when
+    /// there are several); one `[code, revision]` reply per report, in order.
     async fn report_chunk(
         &self,
         reports: &[(usize, &LocationReport, String)],
@@ -580,41 +581,68 @@ impl RedisTeamStore {
         let min_id = wall_ms
             .saturating_sub(self.retention.as_millis())
             .to_string();
+        // One script call per region, its reports in order (a team's reports stay in order:
+        // a team is in one region). Calls for several regions go in one pipeline.
+        let mut regions: Vec<&str> = Vec::new();
+        for (_, _, region) in reports {
+            if !regions.contains(&region.as_str()) {
+                regions.push(region);
+            }
+        }
         let build = || {
             let mut pipe = redis::pipe();
-            for (_, report, region) in reports {
-                let mut invocation = self.scripts.report_location.prepare_invoke();
+            for region in &regions {
+                let mut invocation = self.scripts.report_locations.prepare_invoke();
                 invocation
-                    .key(self.keys.team(region, &report.team_id))
                     .key(self.keys.available(region))
                     .key(self.keys.events(region))
-                    .arg(report.position.latitude.to_string())
-                    .arg(report.position.longitude.to_string())
-                    .arg(to_micros(report.recorded_at))
-                    .arg(optional(report.heading_degrees))
-                    .arg(optional(report.speed_meters_per_second))
-                    .arg(optional(report.accuracy_meters))
                     .arg(now)
                     .arg(&min_id);
+                for (_, report, _) in reports.iter().filter(|(_, _, r)| r == region) {
+                    invocation
+                        .key(self.keys.team(region, &report.team_id))
+                        .arg(report.position.latitude.to_string())
+                        .arg(report.position.longitude.to_string())
+                        .arg(to_micros(report.recorded_at))
+                        .arg(optional(report.heading_degrees))
+                        .arg(optional(report.speed_meters_per_second))
+                        .arg(optional(report.accuracy_meters));
+                }
                 pipe.invoke_script(&invocation);
             }
             pipe
         };
-        match build().query_async(&mut self.conn()).await {
-            Ok(replies) => Ok(replies),
+        let replies: Vec<Vec<String>> = match build().query_async(&mut self.conn()).await {
+            Ok(replies) => replies,
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 // The server lost its scripts (restart, SCRIPT FLUSH): load and resend. Reports
                 // that did apply come back stale, which is harmless.
                 self.scripts
-                    .report_location
+                    .report_locations
                     .load_async(&mut self.conn())
                     .await?;
-                Ok(build().query_async(&mut self.conn()).await?)
+                build().query_async(&mut self.conn()).await?
             }
-            Err(error) => Err(error.into()),
+            Err(error) => return Err(error.into()),
+        };
+        // Back to one reply per report, in the callers' order.
+        let mut per_region: Vec<std::vec::IntoIter<String>> =
+            replies.into_iter().map(Vec::into_iter).collect();
+        let mut out = Vec::with_capacity(reports.len());
+        for (_, _, region) in reports {
+            let index = regions.iter().position(|r| r == region).unwrap_or_default();
+            let reply = per_region
+                .get_mut(index)
+                .ok_or_else(|| corrupt("location script answered fewer regions"))?;
+            let code = reply
+                .next()
+                .ok_or_else(|| corrupt("location script answered too few"))?;
+            let revision = reply.next().unwrap_or_default();
+            out.push(vec![code, revision]);
         }
+        Ok(out)
     }
 }
 
@@ -805,7 +833,7 @@ impl TeamStore for RedisTeamStore {
                 }
             }
             // Stream order per team is kept: a team's reports are either all known (one
-            // pipeline, in order) or all retried here, in order.
+            // call, in order) or all retried here, in order.
             let replies = self.report_chunk(&second_pass, now).await?;
             for ((index, _, _), reply) in second_pass.iter().zip(replies) {
                 outcomes[*index] = match first(&reply) {

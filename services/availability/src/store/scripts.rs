@@ -130,30 +130,49 @@ emit(KEYS[3], h, 'status', ARGV[6], ARGV[7])
 return result('ok', h)
 ";
 
-/// Applies one position report unless the stored one is as new or newer. The hot path of
-/// StreamLocations, so it reads the whole team in one HMGET and builds the event from it
-/// (no HGETALL), and takes the stream's trim point from the caller (no TIME).
-/// KEYS: hash, geo, events. ARGV: lat, lon, recorded_at, hdg, spd, acc, now, min event id.
-pub(super) const REPORT_LOCATION: &str = r"
+/// Applies position reports of one region in order, each unless the stored one is as new or
+/// newer. The hot path of StreamLocations: one call carries a whole chunk of a region's
+/// reports, so the cost of calling a script is paid once per chunk, not once per report; each
+/// report reads the whole team in one HMGET and builds its event from it (no HGETALL), and the
+/// stream's trim point comes from the caller (no TIME).
+/// KEYS: geo, events, then one team hash per report. ARGV: now, min event id, then six per
+/// report: lat, lon, recorded_at, hdg, spd, acc. Returns two strings per report: 'ok' and the
+/// new revision, 'stale' and the current revision, or 'missing' and ''.
+pub(super) const REPORT_LOCATIONS: &str = r"
 local F = {'id', 'name', 'region', 'caps', 'status', 'lat', 'lon', 'loc_at', 'hdg', 'spd',
   'acc', 'incident', 'last_incident', 'shift_end', 'rev', 'fence', 'created', 'updated'}
-local h = KEYS[1]
-local v = redis.call('HMGET', h, unpack(F))
-if not v[1] then return {'missing'} end
-if v[8] and v[8] ~= '' and tonumber(v[8]) >= tonumber(ARGV[3]) then return {'stale', v[15]} end
-local rev = string.format('%d', tonumber(v[15]) + 1)
-v[6], v[7], v[8], v[9], v[10], v[11] = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-v[15], v[18] = rev, ARGV[7]
-redis.call('HSET', h, 'lat', ARGV[1], 'lon', ARGV[2], 'loc_at', ARGV[3], 'hdg', ARGV[4],
-  'spd', ARGV[5], 'acc', ARGV[6], 'rev', rev, 'updated', ARGV[7])
-if v[5] == '2' then index(KEYS[2], v[1], '2', ARGV[1], ARGV[2]) end
-local args = {KEYS[3], 'MINID', '~', ARGV[8], '*', 'kind', 'location', 'at', ARGV[7]}
-for i = 1, #F do
-  args[#args + 1] = F[i]
-  args[#args + 1] = v[i] or ''
+local now, minid = ARGV[1], ARGV[2]
+local out = {}
+for r = 1, #KEYS - 2 do
+  local h = KEYS[r + 2]
+  local a = (r - 1) * 6 + 2
+  local lat, lon, at, hdg, spd, acc = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+    ARGV[a + 5], ARGV[a + 6]
+  local v = redis.call('HMGET', h, unpack(F))
+  if not v[1] then
+    out[#out + 1] = 'missing'
+    out[#out + 1] = ''
+  elseif v[8] and v[8] ~= '' and tonumber(v[8]) >= tonumber(at) then
+    out[#out + 1] = 'stale'
+    out[#out + 1] = v[15]
+  else
+    local rev = string.format('%d', tonumber(v[15]) + 1)
+    v[6], v[7], v[8], v[9], v[10], v[11] = lat, lon, at, hdg, spd, acc
+    v[15], v[18] = rev, now
+    redis.call('HSET', h, 'lat', lat, 'lon', lon, 'loc_at', at, 'hdg', hdg, 'spd', spd,
+      'acc', acc, 'rev', rev, 'updated', now)
+    if v[5] == '2' then index(KEYS[1], v[1], '2', lat, lon) end
+    local args = {KEYS[2], 'MINID', '~', minid, '*', 'kind', 'location', 'at', now}
+    for i = 1, #F do
+      args[#args + 1] = F[i]
+      args[#args + 1] = v[i] or ''
+    end
+    redis.call('XADD', unpack(args))
+    out[#out + 1] = 'ok'
+    out[#out + 1] = rev
+  end
 end
-redis.call('XADD', unpack(args))
-return {'ok', rev}
+return out
 ";
 
 /// Claims an available team for an incident.
