@@ -20,6 +20,7 @@ use relay_proto::{
 };
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 pub use postgres::PostgresStore;
