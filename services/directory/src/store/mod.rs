@@ -76,10 +76,8 @@ pub struct CandidateFilter {
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RankKey {
     /// Negated relevance in [-1, 0]: -score/(score+1) with text, -1 without.
-    #[serde(with = "exact")]
     pub r: f64,
     /// Distance in meters from the search's point (0 without a point or coordinates).
-    #[serde(with = "exact")]
     pub d: f64,
     /// The service's name without text, empty with text.
     pub n: String,
@@ -130,22 +128,6 @@ impl RankKey {
             .then_with(|| self.n.cmp(&other.n))
             .then_with(|| self.s.cmp(&other.s))
             .then_with(|| self.l.cmp(&other.l))
-    }
-}
-
-/// A float in a page token as its IEEE 754 bits: `serde_json` without its
-/// `float_roundtrip` feature parses about half of all doubles one unit off, and a cursor one
-/// unit off repeats or skips the result at a page boundary.
-mod exact {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[allow(clippy::trivially_copy_pass_by_ref)]
-    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u64(value.to_bits())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-        u64::deserialize(deserializer).map(f64::from_bits)
     }
 }
 
