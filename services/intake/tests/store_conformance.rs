@@ -456,7 +456,7 @@ async fn replicas_sequence_gapless_and_in_order(stores: [Arc<dyn IncidentStore>;
                     if last_round {
                         return;
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    tokio::task::yield_now().await;
                 }
             }
         });

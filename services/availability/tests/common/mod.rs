@@ -101,21 +101,26 @@ impl TestApp {
 }
 
 async fn wait_serving(channel: Channel) {
+    // The health Watch stream sends the current status, then every change: no polling.
     let mut health = HealthClient::new(channel);
-    for _ in 0..400 {
-        let status = health
-            .check(HealthCheckRequest {
+    let watched = async {
+        let mut updates = health
+            .watch(HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .ok()
-            .and_then(|r| ServingStatus::try_from(r.into_inner().status).ok());
-        if status == Some(ServingStatus::Serving) {
-            return;
+            .expect("health watch")
+            .into_inner();
+        while let Some(update) = updates.message().await.expect("health update") {
+            if ServingStatus::try_from(update.status).ok() == Some(ServingStatus::Serving) {
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the service never became SERVING");
+        panic!("the health stream ended before SERVING");
+    };
+    tokio::time::timeout(Duration::from_secs(10), watched)
+        .await
+        .expect("the service never became SERVING");
 }
 
 /// A fresh Redis-backed service on its own database and prefix.

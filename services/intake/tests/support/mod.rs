@@ -355,8 +355,8 @@ impl RoutingService for RoutingSvc {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tx.closed() => return,
+                    // Created before the batch was read, so no event slips between.
                     () = notified => {}
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
         });
@@ -500,8 +500,8 @@ impl AvailabilityService for AvailabilitySvc {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tx.closed() => return,
+                    // Created before the batch was read, so no event slips between.
                     () = notified => {}
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }
         });
