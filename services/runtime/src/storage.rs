@@ -20,6 +20,9 @@ use crate::server::CheckFuture;
 /// How long a caller waits for a pooled connection before the call fails.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A pooled connection idle longer than this is pinged before it is handed out.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Errors opening or migrating storage.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -47,6 +50,12 @@ fn check_schema(schema: &str) -> Result<(), StorageError> {
 
 /// A lazily connecting pool whose sessions use `schema` as their `search_path`.
 ///
+/// A connection is pinged before it is handed out only when it sat idle for
+/// [`PING_AFTER_IDLE`] (after a database restart, say). sqlx's default pings on every
+/// acquire, a round trip to PostgreSQL before each query; a busy connection has just proved
+/// itself (sqlx also pings each one as it returns to the pool), and a query on a connection
+/// that broke anyway fails with the error the caller handles.
+///
 /// # Errors
 /// When the URL or the schema name is invalid.
 pub fn postgres_pool(
@@ -61,6 +70,15 @@ pub fn postgres_pool(
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 
