@@ -448,7 +448,7 @@ impl Engine {
     /// Undoes a claim after the record refused or failed (best effort: reconciliation
     /// repairs what this cannot).
     async fn undo_claim(&self, region: &str, team_id: &str, incident_id: &str) {
-        if let Err(error) = self.fleet.release(region, team_id, incident_id).await {
+        if let Err(error) = self.fleet.release(region, team_id, incident_id, true).await {
             tracing::warn!(%region, %team_id, %incident_id, %error, "could not undo a claim; reconciliation will release the team");
         }
     }
@@ -661,7 +661,7 @@ impl Engine {
                 return replayed(&record, &fingerprint);
             }
             let existing = found.incident;
-            if let Some(active) = found.active {
+            if let Some(active) = found.assignment {
                 return Err(RoutingError::IncidentAlreadyAssigned {
                     assignment_id: active.assignment_id,
                     team_id: active.team_id,
@@ -959,10 +959,13 @@ impl Engine {
     }
 
     /// Ends an ACTIVE assignment in the record (and the incident's ASSIGNED state), with its
-    /// event. `request` remembers the response. Returns the ended assignment.
+    /// event. `request` remembers the response. `read` is the incident when the caller read
+    /// it with the assignment (the first attempt uses it; a retry reads again). Returns the
+    /// ended assignment.
     async fn end_assignment(
         &self,
         active: &Assignment,
+        mut read: Option<Option<IncidentRecord>>,
         state: AssignmentState,
         reason: &str,
         request: Option<(&str, &[u8])>,
@@ -974,7 +977,10 @@ impl Engine {
             ended.state = state.into();
             ended.end_time = Some(to_timestamp(now));
             ended.end_reason = reason.to_owned();
-            let incident = self.store.incident(&active.incident_id).await?;
+            let incident = match read.take() {
+                Some(incident) => incident,
+                None => self.store.incident(&active.incident_id).await?,
+            };
             let incident =
                 incident
                     .filter(|i| i.state == IncidentState::Assigned)
@@ -1032,10 +1038,16 @@ impl Engine {
     }
 
     /// Frees a team in the fleet after its assignment ended, then offers it to the queue.
+    /// The caller has just ended the team's ACTIVE assignment in the record (a team has at
+    /// most one), so there is no stale one to look for, as `on_team_available` does.
     async fn free_team(&self, region: &str, team_id: &str, incident_id: &str) {
-        match self.fleet.release(region, team_id, incident_id).await {
+        match self
+            .fleet
+            .release(region, team_id, incident_id, false)
+            .await
+        {
             Ok(true) => {
-                if let Err(error) = self.on_team_available(region, team_id).await {
+                if let Err(error) = self.offer_to_queue(region, team_id).await {
                     tracing::warn!(%region, %team_id, error = %error, "queue drain failed; the periodic re-check will retry");
                 }
             }
@@ -1062,10 +1074,15 @@ impl Engine {
         }
         v.finish()?;
         let fingerprint = fingerprint("ReleaseTeam", &request);
-        if let Some(response) = self.remembered(&request.request_id, &fingerprint).await? {
-            return Ok(response);
+        // The remembered response, the assignment and its incident: one read.
+        let found = self
+            .store
+            .lookup_assignment(&request.request_id, &request.assignment_id)
+            .await?;
+        if let Some(record) = found.request {
+            return replayed(&record, &fingerprint);
         }
-        let Some(active) = self.store.assignment(&request.assignment_id).await? else {
+        let Some(active) = found.assignment else {
             return Err(RoutingError::AssignmentNotFound(
                 request.assignment_id.clone(),
             ));
@@ -1089,6 +1106,7 @@ impl Engine {
         let ended = match self
             .end_assignment(
                 &active,
+                Some(found.incident),
                 AssignmentState::Released,
                 reason,
                 Some((&request.request_id, &fingerprint)),
@@ -1296,6 +1314,7 @@ impl Engine {
             match self
                 .end_assignment(
                     &stale,
+                    None,
                     AssignmentState::Released,
                     TEAM_CLEARED,
                     None,
@@ -1307,20 +1326,38 @@ impl Engine {
                 Err(error) => return Err(error.into()),
             }
         }
-        let Some(team) = self.fleet.team(team_id).await? else {
-            return Ok(None);
-        };
-        if team.snapshot.status != TeamStatus::Available || team.region != region {
-            return Ok(None);
-        }
+        self.offer_to_queue(region, team_id).await
+    }
+
+    /// Assigns a team the first queued incident of its region that it suits, if the team
+    /// is AVAILABLE. The queue is read first, so when it is empty (the usual case) that one
+    /// read is all this costs.
+    async fn offer_to_queue(
+        &self,
+        region: &str,
+        team_id: &str,
+    ) -> Result<Option<Assignment>, RoutingError> {
         let Some(settings) = self.settings.region(region) else {
             return Ok(None);
         };
+        let mut team: Option<crate::fleet::FleetTeam> = None;
         let mut after: Option<QueueCursor> = None;
         loop {
             let page = self.store.queue(region, after.as_ref(), 100).await?;
             let Some(last) = page.last() else {
                 return Ok(None);
+            };
+            let team = match &mut team {
+                Some(team) => &*team,
+                None => {
+                    let Some(read) = self.fleet.team(team_id).await? else {
+                        return Ok(None);
+                    };
+                    if read.snapshot.status != TeamStatus::Available || read.region != region {
+                        return Ok(None);
+                    }
+                    &*team.insert(read)
+                }
             };
             after = Some(QueueCursor {
                 priority: last.priority,
@@ -1524,7 +1561,7 @@ impl Engine {
             }
             if self
                 .fleet
-                .release(region, &snapshot.team_id, &incident_id)
+                .release(region, &snapshot.team_id, &incident_id, true)
                 .await?
             {
                 tracing::warn!(%region, team_id = %snapshot.team_id, %incident_id, "released a team claimed without a recorded assignment");
@@ -1546,6 +1583,7 @@ impl Engine {
             match self
                 .end_assignment(
                     &active,
+                    None,
                     AssignmentState::Released,
                     TEAM_CLEARED,
                     None,

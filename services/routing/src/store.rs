@@ -10,8 +10,11 @@
 //! - records a new ACTIVE assignment, only if its fencing token is larger than the last one
 //!   recorded for the team and neither the team nor the incident has another ACTIVE one
 //!   (unique partial indexes),
-//! - appends the events, numbered by a per-region counter row bumped in the same transaction,
-//!   so event numbers are gapless and in commit order.
+//! - appends the events, unnumbered; [`Store::sequence_events`] numbers them later, gapless
+//!   per region (on PostgreSQL; SQLite numbers them in the write).
+//!
+//! On PostgreSQL the write is a single statement run on its own, so one round trip; a failed
+//! check aborts it whole.
 
 use chrono::{DateTime, Utc};
 use relay_proto::{
@@ -127,18 +130,19 @@ pub struct RequestRecord {
     pub response: Vec<u8>,
 }
 
-/// Creates or updates an incident.
-/// The answer of [`Store::lookup`].
+/// The answer of [`Store::lookup`] and [`Store::lookup_assignment`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup {
     /// The remembered response of the request_id, if any.
     pub request: Option<RequestRecord>,
     /// The incident, if recorded.
     pub incident: Option<IncidentRecord>,
-    /// Its ACTIVE assignment, if any.
-    pub active: Option<Assignment>,
+    /// For `lookup`, the incident's ACTIVE assignment; for `lookup_assignment`, the
+    /// assignment named, in whatever state.
+    pub assignment: Option<Assignment>,
 }
 
+/// Creates or updates an incident.
 #[derive(Debug, Clone)]
 pub struct IncidentWrite {
     /// The incident as it is after the write (its `version` is ignored: the store sets
@@ -253,7 +257,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(Lookup {
             request: self.request(request_id).await?,
             incident: self.incident(incident_id).await?,
-            active: self.active_assignment_of_incident(incident_id).await?,
+            assignment: self.active_assignment_of_incident(incident_id).await?,
+        })
+    }
+    /// What ReleaseTeam reads first, in one round trip where the backend can: the remembered
+    /// response of `request_id`, the assignment (in any state) and its incident.
+    async fn lookup_assignment(
+        &self,
+        request_id: &str,
+        assignment_id: &str,
+    ) -> Result<Lookup, StoreError> {
+        let assignment = self.assignment(assignment_id).await?;
+        let incident = match &assignment {
+            Some(a) => self.incident(&a.incident_id).await?,
+            None => None,
+        };
+        Ok(Lookup {
+            request: self.request(request_id).await?,
+            incident,
+            assignment,
         })
     }
     /// One transaction; see [`Write`].

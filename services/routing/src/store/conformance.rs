@@ -299,7 +299,7 @@ pub(crate) async fn requests_are_remembered_once(store: &dyn Store) {
 pub(crate) async fn lookup_reads_request_incident_and_active_assignment(store: &dyn Store) {
     let empty = store.lookup("req-1", "i1").await.expect("lookup");
     assert_eq!(
-        (empty.request, empty.incident, empty.active),
+        (empty.request, empty.incident, empty.assignment),
         (None, None, None)
     );
     let request = RequestRecord {
@@ -323,13 +323,100 @@ pub(crate) async fn lookup_reads_request_incident_and_active_assignment(store: &
     let found = store.lookup("req-1", "i1").await.expect("lookup");
     assert_eq!(found.request, Some(request));
     assert_eq!(found.incident, store.incident("i1").await.expect("read"));
-    assert!(found.incident.is_some() && found.active.is_none());
+    assert!(found.incident.is_some() && found.assignment.is_none());
     assign(store, assignment("a1", "i1", "t1", 1))
         .await
         .expect("assign");
     let found = store.lookup("other", "i1").await.expect("lookup");
     assert_eq!(found.request, None);
-    assert_eq!(found.active, Some(assignment("a1", "i1", "t1", 1)));
+    assert_eq!(found.assignment, Some(assignment("a1", "i1", "t1", 1)));
+}
+
+pub(crate) async fn lookup_assignment_reads_request_assignment_and_incident(store: &dyn Store) {
+    let empty = store
+        .lookup_assignment("req-1", "a1")
+        .await
+        .expect("lookup");
+    assert_eq!(
+        (empty.request, empty.incident, empty.assignment),
+        (None, None, None)
+    );
+    create(store, incident("i1", "r", IncidentState::Assigned)).await;
+    assign(store, assignment("a1", "i1", "t1", 1))
+        .await
+        .expect("assign");
+    let found = store
+        .lookup_assignment("req-1", "a1")
+        .await
+        .expect("lookup");
+    assert_eq!(found.request, None);
+    assert_eq!(found.assignment, Some(assignment("a1", "i1", "t1", 1)));
+    assert_eq!(found.incident, store.incident("i1").await.expect("read"));
+    let request = RequestRecord {
+        request_id: "req-1".into(),
+        fingerprint: vec![4],
+        response: vec![5],
+    };
+    store
+        .write(Write {
+            region: "r".into(),
+            request: Some(request.clone()),
+            end_assignment: Some(EndAssignment {
+                assignment_id: "a1".into(),
+                state: AssignmentState::Released,
+                end_time: t0(),
+                end_reason: "done".into(),
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("end");
+    // An ended assignment is still found, in its state.
+    let found = store
+        .lookup_assignment("req-1", "a1")
+        .await
+        .expect("lookup");
+    assert_eq!(found.request, Some(request));
+    let ended = found.assignment.expect("found");
+    assert_eq!(ended.state, i32::from(AssignmentState::Released));
+    assert!(found.incident.is_some());
+}
+
+pub(crate) async fn a_refused_write_keeps_none_of_its_parts(store: &dyn Store) {
+    create(store, incident("i1", "r", IncidentState::Routed)).await;
+    let (_, last) = store.event_bounds("r").await.expect("bounds");
+    // A stale incident version refuses the write: its request, events and assignment are
+    // not kept, and the refusal named is the version, not a side effect.
+    let refused = store
+        .write(Write {
+            region: "r".into(),
+            request: Some(RequestRecord {
+                request_id: "req-9".into(),
+                fingerprint: vec![1],
+                response: vec![2],
+            }),
+            incident: Some(IncidentWrite {
+                record: incident("i1", "r", IncidentState::Assigned),
+                expected_version: 7,
+            }),
+            new_assignment: Some(assignment("a9", "i1", "t9", 1)),
+            events: vec![event("i1"), event("i1")],
+            ..Write::default()
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::VersionConflict)),
+        "{refused:?}"
+    );
+    assert_eq!(store.request("req-9").await.expect("read"), None);
+    assert!(store.assignment("a9").await.expect("read").is_none());
+    assert_eq!(store.event_bounds("r").await.expect("bounds").1, last);
+    let kept = store.incident("i1").await.expect("read").expect("exists");
+    assert_eq!((kept.version, kept.state), (1, IncidentState::Routed));
+    // The token of the refused assignment was not kept either: token 1 is still accepted.
+    assign(store, assignment("a9", "i1", "t9", 1))
+        .await
+        .expect("token 1 is still new");
 }
 
 pub(crate) async fn events_are_numbered_per_region_without_gaps(store: &dyn Store) {
@@ -511,6 +598,8 @@ macro_rules! all_conformance_tests {
             stale_fencing_tokens_are_refused,
             requests_are_remembered_once,
             lookup_reads_request_incident_and_active_assignment,
+            lookup_assignment_reads_request_assignment_and_incident,
+            a_refused_write_keeps_none_of_its_parts,
             events_are_numbered_per_region_without_gaps,
             concurrent_writers_get_gapless_ordered_numbers,
             the_queue_is_served_by_priority_then_age,

@@ -50,11 +50,17 @@ impl Params {
     }
 }
 
-/// A [`Write`] as one statement: one data-modifying CTE per part, answering one row of
-/// checks (`request_ok`, `incident_ok`, `end_ok`, `token_ok`; true for a part not present).
-/// The new assignment is inserted only when every check before it passed, so a refused write
-/// reports its first refusal rather than a unique violation it caused. Three round trips with
-/// BEGIN and COMMIT, where the statements one by one took up to eight.
+/// The SQLSTATE `refuse_write` (migration 0003) raises; its DETAIL names the failed check.
+const REFUSED: &str = "RL001";
+
+/// A [`Write`] as one statement, run on its own (autocommit): one data-modifying CTE per
+/// part, each judged by a check (`request_ok`, `incident_ok`, `end_ok`, `token_ok`; true for a
+/// part not present). When a check failed, the statement calls `refuse_write` with the first
+/// failed one, in the order the checks have always been reported: the error aborts the whole
+/// statement, so nothing of a refused write is kept. The new assignment is inserted only when
+/// every check before it passed, so a refused write reports its first refusal rather than a
+/// unique violation it caused. One round trip, where BEGIN, the statement and COMMIT took
+/// three and the statements one by one up to eight.
 fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments), StoreError> {
     let mut p = Params::default();
     let mut ctes: Vec<String> = Vec::new();
@@ -183,7 +189,11 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
         )
     };
     let select = format!(
-        "SELECT {}, {}, {}, {}",
+        "SELECT refuse_write(CASE WHEN NOT c.request_ok THEN 'request_ok' \
+         WHEN NOT c.incident_ok THEN 'incident_ok' WHEN NOT c.end_ok THEN 'end_ok' \
+         ELSE 'token_ok' END) \
+         FROM (SELECT {}, {}, {}, {}) AS c \
+         WHERE NOT (c.request_ok AND c.incident_ok AND c.end_ok AND c.token_ok)",
         check("request_ok"),
         check("incident_ok"),
         check("end_ok"),
@@ -197,84 +207,109 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
     Ok((sql, p.args))
 }
 
-fn constraint(error: &sqlx::Error) -> Option<String> {
-    error
-        .as_database_error()
-        .and_then(|e| e.constraint().map(str::to_owned))
+/// The refusal a failed write stands for: a check `refuse_write` named, or one of the
+/// unique indexes that allow one ACTIVE assignment per team and per incident.
+fn refusal(error: &sqlx::Error) -> Option<StoreError> {
+    let database = error.as_database_error()?;
+    if database.code().as_deref() == Some(REFUSED) {
+        let detail = database
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(sqlx::postgres::PgDatabaseError::detail);
+        return match detail {
+            Some("request_ok") => Some(StoreError::DuplicateRequest),
+            Some("incident_ok") => Some(StoreError::VersionConflict),
+            Some("end_ok") => Some(StoreError::NotActive),
+            Some("token_ok") => Some(StoreError::StaleToken),
+            _ => None,
+        };
+    }
+    match database.constraint() {
+        Some("assignments_one_active_per_team") => Some(StoreError::TeamBusy),
+        Some("assignments_one_active_per_incident") => Some(StoreError::IncidentBusy),
+        _ => None,
+    }
+}
+
+/// A read of a request's remembered response (`q`, by `$1`), an incident (`i`) and an
+/// assignment (`a`), joined as `joins` says, in one round trip.
+fn lookup_sql(joins: &str) -> String {
+    let aliased = |columns: &str, alias: &str| {
+        columns
+            .split(',')
+            .map(|c| format!("{alias}.{0} AS {alias}_{0}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "SELECT q.fingerprint AS q_fingerprint, q.response AS q_response, {}, {} \
+         FROM (SELECT 1) AS one LEFT JOIN requests q ON q.request_id = $1 {joins}",
+        aliased(INCIDENT_COLUMNS, "i"),
+        aliased(ASSIGNMENT_COLUMNS, "a")
+    )
+}
+
+async fn lookup_row(
+    pool: &PgPool,
+    sql: &str,
+    request_id: &str,
+    key: &str,
+) -> Result<Lookup, StoreError> {
+    let row = sqlx::query(sql)
+        .bind(request_id)
+        .bind(key)
+        .fetch_one(pool)
+        .await?;
+    let fingerprint: Option<Vec<u8>> = row.try_get("q_fingerprint")?;
+    let request = match fingerprint {
+        Some(fingerprint) => Some(RequestRecord {
+            request_id: request_id.to_owned(),
+            fingerprint,
+            response: row.try_get("q_response")?,
+        }),
+        None => None,
+    };
+    let incident_id: Option<String> = row.try_get("i_incident_id")?;
+    let assignment_id: Option<String> = row.try_get("a_assignment_id")?;
+    Ok(Lookup {
+        request,
+        incident: incident_id.map(|_| incident_at(&row, "i_")).transpose()?,
+        assignment: assignment_id
+            .map(|_| assignment_at(&row, "a_"))
+            .transpose()?,
+    })
 }
 
 super::shared::record_store!(PostgresStore, PgRow, {
     async fn lookup(&self, request_id: &str, incident_id: &str) -> Result<Lookup, StoreError> {
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            let aliased = |columns: &str, alias: &str| {
-                columns
-                    .split(',')
-                    .map(|c| format!("{alias}.{0} AS {alias}_{0}", c.trim()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            format!(
-                "SELECT q.fingerprint AS q_fingerprint, q.response AS q_response, {}, {} \
-                 FROM (SELECT 1) AS one \
-                 LEFT JOIN requests q ON q.request_id = $1 \
-                 LEFT JOIN incidents i ON i.incident_id = $2 \
+            lookup_sql(
+                "LEFT JOIN incidents i ON i.incident_id = $2 \
                  LEFT JOIN assignments a ON a.incident_id = $2 AND a.state = 'ACTIVE'",
-                aliased(INCIDENT_COLUMNS, "i"),
-                aliased(ASSIGNMENT_COLUMNS, "a")
             )
         });
-        let row = sqlx::query(&SQL)
-            .bind(request_id)
-            .bind(incident_id)
-            .fetch_one(&self.pool)
-            .await?;
-        let fingerprint: Option<Vec<u8>> = row.try_get("q_fingerprint")?;
-        let request = match fingerprint {
-            Some(fingerprint) => Some(RequestRecord {
-                request_id: request_id.to_owned(),
-                fingerprint,
-                response: row.try_get("q_response")?,
-            }),
-            None => None,
-        };
-        let incident_id: Option<String> = row.try_get("i_incident_id")?;
-        let assignment_id: Option<String> = row.try_get("a_assignment_id")?;
-        Ok(Lookup {
-            request,
-            incident: incident_id.map(|_| incident_at(&row, "i_")).transpose()?,
-            active: assignment_id
-                .map(|_| assignment_at(&row, "a_"))
-                .transpose()?,
-        })
+        lookup_row(&self.pool, &SQL, request_id, incident_id).await
+    }
+
+    async fn lookup_assignment(
+        &self,
+        request_id: &str,
+        assignment_id: &str,
+    ) -> Result<Lookup, StoreError> {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            lookup_sql(
+                "LEFT JOIN assignments a ON a.assignment_id = $2 \
+                 LEFT JOIN incidents i ON i.incident_id = a.incident_id",
+            )
+        });
+        lookup_row(&self.pool, &SQL, request_id, assignment_id).await
     }
 
     async fn write(&self, write: Write) -> Result<(), StoreError> {
         let (sql, args) = fused_write(&write, Utc::now())?;
-        let mut tx = self.pool.begin().await?;
-        let row = match sqlx::query_with(&sql, args).fetch_one(&mut *tx).await {
-            Ok(row) => row,
-            Err(error) => {
-                return Err(match constraint(&error).as_deref() {
-                    Some("assignments_one_active_per_team") => StoreError::TeamBusy,
-                    Some("assignments_one_active_per_incident") => StoreError::IncidentBusy,
-                    _ => error.into(),
-                });
-            }
-        };
-        // In the order the checks have always been made; any refusal rolls everything back
-        // (dropping the transaction does).
-        for (check, refusal) in [
-            ("request_ok", StoreError::DuplicateRequest),
-            ("incident_ok", StoreError::VersionConflict),
-            ("end_ok", StoreError::NotActive),
-            ("token_ok", StoreError::StaleToken),
-        ] {
-            if !row.try_get::<bool, _>(check)? {
-                return Err(refusal);
-            }
+        match sqlx::query_with(&sql, args).execute(&self.pool).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(refusal(&error).unwrap_or_else(|| error.into())),
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn sequence_events(&self) -> Result<usize, StoreError> {
