@@ -136,13 +136,16 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
         max_position_age: Option<Duration>,
     ) -> Result<Result<Claim, ClaimRefused>, FleetError>;
 
-    /// Atomically: if the team is busy on `incident_id`, make it AVAILABLE (and announce it).
-    /// Returns whether it did.
+    /// Atomically: if the team is busy on `incident_id`, make it AVAILABLE. Returns whether
+    /// it did. With `announce` false, the team is not announced to [`Fleet::subscribe`]rs:
+    /// the caller offers it to the queue itself (ReleaseTeam does, right after its record
+    /// write), so the queue is not read twice for one release.
     async fn release(
         &self,
         region: &str,
         team_id: &str,
         incident_id: &str,
+        announce: bool,
     ) -> Result<bool, FleetError>;
 
     /// Announcements of teams becoming AVAILABLE, for the queue. Best effort: the queue is
@@ -401,6 +404,7 @@ impl Fleet for MemoryFleet {
         region: &str,
         team_id: &str,
         incident_id: &str,
+        announce: bool,
     ) -> Result<bool, FleetError> {
         let released = {
             let mut state = self.lock();
@@ -418,7 +422,7 @@ impl Fleet for MemoryFleet {
                 _ => false,
             }
         };
-        if released {
+        if released && announce {
             self.announce(region, team_id);
         }
         Ok(released)
@@ -460,9 +464,9 @@ mod tests {
         assert_eq!(first, Ok(Claim { fencing_token: 1 }));
         let second = fleet.claim("r", "t1", "i2", now, None).await.expect("up");
         assert_eq!(second, Err(ClaimRefused::NotAvailable));
-        assert!(!fleet.release("r", "t1", "i2").await.expect("up"));
+        assert!(!fleet.release("r", "t1", "i2", true).await.expect("up"));
         let mut events = fleet.subscribe();
-        assert!(fleet.release("r", "t1", "i1").await.expect("up"));
+        assert!(fleet.release("r", "t1", "i1", true).await.expect("up"));
         assert_eq!(events.try_recv().expect("announced").team_id, "t1");
         let third = fleet.claim("r", "t1", "i2", now, None).await.expect("up");
         assert_eq!(third, Ok(Claim { fencing_token: 2 }));

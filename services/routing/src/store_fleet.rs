@@ -7,10 +7,11 @@
 //! page through the region's teams (one `SMEMBERS`-and-hashes read per 500 teams); `claim`
 //! and `release` are one script call each.
 //! Announcements of teams becoming AVAILABLE come from each region's availability event
-//! stream, read by one task per region from the first time routing looks at that region.
+//! stream, read by one task per region from the first time routing looks at that region. A
+//! release made with `announce` false is left out: its caller offers the team itself.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -38,11 +39,90 @@ const RECOMMENDATION: &str = "routing.recommendation";
 /// Teams read per page when routing scans a region.
 const PAGE: usize = 500;
 
+/// At most this many quiet releases wait for their event (see [`QuietReleases`]).
+const QUIET_LIMIT: usize = 4_096;
+
+/// Where a release made with `announce` false stands, for its team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// The release is in flight: the team's next AVAILABLE event is held back.
+    InFlight,
+    /// An AVAILABLE event, at this revision, came while the release was in flight.
+    Held(i64),
+    /// The release left the team at this revision: its event is dropped when it comes.
+    Released(i64),
+}
+
+/// Releases made with `announce` false: the event reader leaves their AVAILABLE events
+/// unannounced (the caller offers the team itself). The event may come before the release's
+/// reply, so the release is marked before it is sent; an event that turns out not to be the
+/// release's own is announced when the release ends. Bounded: past [`QUIET_LIMIT`] teams (events
+/// that never came, the reader being interrupted) it starts again empty, which costs at most a
+/// redundant announcement.
+#[derive(Debug, Default)]
+struct QuietReleases(HashMap<String, Quiet>);
+
+impl QuietReleases {
+    /// Before a quiet release of `team_id`.
+    fn begin(&mut self, team_id: &str) {
+        if self.0.len() >= QUIET_LIMIT {
+            self.0.clear();
+        }
+        self.0.insert(team_id.to_owned(), Quiet::InFlight);
+    }
+
+    /// After the release, with the team's revision if it released the team. Returns the
+    /// revision of an event held meanwhile that was not the release's own: the caller
+    /// announces it.
+    fn end(&mut self, team_id: &str, released: Option<i64>) -> Option<i64> {
+        let state = self.0.remove(team_id);
+        match (state, released) {
+            (Some(Quiet::Held(held)), Some(revision)) if held == revision => None,
+            (Some(Quiet::Held(held)), Some(revision)) => {
+                if held < revision {
+                    self.0.insert(team_id.to_owned(), Quiet::Released(revision));
+                }
+                Some(held)
+            }
+            (Some(Quiet::Held(held)), None) => Some(held),
+            (_, Some(revision)) => {
+                self.0.insert(team_id.to_owned(), Quiet::Released(revision));
+                None
+            }
+            (_, None) => None,
+        }
+    }
+
+    /// Whether an AVAILABLE event of `team_id` at `revision` is to be announced.
+    fn announce(&mut self, team_id: &str, revision: i64) -> bool {
+        match self.0.get(team_id).copied() {
+            None | Some(Quiet::Held(_)) => true,
+            Some(Quiet::InFlight) => {
+                self.0.insert(team_id.to_owned(), Quiet::Held(revision));
+                false
+            }
+            Some(Quiet::Released(released)) => {
+                if released <= revision {
+                    self.0.remove(team_id);
+                }
+                released != revision
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Routing's fleet over availability's [`TeamStore`].
 pub struct StoreFleet {
     store: Arc<dyn TeamStore>,
     clock: Arc<dyn Clock>,
     announcements: broadcast::Sender<TeamAvailable>,
+    quiet: Arc<Mutex<QuietReleases>>,
     watched: Mutex<HashSet<String>>,
     stop: CancellationToken,
 }
@@ -110,6 +190,7 @@ impl StoreFleet {
             store,
             clock,
             announcements: broadcast::channel(4096).0,
+            quiet: Arc::default(),
             watched: Mutex::new(HashSet::new()),
             stop: CancellationToken::new(),
         }
@@ -146,6 +227,7 @@ impl StoreFleet {
         }
         let store = self.store.clone();
         let sender = self.announcements.clone();
+        let quiet = self.quiet.clone();
         let stop = self.stop.clone();
         let region = region.to_owned();
         tokio::spawn(async move {
@@ -175,6 +257,7 @@ impl StoreFleet {
                             after = Some(event.id);
                             if matches!(event.kind, EventKind::StatusChanged | EventKind::Upserted)
                                 && event.team.status == TeamStatus::Available
+                                && lock(&quiet).announce(&event.team.team_id, event.team.revision)
                             {
                                 // No receiver is fine: the queue is re-checked periodically.
                                 let _ = sender.send(TeamAvailable {
@@ -333,12 +416,27 @@ impl Fleet for StoreFleet {
         region: &str,
         team_id: &str,
         incident_id: &str,
+        announce: bool,
     ) -> Result<bool, FleetError> {
-        match self
+        if !announce {
+            lock(&self.quiet).begin(team_id);
+        }
+        let outcome = self
             .store
             .release(region, team_id, incident_id, self.clock.now())
-            .await
-        {
+            .await;
+        let released = match &outcome {
+            Ok(ReleaseOutcome::Released(team)) => Some(team.revision),
+            _ => None,
+        };
+        if !announce && lock(&self.quiet).end(team_id, released).is_some() {
+            // Another change made the team AVAILABLE meanwhile: announce that one.
+            let _ = self.announcements.send(TeamAvailable {
+                region: region.to_owned(),
+                team_id: team_id.to_owned(),
+            });
+        }
+        match outcome {
             Ok(ReleaseOutcome::Released(_)) => Ok(true),
             Ok(ReleaseOutcome::AlreadyReleased(_))
             | Err(ReleaseError::NotFound | ReleaseError::NotOnIncident { .. }) => Ok(false),
@@ -348,5 +446,127 @@ impl Fleet for StoreFleet {
 
     fn subscribe(&self) -> broadcast::Receiver<TeamAvailable> {
         self.announcements.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_availability::{Keyspace, RedisTeamStore, model::TeamDefinition};
+
+    use super::*;
+    use crate::clock::SystemClock;
+
+    /// A fleet over availability's Redis store (own key prefix) with AVAILABLE teams.
+    async fn fleet(prefix: &str, region: &str, teams: &[&str]) -> StoreFleet {
+        let client = redis::Client::open(relay_tests::redis_url()).expect("redis");
+        let store = RedisTeamStore::new(client, Keyspace::new(prefix), Duration::from_secs(60))
+            .expect("store");
+        let now = Utc::now();
+        for team_id in teams {
+            store
+                .upsert_team(
+                    &TeamDefinition {
+                        team_id: (*team_id).to_owned(),
+                        display_name: (*team_id).to_owned(),
+                        region: region.to_owned(),
+                        capabilities: vec![],
+                        shift_ends_at: None,
+                    },
+                    None,
+                    now,
+                )
+                .await
+                .expect("upsert");
+            store
+                .set_status(team_id, TeamStatus::Available, "", None, now)
+                .await
+                .expect("available");
+        }
+        StoreFleet::new(Arc::new(store), Arc::new(SystemClock))
+    }
+
+    async fn claim_and_release(fleet: &StoreFleet, region: &str, team_id: &str, announce: bool) {
+        let claim = fleet
+            .claim(region, team_id, "incident", Utc::now(), None)
+            .await
+            .expect("up");
+        assert!(claim.is_ok(), "{claim:?}");
+        assert!(
+            fleet
+                .release(region, team_id, "incident", announce)
+                .await
+                .expect("up")
+        );
+    }
+
+    #[test]
+    fn quiet_releases_hold_back_only_their_own_event() {
+        // The event after the reply: dropped once, a later one announced.
+        let mut quiet = QuietReleases::default();
+        quiet.begin("t");
+        assert_eq!(quiet.end("t", Some(5)), None);
+        assert!(!quiet.announce("t", 5));
+        assert!(quiet.announce("t", 6));
+        // The event before the reply: held, and dropped when it is the release's own.
+        quiet.begin("t");
+        assert!(!quiet.announce("t", 7));
+        assert_eq!(quiet.end("t", Some(7)), None);
+        assert!(quiet.announce("t", 8));
+        // Another change's event held while a release failed: handed back to announce.
+        quiet.begin("t");
+        assert!(!quiet.announce("t", 9));
+        assert_eq!(quiet.end("t", None), Some(9));
+        // Another change's event held, then the release: the other is handed back, the
+        // release's own still dropped.
+        quiet.begin("t");
+        assert!(!quiet.announce("t", 10));
+        assert_eq!(quiet.end("t", Some(11)), Some(10));
+        assert!(!quiet.announce("t", 11));
+        // Other teams are untouched, and an older event than the release is announced.
+        quiet.begin("t");
+        assert_eq!(quiet.end("t", Some(20)), None);
+        assert!(quiet.announce("u", 20));
+        assert!(quiet.announce("t", 19));
+        assert!(!quiet.announce("t", 20));
+    }
+
+    #[tokio::test]
+    async fn a_quiet_release_is_not_announced_and_an_announced_one_is() {
+        let prefix = relay_tests::unique_name("routing_quiet");
+        let region = "quiet";
+        let fleet = fleet(&prefix, region, &["a", "b", "c"]).await;
+        let mut announced = fleet.subscribe();
+        // Looking at the region starts its event reader; announced releases until one is
+        // heard show that the reader is past its starting point.
+        fleet
+            .available_near(region, GeoPoint::default(), 1_000.0, 1)
+            .await
+            .expect("up");
+        let mut live = false;
+        for _ in 0..40 {
+            claim_and_release(&fleet, region, "a", true).await;
+            if tokio::time::timeout(Duration::from_millis(250), announced.recv())
+                .await
+                .is_ok()
+            {
+                live = true;
+                break;
+            }
+        }
+        assert!(live, "the event reader never announced a release");
+        claim_and_release(&fleet, region, "b", false).await;
+        claim_and_release(&fleet, region, "c", true).await;
+        // Events are read in order: everything announced before c's release, and b not at all.
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), announced.recv())
+                .await
+                .expect("c is announced")
+                .expect("open");
+            assert_ne!(next.team_id, "b", "a quiet release was announced");
+            if next.team_id == "c" {
+                break;
+            }
+        }
+        relay_tests::redis_delete_prefix(&prefix).await;
     }
 }

@@ -229,8 +229,11 @@ impl Fleet for RacingFleet {
         region: &str,
         team_id: &str,
         incident_id: &str,
+        announce: bool,
     ) -> Result<bool, FleetError> {
-        self.inner.release(region, team_id, incident_id).await
+        self.inner
+            .release(region, team_id, incident_id, announce)
+            .await
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TeamAvailable> {
         self.inner.subscribe()
