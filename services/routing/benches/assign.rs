@@ -34,6 +34,11 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TEAMS: usize = 10_000;
+/// The fields availability's store reads from each team hash (its `TEAM_FIELDS`).
+const TEAM_FIELDS: [&str; 17] = [
+    "id", "name", "region", "caps", "status", "lat", "lon", "loc_at", "hdg", "spd", "acc",
+    "incident", "shift_end", "rev", "fence", "created", "updated",
+];
 const CONCURRENCY: usize = 16;
 const CENTER: GeoPoint = GeoPoint {
     latitude: 44.05,
@@ -44,6 +49,31 @@ struct Stats {
     name: &'static str,
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time the whole machine spent (every process, from /proc/stat) during the run.
+    busy: Duration,
+}
+
+/// CPU time the machine has spent not idle since boot, summed over its cores (Linux
+/// /proc/stat, in clock ticks of 10 ms); zero where it cannot be read.
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, n)| n)
+        .sum();
+    Duration::from_millis(busy * 10)
 }
 
 impl Stats {
@@ -65,14 +95,21 @@ impl Stats {
         n / self.elapsed.as_secs_f64()
     }
 
+    /// Machine CPU time per operation (every process: client, server, Redis, PostgreSQL).
+    fn cpu_per_op(&self) -> Duration {
+        self.busy
+            .div_f64(self.latencies.len().max(1) as f64)
+    }
+
     fn print(&self) {
         println!(
-            "{:<34} n={:<6} p50={:>9.3} ms  p99={:>9.3} ms  {:>9.0}/s",
+            "{:<34} n={:<6} p50={:>9.3} ms  p99={:>9.3} ms  {:>9.0}/s  cpu/op={:>6.0} us",
             self.name,
             self.latencies.len(),
             self.percentile(0.50).as_secs_f64() * 1e3,
             self.percentile(0.99).as_secs_f64() * 1e3,
-            self.per_second()
+            self.per_second(),
+            self.cpu_per_op().as_secs_f64() * 1e6
         );
     }
 }
@@ -84,6 +121,7 @@ where
     Fut: Future<Output = Duration> + Send,
 {
     let start = Instant::now();
+    let busy = machine_busy();
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|worker| {
             let op = op.clone();
@@ -106,6 +144,7 @@ where
         name,
         latencies,
         elapsed: start.elapsed(),
+        busy: machine_busy().saturating_sub(busy),
     }
 }
 
@@ -232,8 +271,10 @@ async fn main() {
         }
     })
     .await;
+    // Like the service's pool (relay-runtime), no ping before each acquire.
     let pg = sqlx::postgres::PgPoolOptions::new()
         .max_connections(u32::try_from(CONCURRENCY).unwrap_or(16))
+        .test_before_acquire(false)
         .connect(database.url())
         .await
         .expect("pg");
@@ -291,6 +332,78 @@ async fn main() {
         .await
     };
 
+    // The other primitives a RECOMMEND is made of, for its throughput bound: the record's
+    // one-row read (the remembered response, the incident, its assignment), the hashes of
+    // the 16 teams found (one pipeline of HMGETs, the fields the store reads), and the
+    // remembered recommendation (a SET with expiry).
+    let read = {
+        let pg = pg.clone();
+        run("primitive: PostgreSQL key read", 20_000, move |i| {
+            let pg = pg.clone();
+            async move {
+                let start = Instant::now();
+                let _: Option<(String,)> = sqlx::query_as("SELECT id FROM floor WHERE id = $1")
+                    .bind(format!("row-{}", i % 4_000))
+                    .fetch_optional(&pg)
+                    .await
+                    .expect("read");
+                start.elapsed()
+            }
+        })
+        .await
+    };
+    let hashes = {
+        let keys = keys.clone();
+        let region = region.clone();
+        let connection = redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis up");
+        run("primitive: HMGET of 16 teams", 20_000, move |i| {
+            let mut connection = connection.clone();
+            let team_keys: Vec<String> = (0..16)
+                .map(|n| keys.team(&region, &format!("team-{:05}", (i * 16 + n) % TEAMS)))
+                .collect();
+            async move {
+                let start = Instant::now();
+                let mut pipe = redis::pipe();
+                for key in &team_keys {
+                    pipe.cmd("HMGET").arg(key).arg(&TEAM_FIELDS[..]);
+                }
+                let _: Vec<Vec<Option<String>>> = pipe
+                    .query_async(&mut connection)
+                    .await
+                    .expect("hmget");
+                start.elapsed()
+            }
+        })
+        .await
+    };
+    let remember = {
+        let connection = redis
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis up");
+        let prefix = prefix.clone();
+        run("primitive: SET with expiry", 20_000, move |i| {
+            let mut connection = connection.clone();
+            let key = format!("{prefix}:floor:{i}");
+            async move {
+                let start = Instant::now();
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg("x".repeat(200))
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(&mut connection)
+                    .await
+                    .expect("set");
+                start.elapsed()
+            }
+        })
+        .await
+    };
+
     // Routing.
     let client = RoutingServiceClient::new(channel.clone());
     let recommend = {
@@ -310,7 +423,7 @@ async fn main() {
     let cycle = {
         let client = client.clone();
         let region = region.clone();
-        run("AUTO_ASSIGN + ReleaseTeam cycle", 1_000, move |i| {
+        run("AUTO_ASSIGN + ReleaseTeam cycle", 3_000, move |i| {
             let mut client = client.clone();
             let request = request(i, "auto", &region, AssignmentMode::AutoAssign);
             async move {
@@ -339,7 +452,9 @@ async fn main() {
     println!(
         "routing AssignTeam benchmark: {TEAMS} teams in one region, {CONCURRENCY} concurrent callers"
     );
-    for stats in [&echo, &insert, &geo, &recommend, &cycle] {
+    for stats in [
+        &echo, &insert, &geo, &read, &hashes, &remember, &recommend, &cycle,
+    ] {
         stats.print();
     }
     let p99 = |stats: &Stats| stats.percentile(0.99).as_secs_f64();
@@ -349,6 +464,26 @@ async fn main() {
         "p99 ratio RECOMMEND / (unary + GEOSEARCH): {:.2} (goal <= 3); RECOMMEND throughput {:.0}/s (goal >= 5000)",
         p99(&recommend) / recommend_floor,
         recommend.per_second()
+    );
+    // The machine CPU a RECOMMEND's primitives cost, each measured alone (client, server and
+    // Redis or PostgreSQL together): if their costs add, no RECOMMEND rate on these cores can
+    // exceed cores / that sum.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let primitives: f64 = [&echo, &geo, &read, &hashes, &remember]
+        .iter()
+        .map(|stats| stats.cpu_per_op().as_secs_f64())
+        .sum();
+    #[allow(clippy::cast_precision_loss)]
+    let bound = cores as f64 / primitives;
+    println!(
+        "RECOMMEND primitives (unary, GEOSEARCH, key read, HMGET x16, SET) cost {:.0} us of \
+         machine CPU together; RECOMMEND cost {:.0} us ({:.2}x); at most {bound:.0}/s on {cores} \
+         cores, RECOMMEND reached {:.0}/s ({:.2} of it)",
+        primitives * 1e6,
+        recommend.cpu_per_op().as_secs_f64() * 1e6,
+        recommend.cpu_per_op().as_secs_f64() / primitives,
+        recommend.per_second(),
+        recommend.per_second() / bound
     );
     println!(
         "p99 ratio AUTO_ASSIGN+release / (2 x unary + GEOSEARCH + insert): {:.2} (goal <= 3)",
