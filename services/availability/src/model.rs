@@ -80,6 +80,41 @@ pub struct Team {
     pub update_time: DateTime<Utc>,
 }
 
+/// What a proximity ranking needs of a team: its identity, capabilities, status, position and
+/// shift ([`TeamStore::nearest_available`](crate::TeamStore::nearest_available) reads only
+/// these, about half of a team's fields).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamSummary {
+    /// The team's id.
+    pub team_id: String,
+    /// Name shown to dispatchers.
+    pub display_name: String,
+    /// Capability tags, sorted and without duplicates.
+    pub capabilities: Vec<String>,
+    /// Current status.
+    pub status: TeamStatus,
+    /// Last accepted position.
+    pub location: Option<Position>,
+    /// Device time of the last accepted position.
+    pub location_updated_at: Option<DateTime<Utc>>,
+    /// When the shift ends, if known.
+    pub shift_ends_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Team> for TeamSummary {
+    fn from(team: &Team) -> Self {
+        Self {
+            team_id: team.team_id.clone(),
+            display_name: team.display_name.clone(),
+            capabilities: team.capabilities.clone(),
+            status: team.status,
+            location: team.location,
+            location_updated_at: team.location_updated_at,
+            shift_ends_at: team.shift_ends_at,
+        }
+    }
+}
+
 impl Team {
     /// The roster fields of this team.
     #[must_use]

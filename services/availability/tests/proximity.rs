@@ -9,11 +9,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use relay_availability::{
     Keyspace, LocationReport, MemoryTeamStore, RedisTeamStore, TeamStore,
-    model::{Position, TeamDefinition, TeamStatus, distance_meters},
+    model::{Position, TeamDefinition, TeamStatus, TeamSummary, distance_meters},
 };
 
 #[derive(Debug, Clone)]
@@ -50,6 +50,13 @@ fn grid(cell: (i32, i32)) -> Position {
     }
 }
 
+/// Some shifts end, so the read summaries carry one.
+fn shift_end(index: usize, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    index
+        .is_multiple_of(3)
+        .then(|| now + chrono::Duration::hours(i64::try_from(index).unwrap_or(0)))
+}
+
 async fn check(
     store: &dyn TeamStore,
     region: &str,
@@ -76,7 +83,7 @@ async fn check(
                     display_name: id.clone(),
                     region: region.to_owned(),
                     capabilities,
-                    shift_ends_at: None,
+                    shift_ends_at: shift_end(index, now),
                 },
                 None,
                 now,
@@ -126,6 +133,26 @@ async fn check(
         .collect();
     prop_assert!(read.len() <= limit);
     prop_assert_eq!(&read[..], &all[..read.len()]);
+    // Each summary holds the values the team was given.
+    for (summary, _) in &nearest.teams {
+        let index: usize = summary.team_id["team-".len()..].parse().expect("index");
+        let mut capabilities: Vec<String> = teams[index]
+            .capabilities
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect();
+        capabilities.sort();
+        let expected = TeamSummary {
+            team_id: summary.team_id.clone(),
+            display_name: summary.team_id.clone(),
+            capabilities,
+            status: TeamStatus::Available,
+            location: teams[index].position.map(grid),
+            location_updated_at: Some(now),
+            shift_ends_at: shift_end(index, now),
+        };
+        prop_assert_eq!(summary, &expected);
+    }
     match nearest.frontier {
         None => prop_assert_eq!(read.len(), all.len()),
         Some(frontier) => {

@@ -20,7 +20,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use chrono::{DateTime, Utc};
 use relay_availability::{
     ClaimError, ReleaseError, ReleaseOutcome, TeamStore,
-    model::{EventKind, Position as StorePosition, Team, TeamStatus as StoreStatus},
+    model::{EventKind, Position as StorePosition, Team, TeamStatus as StoreStatus, TeamSummary},
 };
 use relay_proto::common::{GeoPoint, TeamStatus};
 use tokio::sync::broadcast;
@@ -159,6 +159,27 @@ fn snapshot(team: &Team) -> TeamSnapshot {
                 },
                 recorded_at,
             }),
+        shift_ends_at: team.shift_ends_at,
+    }
+}
+
+/// The snapshot of a team read by its summary (the bounded read).
+fn summary_snapshot(team: TeamSummary) -> TeamSnapshot {
+    TeamSnapshot {
+        position: team
+            .location
+            .zip(team.location_updated_at)
+            .map(|(point, recorded_at)| Position {
+                point: GeoPoint {
+                    latitude: point.latitude,
+                    longitude: point.longitude,
+                },
+                recorded_at,
+            }),
+        team_id: team.team_id,
+        display_name: team.display_name,
+        status: team.status,
+        capabilities: team.capabilities,
         shift_ends_at: team.shift_ends_at,
     }
 }
@@ -333,8 +354,8 @@ impl Fleet for StoreFleet {
         Ok(NearestTeams {
             teams: nearest
                 .teams
-                .iter()
-                .map(|(team, _)| snapshot(team))
+                .into_iter()
+                .map(|(team, _)| summary_snapshot(team))
                 .collect(),
             frontier: nearest.frontier,
         })

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    EventId, Position, Team, TeamDefinition, TeamEvent, TeamStatus, distance_meters,
+    EventId, Position, Team, TeamDefinition, TeamEvent, TeamStatus, TeamSummary, distance_meters,
 };
 
 pub mod memory;
@@ -360,7 +360,13 @@ pub trait TeamStore: Send + Sync + 'static {
         let mut teams = self.available_within(region, point, radius_meters).await?;
         let frontier = (teams.len() > count).then(|| teams[count].1);
         teams.truncate(count);
-        Ok(Nearest { teams, frontier })
+        Ok(Nearest {
+            teams: teams
+                .iter()
+                .map(|(team, distance)| (TeamSummary::from(team), *distance))
+                .collect(),
+            frontier,
+        })
     }
 
     /// As [`Self::available_near`], keeping only teams with every required capability.
@@ -382,8 +388,9 @@ pub trait TeamStore: Send + Sync + 'static {
 /// The answer of [`TeamStore::nearest_available`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nearest {
-    /// The teams read, with their great-circle distances, nearest first (ties by team id).
-    pub teams: Vec<(Team, f64)>,
+    /// The teams read (the fields a ranking needs), with their great-circle distances,
+    /// nearest first (ties by team id).
+    pub teams: Vec<(TeamSummary, f64)>,
     /// `None` when `teams` holds every AVAILABLE team within the radius; otherwise a distance
     /// (meters) that every AVAILABLE team left unread is at least as far as.
     pub frontier: Option<f64>,
@@ -393,12 +400,16 @@ pub struct Nearest {
 /// the radius by [`distance_meters`], nearest first, ties by team id. Both backends finish
 /// their index query with it, so they agree to the bit.
 #[must_use]
-pub fn rank_candidates(teams: Vec<Team>, point: Position, radius_meters: f64) -> Vec<(Team, f64)> {
-    let mut found: Vec<(Team, f64)> = teams
+pub fn rank_candidates<T: Placed>(
+    teams: Vec<T>,
+    point: Position,
+    radius_meters: f64,
+) -> Vec<(T, f64)> {
+    let mut found: Vec<(T, f64)> = teams
         .into_iter()
-        .filter(|team| team.status == TeamStatus::Available)
+        .filter(|team| team.status() == TeamStatus::Available)
         .filter_map(|team| {
-            let position = team.location?;
+            let position = team.location()?;
             if position.latitude.abs() > MAX_INDEXED_LATITUDE {
                 return None;
             }
@@ -406,6 +417,40 @@ pub fn rank_candidates(teams: Vec<Team>, point: Position, radius_meters: f64) ->
             (distance <= radius_meters).then_some((team, distance))
         })
         .collect();
-    found.sort_by(|(a, da), (b, db)| da.total_cmp(db).then_with(|| a.team_id.cmp(&b.team_id)));
+    found.sort_by(|(a, da), (b, db)| da.total_cmp(db).then_with(|| a.id().cmp(b.id())));
     found
+}
+
+/// A team as [`rank_candidates`] sees it: [`Team`] or [`TeamSummary`].
+pub trait Placed {
+    /// The team's id.
+    fn id(&self) -> &str;
+    /// Its status.
+    fn status(&self) -> TeamStatus;
+    /// Its last accepted position.
+    fn location(&self) -> Option<Position>;
+}
+
+impl Placed for Team {
+    fn id(&self) -> &str {
+        &self.team_id
+    }
+    fn status(&self) -> TeamStatus {
+        self.status
+    }
+    fn location(&self) -> Option<Position> {
+        self.location
+    }
+}
+
+impl Placed for TeamSummary {
+    fn id(&self) -> &str {
+        &self.team_id
+    }
+    fn status(&self) -> TeamStatus {
+        self.status
+    }
+    fn location(&self) -> Option<Position> {
+        self.location
+    }
 }

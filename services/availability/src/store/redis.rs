@@ -22,8 +22,8 @@ use super::{
 use crate::{
     keyspace::Keyspace,
     model::{
-        EventId, EventKind, Position, Team, TeamDefinition, TeamEvent, TeamStatus, allowed_from,
-        from_micros, to_micros,
+        EventId, EventKind, Position, Team, TeamDefinition, TeamEvent, TeamStatus, TeamSummary,
+        allowed_from, from_micros, to_micros,
     },
 };
 
@@ -147,71 +147,121 @@ fn decode_values(values: &[Option<String>]) -> Result<Option<Team>, StoreError> 
     if values.iter().all(Option::is_none) {
         return Ok(None);
     }
-    decode_fields(|name| {
-        TEAM_FIELDS
-            .iter()
-            .position(|field| *field == name)
-            .and_then(|index| values.get(index)?.as_deref())
-    })
-    .map(Some)
+    decode_fields(positional(&TEAM_FIELDS, values)).map(Some)
 }
 
-fn decode_fields<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Result<Team, StoreError> {
-    let get =
-        |name: &str| field(name).ok_or_else(|| corrupt(format!("team hash without `{name}`")));
-    let opt_f64 = |name: &str| -> Result<Option<f64>, StoreError> {
-        match field(name) {
+/// Typed reads of a team hash's fields, by name.
+struct Fields<F>(F);
+
+impl<'a, F: Fn(&str) -> Option<&'a str>> Fields<F> {
+    fn get(&self, name: &str) -> Result<&'a str, StoreError> {
+        (self.0)(name).ok_or_else(|| corrupt(format!("team hash without `{name}`")))
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        match (self.0)(name) {
             None | Some("") => Ok(None),
             Some(text) => text
                 .parse()
                 .map(Some)
                 .map_err(|_| corrupt(format!("`{name}` = `{text}`"))),
         }
-    };
-    let opt_time = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
-        match field(name) {
-            None | Some("") => Ok(None),
-            Some(text) => text
-                .parse()
-                .map(|m| Some(from_micros(m)))
-                .map_err(|_| corrupt(format!("`{name}` = `{text}`"))),
-        }
-    };
-    let int = |name: &str| -> Result<i64, StoreError> {
-        let text = get(name)?;
+    }
+
+    fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.parsed::<i64>(name)?.map(from_micros))
+    }
+
+    fn int(&self, name: &str) -> Result<i64, StoreError> {
+        let text = self.get(name)?;
         text.parse()
             .map_err(|_| corrupt(format!("`{name}` = `{text}`")))
-    };
-    let caps = get("caps")?;
-    let location = match (opt_f64("lat")?, opt_f64("lon")?) {
-        (Some(latitude), Some(longitude)) => Some(Position {
-            latitude,
-            longitude,
-        }),
-        _ => None,
-    };
+    }
+
+    /// The fields of [`SUMMARY_FIELDS`].
+    fn summary(&self) -> Result<TeamSummary, StoreError> {
+        let caps = self.get("caps")?;
+        let location = match (self.parsed("lat")?, self.parsed("lon")?) {
+            (Some(latitude), Some(longitude)) => Some(Position {
+                latitude,
+                longitude,
+            }),
+            _ => None,
+        };
+        Ok(TeamSummary {
+            team_id: self.get("id")?.to_owned(),
+            display_name: self.get("name")?.to_owned(),
+            capabilities: if caps.is_empty() {
+                Vec::new()
+            } else {
+                caps.split(',').map(str::to_owned).collect()
+            },
+            status: status_from(self.get("status")?)?,
+            location,
+            location_updated_at: self.time("loc_at")?,
+            shift_ends_at: self.time("shift_end")?,
+        })
+    }
+}
+
+fn decode_fields<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Result<Team, StoreError> {
+    let fields = Fields(field);
+    let summary = fields.summary()?;
     Ok(Team {
-        team_id: get("id")?.to_owned(),
-        display_name: get("name")?.to_owned(),
-        region: get("region")?.to_owned(),
-        capabilities: if caps.is_empty() {
-            Vec::new()
-        } else {
-            caps.split(',').map(str::to_owned).collect()
-        },
-        status: status_from(get("status")?)?,
-        location,
-        location_updated_at: opt_time("loc_at")?,
-        heading_degrees: opt_f64("hdg")?,
-        speed_meters_per_second: opt_f64("spd")?,
-        accuracy_meters: opt_f64("acc")?,
-        incident_id: field("incident").unwrap_or_default().to_owned(),
-        shift_ends_at: opt_time("shift_end")?,
-        revision: int("rev")?,
-        fencing_token: int("fence")?,
-        create_time: from_micros(int("created")?),
-        update_time: from_micros(int("updated")?),
+        team_id: summary.team_id,
+        display_name: summary.display_name,
+        region: fields.get("region")?.to_owned(),
+        capabilities: summary.capabilities,
+        status: summary.status,
+        location: summary.location,
+        location_updated_at: summary.location_updated_at,
+        heading_degrees: fields.parsed("hdg")?,
+        speed_meters_per_second: fields.parsed("spd")?,
+        accuracy_meters: fields.parsed("acc")?,
+        incident_id: (fields.0)("incident").unwrap_or_default().to_owned(),
+        shift_ends_at: summary.shift_ends_at,
+        revision: fields.int("rev")?,
+        fencing_token: fields.int("fence")?,
+        create_time: from_micros(fields.int("created")?),
+        update_time: from_micros(fields.int("updated")?),
     })
+}
+
+/// The fields of a team hash that [`TeamSummary`] holds, in the order
+/// [`TeamStore::nearest_available`] reads them with `HMGET`.
+const SUMMARY_FIELDS: [&str; 8] = [
+    "id",
+    "name",
+    "caps",
+    "status",
+    "lat",
+    "lon",
+    "loc_at",
+    "shift_end",
+];
+
+/// Decodes a team's summary from the values of [`SUMMARY_FIELDS`], in order; `None` when the
+/// hash does not exist (every value missing).
+fn decode_summary(values: &[Option<String>]) -> Result<Option<TeamSummary>, StoreError> {
+    if values.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    Fields(positional(&SUMMARY_FIELDS, values))
+        .summary()
+        .map(Some)
+}
+
+/// The value of each named field in `values`, which are the values of `names` in order.
+fn positional<'a>(
+    names: &'static [&'static str],
+    values: &'a [Option<String>],
+) -> impl Fn(&str) -> Option<&'a str> {
+    move |name| {
+        names
+            .iter()
+            .position(|field| *field == name)
+            .and_then(|index| values.get(index)?.as_deref())
+    }
 }
 
 /// Decodes a team from a flat `field, value, ...` list.
@@ -908,11 +958,23 @@ impl TeamStore for RedisTeamStore {
             }
             reach = (reach * 4.0).min(radius_meters);
         };
-        let keys: Vec<String> = found
-            .iter()
-            .map(|(id, _)| self.keys.team(region, id))
-            .collect();
-        let mut teams = rank_candidates(self.hashes(&keys).await?, point, radius_meters);
+        // Only the fields a ranking needs: about half of the hash, and half the reply.
+        let mut pipe = redis::pipe();
+        for (id, _) in &found {
+            pipe.cmd("HMGET")
+                .arg(self.keys.team(region, id))
+                .arg(&SUMMARY_FIELDS[..]);
+        }
+        let replies: Vec<Vec<Option<String>>> = if found.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut self.conn()).await?
+        };
+        let mut summaries = Vec::with_capacity(replies.len());
+        for values in &replies {
+            summaries.extend(decode_summary(values)?);
+        }
+        let mut teams = rank_candidates(summaries, point, radius_meters);
         if let Some(frontier) = frontier {
             // Beyond the frontier the order is unknown: what was read there is left out.
             teams.retain(|(_, distance)| *distance < frontier);
