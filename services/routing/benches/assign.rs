@@ -34,10 +34,17 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TEAMS: usize = 10_000;
-/// The fields availability's store reads from each team hash (its `TEAM_FIELDS`).
-const TEAM_FIELDS: [&str; 17] = [
-    "id", "name", "region", "caps", "status", "lat", "lon", "loc_at", "hdg", "spd", "acc",
-    "incident", "shift_end", "rev", "fence", "created", "updated",
+/// The fields availability's store reads from each of the nearest team hashes for routing
+/// (its `SUMMARY_FIELDS`).
+const SUMMARY_FIELDS: [&str; 8] = [
+    "id",
+    "name",
+    "caps",
+    "status",
+    "lat",
+    "lon",
+    "loc_at",
+    "shift_end",
 ];
 const CONCURRENCY: usize = 16;
 const CENTER: GeoPoint = GeoPoint {
@@ -97,8 +104,7 @@ impl Stats {
 
     /// Machine CPU time per operation (every process: client, server, Redis, PostgreSQL).
     fn cpu_per_op(&self) -> Duration {
-        self.busy
-            .div_f64(self.latencies.len().max(1) as f64)
+        self.busy.div_f64(self.latencies.len().max(1) as f64)
     }
 
     fn print(&self) {
@@ -368,12 +374,10 @@ async fn main() {
                 let start = Instant::now();
                 let mut pipe = redis::pipe();
                 for key in &team_keys {
-                    pipe.cmd("HMGET").arg(key).arg(&TEAM_FIELDS[..]);
+                    pipe.cmd("HMGET").arg(key).arg(&SUMMARY_FIELDS[..]);
                 }
-                let _: Vec<Vec<Option<String>>> = pipe
-                    .query_async(&mut connection)
-                    .await
-                    .expect("hmget");
+                let _: Vec<Vec<Option<String>>> =
+                    pipe.query_async(&mut connection).await.expect("hmget");
                 start.elapsed()
             }
         })
