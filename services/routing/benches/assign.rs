@@ -17,6 +17,7 @@ use chrono::Utc;
 use relay_availability::{
     Keyspace, LocationReport, RedisTeamStore, TeamStore,
     model::{Position as StorePosition, TeamDefinition},
+    store::redis::SUMMARY_FIELDS,
 };
 use relay_proto::{
     common::{AssignmentMode, GeoPoint, TeamStatus},
@@ -34,18 +35,6 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TEAMS: usize = 10_000;
-/// The fields availability's store reads from each of the nearest team hashes for routing
-/// (its `SUMMARY_FIELDS`).
-const SUMMARY_FIELDS: [&str; 8] = [
-    "id",
-    "name",
-    "caps",
-    "status",
-    "lat",
-    "lon",
-    "loc_at",
-    "shift_end",
-];
 const CONCURRENCY: usize = 16;
 const CENTER: GeoPoint = GeoPoint {
     latitude: 44.05,
@@ -72,10 +61,11 @@ fn machine_busy() -> Duration {
         .skip(1)
         .filter_map(|n| n.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    // user nice system idle iowait irq softirq (steal, time another guest ran, is not ours):
+    // all but idle and iowait.
     let busy: u64 = ticks
         .iter()
-        .take(8)
+        .take(7)
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, n)| n)

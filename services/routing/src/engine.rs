@@ -1039,22 +1039,37 @@ impl Engine {
 
     /// Frees a team in the fleet after its assignment ended, then offers it to the queue.
     /// The caller has just ended the team's ACTIVE assignment in the record (a team has at
-    /// most one), so there is no stale one to look for, as `on_team_available` does.
+    /// most one), so there is no stale one to look for, as `on_team_available` does. The
+    /// release is made quietly (its event is not announced to this replica's queue drain,
+    /// since this offers the team itself), so both run in a task of their own that finishes
+    /// even when the caller's request is dropped: a team released but never offered would
+    /// wait for the periodic queue re-check.
     async fn free_team(&self, region: &str, team_id: &str, incident_id: &str) {
-        match self
-            .fleet
-            .release(region, team_id, incident_id, false)
-            .await
-        {
-            Ok(true) => {
-                if let Err(error) = self.offer_to_queue(region, team_id).await {
-                    tracing::warn!(%region, %team_id, error = %error, "queue drain failed; the periodic re-check will retry");
+        let engine = self.clone();
+        let (region, team_id, incident_id) = (
+            region.to_owned(),
+            team_id.to_owned(),
+            incident_id.to_owned(),
+        );
+        let freeing = tokio::spawn(async move {
+            match engine
+                .fleet
+                .release(&region, &team_id, &incident_id, false)
+                .await
+            {
+                Ok(true) => {
+                    if let Err(error) = engine.offer_to_queue(&region, &team_id).await {
+                        tracing::warn!(%region, %team_id, error = %error, "queue drain failed; the periodic re-check will retry");
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%region, %team_id, %error, "could not free a team; reconciliation will");
                 }
             }
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(%region, %team_id, %error, "could not free a team; reconciliation will");
-            }
+        });
+        if let Err(error) = freeing.await {
+            tracing::warn!(%error, "freeing a team stopped; reconciliation will release it");
         }
     }
 

@@ -137,9 +137,10 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
     ) -> Result<Result<Claim, ClaimRefused>, FleetError>;
 
     /// Atomically: if the team is busy on `incident_id`, make it AVAILABLE. Returns whether
-    /// it did. With `announce` false, the team is not announced to [`Fleet::subscribe`]rs:
-    /// the caller offers it to the queue itself (ReleaseTeam does, right after its record
-    /// write), so the queue is not read twice for one release.
+    /// it did. With `announce` false, the team is not announced to this replica's
+    /// [`Fleet::subscribe`]rs (other replicas still hear of it): the caller offers it to the
+    /// queue itself (ReleaseTeam and CancelRouting do, right after their record write), so
+    /// the queue is not read twice for one release.
     async fn release(
         &self,
         region: &str,

@@ -57,8 +57,9 @@ enum Quiet {
 /// unannounced (the caller offers the team itself). The event may come before the release's
 /// reply, so the release is marked before it is sent; an event that turns out not to be the
 /// release's own is announced when the release ends. Bounded: past [`QUIET_LIMIT`] teams (events
-/// that never came, the reader being interrupted) it starts again empty, which costs at most a
-/// redundant announcement.
+/// that never came, the reader being interrupted) it forgets the releases whose events are
+/// still to come, which costs at most a redundant announcement each; a held event is never
+/// forgotten.
 #[derive(Debug, Default)]
 struct QuietReleases(HashMap<String, Quiet>);
 
@@ -66,9 +67,14 @@ impl QuietReleases {
     /// Before a quiet release of `team_id`.
     fn begin(&mut self, team_id: &str) {
         if self.0.len() >= QUIET_LIMIT {
-            self.0.clear();
+            self.0
+                .retain(|_, quiet| !matches!(quiet, Quiet::Released(_)));
         }
-        self.0.insert(team_id.to_owned(), Quiet::InFlight);
+        // An event already held (another release of the team in flight) stays held, to be
+        // announced when a release ends.
+        if !matches!(self.0.get(team_id), Some(Quiet::Held(_))) {
+            self.0.insert(team_id.to_owned(), Quiet::InFlight);
+        }
     }
 
     /// After the release, with the team's revision if it released the team. Returns the
@@ -144,26 +150,10 @@ fn unavailable(error: impl std::fmt::Display) -> FleetError {
 }
 
 fn snapshot(team: &Team) -> TeamSnapshot {
-    TeamSnapshot {
-        team_id: team.team_id.clone(),
-        display_name: team.display_name.clone(),
-        status: team.status,
-        capabilities: team.capabilities.clone(),
-        position: team
-            .location
-            .zip(team.location_updated_at)
-            .map(|(point, recorded_at)| Position {
-                point: GeoPoint {
-                    latitude: point.latitude,
-                    longitude: point.longitude,
-                },
-                recorded_at,
-            }),
-        shift_ends_at: team.shift_ends_at,
-    }
+    summary_snapshot(TeamSummary::from(team))
 }
 
-/// The snapshot of a team read by its summary (the bounded read).
+/// The snapshot of a team from its summary (what the bounded read returns).
 fn summary_snapshot(team: TeamSummary) -> TeamSnapshot {
     TeamSnapshot {
         position: team
@@ -543,6 +533,11 @@ mod tests {
         assert!(!quiet.announce("t", 10));
         assert_eq!(quiet.end("t", Some(11)), Some(10));
         assert!(!quiet.announce("t", 11));
+        // A second release begun while an event is held keeps it held, to be handed back.
+        quiet.begin("t");
+        assert!(!quiet.announce("t", 12));
+        quiet.begin("t");
+        assert_eq!(quiet.end("t", None), Some(12));
         // Other teams are untouched, and an older event than the release is announced.
         quiet.begin("t");
         assert_eq!(quiet.end("t", Some(20)), None);

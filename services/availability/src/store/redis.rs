@@ -150,6 +150,9 @@ fn decode_values(values: &[Option<String>]) -> Result<Option<Team>, StoreError> 
     decode_fields(positional(&TEAM_FIELDS, values)).map(Some)
 }
 
+/// Decodes the values of an HMGET; `None` when the hash does not exist.
+type Decoder<T> = fn(&[Option<String>]) -> Result<Option<T>, StoreError>;
+
 /// Typed reads of a team hash's fields, by name.
 struct Fields<F>(F);
 
@@ -228,8 +231,9 @@ fn decode_fields<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Result<Team, St
 }
 
 /// The fields of a team hash that [`TeamSummary`] holds, in the order
-/// [`TeamStore::nearest_available`] reads them with `HMGET`.
-const SUMMARY_FIELDS: [&str; 8] = [
+/// [`TeamStore::nearest_available`] reads them with `HMGET` (public for benchmarks that
+/// measure the same read).
+pub const SUMMARY_FIELDS: [&str; 8] = [
     "id",
     "name",
     "caps",
@@ -391,20 +395,30 @@ impl RedisTeamStore {
     }
 
     async fn hashes(&self, keys: &[String]) -> Result<Vec<Team>, StoreError> {
+        self.read_fields(keys, &TEAM_FIELDS, decode_values).await
+    }
+
+    /// `fields` of each hash in `keys`, in one pipeline of HMGETs (the reply carries values
+    /// only, decoded by position), each decoded by `decode`; missing hashes are left out.
+    async fn read_fields<T>(
+        &self,
+        keys: &[String],
+        fields: &[&str],
+        decode: Decoder<T>,
+    ) -> Result<Vec<T>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // HMGET of named fields: the reply carries values only, decoded by position.
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.cmd("HMGET").arg(key).arg(&TEAM_FIELDS[..]);
+            pipe.cmd("HMGET").arg(key).arg(fields);
         }
         let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
-        let mut teams = Vec::with_capacity(replies.len());
+        let mut decoded = Vec::with_capacity(replies.len());
         for values in &replies {
-            teams.extend(decode_values(values)?);
+            decoded.extend(decode(values)?);
         }
-        Ok(teams)
+        Ok(decoded)
     }
 
     async fn upsert_in_place(
@@ -959,21 +973,13 @@ impl TeamStore for RedisTeamStore {
             reach = (reach * 4.0).min(radius_meters);
         };
         // Only the fields a ranking needs: about half of the hash, and half the reply.
-        let mut pipe = redis::pipe();
-        for (id, _) in &found {
-            pipe.cmd("HMGET")
-                .arg(self.keys.team(region, id))
-                .arg(&SUMMARY_FIELDS[..]);
-        }
-        let replies: Vec<Vec<Option<String>>> = if found.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut self.conn()).await?
-        };
-        let mut summaries = Vec::with_capacity(replies.len());
-        for values in &replies {
-            summaries.extend(decode_summary(values)?);
-        }
+        let keys: Vec<String> = found
+            .iter()
+            .map(|(id, _)| self.keys.team(region, id))
+            .collect();
+        let summaries = self
+            .read_fields(&keys, &SUMMARY_FIELDS, decode_summary)
+            .await?;
         let mut teams = rank_candidates(summaries, point, radius_meters);
         if let Some(frontier) = frontier {
             // Beyond the frontier the order is unknown: what was read there is left out.
