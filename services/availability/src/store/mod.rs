@@ -431,26 +431,21 @@ pub trait Placed {
     fn location(&self) -> Option<Position>;
 }
 
-impl Placed for Team {
-    fn id(&self) -> &str {
-        &self.team_id
-    }
-    fn status(&self) -> TeamStatus {
-        self.status
-    }
-    fn location(&self) -> Option<Position> {
-        self.location
-    }
+/// Both team types carry the fields under the same names.
+macro_rules! placed {
+    ($($team:ty),*) => {$(
+        impl Placed for $team {
+            fn id(&self) -> &str {
+                &self.team_id
+            }
+            fn status(&self) -> TeamStatus {
+                self.status
+            }
+            fn location(&self) -> Option<Position> {
+                self.location
+            }
+        }
+    )*};
 }
 
-impl Placed for TeamSummary {
-    fn id(&self) -> &str {
-        &self.team_id
-    }
-    fn status(&self) -> TeamStatus {
-        self.status
-    }
-    fn location(&self) -> Option<Position> {
-        self.location
-    }
-}
+placed!(Team, TeamSummary);
