@@ -1355,26 +1355,21 @@ impl Engine {
         let Some(settings) = self.settings.region(region) else {
             return Ok(None);
         };
-        let mut team: Option<crate::fleet::FleetTeam> = None;
-        let mut after: Option<QueueCursor> = None;
+        let mut page = self.store.queue(region, None, 100).await?;
+        if page.is_empty() {
+            return Ok(None);
+        }
+        let Some(team) = self.fleet.team(team_id).await? else {
+            return Ok(None);
+        };
+        if team.snapshot.status != TeamStatus::Available || team.region != region {
+            return Ok(None);
+        }
         loop {
-            let page = self.store.queue(region, after.as_ref(), 100).await?;
             let Some(last) = page.last() else {
                 return Ok(None);
             };
-            let team = match &mut team {
-                Some(team) => &*team,
-                None => {
-                    let Some(read) = self.fleet.team(team_id).await? else {
-                        return Ok(None);
-                    };
-                    if read.snapshot.status != TeamStatus::Available || read.region != region {
-                        return Ok(None);
-                    }
-                    &*team.insert(read)
-                }
-            };
-            after = Some(QueueCursor {
+            let after = Some(QueueCursor {
                 priority: last.priority,
                 queued_time: last.queued_time.unwrap_or_default(),
                 incident_id: last.incident_id.clone(),
@@ -1416,6 +1411,7 @@ impl Engine {
                     Err(error) => return Err(error),
                 }
             }
+            page = self.store.queue(region, after.as_ref(), 100).await?;
         }
     }
 
