@@ -306,6 +306,7 @@ impl Intake {
             mode: incident.routing_mode,
             expected_duration_seconds: None,
             cad_system: incident.cad_system.clone(),
+            cad_incident_id: incident.cad_incident_id.clone(),
         };
         OutboxItem {
             outbox_id: outbox_id(now),
