@@ -6,16 +6,16 @@ use std::{sync::Arc, time::Duration};
 
 use prost::Message;
 use relay_proto::{
-    common::{AssignmentMode, GeoPoint, TeamStatus},
+    common::{AssignmentMode, GeoPoint, TeamStatus, UnservedReason},
     intake::{
         CallerContact, CancelIncidentResponse, CloseIncidentResponse, Disposition, Incident,
-        IncidentEvent, IncidentEventKind, IncidentNote, IncidentState, RiskFlag, RoutingOutcome,
-        RoutingState, TriageDecision, UpdateIncidentResponse,
+        IncidentEventKind, IncidentNote, IncidentState, RiskFlag, RoutingOutcome, RoutingState,
+        TriageDecision, UpdateIncidentResponse,
     },
     routing::{
         AssignTeamRequest, AssignTeamResponse, AssignmentEvent, AssignmentEventKind,
-        AssignmentOutcome, CancelRoutingRequest, ReleaseTeamRequest,
-        routing_service_client::RoutingServiceClient,
+        AssignmentOutcome, AssignmentState, CancelRoutingRequest, GetAssignmentRequest,
+        ReleaseTeamRequest, routing_service_client::RoutingServiceClient,
     },
 };
 use relay_runtime::client::TracePropagation;
@@ -25,11 +25,12 @@ use tonic::{Code, codegen::InterceptedService, transport::Channel};
 
 use crate::{
     clock::Clock,
+    lifecycle::{self, Step, event, mark, routing_state},
     protocol::{self, Decision, Protocol},
     settings::IntakeSettings,
     store::{
         Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, OutboxItem, OutboxKind,
-        RequestRecord, StoreError, StoredIncident, timestamp_of,
+        RequestRecord, StoreError, StoredIncident, micros_of, timestamp_of,
     },
 };
 
@@ -47,6 +48,17 @@ const SEQUENCER_GATHER: Duration = Duration::from_millis(5);
 
 /// The sequencer warns when it moves an event committed longer ago than this.
 const SEQUENCER_LAG_WARN_MS: i64 = 5_000;
+
+/// Errors of applying what routing or availability reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Routing could not be asked about a team's previous assignment.
+    #[error("routing unavailable: {0}")]
+    Routing(tonic::Status),
+}
 
 /// Errors of intake's domain logic, mapped to the API in `handler.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -203,32 +215,12 @@ fn routable(disposition: i32) -> bool {
         || disposition == Disposition::CoResponse as i32
 }
 
-fn routing_state(incident: &Incident) -> RoutingState {
-    incident
-        .routing
-        .as_ref()
-        .and_then(|r| RoutingState::try_from(r.state).ok())
-        .unwrap_or(RoutingState::Unspecified)
-}
-
 fn flags_of(incident: &Incident) -> Vec<RiskFlag> {
     incident
         .risk_flags
         .iter()
         .filter_map(|f| RiskFlag::try_from(*f).ok())
         .collect()
-}
-
-fn event(incident: &Incident, kind: IncidentEventKind, now: i64) -> IncidentEvent {
-    IncidentEvent {
-        sequence: 0,
-        incident_id: incident.incident_id.clone(),
-        cad_incident_id: incident.cad_incident_id.clone(),
-        kind: kind as i32,
-        event_time: Some(timestamp_of(now)),
-        incident_revision: incident.revision,
-        ..IncidentEvent::default()
-    }
 }
 
 fn outbox_id(now: i64) -> String {
@@ -366,7 +358,7 @@ impl Intake {
         let triage = decision_proto(&decision, &self.protocol.version, now);
         let routed = routable(triage.disposition);
         let incident_id = format!("inc-{}", uuid::Uuid::now_v7());
-        let incident = Incident {
+        let mut incident = Incident {
             incident_id: incident_id.clone(),
             cad_system: new.cad_system,
             cad_incident_id: new.cad_incident_id,
@@ -399,7 +391,11 @@ impl Intake {
             update_time: Some(timestamp_of(now)),
             ..Incident::default()
         };
-        let received = event(&incident, IncidentEventKind::Received, now);
+        let received_at = incident.received_at;
+        mark(&mut incident, Step::Received, received_at, now);
+        mark(&mut incident, Step::Triaged, None, now);
+        let mut received = event(&incident, IncidentEventKind::Received, now);
+        received.source_time = incident.received_at;
         let mut triaged = event(&incident, IncidentEventKind::Triaged, now);
         triaged.triage = Some(triage);
         let mut outbox = Vec::new();
@@ -754,6 +750,7 @@ impl Intake {
             after.state = IncidentState::Cancelled as i32;
             after.cancel_reason = reason.to_owned();
             after.close_time = Some(timestamp_of(now));
+            mark(&mut after, Step::Cancelled, None, now);
             after.update_time = Some(timestamp_of(now));
             let mut outbox = Vec::new();
             let mut cancelled = event(&after, IncidentEventKind::Cancelled, now);
@@ -840,6 +837,7 @@ impl Intake {
             after.referral_ids.clone_from(&referral_ids);
             after.close_notes.clone_from(&notes);
             after.close_time = Some(timestamp_of(now));
+            mark(&mut after, Step::Closed, None, now);
             after.update_time = Some(timestamp_of(now));
             let mut events = Vec::new();
             let mut outbox = Vec::new();
@@ -855,6 +853,7 @@ impl Intake {
                     routing.state = RoutingState::Released as i32;
                     routing.update_time = Some(timestamp_of(now));
                     after.routing = Some(routing.clone());
+                    mark(&mut after, Step::Released, None, now);
                     let mut released = event(&after, IncidentEventKind::Released, now);
                     released.team_id.clone_from(&routing.team_id);
                     released.routing = Some(routing);
@@ -966,6 +965,7 @@ impl Intake {
                     .reschedule_outbox(&item.outbox_id, next, &format!("{:?}", status.code()))
                     .await
                     .map(|()| None)
+                    .map_err(ApplyError::from)
             }
             // The assignment already ended (the team cleared first): nothing left to release.
             Err(status)
@@ -1003,70 +1003,79 @@ impl Intake {
         answer: Option<AssignTeamResponse>,
         refused: Option<tonic::Status>,
         mut known: Option<StoredIncident>,
-    ) -> Result<Option<StoredIncident>, StoreError> {
+    ) -> Result<Option<StoredIncident>, ApplyError> {
+        let assigned = answer
+            .as_ref()
+            .filter(|a| a.outcome == AssignmentOutcome::Assigned as i32)
+            .and_then(|a| a.assignment.as_ref());
+        if item.kind == OutboxKind::Assign
+            && let Some(a) = assigned
+        {
+            self.settle_team(&a.team_id, &item.incident_id).await?;
+        }
         for _ in 0..MAX_CONFLICTS {
             let now = self.now();
             let stored = match known.take() {
                 Some(known) => Some(known),
                 None => self.store.get_incident(&item.incident_id).await?,
             };
-            let mut change = Change {
-                settles_outbox: Some(item.outbox_id.clone()),
-                now,
-                ..Change::default()
-            };
             let pending = stored.as_ref().is_some_and(|s| {
                 s.incident.state == IncidentState::Open as i32
                     && routing_state(&s.incident) == RoutingState::Pending
             });
-            if item.kind == OutboxKind::Assign
-                && pending
-                && let Some(mut next) = stored
-            {
-                let before_revision = next.incident.revision;
-                let incident = &mut next.incident;
-                incident.revision += 1;
-                incident.update_time = Some(timestamp_of(now));
-                let previous = incident.routing.clone().unwrap_or_default();
-                let (routing, kind) = match (&answer, &refused) {
-                    (Some(answer), _) => outcome_of(answer, now),
-                    (None, Some(status)) => (
-                        RoutingOutcome {
-                            state: RoutingState::Escalated as i32,
-                            rationale: format!(
-                                "routing refused the incident ({:?}); send a traditional response",
-                                status.code()
-                            ),
-                            update_time: Some(timestamp_of(now)),
-                            ..previous
-                        },
-                        IncidentEventKind::Escalated,
-                    ),
-                    (None, None) => (previous, IncidentEventKind::Unspecified),
-                };
-                if kind == IncidentEventKind::Assigned {
-                    next.team_status = TeamStatus::Dispatched as i32;
-                }
-                let mut ev = event(incident, kind, now);
-                ev.team_id.clone_from(&routing.team_id);
-                ev.routing = Some(routing.clone());
-                ev.detail.clone_from(&routing.rationale);
-                incident.routing = Some(routing);
-                change.expected_revision = before_revision;
-                if kind != IncidentEventKind::Unspecified {
-                    change.events.push(ev);
-                }
-                change.incident = Some(next);
-            }
-            let changed = change.incident.clone();
-            match self.store.apply_change(change).await? {
-                ChangeOutcome::Conflict => {}
-                ChangeOutcome::Applied(events) => {
-                    if events > 0 {
-                        self.events_queued();
+            let plan = match (&stored, &answer, &refused) {
+                (Some(before), Some(answer), _) if item.kind == OutboxKind::Assign && pending => {
+                    let (outcome, kind) = outcome_of(answer, now);
+                    match (kind, &answer.assignment) {
+                        (IncidentEventKind::Assigned, Some(a)) => {
+                            let kept = self.store.observations(&item.incident_id).await?;
+                            lifecycle::assigned(before, a, outcome, &kept, now)
+                        }
+                        _ => {
+                            let source = answer.queued.as_ref().and_then(|q| q.queued_time);
+                            Some(lifecycle::routed(before, outcome, kind, source, now))
+                        }
                     }
-                    return Ok(changed);
                 }
+                (Some(before), None, Some(status))
+                    if item.kind == OutboxKind::Assign && pending =>
+                {
+                    let outcome = RoutingOutcome {
+                        state: RoutingState::Escalated as i32,
+                        unserved_reason: UnservedReason::RoutingRefused as i32,
+                        rationale: format!(
+                            "routing refused the incident ({:?}); send a traditional response",
+                            status.code()
+                        ),
+                        ..before.incident.routing.clone().unwrap_or_default()
+                    };
+                    Some(lifecycle::routed(
+                        before,
+                        outcome,
+                        IncidentEventKind::Escalated,
+                        None,
+                        now,
+                    ))
+                }
+                _ => None,
+            };
+            let Some(plan) = plan else {
+                // Nothing to change: settle the row alone.
+                let change = Change {
+                    settles_outbox: Some(item.outbox_id.clone()),
+                    now,
+                    ..Change::default()
+                };
+                self.store.apply_change(change).await?;
+                return Ok(None);
+            };
+            let changed = plan.next.clone();
+            match self
+                .apply_plan(plan, None, Some(&item.outbox_id), now)
+                .await?
+            {
+                ChangeOutcome::Conflict => {}
+                ChangeOutcome::Applied(_) => return Ok(Some(changed)),
                 _ => return Ok(None),
             }
         }
@@ -1182,142 +1191,158 @@ impl Intake {
     /// Records one routing assignment event (idempotent by event id).
     ///
     /// # Errors
-    /// When storage fails.
-    #[allow(clippy::too_many_lines)]
+    /// When storage fails, or routing cannot be asked about a team's previous assignment
+    /// (the event is not consumed; the consumer retries it).
     pub async fn apply_assignment_event(
         &self,
         region: &str,
         upstream: &AssignmentEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ApplyError> {
         let consumed = Consumed {
             source: "routing",
             region: region.to_owned(),
             event_id: upstream.event_id.clone(),
         };
+        let kind = AssignmentEventKind::try_from(upstream.kind)
+            .unwrap_or(AssignmentEventKind::Unspecified);
+        if kind == AssignmentEventKind::Assigned
+            && let Some(a) = &upstream.assignment
+        {
+            self.settle_team(&a.team_id, &upstream.incident_id).await?;
+        }
         for _ in 0..MAX_CONFLICTS {
             let now = self.now();
-            let Some(mut next) = self.store.get_incident(&upstream.incident_id).await? else {
+            let Some(before) = self.store.get_incident(&upstream.incident_id).await? else {
                 self.store.record_consumed(&consumed, now).await?;
                 return Ok(());
             };
-            let before = next.incident.clone();
-            let state = routing_state(&before);
-            let open = before.state == IncidentState::Open as i32;
-            let current = before.routing.clone().unwrap_or_default();
-            let kind = AssignmentEventKind::try_from(upstream.kind)
-                .unwrap_or(AssignmentEventKind::Unspecified);
-            let mut routing = current.clone();
-            routing.update_time = Some(timestamp_of(now));
-            let mut emit = None;
-            match kind {
-                AssignmentEventKind::Assigned => {
-                    if let Some(a) = &upstream.assignment {
-                        let same = state == RoutingState::Assigned
-                            && current.assignment_id == a.assignment_id;
-                        if open
-                            && !same
-                            && matches!(
-                                state,
-                                RoutingState::Pending
-                                    | RoutingState::Queued
-                                    | RoutingState::Recommended
-                            )
-                        {
-                            routing.state = RoutingState::Assigned as i32;
-                            routing.assignment_id.clone_from(&a.assignment_id);
-                            routing.team_id.clone_from(&a.team_id);
-                            routing.eta_seconds = a.eta_seconds;
-                            routing.distance_meters = a.distance_meters;
-                            routing.unserved_reason = 0;
-                            routing.escalate_time = None;
-                            routing.rationale = format!("assigned team {}", a.team_id);
-                            next.team_status = TeamStatus::Dispatched as i32;
-                            emit = Some(IncidentEventKind::Assigned);
-                        }
+            let plan = match kind {
+                AssignmentEventKind::Assigned => match &upstream.assignment {
+                    Some(a) => {
+                        let kept = self.store.observations(&upstream.incident_id).await?;
+                        // Keep the candidates of the last ranking; the rationale is new.
+                        let mut outcome = before.incident.routing.clone().unwrap_or_default();
+                        outcome.rationale.clear();
+                        lifecycle::assigned(&before, a, outcome, &kept, now)
                     }
-                }
+                    None => None,
+                },
                 AssignmentEventKind::Queued => {
-                    let escalate = upstream.queued.as_ref().and_then(|q| q.escalate_time);
-                    let changed =
-                        matches!(state, RoutingState::Pending | RoutingState::Recommended)
-                            || (state == RoutingState::Queued && current.escalate_time != escalate);
-                    if open && changed {
-                        routing.state = RoutingState::Queued as i32;
-                        routing.unserved_reason = upstream.reason;
-                        routing.escalate_time = escalate;
-                        routing.rationale = "no team could take the call; queued".into();
-                        emit = Some(IncidentEventKind::Queued);
-                    }
+                    let queued = upstream.queued.as_ref();
+                    lifecycle::queued(
+                        &before,
+                        upstream.reason,
+                        queued.and_then(|q| q.queued_time),
+                        queued.and_then(|q| q.escalate_time),
+                        now,
+                    )
                 }
                 AssignmentEventKind::Escalated => {
-                    if open && matches!(state, RoutingState::Queued | RoutingState::Pending) {
-                        routing.state = RoutingState::Escalated as i32;
-                        routing.unserved_reason = upstream.reason;
-                        routing.rationale =
-                            "waited too long in the queue; send a traditional response".into();
-                        emit = Some(IncidentEventKind::Escalated);
-                    }
+                    lifecycle::escalated(&before, upstream.reason, upstream.event_time, now)
                 }
-                AssignmentEventKind::Released => {
-                    let matches_assignment = upstream
-                        .assignment
-                        .as_ref()
-                        .is_some_and(|a| a.assignment_id == current.assignment_id);
-                    if state == RoutingState::Assigned && matches_assignment {
-                        routing.state = RoutingState::Released as i32;
-                        // A team that cleared was already reported as CLEARED.
-                        if next.team_status != TeamStatus::Available as i32 {
-                            emit = Some(IncidentEventKind::Released);
-                        }
-                        next.team_status = 0;
-                    }
-                }
-                AssignmentEventKind::Cancelled => {
-                    if open
-                        && matches!(
-                            state,
-                            RoutingState::Assigned | RoutingState::Queued | RoutingState::Pending
-                        )
-                    {
-                        routing.state = RoutingState::Cancelled as i32;
-                        next.team_status = 0;
-                        emit = Some(IncidentEventKind::Released);
-                    }
-                }
-                AssignmentEventKind::Unspecified => {}
-            }
-            let Some(kind) = emit else {
+                AssignmentEventKind::Released => upstream
+                    .assignment
+                    .as_ref()
+                    .and_then(|a| lifecycle::ended(&before, a, now)),
+                AssignmentEventKind::Cancelled => match &upstream.assignment {
+                    Some(a) => lifecycle::ended(&before, a, now),
+                    None => lifecycle::dequeued(&before, now),
+                },
+                AssignmentEventKind::Unspecified => None,
+            };
+            let Some(plan) = plan else {
                 self.store.record_consumed(&consumed, now).await?;
                 return Ok(());
             };
-            next.incident.revision += 1;
-            next.incident.update_time = Some(timestamp_of(now));
-            next.incident.routing = Some(routing.clone());
-            let mut ev = event(&next.incident, kind, now);
-            ev.team_id.clone_from(&routing.team_id);
-            ev.routing = Some(routing.clone());
-            ev.detail.clone_from(&routing.rationale);
-            let change = Change {
-                incident: Some(next),
-                expected_revision: before.revision,
-                events: vec![ev],
-                consumed: Some(consumed.clone()),
-                now,
-                ..Change::default()
-            };
-            match self.store.apply_change(change).await? {
+            match self.apply_plan(plan, Some(&consumed), None, now).await? {
                 ChangeOutcome::Conflict => {}
-                ChangeOutcome::Applied(_) => {
-                    self.events_queued();
-                    return Ok(());
-                }
                 _ => return Ok(()),
             }
         }
         Ok(())
     }
 
-    /// Records one availability team event (idempotent by event id).
+    /// Writes a [`lifecycle::Plan`] as one change (with the upstream event it consumes, or
+    /// the outbox row it settles).
+    async fn apply_plan(
+        &self,
+        plan: lifecycle::Plan,
+        consumed: Option<&Consumed>,
+        settles_outbox: Option<&str>,
+        now: i64,
+    ) -> Result<ChangeOutcome, StoreError> {
+        let queued = !plan.events.is_empty();
+        let change = Change {
+            expected_revision: plan.next.incident.revision - 1,
+            incident: Some(plan.next),
+            events: plan.events,
+            consumed: consumed.cloned(),
+            settles_outbox: settles_outbox.map(str::to_owned),
+            observe: plan.observe,
+            applied_observations: plan.applied,
+            now,
+            ..Change::default()
+        };
+        let outcome = self.store.apply_change(change).await?;
+        if queued && matches!(outcome, ChangeOutcome::Applied(_)) {
+            self.events_queued();
+        }
+        Ok(outcome)
+    }
+
+    /// Before recording that `team_id` was assigned to `incident_id`, ends every other
+    /// incident that still shows that team ASSIGNED, as routing recorded the end of its
+    /// assignment (routing refuses a second active assignment of a team, so the previous one
+    /// has ended in its record). This keeps the CAD's stream in causal order: the end of a
+    /// team's previous call always comes before its next ASSIGNED, whichever of routing's
+    /// event, the team's status and the answer to AssignTeam reached intake first.
+    async fn settle_team(&self, team_id: &str, incident_id: &str) -> Result<(), ApplyError> {
+        for other in self.store.assigned_to_team(team_id).await? {
+            if other.incident.incident_id == incident_id {
+                continue;
+            }
+            let assignment_id = other
+                .incident
+                .routing
+                .as_ref()
+                .map(|r| r.assignment_id.clone())
+                .unwrap_or_default();
+            let mut client = self.routing.clone();
+            let mut call = tonic::Request::new(GetAssignmentRequest {
+                assignment_id: assignment_id.clone(),
+            });
+            call.set_timeout(IntakeSettings::ms(self.settings.routing_timeout_ms));
+            let record = match client.get_assignment(call).await {
+                Ok(response) => response.into_inner().assignment,
+                Err(status) if status.code() == Code::NotFound => None,
+                Err(status) => return Err(ApplyError::Routing(status)),
+            };
+            let Some(record) = record else {
+                tracing::warn!(team_id = %team_id, assignment_id = %assignment_id, "routing has no record of a team's previous assignment");
+                continue;
+            };
+            for _ in 0..MAX_CONFLICTS {
+                let now = self.now();
+                let Some(before) = self.store.get_incident(&other.incident.incident_id).await?
+                else {
+                    break;
+                };
+                let Some(plan) = lifecycle::ended(&before, &record, now) else {
+                    if record.state == AssignmentState::Active as i32 {
+                        tracing::warn!(team_id = %team_id, assignment_id = %assignment_id, "a team's previous assignment is still active in routing's record");
+                    }
+                    break;
+                };
+                if self.apply_plan(plan, None, None, now).await? != ChangeOutcome::Conflict {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one availability team event (idempotent by event id). `event_time` is the
+    /// team's own time of the change.
     ///
     /// # Errors
     /// When storage fails.
@@ -1326,69 +1351,39 @@ impl Intake {
         region: &str,
         event_id: &str,
         team: &relay_proto::availability::Team,
+        event_time: Option<&prost_types::Timestamp>,
     ) -> Result<(), StoreError> {
         let consumed = Consumed {
             source: "availability",
             region: region.to_owned(),
             event_id: event_id.to_owned(),
         };
+        let status = TeamStatus::try_from(team.status).unwrap_or(TeamStatus::Unspecified);
+        let source_time = micros_of(event_time.or(team.update_time.as_ref()));
         for _ in 0..MAX_CONFLICTS {
             let now = self.now();
-            let status = TeamStatus::try_from(team.status).unwrap_or(TeamStatus::Unspecified);
-            let kind = match status {
-                TeamStatus::Dispatched => IncidentEventKind::Dispatched,
-                TeamStatus::EnRoute => IncidentEventKind::EnRoute,
-                TeamStatus::OnScene => IncidentEventKind::OnScene,
-                TeamStatus::Transporting => IncidentEventKind::Transporting,
-                TeamStatus::Available => IncidentEventKind::Cleared,
-                _ => IncidentEventKind::Unspecified,
-            };
-            let target = if kind == IncidentEventKind::Unspecified {
+            // Only the statuses of a call matter here: the end of a call is routing's to
+            // record (see `lifecycle`).
+            let target = if lifecycle::busy_step(status).is_none() {
                 None
             } else if team.incident_id.is_empty() {
-                self.store.incident_for_team(&team.team_id).await?
+                self.store
+                    .assigned_to_team(&team.team_id)
+                    .await?
+                    .into_iter()
+                    .next()
             } else {
                 self.store.get_incident(&team.incident_id).await?
             };
-            let Some(mut next) = target.filter(|s| {
-                s.incident
-                    .routing
-                    .as_ref()
-                    .is_some_and(|r| r.team_id == team.team_id)
-                    && s.team_status != team.status
-                    && (status != TeamStatus::Available
-                        || matches!(
-                            TeamStatus::try_from(s.team_status),
-                            Ok(TeamStatus::Dispatched
-                                | TeamStatus::EnRoute
-                                | TeamStatus::OnScene
-                                | TeamStatus::Transporting)
-                        ))
-            }) else {
+            let plan = target.and_then(|before| {
+                lifecycle::team_status(&before, &team.team_id, status, source_time, event_id, now)
+            });
+            let Some(plan) = plan else {
                 self.store.record_consumed(&consumed, now).await?;
                 return Ok(());
             };
-            let before_revision = next.incident.revision;
-            next.team_status = team.status;
-            next.incident.revision += 1;
-            next.incident.update_time = Some(timestamp_of(now));
-            let mut ev = event(&next.incident, kind, now);
-            ev.team_id.clone_from(&team.team_id);
-            ev.detail = format!("team {} is {}", team.team_id, status.as_str_name());
-            let change = Change {
-                incident: Some(next),
-                expected_revision: before_revision,
-                events: vec![ev],
-                consumed: Some(consumed.clone()),
-                now,
-                ..Change::default()
-            };
-            match self.store.apply_change(change).await? {
+            match self.apply_plan(plan, Some(&consumed), None, now).await? {
                 ChangeOutcome::Conflict => {}
-                ChangeOutcome::Applied(_) => {
-                    self.events_queued();
-                    return Ok(());
-                }
                 _ => return Ok(()),
             }
         }

@@ -5,11 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use relay_proto::{
-    common::AssignmentMode,
+    common::{AssignmentMode, UnservedReason},
     intake::{
         CancelIncidentRequest, CancelIncidentResponse, CloseIncidentRequest, CloseIncidentResponse,
         CloseOutcome, Disposition, GetIncidentRequest, GetIncidentResponse, Heartbeat,
-        IncidentState, ListIncidentsRequest, ListIncidentsResponse, RiskFlag,
+        IncidentState, ListIncidentsRequest, ListIncidentsResponse, RiskFlag, RoutingState,
         SubmitIncidentRequest, SubmitIncidentResponse, UpdateIncidentRequest,
         UpdateIncidentResponse, WatchIncidentEventsRequest, WatchIncidentEventsResponse,
         intake_service_server::IntakeService, watch_incident_events_response::Kind,
@@ -463,6 +463,20 @@ impl IntakeService for IntakeServiceHandler {
                 format!("{} is not a known value", request.disposition),
             );
         }
+        if request.routing_state != 0 && RoutingState::try_from(request.routing_state).is_err() {
+            v.add(
+                "routing_state",
+                format!("{} is not a known value", request.routing_state),
+            );
+        }
+        if request.unserved_reason != 0
+            && UnservedReason::try_from(request.unserved_reason).is_err()
+        {
+            v.add(
+                "unserved_reason",
+                format!("{} is not a known value", request.unserved_reason),
+            );
+        }
         let after = v.timestamp("received_after", request.received_after.as_ref());
         let before = v.timestamp("received_before", request.received_before.as_ref());
         if let (Some(after), Some(before)) = (after, before)
@@ -473,11 +487,13 @@ impl IntakeService for IntakeServiceHandler {
         let page_size = v.page_size("page_size", request.page_size);
         v.finish().map_err(invalid)?;
         let scope = format!(
-            "list|{}|{}|{}|{}|{:?}|{:?}",
+            "list|{}|{}|{}|{}|{}|{}|{:?}|{:?}",
             request.cad_system,
             request.region,
             request.state,
             request.disposition,
+            request.routing_state,
+            request.unserved_reason,
             after.map(|t| t.timestamp_micros()),
             before.map(|t| t.timestamp_micros())
         );
@@ -491,6 +507,8 @@ impl IntakeService for IntakeServiceHandler {
             region: request.region,
             state: request.state,
             disposition: request.disposition,
+            routing_state: request.routing_state,
+            unserved_reason: request.unserved_reason,
             received_after: after.map(|t| t.timestamp_micros()),
             received_before: before.map(|t| t.timestamp_micros()),
             after: cursor.map(|c| (c.received_at, c.incident_id)),

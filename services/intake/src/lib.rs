@@ -33,6 +33,7 @@ pub mod apco;
 pub mod clock;
 pub mod core;
 mod handler;
+pub mod lifecycle;
 pub mod protocol;
 pub mod settings;
 pub mod store;

@@ -29,7 +29,7 @@
 //!   woken in-process right after each commit and polls for other replicas' events).
 
 use prost::Message;
-use relay_proto::intake::{Incident, IncidentEvent};
+use relay_proto::intake::{Incident, IncidentEvent, RoutingState};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +149,30 @@ pub struct Change {
     pub request: Option<RequestRecord>,
     /// Upstream event consumed (refused if already consumed).
     pub consumed: Option<Consumed>,
+    /// Team statuses to keep for the incident until its assignment is recorded.
+    pub observe: Vec<Observation>,
+    /// Kept team statuses the change applied (deleted with it).
+    pub applied_observations: Vec<Observation>,
     /// The commit time (micros).
     pub now: i64,
+}
+
+/// A team status availability reported for an incident before intake recorded that team's
+/// assignment to it. Applied, in order, when the assignment is recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// The incident the team reported the status for.
+    pub incident_id: String,
+    /// The team.
+    pub team_id: String,
+    /// Availability's event id (the key, with the incident and team).
+    pub event_id: String,
+    /// The `TeamStatus` reported, as i32.
+    pub status: i32,
+    /// The team's own time of the status (micros).
+    pub source_time: i64,
+    /// When intake observed it (micros).
+    pub record_time: i64,
 }
 
 /// What happened to a [`Change`].
@@ -200,6 +222,10 @@ pub struct ListFilter {
     pub state: i32,
     /// `Disposition`, 0 for any.
     pub disposition: i32,
+    /// `RoutingState`, 0 for any.
+    pub routing_state: i32,
+    /// `UnservedReason` (the first one the incident had), 0 for any.
+    pub unserved_reason: i32,
     /// Inclusive lower bound of received_at (micros).
     pub received_after: Option<i64>,
     /// Exclusive upper bound of received_at (micros).
@@ -234,6 +260,10 @@ pub trait IncidentStore: Send + Sync + std::fmt::Debug + 'static {
     async fn list_incidents(&self, filter: &ListFilter) -> Result<Vec<StoredIncident>, StoreError>;
     /// The open incident whose assigned team is `team_id`, if any.
     async fn incident_for_team(&self, team_id: &str) -> Result<Option<StoredIncident>, StoreError>;
+    /// Incidents (in any state) whose routing shows `team_id` ASSIGNED, newest first.
+    async fn assigned_to_team(&self, team_id: &str) -> Result<Vec<StoredIncident>, StoreError>;
+    /// The team statuses kept for an incident, in the order they were observed.
+    async fn observations(&self, incident_id: &str) -> Result<Vec<Observation>, StoreError>;
     /// Commits a change (see [`Change`]).
     async fn apply_change(&self, change: Change) -> Result<ChangeOutcome, StoreError>;
     /// A remembered mutation.
@@ -529,6 +559,7 @@ macro_rules! sql_store {
                      AND ($3 = 0 OR state = $3) AND ($4 = 0 OR disposition = $4) \
                      AND ($5 IS NULL OR received_at >= $5) AND ($6 IS NULL OR received_at < $6) \
                      AND ($7 IS NULL OR received_at < $7 OR (received_at = $7 AND incident_id < $8)) \
+                     AND ($10 = 0 OR routing_state = $10) AND ($11 = 0 OR unserved_reason = $11) \
                      ORDER BY received_at DESC, incident_id DESC LIMIT $9"
                 ))
                 .bind(&filter.cad_system)
@@ -540,6 +571,8 @@ macro_rules! sql_store {
                 .bind(after_time)
                 .bind(after_id.unwrap_or_default())
                 .bind(filter.limit)
+                .bind(filter.routing_state)
+                .bind(filter.unserved_reason)
                 .fetch_all(&self.pool)
                 .await?;
                 rows.into_iter().map(IncidentRow::into_stored).collect()
@@ -556,6 +589,40 @@ macro_rules! sql_store {
                     None,
                 )
                 .await
+            }
+
+            async fn assigned_to_team(&self, team_id: &str) -> Result<Vec<StoredIncident>, StoreError> {
+                let rows = sqlx::query_as::<_, IncidentRow>(concat!(
+                    "SELECT ", incident_columns!(),
+                    " FROM incidents WHERE team_id = $1 AND routing_state = $2 \
+                     ORDER BY received_at DESC, incident_id DESC"
+                ))
+                .bind(team_id)
+                .bind(RoutingState::Assigned as i32)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(IncidentRow::into_stored).collect()
+            }
+
+            async fn observations(&self, incident_id: &str) -> Result<Vec<Observation>, StoreError> {
+                let rows: Vec<(String, String, String, i32, i64, i64)> = sqlx::query_as(
+                    "SELECT incident_id, team_id, event_id, status, source_time, record_time \
+                     FROM team_observations WHERE incident_id = $1 ORDER BY record_time, event_id",
+                )
+                .bind(incident_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(incident_id, team_id, event_id, status, source_time, record_time)| Observation {
+                        incident_id,
+                        team_id,
+                        event_id,
+                        status,
+                        source_time,
+                        record_time,
+                    })
+                    .collect())
             }
 
             async fn apply_change(&self, change: Change) -> Result<ChangeOutcome, StoreError> {
@@ -611,7 +678,8 @@ macro_rules! sql_store {
                          narrative = CASE WHEN purged_at IS NULL THEN $11 ELSE '' END, \
                          caller = CASE WHEN purged_at IS NULL THEN $12 ELSE NULL END, \
                          notes = CASE WHEN purged_at IS NULL THEN $13 ELSE NULL END, \
-                         close_notes = CASE WHEN purged_at IS NULL THEN $14 ELSE '' END, team_id = $15 \
+                         close_notes = CASE WHEN purged_at IS NULL THEN $14 ELSE '' END, team_id = $15, \
+                         routing_state = $16, unserved_reason = $17 \
                          WHERE incident_id = $1 AND revision = $2",
                     )
                     .bind(&incident.incident_id)
@@ -629,12 +697,40 @@ macro_rules! sql_store {
                     .bind(&columns.notes)
                     .bind(&columns.close_notes)
                     .bind(team_of(incident))
+                    .bind(routing_state_of(incident))
+                    .bind(unserved_reason_of(incident))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
                     if updated == 0 {
                         tx.rollback().await?;
                         return Ok(ChangeOutcome::Conflict);
+                    }
+                    for seen in &change.observe {
+                        sqlx::query(
+                            "INSERT INTO team_observations (incident_id, team_id, event_id, status, \
+                             source_time, record_time) VALUES ($1, $2, $3, $4, $5, $6) \
+                             ON CONFLICT (incident_id, team_id, event_id) DO NOTHING",
+                        )
+                        .bind(&seen.incident_id)
+                        .bind(&seen.team_id)
+                        .bind(&seen.event_id)
+                        .bind(seen.status)
+                        .bind(seen.source_time)
+                        .bind(seen.record_time)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    for seen in &change.applied_observations {
+                        sqlx::query(
+                            "DELETE FROM team_observations WHERE incident_id = $1 AND team_id = $2 \
+                             AND event_id = $3",
+                        )
+                        .bind(&seen.incident_id)
+                        .bind(&seen.team_id)
+                        .bind(&seen.event_id)
+                        .execute(&mut *tx)
+                        .await?;
                     }
                     Self::insert_outbox(&mut tx, &change.outbox, change.now).await?;
                     queued = Self::queue_events(&mut tx, &change.events, &incident.cad_system, change.now).await?;
@@ -722,8 +818,8 @@ macro_rules! sql_store {
                 after: i64,
                 limit: i64,
             ) -> Result<Vec<IncidentEvent>, StoreError> {
-                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT sequence, body FROM incident_events WHERE cad_system = $1 AND sequence > $2 \
+                let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT sequence, event_time, body FROM incident_events WHERE cad_system = $1 AND sequence > $2 \
                      ORDER BY sequence LIMIT $3",
                 )
                 .bind(cad_system)
@@ -732,10 +828,12 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter()
-                    .map(|(sequence, body)| {
-                        // The body was encoded before its sequence existed; the column has it.
+                    .map(|(sequence, event_time, body)| {
+                        // The body was encoded before its sequence existed; the column has it,
+                        // and the event_time the sequencer kept from decreasing along the stream.
                         let mut event = decode_event(body)?;
                         event.sequence = *sequence;
+                        event.event_time = Some(timestamp_of(*event_time));
                         Ok(event)
                     })
                     .collect()
@@ -882,6 +980,9 @@ macro_rules! sql_store {
                     "DELETE FROM consumed_events WHERE create_time < $1",
                     "DELETE FROM request_log WHERE create_time < $1",
                     "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+                    // A status kept for an assignment that was never recorded (the claim was
+                    // undone): nothing will apply it.
+                    "DELETE FROM team_observations WHERE record_time < $1",
                 ] {
                     total += sqlx::query(sql).bind(before).execute(&self.pool).await?.rows_affected();
                 }
@@ -922,16 +1023,17 @@ macro_rules! sql_store {
     };
 }
 
-/// The INSERT of a new incident, parameters $1 to $16 in the order of [`bind_new_incident`].
+/// The INSERT of a new incident, parameters $1 to $18 in the order of [`bind_new_incident`].
 macro_rules! insert_new_incident {
     () => {
         "INSERT INTO incidents (incident_id, cad_system, cad_incident_id, region, state, disposition, \
-         received_at, revision, body, override_disposition, team_status, narrative, caller, notes, close_notes, team_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+         received_at, revision, body, override_disposition, team_status, narrative, caller, notes, close_notes, team_id, \
+         routing_state, unserved_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     };
 }
 
-/// Binds $1 to $16 of [`insert_new_incident`].
+/// Binds $1 to $18 of [`insert_new_incident`].
 macro_rules! bind_new_incident {
     ($query:expr, $stored:expr, $columns:expr) => {{
         let incident = &$stored.incident;
@@ -952,6 +1054,8 @@ macro_rules! bind_new_incident {
             .bind(&$columns.notes)
             .bind(&$columns.close_notes)
             .bind(team_of(incident))
+            .bind(routing_state_of(incident))
+            .bind(unserved_reason_of(incident))
     }};
 }
 
@@ -992,6 +1096,17 @@ impl IncidentRow {
 /// The team routing assigned to an incident, empty when none.
 fn team_of(incident: &Incident) -> &str {
     incident.routing.as_ref().map_or("", |r| r.team_id.as_str())
+}
+
+fn routing_state_of(incident: &Incident) -> i32 {
+    incident.routing.as_ref().map_or(0, |r| r.state)
+}
+
+fn unserved_reason_of(incident: &Incident) -> i32 {
+    incident
+        .timeline
+        .as_ref()
+        .map_or(0, |t| t.first_unserved_reason)
 }
 
 /// Micros since the epoch of an optional timestamp (0 when unset).
@@ -1048,12 +1163,12 @@ pub mod postgres {
                 " ON CONFLICT (cad_system, cad_incident_id) DO NOTHING RETURNING cad_system), \
                  new_outbox AS (INSERT INTO outbox (outbox_id, incident_id, kind, payload, attempts, \
                  next_attempt_at, create_time) \
-                 SELECT o.outbox_id, o.incident_id, o.kind, o.payload, o.attempts, o.next_attempt_at, $17 \
-                 FROM new_incident, unnest($18::text[], $19::text[], $20::text[], $21::bytea[], \
-                 $22::int4[], $23::int8[]) AS o(outbox_id, incident_id, kind, payload, attempts, next_attempt_at)), \
+                 SELECT o.outbox_id, o.incident_id, o.kind, o.payload, o.attempts, o.next_attempt_at, $19 \
+                 FROM new_incident, unnest($20::text[], $21::text[], $22::text[], $23::bytea[], \
+                 $24::int4[], $25::int8[]) AS o(outbox_id, incident_id, kind, payload, attempts, next_attempt_at)), \
                  new_events AS (INSERT INTO pending_events (cad_system, incident_id, event_time, body) \
-                 SELECT new_incident.cad_system, e.incident_id, $17, e.body \
-                 FROM new_incident, unnest($24::text[], $25::bytea[]) WITH ORDINALITY AS e(incident_id, body, position) \
+                 SELECT new_incident.cad_system, e.incident_id, $19, e.body \
+                 FROM new_incident, unnest($26::text[], $27::bytea[]) WITH ORDINALITY AS e(incident_id, body, position) \
                  ORDER BY e.position) \
                  SELECT COUNT(*) FROM new_incident"
             ));

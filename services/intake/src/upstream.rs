@@ -138,7 +138,12 @@ pub async fn watch_teams(
                             }
                             let Some(team) = &message.team else { continue };
                             let result = intake
-                                .apply_team_event(&region, &message.event_id, team)
+                                .apply_team_event(
+                                    &region,
+                                    &message.event_id,
+                                    team,
+                                    message.event_time.as_ref(),
+                                )
                                 .await;
                             if let Err(error) = result {
                                 tracing::warn!(region = %region, error = %error, "cannot record a team event; reconnecting");

@@ -846,6 +846,8 @@ async fn team_statuses_and_queue_assignments_reach_the_timeline_once_even_across
         .await
     );
     availability.push_status(REGION, "team-q", TeamStatus::Available, "");
+    // Routing, which follows availability too, ends the assignment as the team cleared.
+    assert!(routing.team_cleared("team-q"));
     assert!(
         eventually(10, || async {
             kinds_of(&app, &id)

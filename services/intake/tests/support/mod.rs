@@ -23,10 +23,11 @@ use relay_proto::{
         intake_service_client::IntakeServiceClient,
     },
     routing::{
-        AssignTeamRequest, AssignTeamResponse, Assignment, AssignmentEvent, AssignmentEventKind,
-        AssignmentOutcome, AssignmentSource, AssignmentState, CancelRoutingRequest,
-        CancelRoutingResponse, QueuedIncident, ReleaseTeamRequest, ReleaseTeamResponse,
-        WatchAssignmentsRequest, WatchAssignmentsResponse,
+        AssignTeamRequest, AssignTeamResponse, Assignment, AssignmentEndCause, AssignmentEvent,
+        AssignmentEventKind, AssignmentOutcome, AssignmentSource, AssignmentState,
+        CancelRoutingRequest, CancelRoutingResponse, GetAssignmentRequest, GetAssignmentResponse,
+        QueuedIncident, ReleaseTeamRequest, ReleaseTeamResponse, WatchAssignmentsRequest,
+        WatchAssignmentsResponse,
         routing_service_server::{RoutingService, RoutingServiceServer},
     },
 };
@@ -133,6 +134,8 @@ struct RoutingInner {
     release_calls: Mutex<Vec<ReleaseTeamRequest>>,
     answers: Mutex<HashMap<String, AssignTeamResponse>>,
     active: Mutex<HashMap<String, Assignment>>,
+    /// Assignments that ended, by assignment id (GetAssignment answers from both).
+    ended: Mutex<HashMap<String, Assignment>>,
     events: Mutex<Vec<AssignmentEvent>>,
     new_event: Notify,
     next: Mutex<u64>,
@@ -140,7 +143,26 @@ struct RoutingInner {
 }
 
 impl RoutingInner {
+    /// Appends an event to the stream, keeping the record (active and ended assignments) in
+    /// step with it, as routing's record is ahead of its stream.
     fn push(&self, mut event: AssignmentEvent) {
+        if let Some(a) = &event.assignment {
+            let mut active = self.active.lock().unwrap();
+            if a.state == AssignmentState::Active as i32 {
+                active.insert(a.incident_id.clone(), a.clone());
+            } else {
+                if active
+                    .get(&a.incident_id)
+                    .is_some_and(|x| x.assignment_id == a.assignment_id)
+                {
+                    active.remove(&a.incident_id);
+                }
+                self.ended
+                    .lock()
+                    .unwrap()
+                    .insert(a.assignment_id.clone(), a.clone());
+            }
+        }
         let mut events = self.events.lock().unwrap();
         event.event_id = format!("e{:08}", events.len() + 1);
         events.push(event);
@@ -269,8 +291,13 @@ impl RoutingService for RoutingSvc {
             .lock()
             .unwrap()
             .remove(&request.incident_id);
-        if let Some(mut assignment) = cancelled.clone() {
+        let cancelled = cancelled.map(|mut assignment| {
             assignment.state = AssignmentState::Cancelled as i32;
+            assignment.end_cause = AssignmentEndCause::Cancelled as i32;
+            assignment.end_reason = request.reason.clone();
+            assignment
+        });
+        if let Some(assignment) = cancelled.clone() {
             self.inner.push(AssignmentEvent {
                 kind: AssignmentEventKind::Cancelled as i32,
                 incident_id: request.incident_id.clone(),
@@ -306,6 +333,8 @@ impl RoutingService for RoutingSvc {
         let mut assignment = active.remove(&key).unwrap();
         drop(active);
         assignment.state = AssignmentState::Released as i32;
+        assignment.end_cause = AssignmentEndCause::Released as i32;
+        assignment.end_reason = request.reason.clone();
         self.inner.push(AssignmentEvent {
             kind: AssignmentEventKind::Released as i32,
             incident_id: assignment.incident_id.clone(),
@@ -316,6 +345,28 @@ impl RoutingService for RoutingSvc {
         Ok(Response::new(ReleaseTeamResponse {
             assignment: Some(assignment),
         }))
+    }
+
+    async fn get_assignment(
+        &self,
+        request: Request<GetAssignmentRequest>,
+    ) -> Result<Response<GetAssignmentResponse>, Status> {
+        let id = request.into_inner().assignment_id;
+        let active = self
+            .inner
+            .active
+            .lock()
+            .unwrap()
+            .values()
+            .find(|a| a.assignment_id == id)
+            .cloned();
+        let found = active.or_else(|| self.inner.ended.lock().unwrap().get(&id).cloned());
+        match found {
+            Some(assignment) => Ok(Response::new(GetAssignmentResponse {
+                assignment: Some(assignment),
+            })),
+            None => Err(Status::not_found("ASSIGNMENT_NOT_FOUND")),
+        }
     }
 
     async fn watch_assignments(
@@ -445,6 +496,33 @@ impl FakeRouting {
     /// Emits an event on WatchAssignments, as routing's queue would.
     pub fn push_event(&self, event: AssignmentEvent) {
         self.inner.push(event);
+    }
+
+    /// What routing does when a team clears to AVAILABLE: ends its active assignment with
+    /// the cause TEAM_CLEARED and announces it (RELEASED). False when the team had none.
+    pub fn team_cleared(&self, team_id: &str) -> bool {
+        let active = self
+            .inner
+            .active
+            .lock()
+            .unwrap()
+            .values()
+            .find(|a| a.team_id == team_id)
+            .cloned();
+        let Some(mut assignment) = active else {
+            return false;
+        };
+        assignment.state = AssignmentState::Released as i32;
+        assignment.end_cause = AssignmentEndCause::TeamCleared as i32;
+        assignment.end_reason = "team cleared".into();
+        self.inner.push(AssignmentEvent {
+            kind: AssignmentEventKind::Released as i32,
+            incident_id: assignment.incident_id.clone(),
+            cad_system: assignment.cad_system.clone(),
+            assignment: Some(assignment),
+            ..AssignmentEvent::default()
+        });
+        true
     }
 }
 
