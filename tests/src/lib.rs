@@ -19,6 +19,7 @@ use std::{
 use sqlx::{Connection, Executor, PgConnection};
 
 pub mod slow;
+pub mod suite;
 
 /// The PostgreSQL server tests use (a URL to any database on it).
 #[must_use]

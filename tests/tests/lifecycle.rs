@@ -5,7 +5,7 @@
 //! recorded. Also: an unsafe call never reaches a team; a call with no team free queues and is
 //! assigned when one frees up; a duplicate submission dispatches nothing new.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use relay_proto::{
     availability::{
@@ -18,89 +18,22 @@ use relay_proto::{
         UpsertServiceRequest, directory_service_client::DirectoryServiceClient,
     },
     intake::{
-        CloseIncidentRequest, CloseOutcome, Disposition, IncidentEvent, IncidentEventKind,
-        RiskFlag, RoutingState, SubmitIncidentRequest, SubmitIncidentResponse,
-        WatchIncidentEventsRequest, intake_service_client::IntakeServiceClient,
-        watch_incident_events_response::Kind,
+        CloseIncidentRequest, CloseOutcome, Disposition, IncidentEventKind, RiskFlag, RoutingState,
+        SubmitIncidentRequest, SubmitIncidentResponse, intake_service_client::IntakeServiceClient,
     },
 };
 use relay_tests::{
-    ServiceProcess, TestDatabase, binary_path, redis_delete_prefix, redis_url, unique_name,
+    suite::{Events, Suite},
+    unique_name,
 };
-use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 const HERE: GeoPoint = GeoPoint {
     latitude: 45.5152,
     longitude: -122.6784,
 };
 
-fn migrate(binary: &str, env: &[(&str, &str)]) {
-    let output = std::process::Command::new(binary_path(binary))
-        .arg("migrate")
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .expect("run migrate");
-    assert!(output.status.success(), "{binary} migrate: {output:?}");
-}
-
 fn now() -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp::from(SystemTime::now()))
-}
-
-/// Collects the CAD's events and waits for the ones a test expects.
-struct Events {
-    receiver: mpsc::UnboundedReceiver<IncidentEvent>,
-    seen: Vec<IncidentEvent>,
-}
-
-impl Events {
-    async fn watch(mut intake: IntakeServiceClient<Channel>, cad_system: &str) -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let mut stream = intake
-            .watch_incident_events(WatchIncidentEventsRequest {
-                cad_system: cad_system.to_owned(),
-                after_sequence: 0,
-            })
-            .await
-            .expect("watch")
-            .into_inner();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = stream.message().await {
-                if let Some(Kind::Event(event)) = message.kind
-                    && sender.send(event).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Self {
-            receiver,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits until `incident` has an event of `kind`; returns the incident's kinds so far.
-    async fn until(&mut self, incident: &str, kind: IncidentEventKind) -> Vec<IncidentEventKind> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let kinds: Vec<IncidentEventKind> = self
-                .seen
-                .iter()
-                .filter(|e| e.incident_id == incident)
-                .map(IncidentEvent::kind)
-                .collect();
-            if kinds.contains(&kind) {
-                return kinds;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.receiver.recv()).await {
-                Ok(Some(event)) => self.seen.push(event),
-                _ => panic!("no {kind:?} for {incident}; saw {kinds:?}"),
-            }
-        }
-    }
 }
 
 fn position(kinds: &[IncidentEventKind], kind: IncidentEventKind) -> usize {
@@ -112,36 +45,10 @@ fn position(kinds: &[IncidentEventKind], kind: IncidentEventKind) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_goes_from_the_cad_to_a_team_and_back_to_closed() {
-    let database = TestDatabase::new().await;
-    let redis = redis_url();
-    let prefix = unique_name("relay");
+    let suite = Suite::start(&[]).await;
+    let (availability, directory, intake) = (&suite.availability, &suite.directory, &suite.intake);
     let region = unique_name("region");
     let cad = unique_name("cad");
-    let base = vec![
-        ("RELAY_DATABASE_URL", database.url()),
-        ("RELAY_REDIS_URL", redis.as_str()),
-        ("RELAY_AVAILABILITY__KEY_PREFIX", prefix.as_str()),
-        ("RELAY_SERVER__READINESS_INTERVAL_MS", "100"),
-        ("RELAY_LOG", "warn"),
-    ];
-    for binary in ["relay-routing", "relay-intake", "relay-directory"] {
-        migrate(binary, &base);
-    }
-    let availability = ServiceProcess::start("relay-availability", &base);
-    let routing = ServiceProcess::start("relay-routing", &base);
-    let directory = ServiceProcess::start("relay-directory", &base);
-    let (routing_endpoint, availability_endpoint) = (routing.endpoint(), availability.endpoint());
-    let mut intake_env = base.clone();
-    intake_env.push(("RELAY_ROUTING_ENDPOINT", routing_endpoint.as_str()));
-    intake_env.push((
-        "RELAY_AVAILABILITY_ENDPOINT",
-        availability_endpoint.as_str(),
-    ));
-    let intake = ServiceProcess::start("relay-intake", &intake_env);
-    for process in [&availability, &routing, &directory, &intake] {
-        process.wait_until_serving().await;
-    }
-
     let mut teams = AvailabilityServiceClient::connect(availability.endpoint())
         .await
         .expect("availability");
@@ -385,5 +292,5 @@ async fn a_call_goes_from_the_cad_to_a_team_and_back_to_closed() {
         unsafe_call.routing.as_ref().map(|r| r.state()),
         Some(RoutingState::Assigned)
     );
-    redis_delete_prefix(&prefix).await;
+    suite.clean_up().await;
 }

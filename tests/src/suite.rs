@@ -1,0 +1,233 @@
+//! The whole suite as a CAD meets it: the four binaries as processes on one test database and
+//! Redis key prefix, and a collector of one CAD's `WatchIncidentEvents` stream.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use relay_proto::intake::{
+    IncidentEvent, IncidentEventKind, WatchIncidentEventsRequest,
+    intake_service_client::IntakeServiceClient, watch_incident_events_response::Kind,
+};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::{
+    ServiceProcess, TestDatabase, binary_path, redis_delete_prefix, redis_url, unique_name,
+};
+
+/// Runs `<binary> migrate` with `env` and checks it succeeded.
+///
+/// # Panics
+/// When the migration fails.
+pub fn migrate(binary: &str, env: &[(&str, &str)]) {
+    let output = std::process::Command::new(binary_path(binary))
+        .arg("migrate")
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run migrate");
+    assert!(output.status.success(), "{binary} migrate: {output:?}");
+}
+
+/// The four services, started on a database and a Redis key prefix of their own.
+pub struct Suite {
+    /// relay-availability.
+    pub availability: ServiceProcess,
+    /// relay-routing.
+    pub routing: ServiceProcess,
+    /// relay-directory.
+    pub directory: ServiceProcess,
+    /// relay-intake, following routing and availability.
+    pub intake: ServiceProcess,
+    /// The Redis key prefix (deleted by [`Suite::clean_up`]).
+    pub prefix: String,
+    database: TestDatabase,
+}
+
+impl Suite {
+    /// Migrates and starts the four services, and waits until each is SERVING. `extra` is
+    /// environment for every service.
+    pub async fn start(extra: &[(&str, &str)]) -> Self {
+        let database = TestDatabase::new().await;
+        let redis = redis_url();
+        let prefix = unique_name("relay");
+        let mut base = vec![
+            ("RELAY_DATABASE_URL", database.url()),
+            ("RELAY_REDIS_URL", redis.as_str()),
+            ("RELAY_AVAILABILITY__KEY_PREFIX", prefix.as_str()),
+            ("RELAY_SERVER__READINESS_INTERVAL_MS", "100"),
+            ("RELAY_LOG", "warn"),
+        ];
+        base.extend_from_slice(extra);
+        for binary in ["relay-routing", "relay-intake", "relay-directory"] {
+            migrate(binary, &base);
+        }
+        let availability = ServiceProcess::start("relay-availability", &base);
+        let routing = ServiceProcess::start("relay-routing", &base);
+        let directory = ServiceProcess::start("relay-directory", &base);
+        let (routing_endpoint, availability_endpoint) =
+            (routing.endpoint(), availability.endpoint());
+        let mut intake_env = base.clone();
+        intake_env.push(("RELAY_ROUTING_ENDPOINT", routing_endpoint.as_str()));
+        intake_env.push((
+            "RELAY_AVAILABILITY_ENDPOINT",
+            availability_endpoint.as_str(),
+        ));
+        let intake = ServiceProcess::start("relay-intake", &intake_env);
+        for process in [&availability, &routing, &directory, &intake] {
+            process.wait_until_serving().await;
+        }
+        Self {
+            availability,
+            routing,
+            directory,
+            intake,
+            prefix,
+            database,
+        }
+    }
+
+    /// The test database.
+    #[must_use]
+    pub fn database(&self) -> &TestDatabase {
+        &self.database
+    }
+
+    /// Deletes the suite's Redis keys.
+    pub async fn clean_up(&self) {
+        redis_delete_prefix(&self.prefix).await;
+    }
+}
+
+/// Collects a CAD's events and waits for the ones a test expects.
+pub struct Events {
+    receiver: mpsc::UnboundedReceiver<IncidentEvent>,
+    /// Every event received so far, in stream order.
+    pub seen: Vec<IncidentEvent>,
+}
+
+impl Events {
+    /// Watches `cad_system`'s stream from its start.
+    ///
+    /// # Panics
+    /// When the watch cannot be opened.
+    pub async fn watch(mut intake: IntakeServiceClient<Channel>, cad_system: &str) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut stream = intake
+            .watch_incident_events(WatchIncidentEventsRequest {
+                cad_system: cad_system.to_owned(),
+                after_sequence: 0,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = stream.message().await {
+                if let Some(Kind::Event(event)) = message.kind
+                    && sender.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            receiver,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until `incident` has an event of one of `kinds`; returns the incident's kinds so
+    /// far.
+    ///
+    /// # Panics
+    /// When none comes within 30 seconds.
+    pub async fn until_any(
+        &mut self,
+        incident: &str,
+        kinds: &[IncidentEventKind],
+    ) -> Vec<IncidentEventKind> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen: Vec<IncidentEventKind> = self
+                .seen
+                .iter()
+                .filter(|e| e.incident_id == incident)
+                .map(IncidentEvent::kind)
+                .collect();
+            if seen.iter().any(|k| kinds.contains(k)) {
+                return seen;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.receiver.recv()).await {
+                Ok(Some(event)) => self.seen.push(event),
+                _ => panic!("no {kinds:?} for {incident}; saw {seen:?}"),
+            }
+        }
+    }
+
+    /// Waits until `incident` has an event of `kind`; returns the incident's kinds so far.
+    ///
+    /// # Panics
+    /// When none comes within 30 seconds.
+    pub async fn until(
+        &mut self,
+        incident: &str,
+        kind: IncidentEventKind,
+    ) -> Vec<IncidentEventKind> {
+        self.until_any(incident, &[kind]).await
+    }
+
+    /// Replays the stream seen so far as a CAD applying it in order would, and returns the
+    /// first contradiction: a gap, a time going backwards, a team assigned while the stream
+    /// still shows it on another incident, or a team status for an incident the stream does
+    /// not show the team on.
+    #[must_use]
+    pub fn causal_violation(&self) -> Option<String> {
+        let mut on: HashMap<&str, &str> = HashMap::new();
+        let mut last: Option<&IncidentEvent> = None;
+        for ev in &self.seen {
+            if let Some(prev) = last {
+                if ev.sequence != prev.sequence + 1 {
+                    return Some(format!("gap after sequence {}", prev.sequence));
+                }
+                let time = |e: &IncidentEvent| e.event_time.map(|t| (t.seconds, t.nanos));
+                if time(ev) < time(prev) {
+                    return Some(format!("event_time goes back at sequence {}", ev.sequence));
+                }
+            }
+            last = Some(ev);
+            match ev.kind() {
+                IncidentEventKind::Assigned => {
+                    if let Some(other) = on.insert(&ev.team_id, &ev.incident_id)
+                        && other != ev.incident_id
+                    {
+                        return Some(format!(
+                            "sequence {} assigns {} to {} while it is still on {other}",
+                            ev.sequence, ev.team_id, ev.incident_id
+                        ));
+                    }
+                }
+                IncidentEventKind::Cleared | IncidentEventKind::Released
+                    if on.get(ev.team_id.as_str()) == Some(&ev.incident_id.as_str()) =>
+                {
+                    on.remove(ev.team_id.as_str());
+                }
+                IncidentEventKind::Dispatched
+                | IncidentEventKind::EnRoute
+                | IncidentEventKind::OnScene
+                | IncidentEventKind::Transporting
+                    if on.get(ev.team_id.as_str()) != Some(&ev.incident_id.as_str()) =>
+                {
+                    return Some(format!(
+                        "sequence {} reports {} on {}, which the stream does not show it on",
+                        ev.sequence, ev.team_id, ev.incident_id
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
