@@ -9,8 +9,8 @@ use relay_proto::{
     common::{AssignmentMode, GeoPoint, TeamStatus, UnservedReason},
     intake::{
         CallerContact, CancelIncidentResponse, CloseIncidentResponse, Disposition, Incident,
-        IncidentEventKind, IncidentNote, IncidentState, RiskFlag, RoutingOutcome, RoutingState,
-        TriageDecision, UpdateIncidentResponse,
+        IncidentEvent, IncidentEventKind, IncidentNote, IncidentState, RiskFlag, RoutingOutcome,
+        RoutingState, TriageDecision, UpdateIncidentResponse,
     },
     routing::{
         AssignTeamRequest, AssignTeamResponse, AssignmentEvent, AssignmentEventKind,
@@ -26,11 +26,12 @@ use tonic::{Code, codegen::InterceptedService, transport::Channel};
 use crate::{
     clock::Clock,
     lifecycle::{self, Step, event, mark, routing_state},
+    program::Programs,
     protocol::{self, Decision, Protocol},
     settings::IntakeSettings,
     store::{
-        Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, OutboxItem, OutboxKind,
-        RequestRecord, StoreError, StoredIncident, micros_of, timestamp_of,
+        Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, ListFilter, OutboxItem,
+        OutboxKind, RequestRecord, StoreError, StoredIncident, micros_of, timestamp_of,
     },
 };
 
@@ -172,6 +173,7 @@ pub struct Submitted {
 pub struct Intake {
     pub(crate) store: Arc<dyn IncidentStore>,
     pub(crate) protocol: Arc<Protocol>,
+    pub(crate) programs: Programs,
     pub(crate) settings: IntakeSettings,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) routing: RoutingClient,
@@ -342,6 +344,31 @@ impl Intake {
         }
     }
 
+    /// An eligible call outside its region's program hours is answered at once: escalated
+    /// with OUTSIDE_PROGRAM_HOURS for a traditional response, never queued to wait for a team
+    /// that is not on duty. Returns the ESCALATED event, or None when the program operates.
+    fn outside_program_hours(&self, incident: &mut Incident, now: i64) -> Option<IncidentEvent> {
+        let at = chrono::DateTime::from_timestamp_micros(now).unwrap_or_default();
+        if self.programs.is_open(&incident.region, at) {
+            return None;
+        }
+        let rationale = "outside the region's program hours; send a traditional response";
+        let routing = RoutingOutcome {
+            state: RoutingState::Escalated as i32,
+            unserved_reason: UnservedReason::OutsideProgramHours as i32,
+            rationale: rationale.into(),
+            update_time: Some(timestamp_of(now)),
+            ..RoutingOutcome::default()
+        };
+        incident.routing = Some(routing.clone());
+        lifecycle::unserved(incident, routing.unserved_reason);
+        mark(incident, Step::Escalated, None, now);
+        let mut escalated = event(incident, IncidentEventKind::Escalated, now);
+        escalated.routing = Some(routing);
+        escalated.detail = rationale.into();
+        Some(escalated)
+    }
+
     /// Accepts an incident (see `SubmitIncident`).
     ///
     /// # Errors
@@ -356,7 +383,7 @@ impl Intake {
             Disposition::Unspecified,
         );
         let triage = decision_proto(&decision, &self.protocol.version, now);
-        let routed = routable(triage.disposition);
+        let mut routed = routable(triage.disposition);
         let incident_id = format!("inc-{}", uuid::Uuid::now_v7());
         let mut incident = Incident {
             incident_id: incident_id.clone(),
@@ -398,6 +425,11 @@ impl Intake {
         received.source_time = incident.received_at;
         let mut triaged = event(&incident, IncidentEventKind::Triaged, now);
         triaged.triage = Some(triage);
+        let mut events = vec![received, triaged];
+        if routed && let Some(escalated) = self.outside_program_hours(&mut incident, now) {
+            routed = false;
+            events.push(escalated);
+        }
         let mut outbox = Vec::new();
         if routed {
             let mut item = self.assign_item(&incident, 1, now);
@@ -412,7 +444,7 @@ impl Intake {
         };
         match self
             .store
-            .create_incident(&stored, vec![received, triaged], outbox.clone(), now)
+            .create_incident(&stored, events, outbox.clone(), now)
             .await?
         {
             CreateOutcome::Existing(existing) => Ok(Submitted {
@@ -666,9 +698,14 @@ impl Intake {
                     | RoutingState::Escalated
                         if now_routable && !routable(previous.disposition) =>
                     {
-                        routing.state = RoutingState::Pending as i32;
-                        routing.update_time = Some(timestamp_of(now));
-                        outbox.push(self.assign_item(&after, after.revision, now));
+                        if let Some(escalated) = self.outside_program_hours(&mut after, now) {
+                            events.push(escalated);
+                            routing = after.routing.clone().unwrap_or_default();
+                        } else {
+                            routing.state = RoutingState::Pending as i32;
+                            routing.update_time = Some(timestamp_of(now));
+                            outbox.push(self.assign_item(&after, after.revision, now));
+                        }
                     }
                     RoutingState::Queued
                         if now_routable
@@ -1388,6 +1425,129 @@ impl Intake {
             }
         }
         Ok(())
+    }
+
+    /// Escalates the calls that waited past a program limit: a NEEDS_REVIEW call nobody
+    /// decided within the region's review wait (REVIEW_TIMEOUT), and a recommendation nobody
+    /// confirmed within the region's expiry (RECOMMENDATION_EXPIRED; routing is told to drop
+    /// it). Each escalation is an ESCALATED event with the reason, so the CAD sends a
+    /// traditional response. Returns how many were escalated.
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub async fn run_deadlines_once(&self) -> Result<usize, StoreError> {
+        const SECOND: i64 = 1_000_000;
+        let now = self.now();
+        let mut escalated = 0;
+        let rules = [
+            (
+                Disposition::NeedsReview as i32,
+                RoutingState::NotRouted,
+                UnservedReason::ReviewTimeout,
+            ),
+            (
+                0,
+                RoutingState::Recommended,
+                UnservedReason::RecommendationExpired,
+            ),
+        ];
+        for (disposition, routing_state, reason) in rules {
+            let filter = ListFilter {
+                state: IncidentState::Open as i32,
+                disposition,
+                routing_state: routing_state as i32,
+                limit: 500,
+                ..ListFilter::default()
+            };
+            for stored in self.store.list_incidents(&filter).await? {
+                let incident = &stored.incident;
+                let region = &incident.region;
+                let (limit, since) = if reason == UnservedReason::ReviewTimeout {
+                    let triaged = incident
+                        .timeline
+                        .as_ref()
+                        .and_then(|t| t.triaged.as_ref())
+                        .and_then(|t| t.record_time.as_ref())
+                        .or(incident.create_time.as_ref());
+                    (
+                        self.programs
+                            .review_wait_seconds(region, self.settings.review_wait_seconds),
+                        micros_of(triaged),
+                    )
+                } else {
+                    let recommended = incident
+                        .routing
+                        .as_ref()
+                        .and_then(|r| r.update_time.as_ref());
+                    (
+                        self.programs.recommendation_expiry_seconds(
+                            region,
+                            self.settings.recommendation_expiry_seconds,
+                        ),
+                        micros_of(recommended),
+                    )
+                };
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX / SECOND);
+                if now - since < limit * SECOND {
+                    continue;
+                }
+                let rationale = if reason == UnservedReason::ReviewTimeout {
+                    format!(
+                        "no dispatcher reviewed the call within {limit} s; send a traditional response"
+                    )
+                } else {
+                    format!(
+                        "no dispatcher confirmed the recommendation within {limit} s; send a traditional response"
+                    )
+                };
+                let outcome = RoutingOutcome {
+                    state: RoutingState::Escalated as i32,
+                    unserved_reason: reason as i32,
+                    rationale,
+                    ..incident.routing.clone().unwrap_or_default()
+                };
+                let mut plan =
+                    lifecycle::routed(&stored, outcome, IncidentEventKind::Escalated, None, now);
+                let mut change = Change {
+                    expected_revision: incident.revision,
+                    now,
+                    ..Change::default()
+                };
+                if reason == UnservedReason::RecommendationExpired {
+                    change.outbox.push(self.cancel_item(
+                        &plan.next.incident,
+                        "recommendation expired",
+                        now,
+                    ));
+                }
+                change.events = std::mem::take(&mut plan.events);
+                change.incident = Some(plan.next);
+                // A conflict means someone acted on the call meanwhile: the next round sees.
+                if let ChangeOutcome::Applied(_) = self.store.apply_change(change).await? {
+                    escalated += 1;
+                    tracing::warn!(incident_id = %incident.incident_id, reason = reason.as_str_name(), "call escalated past a program limit");
+                }
+            }
+        }
+        if escalated > 0 {
+            self.events_queued();
+            self.outbox_wake.notify_one();
+        }
+        Ok(escalated)
+    }
+
+    /// The deadline loop, until `shutdown`.
+    pub async fn run_deadlines(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let every = IntakeSettings::ms(self.settings.deadline_interval_ms.max(10));
+        loop {
+            if let Err(error) = self.run_deadlines_once().await {
+                tracing::warn!(error = %error, "deadline job failed; will retry");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     /// Runs the retention job once: erases personal data past its retention and old history.

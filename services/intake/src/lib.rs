@@ -34,6 +34,7 @@ pub mod clock;
 pub mod core;
 mod handler;
 pub mod lifecycle;
+pub mod program;
 pub mod protocol;
 pub mod settings;
 pub mod store;
@@ -44,6 +45,7 @@ pub use handler::{IntakeServiceHandler, api_error};
 use crate::{
     clock::{Clock, SystemClock},
     core::Intake,
+    program::Programs,
     protocol::Protocol,
     settings::IntakeSettings,
     store::{IncidentStore, postgres::PgStore, sqlite::SqliteStore},
@@ -128,6 +130,7 @@ impl Application {
             Some(path) => Protocol::load(path)?,
             None => Protocol::default_protocol()?,
         };
+        let programs = Programs::new(&settings.programs).map_err(|e| format!("intake.{e}"))?;
         let (store, check) = open_store(&config, &settings).await?;
         let timeout = Duration::from_millis(settings.routing_timeout_ms.max(1));
         let routing = RoutingServiceClient::with_interceptor(
@@ -155,6 +158,7 @@ impl Application {
         let intake = Arc::new(Intake {
             store,
             protocol: Arc::new(protocol),
+            programs,
             settings,
             clock,
             routing,
@@ -205,6 +209,7 @@ impl Application {
         tasks.spawn(Arc::clone(&self.intake).run_outbox(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_sequencer(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_retention(token.clone()));
+        tasks.spawn(Arc::clone(&self.intake).run_deadlines(token.clone()));
         // The configured regions are watched from the start; any other region from its first
         // incident on (when no regions are configured, every region is accepted).
         for region in &self.intake.settings.regions {

@@ -1,10 +1,12 @@
 //! Intake's own configuration: the `[intake]` section, `RELAY_INTAKE__<KEY>` in the
 //! environment. Every key has a default; see docs/intake.md for the operator's table.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use secrecy::SecretString;
 use serde::Deserialize;
+
+use crate::program::ProgramSettings;
 
 /// The `[intake]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +50,17 @@ pub struct IntakeSettings {
     pub page_token_secret: Option<SecretString>,
     /// Database connections in the pool.
     pub max_connections: u32,
+    /// Each region's program rules (`[intake.programs.<region>]`): operating hours, closed
+    /// dates, and the two limits below for that region.
+    pub programs: HashMap<String, ProgramSettings>,
+    /// How long a NEEDS_REVIEW call may wait for a dispatcher's decision before it is
+    /// escalated for a traditional response, in seconds.
+    pub review_wait_seconds: u64,
+    /// How long a recommendation (ASSIGNMENT_MODE_RECOMMEND) may wait for a dispatcher to
+    /// confirm it before it expires and the call is escalated, in seconds.
+    pub recommendation_expiry_seconds: u64,
+    /// How often the deadline job looks for calls past those limits, in milliseconds.
+    pub deadline_interval_ms: u64,
 }
 
 impl Default for IntakeSettings {
@@ -71,6 +84,10 @@ impl Default for IntakeSettings {
             consume_upstream: true,
             page_token_secret: None,
             max_connections: 16,
+            programs: HashMap::new(),
+            review_wait_seconds: 600,
+            recommendation_expiry_seconds: 300,
+            deadline_interval_ms: 1000,
         }
     }
 }

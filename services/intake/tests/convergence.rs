@@ -434,14 +434,7 @@ async fn run_cases(url: &str) {
         for n in 0..rng.random_range(3..8) {
             let mut request = submission(&format!("M-{case}-{n}"), "WELFARE");
             request.cad_system.clone_from(&cad);
-            let incident = app
-                .client
-                .submit_incident(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .incident
-                .unwrap();
+            let incident = app.submit(request).await;
             assert_eq!(
                 incident.routing.unwrap().state,
                 RoutingState::Queued as i32,

@@ -43,6 +43,8 @@ pub enum Script {
     Assign,
     /// Queue every incident (no team free).
     Queue,
+    /// Rank teams for a dispatcher to confirm (ASSIGNMENT_MODE_RECOMMEND).
+    Recommend,
 }
 
 /// A listener held for the whole test, so the port is never taken by another test. While the
@@ -235,6 +237,18 @@ impl RoutingService for RoutingSvc {
                     ..AssignTeamResponse::default()
                 }
             }
+            Script::Recommend => AssignTeamResponse {
+                outcome: AssignmentOutcome::Recommended as i32,
+                candidates: vec![relay_proto::common::Candidate {
+                    team_id: format!("team-{n}"),
+                    rank: 1,
+                    eligible: true,
+                    eta_seconds: 300,
+                    ..relay_proto::common::Candidate::default()
+                }],
+                rationale: format!("team-{n} is nearest"),
+                ..AssignTeamResponse::default()
+            },
             Script::Queue => {
                 let queued = QueuedIncident {
                     incident_id: request.incident_id.clone(),
@@ -736,6 +750,20 @@ impl TestIntake {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+}
+
+impl TestIntake {
+    /// Submits `request` and returns the incident as answered.
+    pub async fn submit(&self, request: SubmitIncidentRequest) -> relay_proto::intake::Incident {
+        self.client
+            .clone()
+            .submit_incident(request)
+            .await
+            .expect("submit")
+            .into_inner()
+            .incident
+            .expect("incident")
     }
 }
 
