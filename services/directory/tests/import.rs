@@ -141,7 +141,351 @@ async fn shared_examples_import_with_bad_coordinates_reported(kind: Kind) {
 }
 
 fn write(dir: &Path, name: &str, body: &str) {
-    std::fs::write(dir.join(name), body).unwrap();
+    write_bytes(dir, name, body.as_bytes());
+}
+
+fn write_bytes(dir: &Path, name: &str, body: &[u8]) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, body).unwrap();
+}
+
+/// Zips every file below `dir` into `zip_path`, each under `prefix/` (211 exports often wrap
+/// everything in one folder).
+fn zip_folder(dir: &Path, zip_path: &Path, prefix: &str) {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(zip_path).unwrap());
+    for path in files {
+        let relative = path
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        zip.start_file(
+            format!("{prefix}/{relative}"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut zip, &std::fs::read(&path).unwrap()).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+async fn get(h: &mut common::Harness, id: &str) -> relay_proto::directory::Service {
+    h.client
+        .get_service(GetServiceRequest {
+            service_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service
+        .unwrap_or_else(|| panic!("service {id} was imported"))
+}
+
+/// The ids of the services open at `at` (RFC 3339), sorted.
+async fn open_at(h: &mut common::Harness, at: &str) -> Vec<String> {
+    search_ids(
+        h,
+        SearchServicesRequest {
+            open_at: Some(ts(at)),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn search_ids(h: &mut common::Harness, request: SearchServicesRequest) -> Vec<String> {
+    let mut ids: Vec<String> = h
+        .client
+        .search_services(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .iter()
+        .map(|r| r.service.as_ref().unwrap().id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+const ORGANIZATIONS: &str = "id,name\norg-1,Lane County 211\n";
+const SERVICES: &str = "id,organization_id,name,description,status\n\
+    svc-a,org-1,Night Shelter,Overnight beds,active\n\
+    svc-b,org-1,Food Pantry,Groceries,active\n";
+const LOCATIONS: &str = "id,name,latitude,longitude\n\
+    loc-a,Downtown,44.0521,-123.0868\n\
+    loc-b,Westside,44.0490,-123.1300\n";
+
+/// Two services of one organization at two locations, linked through `sal_table` (the
+/// name of that table differs between HSDS versions), in `dir`.
+fn two_services(dir: &Path, sal_table: &str) {
+    write(dir, "organizations.csv", ORGANIZATIONS);
+    write(dir, "services.csv", SERVICES);
+    write(dir, "locations.csv", LOCATIONS);
+    write(
+        dir,
+        sal_table,
+        "id,service_id,location_id,description\nsal-a,svc-a,loc-a,\nsal-b,svc-b,loc-b,\n",
+    );
+}
+
+/// Defect 1 (issue 13): a package's descriptor says where its CSVs are (`data/...`); the
+/// extracted folder was refused as "not an HSDS tabular data package", and in a zip a
+/// resource whose file is not named after its table was not read.
+async fn descriptor_paths_are_followed_in_a_folder_and_a_zip(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("package");
+    write(
+        &package,
+        "datapackage.json",
+        r#"{"name": "x", "resources": [
+            {"name": "organization", "path": "data/organizations.csv"},
+            {"name": "service", "path": "data/services.csv"},
+            {"name": "location", "path": "data/locations.csv"},
+            {"name": "service_at_location", "path": "data/service_at_location.csv"}
+        ]}"#,
+    );
+    two_services(&package.join("data"), "service_at_location.csv");
+    let options = ImportOptions::default();
+    let report = run_import(&url, &package, &options).await.unwrap();
+    assert_eq!(report.rejections, []);
+    // The same package zipped, with the services file under a name of its own.
+    let zipped = dir.path().join("zipped");
+    write(
+        &zipped,
+        "datapackage.json",
+        r#"{"name": "x", "resources": [
+            {"name": "organization", "path": "data/organizations.csv"},
+            {"name": "service", "path": "data/export-services-2026.csv"}
+        ]}"#,
+    );
+    write(&zipped, "data/organizations.csv", ORGANIZATIONS);
+    write(
+        &zipped,
+        "data/export-services-2026.csv",
+        "id,organization_id,name\nsvc-zipped,org-1,Zipped Service\n",
+    );
+    let zip_path = dir.path().join("package.zip");
+    zip_folder(&zipped, &zip_path, "export");
+    let report = run_import(&url, &zip_path, &options).await.unwrap();
+    assert_eq!(report.rejections, []);
+    let mut h = start_on(kind, url, db, tmp).await;
+    let a = get(&mut h, "svc-a").await;
+    assert_eq!(a.locations.len(), 1, "{a:?}");
+    assert_eq!(a.locations[0].location_id, "loc-a");
+    assert_eq!(get(&mut h, "svc-zipped").await.name, "Zipped Service");
+}
+
+/// Defect 2 (issue 13): the 1.x table `services_at_location.csv` (and 2.0's
+/// `service_attributes.csv`) were not read, so no service had a location.
+async fn every_hsds_table_name_is_read(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    two_services(p, "services_at_location.csv");
+    write(
+        p,
+        "taxonomy_terms.csv",
+        "id,term,parent_id,taxonomy\nBH,Housing,,AIRS\nBH-1800,Shelter,BH,AIRS\n",
+    );
+    write(
+        p,
+        "service_attributes.csv",
+        "id,service_id,taxonomy_term_id\nsa-1,svc-a,BH-1800\n",
+    );
+    write(
+        p,
+        "regular_schedules.csv",
+        "id,service_at_location_id,weekday,opens_at,closes_at\nrs-1,sal-a,1,9:00am,5:00pm\n",
+    );
+    let report = run_import(&url, p, &ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.rejections, []);
+    let mut h = start_on(kind, url, db, tmp).await;
+    let a = get(&mut h, "svc-a").await;
+    assert_eq!(a.locations.len(), 1, "{a:?}");
+    assert_eq!(a.locations[0].schedules.len(), 1);
+    assert_eq!(a.taxonomy_terms.len(), 1, "{a:?}");
+    assert_eq!(a.taxonomy_terms[0].name, "Shelter");
+    assert_eq!(get(&mut h, "svc-b").await.locations[0].location_id, "loc-b");
+}
+
+/// Defect 3 (issue 13): `regular_schedules.csv` rows without an `id` were all rejected ("id
+/// is missing"). Nothing refers to a schedule row, so each gets an id derived from what it
+/// says: importing again, even with the rows in another order, adds nothing.
+async fn schedule_rows_without_an_id_get_a_stable_one(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    two_services(p, "service_at_location.csv");
+    let rows = [
+        ",,sal-a,Monday,8:00pm,8:00am",
+        ",,sal-a,Tuesday,8:00pm,8:00am",
+        "svc-b,loc-b,,Wednesday,9:00am,12:00pm",
+        // The same hours twice is one schedule.
+        "svc-b,loc-b,,Wednesday,9:00am,12:00pm",
+    ];
+    let header = "service_id,location_id,service_at_location_id,weekday,opens_at,closes_at\n";
+    write(
+        p,
+        "regular_schedules.csv",
+        &format!("{header}{}\n", rows.join("\n")),
+    );
+    let options = ImportOptions::default();
+    let first = run_import(&url, p, &options).await.unwrap();
+    assert_eq!(first.rejections, []);
+    // Again, with the rows reversed.
+    let reversed: Vec<_> = rows.iter().rev().copied().collect();
+    write(
+        p,
+        "regular_schedules.csv",
+        &format!("{header}{}\n", reversed.join("\n")),
+    );
+    let again = run_import(&url, p, &options).await.unwrap();
+    assert_eq!(again.stored, first.stored);
+    let mut h = start_on(kind, url, db, tmp).await;
+    let a = get(&mut h, "svc-a").await;
+    let mut days: Vec<_> = a.locations[0]
+        .schedules
+        .iter()
+        .map(|s| s.byday.clone())
+        .collect();
+    days.sort();
+    assert_eq!(days, ["MO", "TU"]);
+    assert_eq!(get(&mut h, "svc-b").await.locations[0].schedules.len(), 1);
+    // Monday 2026-03-02 21:00 UTC: the shelter is open.
+    assert_eq!(open_at(&mut h, "2026-03-02T21:00:00Z").await, ["svc-a"]);
+}
+
+/// Defect 4 (issue 13): what real exports do. A byte order mark before a quoted header,
+/// CRLF line ends, a quoted newline inside a field, optional columns left out, extra
+/// columns, empty strings for nulls, weekdays as names, abbreviations or numbers, times
+/// such as `0900`, `09:00:00`, `24:00`, and `closed`.
+async fn what_real_exports_do_is_read(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let crlf = |text: &str| text.replace('\n', "\r\n");
+    write(p, "organizations.csv", ORGANIZATIONS);
+    let mut services = b"\xEF\xBB\xBF".to_vec();
+    services.extend(
+        crlf(
+            "\"id\",\"organization_id\",\"name\",\"description\",\"status\",\"legacy_code\"\n\
+             svc-a,org-1,Night Shelter,\"Beds.\nBring ID.\",,X-1\n\
+             svc-b,org-1,Food Pantry,,Active,X-2\n\
+             svc-c,org-1,,No name,active,X-3\n",
+        )
+        .into_bytes(),
+    );
+    write_bytes(p, "services.csv", &services);
+    // No name column at all, an extra column, an empty longitude and latitude.
+    write(
+        p,
+        "locations.csv",
+        "id,latitude,longitude,county\nloc-a,44.0521,-123.0868,Lane\nloc-b,,,Lane\n",
+    );
+    write(
+        p,
+        "service_at_location.csv",
+        "id,service_id,location_id\nsal-a,svc-a,loc-a\nsal-b,svc-b,loc-b\n",
+    );
+    write(
+        p,
+        "regular_schedules.csv",
+        &crlf(
+            "id,service_at_location_id,weekday,opens_at,closes_at,notes\n\
+             rs-1,sal-a,mon,2000,0800,\"ring\nthe bell\"\n\
+             rs-2,sal-a,TUESDAY,20:00:00,08:00:00,\n\
+             rs-3,sal-b,1,09:00,24:00,\n\
+             rs-4,sal-b,6,closed,closed,\n\
+             rs-5,sal-b,7,,,\n\
+             rs-6,sal-b,Funday,9am,5pm,\n",
+        ),
+    );
+    let report = run_import(&url, p, &ImportOptions::default())
+        .await
+        .unwrap();
+    let lines: Vec<_> = report
+        .rejections
+        .iter()
+        .map(|r| (r.file.as_str(), r.line))
+        .collect();
+    // The quoted newlines move the lines of later rows down; the line is where a row starts.
+    assert_eq!(
+        lines,
+        [("services.csv", 5), ("regular_schedules.csv", 8)],
+        "{:#?}",
+        report.rejections
+    );
+    assert!(report.rejections[0].reason.contains("name is missing"));
+    assert!(report.rejections[1].reason.contains("Funday"));
+    // Each rejection names its table and column.
+    let named: Vec<_> = report
+        .rejections
+        .iter()
+        .map(|r| (r.table.as_str(), r.column.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [("services", "name"), ("regular_schedules", "weekday")]
+    );
+    assert_eq!(
+        report.rejections[1].to_string(),
+        "regular_schedules.csv:8: table regular_schedules, column weekday: \
+         weekday `Funday` is not a day of the week (Monday, mon, 1..7)"
+    );
+    let summary = report
+        .files
+        .iter()
+        .find(|f| f.file == "regular_schedules.csv")
+        .unwrap();
+    assert_eq!(
+        (
+            summary.rows,
+            summary.stored,
+            summary.rejected,
+            summary.ignored
+        ),
+        (6, 3, 1, 2),
+        "closed and empty hours are ignored, not rejected"
+    );
+    let mut h = start_on(kind, url, db, tmp).await;
+    let a = get(&mut h, "svc-a").await;
+    assert_eq!(a.description, "Beds.\r\nBring ID.");
+    let hours: Vec<_> = a.locations[0]
+        .schedules
+        .iter()
+        .map(|s| format!("{} {}-{}", s.byday, s.opens_at, s.closes_at))
+        .collect();
+    assert_eq!(hours, ["MO 20:00-08:00", "TU 20:00-08:00"]);
+    let b = get(&mut h, "svc-b").await;
+    assert!(b.locations[0].point.is_none());
+    assert_eq!(b.locations[0].schedules.len(), 1);
+    assert_eq!(b.locations[0].schedules[0].closes_at, "24:00");
+    // Monday 23:30 UTC: the pantry (open until midnight) and the shelter are open;
+    // Saturday noon: neither.
+    assert_eq!(
+        open_at(&mut h, "2026-03-02T23:30:00Z").await,
+        ["svc-a", "svc-b"]
+    );
+    assert!(open_at(&mut h, "2026-03-07T12:00:00Z").await.is_empty());
 }
 
 /// A package in the HSDS 1.x/2.0 layout, as many 211s publish it.
@@ -179,14 +523,10 @@ fn legacy_package(dir: &Path) {
          pa-1,loc-1,,100 Main St,Suite 2,,,Eugene,,OR,97401,US\n\
          pa-2,loc-nowhere,,1 Nowhere,,,,Eugene,,OR,97401,US\n",
     );
+    // The 1.x name of the table (3.0 calls it service_at_location).
     write(
         dir,
         "services_at_location.csv",
-        "id,service_id,location_id,description\n",
-    );
-    write(
-        dir,
-        "service_at_location.csv",
         "id,service_id,location_id,description\nsal-1,svc-shelter,loc-1,\nsal-2,svc-pantry,loc-2,\n",
     );
     write(
@@ -422,4 +762,8 @@ both!(
     shared_examples_import_with_bad_coordinates_reported,
     legacy_package_imports,
     zipped_package_imports_and_a_broken_one_changes_nothing,
+    descriptor_paths_are_followed_in_a_folder_and_a_zip,
+    every_hsds_table_name_is_read,
+    schedule_rows_without_an_id_get_a_stable_one,
+    what_real_exports_do_is_read,
 );
