@@ -1110,12 +1110,22 @@ fn map_phone(r: &Record<'_>) -> Result<Option<Mapped>, Problem> {
     })
 }
 
+/// What the rows read so far say that later tables need.
+#[derive(Default)]
+struct Seen {
+    /// The location of each service_at_location id: a schedule that names only a
+    /// service_at_location and a `timezone` sets that location's time zone. One short entry per
+    /// service and location pair.
+    sal_locations: HashMap<String, String>,
+}
+
 fn map_record(
     table: Table,
     r: &Record<'_>,
     options: &ImportOptions,
     now: i64,
     line: u64,
+    seen: &mut Seen,
 ) -> Result<Option<Mapped>, Problem> {
     let position = i64::try_from(line).unwrap_or(i64::MAX);
     match table {
@@ -1124,18 +1134,24 @@ fn map_record(
         Table::Services => map_service(r, now),
         Table::Locations => map_location(r, options),
         Table::Addresses => map_address(r),
-        Table::ServiceAtLocation => Mapped::one(Row::ServiceAtLocation {
-            id: require_id(r, "id")?,
-            service_id: require_id(r, "service_id")?,
-            location_id: require_id(r, "location_id")?,
-            position,
-        }),
+        Table::ServiceAtLocation => {
+            let id = require_id(r, "id")?;
+            let service_id = require_id(r, "service_id")?;
+            let location_id = require_id(r, "location_id")?;
+            seen.sal_locations.insert(id.clone(), location_id.clone());
+            Mapped::one(Row::ServiceAtLocation {
+                id,
+                service_id,
+                location_id,
+                position,
+            })
+        }
         Table::Attributes => map_attribute(r),
         Table::ServiceTaxonomy => map_service_taxonomy(r),
         Table::Languages => map_language(r, position),
         Table::Phones => map_phone(r),
         Table::Schedules | Table::RegularSchedules | Table::HolidaySchedules => {
-            map_schedule(table, r, position)
+            map_schedule(table, r, position, seen)
         }
         Table::NotModelled => Ok(None),
     }
@@ -1180,7 +1196,12 @@ fn hours_of(r: &Record<'_>) -> Result<Option<(String, String)>, Problem> {
     }
 }
 
-fn map_schedule(table: Table, r: &Record<'_>, position: i64) -> Result<Option<Mapped>, Problem> {
+fn map_schedule(
+    table: Table,
+    r: &Record<'_>,
+    position: i64,
+    seen: &Seen,
+) -> Result<Option<Mapped>, Problem> {
     let optional = |column: &str| -> Result<Option<String>, Problem> {
         match r.opt(column) {
             None => Ok(None),
@@ -1317,7 +1338,12 @@ fn map_schedule(table: Table, r: &Record<'_>, position: i64) -> Result<Option<Ma
         format!("derived-{hash:016x}")
     });
     let mut rows = Vec::new();
-    if let (Some(location_id), Some(zone)) = (&location_id, zone_of(r.get("timezone"))) {
+    let zoned = location_id.as_ref().or_else(|| {
+        service_at_location_id
+            .as_ref()
+            .and_then(|sal| seen.sal_locations.get(sal))
+    });
+    if let (Some(location_id), Some(zone)) = (zoned, zone_of(r.get("timezone"))) {
         rows.push(Row::LocationTimeZone {
             location_id: location_id.clone(),
             time_zone: zone,
@@ -1450,6 +1476,7 @@ async fn import_file<W: WriteSession>(
     options: &ImportOptions,
     now: i64,
     (bytes_before, bytes_total): (u64, u64),
+    seen: &mut Seen,
     report: &mut ImportReport,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<FileSummary, ImportError> {
@@ -1501,6 +1528,7 @@ async fn import_file<W: WriteSession>(
             options,
             now,
             line,
+            seen,
         );
         match mapped {
             Ok(None) => current.summary.ignored += 1,
@@ -1550,6 +1578,7 @@ pub async fn import<S: DirectoryStore>(
         ..ImportReport::default()
     };
     let mut bytes_before = 0;
+    let mut seen = Seen::default();
     for planned in &planned {
         let mut reader = source.reader(&planned.file)?;
         let summary = import_file(
@@ -1559,6 +1588,7 @@ pub async fn import<S: DirectoryStore>(
             options,
             now,
             (bytes_before, bytes_total),
+            &mut seen,
             &mut report,
             progress,
         )

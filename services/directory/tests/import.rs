@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{Kind, backend, database, shared_hsds, start_on};
-use relay_directory::import::{ImportOptions, ImportReport, import};
+use relay_directory::import::{FileSummary, ImportOptions, ImportReport, import};
 use relay_proto::directory::{GetServiceRequest, SearchServicesRequest};
 
 async fn run_import(
@@ -737,6 +737,269 @@ async fn nothing_is_left_of_a_failed_import() {
     }
 }
 
+/// A package of `tests/fixtures`.
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The fixture `name` as it is (a folder) and zipped inside a folder, as 211s publish both.
+fn both_layouts(name: &str, dir: &Path) -> [PathBuf; 2] {
+    let zip_path = dir.join(format!("{name}.zip"));
+    zip_folder(&fixture(name), &zip_path, name);
+    [fixture(name), zip_path]
+}
+
+fn summary<'a>(report: &'a ImportReport, file: &str) -> &'a FileSummary {
+    report
+        .files
+        .iter()
+        .find(|f| f.file.ends_with(file))
+        .unwrap_or_else(|| panic!("{file} in {:#?}", report.files))
+}
+
+fn hours(location: &relay_proto::directory::ServiceLocation) -> Vec<String> {
+    let mut hours: Vec<_> = location
+        .schedules
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}-{} {}..{}",
+                s.byday, s.opens_at, s.closes_at, s.valid_from, s.valid_to
+            )
+        })
+        .collect();
+    hours.sort();
+    hours
+}
+
+/// An HSDS 1.1 package as a US 211 publishes it (`tests/fixtures/hsds-1.1-211`): a
+/// descriptor with singular resource names, the CSVs in `data/`, a BOM, CRLF, quoted
+/// newlines, schedule rows without ids, weekdays and times in every shape, tables Relay does
+/// not model, and a resource the descriptor names but the package lacks. Extracted and
+/// zipped, each on a database of its own, imported twice.
+async fn hsds_1x_package_of_a_211_imports(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ImportOptions {
+        default_time_zone: "America/Los_Angeles".into(),
+    };
+    for package in both_layouts("hsds-1.1-211", dir.path()) {
+        let (url, db, tmp) = database(kind).await;
+        let report = run_import(&url, &package, &options).await.unwrap();
+        let rejected: Vec<_> = report
+            .rejections
+            .iter()
+            .map(|r| {
+                (
+                    r.file.rsplit('/').next().unwrap(),
+                    r.line,
+                    r.column.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                ("services.csv", 6, "organization_id"),
+                ("regular_schedules.csv", 18, "weekday"),
+                ("regular_schedules.csv", 19, "closes_at"),
+            ],
+            "{package:?}: {:#?}",
+            report.rejections
+        );
+        assert!(report.rejections[0].reason.contains("org-nowhere"));
+        assert_eq!(report.rejections[1].table, "regular_schedule");
+        // Per table: rows read, imported, rejected, ignored.
+        let counts = |file| {
+            let f = summary(&report, file);
+            (f.table.as_str(), f.rows, f.stored, f.rejected, f.ignored)
+        };
+        assert_eq!(
+            counts("data/regular_schedules.csv"),
+            ("regular_schedule", 18, 14, 2, 2)
+        );
+        assert_eq!(
+            counts("data/services_at_location.csv"),
+            ("service_at_location", 3, 3, 0, 0)
+        );
+        assert_eq!(counts("data/services.csv"), ("service", 4, 3, 1, 0));
+        assert_eq!(
+            counts("data/holiday_schedules.csv"),
+            ("holiday_schedule", 2, 1, 0, 1)
+        );
+        assert_eq!(counts("data/eligibility.csv"), ("eligibility", 1, 0, 0, 1));
+        assert_eq!(
+            counts("data/postal_addresses.csv"),
+            ("postal_address", 1, 0, 0, 1)
+        );
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("contact") && n.contains("data/contacts.csv")),
+            "{:?}",
+            report.notes
+        );
+        let again = run_import(&url, &package, &options).await.unwrap();
+        assert_eq!(again.stored, report.stored);
+        assert_eq!(again.rejections, report.rejections);
+
+        let mut h = start_on(kind, url, db, tmp).await;
+        let shelter = get(&mut h, "svc-shelter").await;
+        assert_eq!(
+            shelter.organization.as_ref().unwrap().name,
+            "St. Vincent de Paul of Lane County"
+        );
+        assert_eq!(shelter.languages, ["es", "en"]);
+        assert_eq!(shelter.taxonomy_terms[0].code, "BH-1800.8500");
+        assert_eq!(shelter.phones.len(), 1);
+        assert_eq!(shelter.locations.len(), 1);
+        let station = &shelter.locations[0];
+        assert_eq!(station.location_id, "loc-station");
+        assert_eq!(station.time_zone, "America/Los_Angeles");
+        assert_eq!(
+            station.address.as_ref().unwrap().address_1,
+            "450 Highway 99 N"
+        );
+        assert_eq!(
+            hours(station),
+            [
+                "FR 19:00-07:00 ..",
+                "MO 19:00-07:00 ..",
+                "TH 19:00-07:00 ..",
+                "TU 19:00-07:00 ..",
+                "WE 19:00-07:00 .."
+            ]
+        );
+        let pantry = get(&mut h, "svc-pantry").await;
+        assert_eq!(
+            hours(&pantry.locations[0]),
+            [
+                "MO 09:00-12:00 ..",
+                "MO,TU,WE,TH,FR,SA,SU 13:00-16:00 2026-12-23..2026-12-23",
+                "WE 09:00-12:00 ..",
+            ]
+        );
+        assert_eq!(
+            pantry.locations[0].address.as_ref().unwrap().address_2,
+            "Building B"
+        );
+        let crisis = get(&mut h, "svc-crisis").await;
+        assert_eq!(crisis.locations[0].schedules.len(), 7);
+        assert!(crisis.locations[0].point.is_none());
+        // Monday 2026-03-02 20:00 PST: the shelter and the crisis line.
+        assert_eq!(
+            open_at(&mut h, "2026-03-03T04:00:00Z").await,
+            ["svc-crisis", "svc-shelter"]
+        );
+        // Saturday 10:00 PST: the pantry says "closed", the shelter closed at 7.
+        assert_eq!(
+            open_at(&mut h, "2026-03-07T18:00:00Z").await,
+            ["svc-crisis"]
+        );
+        // Wednesday 2026-12-23 14:00 PST: the pantry's holiday hours.
+        assert_eq!(
+            open_at(&mut h, "2026-12-23T22:00:00Z").await,
+            ["svc-crisis", "svc-pantry"]
+        );
+        // Text, taxonomy and distance find what the 1.x tables link.
+        let found = search_ids(
+            &mut h,
+            SearchServicesRequest {
+                query: "overnight beds".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(found, ["svc-shelter"]);
+        let basic_needs = search_ids(
+            &mut h,
+            SearchServicesRequest {
+                taxonomy_codes: vec!["BD".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(basic_needs, ["svc-pantry", "svc-shelter"]);
+        let near = search_ids(
+            &mut h,
+            SearchServicesRequest {
+                location: Some(relay_proto::common::GeoPoint {
+                    latitude: 44.0582,
+                    longitude: -123.1103,
+                }),
+                radius_meters: 1000.0,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(near, ["svc-shelter"]);
+    }
+}
+
+/// An HSDS 2.0 package (`tests/fixtures/hsds-2.0`): plural resource names, RRULE schedules
+/// without ids and with a time zone, `service_attributes` and `other_attributes`, taxonomy
+/// terms named by `term`. Extracted and zipped.
+async fn hsds_2_package_imports(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    for package in both_layouts("hsds-2.0", dir.path()) {
+        let (url, db, tmp) = database(kind).await;
+        let report = run_import(&url, &package, &ImportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.rejections, [], "{package:?}");
+        assert_eq!(report.notes, Vec::<String>::new());
+        let other = summary(&report, "other_attributes.csv");
+        assert_eq!((other.rows, other.stored, other.ignored), (2, 1, 1));
+        let again = run_import(&url, &package, &ImportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(again.stored, report.stored);
+        let mut h = start_on(kind, url, db, tmp).await;
+        let day = get(&mut h, "svc-day").await;
+        assert_eq!(day.locations[0].time_zone, "America/Chicago");
+        assert_eq!(hours(&day.locations[0]), ["MO,TU,WE,TH,FR 08:30-16:00 .."]);
+        assert_eq!(day.taxonomy_terms[0].name, "Housing");
+        assert_eq!(day.languages, ["es"]);
+        let beds = get(&mut h, "svc-beds").await;
+        assert_eq!(
+            hours(&beds.locations[0]),
+            ["MO,TU,WE,TH,FR,SA,SU 20:00-07:00 .."]
+        );
+        assert_eq!(beds.taxonomy_terms[0].name, "Shelter");
+        // Tuesday 2026-03-03 09:00 CST, then 22:00 CST.
+        assert_eq!(open_at(&mut h, "2026-03-03T15:00:00Z").await, ["svc-day"]);
+        assert_eq!(open_at(&mut h, "2026-03-04T04:00:00Z").await, ["svc-beds"]);
+    }
+}
+
+/// The specification's own 3.0 examples, zipped inside a folder, import as the folder does.
+async fn hsds_3_examples_import_zipped(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("hsds-3.zip");
+    zip_folder(&shared_hsds(), &zip_path, "hsds");
+    let report = run_import(&url, &zip_path, &ImportOptions::default())
+        .await
+        .unwrap();
+    let folder = {
+        let (url, _db, _tmp) = database(kind).await;
+        run_import(&url, &shared_hsds(), &ImportOptions::default())
+            .await
+            .unwrap()
+    };
+    assert_eq!(report.stored, folder.stored);
+    assert_eq!(report.rejections.len(), folder.rejections.len());
+    assert_eq!(
+        summary(&report, "service_at_location.csv").table,
+        "service_at_location"
+    );
+    let mut h = start_on(kind, url, db, tmp).await;
+    let service = get(&mut h, "ac148810-d857-441c-9679-408f346de14b").await;
+    assert_eq!(service.locations[0].schedules.len(), 1);
+}
+
 macro_rules! both {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -766,4 +1029,7 @@ both!(
     every_hsds_table_name_is_read,
     schedule_rows_without_an_id_get_a_stable_one,
     what_real_exports_do_is_read,
+    hsds_1x_package_of_a_211_imports,
+    hsds_2_package_imports,
+    hsds_3_examples_import_zipped,
 );
