@@ -7,7 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Kind, backend, database, shared_hsds, start_on};
+use common::{
+    Kind, backend, database, get, open_at, search_ids, shared_hsds, start_on, ts, zip_folder,
+};
 use relay_directory::import::{FileSummary, ImportOptions, ImportReport, import};
 use relay_proto::directory::{GetServiceRequest, SearchServicesRequest};
 
@@ -26,14 +28,6 @@ async fn run_import(
         assert!(calls > 0, "progress was reported");
     }
     result
-}
-
-fn ts(text: &str) -> prost_types::Timestamp {
-    let t = chrono::DateTime::parse_from_rfc3339(text).unwrap();
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
-    }
 }
 
 async fn shared_examples_import_with_bad_coordinates_reported(kind: Kind) {
@@ -148,79 +142,6 @@ fn write_bytes(dir: &Path, name: &str, body: &[u8]) {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, body).unwrap();
-}
-
-/// Zips every file below `dir` into `zip_path`, each under `prefix/` (211 exports often wrap
-/// everything in one folder).
-fn zip_folder(dir: &Path, zip_path: &Path, prefix: &str) {
-    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(dir, &mut files);
-    files.sort();
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(zip_path).unwrap());
-    for path in files {
-        let relative = path
-            .strip_prefix(dir)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        zip.start_file(
-            format!("{prefix}/{relative}"),
-            zip::write::SimpleFileOptions::default(),
-        )
-        .unwrap();
-        std::io::Write::write_all(&mut zip, &std::fs::read(&path).unwrap()).unwrap();
-    }
-    zip.finish().unwrap();
-}
-
-async fn get(h: &mut common::Harness, id: &str) -> relay_proto::directory::Service {
-    h.client
-        .get_service(GetServiceRequest {
-            service_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .service
-        .unwrap_or_else(|| panic!("service {id} was imported"))
-}
-
-/// The ids of the services open at `at` (RFC 3339), sorted.
-async fn open_at(h: &mut common::Harness, at: &str) -> Vec<String> {
-    search_ids(
-        h,
-        SearchServicesRequest {
-            open_at: Some(ts(at)),
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-async fn search_ids(h: &mut common::Harness, request: SearchServicesRequest) -> Vec<String> {
-    let mut ids: Vec<String> = h
-        .client
-        .search_services(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-        .iter()
-        .map(|r| r.service.as_ref().unwrap().id.clone())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
 }
 
 const ORGANIZATIONS: &str = "id,name\norg-1,Lane County 211\n";
