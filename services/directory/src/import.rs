@@ -683,6 +683,17 @@ fn require_id(record: &Record<'_>, column: &str) -> Result<String, Problem> {
     }
 }
 
+/// A row's `id`, or, when it has none, one derived from `parts` (what the row says), the same
+/// on every import. Only for rows that nothing else in a package refers to by id (schedules,
+/// phones), or that are referred to only by what derives the id (a service at a location).
+fn id_or_derived(record: &Record<'_>, parts: &[&str]) -> Result<String, Problem> {
+    if record.get("id").is_empty() {
+        Ok(format!("derived-{:016x}", stable_hash(parts)))
+    } else {
+        require_id(record, "id")
+    }
+}
+
 fn require(record: &Record<'_>, column: &str) -> Result<String, Problem> {
     let value = record.get(column);
     if value.is_empty() {
@@ -1094,9 +1105,10 @@ fn map_phone(r: &Record<'_>) -> Result<Option<Mapped>, Problem> {
         return Err(problem("number", "number is missing"));
     }
     let extension = r.get("extension");
+    let service_id = require_id(r, "service_id")?;
     Mapped::one(Row::Phone {
-        id: require_id(r, "id")?,
-        service_id: require_id(r, "service_id")?,
+        id: id_or_derived(r, &[&service_id, number, extension])?,
+        service_id,
         phone: Phone {
             number: number.chars().take(64).collect(),
             extension: if extension.bytes().all(|b| b.is_ascii_digit()) {
@@ -1135,9 +1147,9 @@ fn map_record(
         Table::Locations => map_location(r, options),
         Table::Addresses => map_address(r),
         Table::ServiceAtLocation => {
-            let id = require_id(r, "id")?;
             let service_id = require_id(r, "service_id")?;
             let location_id = require_id(r, "location_id")?;
+            let id = id_or_derived(r, &[&service_id, &location_id])?;
             seen.sal_locations.insert(id.clone(), location_id.clone());
             Mapped::one(Row::ServiceAtLocation {
                 id,
@@ -1208,7 +1220,6 @@ fn map_schedule(
             Some(_) => require_id(r, column).map(Some),
         }
     };
-    let given_id = optional("id")?;
     let service_id = optional("service_id")?;
     let location_id = optional("location_id")?;
     let service_at_location_id = optional("service_at_location_id")?;
@@ -1317,10 +1328,11 @@ fn map_schedule(
     // Nothing refers to a schedule row, so one without an id gets one derived from what it
     // says: the same row gives the same id on every import, and two identical rows are one
     // schedule.
-    let id = given_id.unwrap_or_else(|| {
-        let interval = schedule.interval.to_string();
-        let freq = schedule.freq.to_string();
-        let hash = stable_hash(&[
+    let interval = schedule.interval.to_string();
+    let freq = schedule.freq.to_string();
+    let id = id_or_derived(
+        r,
+        &[
             service_id.as_deref().unwrap_or_default(),
             location_id.as_deref().unwrap_or_default(),
             service_at_location_id.as_deref().unwrap_or_default(),
@@ -1334,9 +1346,8 @@ fn map_schedule(
             &schedule.valid_to,
             &schedule.dtstart,
             &schedule.description,
-        ]);
-        format!("derived-{hash:016x}")
-    });
+        ],
+    )?;
     let mut rows = Vec::new();
     let zoned = location_id.as_ref().or_else(|| {
         service_at_location_id

@@ -295,6 +295,49 @@ async fn schedule_rows_without_an_id_get_a_stable_one(kind: Kind) {
     assert_eq!(open_at(&mut h, "2026-03-02T21:00:00Z").await, ["svc-a"]);
 }
 
+/// The same class of fault as defect 3 in the other tables: a link of a service to a
+/// location and a phone number are referred to by nothing Relay keeps, and exports leave
+/// their ids out; they get derived ids too, stable across imports.
+async fn links_and_phones_without_ids_are_kept(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    write(p, "organizations.csv", ORGANIZATIONS);
+    write(p, "services.csv", SERVICES);
+    write(p, "locations.csv", LOCATIONS);
+    write(
+        p,
+        "services_at_location.csv",
+        "service_id,location_id\nsvc-a,loc-a\nsvc-b,loc-b\n",
+    );
+    write(
+        p,
+        "phones.csv",
+        "id,service_id,number,type\n,svc-a,541-555-0100,voice\n,svc-a,541-555-0101,fax\n",
+    );
+    write(
+        p,
+        "regular_schedules.csv",
+        "service_id,location_id,weekday,opens_at,closes_at\nsvc-a,loc-a,Monday,9am,5pm\n",
+    );
+    let first = run_import(&url, p, &ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.rejections, []);
+    let again = run_import(&url, p, &ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.stored, first.stored);
+    let mut h = start_on(kind, url, db, tmp).await;
+    let a = get(&mut h, "svc-a").await;
+    assert_eq!(a.locations.len(), 1);
+    assert_eq!(a.locations[0].schedules.len(), 1);
+    let mut numbers: Vec<_> = a.phones.iter().map(|p| p.number.clone()).collect();
+    numbers.sort();
+    assert_eq!(numbers, ["541-555-0100", "541-555-0101"]);
+    assert_eq!(get(&mut h, "svc-b").await.locations[0].location_id, "loc-b");
+}
+
 /// Defect 4 (issue 13): what real exports do. A byte order mark before a quoted header,
 /// CRLF line ends, a quoted newline inside a field, optional columns left out, extra
 /// columns, empty strings for nulls, weekdays as names, abbreviations or numbers, times
@@ -950,6 +993,7 @@ both!(
     every_hsds_table_name_is_read,
     schedule_rows_without_an_id_get_a_stable_one,
     what_real_exports_do_is_read,
+    links_and_phones_without_ids_are_kept,
     hsds_1x_package_of_a_211_imports,
     hsds_2_package_imports,
     hsds_3_examples_import_zipped,
