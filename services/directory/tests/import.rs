@@ -213,6 +213,80 @@ async fn descriptor_paths_are_followed_in_a_folder_and_a_zip(kind: Kind) {
     assert_eq!(get(&mut h, "svc-zipped").await.name, "Zipped Service");
 }
 
+/// A descriptor that does not match its package fails the import as a whole, naming the
+/// resource, and changes nothing; resources Relay does not use may be missing.
+async fn a_descriptor_that_does_not_match_its_package_changes_nothing(kind: Kind) {
+    let (url, _db, _tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    two_services(&p.join("data"), "services_at_location.csv");
+    let resources = |extra: &str| {
+        format!(
+            r#"{{"resources": [
+                {{"name": "organization", "path": "data/organizations.csv"}},
+                {{"name": "service", "path": "data/services.csv"}},
+                {{"name": "location", "path": "data/locations.csv"}},
+                {{"name": "service_at_location", "path": "data/services_at_location.csv"}},
+                {extra}
+            ]}}"#
+        )
+    };
+    for (descriptor, error) in [
+        (
+            resources(r#"{"name": "regular_schedule", "path": "data/regular_schedules.csv"}"#),
+            "datapackage.json: resource `regular_schedule` file `data/regular_schedules.csv` is not in the package",
+        ),
+        (
+            resources(r#"{"name": "phone", "path": "../phones.csv"}"#),
+            "datapackage.json: resource `phone` path `../phones.csv` points outside the package",
+        ),
+        (
+            resources(r#"{"name": "phone", "path": "https://211.example.org/phones.csv"}"#),
+            "a URL; this importer reads only files inside the package",
+        ),
+        (
+            resources(r#"{"name": "phone", "path": ["data/phones-1.csv", "data/phones-2.csv"]}"#),
+            "resource `phone` is split over several files",
+        ),
+        (
+            "{\"resources\": [".to_owned(),
+            "datapackage.json: not valid JSON",
+        ),
+        ("{}".to_owned(), "datapackage.json: has no `resources` list"),
+    ] {
+        write(p, "datapackage.json", &descriptor);
+        let failed = run_import(&url, p, &ImportOptions::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(failed.contains(error), "{failed}");
+    }
+    let backend = backend(&url).await;
+    let services = with_store!(backend, |store| {
+        relay_directory::store::DirectoryStore::get_services(&store, &["svc-a".to_owned()])
+            .await
+            .unwrap()
+    });
+    assert!(services.is_empty(), "a failed import changed nothing");
+    // A table Relay does not use may be named and missing (templates list every table), and a
+    // resource that is no HSDS table is skipped; both are noted.
+    write(
+        p,
+        "datapackage.json",
+        &resources(
+            r#"{"name": "contact", "path": "data/contacts.csv"},
+               {"name": "board_minutes", "path": "data/minutes.csv"}"#,
+        ),
+    );
+    let report = run_import(&url, p, &ImportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.stored, 7);
+    assert_eq!(report.notes.len(), 2, "{:?}", report.notes);
+    assert!(report.notes[0].contains("`contact`"));
+    assert!(report.notes[1].contains("is not an HSDS table"));
+}
+
 /// Defect 2 (issue 13): the 1.x table `services_at_location.csv` (and 2.0's
 /// `service_attributes.csv`) were not read, so no service had a location.
 async fn every_hsds_table_name_is_read(kind: Kind) {
@@ -990,6 +1064,7 @@ both!(
     legacy_package_imports,
     zipped_package_imports_and_a_broken_one_changes_nothing,
     descriptor_paths_are_followed_in_a_folder_and_a_zip,
+    a_descriptor_that_does_not_match_its_package_changes_nothing,
     every_hsds_table_name_is_read,
     schedule_rows_without_an_id_get_a_stable_one,
     what_real_exports_do_is_read,
