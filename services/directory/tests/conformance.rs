@@ -589,7 +589,9 @@ async fn search_combines_text_distance_taxonomy_language_capacity(mut h: Harness
     )
     .await;
     assert_eq!(ids(&r), ["crisis@c-far", "crisis@c-mid", "hotline@"]);
-    // Accepting only: a location with free capacity.
+    // Accepting only: the proto keeps locations that never report capacity, so before any
+    // report it filters nothing out.
+    let everything = ids(&search(&mut h, SearchServicesRequest::default()).await);
     let r = search(
         &mut h,
         SearchServicesRequest {
@@ -598,7 +600,7 @@ async fn search_combines_text_distance_taxonomy_language_capacity(mut h: Harness
         },
     )
     .await;
-    assert!(r.results.is_empty());
+    assert_eq!(ids(&r), everything);
     h.client
         .update_capacity(UpdateCapacityRequest {
             request_id: "cap1".into(),
@@ -621,6 +623,8 @@ async fn search_combines_text_distance_taxonomy_language_capacity(mut h: Harness
         })
         .await
         .unwrap();
+    // Only the location that reported no free places goes; the one with places and those
+    // that never reported stay.
     let r = search(
         &mut h,
         SearchServicesRequest {
@@ -629,8 +633,31 @@ async fn search_combines_text_distance_taxonomy_language_capacity(mut h: Harness
         },
     )
     .await;
-    assert_eq!(ids(&r), ["crisis@c-far"]);
-    assert_eq!(r.results[0].capacity.as_ref().unwrap().available, 2);
+    let without_full: Vec<_> = everything
+        .iter()
+        .filter(|id| id.as_str() != "shelter@s-near")
+        .cloned()
+        .collect();
+    assert_eq!(ids(&r), without_full);
+    assert_eq!(without_full.len(), everything.len() - 1);
+    let far = r
+        .results
+        .iter()
+        .position(|x| x.location_id == "c-far")
+        .unwrap();
+    assert_eq!(r.results[far].capacity.as_ref().unwrap().available, 2);
+    // Accepting only with a point: the full shelter is the nearest, and it is left out.
+    let r = search(
+        &mut h,
+        SearchServicesRequest {
+            location: point,
+            radius_meters: 5000.0,
+            accepting_only: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&r), ["crisis@c-mid"]);
     // A query with no words matches nothing.
     let r = search(
         &mut h,

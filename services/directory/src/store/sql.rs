@@ -993,7 +993,9 @@ macro_rules! sql_store {
                     qb.push(")) ");
                 }
                 if filter.accepting_only {
-                    qb.push("AND EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = s.id AND c.location_id = sal.location_id AND c.available > 0) ");
+                    // The contract: exclude only locations whose report says full; those
+                    // that never report capacity are kept.
+                    qb.push("AND NOT EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = s.id AND c.location_id = sal.location_id AND c.available <= 0) ");
                 }
                 if filter.text.is_none() && filter.point.is_none() {
                     // Name order: page in SQL.
@@ -1094,7 +1096,8 @@ macro_rules! sql_store {
                     qb.push("]::text[] ");
                 }
                 if filter.accepting_only {
-                    qb.push("AND EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = r.service_id AND c.location_id = r.location_id AND c.available > 0) ");
+                    // As above: only a report of no places excludes a location.
+                    qb.push("AND NOT EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = r.service_id AND c.location_id = r.location_id AND c.available <= 0) ");
                 }
                 qb.push(") AS c WHERE TRUE ");
                 if filter.radius > 0.0 {

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use relay_directory::{
     Application, Backend,
@@ -120,6 +120,91 @@ pub async fn start_on(
         _database: database,
         _dir: dir,
     }
+}
+
+/// An RFC 3339 instant as a protobuf timestamp.
+pub fn ts(text: &str) -> prost_types::Timestamp {
+    let t = chrono::DateTime::parse_from_rfc3339(text).unwrap();
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+/// Zips every file below `dir` into `zip_path`, each under `prefix/` (211 exports often wrap
+/// everything in one folder).
+pub fn zip_folder(dir: &Path, zip_path: &Path, prefix: &str) {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(zip_path).unwrap());
+    for path in files {
+        let relative = path
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        zip.start_file(
+            format!("{prefix}/{relative}"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut zip, &std::fs::read(&path).unwrap()).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+pub async fn get(h: &mut Harness, id: &str) -> relay_proto::directory::Service {
+    h.client
+        .get_service(relay_proto::directory::GetServiceRequest {
+            service_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service
+        .unwrap_or_else(|| panic!("service {id} was imported"))
+}
+
+/// The ids of the services open at `at` (RFC 3339), sorted.
+pub async fn open_at(h: &mut Harness, at: &str) -> Vec<String> {
+    search_ids(
+        h,
+        relay_proto::directory::SearchServicesRequest {
+            open_at: Some(ts(at)),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+pub async fn search_ids(
+    h: &mut Harness,
+    request: relay_proto::directory::SearchServicesRequest,
+) -> Vec<String> {
+    let mut ids: Vec<String> = h
+        .client
+        .search_services(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .iter()
+        .map(|r| r.service.as_ref().unwrap().id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 pub fn _unused(_: PgStore, _: SqliteStore) {}
