@@ -179,6 +179,7 @@ pub fn queued_entry(record: &IncidentRecord) -> QueuedIncident {
         escalate_time: record.escalate_time.map(timestamp),
         reason: record.unserved_reason,
         cad_system: record.cad_system.clone(),
+        cad_incident_id: String::new(),
     }
 }
 
@@ -509,6 +510,8 @@ impl Engine {
                 cad_system: record.cad_system.clone(),
                 end_time: None,
                 end_reason: String::new(),
+                end_cause: 0,
+                cad_incident_id: String::new(),
             };
             match self
                 .record_assignment(
@@ -572,6 +575,7 @@ impl Engine {
                 queued: None,
                 reason: 0,
                 event_time: Some(to_timestamp(now)),
+                cad_incident_id: String::new(),
             }],
         })
         .await
@@ -803,6 +807,7 @@ impl Engine {
                     queued: Some(queued),
                     reason: reason.into(),
                     event_time: Some(to_timestamp(now)),
+                    cad_incident_id: String::new(),
                 }],
                 ..Write::default()
             };
@@ -923,6 +928,8 @@ impl Engine {
                 cad_system: incident.cad_system.clone(),
                 end_time: None,
                 end_reason: String::new(),
+                end_cause: 0,
+                cad_incident_id: String::new(),
             };
             let response = ConfirmAssignmentResponse {
                 assignment: Some(assignment.clone()),
@@ -1026,6 +1033,7 @@ impl Engine {
                     queued: None,
                     reason: 0,
                     event_time: Some(to_timestamp(now)),
+                    cad_incident_id: String::new(),
                 }],
             };
             match self.write(write).await {
@@ -1206,6 +1214,7 @@ impl Engine {
                     queued: dequeued.clone(),
                     reason: 0,
                     event_time: Some(to_timestamp(now)),
+                    cad_incident_id: String::new(),
                 }]
             } else {
                 Vec::new()
@@ -1511,6 +1520,7 @@ impl Engine {
                         queued: Some(queued),
                         reason: incident.unserved_reason,
                         event_time: Some(to_timestamp(now)),
+                        cad_incident_id: String::new(),
                     }],
                     ..Write::default()
                 };

@@ -65,6 +65,8 @@ fn assignment(id: &str, incident_id: &str, team_id: &str, token: i64) -> Assignm
         cad_system: "cad".into(),
         end_time: None,
         end_reason: String::new(),
+        end_cause: 0,
+        cad_incident_id: String::new(),
     }
 }
 
@@ -78,6 +80,7 @@ fn event(incident_id: &str) -> AssignmentEvent {
         queued: None,
         reason: 3,
         event_time: Some(timestamp(t0())),
+        cad_incident_id: String::new(),
     }
 }
 

@@ -69,6 +69,8 @@ macro_rules! record_store {
                 cad_system: row.try_get(c("cad_system").as_str())?,
                 end_time: end_time.map(timestamp),
                 end_reason: row.try_get(c("end_reason").as_str())?,
+                end_cause: 0,
+                cad_incident_id: String::new(),
             })
         }
 

@@ -127,5 +127,6 @@ pub fn assign(
         mode: mode.into(),
         expected_duration_seconds: None,
         cad_system: "cad-1".into(),
+        cad_incident_id: String::new(),
     }
 }
