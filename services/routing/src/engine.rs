@@ -18,11 +18,11 @@ use prost::Message;
 use relay_proto::{
     common::{Candidate, ExclusionReason, GeoPoint, TeamStatus, UnservedReason},
     routing::{
-        AssignTeamRequest, AssignTeamResponse, Assignment, AssignmentEvent, AssignmentEventKind,
-        AssignmentOutcome, AssignmentSource, AssignmentState, CancelRoutingRequest,
-        CancelRoutingResponse, ConfirmAssignmentRequest, ConfirmAssignmentResponse,
-        GetAssignmentRequest, ListQueueRequest, ListQueueResponse, QueuedIncident,
-        ReleaseTeamRequest, ReleaseTeamResponse,
+        AssignTeamRequest, AssignTeamResponse, Assignment, AssignmentEndCause, AssignmentEvent,
+        AssignmentEventKind, AssignmentOutcome, AssignmentSource, AssignmentState,
+        CancelRoutingRequest, CancelRoutingResponse, ConfirmAssignmentRequest,
+        ConfirmAssignmentResponse, GetAssignmentRequest, ListQueueRequest, ListQueueResponse,
+        QueuedIncident, ReleaseTeamRequest, ReleaseTeamResponse,
     },
 };
 use relay_runtime::{
@@ -59,8 +59,9 @@ const RECOMMENDATION_TTL: Duration = Duration::from_secs(3_600);
 const MAX_TAGS: usize = 32;
 /// Reasons are at most this long.
 const MAX_REASON: usize = 256;
-/// The end reason when a team cleared to AVAILABLE with an ACTIVE assignment.
-pub const TEAM_CLEARED: &str = "team cleared";
+/// A CAD's incident number is at most this long (characters).
+const MAX_CAD_INCIDENT_ID: usize = 128;
+pub use crate::store::TEAM_CLEARED;
 /// The region error reason.
 pub const REGION_UNKNOWN: &str = "REGION_UNKNOWN";
 
@@ -98,6 +99,7 @@ struct Params {
     recommend: bool,
     expected_duration_seconds: Option<i32>,
     cad_system: String,
+    cad_incident_id: String,
 }
 
 impl Params {
@@ -118,6 +120,7 @@ impl Params {
             unserved_reason: 0,
             version,
             update_time: now,
+            cad_incident_id: self.cad_incident_id.clone(),
         }
     }
 }
@@ -179,7 +182,7 @@ pub fn queued_entry(record: &IncidentRecord) -> QueuedIncident {
         escalate_time: record.escalate_time.map(timestamp),
         reason: record.unserved_reason,
         cad_system: record.cad_system.clone(),
-        cad_incident_id: String::new(),
+        cad_incident_id: record.cad_incident_id.clone(),
     }
 }
 
@@ -511,7 +514,7 @@ impl Engine {
                 end_time: None,
                 end_reason: String::new(),
                 end_cause: 0,
-                cad_incident_id: String::new(),
+                cad_incident_id: record.cad_incident_id.clone(),
             };
             match self
                 .record_assignment(
@@ -575,7 +578,7 @@ impl Engine {
                 queued: None,
                 reason: 0,
                 event_time: Some(to_timestamp(now)),
-                cad_incident_id: String::new(),
+                cad_incident_id: record.cad_incident_id.clone(),
             }],
         })
         .await
@@ -616,6 +619,12 @@ impl Engine {
                 "must be from 1 to 86400 seconds",
             );
         }
+        if request.cad_incident_id.chars().count() > MAX_CAD_INCIDENT_ID {
+            v.add(
+                "cad_incident_id",
+                format!("must be at most {MAX_CAD_INCIDENT_ID} characters"),
+            );
+        }
         v.finish()?;
         if !request.region.is_empty() {
             self.region("region", &request.region)?;
@@ -630,6 +639,7 @@ impl Engine {
             recommend,
             expected_duration_seconds: request.expected_duration_seconds,
             cad_system: request.cad_system.clone(),
+            cad_incident_id: request.cad_incident_id.clone(),
         })
     }
 
@@ -677,6 +687,10 @@ impl Engine {
                 .filter(|i| i.state == IncidentState::Queued)
                 .and_then(|i| i.queued_time);
             let mut record = params.routed(expected_version, now);
+            // Only the first AssignTeam of an incident sets its CAD incident number.
+            if let Some(existing) = &existing {
+                record.cad_incident_id.clone_from(&existing.cad_incident_id);
+            }
             let mut ranking = ranking?;
             if params.recommend {
                 if let Some(best) = ranking.eligible().next() {
@@ -802,12 +816,12 @@ impl Engine {
                     event_id: String::new(),
                     kind: AssignmentEventKind::Queued.into(),
                     incident_id: params.incident_id.clone(),
-                    cad_system: params.cad_system.clone(),
+                    cad_system: queued.cad_system.clone(),
+                    cad_incident_id: queued.cad_incident_id.clone(),
                     assignment: None,
                     queued: Some(queued),
                     reason: reason.into(),
                     event_time: Some(to_timestamp(now)),
-                    cad_incident_id: String::new(),
                 }],
                 ..Write::default()
             };
@@ -929,7 +943,7 @@ impl Engine {
                 end_time: None,
                 end_reason: String::new(),
                 end_cause: 0,
-                cad_incident_id: String::new(),
+                cad_incident_id: incident.cad_incident_id.clone(),
             };
             let response = ConfirmAssignmentResponse {
                 assignment: Some(assignment.clone()),
@@ -973,17 +987,23 @@ impl Engine {
         &self,
         active: &Assignment,
         mut read: Option<Option<IncidentRecord>>,
-        state: AssignmentState,
+        cause: AssignmentEndCause,
         reason: &str,
         request: Option<(&str, &[u8])>,
         respond: &(dyn Fn(&Assignment) -> Vec<u8> + Send + Sync),
     ) -> Result<Assignment, StoreError> {
+        let state = if cause == AssignmentEndCause::Cancelled {
+            AssignmentState::Cancelled
+        } else {
+            AssignmentState::Released
+        };
         for _ in 0..MAX_ATTEMPTS {
             let now = self.now();
             let mut ended = active.clone();
             ended.state = state.into();
             ended.end_time = Some(to_timestamp(now));
             ended.end_reason = reason.to_owned();
+            ended.end_cause = cause.into();
             let incident = match read.take() {
                 Some(incident) => incident,
                 None => self.store.incident(&active.incident_id).await?,
@@ -1022,6 +1042,7 @@ impl Engine {
                     state,
                     end_time: now,
                     end_reason: reason.to_owned(),
+                    end_cause: cause,
                 }),
                 new_assignment: None,
                 events: vec![AssignmentEvent {
@@ -1033,7 +1054,7 @@ impl Engine {
                     queued: None,
                     reason: 0,
                     event_time: Some(to_timestamp(now)),
-                    cad_incident_id: String::new(),
+                    cad_incident_id: active.cad_incident_id.clone(),
                 }],
             };
             match self.write(write).await {
@@ -1130,7 +1151,7 @@ impl Engine {
             .end_assignment(
                 &active,
                 Some(found.incident),
-                AssignmentState::Released,
+                AssignmentEndCause::Released,
                 reason,
                 Some((&request.request_id, &fingerprint)),
                 &respond,
@@ -1195,6 +1216,7 @@ impl Engine {
                 ended.state = AssignmentState::Cancelled.into();
                 ended.end_time = Some(to_timestamp(now));
                 ended.end_reason = reason.to_owned();
+                ended.end_cause = AssignmentEndCause::Cancelled.into();
                 ended
             });
             let response = CancelRoutingResponse {
@@ -1214,7 +1236,7 @@ impl Engine {
                     queued: dequeued.clone(),
                     reason: 0,
                     event_time: Some(to_timestamp(now)),
-                    cad_incident_id: String::new(),
+                    cad_incident_id: incident.cad_incident_id.clone(),
                 }]
             } else {
                 Vec::new()
@@ -1235,6 +1257,7 @@ impl Engine {
                     state: AssignmentState::Cancelled,
                     end_time: now,
                     end_reason: reason.to_owned(),
+                    end_cause: AssignmentEndCause::Cancelled,
                 }),
                 new_assignment: None,
                 events,
@@ -1339,7 +1362,7 @@ impl Engine {
                 .end_assignment(
                     &stale,
                     None,
-                    AssignmentState::Released,
+                    AssignmentEndCause::TeamCleared,
                     TEAM_CLEARED,
                     None,
                     &|_| Vec::new(),
@@ -1520,7 +1543,7 @@ impl Engine {
                         queued: Some(queued),
                         reason: incident.unserved_reason,
                         event_time: Some(to_timestamp(now)),
-                        cad_incident_id: String::new(),
+                        cad_incident_id: incident.cad_incident_id.clone(),
                     }],
                     ..Write::default()
                 };
@@ -1546,7 +1569,8 @@ impl Engine {
     /// - a busy team whose incident has no ACTIVE assignment of that team in the record (a
     ///   replica died between claiming and recording) is released;
     /// - an ACTIVE assignment whose team is no longer busy on its incident (the team cleared,
-    ///   or the fleet lost the claim) is ended as RELEASED ("team cleared").
+    ///   or the fleet lost the claim) is ended as RELEASED ("team cleared"), cause
+    ///   TEAM_CLEARED.
     ///
     /// Returns (teams released, assignments ended).
     ///
@@ -1601,11 +1625,15 @@ impl Engine {
             if working {
                 continue;
             }
+            // TEAM_CLEARED, as when the team clears through on_team_available: the record
+            // cannot tell a team that cleared while no replica heard it from a fleet that lost
+            // the claim (a Redis failover). Issue 18 adds LIVE_STATE_LOST for the latter; until
+            // the proto has it, a lost live state reads as the team clearing.
             match self
                 .end_assignment(
                     &active,
                     None,
-                    AssignmentState::Released,
+                    AssignmentEndCause::TeamCleared,
                     TEAM_CLEARED,
                     None,
                     &|_| Vec::new(),
