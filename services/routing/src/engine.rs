@@ -37,7 +37,7 @@ use crate::{
     error::RoutingError,
     eta::EtaEstimator,
     fleet::{Claim, ClaimRefused, Fleet, FleetTeam},
-    ranking::{RankInput, Ranking, rank},
+    ranking::{RankInput, RankedTeam, Ranking, rank},
     settings::{RegionSettings, RoutingSettings},
     store::{
         EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord,
@@ -223,6 +223,33 @@ fn candidates(ranking: &Ranking) -> Vec<Candidate> {
         .collect()
 }
 
+/// How far from the incident a team may be and still arrive no later than `best`: the
+/// smallest distance (to a meter) beyond which the estimator's lower bound of the ETA exceeds
+/// `best`'s, and at most `limit`. With the great-circle estimator that is `best`'s own
+/// distance, give or take the rounding of ETAs to seconds; an estimator without a bound gets
+/// `limit`.
+fn nearer_reach(estimator: &dyn EtaEstimator, best: &RankedTeam, limit: f64) -> f64 {
+    let slower = |distance: f64| {
+        estimator
+            .min_eta_beyond(distance)
+            .is_some_and(|eta| eta > best.eta_seconds)
+    };
+    if !slower(limit) {
+        return limit;
+    }
+    // Nothing at `best`'s own distance is slower than `best`, by the bound's definition.
+    let (mut near, mut far) = (best.distance_meters.min(limit), limit);
+    while far - near > 1.0 {
+        let middle = f64::midpoint(near, far);
+        if slower(middle) {
+            far = middle;
+        } else {
+            near = middle;
+        }
+    }
+    far
+}
+
 fn minutes(seconds: u32) -> String {
     if seconds < 90 {
         format!("{seconds} s")
@@ -392,7 +419,35 @@ impl Engine {
             ranking.horizon = horizon;
             let best_settled = ranking.eligible().next().map(|best| ranking.settled(best));
             match best_settled {
-                Some(true) => return Ok(ranking),
+                Some(true) => {
+                    // The dispatcher must see why every nearer team lost, busy ones too, which
+                    // the read of AVAILABLE teams never sees: read the on-duty teams that are
+                    // not available as far as the best team's ETA reaches (never past the
+                    // horizon's distance) and rank them with the rest. They are all excluded,
+                    // so the order of the eligible teams stays as it is.
+                    let limit = nearest.frontier.unwrap_or(region.max_distance_meters);
+                    let reach = ranking
+                        .eligible()
+                        .next()
+                        .map_or(limit, |best| nearer_reach(estimator, best, limit));
+                    let unavailable = self
+                        .fleet
+                        .unavailable_near(region_name, location, reach, MAX_CANDIDATES)
+                        .await?;
+                    if unavailable.is_empty() {
+                        return Ok(ranking);
+                    }
+                    let mut teams = nearest.teams;
+                    for team in unavailable {
+                        if !teams.iter().any(|t| t.team_id == team.team_id) {
+                            teams.push(team);
+                        }
+                    }
+                    let mut ranking = self
+                        .rank_teams(&teams, region, location, required, preferred, expected, now);
+                    ranking.horizon = horizon;
+                    return Ok(ranking);
+                }
                 None if horizon.is_none() => break,
                 _ => {}
             }

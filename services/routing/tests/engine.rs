@@ -1316,3 +1316,157 @@ async fn the_cad_incident_number_travels_with_every_message_of_the_incident() {
         }
     }
 }
+
+/// A team of availability's Redis store `meters_north` of the incident, brought to `status`
+/// the way a team's terminal would (a busy team is claimed by another incident first).
+async fn redis_team(
+    store: &relay_availability::RedisTeamStore,
+    region: &str,
+    id: &str,
+    meters_north: f64,
+    caps: &[&str],
+    status: TeamStatus,
+) {
+    use relay_availability::{LocationReport, TeamStore, model::TeamDefinition};
+    let now = chrono::Utc::now();
+    let definition = TeamDefinition {
+        team_id: id.into(),
+        display_name: format!("Team {id}"),
+        region: region.into(),
+        capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+        shift_ends_at: None,
+    };
+    store
+        .upsert_team(&definition, None, now)
+        .await
+        .expect("upsert");
+    let position = team(id, meters_north, caps, 0, now)
+        .position
+        .expect("placed");
+    let report = LocationReport {
+        team_id: id.into(),
+        position: relay_availability::model::Position {
+            latitude: position.point.latitude,
+            longitude: position.point.longitude,
+        },
+        recorded_at: now,
+        heading_degrees: None,
+        speed_meters_per_second: None,
+        accuracy_meters: None,
+    };
+    store
+        .report_locations(&[report], now)
+        .await
+        .expect("report");
+    let set = |status: TeamStatus, incident: &'static str| async move {
+        store
+            .set_status(id, status, incident, None, now)
+            .await
+            .expect("status");
+    };
+    match status {
+        TeamStatus::OffDuty => {}
+        TeamStatus::OutOfService => set(TeamStatus::OutOfService, "").await,
+        TeamStatus::Available => set(TeamStatus::Available, "").await,
+        busy => {
+            set(TeamStatus::Available, "").await;
+            store
+                .claim(region, id, "elsewhere", None, now, None)
+                .await
+                .expect("claimed by another incident");
+            if busy != TeamStatus::Dispatched {
+                set(busy, "elsewhere").await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
+    // The production fleet: availability's store in Redis, where busy teams are not in the
+    // GEO set of AVAILABLE teams that ranking reads first.
+    let prefix = relay_tests::unique_name("routing_nearer");
+    let region = relay_tests::unique_name("region");
+    let client = redis::Client::open(relay_tests::redis_url()).expect("redis");
+    let store = relay_availability::RedisTeamStore::new(
+        client,
+        relay_availability::Keyspace::new(prefix.as_str()),
+        Duration::from_secs(60),
+    )
+    .expect("store");
+    for (id, meters, caps, status) in [
+        ("en-route", 300.0, &["clinician"][..], TeamStatus::EnRoute),
+        (
+            "out-of-service",
+            500.0,
+            &["clinician"],
+            TeamStatus::OutOfService,
+        ),
+        ("on-scene-peer", 700.0, &["peer"], TeamStatus::OnScene),
+        ("off-duty", 200.0, &["clinician"], TeamStatus::OffDuty),
+        ("chosen", 1_000.0, &["clinician"], TeamStatus::Available),
+        ("farther", 1_500.0, &["clinician"], TeamStatus::Available),
+        (
+            "busy-beyond",
+            5_000.0,
+            &["clinician"],
+            TeamStatus::Dispatched,
+        ),
+    ] {
+        redis_team(&store, &region, id, meters, caps, status).await;
+    }
+    let database = relay_tests::TestDatabase::new().await;
+    let record = common::postgres_store(&database).await;
+    let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
+        Arc::new(store),
+        Arc::new(relay_routing::clock::SystemClock),
+    ));
+    let engine = relay_routing::engine::Engine::new(
+        record,
+        fleet,
+        Arc::new(relay_routing::clock::SystemClock),
+        relay_routing::settings::RoutingSettings::default(),
+        relay_runtime::paging::PageTokens::new(b"k"),
+    );
+    let request = assign("r1", "inc-1", &region, RECOMMEND, 2, &["clinician"]);
+    let response = engine.assign_team(request).await.expect("recommend");
+    let listed: Vec<(&str, ExclusionReason)> = response
+        .candidates
+        .iter()
+        .map(|c| (c.team_id.as_str(), c.exclusion_reason()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("chosen", ExclusionReason::Unspecified),
+            ("farther", ExclusionReason::Unspecified),
+            ("en-route", ExclusionReason::NotAvailable),
+            ("out-of-service", ExclusionReason::NotAvailable),
+            // Capabilities come first in the contract's order of constraints.
+            ("on-scene-peer", ExclusionReason::MissingCapability),
+        ],
+        "every team nearer than the chosen one, with its reason; the off-duty team and the \
+         busy team past the chosen one's reach are not read"
+    );
+    let en_route = &response.candidates[2];
+    assert!(
+        en_route.rationale.contains("status EN_ROUTE"),
+        "{}",
+        en_route.rationale
+    );
+
+    // Assigned, the rationale names the nearest team that lost and why.
+    let response = engine
+        .assign_team(assign("r2", "inc-2", &region, AUTO, 2, &["clinician"]))
+        .await
+        .expect("assign");
+    assert_eq!(response.assignment.expect("assigned").team_id, "chosen");
+    assert!(
+        response
+            .rationale
+            .contains("Team en-route was nearer but status EN_ROUTE"),
+        "{}",
+        response.rationale
+    );
+    relay_tests::redis_delete_prefix(&prefix).await;
+}
