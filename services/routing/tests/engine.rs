@@ -1167,9 +1167,10 @@ async fn every_assignment_that_goes_out_says_why_it_ended() {
 async fn the_cad_incident_number_travels_with_every_message_of_the_incident() {
     let w = world().await;
     let request = |request_id: &str, incident_id: &str, cad: &str| {
-        let mut request = assign(request_id, incident_id, &w.region, AUTO, 1, &[]);
-        request.cad_incident_id = cad.into();
-        request
+        common::with_cad_incident_id(
+            assign(request_id, incident_id, &w.region, AUTO, 1, &[]),
+            cad,
+        )
     };
     // At most 128 characters.
     let error = w

@@ -130,3 +130,9 @@ pub fn assign(
         cad_incident_id: String::new(),
     }
 }
+
+/// `request` with the CAD's own incident number.
+pub fn with_cad_incident_id(mut request: AssignTeamRequest, cad: &str) -> AssignTeamRequest {
+    request.cad_incident_id = cad.into();
+    request
+}
