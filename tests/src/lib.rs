@@ -188,6 +188,9 @@ impl ServiceProcess {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RELAY_LISTEN", "127.0.0.1:0")
+            // One process each, signing page tokens with its own key; a test that checks the
+            // production refusal clears it.
+            .env("RELAY_INSECURE_DEV", "true")
             .env("RELAY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -43,7 +43,16 @@ pub struct Suite {
     pub intake: ServiceProcess,
     /// The Redis key prefix (deleted by [`Suite::clean_up`]).
     pub prefix: String,
+    /// Each service's admin (metrics) address, by short name (`intake`, ...).
+    pub admin: HashMap<&'static str, std::net::SocketAddr>,
     database: TestDatabase,
+}
+
+/// A free port on 127.0.0.1 (bound and released; the service binds it right after).
+fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
 }
 
 impl Suite {
@@ -64,9 +73,20 @@ impl Suite {
         for binary in ["relay-routing", "relay-intake", "relay-directory"] {
             migrate(binary, &base);
         }
-        let availability = ServiceProcess::start("relay-availability", &base);
-        let routing = ServiceProcess::start("relay-routing", &base);
-        let directory = ServiceProcess::start("relay-directory", &base);
+        let admin: HashMap<&'static str, std::net::SocketAddr> =
+            ["intake", "availability", "routing", "directory"]
+                .into_iter()
+                .map(|name| (name, free_local_addr()))
+                .collect();
+        let start = |binary: &str, name: &str, env: &[(&str, &str)]| {
+            let listen = admin[name].to_string();
+            let mut env = env.to_vec();
+            env.push(("RELAY_ADMIN_LISTEN", listen.as_str()));
+            ServiceProcess::start(binary, &env)
+        };
+        let availability = start("relay-availability", "availability", &base);
+        let routing = start("relay-routing", "routing", &base);
+        let directory = start("relay-directory", "directory", &base);
         let (routing_endpoint, availability_endpoint) =
             (routing.endpoint(), availability.endpoint());
         let mut intake_env = base.clone();
@@ -75,7 +95,7 @@ impl Suite {
             "RELAY_AVAILABILITY_ENDPOINT",
             availability_endpoint.as_str(),
         ));
-        let intake = ServiceProcess::start("relay-intake", &intake_env);
+        let intake = start("relay-intake", "intake", &intake_env);
         for process in [&availability, &routing, &directory, &intake] {
             process.wait_until_serving().await;
         }
@@ -85,6 +105,7 @@ impl Suite {
             directory,
             intake,
             prefix,
+            admin,
             database,
         }
     }
@@ -93,6 +114,29 @@ impl Suite {
     #[must_use]
     pub fn database(&self) -> &TestDatabase {
         &self.database
+    }
+
+    /// Scrapes `service`'s `/metrics` (Prometheus text).
+    ///
+    /// # Panics
+    /// When the endpoint does not answer 200.
+    pub async fn scrape(&self, service: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.admin[service])
+            .await
+            .expect("admin endpoint");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
     }
 
     /// Deletes the suite's Redis keys.

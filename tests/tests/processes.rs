@@ -210,6 +210,33 @@ fn a_missing_required_url_names_its_variable() {
     assert!(stderr.contains("RELAY_DATABASE_URL"), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn outside_development_every_service_needs_the_shared_page_token_secret() {
+    // Two replicas with random keys refuse each other's page tokens, so a deployment must
+    // give every replica the same one: without it, no service starts.
+    let database = TestDatabase::new().await;
+    for (binary, _) in SERVICES {
+        let output = run_to_exit(
+            binary,
+            &[
+                ("RELAY_LISTEN", "127.0.0.1:0"),
+                ("RELAY_ADMIN_LISTEN", "127.0.0.1:0"),
+                ("RELAY_DATABASE_URL", database.url()),
+                ("RELAY_REDIS_URL", "redis://127.0.0.1:6379"),
+            ],
+        );
+        assert!(
+            !output.status.success(),
+            "{binary} started without a secret"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("RELAY_PAGE_TOKEN_SECRET"),
+            "{binary}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_relay_tool_explains_its_commands() {
     let output = run_to_exit("relay", &[("PATH", "/usr/bin:/bin")]);

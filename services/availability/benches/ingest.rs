@@ -182,6 +182,7 @@ fn main() {
         let database = relay_tests::TestDatabase::new().await;
         let prefix = relay_tests::unique_name("bench");
         let config = Config::builder("availability")
+.set("insecure_dev", true)
             .set("listen", "127.0.0.1:0")
             .set("database_url", database.url())
             .set("redis_url", relay_tests::redis_url())

@@ -26,11 +26,9 @@ use relay_proto::availability::availability_service_server::AvailabilityServiceS
 use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
-    paging::PageTokens,
     server::{BoundServer, CheckFuture, ServiceHost},
     storage,
 };
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -83,9 +81,6 @@ pub struct AvailabilitySettings {
     pub key_prefix: String,
     /// How long team events are kept for WatchTeams resumption, in seconds (default 24 h).
     pub event_retention_seconds: u64,
-    /// Key that signs ListTeams page tokens; every replica needs the same one. Unset: a
-    /// random key per process.
-    pub page_token_secret: Option<SecretString>,
     /// Apply the roster migrations at start (default true), so a fresh database works.
     pub migrate_on_start: bool,
 }
@@ -96,7 +91,6 @@ impl Default for AvailabilitySettings {
             backend: Backend::Redis,
             key_prefix: String::from(keyspace::DEFAULT_PREFIX),
             event_retention_seconds: 24 * 3600,
-            page_token_secret: None,
             migrate_on_start: true,
         }
     }
@@ -179,14 +173,9 @@ impl Application {
             Backend::Memory => Arc::new(MemoryTeamStore::new(retention)),
         };
         let domain = Availability::new(team_store.clone(), roster.clone(), clock);
-        let pages = settings
-            .page_token_secret
-            .as_ref()
-            .map_or_else(PageTokens::random, |secret| {
-                PageTokens::new(secret.expose_secret().as_bytes())
-            });
+        let pages = config.settings.page_tokens()?;
         let ready = Arc::new(AtomicBool::new(false));
-        let host = ServiceHost::new(&config.settings.server);
+        let host = ServiceHost::from_config(&config);
         let shutdown = host.shutdown_token();
         // A client stream must be answered within the server's request timeout: answer at
         // three quarters of it, leaving time to apply the last batch.

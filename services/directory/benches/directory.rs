@@ -81,6 +81,7 @@ async fn main() {
     let rows_per_second = report.rows as f64 / import_time.as_secs_f64();
 
     let config = relay_runtime::Config::builder("directory")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", url.clone())
         .build()

@@ -14,7 +14,6 @@ use relay_proto::directory::{Service, directory_service_server::DirectoryService
 use relay_runtime::{
     BoxError, Config,
     cli::{Service as RelayService, Shutdown},
-    paging::PageTokens,
     server::{BoundServer, ServiceHost},
     storage,
 };
@@ -46,10 +45,6 @@ pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// The directory's own settings (`[directory]`, `RELAY_DIRECTORY__*`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct DirectorySettings {
-    /// Key that signs page tokens; every replica must share it
-    /// (`RELAY_DIRECTORY__PAGE_TOKEN_SECRET`). Unset: a random key per process.
-    #[serde(default)]
-    pub page_token_secret: Option<SecretString>,
     /// Connections in the pool (`RELAY_DIRECTORY__MAX_CONNECTIONS`, default 10).
     #[serde(default)]
     pub max_connections: Option<u32>,
@@ -221,17 +216,12 @@ impl Application {
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let settings: DirectorySettings = config.section("directory")?;
-        let tokens = settings
-            .page_token_secret
-            .as_ref()
-            .map_or_else(PageTokens::random, |secret| {
-                PageTokens::new(secrecy::ExposeSecret::expose_secret(secret).as_bytes())
-            });
+        let tokens = config.settings.page_tokens()?;
         let backend = Backend::open(
             config.database_url()?,
             settings.max_connections.unwrap_or(10),
         )?;
-        let host = ServiceHost::new(&config.settings.server);
+        let host = ServiceHost::from_config(&config);
         let host = match backend {
             Backend::Postgres(store) => host
                 .readiness_check("postgres", storage::postgres_check(store.pool().clone()))

@@ -257,6 +257,12 @@ impl Intake {
         self.sequencer_wake.notify_one();
     }
 
+    /// Intake's clock.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Subscribes to stream-growth notices.
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<EventNotice> {
@@ -1172,6 +1178,7 @@ impl Intake {
         loop {
             let batch = self.store.sequence_events(SEQUENCE_BATCH).await?;
             total += batch.events;
+            crate::metrics::record(&batch.moved);
             if let Some(oldest) = batch.oldest_event_time {
                 let lag_ms = (self.now() - oldest) / 1000;
                 if lag_ms > SEQUENCER_LAG_WARN_MS {

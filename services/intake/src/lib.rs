@@ -22,11 +22,9 @@ use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
     client::{TracePropagation, channel},
-    paging::PageTokens,
     server::{BoundServer, ServiceHost},
     storage,
 };
-use secrecy::ExposeSecret;
 use tokio::sync::{Notify, broadcast};
 
 pub mod apco;
@@ -34,6 +32,7 @@ pub mod clock;
 pub mod core;
 mod handler;
 pub mod lifecycle;
+pub mod metrics;
 pub mod program;
 pub mod protocol;
 pub mod settings;
@@ -146,12 +145,7 @@ impl Application {
             TracePropagation,
         );
         let routing = routing.max_decoding_message_size(16 * 1024 * 1024);
-        let tokens = settings
-            .page_token_secret
-            .as_ref()
-            .map_or_else(PageTokens::random, |s| {
-                PageTokens::new(s.expose_secret().as_bytes())
-            });
+        let tokens = config.settings.page_tokens()?;
         tracing::info!(protocol_version = %protocol.version, "triage protocol loaded");
         let (notices, _) = broadcast::channel(1024);
         let (region_sender, new_regions) = tokio::sync::mpsc::unbounded_channel();
@@ -168,7 +162,7 @@ impl Application {
             watched_regions: std::sync::Mutex::default(),
             new_regions: region_sender,
         });
-        let host = ServiceHost::new(&config.settings.server);
+        let host = ServiceHost::from_config(&config);
         let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token());
         let host = host
             .add_service(IntakeServiceServer::new(handler))
@@ -210,6 +204,11 @@ impl Application {
         tasks.spawn(Arc::clone(&self.intake).run_sequencer(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_retention(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_deadlines(token.clone()));
+        tasks.spawn(metrics::run_sampler(
+            Arc::clone(&self.intake),
+            Duration::from_secs(5),
+            token.clone(),
+        ));
         // The configured regions are watched from the start; any other region from its first
         // incident on (when no regions are configured, every region is accepted).
         for region in &self.intake.settings.regions {

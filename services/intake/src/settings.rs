@@ -3,7 +3,6 @@
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
-use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::program::ProgramSettings;
@@ -46,8 +45,6 @@ pub struct IntakeSettings {
     pub run_migrations: bool,
     /// Consume routing's WatchAssignments and availability's WatchTeams for `regions`.
     pub consume_upstream: bool,
-    /// Key of the page tokens; every replica must share it. Unset: a random key per process.
-    pub page_token_secret: Option<SecretString>,
     /// Database connections in the pool.
     pub max_connections: u32,
     /// Each region's program rules (`[intake.programs.<region>]`): operating hours, closed
@@ -82,7 +79,6 @@ impl Default for IntakeSettings {
             retention_interval_seconds: 3600,
             run_migrations: false,
             consume_upstream: true,
-            page_token_secret: None,
             max_connections: 16,
             programs: HashMap::new(),
             review_wait_seconds: 600,

@@ -200,7 +200,7 @@ pub enum CreateOutcome {
 }
 
 /// What one [`IncidentStore::sequence_events`] pass moved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sequenced {
     /// How many events were given sequences.
     pub events: usize,
@@ -209,6 +209,8 @@ pub struct Sequenced {
     /// The earliest commit time (micros) among the moved events: how far behind the
     /// sequencer was.
     pub oldest_event_time: Option<i64>,
+    /// The events moved, in sequence order (each counted once, by the replica that moved it).
+    pub moved: Vec<IncidentEvent>,
 }
 
 /// Filters of `list_incidents`.
@@ -284,6 +286,8 @@ pub trait IncidentStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
     /// Undelivered outbox rows (for tests and metrics).
     async fn pending_outbox(&self) -> Result<i64, StoreError>;
+    /// Undelivered outbox rows: their count, and the earliest creation time (micros).
+    async fn outbox_backlog(&self) -> Result<(i64, Option<i64>), StoreError>;
     /// Moves up to `limit` committed pending events, oldest first, into the event stream,
     /// allocating each CAD's next gapless sequences, in one transaction. One sequencer runs
     /// at a time across every store on the same database (others wait).
@@ -807,9 +811,15 @@ macro_rules! sql_store {
             }
 
             async fn pending_outbox(&self) -> Result<i64, StoreError> {
-                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
-                    .fetch_one(&self.pool)
-                    .await?)
+                Ok(self.outbox_backlog().await?.0)
+            }
+
+            async fn outbox_backlog(&self) -> Result<(i64, Option<i64>), StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT COUNT(*), MIN(create_time) FROM outbox WHERE delivered_at IS NULL",
+                )
+                .fetch_one(&self.pool)
+                .await?)
             }
 
             async fn events_after(
@@ -921,6 +931,10 @@ macro_rules! sql_store {
                     events: moved.len(),
                     cad_systems: counts.into_iter().map(|(cad, _)| cad).collect(),
                     oldest_event_time,
+                    moved: moved
+                        .iter()
+                        .map(|(_, _, _, _, body)| decode_event(body))
+                        .collect::<Result<_, _>>()?,
                 })
             }
 

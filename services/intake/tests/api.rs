@@ -1206,6 +1206,7 @@ async fn a_bad_protocol_file_stops_the_start_with_its_line() {
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "version = \"x\"\nunknown_type_reason = \"a\"\nunlisted_type_reason = \"b\"\n[[type_rules]]\nid = \"r\"\ntypes = [\"NOPE\"]\ndisposition = \"community\"\nreason = \"c\"\n").unwrap();
     let config = relay_runtime::Config::builder("intake")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", db.url())
         .set("intake.protocol_path", path.display().to_string())

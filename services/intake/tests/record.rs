@@ -76,6 +76,7 @@ async fn an_eligible_call_outside_program_hours_is_escalated_at_once_and_never_r
 async fn program_hours_that_cannot_be_read_stop_the_start_naming_the_region() {
     let db = TestDatabase::new().await;
     let config = relay_runtime::Config::builder("intake")
+.set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", db.url())
         .set("intake.run_migrations", true)

@@ -95,6 +95,7 @@ async fn conformance(store: Arc<dyn IncidentStore>) {
             events: 2,
             cad_systems: vec!["cad".into()],
             oldest_event_time: Some(5),
+            moved: vec![ev("a"), ev("a")],
         }
     );
     assert_eq!(store.pending_events().await.unwrap(), (0, None));

@@ -27,7 +27,11 @@ fn config(
 ) -> Result<Config, BoxError> {
     let endpoint = |offset: u16| format!("http://127.0.0.1:{}", base + offset);
     Ok(Config::builder(service)
+        .set("insecure_dev", true)
         .set("listen", format!("127.0.0.1:{port}"))
+        // One process serves the four: their metrics share one registry, each admin endpoint
+        // on a free port (logged at start), so two `relay dev` never collide.
+        .set("admin_listen", "127.0.0.1:0")
         .set("database_url", format!("sqlite://{}", database.display()))
         .set("intake_endpoint", endpoint(0))
         .set("availability_endpoint", endpoint(1))

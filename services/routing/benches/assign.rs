@@ -546,6 +546,7 @@ async fn main() {
         RedisTeamStore::new(redis.clone(), keys.clone(), Duration::from_secs(3600)).expect("store");
     load_teams(&store, &region).await;
     let config = Config::builder("routing")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", database.url())
         .set("redis_url", relay_tests::redis_url())

@@ -585,16 +585,25 @@ impl Engine {
                 )
                 .await
             {
-                Ok(()) => return Ok(Attempt::Done(assignment)),
+                Ok(()) => {
+                    crate::metrics::assigned(&assignment);
+                    return Ok(Attempt::Done(assignment));
+                }
                 Err(error) => {
                     self.undo_claim(&record.region, &best.team_id, &record.incident_id)
                         .await;
                     match error {
-                        StoreError::TeamBusy => ranking.mark_claimed_by_another_call(&best.team_id),
+                        StoreError::TeamBusy => {
+                            crate::metrics::claim_refused(&record.region, "TEAM_BUSY");
+                            ranking.mark_claimed_by_another_call(&best.team_id);
+                        }
                         StoreError::VersionConflict | StoreError::IncidentBusy => {
                             return Ok(Attempt::Retry);
                         }
-                        StoreError::StaleToken => return Err(RoutingError::ClaimConflict),
+                        StoreError::StaleToken => {
+                            crate::metrics::claim_refused(&record.region, "STALE_FENCING_TOKEN");
+                            return Err(RoutingError::ClaimConflict);
+                        }
                         other => return Err(other.into()),
                     }
                 }
@@ -1611,6 +1620,7 @@ impl Engine {
                         escalated += 1;
                         progressed = true;
                         tracing::warn!(incident_id = %incident.incident_id, region = %incident.region, "queued incident escalated");
+                        crate::metrics::escalated(&incident.region);
                     }
                     // Another replica (or a call) changed it first; it is re-read next round.
                     Err(StoreError::VersionConflict) => progressed = true,

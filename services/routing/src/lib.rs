@@ -27,6 +27,7 @@ pub mod error;
 pub mod eta;
 pub mod fleet;
 mod handler;
+mod metrics;
 pub mod ranking;
 pub mod settings;
 pub mod store;
@@ -91,8 +92,7 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, CheckFn), BoxErr
 }
 
 fn page_tokens(config: &Config) -> Result<PageTokens, ConfigError> {
-    let secret: Option<String> = config.section("page_token_secret")?;
-    Ok(secret.map_or_else(PageTokens::random, |s| PageTokens::new(s.as_bytes())))
+    config.settings.page_tokens()
 }
 
 impl Application {
@@ -140,7 +140,7 @@ impl Application {
         let interval = Duration::from_millis(settings.maintenance_interval_ms);
         let (store, check) = open_store(&config).await?;
         let engine = Engine::new(store, fleet, clock, settings, page_tokens(&config)?);
-        let host = ServiceHost::new(&config.settings.server);
+        let host = ServiceHost::from_config(&config);
         let handler = RoutingServiceHandler::new(engine.clone(), host.shutdown_token());
         let mut host = host
             .add_service(RoutingServiceServer::new(handler))

@@ -42,6 +42,7 @@ impl Server {
 
 fn config(database: &TestDatabase) -> Config {
     Config::builder("routing")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", database.url())
         .set("routing.fleet", "memory")
@@ -311,6 +312,7 @@ async fn the_queue_escalates_on_its_own_and_without_redis_startup_names_the_miss
     let database = TestDatabase::new().await;
     // Priority 1 waits at most 1 s in this region.
     let config = Config::builder("routing")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", database.url())
         .build()
@@ -322,6 +324,7 @@ async fn the_queue_escalates_on_its_own_and_without_redis_startup_names_the_miss
     let fleet = Arc::new(MemoryFleet::default());
     let region = relay_tests::unique_name("region");
     let config = Config::builder("routing")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", database.url())
         .set("routing.maintenance_interval_ms", 50)
@@ -370,6 +373,7 @@ async fn relay_dev_runs_on_sqlite_with_the_memory_fleet() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("routing.db").display());
     let config = Config::builder("routing")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", url.as_str())
         .set("routing.fleet", "memory")

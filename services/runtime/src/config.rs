@@ -31,6 +31,14 @@ pub const DEFAULT_PORTS: [(&str, u16); 4] = [
     ("directory", 50054),
 ];
 
+/// The default admin (metrics) ports, by service short name.
+pub const DEFAULT_ADMIN_PORTS: [(&str, u16); 4] = [
+    ("intake", 9451),
+    ("availability", 9452),
+    ("routing", 9453),
+    ("directory", 9454),
+];
+
 /// The default port of a service by its short name (`intake`, `routing`, ...).
 #[must_use]
 pub fn default_port(service: &str) -> Option<u16> {
@@ -262,6 +270,60 @@ pub struct Settings {
     /// gRPC server settings (`[server]`, `RELAY_SERVER__*`).
     #[serde(default)]
     pub server: ServerSettings,
+    /// Where the admin HTTP endpoint (`GET /metrics`) listens (`RELAY_ADMIN_LISTEN`). Unset:
+    /// the service's default admin port on the gRPC listen address's host, or a free port when
+    /// the gRPC port is 0 (tests, `relay dev`).
+    #[serde(default)]
+    pub admin_listen: Option<ListenAddr>,
+    /// The key that signs list page tokens (`RELAY_PAGE_TOKEN_SECRET`), the same for every
+    /// service and every replica: a page token from one replica is refused by another signed
+    /// with a different key. Required unless [`Settings::insecure_dev`].
+    #[serde(default)]
+    pub page_token_secret: Option<SecretString>,
+    /// A development setup in one process (`RELAY_INSECURE_DEV=true`; `relay dev` sets it):
+    /// page tokens may be signed with a random key. Never set it in a deployment.
+    #[serde(default)]
+    pub insecure_dev: bool,
+}
+
+impl Settings {
+    /// The page-token signer: from [`Settings::page_token_secret`], or a random key in
+    /// [`Settings::insecure_dev`].
+    ///
+    /// # Errors
+    /// When no secret is set outside development: one line naming the variable.
+    pub fn page_tokens(&self) -> Result<crate::paging::PageTokens, ConfigError> {
+        use secrecy::ExposeSecret;
+        match &self.page_token_secret {
+            Some(secret) if !secret.expose_secret().is_empty() => Ok(
+                crate::paging::PageTokens::new(secret.expose_secret().as_bytes()),
+            ),
+            _ if self.insecure_dev => Ok(crate::paging::PageTokens::random()),
+            _ => Err(ConfigError(
+                "missing `page_token_secret` (RELAY_PAGE_TOKEN_SECRET): every replica must sign \
+                 page tokens with the same key; set it from a secret (or RELAY_INSECURE_DEV=true \
+                 for a single development process)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The admin address of `service` (see [`Settings::admin_listen`]).
+    #[must_use]
+    pub fn admin_addr(&self, service: &str) -> SocketAddr {
+        if let Some(addr) = &self.admin_listen {
+            return addr.0;
+        }
+        let port = if self.listen.0.port() == 0 {
+            0
+        } else {
+            DEFAULT_ADMIN_PORTS
+                .iter()
+                .find(|(name, _)| *name == service)
+                .map_or(0, |(_, port)| *port)
+        };
+        SocketAddr::new(self.listen.0.ip(), port)
+    }
 }
 
 fn default_log() -> String {

@@ -209,6 +209,146 @@ fn remap_codec_error(path: &str, headers: &mut HeaderMap) {
     }
 }
 
+/// Counts every call by service, method and gRPC code, times it, and counts calls in flight
+/// (see [`crate::metrics`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsLayer;
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner }
+    }
+}
+
+/// The service made by [`MetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+struct Instruments {
+    requests: opentelemetry::metrics::Counter<u64>,
+    duration: opentelemetry::metrics::Histogram<f64>,
+    in_flight: opentelemetry::metrics::UpDownCounter<i64>,
+}
+
+fn instruments() -> &'static Instruments {
+    static INSTRUMENTS: std::sync::OnceLock<Instruments> = std::sync::OnceLock::new();
+    INSTRUMENTS.get_or_init(|| {
+        let meter = crate::metrics::meter();
+        Instruments {
+            requests: meter
+                .u64_counter("relay_rpc_requests")
+                .with_description("gRPC calls answered, by service, method and status code")
+                .build(),
+            duration: meter
+                .f64_histogram("relay_rpc_duration")
+                .with_unit("s")
+                .with_description(
+                    "Time from request to response headers (the whole call for unary RPCs)",
+                )
+                .with_boundaries(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .build(),
+            in_flight: meter
+                .i64_up_down_counter("relay_rpc_in_flight")
+                .with_description("gRPC calls being handled, until their response starts")
+                .build(),
+        }
+    })
+}
+
+/// `rpc_service` and `rpc_method` of a gRPC path; a path that is not one (a probe of a
+/// random URL) is one bounded label value, not the path.
+fn rpc_names(path: &str) -> (String, String) {
+    match path.trim_start_matches('/').split_once('/') {
+        Some((service, method))
+            if !method.contains('/')
+                && service.len() <= 100
+                && method.len() <= 100
+                && service
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+                && method
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            (service.to_owned(), method.to_owned())
+        }
+        _ => ("unknown".to_owned(), "unknown".to_owned()),
+    }
+}
+
+/// A gRPC code as its canonical UPPER_SNAKE name (`INVALID_ARGUMENT`).
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// Decrements the in-flight count when the call ends, however it ends (dropped included).
+struct InFlight(Vec<opentelemetry::KeyValue>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        instruments().in_flight.add(-1, &self.0);
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RpcMetrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (service, method) = rpc_names(request.uri().path());
+        let labels = vec![
+            opentelemetry::KeyValue::new("rpc_service", service),
+            opentelemetry::KeyValue::new("rpc_method", method),
+        ];
+        let started = std::time::Instant::now();
+        instruments().in_flight.add(1, &labels);
+        let guard = InFlight(labels);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            let code = match &result {
+                // A status made before or instead of a message travels in the headers; a
+                // response with messages carries its status in trailers, and is OK when the
+                // call is unary (a stream's later end is not counted here).
+                Ok(response) => tonic::Status::from_header_map(response.headers())
+                    .map_or(tonic::Code::Ok, |s| s.code()),
+                Err(_) => tonic::Code::Unknown,
+            };
+            let instruments = instruments();
+            instruments
+                .duration
+                .record(started.elapsed().as_secs_f64(), &guard.0);
+            let mut labels = guard.0.clone();
+            labels.push(opentelemetry::KeyValue::new("grpc_code", code_name(code)));
+            instruments.requests.add(1, &labels);
+            drop(guard);
+            result
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

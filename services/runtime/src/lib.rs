@@ -20,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod layers;
+pub mod metrics;
 pub mod paging;
 pub mod server;
 pub mod shutdown;

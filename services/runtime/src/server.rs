@@ -12,7 +12,15 @@
 //! through [`ServiceHost::shutdown_token`].
 
 use std::{
-    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use tokio::net::TcpListener;
@@ -24,7 +32,12 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{BoxError, config::ServerSettings, layers::RequestContextLayer};
+use crate::{
+    BoxError,
+    config::{Config, ServerSettings},
+    layers::{MetricsLayer, RequestContextLayer},
+    metrics,
+};
 
 /// The health service name that reports liveness: SERVING while the process runs.
 pub const LIVENESS: &str = "liveness";
@@ -41,6 +54,7 @@ pub struct ServiceHost {
     names: Vec<&'static str>,
     checks: Vec<(&'static str, Check)>,
     shutdown: CancellationToken,
+    admin: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -65,7 +79,17 @@ impl ServiceHost {
             names: Vec::new(),
             checks: Vec::new(),
             shutdown: CancellationToken::new(),
+            admin: None,
         }
+    }
+
+    /// A server for a service's loaded configuration: its server settings, and its admin
+    /// endpoint (`GET /metrics`) on [`crate::config::Settings::admin_addr`].
+    #[must_use]
+    pub fn from_config(config: &Config) -> Self {
+        let mut host = Self::new(&config.settings.server);
+        host.admin = Some(config.settings.admin_addr(config.service));
+        host
     }
 
     /// Serves a generated service (e.g. `AvailabilityServiceServer::new(handler)`); its name is
@@ -112,10 +136,20 @@ impl ServiceHost {
     pub async fn bind(self, addr: SocketAddr) -> std::io::Result<BoundServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
+        let admin = match self.admin {
+            Some(admin) => Some(TcpListener::bind(admin).await.map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!("admin endpoint {admin} (RELAY_ADMIN_LISTEN): {error}"),
+                )
+            })?),
+            None => None,
+        };
         Ok(BoundServer {
             host: self,
             listener,
             local_addr,
+            admin,
         })
     }
 }
@@ -126,16 +160,21 @@ pub struct BoundServer {
     host: ServiceHost,
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin: Option<TcpListener>,
 }
 
 #[derive(Clone)]
 struct Health {
     reporter: HealthReporter,
     names: Arc<Vec<&'static str>>,
+    /// Mirrors the SERVING state for the `relay_ready` gauge.
+    ready: Arc<AtomicBool>,
 }
 
 impl Health {
     async fn set(&self, status: ServingStatus) {
+        self.ready
+            .store(status == ServingStatus::Serving, Ordering::Relaxed);
         self.reporter.set_service_status("", status).await;
         for name in self.names.iter() {
             self.reporter.set_service_status(*name, status).await;
@@ -148,6 +187,12 @@ impl BoundServer {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin endpoint's address, when it has one.
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shutdown token of this server; see [`ServiceHost::shutdown_token`].
@@ -169,6 +214,7 @@ impl BoundServer {
             host,
             listener,
             local_addr,
+            admin,
         } = self;
         let ServiceHost {
             settings,
@@ -176,13 +222,48 @@ impl BoundServer {
             names,
             checks,
             shutdown: token,
+            admin: _,
         } = host;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        let ready = Arc::new(AtomicBool::new(false));
+        let service_label = names.first().copied().unwrap_or_default();
+        let observed = Arc::clone(&ready);
+        // The SDK keeps an observable gauge's callback for the provider's lifetime.
+        let _ready_gauge = metrics::meter()
+            .u64_observable_gauge("relay_ready")
+            .with_description("1 while health is SERVING (dependencies reachable), else 0")
+            .with_callback(move |gauge| {
+                gauge.observe(
+                    u64::from(observed.load(Ordering::Relaxed)),
+                    &[opentelemetry::KeyValue::new("service", service_label)],
+                );
+            })
+            .build();
+        let _build_info = metrics::meter()
+            .u64_observable_gauge("relay_build_info")
+            .with_description("Always 1; its labels name the service and the build's version")
+            .with_callback(move |gauge| {
+                gauge.observe(
+                    1,
+                    &[
+                        opentelemetry::KeyValue::new("service", service_label),
+                        opentelemetry::KeyValue::new("version", env!("CARGO_PKG_VERSION")),
+                    ],
+                );
+            })
+            .build();
         let health = Health {
             reporter,
             names: Arc::new(names),
+            ready,
         };
+        if let Some(admin) = admin {
+            if let Ok(addr) = admin.local_addr() {
+                tracing::info!(%addr, "admin endpoint serving /metrics");
+            }
+            tokio::spawn(metrics::serve_admin(admin, token.clone().cancelled_owned()));
+        }
         health.set(ServingStatus::NotServing).await;
         health
             .reporter
@@ -237,6 +318,8 @@ impl BoundServer {
         }
         tracing::info!(%local_addr, "serving");
         let server = builder
+            // Outermost first: the metrics see the code the caller gets.
+            .layer(MetricsLayer)
             .layer(RequestContextLayer)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, signal);

@@ -25,6 +25,7 @@ use crate::{BoxError, config::LogFormat};
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl TelemetryGuard {
@@ -32,6 +33,11 @@ impl TelemetryGuard {
     pub fn shutdown(self) {
         if let Err(error) = self.provider.shutdown() {
             tracing::warn!(%error, "telemetry shutdown failed");
+        }
+        if let Some(meters) = self.meters
+            && let Err(error) = meters.shutdown()
+        {
+            tracing::warn!(%error, "metrics shutdown failed");
         }
     }
 }
@@ -90,6 +96,7 @@ pub fn init(
     let filter = EnvFilter::try_new(filter)
         .map_err(|error| format!("invalid value for `log` (RELAY_LOG): {error}"))?;
     let provider = tracer_provider(service_name)?;
+    let meters = crate::metrics::init(service_name)?;
     let tracer = provider.tracer(service_name.to_owned());
     global::set_tracer_provider(provider.clone());
 
@@ -108,5 +115,5 @@ pub fn init(
         .with(fmt_layer)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }

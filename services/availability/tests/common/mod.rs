@@ -49,6 +49,7 @@ impl TestApp {
     /// Starts the service and waits until its health says SERVING (roster rebuilt).
     pub async fn start(setup: &Setup, clock: Arc<ManualClock>) -> Self {
         let config = Config::builder("availability")
+            .set("insecure_dev", true)
             .set("listen", "127.0.0.1:0")
             .set("database_url", setup.database_url.as_str())
             .set("redis_url", relay_tests::redis_url())

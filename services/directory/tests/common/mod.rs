@@ -98,6 +98,7 @@ pub async fn start_on(
     dir: Option<tempfile::TempDir>,
 ) -> Harness {
     let config = relay_runtime::Config::builder("directory")
+        .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", url.clone())
         .set("directory.page_token_secret", "test-secret")

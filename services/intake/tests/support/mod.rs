@@ -702,6 +702,7 @@ impl TestIntake {
         clock: Option<Arc<dyn Clock>>,
     ) -> Self {
         let mut builder = Config::builder("intake")
+            .set("insecure_dev", true)
             .set("listen", "127.0.0.1:0")
             .set("database_url", database_url)
             .set("routing_endpoint", routing.endpoint())
