@@ -56,6 +56,42 @@ check-servers:
 test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 	$(CARGO) $(TEST_RUNNER) --workspace --locked
 
+# --- Client stubs (issue 16) ----------------------------------------------------------------
+# Everything comes from registries: protoc and the Go/Java plugins from Debian (installed only
+# when missing), grpcio-tools from PyPI into a venv, ts-proto from npm (package.json).
+STUBS := target/stubs
+STUBS_VENV := target/tools/stubs-venv
+STUBS_DEBS := protobuf-compiler protoc-gen-go protoc-gen-go-grpc protobuf-compiler-grpc-java-plugin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Bounds, so a hung install fails the build instead of stalling it.
+INSTALL_TIMEOUT ?= 600
+
+$(STUBS_VENV)/bin/python: proto/requirements-stubs.txt
+	rm -rf $(STUBS_VENV)
+	python3 -m venv $(STUBS_VENV)
+	timeout $(INSTALL_TIMEOUT) $(STUBS_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  -r proto/requirements-stubs.txt
+	@touch $@
+
+.PHONY: stubs-tools
+stubs-tools: $(BUF) $(STUBS_VENV)/bin/python
+	@if ! command -v protoc >/dev/null || ! command -v protoc-gen-go >/dev/null \
+	  || ! command -v protoc-gen-go-grpc >/dev/null || ! command -v grpc_java_plugin >/dev/null; then \
+	  echo "installing $(STUBS_DEBS) from Debian"; \
+	  timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get update -q >/dev/null && \
+	  timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get install -y -q --no-install-recommends $(STUBS_DEBS) >/dev/null; \
+	fi
+
+.PHONY: stubs
+stubs: stubs-tools ## Client stubs for Python, TypeScript (Node), Go and Java in target/stubs/<language>
+	timeout 300 $(BUF) generate --template proto/buf.gen.yaml
+	rm -rf $(STUBS)/python && mkdir -p $(STUBS)/python
+	cd proto && timeout 300 ../$(STUBS_VENV)/bin/python -m grpc_tools.protoc -I. \
+	  --python_out=../$(STUBS)/python --pyi_out=../$(STUBS)/python --grpc_python_out=../$(STUBS)/python \
+	  $$(find relay -name '*.proto' | sort)
+	@for lang in python ts go java; do \
+	  printf '  %-7s %4d files in $(STUBS)/%s\n' $$lang $$(find $(STUBS)/$$lang -type f | wc -l) $$lang; done
+
 .PHONY: bench
 bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	$(CARGO) bench -p relay-intake --bench submit
