@@ -199,7 +199,11 @@ fn unserved_text(reason: UnservedReason) -> &'static str {
             "the remaining teams end their shift before the call could finish"
         }
         UnservedReason::OutsideProgramHours => "the program is not operating now",
-        UnservedReason::Unspecified => "no eligible team",
+        // Intake's reasons: routing never ranks its way to these.
+        UnservedReason::RoutingRefused
+        | UnservedReason::ReviewTimeout
+        | UnservedReason::RecommendationExpired
+        | UnservedReason::Unspecified => "no eligible team",
     }
 }
 
