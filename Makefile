@@ -55,6 +55,66 @@ check-servers:
 .PHONY: test
 test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 	$(CARGO) $(TEST_RUNNER) --workspace --locked
+	$(MAKE) examples
+
+# --- Client stubs and the CAD examples (issue 16) -------------------------------------------
+# Everything comes from registries: protoc and the Go/Java plugins from Debian (installed only
+# when missing), grpcio-tools from PyPI into a venv, ts-proto from npm (package.json).
+STUBS := target/stubs
+STUBS_VENV := target/tools/stubs-venv
+STUBS_DEBS := protobuf-compiler protoc-gen-go protoc-gen-go-grpc protobuf-compiler-grpc-java-plugin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Bounds, so a hung install or example fails the build instead of stalling it.
+INSTALL_TIMEOUT ?= 600
+EXAMPLE_TIMEOUT ?= 120
+
+$(STUBS_VENV)/bin/python: proto/requirements-stubs.txt
+	rm -rf $(STUBS_VENV)
+	python3 -m venv $(STUBS_VENV)
+	timeout $(INSTALL_TIMEOUT) $(STUBS_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  -r proto/requirements-stubs.txt
+	@touch $@
+
+.PHONY: stubs-tools
+stubs-tools: $(BUF) $(STUBS_VENV)/bin/python
+	@if ! command -v protoc >/dev/null || ! command -v protoc-gen-go >/dev/null \
+	  || ! command -v protoc-gen-go-grpc >/dev/null || ! command -v grpc_java_plugin >/dev/null; then \
+	  echo "installing $(STUBS_DEBS) from Debian"; \
+	  timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get update -q >/dev/null && \
+	  timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get install -y -q --no-install-recommends $(STUBS_DEBS) >/dev/null; \
+	fi
+
+.PHONY: stubs
+stubs: stubs-tools ## Client stubs for Python, TypeScript (Node), Go and Java in target/stubs/<language>
+	timeout 300 $(BUF) generate --template proto/buf.gen.yaml
+	rm -rf $(STUBS)/python && mkdir -p $(STUBS)/python
+	cd proto && timeout 300 ../$(STUBS_VENV)/bin/python -m grpc_tools.protoc -I. \
+	  --python_out=../$(STUBS)/python --pyi_out=../$(STUBS)/python --grpc_python_out=../$(STUBS)/python \
+	  $$(find relay -name '*.proto' | sort)
+	@for lang in python ts go java; do \
+	  printf '  %-7s %4d files in $(STUBS)/%s\n' $$lang $$(find $(STUBS)/$$lang -type f | wc -l) $$lang; done
+
+# The examples run against `relay dev` on a free port base, each bounded by EXAMPLE_TIMEOUT.
+PY_CAD_VENV := target/tools/python-cad-venv
+$(PY_CAD_VENV)/bin/python: examples/python-cad/requirements.txt
+	rm -rf $(PY_CAD_VENV)
+	python3 -m venv $(PY_CAD_VENV)
+	timeout $(INSTALL_TIMEOUT) $(PY_CAD_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  -r examples/python-cad/requirements.txt
+	@touch $@
+
+examples/node-cad/node_modules/.package-lock.json: examples/node-cad/package.json examples/node-cad/package-lock.json
+	cd examples/node-cad && timeout $(INSTALL_TIMEOUT) npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: examples
+examples: stubs $(PY_CAD_VENV)/bin/python examples/node-cad/node_modules/.package-lock.json ## Run the Python and Node CAD examples against relay dev
+	@# The same build as `make build`, so `make test` reuses it instead of rebuilding.
+	$(CARGO) build --workspace --bins --locked
+	timeout $$(( 3 * $(EXAMPLE_TIMEOUT) + 60 )) examples/run.sh target/debug/relay \
+	  "timeout $(EXAMPLE_TIMEOUT) env PYTHONPATH=$(STUBS)/python $(PY_CAD_VENV)/bin/python examples/python-cad/cad.py" \
+	  "timeout $(EXAMPLE_TIMEOUT) $(PY_CAD_VENV)/bin/python examples/python-cad/reflection_check.py" \
+	  "timeout $(EXAMPLE_TIMEOUT) node examples/node-cad/cad.js"
 
 .PHONY: bench
 bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md

@@ -1,4 +1,9 @@
 //! Compiles every `.proto` under `relay/` with protox, so no system `protoc` is needed.
+//!
+//! The descriptor set served by reflection also holds the vendored `google/rpc` files
+//! (Status, Code and the error details Relay sends), so that a client using reflection can
+//! decode `grpc-status-details-bin`. No Rust code is generated for them: Relay's services
+//! build their error details with `tonic-types`, which has its own copies of those types.
 
 use std::{env, error::Error, fs, path::PathBuf};
 
@@ -6,8 +11,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let mut files = Vec::new();
     collect_protos(&root.join("relay"), &mut files)?;
+    collect_protos(&root.join("google").join("rpc"), &mut files)?;
     files.sort();
     println!("cargo:rerun-if-changed={}", root.join("relay").display());
+    println!("cargo:rerun-if-changed={}", root.join("google").display());
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
@@ -20,6 +27,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure()
+        // google.rpc is in the set for reflection only. Marking it extern makes prost skip
+        // its types (as it does for google.protobuf); no Relay message refers to them, so the
+        // Rust path is never emitted, but it names where they live: tonic-types.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .client_mod_attribute(".", "#[cfg(feature = \"client\")]")
         .server_mod_attribute(".", "#[cfg(feature = \"server\")]")
         // RPCs that a service does not implement yet answer UNIMPLEMENTED.

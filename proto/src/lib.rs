@@ -7,7 +7,9 @@
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
-/// The encoded `google.protobuf.FileDescriptorSet` of every Relay proto file.
+/// The encoded `google.protobuf.FileDescriptorSet` of every Relay proto file, the files they
+/// import, and the vendored `google/rpc` files (Status, Code, error details) so that
+/// reflection clients can decode error details.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("relay_descriptor");
 
 pub mod relay {

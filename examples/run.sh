@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Starts `relay dev` on a free port base, runs each example command against its intake
+# service (RELAY_INTAKE_ADDR), stops relay dev, and fails when any example failed.
+# Usage: examples/run.sh path/to/relay "command 1" "command 2" ...
+set -euo pipefail
+relay=$1
+shift
+
+port_free() { ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+log=$(mktemp)
+pid=
+stop() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  rm -f "$log"
+}
+trap stop EXIT
+
+# relay dev prints one line per service once all four listen; a taken port makes it exit.
+for _ in 1 2 3 4 5; do
+  base=$(( 20000 + RANDOM % 40000 ))
+  port_free "$base" && port_free $((base + 1)) && port_free $((base + 2)) && port_free $((base + 3)) || continue
+  "$relay" dev --port-base "$base" >"$log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 300); do
+    if [ "$(grep -c ' listening on ' "$log")" -ge 4 ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  if [ "$(grep -c ' listening on ' "$log")" -ge 4 ]; then break; fi
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pid=
+done
+if [ -z "$pid" ]; then
+  echo "relay dev did not start:" >&2
+  cat "$log" >&2
+  exit 1
+fi
+echo "relay dev on 127.0.0.1:$base..$((base + 3))"
+
+export RELAY_INTAKE_ADDR="127.0.0.1:$base"
+passed=0
+failed=0
+for example in "$@"; do
+  echo "--- $example"
+  if bash -c "$example"; then
+    passed=$((passed + 1))
+  else
+    echo "FAILED (exit $?): $example" >&2
+    failed=$((failed + 1))
+  fi
+done
+echo "examples: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
