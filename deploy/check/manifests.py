@@ -222,6 +222,9 @@ def check_file(path: str, required: list[str], expect_egress: list[str]) -> Fail
                     f"expected {ns_name!r} (set `namespace:` in the kustomization)")
     ns_labels = dict(namespaces[0]["metadata"].get("labels") or {}) if ns_name else {}
     if ns_name:
+        f.check(ns_labels.get("pod-security.kubernetes.io/enforce") == "restricted",
+                f"{path}: Namespace/{ns_name} does not enforce the restricted Pod Security profile")
+    if ns_name:
         ns_labels["kubernetes.io/metadata.name"] = ns_name  # set by the API server
 
     # Config that applies to every container through envFrom.
