@@ -39,7 +39,8 @@ $(KUBE_VALIDATE):
 
 RENDERS := base all-components example-managed-dependencies
 .PHONY: deploy-check
-deploy-check: $(KUBE_VALIDATE) ## Render the manifests, validate them (1.30, 1.33) and assert on them
+deploy-check: $(KUBE_VALIDATE) ## Check the Dockerfile; render the manifests, validate them (1.30, 1.33), assert on them
+	python3 deploy/check/dockerfile.py deploy/Dockerfile
 	@mkdir -p target/deploy/schema
 	kubectl kustomize deploy/kustomize/base > target/deploy/base.yaml
 	kubectl kustomize deploy/kustomize/tests > target/deploy/all-components.yaml
