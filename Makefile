@@ -23,7 +23,7 @@ $(BUF): package.json package-lock.json
 tools: $(BUF) ## Install the pinned developer tools (buf, from npm)
 
 .PHONY: lint
-lint: $(BUF) deploy-check ## Static checks alone: rustfmt, clippy -D warnings, buf lint/format, Dockerfile, manifests
+lint: $(BUF) deploy-check observability-check ## Static checks alone: rustfmt, clippy -D warnings, buf lint/format, Dockerfile, manifests, alerts
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(BUF) lint proto
@@ -60,6 +60,19 @@ deploy-check: $(KUBE_VALIDATE) ## Check the Dockerfile; render the manifests, va
 	$(DEPLOY_PY) deploy/check/manifests.py --require NetworkPolicy \
 	  --expect-egress 10.20.0.5:5432 --expect-egress 10.20.1.5:6379 \
 	  target/deploy/example-managed-dependencies.yaml
+
+# Alert and recording rules (promtool from Debian's prometheus package, installed only when
+# missing) and the dashboards: every metric they query is one the services create.
+.PHONY: observability-check
+observability-check: ## Check the Prometheus rules (promtool check and unit tests) and the dashboards
+	@if ! command -v promtool >/dev/null; then \
+	  echo "installing promtool (Debian: prometheus)"; \
+	  timeout 600 $(SUDO) apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive timeout 600 $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null; \
+	fi
+	timeout 120 promtool check rules deploy/observability/rules.yaml
+	cd deploy/observability && timeout 120 promtool test rules rules_test.yaml
+	python3 deploy/observability/check.py
 
 .PHONY: build
 build: ## Build every crate, binary and test once
