@@ -65,6 +65,7 @@ fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
     // range, 32768..=60999 on Linux): pick four from above it, and try another four when
     // something holds them anyway.
     let mut attempt = 0_u16;
+    let logged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let (base, dev, lines_rx) = loop {
         let slot =
             u16::try_from((std::process::id() + u32::from(attempt) * 97) % 1_100).expect("small");
@@ -73,10 +74,18 @@ fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
             .args(["dev", "--port-base", &base.to_string()])
             .env("RELAY_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start relay dev");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::clone(&logged);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                log.lock().expect("log").push(line);
+            }
+        });
         let dev = Dev(child);
         let (lines_tx, lines_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -122,6 +131,17 @@ fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
             format!("directory listening on http://127.0.0.1:{}", base + 3),
         ]
     );
+
+    // A clean start is quiet at WARN: give readiness a few checks, then look.
+    std::thread::sleep(Duration::from_secs(3));
+    let warnings: Vec<String> = logged
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .cloned()
+        .collect();
+    assert!(warnings.is_empty(), "a clean start warned: {warnings:?}");
 
     let first = simulate(base);
     assert!(count(&first, "submitted") >= 10, "{first}");

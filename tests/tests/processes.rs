@@ -112,6 +112,38 @@ async fn each_binary_serves_health_and_reflection_and_stops_on_sigterm() {
             listed.iter().any(|s| s == "grpc.health.v1.Health"),
             "{binary} lists {listed:?}"
         );
+        for (_, other) in SERVICES {
+            assert!(
+                other == service || !listed.iter().any(|s| s == other),
+                "{binary} lists {other}, which it does not serve: {listed:?}"
+            );
+        }
+        // A call to a service this port does not serve names it.
+        let channel = Channel::from_shared(endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let (status, other) = if service == "relay.routing.v1.RoutingService" {
+            let status =
+                relay_proto::intake::intake_service_client::IntakeServiceClient::new(channel)
+                    .get_incident(relay_proto::intake::GetIncidentRequest::default())
+                    .await
+                    .expect_err("not served here");
+            (status, "relay.intake.v1.IntakeService")
+        } else {
+            let status =
+                relay_proto::routing::routing_service_client::RoutingServiceClient::new(channel)
+                    .list_queue(relay_proto::routing::ListQueueRequest::default())
+                    .await
+                    .expect_err("not served here");
+            (status, "relay.routing.v1.RoutingService")
+        };
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{binary}");
+        assert!(
+            status.message().contains(other) && status.message().contains(service),
+            "{binary}: {status:?}"
+        );
 
         process.signal("TERM");
         let status = process
@@ -200,6 +232,60 @@ fn a_bad_configuration_value_is_one_line_naming_the_key() {
         assert!(lines[0].contains(named), "{key}={value} printed {stderr}");
         assert!(lines[0].contains(key), "{key}={value} printed {stderr}");
     }
+}
+
+#[test]
+fn settings_read_after_start_up_are_one_line_and_exit_2_too() {
+    // A service's own section, the database URL and the log filter are read after the
+    // shared settings: they too must name the right variable once and exit 2.
+    let cases = [
+        (
+            vec![
+                ("RELAY_INTAKE__BOGUS_KEY", "1"),
+                (
+                    "RELAY_DATABASE_URL",
+                    "postgres://postgres@127.0.0.1/postgres",
+                ),
+            ],
+            "RELAY_INTAKE__BOGUS_KEY",
+        ),
+        (vec![], "RELAY_DATABASE_URL"),
+        (vec![("RELAY_LOG", "info,[[[")], "RELAY_LOG"),
+    ];
+    for (env, named) in cases {
+        let mut env = env;
+        env.extend([
+            ("RELAY_LISTEN", "127.0.0.1:0"),
+            ("RELAY_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("RELAY_INSECURE_DEV", "true"),
+        ]);
+        if !env.iter().any(|(k, _)| *k == "RELAY_LOG") {
+            env.push(("RELAY_LOG", "error"));
+        }
+        let output = run_to_exit("relay-intake", &env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{named}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("configuration error"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{named} once: {stderr}");
+        assert!(errors[0].contains(named), "{named}: {stderr}");
+        assert_eq!(
+            stderr.matches(named).count(),
+            1,
+            "{named} printed once: {stderr}"
+        );
+    }
+    let version = std::process::Command::new(relay_tests::binary_path("relay-routing"))
+        .arg("--version")
+        .output()
+        .expect("run --version");
+    assert!(version.status.success());
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("relay-routing 0."),
+        "{version:?}"
+    );
 }
 
 #[test]

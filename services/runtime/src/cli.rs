@@ -4,7 +4,12 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, process::Exi
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::{BoxError, config::Config, error::cause_chain, shutdown, telemetry};
+use crate::{
+    BoxError,
+    config::{Config, ConfigError},
+    error::cause_chain,
+    shutdown, telemetry,
+};
 
 /// The shutdown future handed to a running service.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -58,6 +63,7 @@ pub fn main<S: Service>() -> ExitCode {
         .name(binary.clone())
         .bin_name(binary.clone())
         .about(S::ABOUT)
+        .version(env!("CARGO_PKG_VERSION"))
         .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -87,6 +93,11 @@ pub fn main<S: Service>() -> ExitCode {
     ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A bad setting is one line naming the key, and exit 2, wherever it was found.
+        Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("{binary}: configuration error: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("{binary}: {}", cause_chain(error.as_ref()));
             ExitCode::FAILURE
@@ -96,6 +107,7 @@ pub fn main<S: Service>() -> ExitCode {
 
 async fn run<S: Service>(binary: &str, command: Command, config: Config) -> Result<(), BoxError> {
     let telemetry = telemetry::init(binary, &config.settings.log, config.settings.log_format)?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "{binary} starting");
     let result = match command {
         Command::Migrate => {
             let result = S::migrate(config).await;
@@ -114,7 +126,9 @@ async fn run<S: Service>(binary: &str, command: Command, config: Config) -> Resu
             Err(error) => Err(error),
         },
     };
-    if let Err(error) = &result {
+    if let Err(error) = &result
+        && error.downcast_ref::<ConfigError>().is_none()
+    {
         tracing::error!(error.cause_chain = %cause_chain(error.as_ref()), "{} failed", S::NAME);
     }
     telemetry.shutdown();

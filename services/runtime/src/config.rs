@@ -64,6 +64,25 @@ impl ConfigError {
         let messages: Vec<String> = error.into_iter().map(|e| describe(&e)).collect();
         Self(messages.join("; "))
     }
+
+    /// As [`Self::from_figment`] for an error read inside the section `section`: figment
+    /// reports such a path with the section last (`bogus_key.intake`), which would name the
+    /// wrong variable; the section goes first (`intake.bogus_key`, RELAY_INTAKE__BOGUS_KEY).
+    fn from_section(error: figment::Error, section: &str) -> Self {
+        let messages: Vec<String> = error
+            .into_iter()
+            .map(|mut e| {
+                if e.path.last().map(String::as_str) == Some(section) && e.path.len() > 1 {
+                    e.path.pop();
+                }
+                if e.path.first().map(String::as_str) != Some(section) {
+                    e.path.insert(0, section.to_owned());
+                }
+                describe(&e)
+            })
+            .collect();
+        Self(messages.join("; "))
+    }
 }
 
 /// One figment error as "key (origin): what is wrong", on a single line. The origin is the
@@ -379,7 +398,7 @@ impl Config {
         if self.figment.contains(key) {
             self.figment
                 .extract_inner(key)
-                .map_err(ConfigError::from_figment)
+                .map_err(|e| ConfigError::from_section(e, key))
         } else {
             Ok(T::default())
         }

@@ -263,7 +263,7 @@ fn instruments() -> &'static Instruments {
 
 /// `rpc_service` and `rpc_method` of a gRPC path; a path that is not one (a probe of a
 /// random URL) is one bounded label value, not the path.
-fn rpc_names(path: &str) -> (String, String) {
+pub(crate) fn rpc_names(path: &str) -> (String, String) {
     match path.trim_start_matches('/').split_once('/') {
         Some((service, method))
             if !method.contains('/')

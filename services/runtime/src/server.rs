@@ -39,6 +39,13 @@ use crate::{
     metrics,
 };
 
+/// The services every port hosts beside the Relay service itself.
+const HOSTED: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// The health service name that reports liveness: SERVING while the process runs.
 pub const LIVENESS: &str = "liveness";
 
@@ -270,18 +277,31 @@ impl BoundServer {
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(relay_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(relay_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // Reflection lists what this port serves, not every service in the descriptor set.
+        let listed: Vec<&str> = health.names.iter().copied().chain(HOSTED).collect();
+        let reflection = || {
+            listed.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(relay_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(*name),
+            )
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         routes
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
+        let served = health.names.join(", ");
+        let routes = tonic::service::Routes::from(routes.routes().into_axum_router().fallback(
+            move |request: http::Request<axum::body::Body>| {
+                let (service, _) = crate::layers::rpc_names(request.uri().path());
+                let message =
+                    format!("{service} is not served on this port, which serves {served}");
+                async move { tonic::Status::unimplemented(message).into_http::<axum::body::Body>() }
+            },
+        ));
 
         let readiness = tokio::spawn(readiness_task(
             health.clone(),
@@ -321,7 +341,7 @@ impl BoundServer {
             // Outermost first: the metrics see the code the caller gets.
             .layer(MetricsLayer)
             .layer(RequestContextLayer)
-            .add_routes(routes.routes())
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
 
         let grace = settings.shutdown_grace();
@@ -384,8 +404,16 @@ async fn readiness_task(
                     health.set(ServingStatus::NotServing).await;
                     tracing::warn!(%error, failures, "not ready: health NOT_SERVING");
                     serving = false;
-                } else if !serving && (failures == 1 || failures.is_multiple_of(30)) {
+                } else if !serving
+                    && (failures == settings.readiness_failure_threshold
+                        || (failures > settings.readiness_failure_threshold
+                            && failures.is_multiple_of(30)))
+                {
+                    // Starting up takes a check or two (a roster to load): only a wait
+                    // longer than the dampening is worth a warning.
                     tracing::warn!(%error, failures, "waiting for dependencies");
+                } else if !serving {
+                    tracing::debug!(%error, failures, "waiting for dependencies");
                 }
             }
         }

@@ -93,8 +93,9 @@ pub fn init(
     format: LogFormat,
 ) -> Result<TelemetryGuard, BoxError> {
     install_propagator();
-    let filter = EnvFilter::try_new(filter)
-        .map_err(|error| format!("invalid value for `log` (RELAY_LOG): {error}"))?;
+    let filter = EnvFilter::try_new(filter).map_err(|error| {
+        crate::config::ConfigError::new(format!("invalid value for `log` (RELAY_LOG): {error}"))
+    })?;
     let provider = tracer_provider(service_name)?;
     let meters = crate::metrics::init(service_name)?;
     let tracer = provider.tracer(service_name.to_owned());
