@@ -72,7 +72,7 @@ fn value(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 #[allow(clippy::too_many_lines)]
 async fn a_scrape_after_three_assignments_says_three() {
-    let suite = Suite::start(&[]).await;
+    let suite = Suite::start(&[("RELAY_AVAILABILITY__SAMPLE_INTERVAL_SECONDS", "1")]).await;
     let region = unique_name("region");
     let cad = unique_name("cad");
     let mut teams = AvailabilityServiceClient::connect(suite.availability.endpoint())
@@ -210,6 +210,65 @@ async fn a_scrape_after_three_assignments_says_three() {
         1.0
     );
     assert_eq!(value(&samples, "relay_build_info", &[]), 1.0);
+
+    // A report older than the team's position is refused as stale, and counted so.
+    teams
+        .report_location(ReportLocationRequest {
+            team_id: "t0".into(),
+            location: Some(HERE),
+            recorded_at: Some(prost_types::Timestamp {
+                seconds: 1_000_000_000,
+                nanos: 0,
+            }),
+            ..ReportLocationRequest::default()
+        })
+        .await
+        .expect("stale report answered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let availability = loop {
+        let samples = parse(&suite.scrape("availability").await);
+        let dispatched = value(
+            &samples,
+            "relay_teams",
+            &[("region", &region), ("status", "DISPATCHED")],
+        );
+        if dispatched >= 3.0 || std::time::Instant::now() > deadline {
+            break samples;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        value(
+            &availability,
+            "relay_location_reports_total",
+            &[("outcome", "APPLIED")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &availability,
+            "relay_location_reports_total",
+            &[("outcome", "STALE")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &availability,
+            "relay_teams",
+            &[("region", &region), ("status", "DISPATCHED")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &availability,
+            "relay_teams_stale_position",
+            &[("region", &region)]
+        ),
+        0.0
+    );
 
     let routing = parse(&suite.scrape("routing").await);
     assert_eq!(

@@ -348,6 +348,9 @@ fn reject(
     description: &str,
 ) {
     summary.rejected_count += 1;
+    if reason != TEAM_NOT_FOUND {
+        crate::metrics::record_invalid_report();
+    }
     // Kept past the limit until the batch is applied; `apply_batch` orders and trims them.
     if summary.rejections.len() < MAX_REJECTIONS + STREAM_BATCH {
         summary.rejections.push(LocationRejection {

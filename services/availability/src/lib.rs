@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub mod error;
 mod handler;
 pub mod keyspace;
+mod metrics;
 pub mod model;
 pub mod roster;
 pub mod service;
@@ -83,6 +84,11 @@ pub struct AvailabilitySettings {
     pub event_retention_seconds: u64,
     /// Apply the roster migrations at start (default true), so a fresh database works.
     pub migrate_on_start: bool,
+    /// An AVAILABLE team whose position is older than this counts in the
+    /// `relay_teams_stale_position` gauge (default 300: routing's default staleness limit).
+    pub stale_position_seconds: u64,
+    /// How often the team gauges (`relay_teams`, `relay_teams_stale_position`) are sampled.
+    pub sample_interval_seconds: u64,
 }
 
 impl Default for AvailabilitySettings {
@@ -92,6 +98,8 @@ impl Default for AvailabilitySettings {
             key_prefix: String::from(keyspace::DEFAULT_PREFIX),
             event_retention_seconds: 24 * 3600,
             migrate_on_start: true,
+            stale_position_seconds: 300,
+            sample_interval_seconds: 15,
         }
     }
 }
@@ -252,7 +260,12 @@ impl Application {
             ready,
             shutdown: token,
         } = self;
+        let settings_stale = settings.stale_position_seconds;
+        let sample_every = Duration::from_secs(settings.sample_interval_seconds.max(1));
+        let sampler_token = token.clone();
+        let start_domain = domain.clone();
         let start = tokio::spawn(async move {
+            let domain = start_domain;
             let mut delay = Duration::from_millis(100);
             loop {
                 let attempt = async {
@@ -279,8 +292,15 @@ impl Application {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         });
+        let sampler = tokio::spawn(metrics::run_sampler(
+            domain.clone(),
+            sample_every,
+            Duration::from_secs(settings_stale),
+            sampler_token,
+        ));
         let result = server.run_until_stopped(shutdown).await;
         start.abort();
+        sampler.abort();
         result
     }
 

@@ -206,6 +206,8 @@ impl Availability {
         &self,
         reports: &[LocationReport],
     ) -> Result<Vec<LocationOutcome>, AvailabilityError> {
-        Ok(self.store.report_locations(reports, self.now()).await?)
+        let outcomes = self.store.report_locations(reports, self.now()).await?;
+        crate::metrics::record_reports(&outcomes);
+        Ok(outcomes)
     }
 }

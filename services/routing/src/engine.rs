@@ -1720,6 +1720,24 @@ impl Engine {
         Ok((released, ended))
     }
 
+    /// Every incident queued in `region`, in serving order (for the queue gauges).
+    async fn queued(&self, region: &str) -> Result<Vec<IncidentRecord>, RoutingError> {
+        let mut all: Vec<IncidentRecord> = Vec::new();
+        loop {
+            let cursor = all.last().map(|last| QueueCursor {
+                priority: last.priority,
+                queued_time: last.queued_time.unwrap_or_default(),
+                incident_id: last.incident_id.clone(),
+            });
+            let page = self.store.queue(region, cursor.as_ref(), 500).await?;
+            let full = page.len() == 500;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
     /// One round of upkeep: escalations, then for each region the record knows (and each
     /// configured one) a queue re-check and reconciliation, then pruning of events and
     /// remembered responses older than the retention window.
@@ -1735,10 +1753,13 @@ impl Engine {
         regions.sort();
         regions.dedup();
         let grace = Duration::from_secs(self.settings.reconcile_grace_seconds);
+        let mut waiting = Vec::new();
         for region in regions {
             self.recheck_queue(&region).await?;
             self.reconcile(&region, grace).await?;
+            waiting.extend(self.queued(&region).await?);
         }
+        crate::metrics::queue(&waiting, self.now());
         let retention = Duration::from_secs(self.settings.event_retention_hours * 3_600);
         self.store.prune(self.now() - duration(retention)).await?;
         Ok(())

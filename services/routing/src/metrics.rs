@@ -7,11 +7,21 @@
 //!   TEAM_BUSY (the team has an active assignment) or STALE_FENCING_TOKEN (a claim older than
 //!   one already recorded: Redis lost writes).
 //! - `relay_routing_escalations_total{region}`: queued incidents escalated past their limit.
+//! - `relay_queue_length{region, priority}` and `relay_queue_oldest_wait_seconds{region,
+//!   priority}`: incidents waiting for a team, and how long the oldest has waited, sampled at
+//!   each upkeep round (every replica reports the same shared queue: aggregate with `max`).
 
-use std::sync::OnceLock;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
+
+use chrono::{DateTime, Utc};
 
 use opentelemetry::{KeyValue, metrics::Counter};
 use relay_proto::routing::{Assignment, AssignmentSource};
+
+use crate::store::IncidentRecord;
 use relay_runtime::metrics::meter;
 
 struct Counters {
@@ -72,4 +82,77 @@ pub fn escalated(region: &str) {
     counters()
         .escalations
         .add(1, &[KeyValue::new("region", region.to_owned())]);
+}
+
+type QueueSample = HashMap<(String, i32), (u64, f64)>;
+
+/// The latest queue sample and the two gauges that report it (kept for the process's life).
+struct QueueGauges {
+    sample: Mutex<QueueSample>,
+    _gauges: Vec<opentelemetry::metrics::ObservableGauge<f64>>,
+}
+
+fn queue_sample() -> &'static Mutex<QueueSample> {
+    static GAUGES: OnceLock<QueueGauges> = OnceLock::new();
+    &GAUGES
+        .get_or_init(|| {
+            let meter = meter();
+            let read = |pick: fn(&(u64, f64)) -> f64| {
+                move |gauge: &dyn opentelemetry::metrics::AsyncInstrument<f64>| {
+                    for ((region, priority), value) in queue_sample()
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .iter()
+                    {
+                        gauge.observe(
+                            pick(value),
+                            &[
+                                KeyValue::new("region", region.clone()),
+                                KeyValue::new("priority", i64::from(*priority)),
+                            ],
+                        );
+                    }
+                }
+            };
+            #[allow(clippy::cast_precision_loss)]
+            let length = read(|(count, _)| *count as f64);
+            let gauges = vec![
+                meter
+                    .f64_observable_gauge("relay_queue_length")
+                    .with_description("Incidents waiting in the queue, by region and priority")
+                    .with_callback(length)
+                    .build(),
+                meter
+                    .f64_observable_gauge("relay_queue_oldest_wait_seconds")
+                    .with_description(
+                        "How long the oldest queued incident has waited, by region and priority",
+                    )
+                    .with_callback(read(|(_, oldest)| *oldest))
+                    .build(),
+            ];
+            QueueGauges {
+                sample: Mutex::new(QueueSample::new()),
+                _gauges: gauges,
+            }
+        })
+        .sample
+}
+
+/// Replaces the queue sample with the incidents queued now (every region's).
+pub fn queue(queued: &[IncidentRecord], now: DateTime<Utc>) {
+    let mut sample = QueueSample::new();
+    for incident in queued {
+        let entry = sample
+            .entry((incident.region.clone(), incident.priority))
+            .or_insert((0, 0.0));
+        entry.0 += 1;
+        if let Some(at) = incident.queued_time {
+            #[allow(clippy::cast_precision_loss)]
+            let waited = now.signed_duration_since(at).num_milliseconds().max(0) as f64 / 1e3;
+            entry.1 = entry.1.max(waited);
+        }
+    }
+    *queue_sample()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = sample;
 }
