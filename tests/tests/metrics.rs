@@ -148,12 +148,15 @@ async fn a_scrape_after_three_assignments_says_three() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let samples = loop {
         let samples = parse(&suite.scrape("intake").await);
-        let assigned = value(
-            &samples,
-            "relay_incident_events_total",
-            &[("region", &region), ("kind", "ASSIGNED")],
-        );
-        if assigned >= 3.0 || std::time::Instant::now() > deadline {
+        // DISPATCHED comes from availability's stream, a moment after routing's ASSIGNED.
+        let settled = ["ASSIGNED", "DISPATCHED"].iter().all(|kind| {
+            value(
+                &samples,
+                "relay_incident_events_total",
+                &[("region", &region), ("kind", kind)],
+            ) >= 3.0
+        });
+        if settled || std::time::Instant::now() > deadline {
             break samples;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
