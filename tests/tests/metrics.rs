@@ -213,6 +213,22 @@ async fn a_scrape_after_three_assignments_says_three() {
         1.0
     );
     assert_eq!(value(&samples, "relay_build_info", &[]), 1.0);
+    // This test's own watch of the CAD stream is open; readiness checks ran and answered.
+    assert!(
+        value(
+            &samples,
+            "relay_event_stream_watchers",
+            &[("stream", "WatchIncidentEvents")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &samples,
+            "relay_dependency_checks_total",
+            &[("result", "ok")]
+        ) >= 1.0
+    );
+    assert!(value(&samples, "relay_db_pool_max_connections", &[]) >= 1.0);
 
     // A report older than the team's position is refused as stale, and counted so.
     teams
@@ -274,6 +290,14 @@ async fn a_scrape_after_three_assignments_says_three() {
     );
 
     let routing = parse(&suite.scrape("routing").await);
+    // Intake follows routing's assignments for the region it serves.
+    assert!(
+        value(
+            &routing,
+            "relay_event_stream_watchers",
+            &[("stream", "WatchAssignments")]
+        ) >= 1.0
+    );
     assert_eq!(
         value(
             &routing,

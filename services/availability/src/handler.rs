@@ -756,7 +756,9 @@ impl AvailabilityService for AvailabilityServiceHandler {
             .map_err(|e| api(e.into()))?;
         let shutdown = self.shutdown.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let watcher = relay_runtime::metrics::Watcher::open("WatchTeams");
         tokio::spawn(async move {
+            let _watcher = watcher;
             let mut pending = first;
             loop {
                 for event in pending.drain(..) {

@@ -599,6 +599,7 @@ impl IntakeService for IntakeServiceHandler {
         let shutdown = self.shutdown.clone();
         let heartbeat_every = Duration::from_millis(intake.settings.heartbeat_ms.max(1));
         let poll_every = Duration::from_millis(intake.settings.watch_poll_ms.max(1));
+        let watcher = relay_runtime::metrics::Watcher::open("WatchIncidentEvents");
         tokio::spawn(async move {
             let heartbeat = |last_sequence: i64| {
                 Ok(WatchIncidentEventsResponse {
@@ -655,6 +656,7 @@ impl IntakeService for IntakeServiceHandler {
                     }
                     () = tokio::time::sleep(poll_every) => {}
                     () = tokio::time::sleep_until(heartbeat_at) => {
+                        watcher.heartbeat();
                         let last = intake.store.sequence_bounds(&cad).await.map_or(cursor, |(l, _)| l);
                         if tx.send(heartbeat(last)).await.is_err() {
                             return;

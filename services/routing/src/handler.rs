@@ -105,7 +105,9 @@ impl RoutingService for RoutingServiceHandler {
         let (sender, receiver) = mpsc::channel(WATCH_BATCH);
         let engine = self.engine.clone();
         let shutdown = self.shutdown.clone();
+        let watcher = relay_runtime::metrics::Watcher::open("WatchAssignments");
         tokio::spawn(async move {
+            let _watcher = watcher;
             let ended = watch(engine, request.region, after, &sender, &shutdown).await;
             if let Err(status) = ended {
                 let _ = sender.send(Err(status)).await;

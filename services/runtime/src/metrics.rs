@@ -73,6 +73,138 @@ pub fn init(service_name: &str) -> Result<Option<SdkMeterProvider>, BoxError> {
     Ok(Some(provider))
 }
 
+/// Whether [`init`] installed a provider (a service binary), so that instruments whose
+/// callbacks hold resources (a pool) are registered only where someone reads them.
+#[must_use]
+pub fn enabled() -> bool {
+    REGISTRY.get().is_some()
+}
+
+/// Reports a database pool's connections (`relay_db_pool_connections{pool, state}`: idle and
+/// in use, against `relay_db_pool_max_connections{pool}`).
+pub fn observe_pool<DB: sqlx::Database>(name: &str, pool: &sqlx::Pool<DB>, max: u32) {
+    if !enabled() {
+        return;
+    }
+    let pool = pool.clone();
+    let label = name.to_owned();
+    let gauge = meter()
+        .u64_observable_gauge("relay_db_pool_connections")
+        .with_description("Database pool connections, idle or in use")
+        .with_callback(move |gauge| {
+            let size = u64::from(pool.size());
+            let idle = u64::try_from(pool.num_idle()).unwrap_or(u64::MAX);
+            gauge.observe(
+                idle,
+                &[
+                    opentelemetry::KeyValue::new("pool", label.clone()),
+                    opentelemetry::KeyValue::new("state", "idle"),
+                ],
+            );
+            gauge.observe(
+                size.saturating_sub(idle),
+                &[
+                    opentelemetry::KeyValue::new("pool", label.clone()),
+                    opentelemetry::KeyValue::new("state", "in_use"),
+                ],
+            );
+        })
+        .build();
+    let label = name.to_owned();
+    let limit = meter()
+        .u64_observable_gauge("relay_db_pool_max_connections")
+        .with_description("The pool's configured maximum")
+        .with_callback(move |gauge| {
+            gauge.observe(
+                u64::from(max),
+                &[opentelemetry::KeyValue::new("pool", label.clone())],
+            );
+        })
+        .build();
+    POOL_GAUGES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .extend([gauge, limit]);
+}
+
+/// Pool gauges, kept for the process's life (a service's pools live as long).
+static POOL_GAUGES: std::sync::Mutex<Vec<opentelemetry::metrics::ObservableGauge<u64>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records one readiness check of a dependency: `relay_dependency_check_duration_seconds{check}`
+/// (the round trip: `SELECT 1`, `PING`) and `relay_dependency_checks_total{check, result}`.
+pub fn record_check(check: &str, seconds: f64, result: &'static str) {
+    static INSTRUMENTS: OnceLock<(
+        opentelemetry::metrics::Histogram<f64>,
+        opentelemetry::metrics::Counter<u64>,
+    )> = OnceLock::new();
+    let (duration, checks) = INSTRUMENTS.get_or_init(|| {
+        (
+            meter()
+                .f64_histogram("relay_dependency_check_duration")
+                .with_unit("s")
+                .with_description(
+                    "Round trip of a readiness check (PostgreSQL SELECT 1, Redis PING)",
+                )
+                .with_boundaries(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+                ])
+                .build(),
+            meter()
+                .u64_counter("relay_dependency_checks")
+                .with_description("Readiness checks by dependency and result (ok, failed, timeout)")
+                .build(),
+        )
+    });
+    let name = opentelemetry::KeyValue::new("check", check.to_owned());
+    duration.record(seconds, std::slice::from_ref(&name));
+    checks.add(1, &[name, opentelemetry::KeyValue::new("result", result)]);
+}
+
+fn watchers() -> &'static opentelemetry::metrics::UpDownCounter<i64> {
+    static WATCHERS: OnceLock<opentelemetry::metrics::UpDownCounter<i64>> = OnceLock::new();
+    WATCHERS.get_or_init(|| {
+        meter()
+            .i64_up_down_counter("relay_event_stream_watchers")
+            .with_description(
+                "Event streams open (WatchIncidentEvents, WatchAssignments, WatchTeams)",
+            )
+            .build()
+    })
+}
+
+/// An open event stream, counted in `relay_event_stream_watchers{stream}` until dropped.
+#[derive(Debug)]
+pub struct Watcher(&'static str);
+
+impl Watcher {
+    /// Counts a stream of `stream` (the RPC name) as open.
+    #[must_use]
+    pub fn open(stream: &'static str) -> Self {
+        watchers().add(1, &[opentelemetry::KeyValue::new("stream", stream)]);
+        Self(stream)
+    }
+
+    /// Counts a heartbeat sent on it (`relay_event_stream_heartbeats_total{stream}`).
+    pub fn heartbeat(&self) {
+        static HEARTBEATS: OnceLock<opentelemetry::metrics::Counter<u64>> = OnceLock::new();
+        HEARTBEATS
+            .get_or_init(|| {
+                meter()
+                    .u64_counter("relay_event_stream_heartbeats")
+                    .with_description("Heartbeats sent on quiet event streams")
+                    .build()
+            })
+            .add(1, &[opentelemetry::KeyValue::new("stream", self.0)]);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        watchers().add(-1, &[opentelemetry::KeyValue::new("stream", self.0)]);
+    }
+}
+
 /// The current metrics in Prometheus text format (empty before [`init`]).
 #[must_use]
 pub fn render() -> String {

@@ -360,7 +360,15 @@ impl BoundServer {
 
 async fn run_checks(checks: &[(&'static str, Check)], timeout: Duration) -> Result<(), String> {
     for (name, check) in checks {
-        match tokio::time::timeout(timeout, check()).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(timeout, check()).await;
+        let result = match &outcome {
+            Ok(Ok(())) => "ok",
+            Ok(Err(_)) => "failed",
+            Err(_) => "timeout",
+        };
+        metrics::record_check(name, started.elapsed().as_secs_f64(), result);
+        match outcome {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(format!("{name}: {error}")),
             Err(_) => {

@@ -67,7 +67,7 @@ pub fn postgres_pool(
     let options = PgConnectOptions::from_str(url.expose_secret())?
         .options([("search_path", schema)])
         .application_name(&format!("relay-{schema}"));
-    Ok(PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(false)
@@ -79,7 +79,9 @@ pub fn postgres_pool(
                 Ok(true)
             })
         })
-        .connect_lazy_with(options))
+        .connect_lazy_with(options);
+    crate::metrics::observe_pool(schema, &pool, max_connections);
+    Ok(pool)
 }
 
 /// Creates `schema` if needed and applies `migrator` inside it.
@@ -159,10 +161,12 @@ pub fn sqlite_pool(
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(5));
-    Ok(SqlitePoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_lazy_with(options))
+        .connect_lazy_with(options);
+    crate::metrics::observe_pool("sqlite", &pool, max_connections);
+    Ok(pool)
 }
 
 /// Whether a database URL names SQLite rather than PostgreSQL.
