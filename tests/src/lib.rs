@@ -18,6 +18,7 @@ use std::{
 
 use sqlx::{Connection, Executor, PgConnection};
 
+pub mod proxy;
 pub mod slow;
 pub mod suite;
 
