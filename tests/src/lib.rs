@@ -19,6 +19,7 @@ use std::{
 use sqlx::{Connection, Executor, PgConnection};
 
 pub mod proxy;
+pub mod raw;
 pub mod slow;
 pub mod suite;
 
