@@ -18,6 +18,7 @@ use std::{
 
 use sqlx::{Connection, Executor, PgConnection};
 
+pub mod chaos;
 pub mod proxy;
 pub mod raw;
 pub mod slow;
