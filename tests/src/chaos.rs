@@ -182,6 +182,19 @@ impl Load {
         load
     }
 
+    /// The load `make chaos` runs on `suite`: 20 teams, 4 CADs each sending a call every
+    /// 300 ms or so (about as many as the teams clear, so some calls queue).
+    pub async fn on(suite: &crate::suite::Suite) -> Self {
+        Self::start(
+            &suite.availability.endpoint(),
+            &suite.intake.endpoint(),
+            20,
+            4,
+            Duration::from_millis(300),
+        )
+        .await
+    }
+
     fn spawn_submitter(&self, worker: usize, pause: Duration) -> JoinHandle<()> {
         let intake = IntakeServiceClient::new(channel(&self.intake));
         let (region, cad) = (self.region.clone(), self.cad.clone());
@@ -411,6 +424,8 @@ pub struct Interval {
     /// When it ended (routing's clock), microseconds since the Unix epoch; `None` while
     /// active.
     pub end_time: Option<i64>,
+    /// Its state and end reason in the record (for the report of a failure).
+    pub state: String,
 }
 
 /// Every assignment in routing's record.
@@ -419,22 +434,26 @@ pub struct Interval {
 /// When the record cannot be read.
 pub async fn assignments(database_url: &str) -> Vec<Interval> {
     let mut db = PgConnection::connect(database_url).await.expect("connect");
-    let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+    let rows: Vec<(String, String, i64, Option<i64>, String)> = sqlx::query_as(
         "SELECT team_id, incident_id, \
          (extract(epoch FROM assigned_at) * 1000000)::bigint, \
-         (extract(epoch FROM end_time) * 1000000)::bigint \
+         (extract(epoch FROM end_time) * 1000000)::bigint, \
+         state || ' ' || end_reason || ' ' || assignment_id \
          FROM routing.assignments ORDER BY team_id, assigned_at, assignment_id",
     )
     .fetch_all(&mut db)
     .await
     .expect("read assignments");
     rows.into_iter()
-        .map(|(team_id, incident_id, assigned_at, end_time)| Interval {
-            team_id,
-            incident_id,
-            assigned_at,
-            end_time,
-        })
+        .map(
+            |(team_id, incident_id, assigned_at, end_time, state)| Interval {
+                team_id,
+                incident_id,
+                assigned_at,
+                end_time,
+                state,
+            },
+        )
         .collect()
 }
 
@@ -453,8 +472,14 @@ pub fn overlaps(intervals: &[Interval]) -> Vec<String> {
             let (a, b) = (pair[0], pair[1]);
             if a.end_time.is_none_or(|end| end > b.assigned_at) {
                 found.push(format!(
-                    "{team}: {} [{}, {:?}) overlaps {} from {}",
-                    a.incident_id, a.assigned_at, a.end_time, b.incident_id, b.assigned_at
+                    "{team}: {} [{}, {:?}) ({}) overlaps {} from {} ({})",
+                    a.incident_id,
+                    a.assigned_at,
+                    a.end_time,
+                    a.state,
+                    b.incident_id,
+                    b.assigned_at,
+                    b.state
                 ));
             }
         }
@@ -559,4 +584,94 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
         .filter(|l| label.is_empty() || l.contains(label))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// What the checks found after a run of load.
+#[derive(Debug)]
+pub struct Verdict {
+    /// What the load did.
+    pub tally: Tally,
+    /// Every incident intake holds for the load's CAD.
+    pub incidents: Vec<Incident>,
+    /// Every assignment in routing's record.
+    pub intervals: Vec<Interval>,
+    /// Acknowledged calls lost or doubled.
+    pub lost: Vec<String>,
+    /// Overlapping assignments of one team.
+    pub overlapping: Vec<String>,
+    /// Incidents on which intake and routing disagree.
+    pub disagree: Vec<String>,
+    /// Incidents still PENDING or QUEUED after the settling time.
+    pub stuck: Vec<String>,
+}
+
+impl Verdict {
+    /// Ends the load (the CADs stop, the teams go on clearing until nothing is PENDING or
+    /// QUEUED, at most `settle`, then stop), waits up to 30 seconds for intake's view to
+    /// agree with routing's record, and runs every check.
+    pub async fn after(load: &mut Load, database_url: &str, settle: Duration) -> Self {
+        load.stop_submitting().await;
+        let stuck = load.settle(settle).await;
+        let tally = load.stop().await;
+        // Intake follows routing's events: give its view a moment to catch up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (incidents, disagree) = loop {
+            let incidents = load.incidents().await;
+            let disagree = disagreements(database_url, &incidents).await;
+            if disagree.is_empty() || Instant::now() >= deadline {
+                break (incidents, disagree);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let intervals = assignments(database_url).await;
+        Self {
+            overlapping: overlaps(&intervals),
+            lost: lost_or_doubled(&tally.acknowledged, &incidents),
+            tally,
+            incidents,
+            intervals,
+            disagree,
+            stuck,
+        }
+    }
+
+    /// Prints the counts (with `fenced` and `busy`, the claims routing's record refused as
+    /// STALE_FENCING_TOKEN and TEAM_BUSY), then asserts every guarantee.
+    ///
+    /// # Panics
+    /// When a guarantee was broken, or the load acknowledged nothing.
+    pub fn report_and_check(&self, title: &str, seconds: f64, fenced: f64, busy: f64) {
+        let t = &self.tally;
+        eprintln!(
+            "{title}, {seconds:.0}s: {} calls acknowledged, {} never acknowledged, {} submit \
+             retries, {} incidents in intake, {} assignments recorded, {} clears, claims \
+             refused: {fenced} by fencing (STALE_FENCING_TOKEN), {busy} TEAM_BUSY; outcomes \
+             {:?}; lost or doubled {}, overlapping {}, disagreeing {}, stuck {}",
+            t.acknowledged.len(),
+            t.unacknowledged,
+            t.retries,
+            self.incidents.len(),
+            self.intervals.len(),
+            t.clears,
+            outcomes(&self.incidents),
+            self.lost.len(),
+            self.overlapping.len(),
+            self.disagree.len(),
+            self.stuck.len(),
+        );
+        assert!(!t.acknowledged.is_empty(), "the load acknowledged nothing");
+        let problems: Vec<(&str, &Vec<String>)> = [
+            (
+                "double dispatch (overlapping assignments)",
+                &self.overlapping,
+            ),
+            ("acknowledged calls lost or doubled", &self.lost),
+            ("calls without an outcome", &self.stuck),
+            ("intake and routing disagree", &self.disagree),
+        ]
+        .into_iter()
+        .filter(|(_, list)| !list.is_empty())
+        .collect();
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
 }

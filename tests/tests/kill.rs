@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use relay_tests::{
-    chaos::{Load, assignments, disagreements, lost_or_doubled, metric_sum, outcomes, overlaps},
+    chaos::{Load, Verdict, metric_sum},
     suite::Suite,
 };
 
@@ -22,14 +22,7 @@ const FENCED: &str = "relay_routing_claims_refused_total";
 async fn killing_each_service_in_turn_under_load_loses_nothing_and_never_double_dispatches() {
     let began = Instant::now();
     let mut suite = Suite::start(&[("RELAY_ROUTING__RECONCILE_GRACE_SECONDS", "1")]).await;
-    let mut load = Load::start(
-        &suite.availability.endpoint(),
-        &suite.intake.endpoint(),
-        20,
-        4,
-        Duration::from_millis(300),
-    )
-    .await;
+    let mut load = Load::on(&suite).await;
     let mut refused = (0.0, 0.0);
     for name in ["availability", "routing", "intake", "directory"] {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -49,60 +42,15 @@ async fn killing_each_service_in_turn_under_load_loses_nothing_and_never_double_
         );
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    load.stop_submitting().await;
-    let stuck = load.settle(Duration::from_secs(120)).await;
-    let tally = load.stop().await;
+    let verdict = Verdict::after(&mut load, suite.database().url(), Duration::from_secs(120)).await;
     let text = suite.scrape("routing").await;
     refused.0 += metric_sum(&text, FENCED, "STALE_FENCING_TOKEN");
     refused.1 += metric_sum(&text, FENCED, "TEAM_BUSY");
-
-    // Intake follows routing's events: give its view a moment to catch up.
-    let url = suite.database().url().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (incidents, disagree) = loop {
-        let incidents = load.incidents().await;
-        let disagree = disagreements(&url, &incidents).await;
-        if disagree.is_empty() || Instant::now() >= deadline {
-            break (incidents, disagree);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let intervals = assignments(&url).await;
-    let overlapping = overlaps(&intervals);
-    let lost = lost_or_doubled(&tally.acknowledged, &incidents);
-    eprintln!(
-        "kill -9 of each service under load, {:.0}s: {} calls acknowledged, {} never acknowledged, \
-         {} submit retries, {} incidents in intake, {} assignments recorded, {} clears, \
-         claims refused: {} by fencing (STALE_FENCING_TOKEN), {} TEAM_BUSY; outcomes {:?}; \
-         lost or doubled {}, overlapping {}, disagreeing {}, stuck {}",
+    verdict.report_and_check(
+        "kill -9 of each service under load",
         began.elapsed().as_secs_f64(),
-        tally.acknowledged.len(),
-        tally.unacknowledged,
-        tally.retries,
-        incidents.len(),
-        intervals.len(),
-        tally.clears,
         refused.0,
         refused.1,
-        outcomes(&incidents),
-        lost.len(),
-        overlapping.len(),
-        disagree.len(),
-        stuck.len(),
     );
-    assert!(
-        !tally.acknowledged.is_empty(),
-        "the load acknowledged nothing"
-    );
-    assert!(
-        lost.is_empty(),
-        "acknowledged calls lost or doubled: {lost:#?}"
-    );
-    assert!(overlapping.is_empty(), "double dispatch: {overlapping:#?}");
-    assert!(
-        disagree.is_empty(),
-        "intake and routing disagree: {disagree:#?}"
-    );
-    assert!(stuck.is_empty(), "calls stuck: {stuck:#?}");
     suite.clean_up().await;
 }
