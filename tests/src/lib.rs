@@ -18,6 +18,10 @@ use std::{
 
 use sqlx::{Connection, Executor, PgConnection};
 
+pub mod chaos;
+pub mod proxy;
+pub mod raw;
+pub mod redis_server;
 pub mod slow;
 pub mod suite;
 

@@ -35,17 +35,64 @@ pub fn migrate(binary: &str, env: &[(&str, &str)]) {
 pub struct Suite {
     /// relay-availability.
     pub availability: ServiceProcess,
-    /// relay-routing.
+    /// relay-routing, the replica intake calls.
     pub routing: ServiceProcess,
+    /// Further routing replicas ([`Suite::start_with`]); intake does not call them, but they
+    /// run the same upkeep (queue, reconciliation) on the same record and Redis.
+    pub routing_replicas: Vec<ServiceProcess>,
     /// relay-directory.
     pub directory: ServiceProcess,
     /// relay-intake, following routing and availability.
     pub intake: ServiceProcess,
     /// The Redis key prefix (deleted by [`Suite::clean_up`]).
     pub prefix: String,
-    /// Each service's admin (metrics) address, by short name (`intake`, ...).
-    pub admin: HashMap<&'static str, std::net::SocketAddr>,
+    /// Each service's admin (metrics) address, by name (`intake`, `routing`, `routing-1`, ...).
+    pub admin: HashMap<String, std::net::SocketAddr>,
+    /// The environment every service starts with (overrides applied by [`Suite::revive`]).
+    env: Vec<(String, String)>,
     database: TestDatabase,
+}
+
+/// Sets each of `overrides` in `env`, replacing an earlier value of the same key.
+fn set_env(env: &mut Vec<(String, String)>, overrides: &[(&str, &str)]) {
+    for (key, value) in overrides {
+        env.retain(|(k, _)| k != key);
+        env.push(((*key).to_owned(), (*value).to_owned()));
+    }
+}
+
+/// Intake's environment: `env` and where routing and availability listen.
+fn intake_env(
+    env: &[(String, String)],
+    routing: &ServiceProcess,
+    availability: &ServiceProcess,
+) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    env.push(("RELAY_ROUTING_ENDPOINT".into(), routing.endpoint()));
+    env.push((
+        "RELAY_AVAILABILITY_ENDPOINT".into(),
+        availability.endpoint(),
+    ));
+    env
+}
+
+/// Starts service `name` (`routing-1` is a second relay-routing) with its admin address and,
+/// when given, a fixed listen address.
+fn start_service(
+    env: &[(String, String)],
+    admin: &HashMap<String, std::net::SocketAddr>,
+    name: &str,
+    listen: Option<std::net::SocketAddr>,
+) -> ServiceProcess {
+    let binary = format!("relay-{}", name.split('-').next().unwrap_or(name));
+    let admin_listen = admin[name].to_string();
+    let listen = listen.map(|a| a.to_string());
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("RELAY_ADMIN_LISTEN", admin_listen.as_str()));
+    if let Some(listen) = &listen {
+        env.push(("RELAY_LISTEN", listen.as_str()));
+    }
+    ServiceProcess::start(&binary, &env)
 }
 
 /// A free port on 127.0.0.1 (bound and released; the service binds it right after).
@@ -59,55 +106,120 @@ impl Suite {
     /// Migrates and starts the four services, and waits until each is SERVING. `extra` is
     /// environment for every service.
     pub async fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_with(extra, 1).await
+    }
+
+    /// As [`Suite::start`], with `routing_replicas` routing processes (at least one).
+    ///
+    /// # Panics
+    /// When a service does not start or become SERVING.
+    pub async fn start_with(extra: &[(&str, &str)], routing_replicas: usize) -> Self {
         let database = TestDatabase::new().await;
         let redis = redis_url();
         let prefix = unique_name("relay");
-        let mut base = vec![
+        let mut env: Vec<(String, String)> = [
             ("RELAY_DATABASE_URL", database.url()),
             ("RELAY_REDIS_URL", redis.as_str()),
             ("RELAY_AVAILABILITY__KEY_PREFIX", prefix.as_str()),
             ("RELAY_SERVER__READINESS_INTERVAL_MS", "100"),
             ("RELAY_LOG", "warn"),
-        ];
-        base.extend_from_slice(extra);
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        set_env(&mut env, extra);
+        let base: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         for binary in ["relay-routing", "relay-intake", "relay-directory"] {
             migrate(binary, &base);
         }
-        let admin: HashMap<&'static str, std::net::SocketAddr> =
-            ["intake", "availability", "routing", "directory"]
-                .into_iter()
-                .map(|name| (name, free_local_addr()))
-                .collect();
-        let start = |binary: &str, name: &str, env: &[(&str, &str)]| {
-            let listen = admin[name].to_string();
-            let mut env = env.to_vec();
-            env.push(("RELAY_ADMIN_LISTEN", listen.as_str()));
-            ServiceProcess::start(binary, &env)
-        };
-        let availability = start("relay-availability", "availability", &base);
-        let routing = start("relay-routing", "routing", &base);
-        let directory = start("relay-directory", "directory", &base);
-        let (routing_endpoint, availability_endpoint) =
-            (routing.endpoint(), availability.endpoint());
-        let mut intake_env = base.clone();
-        intake_env.push(("RELAY_ROUTING_ENDPOINT", routing_endpoint.as_str()));
-        intake_env.push((
-            "RELAY_AVAILABILITY_ENDPOINT",
-            availability_endpoint.as_str(),
-        ));
-        let intake = start("relay-intake", "intake", &intake_env);
-        for process in [&availability, &routing, &directory, &intake] {
-            process.wait_until_serving().await;
-        }
-        Self {
+        let mut names = vec![String::from("intake"), String::from("availability")];
+        names.push(String::from("routing"));
+        names.extend((1..routing_replicas.max(1)).map(|i| format!("routing-{i}")));
+        names.push(String::from("directory"));
+        let admin: HashMap<String, std::net::SocketAddr> = names
+            .into_iter()
+            .map(|name| (name, free_local_addr()))
+            .collect();
+        let availability = start_service(&env, &admin, "availability", None);
+        let routing = start_service(&env, &admin, "routing", None);
+        let intake_env = intake_env(&env, &routing, &availability);
+        let suite = Self {
+            routing_replicas: (1..routing_replicas.max(1))
+                .map(|i| start_service(&env, &admin, &format!("routing-{i}"), None))
+                .collect(),
+            directory: start_service(&env, &admin, "directory", None),
+            intake: start_service(&intake_env, &admin, "intake", None),
             availability,
             routing,
-            directory,
-            intake,
             prefix,
             admin,
+            env,
             database,
+        };
+        for process in suite.processes() {
+            process.wait_until_serving().await;
         }
+        suite
+    }
+
+    fn processes(&self) -> Vec<&ServiceProcess> {
+        let mut all = vec![
+            &self.availability,
+            &self.routing,
+            &self.directory,
+            &self.intake,
+        ];
+        all.extend(self.routing_replicas.iter());
+        all
+    }
+
+    fn process_mut(&mut self, name: &str) -> &mut ServiceProcess {
+        match name {
+            "availability" => &mut self.availability,
+            "routing" => &mut self.routing,
+            "directory" => &mut self.directory,
+            "intake" => &mut self.intake,
+            other => {
+                let index: usize = other
+                    .strip_prefix("routing-")
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or_else(|| panic!("no service {other}"));
+                &mut self.routing_replicas[index - 1]
+            }
+        }
+    }
+
+    /// Kills `name` (`availability`, `routing`, `routing-1`, `directory`, `intake`) with
+    /// SIGKILL, as a crash or an OOM kill would, and waits until it is gone.
+    ///
+    /// # Panics
+    /// When it does not exit within 10 seconds.
+    pub fn kill(&mut self, name: &str) {
+        let process = self.process_mut(name);
+        process.signal("KILL");
+        assert!(
+            process.wait_timeout(Duration::from_secs(10)).is_some(),
+            "{name} survived SIGKILL"
+        );
+    }
+
+    /// Starts `name` again on the same addresses (so the others find it), with `overrides`
+    /// applied to the environment of this and every later start (a new `RELAY_REDIS_URL`
+    /// after a failover, say), and waits until it is SERVING.
+    ///
+    /// # Panics
+    /// When it does not start or become SERVING within 30 seconds.
+    pub async fn revive(&mut self, name: &str, overrides: &[(&str, &str)]) {
+        set_env(&mut self.env, overrides);
+        let listen = self.process_mut(name).addr();
+        let env = if name == "intake" {
+            intake_env(&self.env, &self.routing, &self.availability)
+        } else {
+            self.env.clone()
+        };
+        let process = start_service(&env, &self.admin, name, Some(listen));
+        process.wait_until_serving().await;
+        *self.process_mut(name) = process;
     }
 
     /// The test database.

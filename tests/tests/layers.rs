@@ -82,72 +82,10 @@ async fn calls_over_the_concurrency_limit_are_shed_at_once() {
     second.list_queue(slow_request(0)).await.expect("admitted");
 }
 
-/// Sends bytes as they are, to send what no generated client would.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-struct RawEncoder;
-struct RawDecoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        prost::bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let n = prost::bytes::Buf::remaining(src);
-        let mut out = vec![0; n];
-        prost::bytes::Buf::copy_to_slice(src, &mut out);
-        Ok(Some(out))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
-async fn raw_call(endpoint: &str, path: &'static str, body: Vec<u8>) -> tonic::Status {
-    let channel = Channel::from_shared(endpoint.to_owned())
-        .expect("endpoint")
-        .connect()
+async fn raw_call(endpoint: &str, path: &str, body: Vec<u8>) -> tonic::Status {
+    relay_tests::raw::raw_call(endpoint, path, body)
         .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
-    grpc.ready().await.expect("ready");
-    grpc.unary(
-        tonic::Request::new(body),
-        tonic::codegen::http::uri::PathAndQuery::from_static(path),
-        RawCodec,
-    )
-    .await
-    .expect_err("refused")
+        .expect_err("refused")
 }
 
 #[tokio::test(flavor = "multi_thread")]

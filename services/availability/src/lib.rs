@@ -159,13 +159,13 @@ impl Application {
             if storage::is_sqlite(database_url) {
                 let pool = storage::sqlite_pool(database_url, 4)?;
                 (
-                    Arc::new(roster::SqliteRoster::new(pool.clone())),
+                    Arc::new(roster::SqlRoster::Sqlite(pool.clone())),
                     RosterDb::Sqlite(pool),
                 )
             } else {
                 let pool = storage::postgres_pool(database_url, SCHEMA, 10)?;
                 (
-                    Arc::new(roster::PostgresRoster::new(pool.clone())),
+                    Arc::new(roster::SqlRoster::Postgres(pool.clone())),
                     RosterDb::Postgres(pool),
                 )
             };

@@ -2,7 +2,7 @@
 //! (schema `availability`), SQLite in embedded mode. Live state is never stored here; it is
 //! rebuilt in the [`crate::TeamStore`] from this roster when the service starts.
 
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::{PgPool, Postgres, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::model::{TeamDefinition, from_micros, to_micros};
 
@@ -23,40 +23,35 @@ pub struct RosterEntry {
 /// Durable storage of team definitions.
 #[tonic::async_trait]
 pub trait RosterStore: Send + Sync + 'static {
-    /// Creates or replaces a team's definition (the stored revision never decreases).
-    async fn save(&self, entry: &RosterEntry) -> Result<(), RosterError>;
+    /// Starts a roster change: a database transaction. Nothing it saves is visible until
+    /// [`RosterWrite::commit`]; dropped without a commit, it changes nothing. (There is no
+    /// save outside a transaction: the upsert must be able to undo its roster write.)
+    async fn begin(&self) -> Result<Box<dyn RosterWrite>, RosterError>;
     /// Every team definition, ordered by team id.
     async fn load_all(&self) -> Result<Vec<RosterEntry>, RosterError>;
     /// Whether the database answers (readiness).
     async fn ping(&self) -> Result<(), RosterError>;
 }
 
-/// The roster in PostgreSQL (a pool whose `search_path` is the `availability` schema).
+/// A roster change in progress (see [`RosterStore::begin`]). A save locks the team's row until
+/// the commit, so concurrent changes of one team are applied one after the other.
+#[tonic::async_trait]
+pub trait RosterWrite: Send {
+    /// Creates or replaces a team's definition within the change (the stored revision never
+    /// decreases).
+    async fn save(&mut self, entry: &RosterEntry) -> Result<(), RosterError>;
+    /// Makes the change durable.
+    async fn commit(self: Box<Self>) -> Result<(), RosterError>;
+}
+
+/// The roster in PostgreSQL (a pool whose `search_path` is the `availability` schema) or in
+/// SQLite (embedded mode).
 #[derive(Debug, Clone)]
-pub struct PostgresRoster {
-    pool: PgPool,
-}
-
-impl PostgresRoster {
-    /// A roster on `pool`.
-    #[must_use]
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-}
-
-/// The roster in SQLite (embedded mode).
-#[derive(Debug, Clone)]
-pub struct SqliteRoster {
-    pool: SqlitePool,
-}
-
-impl SqliteRoster {
-    /// A roster on `pool`.
-    #[must_use]
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
-    }
+pub enum SqlRoster {
+    /// PostgreSQL (production).
+    Postgres(PgPool),
+    /// SQLite (embedded mode).
+    Sqlite(SqlitePool),
 }
 
 const LOAD: &str = "SELECT team_id, display_name, region, capabilities, shift_ends_at_us, revision \
@@ -87,70 +82,100 @@ where
     })
 }
 
-#[tonic::async_trait]
-impl RosterStore for PostgresRoster {
-    async fn save(&self, entry: &RosterEntry) -> Result<(), RosterError> {
-        let d = &entry.definition;
-        sqlx::query(
-            "INSERT INTO teams (team_id, display_name, region, capabilities, shift_ends_at_us, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (team_id) DO UPDATE SET display_name = excluded.display_name, \
-             region = excluded.region, capabilities = excluded.capabilities, \
-             shift_ends_at_us = excluded.shift_ends_at_us, \
-             revision = GREATEST(teams.revision, excluded.revision), updated_at = now()",
-        )
+const SAVE_PG: &str = "INSERT INTO teams (team_id, display_name, region, capabilities, shift_ends_at_us, revision) \
+    VALUES ($1, $2, $3, $4, $5, $6) \
+    ON CONFLICT (team_id) DO UPDATE SET display_name = excluded.display_name, \
+    region = excluded.region, capabilities = excluded.capabilities, \
+    shift_ends_at_us = excluded.shift_ends_at_us, \
+    revision = GREATEST(teams.revision, excluded.revision), updated_at = now()";
+
+const SAVE_SQLITE: &str = "INSERT INTO teams (team_id, display_name, region, capabilities, shift_ends_at_us, revision) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+    ON CONFLICT (team_id) DO UPDATE SET display_name = excluded.display_name, \
+    region = excluded.region, capabilities = excluded.capabilities, \
+    shift_ends_at_us = excluded.shift_ends_at_us, \
+    revision = max(teams.revision, excluded.revision), updated_at = CURRENT_TIMESTAMP";
+
+fn save_pg(entry: &RosterEntry) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+    let d = &entry.definition;
+    sqlx::query(SAVE_PG)
         .bind(&d.team_id)
         .bind(&d.display_name)
         .bind(&d.region)
         .bind(d.capabilities.join(","))
         .bind(d.shift_ends_at.map(to_micros))
         .bind(entry.revision)
-        .execute(&self.pool)
-        .await?;
+}
+
+fn save_sqlite(
+    entry: &RosterEntry,
+) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+    let d = &entry.definition;
+    sqlx::query(SAVE_SQLITE)
+        .bind(&d.team_id)
+        .bind(&d.display_name)
+        .bind(&d.region)
+        .bind(d.capabilities.join(","))
+        .bind(d.shift_ends_at.map(to_micros))
+        .bind(entry.revision)
+}
+
+/// A roster transaction on either backend.
+enum Write {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+#[tonic::async_trait]
+impl RosterWrite for Write {
+    async fn save(&mut self, entry: &RosterEntry) -> Result<(), RosterError> {
+        match self {
+            Self::Postgres(tx) => {
+                save_pg(entry).execute(&mut **tx).await?;
+            }
+            Self::Sqlite(tx) => {
+                save_sqlite(entry).execute(&mut **tx).await?;
+            }
+        }
         Ok(())
     }
 
-    async fn load_all(&self) -> Result<Vec<RosterEntry>, RosterError> {
-        let rows = sqlx::query(LOAD).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(entry_from).collect::<Result<_, _>>()?)
-    }
-
-    async fn ping(&self) -> Result<(), RosterError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    async fn commit(self: Box<Self>) -> Result<(), RosterError> {
+        match *self {
+            Self::Postgres(tx) => tx.commit().await?,
+            Self::Sqlite(tx) => tx.commit().await?,
+        }
         Ok(())
     }
 }
 
 #[tonic::async_trait]
-impl RosterStore for SqliteRoster {
-    async fn save(&self, entry: &RosterEntry) -> Result<(), RosterError> {
-        let d = &entry.definition;
-        sqlx::query(
-            "INSERT INTO teams (team_id, display_name, region, capabilities, shift_ends_at_us, revision) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (team_id) DO UPDATE SET display_name = excluded.display_name, \
-             region = excluded.region, capabilities = excluded.capabilities, \
-             shift_ends_at_us = excluded.shift_ends_at_us, \
-             revision = max(teams.revision, excluded.revision), updated_at = CURRENT_TIMESTAMP",
-        )
-        .bind(&d.team_id)
-        .bind(&d.display_name)
-        .bind(&d.region)
-        .bind(d.capabilities.join(","))
-        .bind(d.shift_ends_at.map(to_micros))
-        .bind(entry.revision)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+impl RosterStore for SqlRoster {
+    async fn begin(&self) -> Result<Box<dyn RosterWrite>, RosterError> {
+        Ok(Box::new(match self {
+            Self::Postgres(pool) => Write::Postgres(pool.begin().await?),
+            Self::Sqlite(pool) => Write::Sqlite(pool.begin().await?),
+        }))
     }
 
     async fn load_all(&self) -> Result<Vec<RosterEntry>, RosterError> {
-        let rows = sqlx::query(LOAD).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(entry_from).collect::<Result<_, _>>()?)
+        Ok(match self {
+            Self::Postgres(pool) => {
+                let rows = sqlx::query(LOAD).fetch_all(pool).await?;
+                rows.iter().map(entry_from).collect::<Result<_, _>>()?
+            }
+            Self::Sqlite(pool) => {
+                let rows = sqlx::query(LOAD).fetch_all(pool).await?;
+                rows.iter().map(entry_from).collect::<Result<_, _>>()?
+            }
+        })
     }
 
     async fn ping(&self) -> Result<(), RosterError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        match self {
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+        }
         Ok(())
     }
 }

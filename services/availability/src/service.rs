@@ -132,9 +132,14 @@ impl Availability {
         Ok(created)
     }
 
-    /// Creates or updates a team's roster fields, in the live store and then in the durable
-    /// roster. A retry after a roster failure converges (an unchanged upsert still writes the
-    /// roster).
+    /// Creates or updates a team's roster fields, in the durable roster and the live store, so
+    /// that a failed upsert records nothing (common.proto): the roster change is a transaction
+    /// that writes the new fields first (proving the database answers, and locking the team's
+    /// row so concurrent upserts of one team reach both stores in one order), then the live
+    /// store changes, then the transaction commits with the live store's revision. A refusal
+    /// or a failure before the commit rolls the roster back and leaves the live store as it
+    /// was. Only a commit that fails after the live store changed leaves the two apart; a
+    /// retry converges (an unchanged upsert still writes the roster).
     ///
     /// # Errors
     /// The store's refusals, or a storage failure.
@@ -143,16 +148,25 @@ impl Availability {
         definition: &TeamDefinition,
         expected_revision: Option<i64>,
     ) -> Result<UpsertOutcome, AvailabilityError> {
+        let mut roster = self.roster.begin().await?;
+        // Revision 0 never lowers a stored revision (the save keeps the greater one).
+        roster
+            .save(&RosterEntry {
+                definition: definition.clone(),
+                revision: 0,
+            })
+            .await?;
         let outcome = self
             .store
             .upsert_team(definition, expected_revision, self.now())
             .await?;
-        self.roster
+        roster
             .save(&RosterEntry {
                 definition: outcome.team.definition(),
                 revision: outcome.team.revision,
             })
             .await?;
+        roster.commit().await?;
         Ok(outcome)
     }
 

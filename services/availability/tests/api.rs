@@ -1054,56 +1054,6 @@ async fn long_streams_are_answered_early_and_watches_end_at_shutdown() {
     env.cleanup().await;
 }
 
-/// Sends raw bytes as gRPC messages, to feed the server something that is not protobuf.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-struct RawEncoder;
-struct ResponseDecoder;
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        prost::bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for ResponseDecoder {
-    type Item = relay_proto::availability::StreamLocationsResponse;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Self::Item>, tonic::Status> {
-        prost::Message::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = relay_proto::availability::StreamLocationsResponse;
-    type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
-    }
-}
-
 /// A stream that sends bytes that are not a message ends with INVALID_ARGUMENT; the valid
 /// reports before it were applied, and nothing after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1140,7 +1090,8 @@ async fn a_stream_of_garbage_is_refused_after_applying_what_came_before() {
             http::uri::PathAndQuery::from_static(
                 "/relay.availability.v1.AvailabilityService/StreamLocations",
             ),
-            RawCodec,
+            // Bytes as they are: something that is not protobuf.
+            relay_tests::raw::RawCodec,
         )
         .await
         .expect_err("garbage ends the stream");
