@@ -1051,12 +1051,14 @@ impl Engine {
     /// event. `request` remembers the response. `read` is the incident when the caller read
     /// it with the assignment (the first attempt uses it; a retry reads again). Returns the
     /// ended assignment.
+    #[allow(clippy::too_many_arguments)] // the three ends share one write path
     async fn end_assignment(
         &self,
         active: &Assignment,
         mut read: Option<Option<IncidentRecord>>,
         cause: AssignmentEndCause,
         reason: &str,
+        cleared_at: Option<DateTime<Utc>>,
         request: Option<(&str, &[u8])>,
         respond: &(dyn Fn(&Assignment) -> Vec<u8> + Send + Sync),
     ) -> Result<Assignment, StoreError> {
@@ -1066,7 +1068,12 @@ impl Engine {
             AssignmentState::Released
         };
         for _ in 0..MAX_ATTEMPTS {
-            let now = self.now();
+            // A team that cleared ended its call when it cleared, not when routing recorded
+            // it: the team may already have been claimed for its next call in between, and the
+            // record's intervals must not overlap. Never before the assignment began.
+            let now = cleared_at
+                .map_or_else(|| self.now(), |at| at.min(self.now()))
+                .max(from_timestamp(active.assigned_at.as_ref()));
             let mut ended = active.clone();
             ended.state = state.into();
             ended.end_time = Some(to_timestamp(now));
@@ -1221,6 +1228,7 @@ impl Engine {
                 Some(found.incident),
                 AssignmentEndCause::Released,
                 reason,
+                None,
                 Some((&request.request_id, &fingerprint)),
                 &respond,
             )
@@ -1420,7 +1428,8 @@ impl Engine {
         // ACTIVE assignment after that assignment was recorded has left it (the reverse
         // order could end an assignment recorded just after a stale fleet read).
         if let Some(stale) = self.store.active_assignment_of_team(team_id).await? {
-            let working = self.fleet.team(team_id).await?.is_some_and(|t| {
+            let team = self.fleet.team(team_id).await?;
+            let working = team.as_ref().is_some_and(|t| {
                 is_busy(t.snapshot.status) && t.incident_id.as_deref() == Some(&stale.incident_id)
             });
             if working {
@@ -1432,6 +1441,7 @@ impl Engine {
                     None,
                     AssignmentEndCause::TeamCleared,
                     TEAM_CLEARED,
+                    team.map(|t| t.status_since),
                     None,
                     &|_| Vec::new(),
                 )
@@ -1688,7 +1698,7 @@ impl Engine {
                 continue;
             }
             let team = self.fleet.team(&active.team_id).await?;
-            let working = team.is_some_and(|t| {
+            let working = team.as_ref().is_some_and(|t| {
                 is_busy(t.snapshot.status) && t.incident_id.as_deref() == Some(&active.incident_id)
             });
             if working {
@@ -1704,6 +1714,9 @@ impl Engine {
                     None,
                     AssignmentEndCause::TeamCleared,
                     TEAM_CLEARED,
+                    // A team seen busy on another call left this one no later than it took
+                    // that one; otherwise, when it last changed status.
+                    team.map(|t| t.status_since),
                     None,
                     &|_| Vec::new(),
                 )
@@ -1760,6 +1773,8 @@ impl Engine {
             waiting.extend(self.queued(&region).await?);
         }
         crate::metrics::queue(&waiting, self.now());
+        let (pending, oldest) = self.store.pending_events().await?;
+        crate::metrics::sequencer(pending, oldest, self.now());
         let retention = Duration::from_secs(self.settings.event_retention_hours * 3_600);
         self.store.prune(self.now() - duration(retention)).await?;
         Ok(())

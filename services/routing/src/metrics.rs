@@ -10,6 +10,8 @@
 //! - `relay_queue_length{region, priority}` and `relay_queue_oldest_wait_seconds{region,
 //!   priority}`: incidents waiting for a team, and how long the oldest has waited, sampled at
 //!   each upkeep round (every replica reports the same shared queue: aggregate with `max`).
+//! - `relay_routing_sequencer_pending_events` and `relay_routing_sequencer_oldest_age_seconds`:
+//!   assignment events written and not yet numbered for WatchAssignments (its lag).
 
 use std::{
     collections::HashMap,
@@ -153,6 +155,59 @@ pub fn queue(queued: &[IncidentRecord], now: DateTime<Utc>) {
         }
     }
     *queue_sample()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = sample;
+}
+
+/// The routing sequencer's backlog, as last sampled: (pending events, oldest age in seconds).
+fn sequencer_sample() -> &'static Mutex<(f64, f64)> {
+    struct SequencerGauges {
+        sample: Mutex<(f64, f64)>,
+        _gauges: Vec<opentelemetry::metrics::ObservableGauge<f64>>,
+    }
+    static GAUGES: OnceLock<SequencerGauges> = OnceLock::new();
+    &GAUGES
+        .get_or_init(|| {
+            let read = |pick: fn(&(f64, f64)) -> f64| {
+                move |gauge: &dyn opentelemetry::metrics::AsyncInstrument<f64>| {
+                    let sample = *sequencer_sample()
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    gauge.observe(pick(&sample), &[]);
+                }
+            };
+            let meter = meter();
+            SequencerGauges {
+                sample: Mutex::new((0.0, 0.0)),
+                _gauges: vec![
+                    meter
+                        .f64_observable_gauge("relay_routing_sequencer_pending_events")
+                        .with_description("Assignment events written and not yet numbered")
+                        .with_callback(read(|(pending, _)| *pending))
+                        .build(),
+                    meter
+                        .f64_observable_gauge("relay_routing_sequencer_oldest_age_seconds")
+                        .with_description(
+                            "Age of the oldest assignment event waiting for its number",
+                        )
+                        .with_callback(read(|(_, age)| *age))
+                        .build(),
+                ],
+            }
+        })
+        .sample
+}
+
+/// Replaces the sequencer sample.
+pub fn sequencer(pending: i64, oldest: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+    #[allow(clippy::cast_precision_loss)]
+    let sample = (
+        pending as f64,
+        oldest.map_or(0.0, |at| {
+            now.signed_duration_since(at).num_milliseconds().max(0) as f64 / 1e3
+        }),
+    );
+    *sequencer_sample()
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = sample;
 }

@@ -290,6 +290,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn sequence_events(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
+    /// Events written and not yet numbered: how many, and the oldest one's time (backends
+    /// that number events as they write them have none).
+    async fn pending_events(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        Ok((0, None))
+    }
     /// Events of a region with sequence number above `after`, oldest first, with event_id set.
     async fn events(
         &self,

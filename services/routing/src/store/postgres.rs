@@ -316,6 +316,21 @@ super::shared::record_store!(PostgresStore, PgRow, {
         }
     }
 
+    async fn pending_events(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pending_events")
+            .fetch_one(&self.pool)
+            .await?;
+        let oldest: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT payload FROM pending_events ORDER BY pending_id LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        let oldest = oldest
+            .and_then(|payload| AssignmentEvent::decode(payload.as_slice()).ok())
+            .and_then(|event| event.event_time)
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)));
+        Ok((count, oldest))
+    }
+
     async fn sequence_events(&self) -> Result<usize, StoreError> {
         let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pending_events)")
             .fetch_one(&self.pool)
