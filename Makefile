@@ -87,6 +87,7 @@ check-servers:
 test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 	$(CARGO) $(TEST_RUNNER) --workspace --locked
 	$(MAKE) examples
+	$(MAKE) fuzz-eido
 
 # --- Fault tests (issue 18) ------------------------------------------------------------------
 # A Redis failover that loses acknowledged writes, and kill -9 of each service in turn, each
@@ -163,6 +164,26 @@ examples: stubs $(PY_CAD_VENV)/bin/python examples/node-cad/node_modules/.packag
 	  "timeout $(EXAMPLE_TIMEOUT) env PYTHONPATH=$(STUBS)/python $(PY_CAD_VENV)/bin/python examples/python-cad/cad.py" \
 	  "timeout $(EXAMPLE_TIMEOUT) $(PY_CAD_VENV)/bin/python examples/python-cad/reflection_check.py" \
 	  "timeout $(EXAMPLE_TIMEOUT) node examples/node-cad/cad.js"
+
+# --- Fuzzing intake's EIDO HTTP endpoints (issue 16) ---------------------------------------
+# schemathesis from PyPI, pinned, in a venv; driven by NENA's EIDO schema; time-bounded.
+FUZZ_VENV := target/tools/fuzz-venv
+FUZZ_EXAMPLES ?= 100
+FUZZ_TIMEOUT ?= 240
+
+$(FUZZ_VENV)/bin/schemathesis: tests/fuzz/requirements.txt
+	rm -rf $(FUZZ_VENV)
+	python3 -m venv $(FUZZ_VENV)
+	timeout $(INSTALL_TIMEOUT) $(FUZZ_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  -r tests/fuzz/requirements.txt
+	@touch $@
+
+.PHONY: fuzz-eido
+fuzz-eido: $(FUZZ_VENV)/bin/schemathesis ## Fuzz POST /EIDO and GET /EIDO/{id} on relay dev (schemathesis, bounded)
+	@# The same build as `make build`, so `make test` reuses it instead of rebuilding.
+	$(CARGO) build --workspace --bins --locked
+	timeout $$(( $(FUZZ_TIMEOUT) + 60 )) env FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_TIMEOUT=$(FUZZ_TIMEOUT) \
+	  scripts/fuzz-eido.sh target/debug/relay $(FUZZ_VENV)/bin/schemathesis
 
 .PHONY: bench
 bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md

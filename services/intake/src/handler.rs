@@ -8,10 +8,11 @@ use relay_proto::{
     common::{AssignmentMode, UnservedReason},
     intake::{
         CancelIncidentRequest, CancelIncidentResponse, CloseIncidentRequest, CloseIncidentResponse,
-        CloseOutcome, Disposition, GetIncidentRequest, GetIncidentResponse, Heartbeat,
-        IncidentState, ListIncidentsRequest, ListIncidentsResponse, RiskFlag, RoutingState,
-        SubmitIncidentRequest, SubmitIncidentResponse, UpdateIncidentRequest,
-        UpdateIncidentResponse, WatchIncidentEventsRequest, WatchIncidentEventsResponse,
+        CloseOutcome, Disposition, GetEidoRequest, GetEidoResponse, GetIncidentRequest,
+        GetIncidentResponse, Heartbeat, IncidentState, ListIncidentsRequest, ListIncidentsResponse,
+        RiskFlag, RoutingState, SubmitEidoRequest, SubmitEidoResponse, SubmitIncidentRequest,
+        SubmitIncidentResponse, UpdateIncidentRequest, UpdateIncidentResponse,
+        WatchIncidentEventsRequest, WatchIncidentEventsResponse,
         intake_service_server::IntakeService, watch_incident_events_response::Kind,
     },
 };
@@ -191,7 +192,7 @@ fn check_cad_incident_id(v: &mut Violations, field: &str, value: &str) {
     }
 }
 
-fn validate_submit(
+pub(crate) fn validate_submit(
     intake: &Intake,
     request: SubmitIncidentRequest,
 ) -> Result<NewIncident, ApiError> {
@@ -669,5 +670,35 @@ impl IntakeService for IntakeServiceHandler {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+    async fn submit_eido(
+        &self,
+        request: Request<SubmitEidoRequest>,
+    ) -> Result<Response<SubmitEidoResponse>, Status> {
+        let request = request.into_inner();
+        if !request.request_id.is_empty() {
+            let mut v = Violations::new();
+            v.id("request_id", &request.request_id);
+            v.finish().map_err(invalid)?;
+        }
+        let submitted = crate::eido::submit(&self.intake, &request.eido_json)
+            .await
+            .map_err(invalid)?;
+        Ok(Response::new(SubmitEidoResponse {
+            triage: submitted.incident.triage.clone(),
+            routing: submitted.incident.routing.clone(),
+            incident: Some(submitted.incident),
+            created: submitted.created,
+        }))
+    }
+
+    async fn get_eido(
+        &self,
+        request: Request<GetEidoRequest>,
+    ) -> Result<Response<GetEidoResponse>, Status> {
+        let eido_json = crate::eido::get(&self.intake, &request.get_ref().incident_id)
+            .await
+            .map_err(invalid)?;
+        Ok(Response::new(GetEidoResponse { eido_json }))
     }
 }

@@ -10,6 +10,7 @@
 //!   events, retention) and the outbox worker.
 //! - [`upstream`]: consumers of routing's and availability's event streams.
 //! - [`handler`]: request validation and the gRPC surface.
+//! - [`eido`], [`http`]: NENA EIDO in and out, over gRPC and on the HTTP port.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -30,7 +31,9 @@ use tokio::sync::{Notify, broadcast};
 pub mod apco;
 pub mod clock;
 pub mod core;
+pub mod eido;
 mod handler;
+pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod program;
@@ -72,6 +75,31 @@ pub struct Application {
     intake: Arc<Intake>,
     availability: upstream::AvailabilityClient,
     new_regions: tokio::sync::mpsc::UnboundedReceiver<String>,
+    http: tokio::net::TcpListener,
+    http_local: SocketAddr,
+}
+
+/// Intake's default HTTP (EIDO) port, on the gRPC listen address's host.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// Where the EIDO HTTP port listens: `http_listen` (`RELAY_HTTP_LISTEN`), else port 8080 on
+/// the gRPC listen address's host, or a free port when the gRPC port is 0 (tests, `relay
+/// dev`), as the admin port does.
+///
+/// # Errors
+/// When `http_listen` is not an address.
+pub fn http_addr(config: &Config) -> Result<SocketAddr, BoxError> {
+    let configured: Option<relay_runtime::config::ListenAddr> = config.section("http_listen")?;
+    if let Some(addr) = configured {
+        return Ok(addr.0);
+    }
+    let listen = config.settings.listen.0;
+    let port = if listen.port() == 0 {
+        0
+    } else {
+        DEFAULT_HTTP_PORT
+    };
+    Ok(SocketAddr::new(listen.ip(), port))
 }
 
 /// Opens the store named by the configuration's database URL, migrating when asked to
@@ -167,12 +195,21 @@ impl Application {
         let host = host
             .add_service(IntakeServiceServer::new(handler))
             .readiness_check("database", check);
+        let http_addr = http_addr(&config)?;
+        let http = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .map_err(|e| {
+                format!("cannot bind the EIDO HTTP port {http_addr} (RELAY_HTTP_LISTEN): {e}")
+            })?;
+        let http_local = http.local_addr()?;
         let server = host.bind(config.settings.listen.0).await?;
         Ok(Self {
             server,
             intake,
             availability,
             new_regions,
+            http,
+            http_local,
         })
     }
 
@@ -180,6 +217,12 @@ impl Application {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The address the EIDO HTTP port listens on.
+    #[must_use]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_local
     }
 
     /// The shared intake state (tests use it to drive the outbox and the retention job).
@@ -200,6 +243,11 @@ impl Application {
     ) -> Result<(), BoxError> {
         let token = self.server.shutdown_token();
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(http::serve(
+            self.http,
+            Arc::clone(&self.intake),
+            token.clone().cancelled_owned(),
+        ));
         tasks.spawn(Arc::clone(&self.intake).run_outbox(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_sequencer(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_retention(token.clone()));

@@ -58,6 +58,9 @@ pub struct IntakeSettings {
     pub recommendation_expiry_seconds: u64,
     /// How often the deadline job looks for calls past those limits, in milliseconds.
     pub deadline_interval_ms: u64,
+    /// The region of incidents submitted as NENA EIDO documents (an EIDO names none); unset:
+    /// the first of `regions`, else "default".
+    pub eido_region: Option<String>,
 }
 
 impl Default for IntakeSettings {
@@ -84,6 +87,7 @@ impl Default for IntakeSettings {
             review_wait_seconds: 600,
             recommendation_expiry_seconds: 300,
             deadline_interval_ms: 1000,
+            eido_region: None,
         }
     }
 }

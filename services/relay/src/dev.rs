@@ -26,7 +26,12 @@ fn config(
     base: u16,
 ) -> Result<Config, BoxError> {
     let endpoint = |offset: u16| format!("http://127.0.0.1:{}", base + offset);
-    Ok(Config::builder(service)
+    let mut builder = Config::builder(service);
+    if service == "intake" {
+        // Intake's EIDO HTTP port on a free port (printed at start), like the admin ports.
+        builder = builder.set("http_listen", "127.0.0.1:0");
+    }
+    Ok(builder
         .set("insecure_dev", true)
         .set("listen", format!("127.0.0.1:{port}"))
         // One process serves the four: their metrics share one registry, each admin endpoint
@@ -92,6 +97,7 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     let directory = relay_directory::Application::build(directory_config).await?;
 
     println!("intake listening on http://{}", intake.local_addr());
+    println!("intake EIDO on http://{}/EIDO", intake.http_addr());
     println!(
         "availability listening on http://{}",
         availability.local_addr()

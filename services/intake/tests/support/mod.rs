@@ -688,6 +688,8 @@ pub struct TestIntake {
     pub intake: Arc<Intake>,
     /// Its address.
     pub addr: SocketAddr,
+    /// Its EIDO HTTP port's address.
+    pub http: SocketAddr,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -727,6 +729,7 @@ impl TestIntake {
         }
         .expect("intake builds");
         let addr = app.local_addr();
+        let http = app.http_addr();
         let intake = app.intake();
         let stop = CancellationToken::new();
         let token = stop.clone();
@@ -742,6 +745,7 @@ impl TestIntake {
             client,
             intake,
             addr,
+            http,
             stop,
             handle,
         }
