@@ -22,6 +22,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub mod error;
+pub mod export;
 pub mod generate;
 mod handler;
 pub mod import;

@@ -15,7 +15,7 @@ use relay_proto::directory::{
 use sqlx::{QueryBuilder, Row as _};
 
 use super::{
-    Applied, Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey,
+    Applied, Candidate, CandidateFilter, DirectoryStore, Dump, Idem, LocationHours, RankKey,
     ReferralFilter, Row, StoreResult, StoredRequest, WriteSession, transition,
 };
 use crate::{error::DirectoryError, micros_to_timestamp, timestamp_to_micros};
@@ -335,6 +335,22 @@ macro_rules! sql_store {
                         }
                         affected
                     }
+                    Row::Capacity { service_id, location_id, capacity } => {
+                        // The newer report wins, as UpdateCapacity's staleness rule says.
+                        let found = sqlx::query("SELECT 1 FROM service_at_location WHERE service_id = $1 AND location_id = $2")
+                            .bind(service_id).bind(location_id).fetch_optional(&mut *conn).await?;
+                        if found.is_none() {
+                            return Ok(Applied::Missing(format!("service `{service_id}` has no location `{location_id}`")));
+                        }
+                        sqlx::query(
+                            "INSERT INTO capacity (service_id, location_id, available, total, as_of_time) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (service_id, location_id) DO UPDATE SET available = excluded.available, \
+                             total = excluded.total, as_of_time = excluded.as_of_time WHERE excluded.as_of_time > capacity.as_of_time",
+                        )
+                        .bind(service_id).bind(location_id).bind(i64::from(capacity.available)).bind(i64::from(capacity.total))
+                        .bind(capacity.as_of_time.as_ref().map_or(0, timestamp_to_micros))
+                        .execute(&mut *conn).await?.rows_affected().max(1)
+                    }
                 };
                 let _ = affected;
                 Ok(Applied::Stored)
@@ -557,6 +573,13 @@ macro_rules! sql_store {
                         ).await?
                     }
                     Row::Schedule { .. } => return Self::apply_schedules(conn, run, at, out).await,
+                    Row::Capacity { .. } => {
+                        // Few rows (one per reporting location): one statement each.
+                        for (row, &index) in run.iter().zip(at) {
+                            out[index] = Self::apply_row(conn, row).await?;
+                        }
+                        return Ok(());
+                    }
                 };
                 for (row, &index) in run.iter().zip(at) {
                     if let Some(reason) = missing_reason(row, &stored) {
@@ -1531,6 +1554,122 @@ macro_rules! sql_store {
                 Ok(response)
             }
 
+            #[allow(clippy::too_many_lines)]
+            async fn dump(&self, table: Dump) -> StoreResult<Vec<Row>> {
+                let mut conn = self.pool.acquire().await?;
+                let collate = if Self::PG { " COLLATE \"C\"" } else { "" };
+                let text = |row: &<$db as sqlx::Database>::Row, i: usize| row.try_get::<String, _>(i);
+                let mut out = Vec::new();
+                match table {
+                    Dump::Organizations => {
+                        let sql = format!("SELECT id, name, description, url, email FROM organizations ORDER BY id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Organization {
+                                id: text(&row, 0)?, name: text(&row, 1)?, description: text(&row, 2)?,
+                                url: text(&row, 3)?, email: text(&row, 4)?,
+                            });
+                        }
+                    }
+                    Dump::TaxonomyTerms => {
+                        let sql = format!("SELECT id, code, name, taxonomy, COALESCE(parent_id, '') FROM taxonomy_terms ORDER BY id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::TaxonomyTerm(TaxonomyTerm {
+                                id: text(&row, 0)?, code: text(&row, 1)?, name: text(&row, 2)?,
+                                taxonomy: text(&row, 3)?, parent_id: text(&row, 4)?,
+                            }));
+                        }
+                    }
+                    Dump::Services => {
+                        // The columns of decode_service, without the organization's own fields.
+                        let sql = format!(
+                            "SELECT s.id, s.organization_id, '', '', '', '', s.name, s.alternate_name, s.description, s.url, \
+                             s.email, s.status, s.eligibility_description, s.fees_description, s.application_process, s.alert, \
+                             s.create_time, s.update_time FROM services s ORDER BY s.id{collate}"
+                        );
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            let mut service = Self::decode_service(&row)?;
+                            let update_time: i64 = row.try_get(17)?;
+                            if let Some(organization) = &mut service.organization {
+                                *organization = Organization { id: organization.id.clone(), ..Organization::default() };
+                            }
+                            service.create_time = None;
+                            service.update_time = None;
+                            out.push(Row::Service(Box::new(service), update_time));
+                        }
+                    }
+                    Dump::ServiceTaxonomy => {
+                        let sql = format!("SELECT service_id, taxonomy_term_id FROM service_taxonomy ORDER BY service_id{collate}, taxonomy_term_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::ServiceTaxonomy { service_id: text(&row, 0)?, term_id: text(&row, 1)? });
+                        }
+                    }
+                    Dump::Languages => {
+                        let sql = format!("SELECT service_id, code, position FROM languages ORDER BY position, code{collate}, service_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Language { service_id: text(&row, 0)?, code: text(&row, 1)?, position: row.try_get(2)? });
+                        }
+                    }
+                    Dump::Phones => {
+                        let sql = format!("SELECT id, service_id, number, extension, type, description FROM phones ORDER BY id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Phone {
+                                id: text(&row, 0)?,
+                                service_id: text(&row, 1)?,
+                                phone: Phone { number: text(&row, 2)?, extension: text(&row, 3)?, r#type: text(&row, 4)?, description: text(&row, 5)? },
+                            });
+                        }
+                    }
+                    Dump::Locations => {
+                        let sql = format!(
+                            "SELECT id, name, latitude, longitude, time_zone, attention, address_1, address_2, city, region, \
+                             state_province, postal_code, country, has_address FROM locations ORDER BY id{collate}"
+                        );
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            let latitude: Option<f64> = row.try_get(2)?;
+                            let longitude: Option<f64> = row.try_get(3)?;
+                            let id = text(&row, 0)?;
+                            out.push(Row::Location { id: id.clone(), name: text(&row, 1)?, point: latitude.zip(longitude), time_zone: text(&row, 4)? });
+                            if row.try_get::<i64, _>(13)? != 0 {
+                                out.push(Row::Address {
+                                    location_id: id,
+                                    address: Address {
+                                        attention: text(&row, 5)?, address_1: text(&row, 6)?, address_2: text(&row, 7)?,
+                                        city: text(&row, 8)?, region: text(&row, 9)?, state_province: text(&row, 10)?,
+                                        postal_code: text(&row, 11)?, country: text(&row, 12)?,
+                                    },
+                                });
+                            }
+                        }
+                    }
+                    Dump::ServiceAtLocation => {
+                        let sql = format!("SELECT id, service_id, location_id, position FROM service_at_location ORDER BY position, location_id{collate}, service_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::ServiceAtLocation {
+                                id: text(&row, 0)?, service_id: text(&row, 1)?, location_id: text(&row, 2)?, position: row.try_get(3)?,
+                            });
+                        }
+                    }
+                    Dump::Schedules => {
+                        let sql = format!(
+                            "SELECT service_id, location_id, freq, \"interval\", byday, bymonthday, opens_at, closes_at, valid_from, \
+                             valid_to, dtstart, description, id, position FROM schedules ORDER BY position, id{collate}"
+                        );
+                        let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+                        let ids: Vec<(String, i64)> = rows.iter().map(|row| Ok((text(row, 12)?, row.try_get(13)?))).collect::<StoreResult<_>>()?;
+                        for ((service_id, location_id, schedule), (id, position)) in Self::decode_schedules(rows)?.into_iter().zip(ids) {
+                            out.push(Row::Schedule { id, service_id, location_id, service_at_location_id: None, position, schedule });
+                        }
+                    }
+                    Dump::Capacity => {
+                        let sql = format!("SELECT service_id, location_id, available, total, as_of_time FROM capacity ORDER BY service_id{collate}, location_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Capacity { service_id: text(&row, 0)?, location_id: text(&row, 1)?, capacity: Self::decode_capacity(&row, 2)? });
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
             async fn list_referrals(&self, filter: &ReferralFilter) -> StoreResult<Vec<Referral>> {
                 let mut qb = QueryBuilder::<$db>::new(Self::REFERRAL_COLUMNS);
                 qb.push(" WHERE 1 = 1");
@@ -1587,6 +1726,11 @@ fn row_keys(row: &Row) -> Vec<String> {
         Row::Language {
             service_id, code, ..
         } => vec![format!("{service_id}\u{1}{code}")],
+        Row::Capacity {
+            service_id,
+            location_id,
+            ..
+        } => vec![format!("{service_id}\u{1}{location_id}")],
         Row::Address { location_id, .. } | Row::LocationTimeZone { location_id, .. } => {
             vec![location_id.clone()]
         }
@@ -1644,7 +1788,8 @@ fn missing_reason(row: &Row, stored: &std::collections::HashSet<String>) -> Opti
         | Row::TaxonomyTerm(_)
         | Row::Location { .. }
         | Row::LocationTimeZone { .. }
-        | Row::Schedule { .. } => return None,
+        | Row::Schedule { .. }
+        | Row::Capacity { .. } => return None,
     };
     (!stored.contains(&key)).then_some(reason)
 }

@@ -83,6 +83,30 @@ macro_rules! with_store {
     };
 }
 
+/// One test per backend of each `async fn case(kind: Kind)` named: `postgres::case` and
+/// `sqlite::case`.
+#[macro_export]
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Starts the service on a new database of `kind`.
 pub async fn start(kind: Kind) -> Harness {
     let (url, database, dir) = database(kind).await;
