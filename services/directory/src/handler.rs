@@ -2,7 +2,7 @@
 //! store. The store filters, ranks (relevance, distance, name, ids; see
 //! [`crate::store::RankKey`]) and pages; opening hours are checked here.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
@@ -23,8 +23,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     DOMAIN,
+    clock::{Clock, SystemClock},
     error::{DirectoryError, REQUEST_ID_REUSED},
-    micros,
     schedule::{self, Hours},
     store::{
         Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey, ReferralFilter,
@@ -47,12 +47,22 @@ pub const EARTH_RADIUS_METERS: f64 = 6_371_008.8;
 pub struct DirectoryServiceHandler<S> {
     store: S,
     tokens: PageTokens,
+    clock: Arc<dyn Clock>,
 }
 
 impl<S: DirectoryStore> DirectoryServiceHandler<S> {
-    /// A handler on `store`, signing page tokens with `tokens`.
+    /// A handler on `store`, signing page tokens with `tokens`, on the system clock.
     pub fn new(store: S, tokens: PageTokens) -> Self {
-        Self { store, tokens }
+        Self::with_clock(store, tokens, Arc::new(SystemClock))
+    }
+
+    /// A handler whose mutations are stamped with `clock`'s time.
+    pub fn with_clock(store: S, tokens: PageTokens, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            tokens,
+            clock,
+        }
     }
 }
 
@@ -338,12 +348,12 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         }
     }
 
-    fn idem(rpc: &'static str, request_id: &str, request: &impl Message) -> Idem {
+    fn idem(&self, rpc: &'static str, request_id: &str, request: &impl Message) -> Idem {
         Idem {
             request_id: request_id.to_owned(),
             rpc,
             fingerprint: request.encode_to_vec(),
-            now: micros(Utc::now()),
+            now: self.clock.now_micros(),
         }
     }
 
@@ -588,7 +598,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         v.id("request_id", &request.request_id);
         validate_service(&mut v, request.service.as_ref());
         v.finish().map_err(api)?;
-        let idem = Self::idem("UpsertService", &request.request_id, &request);
+        let idem = self.idem("UpsertService", &request.request_id, &request);
         let mut service = request.service.unwrap_or_default();
         for location in &mut service.locations {
             location.capacity = None;
@@ -628,7 +638,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             _ => {}
         }
         v.finish().map_err(api)?;
-        let idem = Self::idem("UpdateCapacity", &request.request_id, &request);
+        let idem = self.idem("UpdateCapacity", &request.request_id, &request);
         let capacity = relay_proto::directory::Capacity {
             available: request.available,
             total: request.total,
@@ -656,7 +666,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
         }
         v.finish().map_err(api)?;
-        let idem = Self::idem("CreateReferral", &request.request_id, &request);
+        let idem = self.idem("CreateReferral", &request.request_id, &request);
         let referral = Referral {
             referral_id: uuid::Uuid::now_v7().to_string(),
             incident_id: request.incident_id.clone(),
@@ -695,7 +705,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
         }
         v.finish().map_err(api)?;
-        let idem = Self::idem("UpdateReferral", &request.request_id, &request);
+        let idem = self.idem("UpdateReferral", &request.request_id, &request);
         let new_status = status_value.unwrap_or(ReferralStatus::Unspecified);
         self.once(idem, |idem| async move {
             self.store

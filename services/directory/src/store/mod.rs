@@ -394,6 +394,15 @@ pub trait DirectoryStore: Clone + Send + Sync + 'static {
     /// order GetService returns them when the rows are imported again in that order.
     fn dump(&self, table: Dump) -> impl Future<Output = StoreResult<Vec<Row>>> + Send;
 
+    /// Erases the notes of referrals created before `created_before` (keeping everything
+    /// else of them), and deletes the idempotency records of CreateReferral and
+    /// UpdateReferral (which carry notes) made before `requests_before`; how many of each.
+    fn erase_referral_notes(
+        &self,
+        created_before: i64,
+        requests_before: i64,
+    ) -> impl Future<Output = StoreResult<(u64, u64)>> + Send;
+
     /// Lists referrals oldest first.
     fn list_referrals(
         &self,

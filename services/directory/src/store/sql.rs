@@ -1670,6 +1670,22 @@ macro_rules! sql_store {
                 Ok(out)
             }
 
+            async fn erase_referral_notes(&self, created_before: i64, requests_before: i64) -> StoreResult<(u64, u64)> {
+                let mut tx = self.pool.begin().await?;
+                let referrals = sqlx::query("UPDATE referrals SET notes = '' WHERE create_time < $1 AND notes <> ''")
+                    .bind(created_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let requests = sqlx::query("DELETE FROM requests WHERE rpc IN ('CreateReferral', 'UpdateReferral') AND create_time < $1")
+                    .bind(requests_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok((referrals, requests))
+            }
+
             async fn list_referrals(&self, filter: &ReferralFilter) -> StoreResult<Vec<Referral>> {
                 let mut qb = QueryBuilder::<$db>::new(Self::REFERRAL_COLUMNS);
                 qb.push(" WHERE 1 = 1");

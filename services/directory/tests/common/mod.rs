@@ -121,13 +121,43 @@ pub async fn start_on(
     database: Option<TestDatabase>,
     dir: Option<tempfile::TempDir>,
 ) -> Harness {
-    let config = relay_runtime::Config::builder("directory")
+    start_configured(
+        kind,
+        (url, database, dir),
+        &[],
+        std::sync::Arc::new(relay_directory::clock::SystemClock),
+    )
+    .await
+}
+
+/// Starts the service on a new database of `kind` with extra settings (`("directory.x",
+/// "1")`) and a clock.
+pub async fn start_with(
+    kind: Kind,
+    settings: &[(&str, serde_json::Value)],
+    clock: std::sync::Arc<dyn relay_directory::clock::Clock>,
+) -> Harness {
+    let (url, database, dir) = database(kind).await;
+    backend(&url).await;
+    start_configured(kind, (url, database, dir), settings, clock).await
+}
+
+async fn start_configured(
+    kind: Kind,
+    (url, database, dir): (String, Option<TestDatabase>, Option<tempfile::TempDir>),
+    settings: &[(&str, serde_json::Value)],
+    clock: std::sync::Arc<dyn relay_directory::clock::Clock>,
+) -> Harness {
+    let mut config = relay_runtime::Config::builder("directory")
         .set("listen", "127.0.0.1:0")
         .set("database_url", url.clone())
-        .set("directory.page_token_secret", "test-secret")
-        .build()
+        .set("directory.page_token_secret", "test-secret");
+    for (key, value) in settings {
+        config = config.set(key, value.clone());
+    }
+    let app = Application::build_with_clock(config.build().unwrap(), clock)
+        .await
         .unwrap();
-    let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
