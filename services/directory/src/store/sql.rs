@@ -1671,6 +1671,22 @@ macro_rules! sql_store {
             }
 
             async fn erase_referral_notes(&self, created_before: i64, requests_before: i64) -> StoreResult<(u64, u64)> {
+                // Look before writing: on SQLite even an UPDATE of no rows takes the write lock,
+                // and a concurrent mutation whose transaction already read would then fail with
+                // SQLITE_BUSY instead of waiting.
+                let due: i64 = sqlx::query(
+                    "SELECT CASE WHEN EXISTS (SELECT 1 FROM referrals WHERE create_time < $1 AND notes <> '') \
+                     OR EXISTS (SELECT 1 FROM requests WHERE rpc IN ('CreateReferral', 'UpdateReferral') AND create_time < $2) \
+                     THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END",
+                )
+                .bind(created_before)
+                .bind(requests_before)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+                if due == 0 {
+                    return Ok((0, 0));
+                }
                 let mut tx = self.pool.begin().await?;
                 let referrals = sqlx::query("UPDATE referrals SET notes = '' WHERE create_time < $1 AND notes <> ''")
                     .bind(created_before)
