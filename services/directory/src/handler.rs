@@ -14,7 +14,9 @@ use relay_proto::directory::{
     UpdateCapacityRequest, UpdateCapacityResponse, UpdateReferralRequest, UpdateReferralResponse,
     UpsertServiceRequest, UpsertServiceResponse, directory_service_server::DirectoryService,
 };
+use relay_proto::intake::{GetIncidentRequest, intake_service_client::IntakeServiceClient};
 use relay_runtime::{
+    client::TracePropagation,
     error::ApiError,
     paging::PageTokens,
     validate::{Violations, to_timestamp},
@@ -48,6 +50,28 @@ pub struct DirectoryServiceHandler<S> {
     store: S,
     tokens: PageTokens,
     clock: Arc<dyn Clock>,
+    intake: Option<IntakeClient>,
+}
+
+/// A client of intake, for checking that a referral's incident exists.
+pub type IntakeClient = IntakeServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TracePropagation>,
+>;
+
+/// What intake said about an incident.
+fn incident_check(incident_id: &str, answer: Result<(), Status>) -> Result<bool, DirectoryError> {
+    match answer {
+        Ok(()) => Ok(true),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            Err(DirectoryError::IncidentNotFound(incident_id.to_owned()))
+        }
+        // Down, slow, or refusing us: a referral is never lost to intake; it is recorded
+        // unchecked and the answer says so.
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "intake did not confirm the incident; recording the referral unchecked");
+            Ok(false)
+        }
+    }
 }
 
 impl<S: DirectoryStore> DirectoryServiceHandler<S> {
@@ -62,7 +86,31 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
             store,
             tokens,
             clock,
+            intake: None,
         }
+    }
+
+    /// Checks each new referral's incident with intake first (see CreateReferral).
+    #[must_use]
+    pub fn with_intake(mut self, intake: IntakeClient) -> Self {
+        self.intake = Some(intake);
+        self
+    }
+
+    /// Whether intake confirmed `incident_id`: `Ok(false)` when not checked (no intake
+    /// configured, or intake did not answer).
+    async fn check_incident(&self, incident_id: &str) -> Result<bool, DirectoryError> {
+        let Some(mut intake) = self.intake.clone() else {
+            return Ok(false);
+        };
+        let answer = intake
+            .get_incident(GetIncidentRequest {
+                incident_id: incident_id.to_owned(),
+                ..GetIncidentRequest::default()
+            })
+            .await
+            .map(|_| ());
+        incident_check(incident_id, answer)
     }
 }
 
@@ -676,9 +724,12 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             notes: request.notes.clone(),
             create_time: None,
             update_time: None,
+            incident_checked: false,
         };
         tracing::info!(referral_id = %referral.referral_id, service_id = %referral.service_id, "creating referral");
         self.once(idem, |idem| async move {
+            let mut referral = referral;
+            referral.incident_checked = self.check_incident(&referral.incident_id).await?;
             self.store.create_referral(&referral, &idem).await
         })
         .await

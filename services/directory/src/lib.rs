@@ -11,6 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
 use relay_proto::directory::{Service, directory_service_server::DirectoryServiceServer};
+use relay_proto::intake::intake_service_client::IntakeServiceClient;
 use relay_runtime::{
     BoxError, Config,
     cli::{Service as RelayService, Shutdown},
@@ -65,6 +66,14 @@ pub struct DirectorySettings {
     /// (`RELAY_DIRECTORY__RETENTION_INTERVAL_SECONDS`, default 3600).
     #[serde(default)]
     pub retention_interval_seconds: Option<u64>,
+    /// Check each new referral's incident with intake at `intake_endpoint`
+    /// (`RELAY_DIRECTORY__CHECK_INCIDENTS`, default false).
+    #[serde(default)]
+    pub check_incidents: Option<bool>,
+    /// Deadline of that check, in milliseconds (`RELAY_DIRECTORY__INTAKE_DEADLINE_MS`,
+    /// default 2000).
+    #[serde(default)]
+    pub intake_deadline_ms: Option<u64>,
 }
 
 impl DirectorySettings {
@@ -235,6 +244,20 @@ impl Backend {
     }
 }
 
+/// The handler on `store`, checking incidents with `intake` when given.
+fn handler<S: store::DirectoryStore>(
+    store: S,
+    tokens: &PageTokens,
+    clock: &Arc<dyn Clock>,
+    intake: Option<&handler::IntakeClient>,
+) -> DirectoryServiceHandler<S> {
+    let handler = DirectoryServiceHandler::with_clock(store, tokens.clone(), Arc::clone(clock));
+    match intake {
+        Some(intake) => handler.with_intake(intake.clone()),
+        None => handler,
+    }
+}
+
 /// The directory service, bound and ready to run.
 #[derive(Debug)]
 pub struct Application {
@@ -276,13 +299,29 @@ impl Application {
             config.database_url()?,
             settings.max_connections.unwrap_or(10),
         )?;
+        let intake = if settings.check_incidents.unwrap_or(false) {
+            let deadline =
+                Duration::from_millis(settings.intake_deadline_ms.unwrap_or(2000).max(1));
+            let channel =
+                relay_runtime::client::channel(&config.settings.intake_endpoint, deadline)
+                    .map_err(|error| format!("intake_endpoint (RELAY_INTAKE_ENDPOINT): {error}"))?;
+            Some(IntakeServiceClient::with_interceptor(
+                channel,
+                relay_runtime::client::TracePropagation,
+            ))
+        } else {
+            None
+        };
         let host = ServiceHost::new(&config.settings.server);
         let host = match backend.clone() {
             Backend::Postgres(store) => host
                 .readiness_check("postgres", storage::postgres_check(store.pool().clone()))
-                .add_service(DirectoryServiceServer::new(
-                    DirectoryServiceHandler::with_clock(store, tokens, Arc::clone(&clock)),
-                )),
+                .add_service(DirectoryServiceServer::new(handler(
+                    store,
+                    &tokens,
+                    &clock,
+                    intake.as_ref(),
+                ))),
             Backend::Sqlite(store) => {
                 SQLITE_MIGRATOR.run(store.pool()).await?;
                 let pool = store.pool().clone();
@@ -296,9 +335,12 @@ impl Application {
                             .map_err(|error| format!("sqlite: {error}"))
                     })
                 })
-                .add_service(DirectoryServiceServer::new(
-                    DirectoryServiceHandler::with_clock(store, tokens, Arc::clone(&clock)),
-                ))
+                .add_service(DirectoryServiceServer::new(handler(
+                    store,
+                    &tokens,
+                    &clock,
+                    intake.as_ref(),
+                )))
             }
         };
         let server = host.bind(config.settings.listen.0).await?;

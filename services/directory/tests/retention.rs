@@ -8,11 +8,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Harness, Kind, backend, start_with};
+use common::{Harness, Kind, active_service, backend, start_with, upsert_service};
 use relay_directory::{clock::ManualClock, retention::Retention};
 use relay_proto::directory::{
-    CreateReferralRequest, ListReferralsRequest, Organization, Referral, ReferralStatus, Service,
-    ServiceLocation, ServiceStatus, UpdateReferralRequest, UpsertServiceRequest,
+    CreateReferralRequest, ListReferralsRequest, Referral, ReferralStatus, ServiceLocation,
+    UpdateReferralRequest,
 };
 
 async fn referrals(h: &mut Harness) -> Vec<Referral> {
@@ -60,29 +60,17 @@ async fn notes_are_erased_after_the_retention(kind: Kind) {
         Arc::new(clock.clone()),
     )
     .await;
-    h.client
-        .upsert_service(UpsertServiceRequest {
-            request_id: "svc".into(),
-            service: Some(Service {
-                id: "svc".into(),
-                organization: Some(Organization {
-                    id: "org".into(),
-                    name: "Lane Mutual Aid".into(),
-                    ..Organization::default()
-                }),
-                name: "Night shelter".into(),
-                status: ServiceStatus::Active as i32,
-                locations: vec![ServiceLocation {
-                    location_id: "loc".into(),
-                    name: "Station".into(),
-                    time_zone: "America/Los_Angeles".into(),
-                    ..ServiceLocation::default()
-                }],
-                ..Service::default()
-            }),
-        })
-        .await
-        .unwrap();
+    let station = ServiceLocation {
+        location_id: "loc".into(),
+        name: "Station".into(),
+        time_zone: "America/Los_Angeles".into(),
+        ..ServiceLocation::default()
+    };
+    upsert_service(
+        &mut h,
+        active_service("svc", "Night shelter", vec![station]),
+    )
+    .await;
     let old = refer(
         &mut h,
         "r-old",

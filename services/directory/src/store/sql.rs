@@ -1223,11 +1223,13 @@ macro_rules! sql_store {
                     notes: row.try_get(5)?,
                     create_time: Some(micros_to_timestamp(row.try_get(6)?)),
                     update_time: Some(micros_to_timestamp(row.try_get(7)?)),
+                    incident_checked: row.try_get::<i64, _>(8)? != 0,
                 })
             }
 
             const REFERRAL_COLUMNS: &'static str =
-                "SELECT referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time FROM referrals";
+                "SELECT referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time, \
+                 incident_checked FROM referrals";
 
             async fn service_status(conn: &mut $conn, service_id: &str) -> StoreResult<i64> {
                 sqlx::query("SELECT status FROM services WHERE id = $1")
@@ -1489,8 +1491,8 @@ macro_rules! sql_store {
                 }
                 let now = idem.now;
                 let inserted = sqlx::query(
-                    "INSERT INTO referrals (referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                    "INSERT INTO referrals (referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time, \
+                     incident_checked) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
                 )
                 .bind(&referral.referral_id)
                 .bind(&referral.incident_id)
@@ -1499,6 +1501,7 @@ macro_rules! sql_store {
                 .bind(i64::from(ReferralStatus::Pending as i32))
                 .bind(&referral.notes)
                 .bind(now)
+                .bind(i64::from(referral.incident_checked))
                 .execute(&mut *tx)
                 .await;
                 if let Err(error) = inserted {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod intake;
+
 use std::path::{Path, PathBuf};
 
 use relay_directory::{
@@ -259,6 +261,37 @@ pub async fn search_ids(
     ids.sort();
     ids.dedup();
     ids
+}
+
+/// An ACTIVE service of organization `org` with these locations.
+pub fn active_service(
+    id: &str,
+    name: &str,
+    locations: Vec<relay_proto::directory::ServiceLocation>,
+) -> relay_proto::directory::Service {
+    relay_proto::directory::Service {
+        id: id.into(),
+        organization: Some(relay_proto::directory::Organization {
+            id: "org".into(),
+            name: "Lane Mutual Aid".into(),
+            ..Default::default()
+        }),
+        name: name.into(),
+        status: relay_proto::directory::ServiceStatus::Active as i32,
+        locations,
+        ..Default::default()
+    }
+}
+
+/// Stores `service` through UpsertService (request id = the service id).
+pub async fn upsert_service(h: &mut Harness, service: relay_proto::directory::Service) {
+    h.client
+        .upsert_service(relay_proto::directory::UpsertServiceRequest {
+            request_id: service.id.clone(),
+            service: Some(service),
+        })
+        .await
+        .unwrap();
 }
 
 pub fn _unused(_: PgStore, _: SqliteStore) {}
