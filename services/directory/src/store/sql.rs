@@ -55,6 +55,16 @@ fn schedules_json(service: &str, location: &str) -> String {
     )
 }
 
+/// [`schedules_json`] in SQLite's dialect (an SQL expression, NULL when none).
+fn sqlite_schedules_json(service: &str, location: &str) -> String {
+    format!(
+        "(SELECT json_group_array(json_array(sc.freq, sc.\"interval\", sc.byday, sc.bymonthday, sc.opens_at, \
+         sc.closes_at, sc.valid_from, sc.valid_to, sc.dtstart, sc.description) ORDER BY sc.position, sc.id) \
+         FROM schedules sc WHERE (sc.service_id = {service} AND (sc.location_id = {location} OR sc.location_id IS NULL)) \
+         OR (sc.service_id IS NULL AND sc.location_id = {location}) HAVING COUNT(*) > 0)"
+    )
+}
+
 /// The SQL (PostgreSQL) of a service's stored document, for service `service` (an SQL
 /// expression): the JSON array `[terms, languages, phones, locations]`, each a JSON array in
 /// the order GetService returns them, a location with the schedules that apply to it.
@@ -719,6 +729,23 @@ macro_rules! sql_store {
                     );
                     sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                 } else {
+                    // The same search rows as PostgreSQL's, in SQLite's dialect: term ids and
+                    // language codes as JSON arrays (filtered with json_each), no text vector
+                    // (services_fts is the text index).
+                    let delete = format!("DELETE FROM search_rows WHERE service_id IN (SELECT id FROM services WHERE {condition})");
+                    sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
+                    let insert = format!(
+                        "INSERT INTO search_rows (service_id, location_id, name, latitude, longitude, time_zone, term_ids, languages, schedules) \
+                         SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, COALESCE(l.time_zone, ''), \
+                         (SELECT json_group_array(st.taxonomy_term_id) FROM service_taxonomy st WHERE st.service_id = s.id), \
+                         (SELECT json_group_array(lg.code) FROM languages lg WHERE lg.service_id = s.id), \
+                         COALESCE({}, '[]') \
+                         FROM services s LEFT JOIN service_at_location sal ON sal.service_id = s.id \
+                         LEFT JOIN locations l ON l.id = sal.location_id \
+                         WHERE s.status = 1 AND s.id IN (SELECT id FROM services WHERE {condition})",
+                        sqlite_schedules_json("s.id", "sal.location_id")
+                    );
+                    sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                     let delete = format!("DELETE FROM services_fts WHERE service_id IN (SELECT id FROM services WHERE {condition})");
                     sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
                     let insert = format!("INSERT INTO services_fts (service_id, body) SELECT id, search_text FROM services WHERE {condition}");
@@ -975,55 +1002,56 @@ macro_rules! sql_store {
                 qb
             }
 
-            /// The candidates of `filter` by joining the normalized tables, ranked here: the
-            /// SQLite backend's search (`relay dev`, small directories).
+            /// The candidates of `filter` from `search_rows` (SQLite, `relay dev`): the rows in
+            /// the bounding box (index on latitude, longitude), text through FTS5, filtered in
+            /// SQL, ranked here with [`RankKey::of`]; then the opening hours of the kept
+            /// candidates, read from the same rows by primary key.
             async fn scanned_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
                 let mut qb = Self::with_terms(filter);
-                qb.push("SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, ");
+                qb.push("SELECT r.service_id, r.location_id, r.name, r.latitude, r.longitude, ");
                 if let Some(text) = &filter.text {
                     qb.push("f.score FROM (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
                     qb.push_bind(fts5_expression(text));
-                    qb.push(") f JOIN services s ON s.id = f.service_id ");
+                    qb.push(") f JOIN search_rows r ON r.service_id = f.service_id WHERE TRUE ");
                 } else {
-                    qb.push("0.0 FROM services s ");
+                    qb.push("0.0 FROM search_rows r WHERE TRUE ");
                 }
-                qb.push("LEFT JOIN service_at_location sal ON sal.service_id = s.id LEFT JOIN locations l ON l.id = sal.location_id WHERE s.status = 1 ");
                 if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
-                    qb.push("AND l.latitude BETWEEN ");
+                    qb.push("AND r.latitude BETWEEN ");
                     qb.push_bind(min_lat);
                     qb.push(" AND ");
                     qb.push_bind(max_lat);
-                    qb.push(" AND l.longitude BETWEEN ");
+                    qb.push(" AND r.longitude BETWEEN ");
                     qb.push_bind(min_lon);
                     qb.push(" AND ");
                     qb.push_bind(max_lon);
                     qb.push(" ");
                 }
                 if !filter.taxonomy_codes.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN terms ON terms.id = st.taxonomy_term_id WHERE st.service_id = s.id) ");
+                    qb.push("AND EXISTS (SELECT 1 FROM json_each(r.term_ids) j JOIN terms ON terms.id = j.value) ");
                 }
                 if !filter.languages.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM languages lg WHERE lg.service_id = s.id AND (");
+                    qb.push("AND EXISTS (SELECT 1 FROM json_each(r.languages) lg WHERE ");
                     for (index, language) in filter.languages.iter().enumerate() {
                         if index > 0 {
                             qb.push(" OR ");
                         }
-                        qb.push("lg.code = ");
+                        qb.push("lg.value = ");
                         qb.push_bind(language.as_str());
-                        qb.push(" OR lg.code LIKE ");
+                        qb.push(" OR lg.value LIKE ");
                         qb.push_bind(format!("{language}-%"));
                     }
-                    qb.push(")) ");
+                    qb.push(") ");
                 }
                 if filter.accepting_only {
                     // The contract: exclude only locations whose report says full; those
                     // that never report capacity are kept.
-                    qb.push("AND NOT EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = s.id AND c.location_id = sal.location_id AND c.available <= 0) ");
+                    qb.push("AND NOT EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = r.service_id AND c.location_id = r.location_id AND c.available <= 0) ");
                 }
                 if filter.text.is_none() && filter.point.is_none() {
-                    // Name order: page in SQL.
+                    // Name order: page in SQL, on the index search_rows_name.
                     if let Some(RankKey { n: name, s: sid, l: lid, .. }) = &filter.after {
-                        qb.push("AND (s.name, s.id, COALESCE(sal.location_id, '')) > (");
+                        qb.push("AND (r.name, r.service_id, r.location_id) > (");
                         qb.push_bind(name.as_str());
                         qb.push(", ");
                         qb.push_bind(sid.as_str());
@@ -1031,7 +1059,7 @@ macro_rules! sql_store {
                         qb.push_bind(lid.as_str());
                         qb.push(") ");
                     }
-                    qb.push("ORDER BY s.name, s.id, COALESCE(sal.location_id, '') LIMIT ");
+                    qb.push("ORDER BY r.name, r.service_id, r.location_id LIMIT ");
                     qb.push_bind(filter.limit);
                 }
                 let rows = qb.build().fetch_all(&self.pool).await?;
@@ -1051,6 +1079,32 @@ macro_rules! sql_store {
                 }
                 candidates.sort_by(|a, b| a.key.rank_cmp(&b.key));
                 candidates.truncate(usize::try_from(filter.limit).unwrap_or(0));
+                // The hours of the kept candidates, from their search rows.
+                let mut hours = HashMap::new();
+                for chunk in candidates.chunks(CHUNK / 2) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT service_id, location_id, time_zone, schedules FROM search_rows WHERE (service_id, location_id) IN (VALUES ",
+                    );
+                    let mut pairs = qb.separated(", ");
+                    for candidate in chunk {
+                        pairs.push("(");
+                        pairs.push_bind_unseparated(candidate.key.s.as_str());
+                        pairs.push_unseparated(", ");
+                        pairs.push_bind_unseparated(candidate.key.l.as_str());
+                        pairs.push_unseparated(")");
+                    }
+                    qb.push(")");
+                    for row in qb.build().fetch_all(&self.pool).await? {
+                        let schedules: String = row.try_get(3)?;
+                        hours.insert(
+                            (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?),
+                            LocationHours { time_zone: row.try_get(2)?, schedules: decode_schedule_json(&schedules)? },
+                        );
+                    }
+                }
+                for candidate in &mut candidates {
+                    candidate.hours = hours.remove(&(candidate.key.s.clone(), candidate.key.l.clone()));
+                }
                 Ok(candidates)
             }
 
