@@ -81,3 +81,128 @@ async fn calls_over_the_concurrency_limit_are_shed_at_once() {
     // With the slot free again, calls are admitted.
     second.list_queue(slow_request(0)).await.expect("admitted");
 }
+
+/// Sends bytes as they are, to send what no generated client would.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(src);
+        let mut out = vec![0; n];
+        prost::bytes::Buf::copy_to_slice(src, &mut out);
+        Ok(Some(out))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+async fn raw_call(endpoint: &str, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    let channel = Channel::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    grpc.ready().await.expect("ready");
+    grpc.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .expect_err("refused")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_and_oversized_requests_are_the_callers_fault() {
+    use tonic_types::StatusExt;
+    let server = ServiceHost::new(&ServerSettings::default())
+        .add_service(RoutingServiceServer::new(Slow::default()))
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", server.local_addr());
+    tokio::spawn(server.run_until_stopped(std::future::pending()));
+    const PATH: &str = "/relay.routing.v1.RoutingService/ListQueue";
+    // A bad varint, a string field that is not UTF-8, a wrong wire type, deep nested groups.
+    // Field 1 as a start-group tag, 10,000 deep.
+    let deep = vec![0x0b; 10_000];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "bad varint",
+            // Field 99, varint, eleven continuation bytes.
+            [vec![0x98, 0x06], vec![0xff; 11]].concat(),
+        ),
+        ("invalid UTF-8", vec![0x0a, 0x02, 0xc3, 0x28]),
+        ("wrong wire type", vec![0x0d, 0x01, 0x02, 0x03, 0x04]),
+        ("nested groups", deep),
+    ];
+    for (what, body) in cases {
+        let status = raw_call(&endpoint, PATH, body).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        let details = status.get_error_details();
+        assert_eq!(
+            details
+                .error_info()
+                .map(|i| (i.reason.as_str(), i.domain.as_str())),
+            Some(("UNDECODABLE_REQUEST", "relay.routing.v1")),
+            "{what}"
+        );
+        let fields: Vec<&str> = details
+            .bad_request()
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| v.field.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(fields, vec!["request"], "{what}");
+    }
+    let status = raw_call(&endpoint, PATH, vec![0; 5 * 1024 * 1024]).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.as_str()),
+        Some("REQUEST_TOO_LARGE")
+    );
+}

@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `<p>:{<region>}:team:<team_id>` | hash | `id`, `name`, `region`, `caps` (comma-joined sorted tags), `status` (TeamStatus number), `lat`, `lon` (degrees, empty until a position), `loc_at` (µs since epoch of the position's `recorded_at`), `hdg`, `spd`, `acc` (optional, empty when unknown), `incident` (empty unless busy), `last_incident` (the incident the team last left), `shift_end` (µs, empty when unknown), `rev` (revision), `fence` (fencing counter: increased by each claim, never decreased, kept across roster upserts), `created`, `updated` (µs) | availability scripts (upsert, status, location, move); routing through [`crate::TeamStore::claim`] and [`crate::TeamStore::release`] |
 //! | `<p>:{<region>}:available` | GEO (sorted set) | exactly the teams of the region that are `AVAILABLE` and have a position | the same scripts, in the same step as the hash |
+//! | `<p>:{<region>}:unavailable` | GEO (sorted set) | exactly the teams of the region that are on duty but not `AVAILABLE` (busy or out of service) and have a position: what routing lists beside the nearest available teams, to say why each nearer team lost | the same scripts, in the same step as the hash (a team busy or out of service when this set was introduced joins it at its next status change or position report) |
 //! | `<p>:{<region>}:teams` | set | every team id of the region | upsert and move scripts |
 //! | `<p>:{<region>}:events` | stream | one entry per change: `kind` (`upserted`, `status`, `location`, `removed`), `at` (µs), then every field of the team hash after the change; trimmed by age (`MINID`) to the retention window | every script that changes a team |
 //! | `<p>:team_regions` | hash | team id → region (the only key outside a region: it finds a team's region from its id) | upsert and move |
@@ -61,6 +62,12 @@ impl Keyspace {
         format!("{}:available", self.region_prefix(region))
     }
 
+    /// The GEO set of the region's on-duty teams that are not available, with a position.
+    #[must_use]
+    pub fn unavailable(&self, region: &str) -> String {
+        format!("{}:unavailable", self.region_prefix(region))
+    }
+
     /// The set of the region's team ids.
     #[must_use]
     pub fn teams(&self, region: &str) -> String {
@@ -95,6 +102,7 @@ mod tests {
         let keys = Keyspace::default();
         assert_eq!(keys.team("north", "t1"), "relay:{north}:team:t1");
         assert_eq!(keys.available("north"), "relay:{north}:available");
+        assert_eq!(keys.unavailable("north"), "relay:{north}:unavailable");
         assert_eq!(keys.teams("north"), "relay:{north}:teams");
         assert_eq!(keys.events("north"), "relay:{north}:events");
         let custom = Keyspace::new("test_1");

@@ -43,6 +43,9 @@ pub const MAX_TAGS: usize = 32;
 pub const MAX_REFERRALS: usize = 50;
 /// How far ahead of the server's clock received_at may be.
 pub const MAX_FUTURE_MICROS: i64 = 60_000_000;
+/// How far behind the server's clock received_at may be: a week (a live call, and within
+/// the event history a CAD can resume from).
+pub const MAX_PAST_MICROS: i64 = 7 * 86_400 * 1_000_000;
 
 /// Handles `relay.intake.v1.IntakeService` calls.
 #[derive(Debug, Clone)]
@@ -208,13 +211,19 @@ fn validate_submit(
     } else {
         v.timestamp("received_at", request.received_at.as_ref())
     };
-    if let Some(received) = received_at
-        && received.timestamp_micros() > intake.clock.now_micros() + MAX_FUTURE_MICROS
-    {
-        v.add(
-            "received_at",
-            "must not be more than 60 seconds ahead of the server's clock",
-        );
+    if let Some(received) = received_at {
+        let now = intake.clock.now_micros();
+        if received.timestamp_micros() > now + MAX_FUTURE_MICROS {
+            v.add(
+                "received_at",
+                "must not be more than 60 seconds ahead of the server's clock",
+            );
+        } else if received.timestamp_micros() < now - MAX_PAST_MICROS {
+            v.add(
+                "received_at",
+                "must not be more than 7 days behind the server's clock",
+            );
+        }
     }
     if let Some(caller) = &request.caller {
         check_len(&mut v, "caller.name", &caller.name, 200);

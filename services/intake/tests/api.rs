@@ -1080,10 +1080,13 @@ async fn a_watch_cannot_resume_before_the_retained_history() {
         .unwrap();
     clock.advance_seconds(8 * 86_400);
     app.intake.run_retention_once().await.unwrap();
-    app.client
-        .submit_incident(submission("H-2", "ROBBERY"))
-        .await
-        .unwrap();
+    // The CAD's clock is eight days on too.
+    let mut later = submission("H-2", "ROBBERY");
+    later.received_at = Some(prost_types::Timestamp {
+        seconds: clock.now_micros() / 1_000_000,
+        nanos: 0,
+    });
+    app.client.submit_incident(later).await.unwrap();
     // Events 1..3 are gone; 4 and 5 (H-2 received and triaged) remain.
     let status = app
         .client

@@ -316,3 +316,50 @@ async fn why_a_call_waited_stays_on_it_after_a_team_is_assigned_and_lists_filter
     assert!(events.iter().all(|e| e.region == REGION));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn timestamps_outside_their_range_are_refused_naming_the_field_and_write_nothing() {
+    let db = TestDatabase::new().await;
+    let routing = FakeRouting::started().await;
+    let app = TestIntake::start(db.url(), &routing, None, &[], None).await;
+    let now = Utc::now().timestamp();
+    for (what, seconds, nanos) in [
+        ("before year 1, as a CAD sent it", -62_135_596_801, 0),
+        ("after year 9999", 253_402_300_800, 0),
+        ("nanos out of range", now, 1_000_000_000),
+        ("eight days old", now - 8 * 86_400, 0),
+    ] {
+        let mut request = submission(&format!("T-{seconds}"), "WELFARE");
+        request.received_at = Some(prost_types::Timestamp { seconds, nanos });
+        let status = app
+            .client
+            .clone()
+            .submit_incident(request)
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(bad_fields(&status), vec!["received_at"], "{what}");
+    }
+    let status = app
+        .client
+        .clone()
+        .list_incidents(ListIncidentsRequest {
+            received_after: Some(prost_types::Timestamp {
+                seconds: 253_402_300_800,
+                nanos: 0,
+            }),
+            ..ListIncidentsRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&status), vec!["received_after"]);
+    let listed = app
+        .client
+        .clone()
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.incidents.is_empty(), "nothing was written");
+    app.stop().await;
+}

@@ -218,6 +218,7 @@ fn request(i: usize, prefix: &str, region: &str, mode: AssignmentMode) -> Assign
         mode: mode.into(),
         expected_duration_seconds: None,
         cad_system: "bench".into(),
+        cad_incident_id: String::new(),
     }
 }
 

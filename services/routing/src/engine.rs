@@ -18,11 +18,11 @@ use prost::Message;
 use relay_proto::{
     common::{Candidate, ExclusionReason, GeoPoint, TeamStatus, UnservedReason},
     routing::{
-        AssignTeamRequest, AssignTeamResponse, Assignment, AssignmentEvent, AssignmentEventKind,
-        AssignmentOutcome, AssignmentSource, AssignmentState, CancelRoutingRequest,
-        CancelRoutingResponse, ConfirmAssignmentRequest, ConfirmAssignmentResponse,
-        GetAssignmentRequest, ListQueueRequest, ListQueueResponse, QueuedIncident,
-        ReleaseTeamRequest, ReleaseTeamResponse,
+        AssignTeamRequest, AssignTeamResponse, Assignment, AssignmentEndCause, AssignmentEvent,
+        AssignmentEventKind, AssignmentOutcome, AssignmentSource, AssignmentState,
+        CancelRoutingRequest, CancelRoutingResponse, ConfirmAssignmentRequest,
+        ConfirmAssignmentResponse, GetAssignmentRequest, ListQueueRequest, ListQueueResponse,
+        QueuedIncident, ReleaseTeamRequest, ReleaseTeamResponse,
     },
 };
 use relay_runtime::{
@@ -37,7 +37,7 @@ use crate::{
     error::RoutingError,
     eta::EtaEstimator,
     fleet::{Claim, ClaimRefused, Fleet, FleetTeam},
-    ranking::{RankInput, Ranking, rank},
+    ranking::{RankInput, RankedTeam, Ranking, rank},
     settings::{RegionSettings, RoutingSettings},
     store::{
         EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord,
@@ -59,8 +59,9 @@ const RECOMMENDATION_TTL: Duration = Duration::from_secs(3_600);
 const MAX_TAGS: usize = 32;
 /// Reasons are at most this long.
 const MAX_REASON: usize = 256;
-/// The end reason when a team cleared to AVAILABLE with an ACTIVE assignment.
-pub const TEAM_CLEARED: &str = "team cleared";
+/// A CAD's incident number is at most this long (characters).
+const MAX_CAD_INCIDENT_ID: usize = 128;
+pub use crate::store::TEAM_CLEARED;
 /// The region error reason.
 pub const REGION_UNKNOWN: &str = "REGION_UNKNOWN";
 
@@ -98,6 +99,7 @@ struct Params {
     recommend: bool,
     expected_duration_seconds: Option<i32>,
     cad_system: String,
+    cad_incident_id: String,
 }
 
 impl Params {
@@ -118,6 +120,7 @@ impl Params {
             unserved_reason: 0,
             version,
             update_time: now,
+            cad_incident_id: self.cad_incident_id.clone(),
         }
     }
 }
@@ -179,6 +182,7 @@ pub fn queued_entry(record: &IncidentRecord) -> QueuedIncident {
         escalate_time: record.escalate_time.map(timestamp),
         reason: record.unserved_reason,
         cad_system: record.cad_system.clone(),
+        cad_incident_id: record.cad_incident_id.clone(),
     }
 }
 
@@ -195,7 +199,11 @@ fn unserved_text(reason: UnservedReason) -> &'static str {
             "the remaining teams end their shift before the call could finish"
         }
         UnservedReason::OutsideProgramHours => "the program is not operating now",
-        UnservedReason::Unspecified => "no eligible team",
+        // Intake's reasons: routing never ranks its way to these.
+        UnservedReason::RoutingRefused
+        | UnservedReason::ReviewTimeout
+        | UnservedReason::RecommendationExpired
+        | UnservedReason::Unspecified => "no eligible team",
     }
 }
 
@@ -217,6 +225,33 @@ fn candidates(ranking: &Ranking) -> Vec<Candidate> {
             rationale: team.rationale.clone(),
         })
         .collect()
+}
+
+/// How far from the incident a team may be and still arrive no later than `best`: the
+/// smallest distance (to a meter) beyond which the estimator's lower bound of the ETA exceeds
+/// `best`'s, and at most `limit`. With the great-circle estimator that is `best`'s own
+/// distance, give or take the rounding of ETAs to seconds; an estimator without a bound gets
+/// `limit`.
+fn nearer_reach(estimator: &dyn EtaEstimator, best: &RankedTeam, limit: f64) -> f64 {
+    let slower = |distance: f64| {
+        estimator
+            .min_eta_beyond(distance)
+            .is_some_and(|eta| eta > best.eta_seconds)
+    };
+    if !slower(limit) {
+        return limit;
+    }
+    // Nothing at `best`'s own distance is slower than `best`, by the bound's definition.
+    let (mut near, mut far) = (best.distance_meters.min(limit), limit);
+    while far - near > 1.0 {
+        let middle = f64::midpoint(near, far);
+        if slower(middle) {
+            far = middle;
+        } else {
+            near = middle;
+        }
+    }
+    far
 }
 
 fn minutes(seconds: u32) -> String {
@@ -388,7 +423,35 @@ impl Engine {
             ranking.horizon = horizon;
             let best_settled = ranking.eligible().next().map(|best| ranking.settled(best));
             match best_settled {
-                Some(true) => return Ok(ranking),
+                Some(true) => {
+                    // The dispatcher must see why every nearer team lost, busy ones too, which
+                    // the read of AVAILABLE teams never sees: read the on-duty teams that are
+                    // not available as far as the best team's ETA reaches (never past the
+                    // horizon's distance) and rank them with the rest. They are all excluded,
+                    // so the order of the eligible teams stays as it is.
+                    let limit = nearest.frontier.unwrap_or(region.max_distance_meters);
+                    let reach = ranking
+                        .eligible()
+                        .next()
+                        .map_or(limit, |best| nearer_reach(estimator, best, limit));
+                    let unavailable = self
+                        .fleet
+                        .unavailable_near(region_name, location, reach, MAX_CANDIDATES)
+                        .await?;
+                    if unavailable.is_empty() {
+                        return Ok(ranking);
+                    }
+                    let mut teams = nearest.teams;
+                    for team in unavailable {
+                        if !teams.iter().any(|t| t.team_id == team.team_id) {
+                            teams.push(team);
+                        }
+                    }
+                    let mut ranking = self
+                        .rank_teams(&teams, region, location, required, preferred, expected, now);
+                    ranking.horizon = horizon;
+                    return Ok(ranking);
+                }
                 None if horizon.is_none() => break,
                 _ => {}
             }
@@ -509,6 +572,8 @@ impl Engine {
                 cad_system: record.cad_system.clone(),
                 end_time: None,
                 end_reason: String::new(),
+                end_cause: 0,
+                cad_incident_id: record.cad_incident_id.clone(),
             };
             match self
                 .record_assignment(
@@ -572,6 +637,7 @@ impl Engine {
                 queued: None,
                 reason: 0,
                 event_time: Some(to_timestamp(now)),
+                cad_incident_id: record.cad_incident_id.clone(),
             }],
         })
         .await
@@ -612,6 +678,12 @@ impl Engine {
                 "must be from 1 to 86400 seconds",
             );
         }
+        if request.cad_incident_id.chars().count() > MAX_CAD_INCIDENT_ID {
+            v.add(
+                "cad_incident_id",
+                format!("must be at most {MAX_CAD_INCIDENT_ID} characters"),
+            );
+        }
         v.finish()?;
         if !request.region.is_empty() {
             self.region("region", &request.region)?;
@@ -626,6 +698,7 @@ impl Engine {
             recommend,
             expected_duration_seconds: request.expected_duration_seconds,
             cad_system: request.cad_system.clone(),
+            cad_incident_id: request.cad_incident_id.clone(),
         })
     }
 
@@ -673,6 +746,10 @@ impl Engine {
                 .filter(|i| i.state == IncidentState::Queued)
                 .and_then(|i| i.queued_time);
             let mut record = params.routed(expected_version, now);
+            // Only the first AssignTeam of an incident sets its CAD incident number.
+            if let Some(existing) = &existing {
+                record.cad_incident_id.clone_from(&existing.cad_incident_id);
+            }
             let mut ranking = ranking?;
             if params.recommend {
                 if let Some(best) = ranking.eligible().next() {
@@ -798,7 +875,8 @@ impl Engine {
                     event_id: String::new(),
                     kind: AssignmentEventKind::Queued.into(),
                     incident_id: params.incident_id.clone(),
-                    cad_system: params.cad_system.clone(),
+                    cad_system: queued.cad_system.clone(),
+                    cad_incident_id: queued.cad_incident_id.clone(),
                     assignment: None,
                     queued: Some(queued),
                     reason: reason.into(),
@@ -923,6 +1001,8 @@ impl Engine {
                 cad_system: incident.cad_system.clone(),
                 end_time: None,
                 end_reason: String::new(),
+                end_cause: 0,
+                cad_incident_id: incident.cad_incident_id.clone(),
             };
             let response = ConfirmAssignmentResponse {
                 assignment: Some(assignment.clone()),
@@ -966,17 +1046,23 @@ impl Engine {
         &self,
         active: &Assignment,
         mut read: Option<Option<IncidentRecord>>,
-        state: AssignmentState,
+        cause: AssignmentEndCause,
         reason: &str,
         request: Option<(&str, &[u8])>,
         respond: &(dyn Fn(&Assignment) -> Vec<u8> + Send + Sync),
     ) -> Result<Assignment, StoreError> {
+        let state = if cause == AssignmentEndCause::Cancelled {
+            AssignmentState::Cancelled
+        } else {
+            AssignmentState::Released
+        };
         for _ in 0..MAX_ATTEMPTS {
             let now = self.now();
             let mut ended = active.clone();
             ended.state = state.into();
             ended.end_time = Some(to_timestamp(now));
             ended.end_reason = reason.to_owned();
+            ended.end_cause = cause.into();
             let incident = match read.take() {
                 Some(incident) => incident,
                 None => self.store.incident(&active.incident_id).await?,
@@ -1015,6 +1101,7 @@ impl Engine {
                     state,
                     end_time: now,
                     end_reason: reason.to_owned(),
+                    end_cause: cause,
                 }),
                 new_assignment: None,
                 events: vec![AssignmentEvent {
@@ -1026,6 +1113,7 @@ impl Engine {
                     queued: None,
                     reason: 0,
                     event_time: Some(to_timestamp(now)),
+                    cad_incident_id: active.cad_incident_id.clone(),
                 }],
             };
             match self.write(write).await {
@@ -1122,7 +1210,7 @@ impl Engine {
             .end_assignment(
                 &active,
                 Some(found.incident),
-                AssignmentState::Released,
+                AssignmentEndCause::Released,
                 reason,
                 Some((&request.request_id, &fingerprint)),
                 &respond,
@@ -1187,6 +1275,7 @@ impl Engine {
                 ended.state = AssignmentState::Cancelled.into();
                 ended.end_time = Some(to_timestamp(now));
                 ended.end_reason = reason.to_owned();
+                ended.end_cause = AssignmentEndCause::Cancelled.into();
                 ended
             });
             let response = CancelRoutingResponse {
@@ -1206,6 +1295,7 @@ impl Engine {
                     queued: dequeued.clone(),
                     reason: 0,
                     event_time: Some(to_timestamp(now)),
+                    cad_incident_id: incident.cad_incident_id.clone(),
                 }]
             } else {
                 Vec::new()
@@ -1226,6 +1316,7 @@ impl Engine {
                     state: AssignmentState::Cancelled,
                     end_time: now,
                     end_reason: reason.to_owned(),
+                    end_cause: AssignmentEndCause::Cancelled,
                 }),
                 new_assignment: None,
                 events,
@@ -1330,7 +1421,7 @@ impl Engine {
                 .end_assignment(
                     &stale,
                     None,
-                    AssignmentState::Released,
+                    AssignmentEndCause::TeamCleared,
                     TEAM_CLEARED,
                     None,
                     &|_| Vec::new(),
@@ -1511,6 +1602,7 @@ impl Engine {
                         queued: Some(queued),
                         reason: incident.unserved_reason,
                         event_time: Some(to_timestamp(now)),
+                        cad_incident_id: incident.cad_incident_id.clone(),
                     }],
                     ..Write::default()
                 };
@@ -1536,7 +1628,8 @@ impl Engine {
     /// - a busy team whose incident has no ACTIVE assignment of that team in the record (a
     ///   replica died between claiming and recording) is released;
     /// - an ACTIVE assignment whose team is no longer busy on its incident (the team cleared,
-    ///   or the fleet lost the claim) is ended as RELEASED ("team cleared").
+    ///   or the fleet lost the claim) is ended as RELEASED ("team cleared"), cause
+    ///   TEAM_CLEARED.
     ///
     /// Returns (teams released, assignments ended).
     ///
@@ -1591,11 +1684,15 @@ impl Engine {
             if working {
                 continue;
             }
+            // TEAM_CLEARED, as when the team clears through on_team_available: the record
+            // cannot tell a team that cleared while no replica heard it from a fleet that lost
+            // the claim (a Redis failover). Issue 18 adds LIVE_STATE_LOST for the latter; until
+            // the proto has it, a lost live state reads as the team clearing.
             match self
                 .end_assignment(
                     &active,
                     None,
-                    AssignmentState::Released,
+                    AssignmentEndCause::TeamCleared,
                     TEAM_CLEARED,
                     None,
                     &|_| Vec::new(),

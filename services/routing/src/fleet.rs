@@ -105,6 +105,34 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
         count: usize,
     ) -> Result<NearestTeams, FleetError>;
 
+    /// At most `count` teams of `region` that are on duty but not AVAILABLE (busy or out of
+    /// service) and have a position within `radius_meters` of `point`, nearest first (ties by
+    /// team_id): the teams [`Fleet::available_near`] leaves out, read so that the candidate
+    /// list can say why each team nearer than the chosen one lost. The default filters
+    /// [`Fleet::teams_near`] (the whole region); the Redis fleet reads availability's GEO set
+    /// of such teams.
+    async fn unavailable_near(
+        &self,
+        region: &str,
+        point: GeoPoint,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Vec<TeamSnapshot>, FleetError> {
+        let mut found: Vec<(f64, TeamSnapshot)> = self
+            .teams_near(region, point, radius_meters)
+            .await?
+            .into_iter()
+            .filter(|t| !matches!(t.status, TeamStatus::OffDuty | TeamStatus::Available))
+            .filter_map(|t| {
+                let distance = great_circle_meters(t.position?.point, point);
+                (distance <= radius_meters).then_some((distance, t))
+            })
+            .collect();
+        nearest_first(&mut found);
+        found.truncate(count);
+        Ok(found.into_iter().map(|(_, team)| team).collect())
+    }
+
     /// Remembers, for `ttl`, the routing request of an incident that was only recommended,
     /// so that ConfirmAssignment or CancelRouting on any replica finds the incident. Live
     /// state like the teams': lost with them, never the record.
@@ -152,6 +180,11 @@ pub trait Fleet: Send + Sync + std::fmt::Debug {
     /// Announcements of teams becoming AVAILABLE, for the queue. Best effort: the queue is
     /// also re-checked periodically.
     fn subscribe(&self) -> broadcast::Receiver<TeamAvailable>;
+}
+
+/// Sorts teams with their distances nearest first, ties by team_id.
+fn nearest_first(found: &mut [(f64, TeamSnapshot)]) {
+    found.sort_by(|(a, ta), (b, tb)| a.total_cmp(b).then_with(|| ta.team_id.cmp(&tb.team_id)));
 }
 
 fn is_busy(status: TeamStatus) -> bool {
@@ -315,7 +348,7 @@ impl Fleet for MemoryFleet {
                 (distance <= radius_meters).then(|| (distance, t.snapshot.clone()))
             })
             .collect();
-        found.sort_by(|(a, ta), (b, tb)| a.total_cmp(b).then_with(|| ta.team_id.cmp(&tb.team_id)));
+        nearest_first(&mut found);
         let frontier = found.get(count).map(|(distance, _)| *distance);
         found.truncate(count);
         Ok(NearestTeams {

@@ -19,7 +19,7 @@
 use chrono::{DateTime, Utc};
 use relay_proto::{
     common::GeoPoint,
-    routing::{Assignment, AssignmentEvent, AssignmentState},
+    routing::{Assignment, AssignmentEndCause, AssignmentEvent, AssignmentState},
 };
 
 mod postgres;
@@ -106,6 +106,9 @@ pub struct IncidentRecord {
     pub version: i64,
     /// When it last changed.
     pub update_time: DateTime<Utc>,
+    /// The CAD's own incident number, as the first AssignTeam of the incident gave it (empty
+    /// when none did); later calls keep it.
+    pub cad_incident_id: String,
 }
 
 /// The position after which a queue page starts (serving order).
@@ -161,8 +164,10 @@ pub struct EndAssignment {
     pub state: AssignmentState,
     /// When it ended.
     pub end_time: DateTime<Utc>,
-    /// Why.
+    /// Why, in the caller's words.
     pub end_reason: String,
+    /// Why, as routing records it: TEAM_CLEARED, RELEASED or CANCELLED.
+    pub end_cause: AssignmentEndCause,
 }
 
 /// One transaction of the record (see the module documentation).
@@ -324,6 +329,33 @@ pub(crate) fn parse_assignment_state(name: &str) -> AssignmentState {
         "RELEASED" => AssignmentState::Released,
         "CANCELLED" => AssignmentState::Cancelled,
         _ => AssignmentState::Active,
+    }
+}
+
+/// The end reason routing writes when a team cleared to AVAILABLE with an ACTIVE assignment.
+pub const TEAM_CLEARED: &str = "team cleared";
+
+/// The end cause of a stored assignment. A row ended before the `end_cause` column existed
+/// (or by a replica of the previous release) has cause 0 while not ACTIVE: its cause is
+/// derived from what it does say. CANCELLED only ever came from CancelRouting; the
+/// [`TEAM_CLEARED`] reason is what routing wrote when a team cleared (a ReleaseTeam caller
+/// could pass the same text, which only the new column tells apart); anything else was a
+/// ReleaseTeam.
+pub(crate) fn end_cause_of(
+    state: AssignmentState,
+    stored: i32,
+    end_reason: &str,
+) -> AssignmentEndCause {
+    match (state, AssignmentEndCause::try_from(stored)) {
+        (AssignmentState::Active | AssignmentState::Unspecified, _) => {
+            AssignmentEndCause::Unspecified
+        }
+        (_, Ok(cause)) if cause != AssignmentEndCause::Unspecified => cause,
+        (AssignmentState::Cancelled, _) => AssignmentEndCause::Cancelled,
+        (AssignmentState::Released, _) if end_reason == TEAM_CLEARED => {
+            AssignmentEndCause::TeamCleared
+        }
+        (AssignmentState::Released, _) => AssignmentEndCause::Released,
     }
 }
 

@@ -3,7 +3,9 @@
 //! store call; the claim is availability's one-script atomic claim with its fencing counter.
 //!
 //! Round trips (Redis): `available_near` is two (a `GEOSEARCH ... COUNT` of the region's
-//! AVAILABLE set, then the found teams' hashes in one pipeline); `teams_near` and `busy_teams`
+//! AVAILABLE set, then the found teams' hashes in one pipeline); `unavailable_near` is one or
+//! two (the same on the region's set of on-duty teams that are not available; no pipeline
+//! when it finds none); `teams_near` and `busy_teams`
 //! page through the region's teams (one `SMEMBERS`-and-hashes read per 500 teams); `claim`
 //! and `release` are one script call each.
 //! Announcements of teams becoming AVAILABLE come from each region's availability event
@@ -174,6 +176,13 @@ fn summary_snapshot(team: TeamSummary) -> TeamSnapshot {
     }
 }
 
+fn store_position(point: GeoPoint) -> StorePosition {
+    StorePosition {
+        latitude: point.latitude,
+        longitude: point.longitude,
+    }
+}
+
 fn fleet_team(team: &Team) -> FleetTeam {
     FleetTeam {
         region: team.region.clone(),
@@ -330,15 +339,7 @@ impl Fleet for StoreFleet {
         self.watch(region);
         let nearest = self
             .store
-            .nearest_available(
-                region,
-                StorePosition {
-                    latitude: point.latitude,
-                    longitude: point.longitude,
-                },
-                radius_meters,
-                count,
-            )
+            .nearest_available(region, store_position(point), radius_meters, count)
             .await
             .map_err(unavailable)?;
         Ok(NearestTeams {
@@ -349,6 +350,24 @@ impl Fleet for StoreFleet {
                 .collect(),
             frontier: nearest.frontier,
         })
+    }
+
+    async fn unavailable_near(
+        &self,
+        region: &str,
+        point: GeoPoint,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Vec<TeamSnapshot>, FleetError> {
+        let found = self
+            .store
+            .nearest_unavailable(region, store_position(point), radius_meters, count)
+            .await
+            .map_err(unavailable)?;
+        Ok(found
+            .into_iter()
+            .map(|(team, _)| summary_snapshot(team))
+            .collect())
     }
 
     async fn remember_recommendation(

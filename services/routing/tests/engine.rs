@@ -10,9 +10,9 @@ use common::{World, assign, team, world};
 use relay_proto::{
     common::{AssignmentMode, ExclusionReason, TeamStatus, UnservedReason},
     routing::{
-        AssignmentEventKind, AssignmentOutcome, AssignmentSource, AssignmentState,
-        CancelRoutingRequest, ConfirmAssignmentRequest, GetAssignmentRequest, ListQueueRequest,
-        ReleaseTeamRequest,
+        Assignment, AssignmentEndCause, AssignmentEventKind, AssignmentOutcome, AssignmentSource,
+        AssignmentState, CancelRoutingRequest, ConfirmAssignmentRequest, GetAssignmentRequest,
+        ListQueueRequest, ReleaseTeamRequest,
     },
 };
 use relay_routing::{
@@ -1031,4 +1031,443 @@ async fn a_first_recommendation_is_remembered_live_and_recorded_when_acted_on() 
         .await
         .expect_err("expired");
     assert_eq!(error.reason(), "INCIDENT_NOT_FOUND");
+}
+
+/// The events of the record for one incident, in order.
+async fn events_of(w: &World, incident_id: &str) -> Vec<relay_proto::routing::AssignmentEvent> {
+    w.store
+        .events(&w.region, 0, 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.incident_id == incident_id)
+        .collect()
+}
+
+/// The end cause of the assignment in an incident's last event of `kind`.
+async fn event_end_cause(
+    w: &World,
+    incident_id: &str,
+    kind: AssignmentEventKind,
+) -> AssignmentEndCause {
+    events_of(w, incident_id)
+        .await
+        .into_iter()
+        .rfind(|e| e.kind() == kind)
+        .and_then(|e| e.assignment)
+        .expect("the event carries the assignment")
+        .end_cause()
+}
+
+async fn assigned(w: &World, request_id: &str, incident_id: &str) -> Assignment {
+    let response = w
+        .engine
+        .assign_team(assign(request_id, incident_id, &w.region, AUTO, 2, &[]))
+        .await
+        .expect("assign");
+    response.assignment.expect("assigned")
+}
+
+async fn stored(w: &World, assignment: &Assignment) -> Assignment {
+    w.engine
+        .get_assignment(GetAssignmentRequest {
+            assignment_id: assignment.assignment_id.clone(),
+        })
+        .await
+        .expect("get")
+}
+
+#[tokio::test]
+async fn every_assignment_that_goes_out_says_why_it_ended() {
+    let w = world().await;
+    add(&w, "t1", 400.0, &[], 10);
+
+    // ReleaseTeam is RELEASED, even when its caller's reason reads "team cleared".
+    let first = assigned(&w, "r1", "inc-1").await;
+    assert_eq!(first.end_cause(), AssignmentEndCause::Unspecified);
+    let released = w
+        .engine
+        .release_team(ReleaseTeamRequest {
+            request_id: "rel-1".into(),
+            assignment_id: first.assignment_id.clone(),
+            reason: "team cleared".into(),
+        })
+        .await
+        .expect("release")
+        .assignment
+        .expect("assignment");
+    assert_eq!(released.end_reason, "team cleared");
+    assert_eq!(released.end_cause(), AssignmentEndCause::Released);
+    assert_eq!(stored(&w, &first).await, released);
+    let kind = AssignmentEventKind::Released;
+    assert_eq!(
+        event_end_cause(&w, "inc-1", kind).await,
+        AssignmentEndCause::Released
+    );
+
+    // CancelRouting is CANCELLED.
+    let second = assigned(&w, "r2", "inc-2").await;
+    let cancelled = w
+        .engine
+        .cancel_routing(CancelRoutingRequest {
+            request_id: "x-2".into(),
+            incident_id: "inc-2".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect("cancel")
+        .assignment
+        .expect("assignment");
+    assert_eq!(cancelled.end_cause(), AssignmentEndCause::Cancelled);
+    assert_eq!(stored(&w, &second).await, cancelled);
+    assert_eq!(
+        event_end_cause(&w, "inc-2", AssignmentEventKind::Cancelled).await,
+        AssignmentEndCause::Cancelled
+    );
+
+    // The team clearing to AVAILABLE is TEAM_CLEARED.
+    let third = assigned(&w, "r3", "inc-3").await;
+    w.fleet.set_status("t1", TeamStatus::OnScene);
+    w.fleet.set_status("t1", TeamStatus::Available);
+    w.engine
+        .on_team_available(&w.region, "t1")
+        .await
+        .expect("cleared");
+    let cleared = stored(&w, &third).await;
+    assert_eq!(cleared.end_cause(), AssignmentEndCause::TeamCleared);
+    assert_eq!(
+        event_end_cause(&w, "inc-3", kind).await,
+        AssignmentEndCause::TeamCleared
+    );
+
+    // Reconciliation ending an assignment whose team is no longer on it: TEAM_CLEARED too.
+    let fourth = assigned(&w, "r4", "inc-4").await;
+    w.fleet
+        .upsert_team(&w.region, team("t1", 400.0, &[], 10, w.clock.now()));
+    w.clock.advance(Duration::from_secs(31));
+    let grace = Duration::from_secs(30);
+    let repaired = w
+        .engine
+        .reconcile(&w.region, grace)
+        .await
+        .expect("reconcile");
+    assert_eq!(repaired, (0, 1));
+    assert_eq!(
+        stored(&w, &fourth).await.end_cause(),
+        AssignmentEndCause::TeamCleared
+    );
+    assert_eq!(
+        event_end_cause(&w, "inc-4", kind).await,
+        AssignmentEndCause::TeamCleared
+    );
+}
+
+#[tokio::test]
+async fn the_cad_incident_number_travels_with_every_message_of_the_incident() {
+    let w = world().await;
+    let request = |request_id: &str, incident_id: &str, cad: &str| {
+        common::with_cad_incident_id(
+            assign(request_id, incident_id, &w.region, AUTO, 1, &[]),
+            cad,
+        )
+    };
+    // At most 128 characters.
+    let error = w
+        .engine
+        .assign_team(request("r0", "inc-long", &"9".repeat(129)))
+        .await
+        .expect_err("too long");
+    assert_eq!(error.reason(), "INVALID_FIELD");
+    assert!(error.to_string().contains("cad_incident_id"), "{error}");
+    assert!(w.store.incident("inc-long").await.expect("read").is_none());
+
+    // No team: queued, then escalated.
+    let queued = w
+        .engine
+        .assign_team(request("r1", "inc-e", "CAD-E"))
+        .await
+        .expect("queue");
+    assert_eq!(queued.queued.expect("queued").cad_incident_id, "CAD-E");
+    w.clock.advance(Duration::from_secs(301));
+    assert_eq!(w.engine.escalate_due().await.expect("escalate"), 1);
+
+    // Queued; a second AssignTeam keeps the first number.
+    let cad_a = "A".repeat(128);
+    w.engine
+        .assign_team(request("r2", "inc-a", &cad_a))
+        .await
+        .expect("queue");
+    let again = w
+        .engine
+        .assign_team(request("r3", "inc-a", "CAD-OTHER"))
+        .await
+        .expect("queue again");
+    assert_eq!(again.queued.expect("queued").cad_incident_id, cad_a);
+    let listed = w
+        .engine
+        .list_queue(ListQueueRequest {
+            region: w.region.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.queued_incidents[0].cad_incident_id, cad_a);
+
+    // A team frees up: the queue's assignment carries it.
+    add(&w, "t1", 400.0, &[], 10);
+    let from_queue = w
+        .engine
+        .on_team_available(&w.region, "t1")
+        .await
+        .expect("drain")
+        .expect("assigned");
+    assert_eq!(from_queue.source(), AssignmentSource::Queue);
+    assert_eq!(from_queue.cad_incident_id, cad_a);
+    assert_eq!(stored(&w, &from_queue).await.cad_incident_id, cad_a);
+
+    // Queued behind the busy team, then cancelled: the dequeued entry carries it.
+    w.engine
+        .assign_team(request("r4", "inc-c", "CAD-C"))
+        .await
+        .expect("queue");
+    let cancel = |request_id: &str| CancelRoutingRequest {
+        request_id: request_id.into(),
+        incident_id: "inc-c".into(),
+        reason: String::new(),
+    };
+    let dequeued = w.engine.cancel_routing(cancel("x1")).await.expect("cancel");
+    assert_eq!(
+        dequeued.dequeued.expect("dequeued").cad_incident_id,
+        "CAD-C"
+    );
+
+    // Released.
+    let released = w
+        .engine
+        .release_team(ReleaseTeamRequest {
+            request_id: "rel".into(),
+            assignment_id: from_queue.assignment_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("release");
+    assert_eq!(released.assignment.expect("ended").cad_incident_id, cad_a);
+
+    // Routed anew after its cancel: assigned at once, still with its first number; then
+    // its assignment cancelled.
+    let anew = w
+        .engine
+        .assign_team(request("r5", "inc-c", "CAD-NEW"))
+        .await
+        .expect("assign");
+    assert_eq!(anew.assignment.expect("assigned").cad_incident_id, "CAD-C");
+    let cancelled = w.engine.cancel_routing(cancel("x2")).await.expect("cancel");
+    assert_eq!(
+        cancelled.assignment.expect("cancelled").cad_incident_id,
+        "CAD-C"
+    );
+
+    // A first recommendation is not recorded: confirming it records its number.
+    let mut recommend = request("r6", "inc-r", "CAD-R");
+    recommend.mode = RECOMMEND.into();
+    w.engine.assign_team(recommend).await.expect("recommend");
+    let confirmed = w
+        .engine
+        .confirm_assignment(ConfirmAssignmentRequest {
+            request_id: "c1".into(),
+            incident_id: "inc-r".into(),
+            team_id: "t1".into(),
+        })
+        .await
+        .expect("confirm")
+        .assignment
+        .expect("assignment");
+    assert_eq!(confirmed.cad_incident_id, "CAD-R");
+
+    // Every event of each incident carries its number, and so do the assignment and queue
+    // entry inside it.
+    use AssignmentEventKind::{Assigned, Cancelled, Escalated, Queued, Released};
+    for (incident, cad, kinds) in [
+        ("inc-e", "CAD-E", vec![Queued, Escalated]),
+        (
+            "inc-a",
+            cad_a.as_str(),
+            vec![Queued, Queued, Assigned, Released],
+        ),
+        (
+            "inc-c",
+            "CAD-C",
+            vec![Queued, Cancelled, Assigned, Cancelled],
+        ),
+        ("inc-r", "CAD-R", vec![Assigned]),
+    ] {
+        let events = events_of(&w, incident).await;
+        let seen: Vec<AssignmentEventKind> = events.iter().map(|e| e.kind()).collect();
+        assert_eq!(seen, kinds, "{incident}");
+        for event in events {
+            assert_eq!(event.cad_incident_id, cad, "{incident}: {event:?}");
+            if let Some(a) = &event.assignment {
+                assert_eq!(a.cad_incident_id, cad, "{incident}: {event:?}");
+            }
+            if let Some(q) = &event.queued {
+                assert_eq!(q.cad_incident_id, cad, "{incident}: {event:?}");
+            }
+        }
+    }
+}
+
+/// A team of availability's Redis store `meters_north` of the incident, brought to `status`
+/// the way a team's terminal would (a busy team is claimed by another incident first).
+async fn redis_team(
+    store: &relay_availability::RedisTeamStore,
+    region: &str,
+    id: &str,
+    meters_north: f64,
+    caps: &[&str],
+    status: TeamStatus,
+) {
+    use relay_availability::{LocationReport, TeamStore, model::TeamDefinition};
+    let now = chrono::Utc::now();
+    let definition = TeamDefinition {
+        team_id: id.into(),
+        display_name: format!("Team {id}"),
+        region: region.into(),
+        capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+        shift_ends_at: None,
+    };
+    store
+        .upsert_team(&definition, None, now)
+        .await
+        .expect("upsert");
+    let position = team(id, meters_north, caps, 0, now)
+        .position
+        .expect("placed");
+    let report = LocationReport {
+        team_id: id.into(),
+        position: relay_availability::model::Position {
+            latitude: position.point.latitude,
+            longitude: position.point.longitude,
+        },
+        recorded_at: now,
+        heading_degrees: None,
+        speed_meters_per_second: None,
+        accuracy_meters: None,
+    };
+    store
+        .report_locations(&[report], now)
+        .await
+        .expect("report");
+    let set = |status: TeamStatus, incident: &'static str| async move {
+        store
+            .set_status(id, status, incident, None, now)
+            .await
+            .expect("status");
+    };
+    match status {
+        TeamStatus::OffDuty => {}
+        TeamStatus::OutOfService => set(TeamStatus::OutOfService, "").await,
+        TeamStatus::Available => set(TeamStatus::Available, "").await,
+        busy => {
+            set(TeamStatus::Available, "").await;
+            store
+                .claim(region, id, "elsewhere", None, now, None)
+                .await
+                .expect("claimed by another incident");
+            if busy != TeamStatus::Dispatched {
+                set(busy, "elsewhere").await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
+    // The production fleet: availability's store in Redis, where busy teams are not in the
+    // GEO set of AVAILABLE teams that ranking reads first.
+    let prefix = relay_tests::unique_name("routing_nearer");
+    let region = relay_tests::unique_name("region");
+    let client = redis::Client::open(relay_tests::redis_url()).expect("redis");
+    let store = relay_availability::RedisTeamStore::new(
+        client,
+        relay_availability::Keyspace::new(prefix.as_str()),
+        Duration::from_secs(60),
+    )
+    .expect("store");
+    for (id, meters, caps, status) in [
+        ("en-route", 300.0, &["clinician"][..], TeamStatus::EnRoute),
+        (
+            "out-of-service",
+            500.0,
+            &["clinician"],
+            TeamStatus::OutOfService,
+        ),
+        ("on-scene-peer", 700.0, &["peer"], TeamStatus::OnScene),
+        ("off-duty", 200.0, &["clinician"], TeamStatus::OffDuty),
+        ("chosen", 1_000.0, &["clinician"], TeamStatus::Available),
+        ("farther", 1_500.0, &["clinician"], TeamStatus::Available),
+        (
+            "busy-beyond",
+            5_000.0,
+            &["clinician"],
+            TeamStatus::Dispatched,
+        ),
+    ] {
+        redis_team(&store, &region, id, meters, caps, status).await;
+    }
+    let database = relay_tests::TestDatabase::new().await;
+    let record = common::postgres_store(&database).await;
+    let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
+        Arc::new(store),
+        Arc::new(relay_routing::clock::SystemClock),
+    ));
+    let engine = relay_routing::engine::Engine::new(
+        record,
+        fleet,
+        Arc::new(relay_routing::clock::SystemClock),
+        relay_routing::settings::RoutingSettings::default(),
+        relay_runtime::paging::PageTokens::new(b"k"),
+    );
+    let request = assign("r1", "inc-1", &region, RECOMMEND, 2, &["clinician"]);
+    let response = engine.assign_team(request).await.expect("recommend");
+    let listed: Vec<(&str, ExclusionReason)> = response
+        .candidates
+        .iter()
+        .map(|c| (c.team_id.as_str(), c.exclusion_reason()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("chosen", ExclusionReason::Unspecified),
+            ("farther", ExclusionReason::Unspecified),
+            ("en-route", ExclusionReason::NotAvailable),
+            ("out-of-service", ExclusionReason::NotAvailable),
+            // Capabilities come first in the contract's order of constraints.
+            ("on-scene-peer", ExclusionReason::MissingCapability),
+        ],
+        "every team nearer than the chosen one, with its reason; the off-duty team and the \
+         busy team past the chosen one's reach are not read"
+    );
+    let en_route = &response.candidates[2];
+    assert!(
+        en_route.rationale.contains("status EN_ROUTE"),
+        "{}",
+        en_route.rationale
+    );
+
+    // Assigned, the rationale names the nearest team that lost and why.
+    let response = engine
+        .assign_team(assign("r2", "inc-2", &region, AUTO, 2, &["clinician"]))
+        .await
+        .expect("assign");
+    assert_eq!(response.assignment.expect("assigned").team_id, "chosen");
+    assert!(
+        response
+            .rationale
+            .contains("Team en-route was nearer but status EN_ROUTE"),
+        "{}",
+        response.rationale
+    );
+    relay_tests::redis_delete_prefix(&prefix).await;
 }

@@ -8,7 +8,7 @@ use common::{INCIDENT, team};
 use relay_proto::{
     common::{AssignmentMode, TeamStatus},
     routing::{
-        AssignTeamRequest, AssignmentEventKind, AssignmentOutcome, ReleaseTeamRequest,
+        AssignTeamRequest, Assignment, AssignmentEventKind, AssignmentOutcome, ReleaseTeamRequest,
         WatchAssignmentsRequest, WatchAssignmentsResponse,
         routing_service_client::RoutingServiceClient,
     },
@@ -106,22 +106,33 @@ async fn next_event(
         .expect("event set")
 }
 
-#[tokio::test]
-async fn assignments_stream_in_order_and_resume_without_gap_across_a_restart() {
+/// A server over a fresh record and an in-process fleet with one AVAILABLE team, t1.
+async fn one_team_served() -> (TestDatabase, Arc<MemoryFleet>, String, Server) {
     let database = TestDatabase::new().await;
     let fleet = Arc::new(MemoryFleet::default());
     let region = relay_tests::unique_name("region");
     fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
-    let mut server = start(&database, fleet.clone()).await;
-    let mut stream = server
+    let server = start(&database, fleet.clone()).await;
+    (database, fleet, region, server)
+}
+
+/// The region's events from the next one on.
+async fn watch_from_now(server: &mut Server, region: &str) -> Streaming<WatchAssignmentsResponse> {
+    server
         .client
         .watch_assignments(WatchAssignmentsRequest {
-            region: region.clone(),
+            region: region.to_owned(),
             after_event_id: String::new(),
         })
         .await
         .expect("watch")
-        .into_inner();
+        .into_inner()
+}
+
+#[tokio::test]
+async fn assignments_stream_in_order_and_resume_without_gap_across_a_restart() {
+    let (database, fleet, region, mut server) = one_team_served().await;
+    let mut stream = watch_from_now(&mut server, &region).await;
 
     let assigned = server
         .client
@@ -243,15 +254,8 @@ async fn errors_carry_their_reason_fields_and_metadata_over_the_wire() {
         details.error_info().expect("info").domain,
         "relay.routing.v1"
     );
-    let fields: Vec<String> = details
-        .bad_request()
-        .expect("bad request")
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect();
     assert_eq!(
-        fields,
+        violated_fields(&error),
         ["request_id", "location", "required_capabilities[0]"]
     );
     assert_eq!(fleet.all_teams()[0].snapshot.status, TeamStatus::Available);
@@ -411,4 +415,114 @@ async fn relay_dev_runs_on_sqlite_with_the_memory_fleet() {
     assert_eq!(list.queued_incidents[0].incident_id, "inc-2");
     let _ = stop.send(());
     task.await.expect("join").expect("serve");
+}
+
+/// The fields a google.rpc.BadRequest of `status` names.
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .expect("bad request")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}
+
+async fn assigned(server: &mut Server, request: AssignTeamRequest) -> Assignment {
+    server
+        .client
+        .assign_team(request)
+        .await
+        .expect("assign")
+        .into_inner()
+        .assignment
+        .expect("assigned")
+}
+
+#[tokio::test]
+async fn a_cad_reads_why_each_assignment_ended_and_its_own_incident_number() {
+    use relay_proto::routing::{AssignmentEndCause, GetAssignmentRequest};
+    let (_database, fleet, region, mut server) = one_team_served().await;
+    let mut stream = watch_from_now(&mut server, &region).await;
+    let numbered = |request_id: &str, incident_id: &str, cad: &str| {
+        common::with_cad_incident_id(request(request_id, incident_id, &region, &[]), cad)
+    };
+
+    // Too long a number is refused, naming the field.
+    let status = server
+        .client
+        .assign_team(numbered("r0", "inc-0", &"x".repeat(129)))
+        .await
+        .expect_err("too long");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), ["cad_incident_id"]);
+
+    // Released by a caller who writes "team cleared": RELEASED all the same.
+    let first = assigned(&mut server, numbered("r1", "inc-1", "CAD-1")).await;
+    assert_eq!(first.cad_incident_id, "CAD-1");
+    let released = server
+        .client
+        .release_team(ReleaseTeamRequest {
+            request_id: "rel-1".into(),
+            assignment_id: first.assignment_id.clone(),
+            reason: "team cleared".into(),
+        })
+        .await
+        .expect("release")
+        .into_inner()
+        .assignment
+        .expect("ended");
+    assert_eq!(released.end_cause(), AssignmentEndCause::Released);
+
+    // The team clears to AVAILABLE on its own: TEAM_CLEARED.
+    let second = assigned(&mut server, numbered("r2", "inc-2", "CAD-2")).await;
+    fleet.set_status("t1", TeamStatus::OnScene);
+    fleet.set_status("t1", TeamStatus::Available);
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let event = next_event(&mut stream).await;
+        let cause = event.assignment.as_ref().map(|a| a.end_cause());
+        seen.push((event.kind(), event.cad_incident_id.clone(), cause));
+    }
+    let cad = |n: &str| format!("CAD-{n}");
+    assert_eq!(
+        seen,
+        [
+            (
+                AssignmentEventKind::Assigned,
+                cad("1"),
+                Some(AssignmentEndCause::Unspecified)
+            ),
+            (
+                AssignmentEventKind::Released,
+                cad("1"),
+                Some(AssignmentEndCause::Released)
+            ),
+            (
+                AssignmentEventKind::Assigned,
+                cad("2"),
+                Some(AssignmentEndCause::Unspecified)
+            ),
+            (
+                AssignmentEventKind::Released,
+                cad("2"),
+                Some(AssignmentEndCause::TeamCleared)
+            ),
+        ]
+    );
+    let read = server
+        .client
+        .get_assignment(GetAssignmentRequest {
+            assignment_id: second.assignment_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .assignment
+        .expect("assignment");
+    assert_eq!(read.end_cause(), AssignmentEndCause::TeamCleared);
+    assert_eq!(read.cad_incident_id, "CAD-2");
+    server.stop().await;
 }

@@ -7,6 +7,11 @@
 //!   request span, so the server's spans join the caller's trace.
 //! - `traceresponse`: the server span's context, in `traceparent` format (W3C Trace Context
 //!   Level 2), so a caller can find the server side of its call.
+//! - Codec errors are the caller's: tonic answers a request it cannot decode (bad varint,
+//!   invalid UTF-8, wrong wire type, nesting too deep) with INTERNAL and one over the size
+//!   limit with OUT_OF_RANGE. This layer, the one place every RPC passes, turns them into
+//!   INVALID_ARGUMENT (reason `UNDECODABLE_REQUEST`, a `BadRequest` naming the request body)
+//!   and RESOURCE_EXHAUSTED (reason `REQUEST_TOO_LARGE`), as the gRPC status code guide says.
 
 use std::{
     pin::Pin,
@@ -113,6 +118,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let request_id = request_id_of(request.headers());
+        let path = request.uri().path().to_owned();
         let parent = global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
@@ -131,6 +137,7 @@ where
             async move {
                 let mut response = future.await?;
                 let headers = response.headers_mut();
+                remap_codec_error(&path, headers);
                 if let Ok(value) = HeaderValue::try_from(request_id) {
                     headers.insert(REQUEST_ID, value);
                 }
@@ -142,6 +149,63 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// The proto package of a gRPC path (`/relay.intake.v1.IntakeService/SubmitIncident` gives
+/// `relay.intake.v1`), the `domain` of the errors the service sends.
+fn domain_of(path: &str) -> String {
+    let service = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    service
+        .rsplit_once('.')
+        .map_or(service, |(package, _)| package)
+        .to_owned()
+}
+
+/// See the module docs. A trailers-only response carries its status in the headers, which is
+/// where tonic puts a status it made before the handler ran.
+fn remap_codec_error(path: &str, headers: &mut HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    let message = status.message();
+    let (code, reason, text) = match status.code() {
+        tonic::Code::Internal if message.starts_with("failed to decode Protobuf message") => (
+            tonic::Code::InvalidArgument,
+            "UNDECODABLE_REQUEST",
+            format!("the request is not a valid protobuf message of its type: {message}"),
+        ),
+        tonic::Code::OutOfRange
+            if message.starts_with("Error, decoded message length too large") =>
+        {
+            (
+                tonic::Code::ResourceExhausted,
+                "REQUEST_TOO_LARGE",
+                format!("the request is larger than the server accepts: {message}"),
+            )
+        }
+        _ => return,
+    };
+    let mut details = tonic_types::ErrorDetails::new();
+    if code == tonic::Code::InvalidArgument {
+        details.add_bad_request_violation("request", text.clone());
+    }
+    details.set_error_info(
+        reason,
+        domain_of(path),
+        std::collections::HashMap::<String, String>::new(),
+    );
+    let remapped =
+        <tonic::Status as tonic_types::StatusExt>::with_error_details(code, text, details);
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        headers.remove(name);
+    }
+    if remapped.add_header(headers).is_err() {
+        tracing::warn!("could not write a remapped codec error");
     }
 }
 

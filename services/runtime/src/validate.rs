@@ -114,11 +114,19 @@ impl Violations {
         value: Option<&prost_types::Timestamp>,
     ) -> Option<DateTime<Utc>> {
         let value = value?;
+        // google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z to
+        // 9999-12-31T23:59:59.999999999Z. chrono accepts far more, which no JSON mapping can
+        // render afterwards.
+        let in_range = (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&value.seconds);
         let converted = u32::try_from(value.nanos)
             .ok()
+            .filter(|nanos| *nanos < 1_000_000_000 && in_range)
             .and_then(|nanos| Utc.timestamp_opt(value.seconds, nanos).single());
         if converted.is_none() {
-            self.add(field, "is not a valid timestamp");
+            self.add(
+                field,
+                "is not a valid timestamp (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, nanos 0 to 999999999)",
+            );
         }
         converted
     }
@@ -149,6 +157,11 @@ impl Violations {
         }
     }
 }
+
+/// The first second google.protobuf.Timestamp can hold (0001-01-01T00:00:00Z).
+pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// The last second google.protobuf.Timestamp can hold (9999-12-31T23:59:59Z).
+pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
 /// Whether `tag` is a valid capability tag (`[a-z0-9:_-]{1,32}`).
 #[must_use]
@@ -271,6 +284,25 @@ mod tests {
                 nanos: -1,
             }),
         );
-        assert_eq!(fields(v), ["bad"]);
+        for (name, seconds, nanos) in [
+            ("before_year_1", MIN_TIMESTAMP_SECONDS - 1, 0),
+            ("after_year_9999", MAX_TIMESTAMP_SECONDS + 1, 0),
+            ("too_many_nanos", 0, 1_000_000_000),
+        ] {
+            v.timestamp(name, Some(&prost_types::Timestamp { seconds, nanos }));
+        }
+        for (seconds, nanos) in [
+            (MIN_TIMESTAMP_SECONDS, 0),
+            (MAX_TIMESTAMP_SECONDS, 999_999_999),
+        ] {
+            assert!(
+                v.timestamp("edge", Some(&prost_types::Timestamp { seconds, nanos }))
+                    .is_some()
+            );
+        }
+        assert_eq!(
+            fields(v),
+            ["bad", "before_year_1", "after_year_9999", "too_many_nanos"]
+        );
     }
 }

@@ -369,6 +369,35 @@ pub trait TeamStore: Send + Sync + 'static {
         })
     }
 
+    /// Up to `count` teams of the region that are on duty but not AVAILABLE (busy or out of
+    /// service) and have a position within `radius_meters` of `point`, nearest first (ties by
+    /// team id), as the fields a ranking needs with their distances: what routing lists beside
+    /// the nearest AVAILABLE teams, so that every nearer team's exclusion is explained. This
+    /// default reads the whole region; the Redis store answers from its GEO set of such teams.
+    async fn nearest_unavailable(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Vec<(TeamSummary, f64)>, StoreError> {
+        let mut teams = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .list_teams(Some(region), None, after.as_deref(), 500)
+                .await?;
+            after = page.teams.last().map(|t| t.team_id.clone());
+            teams.extend(page.teams.iter().map(TeamSummary::from));
+            if !page.more || after.is_none() {
+                break;
+            }
+        }
+        let mut found = rank_placed(teams, point, radius_meters, is_unavailable);
+        found.truncate(count);
+        Ok(found)
+    }
+
     /// As [`Self::available_near`], keeping only teams with every required capability.
     async fn find_available(
         &self,
@@ -405,9 +434,29 @@ pub fn rank_candidates<T: Placed>(
     point: Position,
     radius_meters: f64,
 ) -> Vec<(T, f64)> {
+    rank_placed(teams, point, radius_meters, |status| {
+        status == TeamStatus::Available
+    })
+}
+
+/// Whether a team in `status` belongs to [`TeamStore::nearest_unavailable`]'s answer: on
+/// duty, not AVAILABLE.
+#[must_use]
+pub fn is_unavailable(status: TeamStatus) -> bool {
+    !matches!(status, TeamStatus::OffDuty | TeamStatus::Available)
+}
+
+/// As [`rank_candidates`], for the teams whose status `keep` accepts.
+#[must_use]
+pub fn rank_placed<T: Placed>(
+    teams: Vec<T>,
+    point: Position,
+    radius_meters: f64,
+    keep: fn(TeamStatus) -> bool,
+) -> Vec<(T, f64)> {
     let mut found: Vec<(T, f64)> = teams
         .into_iter()
-        .filter(|team| team.status() == TeamStatus::Available)
+        .filter(|team| keep(team.status()))
         .filter_map(|team| {
             let position = team.location()?;
             if position.latitude.abs() > MAX_INDEXED_LATITUDE {

@@ -16,8 +16,8 @@ use redis::{
 
 use super::{
     ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, Nearest,
-    ReleaseError, ReleaseOutcome, StoreError, TeamPage, TeamStore, UpsertOutcome, rank_candidates,
-    scripts,
+    ReleaseError, ReleaseOutcome, StoreError, TeamPage, TeamStore, UpsertOutcome, is_unavailable,
+    rank_candidates, rank_placed, scripts,
 };
 use crate::{
     keyspace::Keyspace,
@@ -303,6 +303,20 @@ fn encode_team(team: &Team) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `GEOSEARCH <key> FROMLONLAT <point> BYRADIUS <radius plus the margin> m`, the start of
+/// every proximity query (the caller adds ordering and a count).
+fn geosearch(key: String, point: Position, radius_meters: f64) -> redis::Cmd {
+    let mut cmd = redis::cmd("GEOSEARCH");
+    cmd.arg(key)
+        .arg("FROMLONLAT")
+        .arg(point.longitude)
+        .arg(point.latitude)
+        .arg("BYRADIUS")
+        .arg(radius_meters + GEO_MARGIN_METERS)
+        .arg("m");
+    cmd
+}
+
 fn first(reply: &[String]) -> &str {
     reply.first().map_or("", String::as_str)
 }
@@ -487,6 +501,7 @@ impl RedisTeamStore {
             .key(self.keys.teams(from))
             .key(self.keys.events(from))
             .key(self.keys.available(from))
+            .key(self.keys.unavailable(from))
             .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
             .arg(to_micros(now))
             .arg(self.retention_ms())
@@ -521,6 +536,8 @@ impl RedisTeamStore {
             .key(self.keys.team(&definition.region, &definition.team_id))
             .key(self.keys.teams(&definition.region))
             .key(self.keys.events(&definition.region))
+            .key(self.keys.available(&definition.region))
+            .key(self.keys.unavailable(&definition.region))
             .arg(&definition.team_id)
             .arg(to_micros(now))
             .arg(self.retention_ms());
@@ -660,6 +677,7 @@ impl RedisTeamStore {
                 invocation
                     .key(self.keys.available(region))
                     .key(self.keys.events(region))
+                    .key(self.keys.unavailable(region))
                     .arg(now)
                     .arg(&min_id);
                 for (_, report, _) in reports.iter().filter(|(_, _, r)| r == region) {
@@ -825,6 +843,7 @@ impl TeamStore for RedisTeamStore {
             .key(self.keys.team(&region, team_id))
             .key(self.keys.available(&region))
             .key(self.keys.events(&region))
+            .key(self.keys.unavailable(&region))
             .arg(status as i32)
             .arg(incident_id)
             .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
@@ -920,14 +939,7 @@ impl TeamStore for RedisTeamStore {
         point: Position,
         radius_meters: f64,
     ) -> Result<Vec<(Team, f64)>, StoreError> {
-        let ids: Vec<String> = redis::cmd("GEOSEARCH")
-            .arg(self.keys.available(region))
-            .arg("FROMLONLAT")
-            .arg(point.longitude)
-            .arg(point.latitude)
-            .arg("BYRADIUS")
-            .arg(radius_meters + GEO_MARGIN_METERS)
-            .arg("m")
+        let ids: Vec<String> = geosearch(self.keys.available(region), point, radius_meters)
             .query_async(&mut self.conn())
             .await?;
         let keys: Vec<String> = ids.iter().map(|id| self.keys.team(region, id)).collect();
@@ -949,14 +961,7 @@ impl TeamStore for RedisTeamStore {
         let count = count.max(1);
         let mut reach = FIRST_REACH_METERS.min(radius_meters);
         let (found, frontier) = loop {
-            let found: Vec<(String, f64)> = redis::cmd("GEOSEARCH")
-                .arg(self.keys.available(region))
-                .arg("FROMLONLAT")
-                .arg(point.longitude)
-                .arg(point.latitude)
-                .arg("BYRADIUS")
-                .arg(reach + GEO_MARGIN_METERS)
-                .arg("m")
+            let found: Vec<(String, f64)> = geosearch(self.keys.available(region), point, reach)
                 .arg("ASC")
                 .arg("COUNT")
                 .arg(count)
@@ -988,6 +993,31 @@ impl TeamStore for RedisTeamStore {
         Ok(Nearest { teams, frontier })
     }
 
+    async fn nearest_unavailable(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Vec<(TeamSummary, f64)>, StoreError> {
+        // One GEOSEARCH of the region's set of on-duty teams that are not available, then
+        // their fields in one pipeline (none when nothing is found): two round trips at most,
+        // whatever the number of teams found.
+        let found: Vec<String> = geosearch(self.keys.unavailable(region), point, radius_meters)
+            .arg("ASC")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut self.conn())
+            .await?;
+        let keys: Vec<String> = found.iter().map(|id| self.keys.team(region, id)).collect();
+        let summaries = self
+            .read_fields(&keys, &SUMMARY_FIELDS, decode_summary)
+            .await?;
+        let mut teams = rank_placed(summaries, point, radius_meters, is_unavailable);
+        teams.truncate(count);
+        Ok(teams)
+    }
+
     async fn claim(
         &self,
         region: &str,
@@ -1011,6 +1041,7 @@ impl TeamStore for RedisTeamStore {
             .key(self.keys.team(region, team_id))
             .key(self.keys.available(region))
             .key(self.keys.events(region))
+            .key(self.keys.unavailable(region))
             .arg(incident_id)
             .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
             .arg(to_micros(now))
@@ -1053,6 +1084,7 @@ impl TeamStore for RedisTeamStore {
             .key(self.keys.team(region, team_id))
             .key(self.keys.available(region))
             .key(self.keys.events(region))
+            .key(self.keys.unavailable(region))
             .arg(incident_id)
             .arg(to_micros(now))
             .arg(self.retention_ms())
@@ -1224,5 +1256,144 @@ mod tests {
         let mut broken: HashMap<String, String> = map.clone();
         broken.insert("status".into(), "99".into());
         assert!(decode_team(&broken).is_err());
+    }
+
+    /// What [`TeamStore::nearest_unavailable`] must answer, by brute force over every team
+    /// of the region (the trait's default).
+    async fn unavailable_by_scan(
+        store: &RedisTeamStore,
+        region: &str,
+        radius: f64,
+    ) -> Vec<(String, f64)> {
+        let teams = store
+            .list_teams(Some(region), None, None, 1_000)
+            .await
+            .expect("list")
+            .teams;
+        rank_placed(teams, CENTER, radius, is_unavailable)
+            .into_iter()
+            .map(|(team, distance)| (team.team_id, distance))
+            .collect()
+    }
+
+    const CENTER: Position = Position {
+        latitude: 44.05,
+        longitude: -123.09,
+    };
+
+    /// The region's set of on-duty teams that are not available follows every script that
+    /// changes a status, a position or a region, so that its GEOSEARCH answers what a scan of
+    /// the region would.
+    #[tokio::test]
+    async fn the_unavailable_set_follows_status_position_and_region() {
+        let prefix = relay_tests::unique_name("avail_unavailable");
+        let client = redis::Client::open(relay_tests::redis_url()).expect("redis");
+        let store = RedisTeamStore::new(
+            client,
+            Keyspace::new(prefix.as_str()),
+            Duration::from_secs(60),
+        )
+        .expect("store");
+        let now = Utc::now();
+        let define = |id: &str, region: &str| TeamDefinition {
+            team_id: id.into(),
+            display_name: id.into(),
+            region: region.into(),
+            capabilities: vec![],
+            shift_ends_at: None,
+        };
+        let at = |meters_north: f64, recorded: i64| LocationReport {
+            team_id: "t".into(),
+            position: Position {
+                latitude: CENTER.latitude + meters_north / 111_195.0,
+                longitude: CENTER.longitude,
+            },
+            recorded_at: now + chrono::Duration::seconds(recorded),
+            heading_degrees: None,
+            speed_meters_per_second: None,
+            accuracy_meters: None,
+        };
+        let within = |region: &'static str, radius: f64, want: &'static [&'static str]| {
+            let store = &store;
+            async move {
+                let found = store
+                    .nearest_unavailable(region, CENTER, radius, 10)
+                    .await
+                    .expect("nearest");
+                let found: Vec<(String, f64)> = found
+                    .into_iter()
+                    .map(|(team, distance)| (team.team_id, distance))
+                    .collect();
+                let scan = unavailable_by_scan(store, region, radius).await;
+                assert_eq!(found, scan, "{region}");
+                let ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
+                assert_eq!(ids, want, "{region}");
+                found
+            }
+        };
+        let check =
+            |region: &'static str, want: &'static [&'static str]| within(region, 10_000.0, want);
+        store
+            .upsert_team(&define("t", "a"), None, now)
+            .await
+            .expect("upsert");
+        // Out of service without a position: in no GEO set.
+        store
+            .upsert_team(&define("u", "a"), None, now)
+            .await
+            .expect("upsert");
+        store
+            .set_status("u", TeamStatus::OutOfService, "", None, now)
+            .await
+            .expect("status");
+        store
+            .report_locations(&[at(900.0, 1)], now)
+            .await
+            .expect("report");
+        check("a", &[]).await;
+        let set = |status: TeamStatus, incident: &'static str| {
+            let store = &store;
+            async move {
+                store
+                    .set_status("t", status, incident, None, now)
+                    .await
+                    .expect("status");
+            }
+        };
+        set(TeamStatus::OutOfService, "").await;
+        check("a", &["t"]).await;
+        set(TeamStatus::Available, "").await;
+        check("a", &[]).await;
+        store
+            .claim("a", "t", "i1", None, now, None)
+            .await
+            .expect("claim");
+        let before = check("a", &["t"]).await;
+        // A busy team's position moves it in the set: nearer, it is found within a radius
+        // its old position was outside of.
+        store
+            .report_locations(&[at(500.0, 2)], now)
+            .await
+            .expect("report");
+        let after = within("a", 700.0, &["t"]).await;
+        assert!(
+            after[0].1 < before[0].1 - 300.0,
+            "{before:?} then {after:?}"
+        );
+        set(TeamStatus::EnRoute, "i1").await;
+        check("a", &["t"]).await;
+        store.release("a", "t", "i1", now).await.expect("release");
+        check("a", &[]).await;
+        set(TeamStatus::OutOfService, "").await;
+        // A region change takes it out of the old region's set and into the new one's.
+        store
+            .upsert_team(&define("t", "b"), None, now)
+            .await
+            .expect("move");
+        check("a", &[]).await;
+        check("b", &["t"]).await;
+        set(TeamStatus::OffDuty, "").await;
+        check("b", &[]).await;
+        relay_tests::redis_delete_prefix(&prefix).await;
     }
 }

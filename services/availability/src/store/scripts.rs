@@ -13,11 +13,17 @@ local function emit(events, hash, kind, now, retention_ms)
   local fields = redis.call('HGETALL', hash)
   redis.call('XADD', events, 'MINID', '~', string.format('%d', minid), '*', 'kind', kind, 'at', now, unpack(fields))
 end
-local function index(geo, id, status, lat, lon)
-  if status == '2' and lat ~= '' and lat ~= false and math.abs(tonumber(lat)) <= 85.05112878 then
+local function index(geo, unavailable, id, status, lat, lon)
+  local placed = lat ~= '' and lat ~= false and math.abs(tonumber(lat)) <= 85.05112878
+  if status == '2' and placed then
     redis.call('GEOADD', geo, lon, lat, id)
   else
     redis.call('ZREM', geo, id)
+  end
+  if status ~= '1' and status ~= '2' and placed then
+    redis.call('GEOADD', unavailable, lon, lat, id)
+  else
+    redis.call('ZREM', unavailable, id)
   end
 end
 local function has(list, item)
@@ -71,7 +77,7 @@ return {'created'}
 ";
 
 /// Removes a team from its old region (region change, first step).
-/// KEYS: hash, teams, events, geo. ARGV: expected ('' = none), now, retention_ms,
+/// KEYS: hash, teams, events, geo, unavailable geo. ARGV: expected ('' = none), now, retention_ms,
 /// allowed statuses (',1,7,').
 pub(super) const MOVE_OUT: &str = r"
 local h = KEYS[1]
@@ -84,23 +90,28 @@ emit(KEYS[3], h, 'removed', ARGV[2], ARGV[3])
 redis.call('DEL', h)
 redis.call('SREM', KEYS[2], cur[3])
 redis.call('ZREM', KEYS[4], cur[3])
+redis.call('ZREM', KEYS[5], cur[3])
 table.insert(fields, 1, 'ok')
 return fields
 ";
 
 /// Adds a moved team to its new region (region change, second step).
-/// KEYS: hash, teams, events. ARGV: id, now, retention_ms, then field, value, ...
+/// KEYS: hash, teams, events, geo, unavailable geo. ARGV: id, now, retention_ms, then field,
+/// value, ...
 pub(super) const MOVE_IN: &str = r"
 local h = KEYS[1]
 redis.call('DEL', h)
 redis.call('HSET', h, unpack(ARGV, 4))
 redis.call('SADD', KEYS[2], ARGV[1])
+local cur = redis.call('HMGET', h, 'status', 'lat', 'lon')
+index(KEYS[4], KEYS[5], ARGV[1], cur[1], cur[2], cur[3])
 emit(KEYS[3], h, 'upserted', ARGV[2], ARGV[3])
 return result('ok', h)
 ";
 
 /// Changes a status following the state machine.
-/// KEYS: hash, geo, events. ARGV: target, incident, expected ('' = none), allowed-from list,
+/// KEYS: hash, geo, events, unavailable geo. ARGV: target, incident, expected ('' = none),
+/// allowed-from list,
 /// busy list, now, retention_ms.
 pub(super) const SET_STATUS: &str = r"
 local h = KEYS[1]
@@ -125,7 +136,7 @@ if busy_target then next_incident = cur[3] end
 redis.call('HSET', h, 'status', target, 'incident', next_incident, 'updated', ARGV[6])
 if busy_now and not busy_target then redis.call('HSET', h, 'last_incident', cur[3]) end
 redis.call('HINCRBY', h, 'rev', 1)
-index(KEYS[2], cur[6], target, cur[4], cur[5])
+index(KEYS[2], KEYS[4], cur[6], target, cur[4], cur[5])
 emit(KEYS[3], h, 'status', ARGV[6], ARGV[7])
 return result('ok', h)
 ";
@@ -135,7 +146,7 @@ return result('ok', h)
 /// reports, so the cost of calling a script is paid once per chunk, not once per report; each
 /// report reads the whole team in one HMGET and builds its event from it (no HGETALL), and the
 /// stream's trim point comes from the caller (no TIME).
-/// KEYS: geo, events, then one team hash per report. ARGV: now, min event id, then six per
+/// KEYS: geo, events, unavailable geo, then one team hash per report. ARGV: now, min event id, then six per
 /// report: lat, lon, recorded_at, hdg, spd, acc. Returns two strings per report: 'ok' and the
 /// new revision, 'stale' and the current revision, or 'missing' and ''.
 pub(super) const REPORT_LOCATIONS: &str = r"
@@ -143,8 +154,8 @@ local F = {'id', 'name', 'region', 'caps', 'status', 'lat', 'lon', 'loc_at', 'hd
   'acc', 'incident', 'last_incident', 'shift_end', 'rev', 'fence', 'created', 'updated'}
 local now, minid = ARGV[1], ARGV[2]
 local out = {}
-for r = 1, #KEYS - 2 do
-  local h = KEYS[r + 2]
+for r = 1, #KEYS - 3 do
+  local h = KEYS[r + 3]
   local a = (r - 1) * 6 + 2
   local lat, lon, at, hdg, spd, acc = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
     ARGV[a + 5], ARGV[a + 6]
@@ -161,7 +172,7 @@ for r = 1, #KEYS - 2 do
     v[15], v[18] = rev, now
     redis.call('HSET', h, 'lat', lat, 'lon', lon, 'loc_at', at, 'hdg', hdg, 'spd', spd,
       'acc', acc, 'rev', rev, 'updated', now)
-    if v[5] == '2' then index(KEYS[1], v[1], '2', lat, lon) end
+    if v[5] ~= '1' then index(KEYS[1], KEYS[3], v[1], v[5], lat, lon) end
     local args = {KEYS[2], 'MINID', '~', minid, '*', 'kind', 'location', 'at', now}
     for i = 1, #F do
       args[#args + 1] = F[i]
@@ -176,11 +187,12 @@ return out
 ";
 
 /// Claims an available team for an incident.
-/// KEYS: hash, geo, events. ARGV: incident, expected ('' = none), now, max_age_us, retention_ms.
+/// KEYS: hash, geo, events, unavailable geo. ARGV: incident, expected ('' = none), now,
+/// max_age_us, retention_ms.
 pub(super) const CLAIM: &str = r"
 local h = KEYS[1]
 if redis.call('EXISTS', h) == 0 then return {'missing'} end
-local cur = redis.call('HMGET', h, 'status', 'rev', 'loc_at', 'id')
+local cur = redis.call('HMGET', h, 'status', 'rev', 'loc_at', 'id', 'lat', 'lon')
 if cur[1] ~= '2' then return {'status', cur[1]} end
 if ARGV[4] ~= '' and (cur[3] == '' or tonumber(ARGV[3]) - tonumber(cur[3]) > tonumber(ARGV[4])) then
   return {'stale'}
@@ -189,13 +201,13 @@ if ARGV[2] ~= '' and ARGV[2] ~= cur[2] then return {'rev', cur[2]} end
 redis.call('HSET', h, 'status', '3', 'incident', ARGV[1], 'updated', ARGV[3])
 redis.call('HINCRBY', h, 'rev', 1)
 redis.call('HINCRBY', h, 'fence', 1)
-redis.call('ZREM', KEYS[2], cur[4])
+index(KEYS[2], KEYS[4], cur[4], '3', cur[5], cur[6])
 emit(KEYS[3], h, 'status', ARGV[3], ARGV[5])
 return result('ok', h)
 ";
 
 /// Releases a team busy on an incident.
-/// KEYS: hash, geo, events. ARGV: incident, now, retention_ms, busy list.
+/// KEYS: hash, geo, events, unavailable geo. ARGV: incident, now, retention_ms, busy list.
 pub(super) const RELEASE: &str = r"
 local h = KEYS[1]
 if redis.call('EXISTS', h) == 0 then return {'missing'} end
@@ -204,7 +216,7 @@ local busy = has(ARGV[4], cur[1])
 if busy and cur[2] == ARGV[1] then
   redis.call('HSET', h, 'status', '2', 'incident', '', 'last_incident', ARGV[1], 'updated', ARGV[2])
   redis.call('HINCRBY', h, 'rev', 1)
-  index(KEYS[2], cur[6], '2', cur[4], cur[5])
+  index(KEYS[2], KEYS[4], cur[6], '2', cur[4], cur[5])
   emit(KEYS[3], h, 'status', ARGV[2], ARGV[3])
   return result('ok', h)
 end

@@ -4,13 +4,14 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use relay_proto::{
     common::GeoPoint,
     routing::{
-        Assignment, AssignmentEvent, AssignmentEventKind, AssignmentSource, AssignmentState,
+        Assignment, AssignmentEndCause, AssignmentEvent, AssignmentEventKind, AssignmentSource,
+        AssignmentState,
     },
 };
 
 use super::{
     EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord, Store,
-    StoreError, Write, timestamp,
+    StoreError, TEAM_CLEARED, Write, timestamp,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -38,6 +39,7 @@ fn incident(id: &str, region: &str, state: IncidentState) -> IncidentRecord {
         unserved_reason: 0,
         version: 0,
         update_time: t0(),
+        cad_incident_id: String::new(),
     }
 }
 
@@ -65,6 +67,8 @@ fn assignment(id: &str, incident_id: &str, team_id: &str, token: i64) -> Assignm
         cad_system: "cad".into(),
         end_time: None,
         end_reason: String::new(),
+        end_cause: 0,
+        cad_incident_id: String::new(),
     }
 }
 
@@ -78,6 +82,7 @@ fn event(incident_id: &str) -> AssignmentEvent {
         queued: None,
         reason: 3,
         event_time: Some(timestamp(t0())),
+        cad_incident_id: String::new(),
     }
 }
 
@@ -189,6 +194,7 @@ pub(crate) async fn one_active_assignment_per_team_and_per_incident(store: &dyn 
         state: AssignmentState::Released,
         end_time: t0() + Duration::minutes(5),
         end_reason: "done".into(),
+        end_cause: AssignmentEndCause::Released,
     };
     store
         .write(Write {
@@ -239,6 +245,7 @@ pub(crate) async fn stale_fencing_tokens_are_refused(store: &dyn Store) {
                 state: AssignmentState::Cancelled,
                 end_time: t0(),
                 end_reason: "x".into(),
+                end_cause: AssignmentEndCause::Cancelled,
             }),
             ..Write::default()
         })
@@ -366,6 +373,7 @@ pub(crate) async fn lookup_assignment_reads_request_assignment_and_incident(stor
                 state: AssignmentState::Released,
                 end_time: t0(),
                 end_reason: "done".into(),
+                end_cause: AssignmentEndCause::Released,
             }),
             ..Write::default()
         })
@@ -526,6 +534,196 @@ pub(crate) async fn concurrent_writers_get_gapless_ordered_numbers(store: &dyn S
     }
 }
 
+async fn end(
+    store: &dyn Store,
+    assignment_id: &str,
+    state: AssignmentState,
+    cause: AssignmentEndCause,
+    reason: &str,
+) {
+    store
+        .write(Write {
+            region: "r".into(),
+            end_assignment: Some(EndAssignment {
+                assignment_id: assignment_id.into(),
+                state,
+                end_time: t0(),
+                end_reason: reason.into(),
+                end_cause: cause,
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("end");
+}
+
+async fn end_cause_of(store: &dyn Store, assignment_id: &str) -> AssignmentEndCause {
+    let read = store.assignment(assignment_id).await.expect("read");
+    read.expect("exists").end_cause()
+}
+
+pub(crate) async fn end_causes_and_cad_incident_ids_round_trip(store: &dyn Store) {
+    let mut record = incident("i1", "r", IncidentState::Routed);
+    record.cad_incident_id = "2026-000123".into();
+    create(store, record).await;
+    let read = store.incident("i1").await.expect("read").expect("exists");
+    assert_eq!(read.cad_incident_id, "2026-000123");
+    // An update writes it like any other field.
+    let mut next = read.clone();
+    next.cad_incident_id = "URN:EIDO:x".repeat(12);
+    store
+        .write(Write {
+            region: "r".into(),
+            incident: Some(IncidentWrite {
+                record: next.clone(),
+                expected_version: read.version,
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("update");
+    let found = store.lookup("none", "i1").await.expect("lookup");
+    assert_eq!(
+        found.incident.expect("exists").cad_incident_id,
+        next.cad_incident_id
+    );
+
+    let mut a = assignment("a1", "i1", "t1", 1);
+    a.cad_incident_id = "2026-000123".into();
+    assign(store, a.clone()).await.expect("assign");
+    let active = store.assignment("a1").await.expect("read").expect("exists");
+    assert_eq!(active, a, "ACTIVE: cause UNSPECIFIED, the CAD number kept");
+    assert_eq!(active.end_cause(), AssignmentEndCause::Unspecified);
+
+    // The recorded cause wins over the reason text: a ReleaseTeam whose caller wrote
+    // "team cleared" stays RELEASED.
+    let released = AssignmentState::Released;
+    end(
+        store,
+        "a1",
+        released,
+        AssignmentEndCause::Released,
+        TEAM_CLEARED,
+    )
+    .await;
+    let ended = store
+        .lookup_assignment("none", "a1")
+        .await
+        .expect("lookup")
+        .assignment
+        .expect("exists");
+    assert_eq!(ended.end_cause(), AssignmentEndCause::Released);
+    assert_eq!(ended.end_reason, TEAM_CLEARED);
+    assert_eq!(ended.cad_incident_id, "2026-000123");
+    let cancelled = AssignmentState::Cancelled;
+    let unspecified = AssignmentEndCause::Unspecified;
+    for (n, state, cause, reason, want) in [
+        (
+            2,
+            released,
+            AssignmentEndCause::TeamCleared,
+            "x",
+            AssignmentEndCause::TeamCleared,
+        ),
+        (
+            3,
+            cancelled,
+            AssignmentEndCause::Cancelled,
+            "x",
+            AssignmentEndCause::Cancelled,
+        ),
+        // Ended without a cause (a replica of the previous release): derived from the state
+        // and the reason.
+        (
+            4,
+            released,
+            unspecified,
+            TEAM_CLEARED,
+            AssignmentEndCause::TeamCleared,
+        ),
+        (
+            5,
+            released,
+            unspecified,
+            "handed back",
+            AssignmentEndCause::Released,
+        ),
+        (
+            6,
+            cancelled,
+            unspecified,
+            TEAM_CLEARED,
+            AssignmentEndCause::Cancelled,
+        ),
+    ] {
+        let id = format!("a{n}");
+        assign(store, assignment(&id, "i1", "t1", n))
+            .await
+            .expect("assign");
+        end(store, &id, state, cause, reason).await;
+        assert_eq!(end_cause_of(store, &id).await, want, "{id}: {reason}");
+    }
+}
+
+/// Rows as the release before the `end_cause` column wrote them (the same SQL on both
+/// backends): three ended assignments, one ACTIVE.
+pub(crate) const ROWS_BEFORE_END_CAUSE: &str = "
+    INSERT INTO incidents (incident_id, region, cad_system, priority, latitude, longitude,
+        required_capabilities, preferred_capabilities, expected_duration_seconds, state,
+        queued_time, escalate_time, unserved_reason, version, update_time)
+    VALUES ('old', 'r', 'cad', 3, 44.05, -123.09, '', '', NULL, 'ASSIGNED', NULL, NULL, 0, 4,
+        '2026-11-27T12:00:00+00:00');
+    INSERT INTO assignments (assignment_id, incident_id, team_id, region, distance_meters,
+        eta_seconds, assigned_at, fencing_token, state, source, cad_system, end_time, end_reason)
+    VALUES
+        ('cleared', 'old', 't1', 'r', 1.0, 1, '2026-11-27T12:00:00+00:00', 1, 'RELEASED', 1,
+            'cad', '2026-11-27T12:10:00+00:00', 'team cleared'),
+        ('released', 'old', 't1', 'r', 1.0, 1, '2026-11-27T12:00:00+00:00', 2, 'RELEASED', 1,
+            'cad', '2026-11-27T12:10:00+00:00', 'handed back to police'),
+        ('cancelled', 'old', 't1', 'r', 1.0, 1, '2026-11-27T12:00:00+00:00', 3, 'CANCELLED', 1,
+            'cad', '2026-11-27T12:10:00+00:00', 'caller cancelled'),
+        ('active', 'old', 't1', 'r', 1.0, 1, '2026-11-27T12:00:00+00:00', 4, 'ACTIVE', 1,
+            'cad', NULL, '');
+";
+
+/// The version of the migration that added `end_cause` and `cad_incident_id`.
+const END_CAUSE_MIGRATION: i64 = 20_261_129_000_001;
+
+/// The migrations before `version`: the record as an older release left it. (The fields
+/// of `Migrator` are public but hidden from its documentation; sqlx has no partial run.)
+fn migrations_before(migrator: &sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
+        migrations: migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+/// After [`ROWS_BEFORE_END_CAUSE`] and every migration: each ended row has a sensible cause.
+pub(crate) async fn rows_from_before_the_end_cause_read_with_a_cause(store: &dyn Store) {
+    for (id, want) in [
+        ("cleared", AssignmentEndCause::TeamCleared),
+        ("released", AssignmentEndCause::Released),
+        ("cancelled", AssignmentEndCause::Cancelled),
+        ("active", AssignmentEndCause::Unspecified),
+    ] {
+        assert_eq!(end_cause_of(store, id).await, want, "{id}");
+    }
+    let active = store
+        .assignment("active")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(active.cad_incident_id, "");
+    let old = store.incident("old").await.expect("read").expect("row");
+    assert_eq!((old.cad_incident_id.as_str(), old.version), ("", 4));
+}
+
 pub(crate) async fn the_queue_is_served_by_priority_then_age(store: &dyn Store) {
     let base = t0();
     let entries = [
@@ -603,6 +801,7 @@ macro_rules! all_conformance_tests {
             events_are_numbered_per_region_without_gaps,
             concurrent_writers_get_gapless_ordered_numbers,
             the_queue_is_served_by_priority_then_age,
+            end_causes_and_cad_incident_ids_round_trip,
         );
     };
 }
@@ -612,10 +811,26 @@ pub(crate) use conformance_tests;
 
 /// A migrated PostgreSQL store in its own database.
 pub(crate) async fn postgres() -> (super::PostgresStore, relay_tests::TestDatabase) {
+    postgres_with_rows_before(None).await
+}
+
+/// A PostgreSQL store migrated to before `rows`' migration, given `rows` (SQL), then
+/// migrated to the end.
+async fn postgres_with_rows_before(
+    rows: Option<(i64, &str)>,
+) -> (super::PostgresStore, relay_tests::TestDatabase) {
+    use relay_runtime::storage::migrate_postgres;
     let database = relay_tests::TestDatabase::new().await;
     let url = secrecy::SecretString::from(database.url().to_owned());
     let pool = relay_runtime::storage::postgres_pool(&url, crate::SCHEMA, 4).expect("pool");
-    relay_runtime::storage::migrate_postgres(&pool, crate::SCHEMA, &crate::MIGRATOR)
+    if let Some((version, rows)) = rows {
+        let older = migrations_before(&crate::MIGRATOR, version);
+        migrate_postgres(&pool, crate::SCHEMA, &older)
+            .await
+            .expect("migrate");
+        sqlx::raw_sql(rows).execute(&pool).await.expect("old rows");
+    }
+    migrate_postgres(&pool, crate::SCHEMA, &crate::MIGRATOR)
         .await
         .expect("migrate");
     (super::PostgresStore::new(pool), database)
@@ -623,14 +838,40 @@ pub(crate) async fn postgres() -> (super::PostgresStore, relay_tests::TestDataba
 
 /// A migrated SQLite store in its own temporary file.
 pub(crate) async fn sqlite() -> (super::SqliteStore, tempfile::TempDir) {
+    sqlite_with_rows_before(None).await
+}
+
+/// As [`postgres_with_rows_before`], on SQLite.
+async fn sqlite_with_rows_before(
+    rows: Option<(i64, &str)>,
+) -> (super::SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = secrecy::SecretString::from(format!(
         "sqlite://{}",
         dir.path().join("routing.db").display()
     ));
     let pool = relay_runtime::storage::sqlite_pool(&url, 4).expect("pool");
+    if let Some((version, rows)) = rows {
+        let older = migrations_before(&crate::SQLITE_MIGRATOR, version);
+        older.run(&pool).await.expect("migrate");
+        sqlx::raw_sql(rows).execute(&pool).await.expect("old rows");
+    }
     crate::SQLITE_MIGRATOR.run(&pool).await.expect("migrate");
     (super::SqliteStore::new(pool), dir)
+}
+
+#[tokio::test]
+async fn rows_from_before_the_end_cause_read_with_a_cause_on_postgres() {
+    let (store, _database) =
+        postgres_with_rows_before(Some((END_CAUSE_MIGRATION, ROWS_BEFORE_END_CAUSE))).await;
+    rows_from_before_the_end_cause_read_with_a_cause(&store).await;
+}
+
+#[tokio::test]
+async fn rows_from_before_the_end_cause_read_with_a_cause_on_sqlite() {
+    let (store, _dir) =
+        sqlite_with_rows_before(Some((END_CAUSE_MIGRATION, ROWS_BEFORE_END_CAUSE))).await;
+    rows_from_before_the_end_cause_read_with_a_cause(&store).await;
 }
 
 mod on_postgres {

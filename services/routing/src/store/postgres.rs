@@ -13,8 +13,8 @@ use sqlx::{
 
 use super::{
     IncidentRecord, IncidentState, Lookup, QueueCursor, RequestRecord, Store, StoreError, Write,
-    assignment_state_name, from_timestamp, join_tags, parse_assignment_state, split_tags,
-    timestamp,
+    assignment_state_name, end_cause_of, from_timestamp, join_tags, parse_assignment_state,
+    split_tags, timestamp,
 };
 
 /// The record in PostgreSQL.
@@ -94,6 +94,7 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
             p.bind(r.unserved_reason)?,
             p.bind(change.expected_version)?,
             p.bind(r.update_time)?,
+            p.bind(r.cad_incident_id.as_str())?,
         ];
         // INCIDENT_COLUMNS lists the columns in the order of `values`; the version is
         // written one above the expected one.
@@ -128,11 +129,12 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
     }
     if let Some(end) = &write.end_assignment {
         ctes.push(format!(
-            "e AS (UPDATE assignments SET state = {}, end_time = {}, end_reason = {} \
-             WHERE assignment_id = {} AND state = 'ACTIVE' RETURNING 1)",
+            "e AS (UPDATE assignments SET state = {}, end_time = {}, end_reason = {}, \
+             end_cause = {} WHERE assignment_id = {} AND state = 'ACTIVE' RETURNING 1)",
             p.bind(assignment_state_name(end.state))?,
             p.bind(end.end_time)?,
             p.bind(end.end_reason.as_str())?,
+            p.bind(i32::from(end.end_cause))?,
             p.bind(end.assignment_id.as_str())?,
         ));
         checks.push(("end_ok", "e"));
@@ -154,8 +156,9 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
         ctes.push(format!(
             "a AS (INSERT INTO assignments (assignment_id, incident_id, team_id, region, \
              distance_meters, eta_seconds, assigned_at, fencing_token, state, source, \
-             cad_system, end_time, end_reason) \
-             SELECT {}, {}, {}, {}, {}, {}, {}, {}, 'ACTIVE', {}, {}, NULL, '' WHERE {guard})",
+             cad_system, end_time, end_reason, end_cause, cad_incident_id) \
+             SELECT {}, {}, {}, {}, {}, {}, {}, {}, 'ACTIVE', {}, {}, NULL, '', 0, {} \
+             WHERE {guard})",
             p.bind(a.assignment_id.as_str())?,
             p.bind(a.incident_id.as_str())?,
             p.bind(a.team_id.as_str())?,
@@ -170,6 +173,7 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
                 a.source
             })?,
             p.bind(a.cad_system.as_str())?,
+            p.bind(a.cad_incident_id.as_str())?,
         ));
     }
     if !write.events.is_empty() {

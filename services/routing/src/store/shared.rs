@@ -10,10 +10,11 @@ macro_rules! record_store {
     ($store:ident, $row:ty, { $($own:tt)* }) => {
         const INCIDENT_COLUMNS: &str = "incident_id, region, cad_system, priority, latitude, longitude, \
              required_capabilities, preferred_capabilities, expected_duration_seconds, state, \
-             queued_time, escalate_time, unserved_reason, version, update_time";
+             queued_time, escalate_time, unserved_reason, version, update_time, cad_incident_id";
 
         const ASSIGNMENT_COLUMNS: &str = "assignment_id, incident_id, team_id, region, distance_meters, \
-             eta_seconds, assigned_at, fencing_token, state, source, cad_system, end_time, end_reason";
+             eta_seconds, assigned_at, fencing_token, state, source, cad_system, end_time, end_reason, \
+             end_cause, cad_incident_id";
 
 
         fn incident_from(row: &$row) -> Result<IncidentRecord, StoreError> {
@@ -43,6 +44,7 @@ macro_rules! record_store {
                 unserved_reason: row.try_get(c("unserved_reason").as_str())?,
                 version: row.try_get(c("version").as_str())?,
                 update_time: row.try_get(c("update_time").as_str())?,
+                cad_incident_id: row.try_get(c("cad_incident_id").as_str())?,
             })
         }
 
@@ -53,8 +55,10 @@ macro_rules! record_store {
         /// An assignment from columns named `<prefix><column>`.
         fn assignment_at(row: &$row, prefix: &str) -> Result<Assignment, StoreError> {
             let c = |name: &str| format!("{prefix}{name}");
-            let state: String = row.try_get(c("state").as_str())?;
+            let state = parse_assignment_state(&row.try_get::<String, _>(c("state").as_str())?);
             let end_time: Option<DateTime<Utc>> = row.try_get(c("end_time").as_str())?;
+            let end_reason: String = row.try_get(c("end_reason").as_str())?;
+            let end_cause = end_cause_of(state, row.try_get(c("end_cause").as_str())?, &end_reason);
             Ok(Assignment {
                 assignment_id: row.try_get(c("assignment_id").as_str())?,
                 incident_id: row.try_get(c("incident_id").as_str())?,
@@ -64,11 +68,13 @@ macro_rules! record_store {
                 eta_seconds: row.try_get(c("eta_seconds").as_str())?,
                 assigned_at: Some(timestamp(row.try_get(c("assigned_at").as_str())?)),
                 fencing_token: row.try_get(c("fencing_token").as_str())?,
-                state: parse_assignment_state(&state).into(),
+                state: state.into(),
                 source: row.try_get(c("source").as_str())?,
                 cad_system: row.try_get(c("cad_system").as_str())?,
                 end_time: end_time.map(timestamp),
-                end_reason: row.try_get(c("end_reason").as_str())?,
+                end_reason,
+                end_cause: end_cause.into(),
+                cad_incident_id: row.try_get(c("cad_incident_id").as_str())?,
             })
         }
 

@@ -10,8 +10,8 @@ use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 
 use super::{
     IncidentRecord, IncidentState, QueueCursor, RequestRecord, Store, StoreError, Write,
-    assignment_state_name, from_timestamp, join_tags, parse_assignment_state, split_tags,
-    timestamp,
+    assignment_state_name, end_cause_of, from_timestamp, join_tags, parse_assignment_state,
+    split_tags, timestamp,
 };
 
 /// The record in SQLite.
@@ -64,15 +64,15 @@ super::shared::record_store!(SqliteStore, SqliteRow, {
             let sql = if change.expected_version == 0 {
                 "INSERT INTO incidents (incident_id, region, cad_system, priority, latitude, longitude, \
                  required_capabilities, preferred_capabilities, expected_duration_seconds, state, \
-                 queued_time, escalate_time, unserved_reason, version, update_time) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 + 1, ?15) \
+                 queued_time, escalate_time, unserved_reason, version, update_time, cad_incident_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14 + 1, ?15, ?16) \
                  ON CONFLICT (incident_id) DO NOTHING"
             } else {
                 "UPDATE incidents SET region = ?2, cad_system = ?3, priority = ?4, latitude = ?5, \
                  longitude = ?6, required_capabilities = ?7, preferred_capabilities = ?8, \
                  expected_duration_seconds = ?9, state = ?10, queued_time = ?11, \
-                 escalate_time = ?12, unserved_reason = ?13, version = ?14 + 1, update_time = ?15 \
-                 WHERE incident_id = ?1 AND version = ?14"
+                 escalate_time = ?12, unserved_reason = ?13, version = ?14 + 1, update_time = ?15, \
+                 cad_incident_id = ?16 WHERE incident_id = ?1 AND version = ?14"
             };
             let done = sqlx::query(sql)
                 .bind(&r.incident_id)
@@ -90,6 +90,7 @@ super::shared::record_store!(SqliteStore, SqliteRow, {
                 .bind(r.unserved_reason)
                 .bind(change.expected_version)
                 .bind(r.update_time)
+                .bind(&r.cad_incident_id)
                 .execute(&mut *tx)
                 .await?;
             if done.rows_affected() == 0 {
@@ -98,13 +99,14 @@ super::shared::record_store!(SqliteStore, SqliteRow, {
         }
         if let Some(end) = &write.end_assignment {
             let done = sqlx::query(
-                "UPDATE assignments SET state = ?2, end_time = ?3, end_reason = ?4 \
-                 WHERE assignment_id = ?1 AND state = 'ACTIVE'",
+                "UPDATE assignments SET state = ?2, end_time = ?3, end_reason = ?4, \
+                 end_cause = ?5 WHERE assignment_id = ?1 AND state = 'ACTIVE'",
             )
             .bind(&end.assignment_id)
             .bind(assignment_state_name(end.state))
             .bind(end.end_time)
             .bind(&end.end_reason)
+            .bind(i32::from(end.end_cause))
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 0 {
@@ -127,8 +129,8 @@ super::shared::record_store!(SqliteStore, SqliteRow, {
             let inserted = sqlx::query(
                 "INSERT INTO assignments (assignment_id, incident_id, team_id, region, \
                  distance_meters, eta_seconds, assigned_at, fencing_token, state, source, \
-                 cad_system, end_time, end_reason) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ACTIVE', ?9, ?10, NULL, '')",
+                 cad_system, end_time, end_reason, end_cause, cad_incident_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ACTIVE', ?9, ?10, NULL, '', 0, ?11)",
             )
             .bind(&a.assignment_id)
             .bind(&a.incident_id)
@@ -144,6 +146,7 @@ super::shared::record_store!(SqliteStore, SqliteRow, {
                 a.source
             })
             .bind(&a.cad_system)
+            .bind(&a.cad_incident_id)
             .execute(&mut *tx)
             .await;
             if let Err(error) = inserted {

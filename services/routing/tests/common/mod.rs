@@ -127,5 +127,12 @@ pub fn assign(
         mode: mode.into(),
         expected_duration_seconds: None,
         cad_system: "cad-1".into(),
+        cad_incident_id: String::new(),
     }
+}
+
+/// `request` with the CAD's own incident number.
+pub fn with_cad_incident_id(mut request: AssignTeamRequest, cad: &str) -> AssignTeamRequest {
+    request.cad_incident_id = cad.into();
+    request
 }
