@@ -89,6 +89,16 @@ enum DirectoryCommand {
         #[arg(long, default_value = "UTC")]
         time_zone: String,
     },
+    /// Export the whole directory as an HSDS 3.0 tabular data package (datapackage.json and
+    /// CSVs, with live capacity as the HSDS 3.1 draft's service_capacity) to a .zip or a
+    /// folder. With `import`, the upgrade path from an HSDS 1.x package to 3.0.
+    Export {
+        /// The .zip file or folder to write (a folder is created if needed).
+        package: PathBuf,
+        /// The database to export: `postgres://...` or `sqlite://path`.
+        #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
     /// Write a seeded synthetic HSDS 3.0 package of a metro area's services (the same metro
     /// `relay simulate` uses), for demos and load tests.
     Generate {
@@ -119,6 +129,13 @@ fn main() -> ExitCode {
                     time_zone,
                 },
         } => directory_import(&package, database_url, time_zone),
+        Command::Directory {
+            command:
+                DirectoryCommand::Export {
+                    package,
+                    database_url,
+                },
+        } => directory_export(&package, database_url),
         Command::Directory {
             command:
                 DirectoryCommand::Generate {
@@ -223,6 +240,49 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
 
 /// `relay directory import`: migrates the database, imports the package in one transaction
 /// with a progress bar, and prints every rejected row as `file:line: reason`.
+/// `relay directory export`: migrates the database (so an empty or older one works), then
+/// writes the package and one line per file.
+fn directory_export(package: &std::path::Path, database_url: String) -> ExitCode {
+    use relay_directory::{Backend, export};
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("relay: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<export::ExportReport> = runtime.block_on(async {
+        let backend = Backend::open(&secrecy::SecretString::from(database_url), 2)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        backend
+            .migrate()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let report = match &backend {
+            Backend::Postgres(store) => export::export(store, package).await,
+            Backend::Sqlite(store) => export::export(store, package).await,
+        }?;
+        Ok(report)
+    });
+    match result {
+        Ok(report) => {
+            for (file, rows) in &report.files {
+                println!("{file:<28} {rows:>9} rows");
+            }
+            println!("exported HSDS 3.0 package to {}", package.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relay: export failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn directory_import(
     package: &std::path::Path,
     database_url: String,
