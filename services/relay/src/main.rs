@@ -238,30 +238,41 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
     }
 }
 
-/// `relay directory import`: migrates the database, imports the package in one transaction
-/// with a progress bar, and prints every rejected row as `file:line: reason`.
+/// A single-threaded runtime for a `relay directory` command (the error printed).
+fn directory_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("relay: cannot start: {error}");
+            None
+        }
+    }
+}
+
+/// The directory database at `database_url`, migrated (so an empty or older one works).
+async fn migrated_backend(database_url: String) -> anyhow::Result<relay_directory::Backend> {
+    let backend = relay_directory::Backend::open(&secrecy::SecretString::from(database_url), 2)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    backend
+        .migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(backend)
+}
+
 /// `relay directory export`: migrates the database (so an empty or older one works), then
 /// writes the package and one line per file.
 fn directory_export(package: &std::path::Path, database_url: String) -> ExitCode {
     use relay_directory::{Backend, export};
 
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("relay: cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = directory_runtime() else {
+        return ExitCode::FAILURE;
     };
     let result: anyhow::Result<export::ExportReport> = runtime.block_on(async {
-        let backend = Backend::open(&secrecy::SecretString::from(database_url), 2)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        backend
-            .migrate()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let backend = migrated_backend(database_url).await?;
         let report = match &backend {
             Backend::Postgres(store) => export::export(store, package).await,
             Backend::Sqlite(store) => export::export(store, package).await,
@@ -283,6 +294,8 @@ fn directory_export(package: &std::path::Path, database_url: String) -> ExitCode
     }
 }
 
+/// `relay directory import`: migrates the database, imports the package in one transaction
+/// with a progress bar, and prints every rejected row as `file:line: reason`.
 fn directory_import(
     package: &std::path::Path,
     database_url: String,
@@ -294,15 +307,8 @@ fn directory_import(
         eprintln!("relay: --time-zone `{time_zone}` is not an IANA time zone name");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("relay: cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = directory_runtime() else {
+        return ExitCode::FAILURE;
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -315,12 +321,7 @@ fn directory_import(
         default_time_zone: time_zone,
     };
     let result: anyhow::Result<import::ImportReport> = runtime.block_on(async {
-        let backend = Backend::open(&secrecy::SecretString::from(database_url), 2)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        backend
-            .migrate()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let backend = migrated_backend(database_url).await?;
         let mut progress = |p: import::Progress<'_>| {
             bar.set_length(p.bytes_total);
             bar.set_position(p.bytes_done);
