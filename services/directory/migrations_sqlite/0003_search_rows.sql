@@ -31,9 +31,9 @@ SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, COA
        (SELECT json_group_array(lg.code) FROM languages lg WHERE lg.service_id = s.id),
        COALESCE((SELECT json_group_array(json_array(sc.freq, sc."interval", sc.byday, sc.bymonthday, sc.opens_at,
                         sc.closes_at, sc.valid_from, sc.valid_to, sc.dtstart, sc.description) ORDER BY sc.position, sc.id)
-                 FROM schedules sc
-                 WHERE (sc.service_id = s.id AND (sc.location_id = sal.location_id OR sc.location_id IS NULL))
-                    OR (sc.service_id IS NULL AND sc.location_id = sal.location_id)
+                 FROM (SELECT * FROM schedules WHERE service_id = s.id AND (location_id = sal.location_id OR location_id IS NULL)
+                       UNION ALL
+                       SELECT * FROM schedules WHERE service_id IS NULL AND location_id = sal.location_id) sc
                  HAVING COUNT(*) > 0), '[]')
 FROM services s
 LEFT JOIN service_at_location sal ON sal.service_id = s.id

@@ -56,12 +56,14 @@ fn schedules_json(service: &str, location: &str) -> String {
 }
 
 /// [`schedules_json`] in SQLite's dialect (an SQL expression, NULL when none).
+/// The two halves of the condition are separate SELECTs, each on its own index: SQLite
+/// would scan every schedule for the OR of both, per search row.
 fn sqlite_schedules_json(service: &str, location: &str) -> String {
     format!(
         "(SELECT json_group_array(json_array(sc.freq, sc.\"interval\", sc.byday, sc.bymonthday, sc.opens_at, \
          sc.closes_at, sc.valid_from, sc.valid_to, sc.dtstart, sc.description) ORDER BY sc.position, sc.id) \
-         FROM schedules sc WHERE (sc.service_id = {service} AND (sc.location_id = {location} OR sc.location_id IS NULL)) \
-         OR (sc.service_id IS NULL AND sc.location_id = {location}) HAVING COUNT(*) > 0)"
+         FROM (SELECT * FROM schedules WHERE service_id = {service} AND (location_id = {location} OR location_id IS NULL) \
+         UNION ALL SELECT * FROM schedules WHERE service_id IS NULL AND location_id = {location}) sc HAVING COUNT(*) > 0)"
     )
 }
 
@@ -1007,14 +1009,30 @@ macro_rules! sql_store {
             /// SQL, ranked here with [`RankKey::of`]; then the opening hours of the kept
             /// candidates, read from the same rows by primary key.
             async fn scanned_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
+                // The candidates come back as one string (fields split by U+0001, rows by
+                // U+0002; coordinates printed with 17 digits, so they parse back to the same
+                // f64): the driver's cost per row, not SQLite, dominated a search with
+                // thousands of rows in its bounding box.
                 let mut qb = Self::with_terms(filter);
-                qb.push("SELECT r.service_id, r.location_id, r.name, r.latitude, r.longitude, ");
                 if let Some(text) = &filter.text {
-                    qb.push("f.score FROM (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
+                    // Materialized: bm25() works only in the query that reads the FTS table,
+                    // which SQLite would otherwise flatten into the aggregate below.
+                    qb.push(if filter.taxonomy_codes.is_empty() { "WITH " } else { ", " });
+                    qb.push("f AS MATERIALIZED (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
                     qb.push_bind(fts5_expression(text));
-                    qb.push(") f JOIN search_rows r ON r.service_id = f.service_id WHERE TRUE ");
+                    qb.push(") ");
+                }
+                qb.push(
+                    "SELECT group_concat(c.service_id || char(1) || c.location_id || char(1) || c.name || char(1) || \
+                     CASE WHEN c.latitude IS NULL THEN '' ELSE printf('%.17g', c.latitude) END || char(1) || \
+                     CASE WHEN c.longitude IS NULL THEN '' ELSE printf('%.17g', c.longitude) END || char(1) || \
+                     printf('%.17g', c.score), char(2)) FROM (",
+                );
+                qb.push("SELECT r.service_id, r.location_id, r.name, r.latitude, r.longitude, ");
+                if filter.text.is_some() {
+                    qb.push("f.score AS score FROM f JOIN search_rows r ON r.service_id = f.service_id WHERE TRUE ");
                 } else {
-                    qb.push("0.0 FROM search_rows r WHERE TRUE ");
+                    qb.push("0.0 AS score FROM search_rows r WHERE TRUE ");
                 }
                 if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
                     qb.push("AND r.latitude BETWEEN ");
@@ -1027,21 +1045,24 @@ macro_rules! sql_store {
                     qb.push_bind(max_lon);
                     qb.push(" ");
                 }
+                // Terms and languages: a primary-key probe per row into service_taxonomy and
+                // languages is cheaper in SQLite than parsing the rows' JSON arrays.
                 if !filter.taxonomy_codes.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM json_each(r.term_ids) j JOIN terms ON terms.id = j.value) ");
+                    qb.push("AND EXISTS (SELECT 1 FROM service_taxonomy st WHERE st.service_id = r.service_id \
+                             AND st.taxonomy_term_id IN (SELECT id FROM terms)) ");
                 }
                 if !filter.languages.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM json_each(r.languages) lg WHERE ");
+                    qb.push("AND EXISTS (SELECT 1 FROM languages lg WHERE lg.service_id = r.service_id AND (");
                     for (index, language) in filter.languages.iter().enumerate() {
                         if index > 0 {
                             qb.push(" OR ");
                         }
-                        qb.push("lg.value = ");
+                        qb.push("lg.code = ");
                         qb.push_bind(language.as_str());
-                        qb.push(" OR lg.value LIKE ");
+                        qb.push(" OR lg.code LIKE ");
                         qb.push_bind(format!("{language}-%"));
                     }
-                    qb.push(") ");
+                    qb.push(")) ");
                 }
                 if filter.accepting_only {
                     // The contract: exclude only locations whose report says full; those
@@ -1062,13 +1083,19 @@ macro_rules! sql_store {
                     qb.push("ORDER BY r.name, r.service_id, r.location_id LIMIT ");
                     qb.push_bind(filter.limit);
                 }
-                let rows = qb.build().fetch_all(&self.pool).await?;
-                let mut candidates = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let latitude: Option<f64> = row.try_get(3)?;
-                    let longitude: Option<f64> = row.try_get(4)?;
-                    let point = latitude.zip(longitude);
-                    let key = RankKey::of(filter, row.try_get(5)?, point, row.try_get(2)?, row.try_get(0)?, row.try_get(1)?);
+                qb.push(") c");
+                let joined: Option<String> = qb.build().fetch_one(&self.pool).await?.try_get(0)?;
+                let joined = joined.unwrap_or_default();
+                let mut candidates = Vec::new();
+                for row in joined.split('\u{2}').filter(|row| !row.is_empty()) {
+                    let fields: Vec<&str> = row.split('\u{1}').collect();
+                    let [sid, lid, name, latitude, longitude, score] = fields[..] else {
+                        return Err(DirectoryError::Corrupt(format!("search row `{row}`")));
+                    };
+                    let number = |text: &str| text.parse::<f64>().ok();
+                    let point = number(latitude).zip(number(longitude));
+                    let score = number(score).unwrap_or(0.0);
+                    let key = RankKey::of(filter, score, point, name.to_owned(), sid.to_owned(), lid.to_owned());
                     if filter.radius > 0.0 && (point.is_none() || key.d > filter.radius) {
                         continue;
                     }
