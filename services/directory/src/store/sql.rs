@@ -562,13 +562,15 @@ macro_rules! sql_store {
                         // An id moving to another (service, location) leaves its old pair.
                         Self::values(
                             conn,
-                            "DELETE FROM service_at_location WHERE EXISTS (SELECT 1",
+                            // Driven by the batch, through the unique index on id: an EXISTS over
+                            // the VALUES per stored row made SQLite's import quadratic.
+                            "DELETE FROM service_at_location WHERE id IN (SELECT sal.id",
                             run.iter().copied(),
                             |mut b, row| if let Row::ServiceAtLocation { id, service_id, location_id, .. } = row {
                                 b.push_bind(id).push_bind(service_id).push_bind(location_id);
                             },
-                            "WHERE v.column1 = service_at_location.id AND NOT (v.column2 = service_at_location.service_id \
-                             AND v.column3 = service_at_location.location_id))",
+                            "JOIN service_at_location sal ON sal.id = v.column1 \
+                             WHERE NOT (v.column2 = sal.service_id AND v.column3 = sal.location_id))",
                         ).await?;
                         Self::values(
                             conn,
