@@ -106,7 +106,8 @@ const SHAPES: [Shape; 3] = [
              ORDER BY (r.latitude - ($1 + $2) / 2) ^ 2 + (r.longitude - ($3 + $4) / 2) ^ 2 LIMIT 50",
             "SELECT r.service_id, r.location_id, r.latitude, r.longitude FROM search_rows r \
              WHERE r.latitude BETWEEN $1 AND $2 AND r.longitude BETWEEN $3 AND $4 \
-             AND EXISTS (SELECT 1 FROM json_each(r.term_ids) j WHERE j.value IN ('tx-bh', 'tx-bh-shelter', 'tx-bh-food', 'tx-bh-meals')) \
+             AND EXISTS (SELECT 1 FROM service_taxonomy st WHERE st.service_id = r.service_id \
+             AND st.taxonomy_term_id IN ('tx-bh', 'tx-bh-shelter', 'tx-bh-food', 'tx-bh-meals')) \
              ORDER BY (r.latitude - ($1 + $2) / 2) * (r.latitude - ($1 + $2) / 2) + (r.longitude - ($3 + $4) / 2) * (r.longitude - ($3 + $4) / 2) LIMIT 50",
         ],
         radius: 5000.0,

@@ -1110,18 +1110,16 @@ macro_rules! sql_store {
                 candidates.truncate(usize::try_from(filter.limit).unwrap_or(0));
                 // The hours of the kept candidates, from their search rows.
                 let mut hours = HashMap::new();
-                for chunk in candidates.chunks(CHUNK / 2) {
+                // By service id, the primary key's prefix (a row-value IN over VALUES made
+                // SQLite scan the table); rows of other locations are dropped below.
+                let mut services: Vec<String> = candidates.iter().map(|c| c.key.s.clone()).collect();
+                services.sort();
+                services.dedup();
+                for chunk in services.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT service_id, location_id, time_zone, schedules FROM search_rows WHERE (service_id, location_id) IN (VALUES ",
+                        "SELECT service_id, location_id, time_zone, schedules FROM search_rows WHERE service_id IN (",
                     );
-                    let mut pairs = qb.separated(", ");
-                    for candidate in chunk {
-                        pairs.push("(");
-                        pairs.push_bind_unseparated(candidate.key.s.as_str());
-                        pairs.push_unseparated(", ");
-                        pairs.push_bind_unseparated(candidate.key.l.as_str());
-                        pairs.push_unseparated(")");
-                    }
+                    Self::push_in(&mut qb, chunk);
                     qb.push(")");
                     for row in qb.build().fetch_all(&self.pool).await? {
                         let schedules: String = row.try_get(3)?;
