@@ -16,6 +16,8 @@ pub const SERVICE_NOT_ACTIVE: &str = "SERVICE_NOT_ACTIVE";
 pub const REFERRAL_CLOSED: &str = "REFERRAL_CLOSED";
 /// Reason: a referral cannot go back to PENDING.
 pub const INVALID_STATUS_TRANSITION: &str = "INVALID_STATUS_TRANSITION";
+/// Reason: intake says the referral's incident does not exist.
+pub const INCIDENT_NOT_FOUND: &str = "INCIDENT_NOT_FOUND";
 /// Reason: the request_id was used for a different request.
 pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
 
@@ -48,6 +50,9 @@ pub enum DirectoryError {
     /// A referral cannot go back to PENDING.
     #[error("referral {0} has left PENDING and cannot go back")]
     BackToPending(String),
+    /// Intake says no incident has this id.
+    #[error("intake has no incident {0}")]
+    IncidentNotFound(String),
     /// Another request with the same request_id committed first; look it up again.
     #[error("request {0} was recorded concurrently")]
     RequestRace(String),
@@ -82,6 +87,9 @@ impl From<DirectoryError> for ApiError {
             },
             DirectoryError::ServiceNotActive(_) => {
                 ApiError::failed_precondition(SERVICE_NOT_ACTIVE, message)
+            }
+            DirectoryError::IncidentNotFound(_) => {
+                ApiError::failed_precondition(INCIDENT_NOT_FOUND, message)
             }
             DirectoryError::ReferralClosed(_) => {
                 ApiError::failed_precondition(REFERRAL_CLOSED, message)

@@ -2,7 +2,7 @@
 //! store. The store filters, ranks (relevance, distance, name, ids; see
 //! [`crate::store::RankKey`]) and pages; opening hours are checked here.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
@@ -14,7 +14,9 @@ use relay_proto::directory::{
     UpdateCapacityRequest, UpdateCapacityResponse, UpdateReferralRequest, UpdateReferralResponse,
     UpsertServiceRequest, UpsertServiceResponse, directory_service_server::DirectoryService,
 };
+use relay_proto::intake::{GetIncidentRequest, intake_service_client::IntakeServiceClient};
 use relay_runtime::{
+    client::TracePropagation,
     error::ApiError,
     paging::PageTokens,
     validate::{Violations, to_timestamp},
@@ -23,8 +25,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     DOMAIN,
+    clock::{Clock, SystemClock},
     error::{DirectoryError, REQUEST_ID_REUSED},
-    micros,
     schedule::{self, Hours},
     store::{
         Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey, ReferralFilter,
@@ -47,12 +49,68 @@ pub const EARTH_RADIUS_METERS: f64 = 6_371_008.8;
 pub struct DirectoryServiceHandler<S> {
     store: S,
     tokens: PageTokens,
+    clock: Arc<dyn Clock>,
+    intake: Option<IntakeClient>,
+}
+
+/// A client of intake, for checking that a referral's incident exists.
+pub type IntakeClient = IntakeServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TracePropagation>,
+>;
+
+/// What intake said about an incident.
+fn incident_check(incident_id: &str, answer: Result<(), Status>) -> Result<bool, DirectoryError> {
+    match answer {
+        Ok(()) => Ok(true),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            Err(DirectoryError::IncidentNotFound(incident_id.to_owned()))
+        }
+        // Down, slow, or refusing us: a referral is never lost to intake; it is recorded
+        // unchecked and the answer says so.
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "intake did not confirm the incident; recording the referral unchecked");
+            Ok(false)
+        }
+    }
 }
 
 impl<S: DirectoryStore> DirectoryServiceHandler<S> {
-    /// A handler on `store`, signing page tokens with `tokens`.
+    /// A handler on `store`, signing page tokens with `tokens`, on the system clock.
     pub fn new(store: S, tokens: PageTokens) -> Self {
-        Self { store, tokens }
+        Self::with_clock(store, tokens, Arc::new(SystemClock))
+    }
+
+    /// A handler whose mutations are stamped with `clock`'s time.
+    pub fn with_clock(store: S, tokens: PageTokens, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            tokens,
+            clock,
+            intake: None,
+        }
+    }
+
+    /// Checks each new referral's incident with intake first (see CreateReferral).
+    #[must_use]
+    pub fn with_intake(mut self, intake: IntakeClient) -> Self {
+        self.intake = Some(intake);
+        self
+    }
+
+    /// Whether intake confirmed `incident_id`: `Ok(false)` when not checked (no intake
+    /// configured, or intake did not answer).
+    async fn check_incident(&self, incident_id: &str) -> Result<bool, DirectoryError> {
+        let Some(mut intake) = self.intake.clone() else {
+            return Ok(false);
+        };
+        let answer = intake
+            .get_incident(GetIncidentRequest {
+                incident_id: incident_id.to_owned(),
+                ..GetIncidentRequest::default()
+            })
+            .await
+            .map(|_| ());
+        incident_check(incident_id, answer)
     }
 }
 
@@ -338,12 +396,12 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         }
     }
 
-    fn idem(rpc: &'static str, request_id: &str, request: &impl Message) -> Idem {
+    fn idem(&self, rpc: &'static str, request_id: &str, request: &impl Message) -> Idem {
         Idem {
             request_id: request_id.to_owned(),
             rpc,
             fingerprint: request.encode_to_vec(),
-            now: micros(Utc::now()),
+            now: self.clock.now_micros(),
         }
     }
 
@@ -588,7 +646,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         v.id("request_id", &request.request_id);
         validate_service(&mut v, request.service.as_ref());
         v.finish().map_err(api)?;
-        let idem = Self::idem("UpsertService", &request.request_id, &request);
+        let idem = self.idem("UpsertService", &request.request_id, &request);
         let mut service = request.service.unwrap_or_default();
         for location in &mut service.locations {
             location.capacity = None;
@@ -628,7 +686,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             _ => {}
         }
         v.finish().map_err(api)?;
-        let idem = Self::idem("UpdateCapacity", &request.request_id, &request);
+        let idem = self.idem("UpdateCapacity", &request.request_id, &request);
         let capacity = relay_proto::directory::Capacity {
             available: request.available,
             total: request.total,
@@ -656,7 +714,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
         }
         v.finish().map_err(api)?;
-        let idem = Self::idem("CreateReferral", &request.request_id, &request);
+        let idem = self.idem("CreateReferral", &request.request_id, &request);
         let referral = Referral {
             referral_id: uuid::Uuid::now_v7().to_string(),
             incident_id: request.incident_id.clone(),
@@ -666,9 +724,12 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             notes: request.notes.clone(),
             create_time: None,
             update_time: None,
+            incident_checked: false,
         };
         tracing::info!(referral_id = %referral.referral_id, service_id = %referral.service_id, "creating referral");
         self.once(idem, |idem| async move {
+            let mut referral = referral;
+            referral.incident_checked = self.check_incident(&referral.incident_id).await?;
             self.store.create_referral(&referral, &idem).await
         })
         .await
@@ -695,7 +756,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
         }
         v.finish().map_err(api)?;
-        let idem = Self::idem("UpdateReferral", &request.request_id, &request);
+        let idem = self.idem("UpdateReferral", &request.request_id, &request);
         let new_status = status_value.unwrap_or(ReferralStatus::Unspecified);
         self.once(idem, |idem| async move {
             self.store

@@ -343,6 +343,9 @@ enum Table {
     RegularSchedules,
     /// 1.x `holiday_schedule` (a date range, open or closed).
     HolidaySchedules,
+    /// HSDS 3.1 draft `service_capacity` (not in 3.0), with Relay's `location_id` column: a
+    /// location's latest capacity report, as `relay directory export` writes it.
+    Capacity,
     /// An HSDS table Relay does not model: read, counted, ignored.
     NotModelled,
 }
@@ -407,9 +410,8 @@ impl Table {
             | "url"
             | "urls"
             | "unit"
-            | "units"
-            | "service_capacity"
-            | "service_capacities" => Self::NotModelled,
+            | "units" => Self::NotModelled,
+            "service_capacity" | "service_capacities" => Self::Capacity,
             _ => return None,
         })
     }
@@ -423,6 +425,7 @@ impl Table {
             Self::Attributes => "link_id, taxonomy_term_id",
             Self::ServiceTaxonomy => "service_id, taxonomy_term_id",
             Self::Languages | Self::Phones => "service_id",
+            Self::Capacity => "service_id, location_id",
             Self::Schedules | Self::RegularSchedules | Self::HolidaySchedules => {
                 "service_id, location_id, service_at_location_id"
             }
@@ -1122,6 +1125,51 @@ fn map_phone(r: &Record<'_>) -> Result<Option<Mapped>, Problem> {
     })
 }
 
+fn map_capacity(r: &Record<'_>) -> Result<Option<Mapped>, Problem> {
+    let service_id = require_id(r, "service_id")?;
+    if r.get("location_id").is_empty() {
+        return Err(problem(
+            "location_id",
+            "location_id is missing (Relay keeps capacity per location)",
+        ));
+    }
+    let location_id = require_id(r, "location_id")?;
+    let count = |column: &str, required: bool| -> Result<i32, Problem> {
+        match r.get(column) {
+            "" if !required => Ok(0),
+            text => text
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.fract() == 0.0 && (0.0..=f64::from(i32::MAX)).contains(n))
+                .map(|n| n as i32)
+                .ok_or_else(|| {
+                    problem(
+                        column,
+                        format!("{column} `{text}` is not a whole number of places"),
+                    )
+                }),
+        }
+    };
+    let available = count("available", true)?;
+    let total = count("maximum", false)?;
+    let updated = r.get("updated");
+    let as_of = chrono::DateTime::parse_from_rfc3339(updated).map_err(|_| {
+        problem(
+            "updated",
+            format!("updated `{updated}` is not a date and time (RFC 3339)"),
+        )
+    })?;
+    Mapped::one(Row::Capacity {
+        service_id,
+        location_id,
+        capacity: relay_proto::directory::Capacity {
+            available,
+            total,
+            as_of_time: Some(crate::micros_to_timestamp(as_of.timestamp_micros())),
+        },
+    })
+}
+
 /// What the rows read so far say that later tables need.
 #[derive(Default)]
 struct Seen {
@@ -1162,6 +1210,7 @@ fn map_record(
         Table::ServiceTaxonomy => map_service_taxonomy(r),
         Table::Languages => map_language(r, position),
         Table::Phones => map_phone(r),
+        Table::Capacity => map_capacity(r),
         Table::Schedules | Table::RegularSchedules | Table::HolidaySchedules => {
             map_schedule(table, r, position, seen)
         }

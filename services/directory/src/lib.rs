@@ -7,10 +7,11 @@
 //! PostgreSQL backend and a SQLite one (for `relay dev`), picked from the database URL.
 //! [`import`] loads HSDS tabular data packages; [`generate`] makes a synthetic one.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
 use relay_proto::directory::{Service, directory_service_server::DirectoryServiceServer};
+use relay_proto::intake::intake_service_client::IntakeServiceClient;
 use relay_runtime::{
     BoxError, Config,
     cli::{Service as RelayService, Shutdown},
@@ -20,13 +21,17 @@ use relay_runtime::{
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub mod clock;
 pub mod error;
+pub mod export;
 pub mod generate;
 mod handler;
 pub mod import;
+pub mod retention;
 pub mod schedule;
 pub mod store;
 
+use clock::{Clock, SystemClock};
 pub use handler::DirectoryServiceHandler;
 use store::{PgStore, Row, SqliteStore};
 
@@ -48,6 +53,39 @@ pub struct DirectorySettings {
     /// Connections in the pool (`RELAY_DIRECTORY__MAX_CONNECTIONS`, default 10).
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Days after its creation when a referral's notes are erased
+    /// (`RELAY_DIRECTORY__PERSONAL_DATA_RETENTION_DAYS`, default 30, at least 1).
+    #[serde(default)]
+    pub personal_data_retention_days: Option<i64>,
+    /// How often the retention job runs, in seconds
+    /// (`RELAY_DIRECTORY__RETENTION_INTERVAL_SECONDS`, default 3600).
+    #[serde(default)]
+    pub retention_interval_seconds: Option<u64>,
+    /// Check each new referral's incident with intake at `intake_endpoint`
+    /// (`RELAY_DIRECTORY__CHECK_INCIDENTS`, default false).
+    #[serde(default)]
+    pub check_incidents: Option<bool>,
+    /// Deadline of that check, in milliseconds (`RELAY_DIRECTORY__INTAKE_DEADLINE_MS`,
+    /// default 2000).
+    #[serde(default)]
+    pub intake_deadline_ms: Option<u64>,
+}
+
+impl DirectorySettings {
+    /// The retention in days, checked.
+    ///
+    /// # Errors
+    /// When it is below 1 (a referral's notes would be erased as soon as written).
+    pub fn retention_days(&self) -> Result<i64, BoxError> {
+        match self.personal_data_retention_days {
+            None => Ok(30),
+            Some(days) if days >= 1 => Ok(days),
+            Some(days) => Err(format!(
+                "directory.personal_data_retention_days (RELAY_DIRECTORY__PERSONAL_DATA_RETENTION_DAYS) must be at least 1, not {days}"
+            )
+            .into()),
+        }
+    }
 }
 
 /// Microseconds since the epoch as a protobuf timestamp.
@@ -201,10 +239,28 @@ impl Backend {
     }
 }
 
+/// The handler on `store`, checking incidents with `intake` when given.
+fn handler<S: store::DirectoryStore>(
+    store: S,
+    tokens: &PageTokens,
+    clock: &Arc<dyn Clock>,
+    intake: Option<&handler::IntakeClient>,
+) -> DirectoryServiceHandler<S> {
+    let handler = DirectoryServiceHandler::with_clock(store, tokens.clone(), Arc::clone(clock));
+    match intake {
+        Some(intake) => handler.with_intake(intake.clone()),
+        None => handler,
+    }
+}
+
 /// The directory service, bound and ready to run.
 #[derive(Debug)]
 pub struct Application {
     server: BoundServer,
+    backend: Backend,
+    clock: Arc<dyn Clock>,
+    retention_days: i64,
+    retention_every: Duration,
 }
 
 impl Application {
@@ -215,18 +271,60 @@ impl Application {
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Application::build`] with mutations and the retention job on `clock` (tests move a
+    /// [`clock::ManualClock`]).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, BoxError> {
         let settings: DirectorySettings = config.section("directory")?;
+<<<<<<< HEAD
         let tokens = config.settings.page_tokens()?;
+=======
+        let retention_days = settings.retention_days()?;
+        let retention_every =
+            Duration::from_secs(settings.retention_interval_seconds.unwrap_or(3600).max(1));
+        let tokens = settings
+            .page_token_secret
+            .as_ref()
+            .map_or_else(PageTokens::random, |secret| {
+                PageTokens::new(secrecy::ExposeSecret::expose_secret(secret).as_bytes())
+            });
+>>>>>>> directory-export
         let backend = Backend::open(
             config.database_url()?,
             settings.max_connections.unwrap_or(10),
         )?;
+<<<<<<< HEAD
         let host = ServiceHost::from_config(&config);
         let host = match backend {
+=======
+        let intake = if settings.check_incidents.unwrap_or(false) {
+            let deadline =
+                Duration::from_millis(settings.intake_deadline_ms.unwrap_or(2000).max(1));
+            let channel =
+                relay_runtime::client::channel(&config.settings.intake_endpoint, deadline)
+                    .map_err(|error| format!("intake_endpoint (RELAY_INTAKE_ENDPOINT): {error}"))?;
+            Some(IntakeServiceClient::with_interceptor(
+                channel,
+                relay_runtime::client::TracePropagation,
+            ))
+        } else {
+            None
+        };
+        let host = ServiceHost::new(&config.settings.server);
+        let host = match backend.clone() {
+>>>>>>> directory-export
             Backend::Postgres(store) => host
                 .readiness_check("postgres", storage::postgres_check(store.pool().clone()))
-                .add_service(DirectoryServiceServer::new(DirectoryServiceHandler::new(
-                    store, tokens,
+                .add_service(DirectoryServiceServer::new(handler(
+                    store,
+                    &tokens,
+                    &clock,
+                    intake.as_ref(),
                 ))),
             Backend::Sqlite(store) => {
                 SQLITE_MIGRATOR.run(store.pool()).await?;
@@ -241,13 +339,22 @@ impl Application {
                             .map_err(|error| format!("sqlite: {error}"))
                     })
                 })
-                .add_service(DirectoryServiceServer::new(
-                    DirectoryServiceHandler::new(store, tokens),
-                ))
+                .add_service(DirectoryServiceServer::new(handler(
+                    store,
+                    &tokens,
+                    &clock,
+                    intake.as_ref(),
+                )))
             }
         };
         let server = host.bind(config.settings.listen.0).await?;
-        Ok(Self { server })
+        Ok(Self {
+            server,
+            backend,
+            clock,
+            retention_days,
+            retention_every,
+        })
     }
 
     /// The address the service listens on.
@@ -256,7 +363,8 @@ impl Application {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight calls.
+    /// Serves until `shutdown` completes, then drains in-flight calls. The referral notes
+    /// retention job runs alongside and stops with it.
     ///
     /// # Errors
     /// When the server fails.
@@ -264,7 +372,20 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BoxError> {
-        self.server.run_until_stopped(shutdown).await
+        let token = self.server.shutdown_token();
+        let (days, every) = (self.retention_days, self.retention_every);
+        let job = match self.backend {
+            Backend::Postgres(store) => tokio::spawn(
+                retention::Retention::new(store, self.clock, days).run(every, token.clone()),
+            ),
+            Backend::Sqlite(store) => tokio::spawn(
+                retention::Retention::new(store, self.clock, days).run(every, token.clone()),
+            ),
+        };
+        let result = self.server.run_until_stopped(shutdown).await;
+        token.cancel();
+        let _ = job.await;
+        result
     }
 
     /// Applies the migrations of the configured backend.

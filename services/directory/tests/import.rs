@@ -1038,27 +1038,6 @@ async fn hsds_3_examples_import_zipped(kind: Kind) {
     assert_eq!(service.locations[0].schedules.len(), 1);
 }
 
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::Kind::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
-
 both!(
     shared_examples_import_with_bad_coordinates_reported,
     legacy_package_imports,

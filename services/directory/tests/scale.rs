@@ -66,9 +66,9 @@ fn parent_is(model: &GeneratedService, code: &str) -> bool {
             .any(|(id, c, ..)| *id == parent && *c == code)
 }
 
-#[tokio::test]
-async fn a_generated_metro_imports_and_searches_match_brute_force() {
-    let (url, db, tmp) = database(Kind::Postgres).await;
+/// On both backends: SQLite (`relay dev`) searches the same denormalized search rows.
+async fn a_generated_metro_imports_and_searches_match_brute_force(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let model = generate::write_package(dir.path(), SERVICES, 7).unwrap();
     let backend = backend(&url).await;
@@ -93,7 +93,7 @@ async fn a_generated_metro_imports_and_searches_match_brute_force() {
             .stored,
         SERVICES as u64
     );
-    let mut h = start_on(Kind::Postgres, url, db, tmp).await;
+    let mut h = start_on(kind, url, db, tmp).await;
 
     // Category + near + open at Tuesday 2026-03-10 10:00 PDT (17:00Z), 3 km, parent code BH.
     let at = chrono::DateTime::parse_from_rfc3339("2026-03-10T17:00:00Z")
@@ -192,3 +192,5 @@ async fn a_generated_metro_imports_and_searches_match_brute_force() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+both!(a_generated_metro_imports_and_searches_match_brute_force);

@@ -89,6 +89,16 @@ enum DirectoryCommand {
         #[arg(long, default_value = "UTC")]
         time_zone: String,
     },
+    /// Export the whole directory as an HSDS 3.0 tabular data package (datapackage.json and
+    /// CSVs, with live capacity as the HSDS 3.1 draft's service_capacity) to a .zip or a
+    /// folder. With `import`, the upgrade path from an HSDS 1.x package to 3.0.
+    Export {
+        /// The .zip file or folder to write (a folder is created if needed).
+        package: PathBuf,
+        /// The database to export: `postgres://...` or `sqlite://path`.
+        #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
     /// Write a seeded synthetic HSDS 3.0 package of a metro area's services (the same metro
     /// `relay simulate` uses), for demos and load tests.
     Generate {
@@ -119,6 +129,13 @@ fn main() -> ExitCode {
                     time_zone,
                 },
         } => directory_import(&package, database_url, time_zone),
+        Command::Directory {
+            command:
+                DirectoryCommand::Export {
+                    package,
+                    database_url,
+                },
+        } => directory_export(&package, database_url),
         Command::Directory {
             command:
                 DirectoryCommand::Generate {
@@ -221,6 +238,62 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
     }
 }
 
+/// A single-threaded runtime for a `relay directory` command (the error printed).
+fn directory_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("relay: cannot start: {error}");
+            None
+        }
+    }
+}
+
+/// The directory database at `database_url`, migrated (so an empty or older one works).
+async fn migrated_backend(database_url: String) -> anyhow::Result<relay_directory::Backend> {
+    let backend = relay_directory::Backend::open(&secrecy::SecretString::from(database_url), 2)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    backend
+        .migrate()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(backend)
+}
+
+/// `relay directory export`: migrates the database (so an empty or older one works), then
+/// writes the package and one line per file.
+fn directory_export(package: &std::path::Path, database_url: String) -> ExitCode {
+    use relay_directory::{Backend, export};
+
+    let Some(runtime) = directory_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result: anyhow::Result<export::ExportReport> = runtime.block_on(async {
+        let backend = migrated_backend(database_url).await?;
+        let report = match &backend {
+            Backend::Postgres(store) => export::export(store, package).await,
+            Backend::Sqlite(store) => export::export(store, package).await,
+        }?;
+        Ok(report)
+    });
+    match result {
+        Ok(report) => {
+            for (file, rows) in &report.files {
+                println!("{file:<28} {rows:>9} rows");
+            }
+            println!("exported HSDS 3.0 package to {}", package.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relay: export failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `relay directory import`: migrates the database, imports the package in one transaction
 /// with a progress bar, and prints every rejected row as `file:line: reason`.
 fn directory_import(
@@ -234,15 +307,8 @@ fn directory_import(
         eprintln!("relay: --time-zone `{time_zone}` is not an IANA time zone name");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("relay: cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = directory_runtime() else {
+        return ExitCode::FAILURE;
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -255,12 +321,7 @@ fn directory_import(
         default_time_zone: time_zone,
     };
     let result: anyhow::Result<import::ImportReport> = runtime.block_on(async {
-        let backend = Backend::open(&secrecy::SecretString::from(database_url), 2)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        backend
-            .migrate()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let backend = migrated_backend(database_url).await?;
         let mut progress = |p: import::Progress<'_>| {
             bar.set_length(p.bytes_total);
             bar.set_position(p.bytes_done);

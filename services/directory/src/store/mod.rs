@@ -270,6 +270,41 @@ pub enum Row {
         /// The rule, normalized ("HH:MM" times).
         schedule: Schedule,
     },
+    /// The latest capacity report of a service at a location (the importer keeps the newer
+    /// of the stored and the imported report).
+    Capacity {
+        /// Service id.
+        service_id: String,
+        /// Location id.
+        location_id: String,
+        /// The report.
+        capacity: Capacity,
+    },
+}
+
+/// A stored table, read whole by [`DirectoryStore::dump`] for an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dump {
+    /// [`Row::Organization`] rows, by id.
+    Organizations,
+    /// [`Row::TaxonomyTerm`] rows, by id.
+    TaxonomyTerms,
+    /// [`Row::Service`] rows (organization id only, `update_time`), by id.
+    Services,
+    /// [`Row::ServiceTaxonomy`] rows, by service and term.
+    ServiceTaxonomy,
+    /// [`Row::Language`] rows, in position order.
+    Languages,
+    /// [`Row::Phone`] rows, by id.
+    Phones,
+    /// [`Row::Location`] rows, each followed by its [`Row::Address`] when it has one, by id.
+    Locations,
+    /// [`Row::ServiceAtLocation`] rows, in position order.
+    ServiceAtLocation,
+    /// [`Row::Schedule`] rows (service and/or location ids as stored), in position order.
+    Schedules,
+    /// [`Row::Capacity`] rows, by service and location.
+    Capacity,
 }
 
 /// A write transaction: everything in it commits together or not at all.
@@ -354,6 +389,19 @@ pub trait DirectoryStore: Clone + Send + Sync + 'static {
         notes: Option<&str>,
         idem: &Idem,
     ) -> impl Future<Output = StoreResult<UpdateReferralResponse>> + Send;
+
+    /// Every stored row of one table, in an order that keeps each service's lists in the
+    /// order GetService returns them when the rows are imported again in that order.
+    fn dump(&self, table: Dump) -> impl Future<Output = StoreResult<Vec<Row>>> + Send;
+
+    /// Erases the notes of referrals created before `created_before` (keeping everything
+    /// else of them), and deletes the idempotency records of CreateReferral and
+    /// UpdateReferral (which carry notes) made before `requests_before`; how many of each.
+    fn erase_referral_notes(
+        &self,
+        created_before: i64,
+        requests_before: i64,
+    ) -> impl Future<Output = StoreResult<(u64, u64)>> + Send;
 
     /// Lists referrals oldest first.
     fn list_referrals(

@@ -15,7 +15,7 @@ use relay_proto::directory::{
 use sqlx::{QueryBuilder, Row as _};
 
 use super::{
-    Applied, Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey,
+    Applied, Candidate, CandidateFilter, DirectoryStore, Dump, Idem, LocationHours, RankKey,
     ReferralFilter, Row, StoreResult, StoredRequest, WriteSession, transition,
 };
 use crate::{error::DirectoryError, micros_to_timestamp, timestamp_to_micros};
@@ -52,6 +52,18 @@ fn schedules_json(service: &str, location: &str) -> String {
          sc.closes_at, sc.valid_from, sc.valid_to, sc.dtstart, sc.description) ORDER BY sc.position, sc.id) \
          FROM schedules sc WHERE (sc.service_id = {service} AND (sc.location_id = {location} OR sc.location_id IS NULL)) \
          OR (sc.service_id IS NULL AND sc.location_id = {location}))"
+    )
+}
+
+/// [`schedules_json`] in SQLite's dialect (an SQL expression, NULL when none).
+/// The two halves of the condition are separate SELECTs, each on its own index: SQLite
+/// would scan every schedule for the OR of both, per search row.
+fn sqlite_schedules_json(service: &str, location: &str) -> String {
+    format!(
+        "(SELECT json_group_array(json_array(sc.freq, sc.\"interval\", sc.byday, sc.bymonthday, sc.opens_at, \
+         sc.closes_at, sc.valid_from, sc.valid_to, sc.dtstart, sc.description) ORDER BY sc.position, sc.id) \
+         FROM (SELECT * FROM schedules WHERE service_id = {service} AND (location_id = {location} OR location_id IS NULL) \
+         UNION ALL SELECT * FROM schedules WHERE service_id IS NULL AND location_id = {location}) sc HAVING COUNT(*) > 0)"
     )
 }
 
@@ -335,6 +347,22 @@ macro_rules! sql_store {
                         }
                         affected
                     }
+                    Row::Capacity { service_id, location_id, capacity } => {
+                        // The newer report wins, as UpdateCapacity's staleness rule says.
+                        let found = sqlx::query("SELECT 1 FROM service_at_location WHERE service_id = $1 AND location_id = $2")
+                            .bind(service_id).bind(location_id).fetch_optional(&mut *conn).await?;
+                        if found.is_none() {
+                            return Ok(Applied::Missing(format!("service `{service_id}` has no location `{location_id}`")));
+                        }
+                        sqlx::query(
+                            "INSERT INTO capacity (service_id, location_id, available, total, as_of_time) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (service_id, location_id) DO UPDATE SET available = excluded.available, \
+                             total = excluded.total, as_of_time = excluded.as_of_time WHERE excluded.as_of_time > capacity.as_of_time",
+                        )
+                        .bind(service_id).bind(location_id).bind(i64::from(capacity.available)).bind(i64::from(capacity.total))
+                        .bind(capacity.as_of_time.as_ref().map_or(0, timestamp_to_micros))
+                        .execute(&mut *conn).await?.rows_affected().max(1)
+                    }
                 };
                 let _ = affected;
                 Ok(Applied::Stored)
@@ -534,13 +562,15 @@ macro_rules! sql_store {
                         // An id moving to another (service, location) leaves its old pair.
                         Self::values(
                             conn,
-                            "DELETE FROM service_at_location WHERE EXISTS (SELECT 1",
+                            // Driven by the batch, through the unique index on id: an EXISTS over
+                            // the VALUES per stored row made SQLite's import quadratic.
+                            "DELETE FROM service_at_location WHERE id IN (SELECT sal.id",
                             run.iter().copied(),
                             |mut b, row| if let Row::ServiceAtLocation { id, service_id, location_id, .. } = row {
                                 b.push_bind(id).push_bind(service_id).push_bind(location_id);
                             },
-                            "WHERE v.column1 = service_at_location.id AND NOT (v.column2 = service_at_location.service_id \
-                             AND v.column3 = service_at_location.location_id))",
+                            "JOIN service_at_location sal ON sal.id = v.column1 \
+                             WHERE NOT (v.column2 = sal.service_id AND v.column3 = sal.location_id))",
                         ).await?;
                         Self::values(
                             conn,
@@ -557,6 +587,13 @@ macro_rules! sql_store {
                         ).await?
                     }
                     Row::Schedule { .. } => return Self::apply_schedules(conn, run, at, out).await,
+                    Row::Capacity { .. } => {
+                        // Few rows (one per reporting location): one statement each.
+                        for (row, &index) in run.iter().zip(at) {
+                            out[index] = Self::apply_row(conn, row).await?;
+                        }
+                        return Ok(());
+                    }
                 };
                 for (row, &index) in run.iter().zip(at) {
                     if let Some(reason) = missing_reason(row, &stored) {
@@ -696,6 +733,23 @@ macro_rules! sql_store {
                     );
                     sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                 } else {
+                    // The same search rows as PostgreSQL's, in SQLite's dialect: term ids and
+                    // language codes as JSON arrays (filtered with json_each), no text vector
+                    // (services_fts is the text index).
+                    let delete = format!("DELETE FROM search_rows WHERE service_id IN (SELECT id FROM services WHERE {condition})");
+                    sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
+                    let insert = format!(
+                        "INSERT INTO search_rows (service_id, location_id, name, latitude, longitude, time_zone, term_ids, languages, schedules) \
+                         SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, COALESCE(l.time_zone, ''), \
+                         (SELECT json_group_array(st.taxonomy_term_id) FROM service_taxonomy st WHERE st.service_id = s.id), \
+                         (SELECT json_group_array(lg.code) FROM languages lg WHERE lg.service_id = s.id), \
+                         COALESCE({}, '[]') \
+                         FROM services s LEFT JOIN service_at_location sal ON sal.service_id = s.id \
+                         LEFT JOIN locations l ON l.id = sal.location_id \
+                         WHERE s.status = 1 AND s.id IN (SELECT id FROM services WHERE {condition})",
+                        sqlite_schedules_json("s.id", "sal.location_id")
+                    );
+                    sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                     let delete = format!("DELETE FROM services_fts WHERE service_id IN (SELECT id FROM services WHERE {condition})");
                     sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
                     let insert = format!("INSERT INTO services_fts (service_id, body) SELECT id, search_text FROM services WHERE {condition}");
@@ -952,35 +1006,55 @@ macro_rules! sql_store {
                 qb
             }
 
-            /// The candidates of `filter` by joining the normalized tables, ranked here: the
-            /// SQLite backend's search (`relay dev`, small directories).
+            /// The candidates of `filter` from `search_rows` (SQLite, `relay dev`): the rows in
+            /// the bounding box (index on latitude, longitude), text through FTS5, filtered in
+            /// SQL, ranked here with [`RankKey::of`]; then the opening hours of the kept
+            /// candidates, read from the same rows by primary key.
             async fn scanned_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
+                // The candidates come back as one string (fields split by U+0001, rows by
+                // U+0002; coordinates printed with 17 digits, so they parse back to the same
+                // f64): the driver's cost per row, not SQLite, dominated a search with
+                // thousands of rows in its bounding box.
                 let mut qb = Self::with_terms(filter);
-                qb.push("SELECT s.id, COALESCE(sal.location_id, ''), s.name, l.latitude, l.longitude, ");
                 if let Some(text) = &filter.text {
-                    qb.push("f.score FROM (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
+                    // Materialized: bm25() works only in the query that reads the FTS table,
+                    // which SQLite would otherwise flatten into the aggregate below.
+                    qb.push(if filter.taxonomy_codes.is_empty() { "WITH " } else { ", " });
+                    qb.push("f AS MATERIALIZED (SELECT service_id, -bm25(services_fts) AS score FROM services_fts WHERE services_fts MATCH ");
                     qb.push_bind(fts5_expression(text));
-                    qb.push(") f JOIN services s ON s.id = f.service_id ");
-                } else {
-                    qb.push("0.0 FROM services s ");
+                    qb.push(") ");
                 }
-                qb.push("LEFT JOIN service_at_location sal ON sal.service_id = s.id LEFT JOIN locations l ON l.id = sal.location_id WHERE s.status = 1 ");
+                qb.push(
+                    "SELECT group_concat(c.service_id || char(1) || c.location_id || char(1) || c.name || char(1) || \
+                     CASE WHEN c.latitude IS NULL THEN '' ELSE printf('%.17g', c.latitude) END || char(1) || \
+                     CASE WHEN c.longitude IS NULL THEN '' ELSE printf('%.17g', c.longitude) END || char(1) || \
+                     printf('%.17g', c.score), char(2)) FROM (",
+                );
+                qb.push("SELECT r.service_id, r.location_id, r.name, r.latitude, r.longitude, ");
+                if filter.text.is_some() {
+                    qb.push("f.score AS score FROM f JOIN search_rows r ON r.service_id = f.service_id WHERE TRUE ");
+                } else {
+                    qb.push("0.0 AS score FROM search_rows r WHERE TRUE ");
+                }
                 if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
-                    qb.push("AND l.latitude BETWEEN ");
+                    qb.push("AND r.latitude BETWEEN ");
                     qb.push_bind(min_lat);
                     qb.push(" AND ");
                     qb.push_bind(max_lat);
-                    qb.push(" AND l.longitude BETWEEN ");
+                    qb.push(" AND r.longitude BETWEEN ");
                     qb.push_bind(min_lon);
                     qb.push(" AND ");
                     qb.push_bind(max_lon);
                     qb.push(" ");
                 }
+                // Terms and languages: a primary-key probe per row into service_taxonomy and
+                // languages is cheaper in SQLite than parsing the rows' JSON arrays.
                 if !filter.taxonomy_codes.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM service_taxonomy st JOIN terms ON terms.id = st.taxonomy_term_id WHERE st.service_id = s.id) ");
+                    qb.push("AND EXISTS (SELECT 1 FROM service_taxonomy st WHERE st.service_id = r.service_id \
+                             AND st.taxonomy_term_id IN (SELECT id FROM terms)) ");
                 }
                 if !filter.languages.is_empty() {
-                    qb.push("AND EXISTS (SELECT 1 FROM languages lg WHERE lg.service_id = s.id AND (");
+                    qb.push("AND EXISTS (SELECT 1 FROM languages lg WHERE lg.service_id = r.service_id AND (");
                     for (index, language) in filter.languages.iter().enumerate() {
                         if index > 0 {
                             qb.push(" OR ");
@@ -995,12 +1069,12 @@ macro_rules! sql_store {
                 if filter.accepting_only {
                     // The contract: exclude only locations whose report says full; those
                     // that never report capacity are kept.
-                    qb.push("AND NOT EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = s.id AND c.location_id = sal.location_id AND c.available <= 0) ");
+                    qb.push("AND NOT EXISTS (SELECT 1 FROM capacity c WHERE c.service_id = r.service_id AND c.location_id = r.location_id AND c.available <= 0) ");
                 }
                 if filter.text.is_none() && filter.point.is_none() {
-                    // Name order: page in SQL.
+                    // Name order: page in SQL, on the index search_rows_name.
                     if let Some(RankKey { n: name, s: sid, l: lid, .. }) = &filter.after {
-                        qb.push("AND (s.name, s.id, COALESCE(sal.location_id, '')) > (");
+                        qb.push("AND (r.name, r.service_id, r.location_id) > (");
                         qb.push_bind(name.as_str());
                         qb.push(", ");
                         qb.push_bind(sid.as_str());
@@ -1008,16 +1082,22 @@ macro_rules! sql_store {
                         qb.push_bind(lid.as_str());
                         qb.push(") ");
                     }
-                    qb.push("ORDER BY s.name, s.id, COALESCE(sal.location_id, '') LIMIT ");
+                    qb.push("ORDER BY r.name, r.service_id, r.location_id LIMIT ");
                     qb.push_bind(filter.limit);
                 }
-                let rows = qb.build().fetch_all(&self.pool).await?;
-                let mut candidates = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let latitude: Option<f64> = row.try_get(3)?;
-                    let longitude: Option<f64> = row.try_get(4)?;
-                    let point = latitude.zip(longitude);
-                    let key = RankKey::of(filter, row.try_get(5)?, point, row.try_get(2)?, row.try_get(0)?, row.try_get(1)?);
+                qb.push(") c");
+                let joined: Option<String> = qb.build().fetch_one(&self.pool).await?.try_get(0)?;
+                let joined = joined.unwrap_or_default();
+                let mut candidates = Vec::new();
+                for row in joined.split('\u{2}').filter(|row| !row.is_empty()) {
+                    let fields: Vec<&str> = row.split('\u{1}').collect();
+                    let [sid, lid, name, latitude, longitude, score] = fields[..] else {
+                        return Err(DirectoryError::Corrupt(format!("search row `{row}`")));
+                    };
+                    let number = |text: &str| text.parse::<f64>().ok();
+                    let point = number(latitude).zip(number(longitude));
+                    let score = number(score).unwrap_or(0.0);
+                    let key = RankKey::of(filter, score, point, name.to_owned(), sid.to_owned(), lid.to_owned());
                     if filter.radius > 0.0 && (point.is_none() || key.d > filter.radius) {
                         continue;
                     }
@@ -1028,6 +1108,30 @@ macro_rules! sql_store {
                 }
                 candidates.sort_by(|a, b| a.key.rank_cmp(&b.key));
                 candidates.truncate(usize::try_from(filter.limit).unwrap_or(0));
+                // The hours of the kept candidates, from their search rows.
+                let mut hours = HashMap::new();
+                // By service id, the primary key's prefix (a row-value IN over VALUES made
+                // SQLite scan the table); rows of other locations are dropped below.
+                let mut services: Vec<String> = candidates.iter().map(|c| c.key.s.clone()).collect();
+                services.sort();
+                services.dedup();
+                for chunk in services.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT service_id, location_id, time_zone, schedules FROM search_rows WHERE service_id IN (",
+                    );
+                    Self::push_in(&mut qb, chunk);
+                    qb.push(")");
+                    for row in qb.build().fetch_all(&self.pool).await? {
+                        let schedules: String = row.try_get(3)?;
+                        hours.insert(
+                            (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?),
+                            LocationHours { time_zone: row.try_get(2)?, schedules: decode_schedule_json(&schedules)? },
+                        );
+                    }
+                }
+                for candidate in &mut candidates {
+                    candidate.hours = hours.remove(&(candidate.key.s.clone(), candidate.key.l.clone()));
+                }
                 Ok(candidates)
             }
 
@@ -1200,11 +1304,13 @@ macro_rules! sql_store {
                     notes: row.try_get(5)?,
                     create_time: Some(micros_to_timestamp(row.try_get(6)?)),
                     update_time: Some(micros_to_timestamp(row.try_get(7)?)),
+                    incident_checked: row.try_get::<i64, _>(8)? != 0,
                 })
             }
 
             const REFERRAL_COLUMNS: &'static str =
-                "SELECT referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time FROM referrals";
+                "SELECT referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time, \
+                 incident_checked FROM referrals";
 
             async fn service_status(conn: &mut $conn, service_id: &str) -> StoreResult<i64> {
                 sqlx::query("SELECT status FROM services WHERE id = $1")
@@ -1466,8 +1572,8 @@ macro_rules! sql_store {
                 }
                 let now = idem.now;
                 let inserted = sqlx::query(
-                    "INSERT INTO referrals (referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                    "INSERT INTO referrals (referral_id, incident_id, service_id, location_id, status, notes, create_time, update_time, \
+                     incident_checked) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
                 )
                 .bind(&referral.referral_id)
                 .bind(&referral.incident_id)
@@ -1476,6 +1582,7 @@ macro_rules! sql_store {
                 .bind(i64::from(ReferralStatus::Pending as i32))
                 .bind(&referral.notes)
                 .bind(now)
+                .bind(i64::from(referral.incident_checked))
                 .execute(&mut *tx)
                 .await;
                 if let Err(error) = inserted {
@@ -1529,6 +1636,154 @@ macro_rules! sql_store {
                 Self::record(&mut tx, idem, &response.encode_to_vec()).await?;
                 tx.commit().await?;
                 Ok(response)
+            }
+
+            #[allow(clippy::too_many_lines)]
+            async fn dump(&self, table: Dump) -> StoreResult<Vec<Row>> {
+                let mut conn = self.pool.acquire().await?;
+                let collate = if Self::PG { " COLLATE \"C\"" } else { "" };
+                let text = |row: &<$db as sqlx::Database>::Row, i: usize| row.try_get::<String, _>(i);
+                let mut out = Vec::new();
+                match table {
+                    Dump::Organizations => {
+                        let sql = format!("SELECT id, name, description, url, email FROM organizations ORDER BY id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Organization {
+                                id: text(&row, 0)?, name: text(&row, 1)?, description: text(&row, 2)?,
+                                url: text(&row, 3)?, email: text(&row, 4)?,
+                            });
+                        }
+                    }
+                    Dump::TaxonomyTerms => {
+                        let sql = format!("SELECT id, code, name, taxonomy, COALESCE(parent_id, '') FROM taxonomy_terms ORDER BY id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::TaxonomyTerm(TaxonomyTerm {
+                                id: text(&row, 0)?, code: text(&row, 1)?, name: text(&row, 2)?,
+                                taxonomy: text(&row, 3)?, parent_id: text(&row, 4)?,
+                            }));
+                        }
+                    }
+                    Dump::Services => {
+                        // The columns of decode_service, without the organization's own fields.
+                        let sql = format!(
+                            "SELECT s.id, s.organization_id, '', '', '', '', s.name, s.alternate_name, s.description, s.url, \
+                             s.email, s.status, s.eligibility_description, s.fees_description, s.application_process, s.alert, \
+                             s.create_time, s.update_time FROM services s ORDER BY s.id{collate}"
+                        );
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            let mut service = Self::decode_service(&row)?;
+                            let update_time: i64 = row.try_get(17)?;
+                            if let Some(organization) = &mut service.organization {
+                                *organization = Organization { id: organization.id.clone(), ..Organization::default() };
+                            }
+                            service.create_time = None;
+                            service.update_time = None;
+                            out.push(Row::Service(Box::new(service), update_time));
+                        }
+                    }
+                    Dump::ServiceTaxonomy => {
+                        let sql = format!("SELECT service_id, taxonomy_term_id FROM service_taxonomy ORDER BY service_id{collate}, taxonomy_term_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::ServiceTaxonomy { service_id: text(&row, 0)?, term_id: text(&row, 1)? });
+                        }
+                    }
+                    Dump::Languages => {
+                        let sql = format!("SELECT service_id, code, position FROM languages ORDER BY position, code{collate}, service_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Language { service_id: text(&row, 0)?, code: text(&row, 1)?, position: row.try_get(2)? });
+                        }
+                    }
+                    Dump::Phones => {
+                        let sql = format!("SELECT id, service_id, number, extension, type, description FROM phones ORDER BY id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Phone {
+                                id: text(&row, 0)?,
+                                service_id: text(&row, 1)?,
+                                phone: Phone { number: text(&row, 2)?, extension: text(&row, 3)?, r#type: text(&row, 4)?, description: text(&row, 5)? },
+                            });
+                        }
+                    }
+                    Dump::Locations => {
+                        let sql = format!(
+                            "SELECT id, name, latitude, longitude, time_zone, attention, address_1, address_2, city, region, \
+                             state_province, postal_code, country, has_address FROM locations ORDER BY id{collate}"
+                        );
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            let latitude: Option<f64> = row.try_get(2)?;
+                            let longitude: Option<f64> = row.try_get(3)?;
+                            let id = text(&row, 0)?;
+                            out.push(Row::Location { id: id.clone(), name: text(&row, 1)?, point: latitude.zip(longitude), time_zone: text(&row, 4)? });
+                            if row.try_get::<i64, _>(13)? != 0 {
+                                out.push(Row::Address {
+                                    location_id: id,
+                                    address: Address {
+                                        attention: text(&row, 5)?, address_1: text(&row, 6)?, address_2: text(&row, 7)?,
+                                        city: text(&row, 8)?, region: text(&row, 9)?, state_province: text(&row, 10)?,
+                                        postal_code: text(&row, 11)?, country: text(&row, 12)?,
+                                    },
+                                });
+                            }
+                        }
+                    }
+                    Dump::ServiceAtLocation => {
+                        let sql = format!("SELECT id, service_id, location_id, position FROM service_at_location ORDER BY position, location_id{collate}, service_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::ServiceAtLocation {
+                                id: text(&row, 0)?, service_id: text(&row, 1)?, location_id: text(&row, 2)?, position: row.try_get(3)?,
+                            });
+                        }
+                    }
+                    Dump::Schedules => {
+                        let sql = format!(
+                            "SELECT service_id, location_id, freq, \"interval\", byday, bymonthday, opens_at, closes_at, valid_from, \
+                             valid_to, dtstart, description, id, position FROM schedules ORDER BY position, id{collate}"
+                        );
+                        let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+                        let ids: Vec<(String, i64)> = rows.iter().map(|row| Ok((text(row, 12)?, row.try_get(13)?))).collect::<StoreResult<_>>()?;
+                        for ((service_id, location_id, schedule), (id, position)) in Self::decode_schedules(rows)?.into_iter().zip(ids) {
+                            out.push(Row::Schedule { id, service_id, location_id, service_at_location_id: None, position, schedule });
+                        }
+                    }
+                    Dump::Capacity => {
+                        let sql = format!("SELECT service_id, location_id, available, total, as_of_time FROM capacity ORDER BY service_id{collate}, location_id{collate}");
+                        for row in sqlx::query(&sql).fetch_all(&mut *conn).await? {
+                            out.push(Row::Capacity { service_id: text(&row, 0)?, location_id: text(&row, 1)?, capacity: Self::decode_capacity(&row, 2)? });
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn erase_referral_notes(&self, created_before: i64, requests_before: i64) -> StoreResult<(u64, u64)> {
+                // Look before writing: on SQLite even an UPDATE of no rows takes the write lock,
+                // and a concurrent mutation whose transaction already read would then fail with
+                // SQLITE_BUSY instead of waiting.
+                let due: i64 = sqlx::query(
+                    "SELECT CASE WHEN EXISTS (SELECT 1 FROM referrals WHERE create_time < $1 AND notes <> '') \
+                     OR EXISTS (SELECT 1 FROM requests WHERE rpc IN ('CreateReferral', 'UpdateReferral') AND create_time < $2) \
+                     THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END",
+                )
+                .bind(created_before)
+                .bind(requests_before)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+                if due == 0 {
+                    return Ok((0, 0));
+                }
+                let mut tx = self.pool.begin().await?;
+                let referrals = sqlx::query("UPDATE referrals SET notes = '' WHERE create_time < $1 AND notes <> ''")
+                    .bind(created_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let requests = sqlx::query("DELETE FROM requests WHERE rpc IN ('CreateReferral', 'UpdateReferral') AND create_time < $1")
+                    .bind(requests_before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok((referrals, requests))
             }
 
             async fn list_referrals(&self, filter: &ReferralFilter) -> StoreResult<Vec<Referral>> {
@@ -1587,6 +1842,11 @@ fn row_keys(row: &Row) -> Vec<String> {
         Row::Language {
             service_id, code, ..
         } => vec![format!("{service_id}\u{1}{code}")],
+        Row::Capacity {
+            service_id,
+            location_id,
+            ..
+        } => vec![format!("{service_id}\u{1}{location_id}")],
         Row::Address { location_id, .. } | Row::LocationTimeZone { location_id, .. } => {
             vec![location_id.clone()]
         }
@@ -1644,7 +1904,8 @@ fn missing_reason(row: &Row, stored: &std::collections::HashSet<String>) -> Opti
         | Row::TaxonomyTerm(_)
         | Row::Location { .. }
         | Row::LocationTimeZone { .. }
-        | Row::Schedule { .. } => return None,
+        | Row::Schedule { .. }
+        | Row::Capacity { .. } => return None,
     };
     (!stored.contains(&key)).then_some(reason)
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod intake;
+
 use std::path::{Path, PathBuf};
 
 use relay_directory::{
@@ -83,6 +85,30 @@ macro_rules! with_store {
     };
 }
 
+/// One test per backend of each `async fn case(kind: Kind)` named: `postgres::case` and
+/// `sqlite::case`.
+#[macro_export]
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Kind::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Starts the service on a new database of `kind`.
 pub async fn start(kind: Kind) -> Harness {
     let (url, database, dir) = database(kind).await;
@@ -97,14 +123,43 @@ pub async fn start_on(
     database: Option<TestDatabase>,
     dir: Option<tempfile::TempDir>,
 ) -> Harness {
-    let config = relay_runtime::Config::builder("directory")
-        .set("insecure_dev", true)
+    start_configured(
+        kind,
+        (url, database, dir),
+        &[],
+        std::sync::Arc::new(relay_directory::clock::SystemClock),
+    )
+    .await
+}
+
+/// Starts the service on a new database of `kind` with extra settings (`("directory.x",
+/// "1")`) and a clock.
+pub async fn start_with(
+    kind: Kind,
+    settings: &[(&str, serde_json::Value)],
+    clock: std::sync::Arc<dyn relay_directory::clock::Clock>,
+) -> Harness {
+    let (url, database, dir) = database(kind).await;
+    backend(&url).await;
+    start_configured(kind, (url, database, dir), settings, clock).await
+}
+
+async fn start_configured(
+    kind: Kind,
+    (url, database, dir): (String, Option<TestDatabase>, Option<tempfile::TempDir>),
+    settings: &[(&str, serde_json::Value)],
+    clock: std::sync::Arc<dyn relay_directory::clock::Clock>,
+) -> Harness {
+    let mut config = relay_runtime::Config::builder("directory")
         .set("listen", "127.0.0.1:0")
         .set("database_url", url.clone())
-        .set("directory.page_token_secret", "test-secret")
-        .build()
+        .set("page_token_secret", "test-secret");
+    for (key, value) in settings {
+        config = config.set(key, value.clone());
+    }
+    let app = Application::build_with_clock(config.build().unwrap(), clock)
+        .await
         .unwrap();
-    let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
@@ -206,6 +261,37 @@ pub async fn search_ids(
     ids.sort();
     ids.dedup();
     ids
+}
+
+/// An ACTIVE service of organization `org` with these locations.
+pub fn active_service(
+    id: &str,
+    name: &str,
+    locations: Vec<relay_proto::directory::ServiceLocation>,
+) -> relay_proto::directory::Service {
+    relay_proto::directory::Service {
+        id: id.into(),
+        organization: Some(relay_proto::directory::Organization {
+            id: "org".into(),
+            name: "Lane Mutual Aid".into(),
+            ..Default::default()
+        }),
+        name: name.into(),
+        status: relay_proto::directory::ServiceStatus::Active as i32,
+        locations,
+        ..Default::default()
+    }
+}
+
+/// Stores `service` through UpsertService (request id = the service id).
+pub async fn upsert_service(h: &mut Harness, service: relay_proto::directory::Service) {
+    h.client
+        .upsert_service(relay_proto::directory::UpsertServiceRequest {
+            request_id: service.id.clone(),
+            service: Some(service),
+        })
+        .await
+        .unwrap();
 }
 
 pub fn _unused(_: PgStore, _: SqliteStore) {}
