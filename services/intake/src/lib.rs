@@ -10,12 +10,14 @@
 //!   events, retention) and the outbox worker.
 //! - [`upstream`]: consumers of routing's and availability's event streams.
 //! - [`handler`]: request validation and the gRPC surface.
+//! - [`report`], [`report_api`]: program reports and `relay.reports.v1.ReportService`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use relay_proto::{
     availability::availability_service_client::AvailabilityServiceClient,
     intake::intake_service_server::IntakeServiceServer,
+    reports::report_service_server::ReportServiceServer,
     routing::routing_service_client::RoutingServiceClient,
 };
 use relay_runtime::{
@@ -35,6 +37,8 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod program;
 pub mod protocol;
+pub mod report;
+pub mod report_api;
 pub mod settings;
 pub mod store;
 pub mod upstream;
@@ -166,6 +170,10 @@ impl Application {
         let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token());
         let host = host
             .add_service(IntakeServiceServer::new(handler))
+            // Program reports read the same store (relay.reports.v1.ReportService).
+            .add_service(ReportServiceServer::new(
+                report_api::ReportServiceHandler::new(Arc::clone(&intake)),
+            ))
             .readiness_check("database", check);
         let server = host.bind(config.settings.listen.0).await?;
         Ok(Self {
