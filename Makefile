@@ -86,7 +86,24 @@ check-servers:
 .PHONY: test
 test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 	$(CARGO) $(TEST_RUNNER) --workspace --locked
+	$(MAKE) report-check
 	$(MAKE) examples
+
+# The program report in a real browser: `cargo test -p relay --test report` writes the HTML
+# reports to target/tmp/report-check/, and scripts/report-check.sh opens them in headless
+# Chromium (Debian's package, installed only when missing): no console error, every chart
+# drawn, and a screenshot (report.png) beside each. Bounded: the install by INSTALL_TIMEOUT,
+# each browser run by REPORT_CHECK_TIMEOUT seconds, the whole check by 300 s.
+REPORT_CHECK_TIMEOUT ?= 60
+.PHONY: report-check
+report-check: ## Open the program report in headless Chromium; screenshot in target/tmp/report-check
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium from Debian"; \
+	  timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get install -y -q --no-install-recommends chromium >/dev/null; \
+	fi
+	$(CARGO) test --locked -p relay --test report
+	REPORT_CHECK_TIMEOUT=$(REPORT_CHECK_TIMEOUT) timeout 300 scripts/report-check.sh
 
 # --- Client stubs and the CAD examples (issue 16) -------------------------------------------
 # Everything comes from registries: protoc and the Go/Java plugins from Debian (installed only

@@ -41,6 +41,7 @@ pub mod report;
 pub mod report_api;
 pub mod settings;
 pub mod store;
+pub mod synthetic;
 pub mod upstream;
 
 pub use handler::{IntakeServiceHandler, api_error};

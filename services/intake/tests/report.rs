@@ -13,12 +13,12 @@ use chrono_tz::Tz;
 use relay_intake::{
     report::{self, Report, ReportRequest},
     store::{IncidentStore, StoredIncident, postgres::PgStore, sqlite::SqliteStore, timestamp_of},
+    synthetic::{record, source, wait},
 };
 use relay_proto::{
     common::UnservedReason,
     intake::{
-        CallerContact, CloseOutcome, Disposition, Incident, IncidentTimeline, StepTime,
-        TriageDecision,
+        CallerContact, CloseOutcome, Disposition, Incident, IncidentTimeline, TriageDecision,
     },
     reports::{GetProgramReportRequest, report_service_client::ReportServiceClient},
 };
@@ -33,20 +33,6 @@ const S: i64 = 1_000_000;
 
 fn at(seconds: i64) -> i64 {
     (T0 + seconds) * S
-}
-
-fn source(micros: i64) -> Option<StepTime> {
-    Some(StepTime {
-        source_time: Some(timestamp_of(micros)),
-        record_time: Some(timestamp_of(micros + 500_000)),
-    })
-}
-
-fn record(micros: i64) -> Option<StepTime> {
-    Some(StepTime {
-        source_time: None,
-        record_time: Some(timestamp_of(micros)),
-    })
 }
 
 struct Call {
@@ -95,10 +81,6 @@ fn stored(call: Call) -> StoredIncident {
         override_disposition: 0,
         team_status: 0,
     }
-}
-
-fn wait(seconds: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds, nanos: 0 })
 }
 
 /// The hand-built set. Region "east" unless said otherwise; received times are the CAD's.
