@@ -16,7 +16,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use relay_proto::{
     common::UnservedReason,
-    intake::{CloseOutcome, Disposition, Incident, StepTime},
+    intake::{CloseOutcome, Disposition, Incident, IncidentTimeline, StepTime},
     reports::{ProgramReport, ReportFigure},
 };
 
@@ -167,8 +167,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 
 /// Why an eligible call went unserved, as the report names it: the timeline's first
 /// unserved reason, or, when it has none, what happened to the call.
-fn unserved_key(incident: &Incident) -> String {
-    let timeline = incident.timeline.clone().unwrap_or_default();
+fn unserved_key(timeline: &IncidentTimeline) -> String {
     match UnservedReason::try_from(timeline.first_unserved_reason) {
         Ok(UnservedReason::Unspecified) | Err(_) => {
             if timeline.cancelled.is_some() {
@@ -231,12 +230,21 @@ pub struct ReportBuilder {
     unserved_heat: [[u64; 24]; 7],
 }
 
-fn disposition_name(value: i32) -> String {
+/// Adds one to `key`, allocating the key only the first time it is seen.
+fn count_key(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+fn disposition_name(value: i32) -> &'static str {
     Disposition::try_from(value)
         .unwrap_or(Disposition::Unspecified)
         .as_str_name()
         .trim_start_matches("DISPOSITION_")
-        .to_owned()
 }
 
 impl ReportBuilder {
@@ -258,7 +266,7 @@ impl ReportBuilder {
             Disposition::TraditionalResponse,
             Disposition::NeedsReview,
         ] {
-            by_disposition.insert(disposition_name(d as i32), 0);
+            by_disposition.insert(disposition_name(d as i32).to_owned(), 0);
         }
         let mut by_outcome = BTreeMap::new();
         for value in 1..=8 {
@@ -303,7 +311,8 @@ impl ReportBuilder {
 
     /// Counts one incident received in the period.
     pub fn add(&mut self, incident: &Incident) {
-        let timeline = incident.timeline.clone().unwrap_or_default();
+        let none = IncidentTimeline::default();
+        let timeline = incident.timeline.as_ref().unwrap_or(&none);
         let received_micros = crate::store::micros_of(incident.received_at.as_ref());
         let received = DateTime::<Utc>::from_timestamp_micros(received_micros).unwrap_or_default();
         let local = received.with_timezone(&self.request.time_zone);
@@ -317,16 +326,13 @@ impl ReportBuilder {
         self.received += 1;
         self.by_hour[hour] += 1;
         self.by_weekday[weekday] += 1;
-        *self
-            .by_disposition
-            .entry(disposition_name(disposition))
-            .or_default() += 1;
+        count_key(&mut self.by_disposition, disposition_name(disposition));
         let kind = if incident.apco_incident_type.is_empty() {
-            "UNKNOWN".to_owned()
+            "UNKNOWN"
         } else {
-            incident.apco_incident_type.clone()
+            incident.apco_incident_type.as_str()
         };
-        *self.by_type.entry(kind).or_default() += 1;
+        count_key(&mut self.by_type, kind);
         if let Some(index) = self.buckets.iter().rposition(|start| *start <= received) {
             let bucket = &mut self.trend[index];
             bucket.received += 1;
@@ -353,7 +359,7 @@ impl ReportBuilder {
                     self.served_wait.seconds.push(wait);
                 }
             } else {
-                let key = unserved_key(incident);
+                let key = unserved_key(timeline);
                 *self.unserved_by_reason.entry(key.clone()).or_default() += 1;
                 if timeline.escalated.is_some() {
                     self.escalated += 1;
