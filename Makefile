@@ -86,6 +86,7 @@ check-servers:
 .PHONY: test
 test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 	$(CARGO) $(TEST_RUNNER) --workspace --locked
+	$(MAKE) report-check
 	$(MAKE) examples
 	$(MAKE) fuzz-eido
 
@@ -105,6 +106,22 @@ chaos: check-servers ## Fault tests under load: Redis failover, kill -9 of every
 	$(CHAOS_TEST) --test failover --test kill --no-run
 	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test failover -- --nocapture
 	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test kill -- --nocapture
+
+# The program report in a real browser: `cargo test -p relay --test report` writes the HTML
+# reports to target/tmp/report-check/, and scripts/report-check.sh opens them in headless
+# Chromium (Debian's package, installed only when missing): no console error, every chart
+# drawn, and a screenshot (report.png) beside each. Bounded: the install by INSTALL_TIMEOUT,
+# each browser run by REPORT_CHECK_TIMEOUT seconds, the whole check by 300 s.
+REPORT_CHECK_TIMEOUT ?= 60
+.PHONY: report-check
+report-check: ## Open the program report in headless Chromium; screenshot in target/tmp/report-check
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium from Debian"; \
+	  timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive timeout $(INSTALL_TIMEOUT) $(SUDO) apt-get install -y -q --no-install-recommends chromium >/dev/null; \
+	fi
+	$(CARGO) test --locked -p relay --test report
+	REPORT_CHECK_TIMEOUT=$(REPORT_CHECK_TIMEOUT) timeout 300 scripts/report-check.sh
 
 # --- Client stubs and the CAD examples (issue 16) -------------------------------------------
 # Everything comes from registries: protoc and the Go/Java plugins from Debian (installed only
@@ -188,6 +205,8 @@ fuzz-eido: $(FUZZ_VENV)/bin/schemathesis ## Fuzz POST /EIDO and GET /EIDO/{id} o
 .PHONY: bench
 bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	$(CARGO) bench -p relay-intake --bench submit
+	@# The program report over 1,000,000 incidents (RELAY_REPORT_BENCH_INCIDENTS); goal < 10 s.
+	timeout 1800 $(CARGO) bench -p relay-intake --bench report
 	$(CARGO) bench -p relay-availability --bench ingest
 	$(CARGO) bench -p relay-routing --bench assign
 	$(CARGO) bench --locked -p relay-directory --bench directory

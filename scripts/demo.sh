@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make demo: relay dev on embedded storage, the directory loaded from ../shared/hsds and a
-# generated metro directory, then a few hours of simulated calls, ending with the report.
+# generated metro directory, then a few hours of simulated calls, ending with the simulator's
+# report (target/demo/simulation.txt) and the program report of those calls
+# (target/demo/report.html).
 # Needs no server. RELAY_DEMO_PORT_BASE (50051), RELAY_DEMO_MINUTES (240 simulated minutes)
 # and RELAY_DEMO_SPEED (120 simulated seconds per second) change the defaults.
 set -euo pipefail
@@ -39,8 +41,17 @@ done
 grep ' listening on ' "$data/dev.log"
 
 echo "== simulating $minutes minutes at ${speed}x"
+# The simulator's calls carry wall-clock received_at, so the program report covers from now.
+start="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 "$relay" simulate \
   --intake "http://127.0.0.1:$base" \
   --availability "http://127.0.0.1:$((base + 1))" \
   --directory "http://127.0.0.1:$((base + 3))" \
-  --minutes "$minutes" --speed "$speed"
+  --minutes "$minutes" --speed "$speed" | tee "$data/simulation.txt"
+
+echo "== program report of the simulated calls (docs/program-metrics.md)"
+"$relay" report --from "$start" --to "$(date -u -d '+1 minute' +%Y-%m-%dT%H:%M:%SZ)" \
+  --database-url "sqlite://$data/intake.db" --out "$data/report.html"
+echo "simulator's report: $data/simulation.txt"
+echo "program report:     $(realpath "$data/report.html") (open it in a browser)"
+echo "(the program report's times are wall-clock: the simulation ran ${speed}x faster than real time)"

@@ -1,7 +1,7 @@
 //! Relay's v1 gRPC API, generated from the `.proto` files beside this crate.
 //!
 //! Modules follow the proto packages: `relay::intake::v1`, `relay::availability::v1`,
-//! `relay::routing::v1`, `relay::directory::v1` and the shared `relay::common::v1`.
+//! `relay::routing::v1`, `relay::directory::v1`, `relay::reports::v1` and the shared `relay::common::v1`.
 //! The `client` feature brings the client stubs, `server` the service traits; both are on by
 //! default. [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set, for gRPC server reflection.
 
@@ -38,7 +38,13 @@ pub mod relay {
             tonic::include_proto!("relay.directory.v1");
         }
     }
+    pub mod reports {
+        pub mod v1 {
+            tonic::include_proto!("relay.reports.v1");
+        }
+    }
 }
 
+pub use relay::reports::v1 as reports;
 pub use relay::{availability::v1 as availability, common::v1 as common};
 pub use relay::{directory::v1 as directory, intake::v1 as intake, routing::v1 as routing};

@@ -11,12 +11,14 @@
 //! - [`upstream`]: consumers of routing's and availability's event streams.
 //! - [`handler`]: request validation and the gRPC surface.
 //! - [`eido`], [`http`]: NENA EIDO in and out, over gRPC and on the HTTP port.
+//! - [`report`], [`report_api`]: program reports and `relay.reports.v1.ReportService`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use relay_proto::{
     availability::availability_service_client::AvailabilityServiceClient,
     intake::intake_service_server::IntakeServiceServer,
+    reports::report_service_server::ReportServiceServer,
     routing::routing_service_client::RoutingServiceClient,
 };
 use relay_runtime::{
@@ -38,8 +40,11 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod program;
 pub mod protocol;
+pub mod report;
+pub mod report_api;
 pub mod settings;
 pub mod store;
+pub mod synthetic;
 pub mod upstream;
 
 pub use handler::{IntakeServiceHandler, api_error};
@@ -194,6 +199,10 @@ impl Application {
         let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token());
         let host = host
             .add_service(IntakeServiceServer::new(handler))
+            // Program reports read the same store (relay.reports.v1.ReportService).
+            .add_service(ReportServiceServer::new(
+                report_api::ReportServiceHandler::new(Arc::clone(&intake)),
+            ))
             .readiness_check("database", check);
         let http_addr = http_addr(&config)?;
         let http = tokio::net::TcpListener::bind(http_addr)

@@ -313,6 +313,17 @@ pub trait IncidentStore: Send + Sync + std::fmt::Debug + 'static {
     async fn purge_personal_data(&self, before: i64, now: i64) -> Result<u64, StoreError>;
     /// Deletes sequenced events, consumed ids and request records older than `before`.
     async fn purge_history(&self, before: i64) -> Result<u64, StoreError>;
+    /// Hands `visit` every incident received (by the CAD's received_at, micros) in
+    /// `[from, to)`, of `region` (empty: every region), in no particular order, as stored
+    /// without its personal columns (no narrative, caller contact or notes): what a program
+    /// report reads. Returns how many it visited.
+    async fn scan_received(
+        &self,
+        from: i64,
+        to: i64,
+        region: &str,
+        visit: &mut (dyn FnMut(Incident) + Send),
+    ) -> Result<u64, StoreError>;
 }
 
 // ---- Row encoding shared by both backends -------------------------------------------------
@@ -985,6 +996,32 @@ macro_rules! sql_store {
                 .execute(&self.pool)
                 .await?
                 .rows_affected())
+            }
+
+            async fn scan_received(
+                &self,
+                from: i64,
+                to: i64,
+                region: &str,
+                visit: &mut (dyn FnMut(Incident) + Send),
+            ) -> Result<u64, StoreError> {
+                use futures::TryStreamExt;
+                // The body column alone: the personal columns never leave the database. The
+                // period's range on incidents_received finds the rows; region filters them.
+                let query = sqlx::query_scalar::<_, Vec<u8>>(
+                    "SELECT body FROM incidents WHERE received_at >= $1 AND received_at < $2 \
+                     AND ($3 = '' OR region = $3)",
+                )
+                .bind(from)
+                .bind(to)
+                .bind(region.to_owned());
+                let mut rows = query.fetch(&self.pool);
+                let mut visited = 0;
+                while let Some(body) = rows.try_next().await? {
+                    visit(Incident::decode(body.as_slice())?);
+                    visited += 1;
+                }
+                Ok(visited)
             }
 
             async fn purge_history(&self, before: i64) -> Result<u64, StoreError> {

@@ -7,6 +7,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 mod dev;
+mod report;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +37,10 @@ enum Command {
     /// simulator (teams on shifts reporting positions, calls with a realistic mix of types
     /// and risk flags, each followed to its close), then print a report.
     Simulate(SimulateArgs),
+    /// Write a community response program's report for a period from intake's database:
+    /// one self-contained HTML page (headline figures, charts, tables), or every figure as
+    /// CSV or JSON rows. Definitions: docs/program-metrics.md.
+    Report(ReportArgs),
     /// Manage the referral directory.
     Directory {
         #[command(subcommand)]
@@ -72,6 +77,32 @@ struct SimulateArgs {
     /// No live progress display (for logs and tests).
     #[arg(long)]
     no_progress: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// Start of the period, inclusive, RFC 3339 (calls received at or after it).
+    #[arg(long)]
+    from: String,
+    /// End of the period, exclusive, RFC 3339; at most 366 days after --from.
+    #[arg(long)]
+    to: String,
+    /// Report on this region only (default: every region together).
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Intake's database: `postgres://...` or `sqlite://path`.
+    #[arg(long, env = "RELAY_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Intake's configuration file, for the region's `[intake.programs.<region>] time_zone`
+    /// (hours of day and days are in that zone; UTC without it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The file to write.
+    #[arg(long, default_value = "report.html")]
+    out: PathBuf,
+    /// html: one page with charts; csv, json: one row per metric, breakdown and period.
+    #[arg(long, value_enum, default_value = "html")]
+    format: report::Format,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,10 +144,41 @@ enum DirectoryCommand {
     },
 }
 
+/// `relay report`: computes the figures and writes the file, printing its path.
+fn program_report(args: ReportArgs) -> ExitCode {
+    let run = || -> anyhow::Result<()> {
+        let options = report::Options {
+            from: report::parse_time("--from", &args.from)?,
+            to: report::parse_time("--to", &args.to)?,
+            time_zone: report::time_zone_from_config(args.config.as_deref(), &args.region)?,
+            region: args.region.clone(),
+            database_url: args.database_url.clone(),
+            format: args.format,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let computed = runtime.block_on(report::compute(&options))?;
+        report::write(&computed, options.format, &args.out)?;
+        Ok(())
+    };
+    match run() {
+        Ok(()) => {
+            println!("report written to {}", args.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relay: report failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Simulate(args) => simulate(&args),
+        Command::Report(args) => program_report(args),
         Command::Dev {
             port_base,
             data_dir,
