@@ -242,7 +242,7 @@ impl Backend {
 /// The handler on `store`, checking incidents with `intake` when given.
 fn handler<S: store::DirectoryStore>(
     store: S,
-    tokens: &PageTokens,
+    tokens: &relay_runtime::paging::PageTokens,
     clock: &Arc<dyn Clock>,
     intake: Option<&handler::IntakeClient>,
 ) -> DirectoryServiceHandler<S> {
@@ -281,27 +281,14 @@ impl Application {
     /// As [`Application::build`].
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, BoxError> {
         let settings: DirectorySettings = config.section("directory")?;
-<<<<<<< HEAD
-        let tokens = config.settings.page_tokens()?;
-=======
         let retention_days = settings.retention_days()?;
         let retention_every =
             Duration::from_secs(settings.retention_interval_seconds.unwrap_or(3600).max(1));
-        let tokens = settings
-            .page_token_secret
-            .as_ref()
-            .map_or_else(PageTokens::random, |secret| {
-                PageTokens::new(secrecy::ExposeSecret::expose_secret(secret).as_bytes())
-            });
->>>>>>> directory-export
+        let tokens = config.settings.page_tokens()?;
         let backend = Backend::open(
             config.database_url()?,
             settings.max_connections.unwrap_or(10),
         )?;
-<<<<<<< HEAD
-        let host = ServiceHost::from_config(&config);
-        let host = match backend {
-=======
         let intake = if settings.check_incidents.unwrap_or(false) {
             let deadline =
                 Duration::from_millis(settings.intake_deadline_ms.unwrap_or(2000).max(1));
@@ -315,9 +302,8 @@ impl Application {
         } else {
             None
         };
-        let host = ServiceHost::new(&config.settings.server);
+        let host = ServiceHost::from_config(&config);
         let host = match backend.clone() {
->>>>>>> directory-export
             Backend::Postgres(store) => host
                 .readiness_check("postgres", storage::postgres_check(store.pool().clone()))
                 .add_service(DirectoryServiceServer::new(handler(
