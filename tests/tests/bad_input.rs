@@ -161,7 +161,8 @@ fn endpoint_of(suite: &Suite, package: &str) -> String {
     let process = match package {
         "relay.availability.v1" => &suite.availability,
         "relay.routing.v1" => &suite.routing,
-        "relay.intake.v1" => &suite.intake,
+        // Intake serves the program reports beside the incidents.
+        "relay.intake.v1" | "relay.reports.v1" => &suite.intake,
         "relay.directory.v1" => &suite.directory,
         other => panic!("no process serves {other}: add it to this table"),
     };
