@@ -28,6 +28,11 @@ impl RedisServer {
         command
             .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // A replica writes the primary's snapshot to disk while it syncs: keep it out of the
+            // working tree, one file per server.
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .args(["--dbfilename", &format!("relay-test-{}.rdb", addr.port())])
             .args(["--loglevel", "warning"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
