@@ -304,6 +304,20 @@ impl Events {
         incident: &str,
         kinds: &[IncidentEventKind],
     ) -> Vec<IncidentEventKind> {
+        self.until_count(incident, kinds, 1).await
+    }
+
+    /// Waits until `incident` has `count` events of `kinds` in all; returns the incident's
+    /// kinds so far.
+    ///
+    /// # Panics
+    /// When they do not come within 30 seconds.
+    pub async fn until_count(
+        &mut self,
+        incident: &str,
+        kinds: &[IncidentEventKind],
+        count: usize,
+    ) -> Vec<IncidentEventKind> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let seen: Vec<IncidentEventKind> = self
@@ -312,13 +326,13 @@ impl Events {
                 .filter(|e| e.incident_id == incident)
                 .map(IncidentEvent::kind)
                 .collect();
-            if seen.iter().any(|k| kinds.contains(k)) {
+            if seen.iter().filter(|k| kinds.contains(k)).count() >= count {
                 return seen;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.receiver.recv()).await {
                 Ok(Some(event)) => self.seen.push(event),
-                _ => panic!("no {kinds:?} for {incident}; saw {seen:?}"),
+                _ => panic!("not {count} of {kinds:?} for {incident}; saw {seen:?}"),
             }
         }
     }

@@ -12,6 +12,7 @@
 //! | `<p>:{<region>}:teams` | set | every team id of the region | upsert and move scripts |
 //! | `<p>:{<region>}:events` | stream | one entry per change: `kind` (`upserted`, `status`, `location`, `removed`), `at` (µs), then every field of the team hash after the change; trimmed by age (`MINID`) to the retention window | every script that changes a team |
 //! | `<p>:team_regions` | hash | team id → region (the only key outside a region: it finds a team's region from its id) | upsert and move |
+//! | `<p>:live_epoch` | string | a random id written once the live state was built from the roster; its absence means Redis lost the live state (issue 18), which availability detects and rebuilds | availability's loss watch ([`crate::service::Availability::check_live_state`]) |
 //! | `<p>:req:<rpc>:<request_id>` | string | JSON of the request fingerprint and the response, expires after 24 h | availability handlers (idempotency) |
 
 /// The default key prefix.
@@ -84,6 +85,12 @@ impl Keyspace {
     #[must_use]
     pub fn team_regions(&self) -> String {
         format!("{}:team_regions", self.prefix)
+    }
+
+    /// The live-state epoch (outside any region: one per keyspace).
+    #[must_use]
+    pub fn live_epoch(&self) -> String {
+        format!("{}:live_epoch", self.prefix)
     }
 
     /// An idempotency record.

@@ -12,13 +12,7 @@
 //! in the [`TeamStore`]; the roster (who exists) is durable in PostgreSQL (schema
 //! `availability`) or SQLite (embedded mode), and the live store is rebuilt from it at start.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use std::net::SocketAddr;
 
@@ -35,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub mod error;
 mod handler;
 pub mod keyspace;
+pub mod live_state;
 mod metrics;
 pub mod model;
 pub mod roster;
@@ -89,6 +84,9 @@ pub struct AvailabilitySettings {
     pub stale_position_seconds: u64,
     /// How often the team gauges (`relay_teams`, `relay_teams_stale_position`) are sampled.
     pub sample_interval_seconds: u64,
+    /// How often the live-state epoch is checked for a loss of Redis's data, milliseconds
+    /// (default 1000; see [`live_state`]).
+    pub live_state_check_ms: u64,
 }
 
 impl Default for AvailabilitySettings {
@@ -100,6 +98,7 @@ impl Default for AvailabilitySettings {
             migrate_on_start: true,
             stale_position_seconds: 300,
             sample_interval_seconds: 15,
+            live_state_check_ms: 1_000,
         }
     }
 }
@@ -125,7 +124,6 @@ pub struct Application {
     domain: Availability,
     roster_db: RosterDb,
     settings: AvailabilitySettings,
-    ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 }
 
@@ -182,7 +180,6 @@ impl Application {
         };
         let domain = Availability::new(team_store.clone(), roster.clone(), clock);
         let pages = config.settings.page_tokens()?;
-        let ready = Arc::new(AtomicBool::new(false));
         let host = ServiceHost::from_config(&config);
         let shutdown = host.shutdown_token();
         // A client stream must be answered within the server's request timeout: answer at
@@ -196,7 +193,7 @@ impl Application {
         );
         let store_check = team_store.clone();
         let roster_check = roster.clone();
-        let ready_check = ready.clone();
+        let live_check = domain.live().clone();
         let host = host
             .add_service(AvailabilityServiceServer::new(handler))
             .readiness_check("team store", move || -> CheckFuture {
@@ -208,13 +205,13 @@ impl Application {
                 Box::pin(async move { roster.ping().await.map_err(|e| e.to_string()) })
             })
             .readiness_check("roster loaded", move || -> CheckFuture {
-                let loaded = ready_check.load(Ordering::Acquire);
+                let intact = live_check.is_intact();
                 Box::pin(async move {
-                    if loaded {
+                    if intact {
                         Ok(())
                     } else {
                         Err(String::from(
-                            "the live state is not rebuilt from the roster yet",
+                            "the live state is not built from the roster yet, or was lost and is being rebuilt",
                         ))
                     }
                 })
@@ -225,7 +222,6 @@ impl Application {
             domain,
             roster_db,
             settings,
-            ready,
             shutdown,
         })
     }
@@ -257,12 +253,13 @@ impl Application {
             domain,
             roster_db,
             settings,
-            ready,
             shutdown: token,
         } = self;
         let settings_stale = settings.stale_position_seconds;
         let sample_every = Duration::from_secs(settings.sample_interval_seconds.max(1));
+        let check_every = Duration::from_millis(settings.live_state_check_ms.max(10));
         let sampler_token = token.clone();
+        let watch_token = token.clone();
         let start_domain = domain.clone();
         let start = tokio::spawn(async move {
             let domain = start_domain;
@@ -272,13 +269,12 @@ impl Application {
                     if settings.migrate_on_start {
                         roster_db.migrate().await?;
                     }
-                    let created = domain.rebuild().await?;
+                    let created = domain.build_live_state().await?;
                     Ok::<usize, BoxError>(created)
                 };
                 match attempt.await {
                     Ok(created) => {
                         tracing::info!(recreated = created, "live state rebuilt from the roster");
-                        ready.store(true, Ordering::Release);
                         return;
                     }
                     Err(error) => {
@@ -292,6 +288,11 @@ impl Application {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         });
+        let watch = tokio::spawn(live_state::run_watch(
+            domain.clone(),
+            check_every,
+            watch_token,
+        ));
         let sampler = tokio::spawn(metrics::run_sampler(
             domain.clone(),
             sample_every,
@@ -301,6 +302,7 @@ impl Application {
         let result = server.run_until_stopped(shutdown).await;
         start.abort();
         sampler.abort();
+        watch.abort();
         result
     }
 

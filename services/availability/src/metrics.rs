@@ -7,6 +7,9 @@
 //! - `relay_teams_stale_position{region}`: AVAILABLE teams whose last position is older than
 //!   `[availability] stale_position_seconds` (default 300, routing's default staleness
 //!   limit): routing cannot send them.
+//! - `relay_live_state_losses_total`: times this replica found Redis had lost the live state
+//!   (the epoch key gone) and rebuilt it; `relay_live_state_rebuilt_teams_total`: teams it
+//!   recreated from the roster then.
 
 use std::{
     collections::HashMap,
@@ -43,6 +46,38 @@ pub fn record_reports(outcomes: &[LocationOutcome]) {
         };
         reports().add(1, &[KeyValue::new("outcome", label)]);
     }
+}
+
+fn live_state() -> &'static Counter<u64> {
+    static LOSSES: OnceLock<Counter<u64>> = OnceLock::new();
+    LOSSES.get_or_init(|| {
+        meter()
+            .u64_counter("relay_live_state_losses")
+            .with_description(
+                "Times this replica found that Redis lost the live state (its epoch key gone)",
+            )
+            .build()
+    })
+}
+
+fn rebuilt_teams() -> &'static Counter<u64> {
+    static REBUILT: OnceLock<Counter<u64>> = OnceLock::new();
+    REBUILT.get_or_init(|| {
+        meter()
+            .u64_counter("relay_live_state_rebuilt_teams")
+            .with_description("Teams recreated from the roster after a loss of the live state")
+            .build()
+    })
+}
+
+/// Counts a loss of the live state.
+pub fn live_state_lost() {
+    live_state().add(1, &[]);
+}
+
+/// Counts the teams recreated after a loss.
+pub fn live_state_rebuilt(teams: usize) {
+    rebuilt_teams().add(u64::try_from(teams).unwrap_or(u64::MAX), &[]);
 }
 
 /// Counts a report refused for a bad field.

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     error::AvailabilityError,
+    live_state::LiveState,
     model::{Team, TeamDefinition, TeamStatus, to_micros},
     roster::{RosterEntry, RosterStore},
-    store::{LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome},
+    store::{ChangeError, LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome},
 };
 
 /// A source of the current time.
@@ -67,6 +68,7 @@ pub struct Availability {
     store: Arc<dyn TeamStore>,
     roster: Arc<dyn RosterStore>,
     clock: Arc<dyn Clock>,
+    live: Arc<LiveState>,
 }
 
 impl std::fmt::Debug for Availability {
@@ -87,7 +89,20 @@ impl Availability {
             store,
             roster,
             clock,
+            live: Arc::default(),
         }
+    }
+
+    /// What this replica knows of the live state's epoch (loss detection).
+    #[must_use]
+    pub fn live(&self) -> &Arc<LiveState> {
+        &self.live
+    }
+
+    /// A team the roster may hold is missing from the live store: check for a loss now.
+    fn missing(&self) -> AvailabilityError {
+        self.live.wake();
+        AvailabilityError::TeamNotFound
     }
 
     /// The live store (routing uses the same trait).
@@ -178,7 +193,7 @@ impl Availability {
         self.store
             .get_team(team_id)
             .await?
-            .ok_or(AvailabilityError::TeamNotFound)
+            .ok_or_else(|| self.missing())
     }
 
     /// A page of teams.
@@ -206,10 +221,14 @@ impl Availability {
         incident_id: &str,
         expected_revision: Option<i64>,
     ) -> Result<(Team, bool), AvailabilityError> {
-        Ok(self
+        match self
             .store
             .set_status(team_id, status, incident_id, expected_revision, self.now())
-            .await?)
+            .await
+        {
+            Err(ChangeError::NotFound) => Err(self.missing()),
+            other => Ok(other?),
+        }
     }
 
     /// Applies position reports in order.
@@ -222,6 +241,9 @@ impl Availability {
     ) -> Result<Vec<LocationOutcome>, AvailabilityError> {
         let outcomes = self.store.report_locations(reports, self.now()).await?;
         crate::metrics::record_reports(&outcomes);
+        if outcomes.contains(&LocationOutcome::NotFound) {
+            self.live.wake();
+        }
         Ok(outcomes)
     }
 }

@@ -817,6 +817,17 @@ async fn history_expiry_is_reported(store: &dyn TeamStore) {
     assert!(matches!(none, Ok(ref v) if v.is_empty()), "{none:?}");
 }
 
+async fn the_live_epoch_is_written_once_and_agreed_on(store: &dyn TeamStore) {
+    assert_eq!(store.live_epoch().await.expect("read"), None);
+    assert_eq!(store.adopt_live_epoch("e1").await.expect("adopt"), "e1");
+    // A second replica adopts the epoch the first one wrote.
+    assert_eq!(store.adopt_live_epoch("e2").await.expect("adopt"), "e1");
+    assert_eq!(
+        store.live_epoch().await.expect("read").as_deref(),
+        Some("e1")
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -855,6 +866,7 @@ conformance!(
     seeding_recreates_missing_teams_above_a_floor,
     idempotency_records_expire_and_are_kept_per_rpc,
     history_expiry_is_reported,
+    the_live_epoch_is_written_once_and_agreed_on,
 );
 
 /// Redis only (the in-process store trims by its own wall clock, which a test cannot move

@@ -22,7 +22,8 @@ use relay_proto::{
         AssignmentEventKind, AssignmentOutcome, AssignmentSource, AssignmentState,
         CancelRoutingRequest, CancelRoutingResponse, ConfirmAssignmentRequest,
         ConfirmAssignmentResponse, GetAssignmentRequest, ListQueueRequest, ListQueueResponse,
-        QueuedIncident, ReleaseTeamRequest, ReleaseTeamResponse,
+        QueuedIncident, ReleaseTeamRequest, ReleaseTeamResponse, RestoreAssignmentRequest,
+        RestoreAssignmentResponse,
     },
 };
 use relay_runtime::{
@@ -40,8 +41,8 @@ use crate::{
     ranking::{RankInput, RankedTeam, Ranking, rank},
     settings::{RegionSettings, RoutingSettings},
     store::{
-        EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord,
-        Store, StoreError, Write, from_timestamp, timestamp,
+        EndAssignment, IncidentRecord, IncidentState, IncidentWrite, LIVE_STATE_LOST, QueueCursor,
+        RequestRecord, Store, StoreError, Write, end_cause_of, from_timestamp, timestamp,
     },
 };
 
@@ -85,6 +86,16 @@ enum Attempt<T> {
     Retry,
     /// No eligible team could be claimed.
     NoTeam,
+}
+
+/// A team chosen by name for an incident (ConfirmAssignment, RestoreAssignment).
+#[derive(Clone, Copy)]
+struct Chosen<'a> {
+    request_id: &'a str,
+    fingerprint: &'a [u8],
+    incident_id: &'a str,
+    team_id: &'a str,
+    source: AssignmentSource,
 }
 
 /// The validated parameters of an AssignTeam call.
@@ -162,6 +173,50 @@ fn is_busy(status: TeamStatus) -> bool {
             | TeamStatus::OnScene
             | TeamStatus::Transporting
     )
+}
+
+/// Whether the fleet lost the live state that held `active`'s claim: the team is gone from
+/// the fleet, or its live record was created after the assignment began (availability rebuilt
+/// it from the roster after Redis lost its data, so it never held this claim). A team that
+/// merely cleared keeps its record, so this tells the two apart. (Both times are taken by
+/// servers' clocks: a skew between availability's and routing's larger than the time between
+/// a team's creation and its first claim would read as a loss; reconciliation only looks at
+/// assignments older than its grace period.)
+#[must_use]
+pub fn lost_live_state(team: Option<&FleetTeam>, active: &Assignment) -> bool {
+    // At the record's precision (microseconds), so that a team created in the same instant as
+    // its first claim is not read as rebuilt.
+    let assigned_at = from_timestamp(active.assigned_at.as_ref()).timestamp_micros();
+    team.is_none_or(|t| t.live_since.timestamp_micros() > assigned_at)
+}
+
+/// How an ACTIVE assignment whose team is no longer working it ended, and when at the
+/// latest: LIVE_STATE_LOST when the fleet lost the claim (at the rebuild), otherwise
+/// TEAM_CLEARED (when the team last changed status).
+fn interrupted(
+    team: Option<&FleetTeam>,
+    active: &Assignment,
+) -> (AssignmentEndCause, &'static str, Option<DateTime<Utc>>) {
+    if lost_live_state(team, active) {
+        (
+            AssignmentEndCause::LiveStateLost,
+            LIVE_STATE_LOST,
+            team.map(|t| t.live_since),
+        )
+    } else {
+        (
+            AssignmentEndCause::TeamCleared,
+            TEAM_CLEARED,
+            team.map(|t| t.status_since),
+        )
+    }
+}
+
+/// Whether `team` is busy on `incident_id`.
+fn working_on(team: Option<&FleetTeam>, incident_id: &str) -> bool {
+    team.is_some_and(|t| {
+        is_busy(t.snapshot.status) && t.incident_id.as_deref() == Some(incident_id)
+    })
 }
 
 fn duration(d: Duration) -> chrono::Duration {
@@ -935,34 +990,134 @@ impl Engine {
         if let Some(response) = self.remembered(&request.request_id, &fingerprint).await? {
             return Ok(response);
         }
+        let chosen = Chosen {
+            request_id: &request.request_id,
+            fingerprint: &fingerprint,
+            incident_id: &request.incident_id,
+            team_id: &request.team_id,
+            source: AssignmentSource::Dispatcher,
+        };
+        self.assign_chosen(&chosen, |assignment| ConfirmAssignmentResponse {
+            assignment: Some(assignment),
+        })
+        .await
+    }
+
+    /// RestoreAssignment: give a team back the call whose assignment ended because the live
+    /// state was lost, if that call was not given to another team meanwhile.
+    ///
+    /// # Errors
+    /// As the contract lists.
+    pub async fn restore_assignment(
+        &self,
+        request: RestoreAssignmentRequest,
+    ) -> Result<RestoreAssignmentResponse, RoutingError> {
+        let mut v = Violations::new();
+        v.id("request_id", &request.request_id);
+        v.id("incident_id", &request.incident_id);
+        v.id("team_id", &request.team_id);
+        v.finish()?;
+        let fingerprint = fingerprint("RestoreAssignment", &request);
+        if let Some(response) = self.remembered(&request.request_id, &fingerprint).await? {
+            return Ok(response);
+        }
+        let wrap = |assignment| RestoreAssignmentResponse {
+            assignment: Some(assignment),
+        };
+        let nothing = || RoutingError::NothingToRestore {
+            incident_id: request.incident_id.clone(),
+            team_id: request.team_id.clone(),
+        };
+        let latest = self
+            .store
+            .latest_assignment_of_incident(&request.incident_id)
+            .await?;
+        let Some(latest) = latest else {
+            return Err(match self.store.incident(&request.incident_id).await? {
+                Some(_) => nothing(),
+                None => RoutingError::IncidentNotFound(request.incident_id.clone()),
+            });
+        };
+        if latest.team_id != request.team_id {
+            return Err(nothing());
+        }
+        if latest.state == i32::from(AssignmentState::Active) {
+            let team = self.fleet.team(&request.team_id).await?;
+            if working_on(team.as_ref(), &latest.incident_id) {
+                return Ok(wrap(latest));
+            }
+            if !lost_live_state(team.as_ref(), &latest) {
+                return Err(nothing());
+            }
+            // Lost but not yet reconciled: end it as reconciliation would, then restore.
+            let at = team.map(|t| t.live_since);
+            let cause = AssignmentEndCause::LiveStateLost;
+            match self
+                .end_assignment(&latest, None, cause, LIVE_STATE_LOST, at, None, &|_| {
+                    Vec::new()
+                })
+                .await
+            {
+                Ok(_) | Err(StoreError::NotActive) => {}
+                Err(error) => return Err(error.into()),
+            }
+        } else if end_cause_of(latest.state(), latest.end_cause, &latest.end_reason)
+            != AssignmentEndCause::LiveStateLost
+        {
+            return Err(nothing());
+        }
+        let chosen = Chosen {
+            request_id: &request.request_id,
+            fingerprint: &fingerprint,
+            incident_id: &request.incident_id,
+            team_id: &request.team_id,
+            source: AssignmentSource::Restored,
+        };
+        let restored = self.assign_chosen(&chosen, wrap).await?;
+        tracing::warn!(incident_id = %request.incident_id, team_id = %request.team_id, "assignment restored after the live state was lost");
+        Ok(restored)
+    }
+
+    /// Claims the team named by a dispatcher (ConfirmAssignment) or by the team itself
+    /// (RestoreAssignment) for an incident and records the assignment, answering `wrap` of it.
+    async fn assign_chosen<R: Message + Default>(
+        &self,
+        chosen: &Chosen<'_>,
+        wrap: impl Fn(Assignment) -> R,
+    ) -> Result<R, RoutingError> {
+        let Chosen {
+            request_id,
+            fingerprint,
+            incident_id,
+            team_id,
+            source,
+        } = *chosen;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(incident) = self.find_incident(&request.incident_id).await? else {
-                return Err(RoutingError::IncidentNotFound(request.incident_id.clone()));
+            let Some(incident) = self.find_incident(incident_id).await? else {
+                return Err(RoutingError::IncidentNotFound(incident_id.to_owned()));
             };
             if incident.state == IncidentState::Cancelled {
-                return Err(RoutingError::RoutingCancelled(request.incident_id.clone()));
+                return Err(RoutingError::RoutingCancelled(incident_id.to_owned()));
             }
             if let Some(active) = self
                 .store
-                .active_assignment_of_incident(&request.incident_id)
+                .active_assignment_of_incident(incident_id)
                 .await?
             {
-                if active.team_id == request.team_id {
-                    return Ok(ConfirmAssignmentResponse {
-                        assignment: Some(active),
-                    });
+                if active.team_id == team_id {
+                    return Ok(wrap(active));
                 }
                 return Err(RoutingError::IncidentAlreadyAssigned {
                     assignment_id: active.assignment_id,
                     team_id: active.team_id,
                 });
             }
-            let Some(team) = self.fleet.team(&request.team_id).await? else {
-                return Err(RoutingError::TeamNotFound(request.team_id.clone()));
+            let Some(team) = self.fleet.team(team_id).await? else {
+                return Err(RoutingError::TeamNotFound(team_id.to_owned()));
             };
             if team.region != incident.region {
                 return Err(RoutingError::RegionMismatch {
-                    team_id: request.team_id.clone(),
+                    team_id: team_id.to_owned(),
                     team_region: team.region,
                     incident_region: incident.region,
                 });
@@ -970,20 +1125,14 @@ impl Engine {
             let now = self.now();
             let claim = self
                 .fleet
-                .claim(
-                    &incident.region,
-                    &request.team_id,
-                    &incident.incident_id,
-                    now,
-                    None,
-                )
+                .claim(&incident.region, team_id, &incident.incident_id, now, None)
                 .await?;
             let fencing_token = match claim {
                 Ok(claim) => claim.fencing_token,
                 Err(ClaimRefused::UnknownTeam) => {
-                    return Err(RoutingError::TeamNotFound(request.team_id.clone()));
+                    return Err(RoutingError::TeamNotFound(team_id.to_owned()));
                 }
-                Err(_) => return Err(RoutingError::TeamNotAvailable(request.team_id.clone())),
+                Err(_) => return Err(RoutingError::TeamNotAvailable(team_id.to_owned())),
             };
             let region = self.region("region", &incident.region)?;
             let (distance_meters, eta_seconds) = team.snapshot.position.map_or((0.0, 0), |p| {
@@ -999,45 +1148,43 @@ impl Engine {
             let assignment = Assignment {
                 assignment_id: uuid::Uuid::now_v7().to_string(),
                 incident_id: incident.incident_id.clone(),
-                team_id: request.team_id.clone(),
+                team_id: team_id.to_owned(),
                 region: incident.region.clone(),
                 distance_meters,
                 eta_seconds,
                 assigned_at: Some(to_timestamp(now)),
                 fencing_token,
                 state: AssignmentState::Active.into(),
-                source: AssignmentSource::Dispatcher.into(),
+                source: source.into(),
                 cad_system: incident.cad_system.clone(),
                 end_time: None,
                 end_reason: String::new(),
                 end_cause: 0,
                 cad_incident_id: incident.cad_incident_id.clone(),
             };
-            let response = ConfirmAssignmentResponse {
-                assignment: Some(assignment.clone()),
-            };
+            let response = wrap(assignment.clone());
             let recorded = self
                 .record_assignment(
                     &incident,
                     incident.version,
                     &assignment,
-                    Some((&request.request_id, &fingerprint)),
+                    Some((request_id, fingerprint)),
                     response.encode_to_vec(),
                 )
                 .await;
             match recorded {
                 Ok(()) => return Ok(response),
                 Err(error) => {
-                    self.undo_claim(&incident.region, &request.team_id, &incident.incident_id)
+                    self.undo_claim(&incident.region, team_id, &incident.incident_id)
                         .await;
                     match error {
                         StoreError::VersionConflict | StoreError::IncidentBusy => {}
                         StoreError::TeamBusy => {
-                            return Err(RoutingError::TeamNotAvailable(request.team_id.clone()));
+                            return Err(RoutingError::TeamNotAvailable(team_id.to_owned()));
                         }
                         StoreError::StaleToken => return Err(RoutingError::ClaimConflict),
                         StoreError::DuplicateRequest => {
-                            return self.replay(&request.request_id, &fingerprint).await;
+                            return self.replay(request_id, fingerprint).await;
                         }
                         other => return Err(other.into()),
                     }
@@ -1088,10 +1235,13 @@ impl Engine {
                     .filter(|i| i.state == IncidentState::Assigned)
                     .map(|mut record| {
                         let expected_version = record.version;
-                        record.state = if state == AssignmentState::Cancelled {
-                            IncidentState::Cancelled
-                        } else {
-                            IncidentState::Released
+                        record.state = match cause {
+                            AssignmentEndCause::Cancelled => IncidentState::Cancelled,
+                            // The team may still be on scene: the incident is not queued
+                            // again (the queue could send a second team) but waits for a
+                            // dispatcher or for its team to restore it.
+                            AssignmentEndCause::LiveStateLost => IncidentState::Routed,
+                            _ => IncidentState::Released,
                         };
                         record.update_time = now;
                         IncidentWrite {
@@ -1429,22 +1579,14 @@ impl Engine {
         // order could end an assignment recorded just after a stale fleet read).
         if let Some(stale) = self.store.active_assignment_of_team(team_id).await? {
             let team = self.fleet.team(team_id).await?;
-            let working = team.as_ref().is_some_and(|t| {
-                is_busy(t.snapshot.status) && t.incident_id.as_deref() == Some(&stale.incident_id)
-            });
-            if working {
+            if working_on(team.as_ref(), &stale.incident_id) {
                 return Ok(None);
             }
+            // A team that comes back AVAILABLE after Redis lost the live state did not clear
+            // its call: that assignment ends LIVE_STATE_LOST.
+            let (cause, reason, at) = interrupted(team.as_ref(), &stale);
             match self
-                .end_assignment(
-                    &stale,
-                    None,
-                    AssignmentEndCause::TeamCleared,
-                    TEAM_CLEARED,
-                    team.map(|t| t.status_since),
-                    None,
-                    &|_| Vec::new(),
-                )
+                .end_assignment(&stale, None, cause, reason, at, None, &|_| Vec::new())
                 .await
             {
                 Ok(_) | Err(StoreError::NotActive) => {}
@@ -1698,32 +1840,21 @@ impl Engine {
                 continue;
             }
             let team = self.fleet.team(&active.team_id).await?;
-            let working = team.as_ref().is_some_and(|t| {
-                is_busy(t.snapshot.status) && t.incident_id.as_deref() == Some(&active.incident_id)
-            });
-            if working {
+            if working_on(team.as_ref(), &active.incident_id) {
                 continue;
             }
-            // TEAM_CLEARED, as when the team clears through on_team_available: the record
-            // cannot tell a team that cleared while no replica heard it from a fleet that lost
-            // the claim (a Redis failover). Issue 18 adds LIVE_STATE_LOST for the latter; until
-            // the proto has it, a lost live state reads as the team clearing.
+            // TEAM_CLEARED when the team's live record held the claim and the team left the
+            // call (a team seen busy on another call left this one no later than it took that
+            // one; otherwise, when it last changed status); LIVE_STATE_LOST when its live
+            // record was rebuilt after the assignment began (Redis lost its data), never the
+            // team clearing, which it did not.
+            let (cause, reason, at) = interrupted(team.as_ref(), &active);
             match self
-                .end_assignment(
-                    &active,
-                    None,
-                    AssignmentEndCause::TeamCleared,
-                    TEAM_CLEARED,
-                    // A team seen busy on another call left this one no later than it took
-                    // that one; otherwise, when it last changed status.
-                    team.map(|t| t.status_since),
-                    None,
-                    &|_| Vec::new(),
-                )
+                .end_assignment(&active, None, cause, reason, at, None, &|_| Vec::new())
                 .await
             {
                 Ok(_) => {
-                    tracing::warn!(%region, team_id = %active.team_id, incident_id = %active.incident_id, "ended an assignment whose team is no longer on the incident");
+                    tracing::warn!(%region, team_id = %active.team_id, incident_id = %active.incident_id, %reason, "ended an assignment whose team is no longer on the incident");
                     ended += 1;
                 }
                 Err(StoreError::NotActive) => {}

@@ -52,6 +52,16 @@ pub enum RoutingError {
     /// CancelRouting stopped the incident's routing.
     #[error("routing of incident {0} was cancelled; route it again with AssignTeam")]
     RoutingCancelled(String),
+    /// RestoreAssignment found no call of this team to restore on the incident.
+    #[error(
+        "team {team_id} has no assignment to restore on incident {incident_id}: its latest assignment is another team's, or did not end because the live state was lost"
+    )]
+    NothingToRestore {
+        /// The incident.
+        incident_id: String,
+        /// The team.
+        team_id: String,
+    },
     /// The record refused the claim.
     #[error("the assignment record refused the claim; retry with the same request_id")]
     ClaimConflict,
@@ -133,6 +143,7 @@ impl RoutingError {
             Self::RegionMismatch { .. } => (Code::FailedPrecondition, "REGION_MISMATCH"),
             Self::AssignmentNotActive(_) => (Code::FailedPrecondition, "ASSIGNMENT_NOT_ACTIVE"),
             Self::RoutingCancelled(_) => (Code::FailedPrecondition, "ROUTING_CANCELLED"),
+            Self::NothingToRestore { .. } => (Code::FailedPrecondition, "NOTHING_TO_RESTORE"),
             Self::ClaimConflict => (Code::Aborted, "CLAIM_CONFLICT"),
             Self::EventHistoryExpired(_) => (Code::FailedPrecondition, "EVENT_HISTORY_EXPIRED"),
             Self::Contended => (Code::Unavailable, "CONTENDED"),

@@ -60,6 +60,10 @@ pub struct FleetTeam {
     pub incident_id: Option<String>,
     /// When the team's status last changed (for the reconciliation grace period).
     pub status_since: DateTime<Utc>,
+    /// When the fleet's live record of the team was created (availability's `create_time`).
+    /// A record created after an assignment began never held that assignment's claim: the
+    /// live state was lost and rebuilt in between (see [`crate::engine::lost_live_state`]).
+    pub live_since: DateTime<Utc>,
 }
 
 /// The nearest AVAILABLE teams around a point, as [`Fleet::available_near`] answers.
@@ -244,20 +248,25 @@ impl MemoryFleet {
         });
     }
 
-    /// Adds or replaces a team (keeps its fencing counter).
+    /// Adds or replaces a team (keeps its fencing counter, and its live record's creation
+    /// time, as availability's upsert does).
     pub fn upsert_team(&self, region: &str, snapshot: TeamSnapshot) {
         let now = self.clock.now();
         let available = snapshot.status == TeamStatus::Available;
         let team_id = snapshot.team_id.clone();
-        self.lock().teams.insert(
+        let mut state = self.lock();
+        let live_since = state.teams.get(&team_id).map_or(now, |t| t.live_since);
+        state.teams.insert(
             team_id.clone(),
             FleetTeam {
                 region: region.to_owned(),
                 snapshot,
                 incident_id: None,
                 status_since: now,
+                live_since,
             },
         );
+        drop(state);
         if available {
             self.announce(region, &team_id);
         }
@@ -299,6 +308,7 @@ impl MemoryFleet {
             team.snapshot.status = TeamStatus::Available;
             team.incident_id = None;
             team.status_since = now;
+            team.live_since = now;
         }
     }
 

@@ -6,8 +6,8 @@ use relay_proto::routing::{
     AssignTeamRequest, AssignTeamResponse, CancelRoutingRequest, CancelRoutingResponse,
     ConfirmAssignmentRequest, ConfirmAssignmentResponse, GetAssignmentRequest,
     GetAssignmentResponse, ListQueueRequest, ListQueueResponse, ReleaseTeamRequest,
-    ReleaseTeamResponse, WatchAssignmentsRequest, WatchAssignmentsResponse,
-    routing_service_server::RoutingService,
+    ReleaseTeamResponse, RestoreAssignmentRequest, RestoreAssignmentResponse,
+    WatchAssignmentsRequest, WatchAssignmentsResponse, routing_service_server::RoutingService,
 };
 use relay_runtime::validate::Violations;
 use tokio::sync::mpsc;
@@ -56,6 +56,15 @@ impl RoutingService for RoutingServiceHandler {
     ) -> Result<Response<ConfirmAssignmentResponse>, Status> {
         Ok(Response::new(
             self.engine.confirm_assignment(request.into_inner()).await?,
+        ))
+    }
+
+    async fn restore_assignment(
+        &self,
+        request: Request<RestoreAssignmentRequest>,
+    ) -> Result<Response<RestoreAssignmentResponse>, Status> {
+        Ok(Response::new(
+            self.engine.restore_assignment(request.into_inner()).await?,
         ))
     }
 

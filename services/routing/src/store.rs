@@ -166,7 +166,7 @@ pub struct EndAssignment {
     pub end_time: DateTime<Utc>,
     /// Why, in the caller's words.
     pub end_reason: String,
-    /// Why, as routing records it: TEAM_CLEARED, RELEASED or CANCELLED.
+    /// Why, as routing records it: TEAM_CLEARED, RELEASED, CANCELLED or LIVE_STATE_LOST.
     pub end_cause: AssignmentEndCause,
 }
 
@@ -228,6 +228,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn assignment(&self, assignment_id: &str) -> Result<Option<Assignment>, StoreError>;
     /// The ACTIVE assignment of an incident.
     async fn active_assignment_of_incident(
+        &self,
+        incident_id: &str,
+    ) -> Result<Option<Assignment>, StoreError>;
+    /// The latest assignment of an incident (by assigned_at), in whatever state.
+    async fn latest_assignment_of_incident(
         &self,
         incident_id: &str,
     ) -> Result<Option<Assignment>, StoreError>;
@@ -339,6 +344,9 @@ pub(crate) fn parse_assignment_state(name: &str) -> AssignmentState {
 
 /// The end reason routing writes when a team cleared to AVAILABLE with an ACTIVE assignment.
 pub const TEAM_CLEARED: &str = "team cleared";
+
+/// The end reason routing writes when Redis lost the live state that held the claim.
+pub const LIVE_STATE_LOST: &str = "live state lost";
 
 /// The end cause of a stored assignment. A row ended before the `end_cause` column existed
 /// (or by a replica of the previous release) has cause 0 while not ACTIVE: its cause is

@@ -189,6 +189,7 @@ fn fleet_team(team: &Team) -> FleetTeam {
         snapshot: snapshot(team),
         incident_id: (!team.incident_id.is_empty()).then(|| team.incident_id.clone()),
         status_since: team.update_time,
+        live_since: team.create_time,
     }
 }
 

@@ -12,7 +12,7 @@ use relay_proto::{
     routing::{
         Assignment, AssignmentEndCause, AssignmentEventKind, AssignmentOutcome, AssignmentSource,
         AssignmentState, CancelRoutingRequest, ConfirmAssignmentRequest, GetAssignmentRequest,
-        ListQueueRequest, ReleaseTeamRequest,
+        ListQueueRequest, ReleaseTeamRequest, RestoreAssignmentRequest,
     },
 };
 use relay_routing::{
@@ -1161,6 +1161,105 @@ async fn every_assignment_that_goes_out_says_why_it_ended() {
         event_end_cause(&w, "inc-4", kind).await,
         AssignmentEndCause::TeamCleared
     );
+}
+
+#[tokio::test]
+async fn a_lost_live_state_ends_assignments_as_such_and_never_as_the_team_clearing() {
+    let w = world().await;
+    add(&w, "t1", 400.0, &[], 10);
+    add(&w, "t2", 800.0, &[], 10);
+    let first = assigned(&w, "r1", "inc-1").await;
+    let second = assigned(&w, "r2", "inc-2").await;
+    assert_eq!(
+        (first.team_id.as_str(), second.team_id.as_str()),
+        ("t1", "t2")
+    );
+    w.clock.advance(Duration::from_secs(1));
+    // Redis loses the live state; each team's live record is rebuilt after its assignment.
+    w.fleet.flush();
+    // A team back AVAILABLE before reconciliation ran did not clear its call either.
+    w.engine
+        .on_team_available(&w.region, "t1")
+        .await
+        .expect("available");
+    let lost = AssignmentEndCause::LiveStateLost;
+    let ended = stored(&w, &first).await;
+    assert_eq!(
+        (ended.end_cause(), ended.end_reason.as_str()),
+        (lost, "live state lost")
+    );
+    w.clock.advance(Duration::from_secs(31));
+    let grace = Duration::from_secs(30);
+    let repaired = w
+        .engine
+        .reconcile(&w.region, grace)
+        .await
+        .expect("reconcile");
+    assert_eq!(repaired, (0, 1));
+    assert_eq!(stored(&w, &second).await.end_cause(), lost);
+    let kind = AssignmentEventKind::Released;
+    assert_eq!(event_end_cause(&w, "inc-2", kind).await, lost);
+    // The incident is not queued again (the team may be on scene): it waits for a dispatcher.
+    let incident = w
+        .store
+        .incident("inc-2")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(incident.state, IncidentState::Routed);
+    let restore = |request_id: &str, incident_id: &str, team_id: &str| RestoreAssignmentRequest {
+        request_id: request_id.to_owned(),
+        incident_id: incident_id.to_owned(),
+        team_id: team_id.to_owned(),
+    };
+    let refused = |result: Result<_, RoutingError>| result.expect_err("refused").reason();
+    // Only the team whose call it was may restore it, and only a known incident.
+    let not_its_own = w
+        .engine
+        .restore_assignment(restore("x1", "inc-2", "t1"))
+        .await;
+    assert_eq!(refused(not_its_own), "NOTHING_TO_RESTORE");
+    let unknown = w
+        .engine
+        .restore_assignment(restore("x2", "inc-9", "t1"))
+        .await;
+    assert_eq!(refused(unknown), "INCIDENT_NOT_FOUND");
+    let invalid = w.engine.restore_assignment(restore("x3", "", "t1")).await;
+    assert_eq!(refused(invalid), "INVALID_FIELD");
+    // This fleet's flush also reset the claim counters (a failover, not availability's
+    // rebuild, which raises them): the record refuses the stale token and nothing changes.
+    let stale = w
+        .engine
+        .restore_assignment(restore("x4", "inc-2", "t2"))
+        .await;
+    assert_eq!(refused(stale), "CLAIM_CONFLICT");
+    assert_eq!(status_of(&w, "t2"), (TeamStatus::Available, None));
+    assert!(
+        w.store
+            .active_assignment_of_incident("inc-2")
+            .await
+            .expect("read")
+            .is_none()
+    );
+    // A released call is not restorable either (a team never claimed, since the flush reset
+    // the others' counters).
+    w.fleet.set_status("t1", TeamStatus::OffDuty);
+    w.fleet.set_status("t2", TeamStatus::OffDuty);
+    add(&w, "t3", 1_200.0, &[], 10);
+    let third = assigned(&w, "r3", "inc-3").await;
+    w.engine
+        .release_team(ReleaseTeamRequest {
+            request_id: "rel-3".into(),
+            assignment_id: third.assignment_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("release");
+    let released = w
+        .engine
+        .restore_assignment(restore("x5", "inc-3", &third.team_id))
+        .await;
+    assert_eq!(refused(released), "NOTHING_TO_RESTORE");
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ struct State {
     regions: HashMap<String, Region>,
     last_id: EventId,
     requests: HashMap<String, (String, Instant)>,
+    epoch: Option<String>,
 }
 
 /// Team live state in this process.
@@ -572,5 +573,17 @@ impl TeamStore for MemoryTeamStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.lock().map(|_| ())
+    }
+
+    async fn live_epoch(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.epoch.clone())
+    }
+
+    async fn adopt_live_epoch(&self, candidate: &str) -> Result<String, StoreError> {
+        Ok(self
+            .lock()?
+            .epoch
+            .get_or_insert_with(|| candidate.to_owned())
+            .clone())
     }
 }

@@ -333,6 +333,15 @@ pub trait TeamStore: Send + Sync + 'static {
     /// Whether the store is reachable (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The live-state epoch: a marker written once the live state was built from the roster
+    /// ([`Self::adopt_live_epoch`]). `None` means the store lost it (a flush, or a failover to
+    /// a replica that never had it), and with it every team written before.
+    async fn live_epoch(&self) -> Result<Option<String>, StoreError>;
+
+    /// Writes `candidate` as the live-state epoch unless one is present, atomically, and
+    /// returns the epoch in force (another replica's, when it wrote first).
+    async fn adopt_live_epoch(&self, candidate: &str) -> Result<String, StoreError>;
+
     /// The `limit` nearest AVAILABLE teams of the region within the radius, with distances,
     /// nearest first (ties by team id). No capability filter: routing ranks and explains.
     async fn available_near(

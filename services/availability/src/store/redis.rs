@@ -1211,6 +1211,26 @@ impl TeamStore for RedisTeamStore {
         let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
         Ok(())
     }
+
+    async fn live_epoch(&self) -> Result<Option<String>, StoreError> {
+        Ok(redis::cmd("GET")
+            .arg(self.keys.live_epoch())
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn adopt_live_epoch(&self, candidate: &str) -> Result<String, StoreError> {
+        // SET ... NX GET (Redis 7.0): sets only when absent and answers the previous value,
+        // nil when this call set it. One atomic step, so two replicas agree on one epoch.
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(self.keys.live_epoch())
+            .arg(candidate)
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(previous.unwrap_or_else(|| candidate.to_owned()))
+    }
 }
 
 #[cfg(test)]

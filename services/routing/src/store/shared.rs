@@ -118,6 +118,23 @@ macro_rules! record_store {
                     .transpose()
             }
 
+            async fn latest_assignment_of_incident(
+                &self,
+                incident_id: &str,
+            ) -> Result<Option<Assignment>, StoreError> {
+                let sql = format!(
+                    "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE incident_id = $1 \
+                     ORDER BY assigned_at DESC, assignment_id DESC LIMIT 1"
+                );
+                sqlx::query(&sql)
+                    .bind(incident_id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .as_ref()
+                    .map(assignment_from)
+                    .transpose()
+            }
+
             async fn active_assignment_of_team(
                 &self,
                 team_id: &str,

@@ -1,0 +1,429 @@
+//! Issue 18, defect 1: Redis losing its data mid-run is detected, the live state rebuilt from
+//! the roster without a restart, interrupted assignments end truthfully (LIVE_STATE_LOST,
+//! never TEAM_CLEARED), the CAD is told, and a team restores its call from its device.
+//!
+//! The suite runs on a Redis server of the test's own (never the shared one, which other
+//! tests use): four teams on duty, three calls assigned and their teams EN_ROUTE, then
+//! FLUSHALL. The test measures how long detection, reconciliation and the CAD's news take,
+//! then checks that a team can restore its call (new fencing token) and that a call given to
+//! another team meanwhile is refused, that intake and routing agree, that no team was ever
+//! on two calls at once, and that every acknowledged call is still there once.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use relay_proto::{
+    availability::{
+        GetTeamRequest, ListTeamsRequest, ReportLocationRequest, SetTeamStatusRequest,
+        UpsertTeamRequest, availability_service_client::AvailabilityServiceClient,
+    },
+    common::{GeoPoint, TeamStatus},
+    intake::{
+        GetIncidentRequest, Incident, IncidentEventKind, ListIncidentsRequest, RoutingState,
+        SubmitIncidentRequest, intake_service_client::IntakeServiceClient,
+    },
+    routing::{
+        AssignmentSource, ConfirmAssignmentRequest, RestoreAssignmentRequest,
+        routing_service_client::RoutingServiceClient,
+    },
+};
+use relay_tests::{
+    chaos::{assignments, disagreements, lost_or_doubled, metric_sum, overlaps},
+    redis_server::RedisServer,
+    suite::{Events, Suite},
+    unique_name,
+};
+use sqlx::{Connection, PgConnection};
+use tonic::{Code, transport::Channel};
+
+const HERE: GeoPoint = GeoPoint {
+    latitude: 45.5152,
+    longitude: -122.6784,
+};
+const TEAMS: usize = 4;
+const CALLS: usize = 3;
+/// relay.routing.v1.AssignmentEndCause numbers as the record stores them.
+const TEAM_CLEARED: i32 = 1;
+const LIVE_STATE_LOST: i32 = 4;
+
+fn now() -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp::from(SystemTime::now()))
+}
+
+fn team(n: usize) -> String {
+    format!("t{n}")
+}
+
+/// Polls `check` every 50 ms until it answers `Some`, for at most `limit`; returns the answer
+/// and how long it took.
+async fn poll<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(answer) = check().await {
+            return (answer, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn set_status(
+    teams: &mut AvailabilityServiceClient<Channel>,
+    team_id: &str,
+    status: TeamStatus,
+    incident_id: &str,
+) -> Result<(), tonic::Status> {
+    teams
+        .set_team_status(SetTeamStatusRequest {
+            request_id: unique_name("r"),
+            team_id: team_id.to_owned(),
+            status: status.into(),
+            incident_id: incident_id.to_owned(),
+            ..SetTeamStatusRequest::default()
+        })
+        .await
+        .map(drop)
+}
+
+async fn incident(intake: &mut IntakeServiceClient<Channel>, id: &str) -> Incident {
+    intake
+        .get_incident(GetIncidentRequest {
+            incident_id: id.to_owned(),
+            ..GetIncidentRequest::default()
+        })
+        .await
+        .expect("get incident")
+        .into_inner()
+        .incident
+        .expect("incident")
+}
+
+/// (team, incident, end_cause, fencing token) of every assignment, oldest first.
+async fn record(database_url: &str) -> Vec<(String, String, String, i32, i64)> {
+    let mut db = PgConnection::connect(database_url).await.expect("connect");
+    sqlx::query_as(
+        "SELECT team_id, incident_id, state, end_cause, fencing_token FROM routing.assignments \
+         ORDER BY assigned_at, assignment_id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("read the record")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)]
+async fn a_redis_flush_is_detected_rebuilt_and_recorded_truthfully_and_a_team_restores_its_call() {
+    let redis = RedisServer::start(None).await;
+    let url = redis.url();
+    let suite = Suite::start(&[
+        ("RELAY_REDIS_URL", url.as_str()),
+        ("RELAY_ROUTING__RECONCILE_GRACE_SECONDS", "1"),
+    ])
+    .await;
+    let region = unique_name("region");
+    let cad = unique_name("cad");
+    let mut teams = AvailabilityServiceClient::connect(suite.availability.endpoint())
+        .await
+        .expect("availability");
+    let mut routing = RoutingServiceClient::connect(suite.routing.endpoint())
+        .await
+        .expect("routing");
+    let mut intake = IntakeServiceClient::connect(suite.intake.endpoint())
+        .await
+        .expect("intake");
+    let mut events = Events::watch(intake.clone(), &cad).await;
+
+    // Four teams on duty; three calls, each assigned and its team EN_ROUTE.
+    for n in 0..TEAMS {
+        teams
+            .upsert_team(UpsertTeamRequest {
+                request_id: unique_name("r"),
+                team_id: team(n),
+                display_name: format!("Unit {n}"),
+                region: region.clone(),
+                capabilities: vec!["clinician".into(), "emt".into(), "peer".into()],
+                ..UpsertTeamRequest::default()
+            })
+            .await
+            .expect("upsert team");
+        set_status(&mut teams, &team(n), TeamStatus::Available, "")
+            .await
+            .expect("on duty");
+    }
+    let mut calls = Vec::new();
+    let mut acknowledged = Vec::new();
+    for n in 0..CALLS {
+        for t in 0..TEAMS {
+            teams
+                .report_location(ReportLocationRequest {
+                    team_id: team(t),
+                    location: Some(HERE),
+                    recorded_at: now(),
+                    ..ReportLocationRequest::default()
+                })
+                .await
+                .expect("position");
+        }
+        let cad_incident_id = format!("cad-{n}");
+        let id = intake
+            .submit_incident(SubmitIncidentRequest {
+                cad_system: cad.clone(),
+                cad_incident_id: cad_incident_id.clone(),
+                incident_type: "WELFARE".into(),
+                priority: 3,
+                location: Some(HERE),
+                address: "1 SW Broadway".into(),
+                region: region.clone(),
+                received_at: now(),
+                ..SubmitIncidentRequest::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .incident
+            .expect("incident")
+            .incident_id;
+        acknowledged.push((cad_incident_id, id.clone()));
+        events.until(&id, IncidentEventKind::Dispatched).await;
+        let team_id = incident(&mut intake, &id)
+            .await
+            .routing
+            .expect("routing")
+            .team_id;
+        set_status(&mut teams, &team_id, TeamStatus::EnRoute, &id)
+            .await
+            .expect("en route");
+        events.until(&id, IncidentEventKind::EnRoute).await;
+        calls.push((id, team_id));
+    }
+    let before = record(suite.database().url()).await;
+
+    // Redis loses everything.
+    let _: String = redis.query(&["FLUSHALL"]).await.expect("FLUSHALL");
+
+    // Availability notices and rebuilds its live state by itself: every team back, OFF_DUTY.
+    // (ListTeams, unlike a GetTeam of a missing team, does not wake the check: this measures
+    // the periodic check, the slower of the two ways a loss is found.)
+    let (_, rebuilt) = poll("the live state rebuilt", Duration::from_secs(15), || {
+        let mut teams = teams.clone();
+        let region = region.clone();
+        async move {
+            let listed = teams
+                .list_teams(ListTeamsRequest {
+                    region,
+                    page_size: 100,
+                    ..ListTeamsRequest::default()
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .teams;
+            (listed.len() == TEAMS && listed.iter().all(|t| t.status() == TeamStatus::OffDuty))
+                .then_some(())
+        }
+    })
+    .await;
+    let missing = teams
+        .get_team(GetTeamRequest { team_id: team(0) })
+        .await
+        .expect("every team is back");
+    assert!(missing.into_inner().team.is_some());
+    // Routing ends each interrupted assignment as LIVE_STATE_LOST.
+    let (ended, reconciled) = poll(
+        "interrupted assignments ended",
+        Duration::from_secs(20),
+        || {
+            let url = suite.database().url().to_owned();
+            async move {
+                let rows = record(&url).await;
+                rows.iter()
+                    .all(|(_, _, state, _, _)| state != "ACTIVE")
+                    .then_some(rows)
+            }
+        },
+    )
+    .await;
+    // The CAD hears of it on the incident's stream.
+    let told_start = Instant::now();
+    for (id, team_id) in &calls {
+        events.until(id, IncidentEventKind::Released).await;
+        let released = events
+            .seen
+            .iter()
+            .find(|e| e.incident_id == *id && e.kind() == IncidentEventKind::Released)
+            .expect("released event");
+        assert_eq!(released.team_id, *team_id);
+        assert!(
+            released.detail.contains("live state was lost"),
+            "the CAD is told why: {:?}",
+            released.detail
+        );
+        let shown = incident(&mut intake, id).await.routing.expect("routing");
+        assert_eq!(
+            shown.state(),
+            RoutingState::Recommended,
+            "{id} waits for a dispatcher"
+        );
+    }
+    let told = reconciled + told_start.elapsed();
+    eprintln!(
+        "after FLUSHALL: live state rebuilt in {:.2} s, assignments ended in {:.2} s, the CAD \
+         told within {:.2} s",
+        rebuilt.as_secs_f64(),
+        reconciled.as_secs_f64(),
+        told.as_secs_f64()
+    );
+    assert_eq!(ended.len(), CALLS);
+    for (team_id, incident_id, state, cause, _) in &ended {
+        assert_ne!(
+            *cause, TEAM_CLEARED,
+            "{team_id} on {incident_id}: TEAM_CLEARED"
+        );
+        assert_eq!(
+            (state.as_str(), *cause),
+            ("RELEASED", LIVE_STATE_LOST),
+            "{team_id} on {incident_id}"
+        );
+    }
+    let availability_metrics = suite.scrape("availability").await;
+    assert_eq!(
+        metric_sum(&availability_metrics, "relay_live_state_losses_total", ""),
+        1.0,
+        "one loss counted"
+    );
+
+    // A team that was working a call cannot simply go back to it...
+    let (restored_id, restored_team) = calls[0].clone();
+    let refused = set_status(
+        &mut teams,
+        &restored_team,
+        TeamStatus::EnRoute,
+        &restored_id,
+    )
+    .await
+    .expect_err("OFF_DUTY to EN_ROUTE");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    // ... but restores it from its device: AVAILABLE, then RestoreAssignment.
+    set_status(&mut teams, &restored_team, TeamStatus::Available, "")
+        .await
+        .expect("available");
+    let restore = |request_id: &str, incident_id: &str, team_id: &str| RestoreAssignmentRequest {
+        request_id: request_id.to_owned(),
+        incident_id: incident_id.to_owned(),
+        team_id: team_id.to_owned(),
+    };
+    let request_id = unique_name("r");
+    let restored = routing
+        .restore_assignment(restore(&request_id, &restored_id, &restored_team))
+        .await
+        .expect("restore")
+        .into_inner()
+        .assignment
+        .expect("assignment");
+    assert_eq!(restored.source(), AssignmentSource::Restored);
+    assert_eq!(restored.team_id, restored_team);
+    let old_token = before
+        .iter()
+        .find(|(t, i, _, _, _)| *t == restored_team && *i == restored_id)
+        .map(|r| r.4)
+        .expect("the lost assignment");
+    assert!(restored.fencing_token > old_token, "a new fencing token");
+    // The retry answers the same; the team's statuses are legal again.
+    let again = routing
+        .restore_assignment(restore(&request_id, &restored_id, &restored_team))
+        .await
+        .expect("retry")
+        .into_inner()
+        .assignment
+        .expect("assignment");
+    assert_eq!(again.assignment_id, restored.assignment_id);
+    set_status(
+        &mut teams,
+        &restored_team,
+        TeamStatus::EnRoute,
+        &restored_id,
+    )
+    .await
+    .expect("en route again");
+    events
+        .until_count(&restored_id, &[IncidentEventKind::Assigned], 2)
+        .await;
+
+    // A call given to another team meanwhile is not restored.
+    let (taken_id, taken_team) = calls[1].clone();
+    let other = team(TEAMS - 1);
+    assert!(calls.iter().all(|(_, t)| *t != other), "t3 was free");
+    set_status(&mut teams, &other, TeamStatus::Available, "")
+        .await
+        .expect("available");
+    routing
+        .confirm_assignment(ConfirmAssignmentRequest {
+            request_id: unique_name("r"),
+            incident_id: taken_id.clone(),
+            team_id: other.clone(),
+        })
+        .await
+        .expect("the dispatcher sends another team");
+    set_status(&mut teams, &taken_team, TeamStatus::Available, "")
+        .await
+        .expect("available");
+    let refused = routing
+        .restore_assignment(restore(&unique_name("r"), &taken_id, &taken_team))
+        .await
+        .expect_err("given to another team");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // Nor is a call the team never had.
+    let (third_id, _) = calls[2].clone();
+    let refused = routing
+        .restore_assignment(restore(&unique_name("r"), &third_id, &taken_team))
+        .await
+        .expect_err("not its call");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // Intake and routing agree; no team on two calls; nothing acknowledged lost.
+    let url = suite.database().url().to_owned();
+    let (incidents, _) = poll(
+        "intake agrees with routing",
+        Duration::from_secs(20),
+        || {
+            let mut intake = intake.clone();
+            let (url, cad) = (url.clone(), cad.clone());
+            async move {
+                let incidents = intake
+                    .list_incidents(ListIncidentsRequest {
+                        cad_system: cad,
+                        page_size: 100,
+                        ..ListIncidentsRequest::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .incidents;
+                disagreements(&url, &incidents)
+                    .await
+                    .is_empty()
+                    .then_some(incidents)
+            }
+        },
+    )
+    .await;
+    let lost = lost_or_doubled(&acknowledged, &incidents);
+    assert!(lost.is_empty(), "{lost:?}");
+    let overlapping = overlaps(&assignments(&url).await);
+    assert!(overlapping.is_empty(), "{overlapping:?}");
+    if let Some(violation) = events.causal_violation() {
+        panic!("{violation}");
+    }
+    let errors: Vec<String> = suite
+        .availability
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("ERROR") && l.contains("lost the live state"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR line per loss: {errors:?}");
+    drop(suite);
+    drop(redis);
+}
