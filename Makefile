@@ -103,9 +103,12 @@ CHAOS_TEST := $(CARGO) test --locked -p relay-tests --features chaos
 chaos: check-servers ## Fault tests under load: Redis failover, kill -9 of every service (about 1 min once built)
 	@command -v redis-server >/dev/null || { echo "make chaos needs redis-server on PATH (Debian: redis-server)"; exit 1; }
 	$(CARGO) build --workspace --bins --locked
-	$(CHAOS_TEST) --test failover --test kill --no-run
+	$(CHAOS_TEST) --test failover --test kill --test cluster --no-run
 	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test failover -- --nocapture
 	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test kill -- --nocapture
+	@# Relay on a Redis Cluster of the test's own (3 primaries, a replica each): a slot moved
+	@# and a primary killed under load, two routers with regions on every primary.
+	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test cluster -- --nocapture --test-threads 1
 
 # The program report in a real browser: `cargo test -p relay --test report` writes the HTML
 # reports to target/tmp/report-check/, and scripts/report-check.sh opens them in headless
@@ -209,6 +212,8 @@ bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	timeout 1800 $(CARGO) bench -p relay-intake --bench report
 	$(CARGO) bench -p relay-availability --bench ingest
 	$(CARGO) bench -p relay-routing --bench assign
+	@# RECOMMEND with regions on a Redis Cluster's 3 primaries against one Redis (5 runs, ratios).
+	timeout 900 $(CARGO) bench -p relay-routing --bench assign -- cluster
 	$(CARGO) bench --locked -p relay-directory --bench directory
 
 .PHONY: dev

@@ -21,6 +21,7 @@ use sqlx::{Connection, Executor, PgConnection};
 pub mod chaos;
 pub mod proxy;
 pub mod raw;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod slow;
 pub mod suite;

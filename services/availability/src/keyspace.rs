@@ -4,6 +4,12 @@
 //! region live in one slot and every Lua script touches one slot. The prefix is configurable
 //! (`availability.key_prefix`, default `relay`); tests use a unique prefix.
 //!
+//! The rule that keeps this true on a cluster: a script touches only the keys it is given in
+//! `KEYS`, all of one region (scripts.rs tests it; the conformance suite runs on a real
+//! cluster, which refuses a script across slots with CROSSSLOT). The two keys outside a region
+//! (`team_regions`, `req:*`) are read and written by single-key commands only, never inside a
+//! script; a new global key a script needs (an epoch, a counter) must be one per region.
+//!
 //! | key | type | fields / members | written by |
 //! |---|---|---|---|
 //! | `<p>:{<region>}:team:<team_id>` | hash | `id`, `name`, `region`, `caps` (comma-joined sorted tags), `status` (TeamStatus number), `lat`, `lon` (degrees, empty until a position), `loc_at` (µs since epoch of the position's `recorded_at`), `hdg`, `spd`, `acc` (optional, empty when unknown), `incident` (empty unless busy), `last_incident` (the incident the team last left), `shift_end` (µs, empty when unknown), `rev` (revision), `fence` (fencing counter: increased by each claim, never decreased, kept across roster upserts), `created`, `updated` (µs) | availability scripts (upsert, status, location, move); routing through [`crate::TeamStore::claim`] and [`crate::TeamStore::release`] |

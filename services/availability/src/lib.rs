@@ -168,14 +168,11 @@ impl Application {
                 )
             };
         let team_store: Arc<dyn TeamStore> = match settings.backend {
-            Backend::Redis => {
-                let client = storage::redis_client(config.redis_url()?)?;
-                Arc::new(RedisTeamStore::new(
-                    client,
-                    Keyspace::new(settings.key_prefix.clone()),
-                    retention,
-                )?)
-            }
+            Backend::Redis => Arc::new(RedisTeamStore::new(
+                config.redis_target()?,
+                Keyspace::new(settings.key_prefix.clone()),
+                retention,
+            )?),
             Backend::Memory => Arc::new(MemoryTeamStore::new(retention)),
         };
         let domain = Availability::new(team_store.clone(), roster.clone(), clock);

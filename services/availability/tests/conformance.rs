@@ -41,6 +41,23 @@ impl Backend {
         }
     }
 
+    /// The Redis backend on a Redis Cluster of the test's own (a unique prefix per scenario:
+    /// the scenarios share one cluster).
+    fn cluster(cluster: &relay_tests::redis_cluster::RedisCluster) -> Self {
+        let target = relay_runtime::redis_link::RedisTarget::open(&cluster.urls(), true)
+            .expect("cluster urls");
+        let store = RedisTeamStore::new(
+            target,
+            Keyspace::new(relay_tests::unique_name("conf")),
+            Duration::from_secs(3600),
+        )
+        .expect("store");
+        Self {
+            store: Arc::new(store),
+            prefix: None,
+        }
+    }
+
     async fn cleanup(self) {
         if let Some(prefix) = self.prefix {
             relay_tests::redis_delete_prefix(&prefix).await;
@@ -839,6 +856,20 @@ macro_rules! conformance {
                     backend.cleanup().await;
                 }
             )*
+        }
+        mod cluster_backend {
+            /// Every scenario on a real Redis Cluster (three primaries, a replica each), one
+            /// after another on one cluster (starting one costs a few seconds). A script whose
+            /// keys (declared or built inside it) span two slots, or a pipeline the store
+            /// cannot split by slot, fails here with the cluster's CROSSSLOT.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_scenario() {
+                let cluster = relay_tests::redis_cluster::RedisCluster::start().await;
+                $(
+                    let backend = super::Backend::cluster(&cluster);
+                    super::$name(&*backend.store).await;
+                )*
+            }
         }
         mod memory_backend {
             $(

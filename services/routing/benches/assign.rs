@@ -13,6 +13,13 @@
 //! these cores could reach at best. The whole sequence runs three rounds in turn (the shared
 //! machine drifts between phases); the last line gives the median ratios.
 //! `cargo bench -p relay-routing --bench assign` (needs PostgreSQL and Redis, as `make test`).
+//!
+//! `cargo bench -p relay-routing --bench assign -- cluster` measures instead RECOMMEND with
+//! regions on the three primaries of a Redis Cluster against the same on one Redis server, in
+//! the same run (see [`cluster`]).
+
+#[path = "assign/cluster.rs"]
+mod cluster;
 
 use std::time::{Duration, Instant};
 
@@ -149,15 +156,15 @@ where
     }
 }
 
-/// Loads the region's teams into availability's Redis keyspace through its store: each on
-/// a 100 x 100 grid about 30 km across, AVAILABLE, with a fresh position.
-async fn load_teams(store: &RedisTeamStore, region: &str) {
+/// Loads `count` teams of the region into availability's Redis keyspace through its store:
+/// each on a 100 x 100 grid about 30 km across, AVAILABLE, with a fresh position.
+async fn load_teams(store: &RedisTeamStore, region: &str, count: usize) {
     let now = Utc::now();
-    let mut reports = Vec::with_capacity(TEAMS);
-    for index in 0..TEAMS {
+    let mut reports = Vec::with_capacity(count);
+    for index in 0..count {
         #[allow(clippy::cast_precision_loss)]
         let (row, col) = ((index / 100) as f64, (index % 100) as f64);
-        let team_id = format!("team-{index:05}");
+        let team_id = format!("{region}-team-{index:05}");
         store
             .upsert_team(
                 &TeamDefinition {
@@ -428,7 +435,10 @@ async fn measure(
         run("primitive: HMGET of 16 teams", 20_000, move |i| {
             let mut connection = connection.clone();
             let team_keys: Vec<String> = (0..16)
-                .map(|n| keys.team(&region, &format!("team-{:05}", (i * 16 + n) % TEAMS)))
+                .map(|n| {
+                    let team = format!("{region}-team-{:05}", (i * 16 + n) % TEAMS);
+                    keys.team(&region, &team)
+                })
                 .collect();
             async move {
                 let start = Instant::now();
@@ -535,22 +545,23 @@ async fn measure(
     }
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    let database = relay_tests::TestDatabase::new().await;
-    let region = relay_tests::unique_name("bench");
-    let prefix = relay_tests::unique_name("bench_routing");
-    let redis = redis::Client::open(relay_tests::redis_url()).expect("redis");
-    let keys = Keyspace::new(prefix.clone());
-    let store =
-        RedisTeamStore::new(redis.clone(), keys.clone(), Duration::from_secs(3600)).expect("store");
-    load_teams(&store, &region).await;
+/// Routing in process on `redis_url` (availability's keys under `prefix`) and `database_url`:
+/// a channel to it, the sender that stops it, and its task.
+async fn start_routing(
+    redis_url: &str,
+    database_url: &str,
+    prefix: &str,
+) -> (
+    tonic::transport::Channel,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), relay_runtime::BoxError>>,
+) {
     let config = Config::builder("routing")
         .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
-        .set("database_url", database.url())
-        .set("redis_url", relay_tests::redis_url())
-        .set("availability.key_prefix", prefix.as_str())
+        .set("database_url", database_url)
+        .set("redis_url", redis_url)
+        .set("availability.key_prefix", prefix)
         .set("routing.maintenance_interval_ms", 60_000)
         .build()
         .expect("config");
@@ -566,6 +577,25 @@ async fn main() {
         .connect()
         .await
         .expect("connect");
+    (channel, stop, server)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|arg| arg == "cluster") {
+        cluster::compare().await;
+        return;
+    }
+    let database = relay_tests::TestDatabase::new().await;
+    let region = relay_tests::unique_name("bench");
+    let prefix = relay_tests::unique_name("bench_routing");
+    let redis = redis::Client::open(relay_tests::redis_url()).expect("redis");
+    let keys = Keyspace::new(prefix.clone());
+    let store =
+        RedisTeamStore::new(redis.clone(), keys.clone(), Duration::from_secs(3600)).expect("store");
+    load_teams(&store, &region, TEAMS).await;
+    let (channel, stop, server) =
+        start_routing(&relay_tests::redis_url(), database.url(), &prefix).await;
 
     // Like the service's pool (relay-runtime), no ping before each acquire.
     let pg = sqlx::postgres::PgPoolOptions::new()

@@ -113,9 +113,8 @@ impl Application {
         } else {
             let availability: relay_availability::AvailabilitySettings =
                 config.section("availability")?;
-            let client = storage::redis_client(config.redis_url()?)?;
             let store = relay_availability::RedisTeamStore::new(
-                client,
+                config.redis_target()?,
                 relay_availability::Keyspace::new(availability.key_prefix),
                 Duration::from_secs(availability.event_retention_seconds),
             )?;
@@ -147,8 +146,8 @@ impl Application {
             .readiness_check("record", move || check());
         // The fleet's Redis (availability's keyspace): routing is not ready without it. The
         // in-process fleet of `relay dev` runs without Redis.
-        if let Some(url) = &config.settings.redis_url {
-            host = host.readiness_check("redis", storage::redis_check(storage::redis_client(url)?));
+        if config.settings.redis_url.is_some() {
+            host = host.readiness_check("redis", storage::redis_check(&config.redis_target()?)?);
         }
         let server = host.bind(config.settings.listen.0).await?;
         Ok(Self {

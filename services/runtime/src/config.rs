@@ -269,9 +269,14 @@ pub struct Settings {
     /// PostgreSQL (`postgres://...`) or SQLite (`sqlite://path`) URL (`RELAY_DATABASE_URL`).
     #[serde(default)]
     pub database_url: Option<SecretString>,
-    /// Redis URL (`redis://...` or `rediss://...`) (`RELAY_REDIS_URL`).
+    /// Redis URL (`redis://...` or `rediss://...`) (`RELAY_REDIS_URL`); several, separated by
+    /// commas, are the nodes of a Redis Cluster.
     #[serde(default)]
     pub redis_url: Option<SecretString>,
+    /// Whether a single `redis_url` is a Redis Cluster's node or configuration endpoint
+    /// (`RELAY_REDIS_CLUSTER`, default false). See `relay_runtime::redis_link`.
+    #[serde(default)]
+    pub redis_cluster: bool,
     /// Where intake listens (`RELAY_INTAKE_ENDPOINT`).
     pub intake_endpoint: String,
     /// Where availability listens (`RELAY_AVAILABILITY_ENDPOINT`).
@@ -415,6 +420,18 @@ impl Config {
                 self.service
             ))
         })
+    }
+
+    /// Where Redis is (`RELAY_REDIS_URL`, `RELAY_REDIS_CLUSTER`): a single server or a cluster.
+    ///
+    /// # Errors
+    /// When `redis_url` is not configured or invalid.
+    pub fn redis_target(&self) -> Result<crate::redis_link::RedisTarget, ConfigError> {
+        crate::redis_link::RedisTarget::open(
+            secrecy::ExposeSecret::expose_secret(self.redis_url()?),
+            self.settings.redis_cluster,
+        )
+        .map_err(|error| ConfigError::new(format!("invalid value for `redis_url`: {error}")))
     }
 
     /// The Redis URL, or an error naming `RELAY_REDIS_URL` when it is not set.

@@ -13,6 +13,7 @@
 //! - [`error`] and [`validate`]: typed errors mapped to `tonic::Status` in one place.
 //! - [`paging`]: opaque, tamper-evident page tokens.
 //! - [`storage`]: PostgreSQL pools (one schema per service), migrations, Redis connections.
+//! - [`redis_link`]: the one Redis connection type (a single server or a Redis Cluster).
 //! - [`cli`]: the `main` of every service binary (`serve` and `migrate`).
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod layers;
 pub mod metrics;
 pub mod paging;
+pub mod redis_link;
 pub mod server;
 pub mod shutdown;
 pub mod storage;

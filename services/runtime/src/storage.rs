@@ -15,7 +15,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::server::CheckFuture;
+use crate::{redis_link::RedisTarget, server::CheckFuture};
 
 /// How long a caller waits for a pooled connection before the call fails.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -117,30 +117,25 @@ pub fn postgres_check(pool: PgPool) -> impl Fn() -> CheckFuture + Send + Sync + 
     }
 }
 
-/// A Redis client for `url` (no connection is made yet).
+/// A readiness check that sends `PING` (on a cluster, to every primary through one shared
+/// connection, made on the first check).
 ///
 /// # Errors
-/// When the URL is invalid.
-pub fn redis_client(url: &SecretString) -> Result<redis::Client, StorageError> {
-    Ok(redis::Client::open(url.expose_secret())?)
-}
-
-/// A readiness check that sends `PING`.
-pub fn redis_check(client: redis::Client) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
-    move || {
-        let client = client.clone();
+/// When the shared connection cannot be set up.
+pub fn redis_check(
+    target: &RedisTarget,
+) -> Result<impl Fn() -> CheckFuture + Send + Sync + 'static, StorageError> {
+    let connection = target.shared()?;
+    Ok(move || -> CheckFuture {
+        let mut connection = connection.clone();
         Box::pin(async move {
-            let mut connection = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|error| format!("redis: {error}"))?;
             redis::cmd("PING")
                 .query_async::<String>(&mut connection)
                 .await
                 .map(|_| ())
                 .map_err(|error| format!("redis: {error}"))
         })
-    }
+    })
 }
 
 /// A SQLite pool for `relay dev` (`sqlite://path/to/file.db`; the file is created if missing),

@@ -8,11 +8,8 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use redis::{
-    AsyncCommands, Client, Script, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
-    streams::StreamReadReply,
-};
+use redis::{AsyncCommands, Script, Value, streams::StreamReadReply};
+use relay_runtime::redis_link::{RedisConnection, RedisTarget};
 
 use super::{
     ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, Nearest,
@@ -53,9 +50,9 @@ fn script(body: &str) -> Script {
 
 /// Team live state in Redis.
 pub struct RedisTeamStore {
-    client: Client,
-    connection: ConnectionManager,
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    target: RedisTarget,
+    connection: RedisConnection,
+    blocking: Mutex<Vec<RedisConnection>>,
     keys: Keyspace,
     scripts: Scripts,
     retention: Duration,
@@ -326,18 +323,20 @@ fn second(reply: &[String]) -> &str {
 }
 
 impl RedisTeamStore {
-    /// A store on `client` under `keys`, keeping events for `retention`. Connects lazily.
+    /// A store on `target` (a [`redis::Client`], or a [`RedisTarget`]: one server or a Redis
+    /// Cluster) under `keys`, keeping events for `retention`. Connects lazily.
     ///
     /// # Errors
-    /// When the connection manager cannot be created.
-    pub fn new(client: Client, keys: Keyspace, retention: Duration) -> Result<Self, StoreError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+    /// When the shared connection cannot be created.
+    pub fn new(
+        target: impl Into<RedisTarget>,
+        keys: Keyspace,
+        retention: Duration,
+    ) -> Result<Self, StoreError> {
+        let target = target.into();
+        let connection = target.shared()?;
         Ok(Self {
-            client,
+            target,
             connection,
             blocking: Mutex::new(Vec::new()),
             keys,
@@ -366,7 +365,7 @@ impl RedisTeamStore {
         self.retention.as_millis().to_string()
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConnection {
         self.connection.clone()
     }
 
@@ -566,21 +565,15 @@ impl RedisTeamStore {
         })
     }
 
-    async fn blocking_connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn blocking_connection(&self) -> Result<RedisConnection, StoreError> {
         let pooled = self.blocking.lock().ok().and_then(|mut pool| pool.pop());
         if let Some(connection) = pooled {
             return Ok(connection);
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(None);
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        Ok(self.target.dedicated().await?)
     }
 
-    fn return_connection(&self, connection: MultiplexedConnection) {
+    fn return_connection(&self, connection: RedisConnection) {
         if let Ok(mut pool) = self.blocking.lock()
             && pool.len() < 16
         {

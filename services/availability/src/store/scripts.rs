@@ -223,3 +223,71 @@ end
 if not busy and cur[3] == ARGV[1] then return result('already', h) end
 return {'other', cur[1], cur[2]}
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key a script touches comes from its `KEYS` (directly, or through a local or a
+    /// helper parameter bound to one): a script never builds a key name. Redis Cluster checks
+    /// declared keys (CROSSSLOT) but lets a script reach an undeclared key of another slot the
+    /// same node happens to serve, so a built key would pass tests and break after a reshard.
+    #[test]
+    fn scripts_touch_only_the_keys_they_are_given() {
+        // Names bound to a KEYS entry: `local h = KEYS[1]` and the helpers' parameters, each
+        // called with KEYS entries only; `unpack(args)` starts with KEYS[2].
+        let bound = ["h", "hash", "events", "geo", "unavailable", "unpack(args"];
+        let scripts = [
+            ("PRELUDE", PRELUDE),
+            ("UPSERT", UPSERT),
+            ("SEED", SEED),
+            ("MOVE_OUT", MOVE_OUT),
+            ("MOVE_IN", MOVE_IN),
+            ("SET_STATUS", SET_STATUS),
+            ("REPORT_LOCATIONS", REPORT_LOCATIONS),
+            ("CLAIM", CLAIM),
+            ("RELEASE", RELEASE),
+        ];
+        for (name, body) in scripts {
+            for call in body.split("redis.call(").skip(1) {
+                let mut parts = call.splitn(3, [',', ')']);
+                let command = parts.next().unwrap_or_default().trim();
+                if command == "'TIME'" {
+                    continue;
+                }
+                let key = parts.next().unwrap_or_default().trim();
+                assert!(
+                    key.starts_with("KEYS[") || bound.contains(&key),
+                    "{name}: redis.call({command}, {key} ...) touches a key not given in KEYS"
+                );
+            }
+            for line in body.lines().filter(|l| l.contains("local h =")) {
+                assert!(line.contains("= KEYS["), "{name}: {line}");
+            }
+        }
+        // The helpers are called with KEYS entries (or `h`) only.
+        let bodies = [
+            UPSERT,
+            SEED,
+            MOVE_OUT,
+            MOVE_IN,
+            SET_STATUS,
+            REPORT_LOCATIONS,
+            CLAIM,
+            RELEASE,
+        ];
+        for body in bodies {
+            for helper in ["emit(", "index(", "result("] {
+                for call in body.split(helper).skip(1) {
+                    let args = call.split(')').next().unwrap_or_default();
+                    let first = args.split(',').next().unwrap_or_default().trim();
+                    assert!(
+                        first.starts_with("KEYS[") || first == "h" || first.starts_with('\''),
+                        "{helper}{args})"
+                    );
+                    assert!(!args.contains(".."), "{helper}{args}) builds a name");
+                }
+            }
+        }
+    }
+}

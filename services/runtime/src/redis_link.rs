@@ -1,0 +1,307 @@
+//! The one Redis connection type of availability and routing: a single server (a primary, or
+//! the address an operator or Sentinel keeps pointing at the primary) through redis-rs'
+//! `ConnectionManager`, or a Redis Cluster through its cluster client.
+//!
+//! `RELAY_REDIS_URL` names a single server (`redis://host:6379`), or a cluster: several nodes
+//! separated by commas (`redis://a:6379,redis://b:6379,redis://c:6379`), or one node with
+//! `RELAY_REDIS_CLUSTER=true` (a managed cluster's configuration endpoint). The cluster client
+//! learns the slot map from any node, follows `MOVED` and `ASK` redirections, and reloads the
+//! map after a failover.
+//!
+//! On a cluster a pipeline is sent per slot: commands are grouped by their key's slot, each
+//! group goes to its primary, and the replies come back in the pipeline's order. A script (or
+//! a transaction) must still keep to one slot, which the keyspace's `{region}` hash tags do.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures::{FutureExt, future::try_join_all};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    cluster::{ClusterClient, ClusterConfig},
+    cluster_async::ClusterConnection,
+    cluster_routing::Slot,
+};
+
+/// How long a connection attempt to one node may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one reply may take (blocking reads excepted).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a cluster request may take in all, redirections and retries included: long
+/// enough to ride out a primary's failover (`cluster-node-timeout` plus the election).
+pub const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where Redis is: one server or a cluster (no connection is made until one is asked for).
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// One server.
+    Single(Client),
+    /// A Redis Cluster: a client for shared connections, and one without a response timeout
+    /// for blocking reads.
+    Cluster(Box<ClusterClients>),
+}
+
+/// The two clients of a cluster.
+#[derive(Clone)]
+pub struct ClusterClients {
+    /// Shared connections (bounded responses, retries through a failover).
+    shared: ClusterClient,
+    /// Connections for blocking commands (`XREAD BLOCK`).
+    blocking: ClusterClient,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs may carry passwords: say only which kind.
+        f.write_str(if self.is_cluster() {
+            "RedisTarget::Cluster"
+        } else {
+            "RedisTarget::Single"
+        })
+    }
+}
+
+impl From<Client> for RedisTarget {
+    fn from(client: Client) -> Self {
+        Self::Single(client)
+    }
+}
+
+impl RedisTarget {
+    /// Parses `urls`: one URL is a single server unless `cluster` is set; several, separated
+    /// by commas, are the seed nodes of a cluster.
+    ///
+    /// # Errors
+    /// When a URL is invalid.
+    pub fn open(urls: &str, cluster: bool) -> RedisResult<Self> {
+        let nodes: Vec<&str> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if nodes.len() <= 1 && !cluster {
+            return Ok(Self::Single(Client::open(urls.trim())?));
+        }
+        Self::cluster(nodes)
+    }
+
+    /// A cluster reached through any of `nodes`.
+    ///
+    /// # Errors
+    /// When a URL is invalid.
+    pub fn cluster<T: redis::IntoConnectionInfo + Clone>(nodes: Vec<T>) -> RedisResult<Self> {
+        let shared = ClusterClient::builder(nodes.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
+            .build()?;
+        let blocking = ClusterClient::builder(nodes)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .overall_response_timeout(None)
+            .build()?;
+        Ok(Self::Cluster(Box::new(ClusterClients { shared, blocking })))
+    }
+
+    /// Whether this is a cluster.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// The shared, multiplexed connection: it connects lazily (on first use) and reconnects by
+    /// itself; clone it freely.
+    ///
+    /// # Errors
+    /// When the connection cannot be set up.
+    pub fn shared(&self) -> RedisResult<RedisConnection> {
+        Ok(match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(2);
+                RedisConnection::Manager(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?)
+            }
+            Self::Cluster(clients) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(RESPONSE_TIMEOUT);
+                RedisConnection::Cluster(
+                    clients
+                        .shared
+                        .get_pending_async_connection_with_config(config),
+                )
+            }
+        })
+    }
+
+    /// A new connection of its own without a response timeout, for blocking commands (which
+    /// would hold up every other caller of a shared connection).
+    ///
+    /// # Errors
+    /// When no connection can be made.
+    pub async fn dedicated(&self) -> RedisResult<RedisConnection> {
+        Ok(match self {
+            Self::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(None);
+                RedisConnection::Multiplexed(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Self::Cluster(clients) => {
+                let config = ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
+                RedisConnection::Cluster(
+                    clients
+                        .blocking
+                        .get_async_connection_with_config(config)
+                        .await?,
+                )
+            }
+        })
+    }
+}
+
+/// A connection to a [`RedisTarget`]; implements [`ConnectionLike`], so commands, pipelines
+/// and scripts run on it as on any redis-rs connection.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// A single server's shared connection.
+    Manager(ConnectionManager),
+    /// A single server's connection of its own.
+    Multiplexed(MultiplexedConnection),
+    /// A cluster.
+    Cluster(ClusterConnection),
+}
+
+/// The slot of a command's first key: the key after `numkeys` for scripts and functions, the
+/// first argument otherwise; `None` for a command without keys.
+fn slot_of(cmd: &Cmd) -> Option<Slot> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|arg| match arg {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?.to_ascii_uppercase();
+    let key = match name.as_slice() {
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
+            let keys: usize = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+            if keys == 0 {
+                return None;
+            }
+            args.get(3)?
+        }
+        b"PING" | b"SCRIPT" | b"INFO" | b"TIME" => return None,
+        _ => args.get(1)?,
+    };
+    Some(Slot::for_key(key))
+}
+
+/// Sends a non-transaction `pipeline` over a cluster one slot at a time (concurrently) and
+/// returns the replies in the pipeline's order.
+async fn pipeline_by_slot(
+    connection: &ClusterConnection,
+    pipeline: &Pipeline,
+) -> RedisResult<Vec<Value>> {
+    let mut groups: Vec<(Pipeline, Vec<usize>)> = Vec::new();
+    let mut by_slot: HashMap<Option<Slot>, usize> = HashMap::new();
+    for (index, cmd) in pipeline.cmd_iter().enumerate() {
+        let group = *by_slot.entry(slot_of(cmd)).or_insert_with(|| {
+            groups.push((Pipeline::new(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[group].0.add_command(cmd.clone());
+        groups[group].1.push(index);
+    }
+    let sent = groups.iter().map(|(part, _)| {
+        let mut connection = connection.clone();
+        async move { connection.req_packed_commands(part, 0, part.len()).await }
+    });
+    let replies = try_join_all(sent).await?;
+    let mut ordered = vec![Value::Nil; pipeline.len()];
+    for ((_, indexes), values) in groups.iter().zip(replies) {
+        for (index, value) in indexes.iter().zip(values) {
+            ordered[*index] = value;
+        }
+    }
+    Ok(ordered)
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Manager(c) => c.req_packed_command(cmd),
+            Self::Multiplexed(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Manager(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Multiplexed(c) => c.req_packed_commands(cmd, offset, count),
+            // A transaction must keep to one slot; any other pipeline is split by slot.
+            Self::Cluster(c) => {
+                if !cmd.is_transaction() && offset == 0 && count == cmd.len() {
+                    pipeline_by_slot(c, cmd).boxed()
+                } else {
+                    c.req_packed_commands(cmd, offset, count)
+                }
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Manager(c) => c.get_db(),
+            Self::Multiplexed(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_or_the_flag_make_a_cluster() {
+        let single = RedisTarget::open("redis://127.0.0.1:6379", false).expect("single");
+        assert!(!single.is_cluster());
+        let listed = RedisTarget::open("redis://127.0.0.1:7000, redis://127.0.0.1:7001", false)
+            .expect("list");
+        assert!(listed.is_cluster());
+        let flagged = RedisTarget::open("redis://127.0.0.1:7000", true).expect("flag");
+        assert!(flagged.is_cluster());
+        assert!(RedisTarget::open("nonsense://x", false).is_err());
+    }
+
+    #[test]
+    fn commands_are_grouped_by_their_key_slot() {
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg("abc").arg(2).arg("relay:{north}:team:1").arg("x");
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg("relay:{north}:team:2").arg("id");
+        let mut other = redis::cmd("HMGET");
+        other.arg("relay:{south}:team:2").arg("id");
+        assert_eq!(slot_of(&eval), slot_of(&hmget));
+        assert_ne!(slot_of(&hmget), slot_of(&other));
+        assert_eq!(slot_of(&redis::cmd("PING")), None);
+        let mut keyless = redis::cmd("EVALSHA");
+        keyless.arg("abc").arg(0);
+        assert_eq!(slot_of(&keyless), None);
+    }
+}
