@@ -1280,6 +1280,19 @@ macro_rules! sql_store {
                 $store::apply_rows(&mut self.tx, rows).await
             }
 
+            async fn forget_schedules(&mut self, services: &[String], locations: &[String]) -> StoreResult<()> {
+                for (ids, condition) in [(services, "service_id IN ("), (locations, "service_id IS NULL AND location_id IN (")] {
+                    for chunk in ids.chunks(CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new("DELETE FROM schedules WHERE ");
+                        qb.push(condition);
+                        $store::push_in(&mut qb, chunk);
+                        qb.push(")");
+                        qb.build().execute(&mut *self.tx).await?;
+                    }
+                }
+                Ok(())
+            }
+
             async fn refresh_all_search(&mut self) -> StoreResult<()> {
                 $store::refresh_search(&mut self.tx, "($1 = $2)", "", "").await
             }
