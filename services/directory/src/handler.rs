@@ -144,7 +144,7 @@ pub fn distance_meters(a: (f64, f64), b: (f64, f64)) -> f64 {
 }
 
 /// A latitude/longitude box that contains every point within `radius` meters of `center`.
-fn bounding_box(center: (f64, f64), radius: f64) -> (f64, f64, f64, f64) {
+pub(crate) fn bounding_box(center: (f64, f64), radius: f64) -> (f64, f64, f64, f64) {
     let dlat = (radius / EARTH_RADIUS_METERS).to_degrees() * 1.001;
     let min_lat = (center.0 - dlat).max(-90.0);
     let max_lat = (center.0 + dlat).min(90.0);

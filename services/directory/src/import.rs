@@ -1177,6 +1177,11 @@ struct Seen {
     /// service_at_location and a `timezone` sets that location's time zone. One short entry per
     /// service and location pair.
     sal_locations: HashMap<String, String>,
+    /// The ids of the package's services and locations: their stored schedules are replaced
+    /// by the package's (schedule rows without ids get ids derived from their contents, so
+    /// changed hours come with new ids and the old ones would otherwise stay).
+    services: Vec<String>,
+    locations: Vec<String>,
 }
 
 fn map_record(
@@ -1593,6 +1598,13 @@ async fn import_file<W: WriteSession>(
         match mapped {
             Ok(None) => current.summary.ignored += 1,
             Ok(Some(mapped)) => {
+                for row in &mapped.rows {
+                    match row {
+                        Row::Service(service, _) => seen.services.push(service.id.clone()),
+                        Row::Location { id, .. } => seen.locations.push(id.clone()),
+                        _ => {}
+                    }
+                }
                 pending_rows += mapped.rows.len();
                 pending.push((line, Ok(mapped)));
             }
@@ -1639,7 +1651,15 @@ pub async fn import<S: DirectoryStore>(
     };
     let mut bytes_before = 0;
     let mut seen = Seen::default();
+    let mut forgot = false;
     for planned in &planned {
+        // Schedule tables come after services and locations (see `plan`).
+        if !forgot && planned.table >= Table::Schedules {
+            session
+                .forget_schedules(&seen.services, &seen.locations)
+                .await?;
+            forgot = true;
+        }
         let mut reader = source.reader(&planned.file)?;
         let summary = import_file(
             &mut session,
@@ -1661,6 +1681,11 @@ pub async fn import<S: DirectoryStore>(
             rows: report.rows,
         });
         report.files.push(summary);
+    }
+    if !forgot {
+        session
+            .forget_schedules(&seen.services, &seen.locations)
+            .await?;
     }
     session.refresh_all_search().await?;
     session.commit().await?;

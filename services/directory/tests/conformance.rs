@@ -1365,6 +1365,144 @@ async fn shared_rows_edited_through_one_service_show_in_the_others(mut h: Harnes
     assert_eq!(b.locations[0].point.unwrap().latitude, 44.95);
 }
 
+/// Great-circle distance in meters (haversine on the mean Earth radius), for the brute-force
+/// answers below.
+fn haversine(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
+    let h = ((p2 - p1) / 2.0).sin().powi(2)
+        + p1.cos() * p2.cos() * ((b.1 - a.1).to_radians() / 2.0).sin().powi(2);
+    2.0 * 6_371_008.8 * h.sqrt().min(1.0).asin()
+}
+
+/// The point `meters` from `from` on the initial bearing `degrees` (the direct geodesic
+/// problem on the sphere).
+fn destination(from: (f64, f64), degrees: f64, meters: f64) -> (f64, f64) {
+    let (lat, lon, bearing, delta) = (
+        from.0.to_radians(),
+        from.1.to_radians(),
+        degrees.to_radians(),
+        meters / 6_371_008.8,
+    );
+    let lat2 = (lat.sin() * delta.cos() + lat.cos() * delta.sin() * bearing.cos()).asin();
+    let lon2 =
+        lon + (bearing.sin() * delta.sin() * lat.cos()).atan2(delta.cos() - lat.sin() * lat2.sin());
+    let lon2 = (lon2.to_degrees() + 540.0).rem_euclid(360.0) - 180.0;
+    (lat2.to_degrees(), lon2)
+}
+
+/// A radius search finds every location within the radius and nothing beyond it, in
+/// distance order and across pages, where a latitude/longitude box around the circle is
+/// easy to get wrong: across the antimeridian, near a pole, and at the circle's northmost,
+/// southmost and widest points (the widest lies north of the center's parallel), just inside
+/// and just outside.
+async fn radius_search_is_exact_at_the_antimeridian_poles_and_circle_edge(mut h: Harness) {
+    // (center, radius in meters, the zone of its locations)
+    let cases: [((f64, f64), f64, &str); 4] = [
+        ((-17.0, 179.995), 20_000.0, "Pacific/Fiji"),
+        ((89.99, 10.0), 5_000.0, "UTC"),
+        ((-89.995, -170.0), 3_000.0, "Antarctica/McMurdo"),
+        ((60.0, 10.0), 250_000.0, "Europe/Oslo"),
+    ];
+    let mut expected = Vec::new();
+    for (c, (center, radius, zone)) in cases.iter().enumerate() {
+        let (lat, lon) = *center;
+        // The bearing of the circle's widest point: where it touches a meridian.
+        let delta = radius / 6_371_008.8;
+        let widest = (delta.sin() / lat.to_radians().cos()).asin();
+        let widest_lat = (lat.to_radians().sin() / delta.cos()).asin();
+        let widest_bearing = if lat.abs() < 80.0 {
+            (widest.sin() * widest_lat.cos() / delta.sin())
+                .clamp(-1.0, 1.0)
+                .asin()
+                .to_degrees()
+        } else {
+            90.0
+        };
+        let mut points = Vec::new();
+        for (k, bearing) in [
+            0.0,
+            180.0,
+            90.0,
+            270.0,
+            widest_bearing,
+            -widest_bearing,
+            180.0 - widest_bearing,
+            45.0,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Distinct distances, so that the expected order has no ties.
+            let k = f64::from(u32::try_from(k).unwrap());
+            for fraction in [0.999 + k * 5e-5, 1.001, 0.4 + k * 0.01] {
+                points.push(destination(*center, bearing, radius * fraction));
+            }
+        }
+        // Across the antimeridian or the pole from the center.
+        points.push((lat, if lon > 0.0 { -179.999 } else { 179.999 }));
+        points.push((lat, lon - 180.0 * lon.signum()));
+        let mut inside = Vec::new();
+        let mut locations = Vec::new();
+        for (i, point) in points.iter().enumerate() {
+            let id = format!("edge{c}-{i:02}");
+            let d = haversine(*center, *point);
+            assert!(
+                (d - radius).abs() > radius * 1e-5,
+                "a test point must be clearly inside or outside"
+            );
+            if d <= *radius {
+                inside.push((d, format!("edge{c}@{id}")));
+            }
+            locations.push(location(&id, point.0, point.1, zone, vec![]));
+        }
+        inside.sort_by(|a, b| a.0.total_cmp(&b.0));
+        upsert(
+            &mut h,
+            service(&format!("edge{c}"), "Edge Shelter", "edge", locations),
+        )
+        .await;
+        expected.push(inside);
+    }
+    for (c, (center, radius, _)) in cases.iter().enumerate() {
+        let want: Vec<String> = expected[c].iter().map(|(_, id)| id.clone()).collect();
+        assert!(want.len() >= 10, "case {c}: {} inside", want.len());
+        let request = SearchServicesRequest {
+            location: Some(GeoPoint {
+                latitude: center.0,
+                longitude: center.1,
+            }),
+            radius_meters: *radius,
+            page_size: 100,
+            ..Default::default()
+        };
+        let all = search(&mut h, request.clone()).await;
+        assert_eq!(ids(&all), want, "case {c}: one page");
+        for (result, (d, _)) in all.results.iter().zip(&expected[c]) {
+            assert!((result.distance_meters - d).abs() < 0.01, "case {c}");
+        }
+        // Pages of 3 walk the same list: every next page starts farther out.
+        let mut paged = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = search(
+                &mut h,
+                SearchServicesRequest {
+                    page_size: 3,
+                    page_token: token,
+                    ..request.clone()
+                },
+            )
+            .await;
+            paged.extend(ids(&page));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(paged, want, "case {c}: pages of 3");
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod postgres {
@@ -1396,4 +1534,5 @@ conformance!(
     capacity_reports_ignore_stale_ones,
     referrals_close_the_loop,
     shared_rows_edited_through_one_service_show_in_the_others,
+    radius_search_is_exact_at_the_antimeridian_poles_and_circle_edge,
 );

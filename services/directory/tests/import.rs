@@ -369,6 +369,80 @@ async fn schedule_rows_without_an_id_get_a_stable_one(kind: Kind) {
     assert_eq!(open_at(&mut h, "2026-03-02T21:00:00Z").await, ["svc-a"]);
 }
 
+/// Re-importing a package whose schedules changed leaves exactly the new ones: rows without
+/// ids get ids derived from their contents, so the old hours' ids are simply absent from the
+/// new package, and were kept (the service was open at both the old and the new hours).
+/// Schedules of services and locations the package does not contain are left alone.
+async fn a_re_import_replaces_the_schedules_of_the_services_it_contains(kind: Kind) {
+    let (url, db, tmp) = database(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    two_services(p, "service_at_location.csv");
+    let header = "service_id,location_id,service_at_location_id,weekday,opens_at,closes_at\n";
+    write(
+        p,
+        "regular_schedules.csv",
+        &format!(
+            "{header},,sal-a,Monday,8:00pm,11:00pm\n,loc-b,,Tuesday,9:00am,12:00pm\n\
+             svc-b,,,Friday,9:00am,5:00pm\n"
+        ),
+    );
+    let options = ImportOptions::default();
+    assert_eq!(run_import(&url, p, &options).await.unwrap().rejections, []);
+    // Another package holds only svc-c (at loc-c); its hours must survive the re-import.
+    let other = tempfile::tempdir().unwrap();
+    let o = other.path();
+    write(o, "organizations.csv", ORGANIZATIONS);
+    write(
+        o,
+        "services.csv",
+        "id,organization_id,name,description,status\nsvc-c,org-1,Clinic,Care,active\n",
+    );
+    write(
+        o,
+        "locations.csv",
+        "id,name,latitude,longitude\nloc-c,East,44.05,-123.0\n",
+    );
+    write(
+        o,
+        "service_at_location.csv",
+        "id,service_id,location_id\nsal-c,svc-c,loc-c\n",
+    );
+    write(
+        o,
+        "regular_schedules.csv",
+        &format!("{header}svc-c,loc-c,,Sunday,10:00am,2:00pm\n"),
+    );
+    assert_eq!(run_import(&url, o, &options).await.unwrap().rejections, []);
+    // The first package again: svc-a moved to Wednesday, loc-b's own hours and svc-b's are gone.
+    write(
+        p,
+        "regular_schedules.csv",
+        &format!("{header},,sal-a,Wednesday,8:00pm,11:00pm\n"),
+    );
+    assert_eq!(run_import(&url, p, &options).await.unwrap().rejections, []);
+    let mut h = start_on(kind, url, db, tmp).await;
+    let days = |location: &relay_proto::directory::ServiceLocation| {
+        location
+            .schedules
+            .iter()
+            .map(|s| s.byday.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(days(&get(&mut h, "svc-a").await.locations[0]), ["WE"]);
+    assert_eq!(
+        days(&get(&mut h, "svc-b").await.locations[0]),
+        Vec::<String>::new()
+    );
+    assert_eq!(days(&get(&mut h, "svc-c").await.locations[0]), ["SU"]);
+    // Monday 2026-03-02 21:30 (the locations' zone is UTC): no longer open; Wednesday is.
+    assert_eq!(
+        open_at(&mut h, "2026-03-02T21:30:00Z").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(open_at(&mut h, "2026-03-04T21:30:00Z").await, ["svc-a"]);
+}
+
 /// The same class of fault as defect 3 in the other tables: a link of a service to a
 /// location and a phone number are referred to by nothing Relay keeps, and exports leave
 /// their ids out; they get derived ids too, stable across imports.
@@ -1046,6 +1120,7 @@ both!(
     a_descriptor_that_does_not_match_its_package_changes_nothing,
     every_hsds_table_name_is_read,
     schedule_rows_without_an_id_get_a_stable_one,
+    a_re_import_replaces_the_schedules_of_the_services_it_contains,
     what_real_exports_do_is_read,
     links_and_phones_without_ids_are_kept,
     hsds_1x_package_of_a_211_imports,

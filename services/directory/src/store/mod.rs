@@ -316,6 +316,13 @@ pub trait WriteSession: Send {
     /// file do not).
     fn apply_all(&mut self, rows: &[Row])
     -> impl Future<Output = StoreResult<Vec<Applied>>> + Send;
+    /// Deletes the stored schedules of these services, and those of these locations that
+    /// name no service: an imported package's schedules replace them whole.
+    fn forget_schedules(
+        &mut self,
+        services: &[String],
+        locations: &[String],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Rebuilds the full-text index of every service.
     fn refresh_all_search(&mut self) -> impl Future<Output = StoreResult<()>> + Send;
     /// Commits.

@@ -88,6 +88,28 @@ fn lists_json(service: &str) -> String {
     )
 }
 
+/// [`lists_json`] in SQLite's dialect (migration 0004 there): nested arrays go through
+/// `json()` (a subquery's result is text to `json_array`), and coordinates are printed with
+/// 17 significant digits so they parse back to the same f64.
+fn sqlite_lists_json(service: &str) -> String {
+    format!(
+        "json_array(\
+         json((SELECT json_group_array(json_array(t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, '')) \
+         ORDER BY t.code, t.id) FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
+         WHERE st.service_id = {service})), \
+         json((SELECT json_group_array(lg.code ORDER BY lg.position, lg.code) FROM languages lg WHERE lg.service_id = {service})), \
+         json((SELECT json_group_array(json_array(p.number, p.extension, p.type, p.description) ORDER BY p.id) \
+         FROM phones p WHERE p.service_id = {service})), \
+         json((SELECT json_group_array(json_array(l.id, l.name, \
+         CASE WHEN l.latitude IS NULL THEN NULL ELSE json(printf('%.17g', l.latitude)) END, \
+         CASE WHEN l.longitude IS NULL THEN NULL ELSE json(printf('%.17g', l.longitude)) END, \
+         l.time_zone, l.attention, l.address_1, l.address_2, l.city, l.region, l.state_province, l.postal_code, \
+         l.country, l.has_address, json(COALESCE({}, '[]'))) ORDER BY sal.position, l.id) \
+         FROM service_at_location sal JOIN locations l ON l.id = sal.location_id WHERE sal.service_id = {service})))",
+        sqlite_schedules_json(service, "l.id")
+    )
+}
+
 fn schedule_of(json: ScheduleJson) -> Schedule {
     let (
         freq,
@@ -724,14 +746,6 @@ macro_rules! sql_store {
                         schedules_json("s.id", "sal.location_id")
                     );
                     sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
-                    let delete = format!("DELETE FROM service_documents WHERE service_id IN (SELECT id FROM services WHERE {condition})");
-                    sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
-                    let insert = format!(
-                        "INSERT INTO service_documents (service_id, lists) SELECT s.id, {} FROM services s \
-                         WHERE s.id IN (SELECT id FROM services WHERE {condition})",
-                        lists_json("s.id")
-                    );
-                    sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                 } else {
                     // The same search rows as PostgreSQL's, in SQLite's dialect: term ids and
                     // language codes as JSON arrays (filtered with json_each), no text vector
@@ -755,35 +769,44 @@ macro_rules! sql_store {
                     let insert = format!("INSERT INTO services_fts (service_id, body) SELECT id, search_text FROM services WHERE {condition}");
                     sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                 }
+                let delete = format!("DELETE FROM service_documents WHERE service_id IN (SELECT id FROM services WHERE {condition})");
+                sqlx::query(&delete).bind(a).bind(b).execute(&mut *conn).await?;
+                let lists = if Self::PG { lists_json("s.id") } else { sqlite_lists_json("s.id") };
+                let insert = format!(
+                    "INSERT INTO service_documents (service_id, lists) SELECT s.id, {lists} FROM services s \
+                     WHERE s.id IN (SELECT id FROM services WHERE {condition})"
+                );
+                sqlx::query(&insert).bind(a).bind(b).execute(&mut *conn).await?;
                 Ok(())
             }
 
             async fn load_services(conn: &mut $conn, ids: &[String]) -> StoreResult<Vec<Service>> {
                 let mut by_id: HashMap<String, Service> = HashMap::new();
                 for chunk in ids.chunks(CHUNK) {
-                    if Self::PG {
-                        Self::load_chunk_json(conn, chunk, &mut by_id).await?;
-                    } else {
-                        Self::load_chunk(conn, chunk, &mut by_id).await?;
-                    }
+                    Self::load_chunk_json(conn, chunk, &mut by_id).await?;
                 }
                 Ok(ids.iter().filter_map(|id| by_id.get(id).cloned()).collect())
             }
 
-            /// Loads services (PostgreSQL) in one statement: each row carries its stored
-            /// document (terms, languages, phones, locations with schedules; see
-            /// [`lists_json`]) and its live capacity as JSON.
+            /// Loads services in one statement: each row carries its stored document (terms,
+            /// languages, phones, locations with schedules; see [`lists_json`] and
+            /// [`sqlite_lists_json`]) and its live capacity as JSON.
             async fn load_chunk_json(conn: &mut $conn, ids: &[String], out: &mut HashMap<String, Service>) -> StoreResult<()> {
-                let mut qb = QueryBuilder::<$db>::new(
+                let capacity = if Self::PG {
+                    "(SELECT json_agg(json_build_array(c.location_id, c.available, c.total, c.as_of_time)) \
+                     FROM capacity c WHERE c.service_id = s.id)::text"
+                } else {
+                    "(SELECT json_group_array(json_array(c.location_id, c.available, c.total, c.as_of_time)) \
+                     FROM capacity c WHERE c.service_id = s.id)"
+                };
+                let mut qb = QueryBuilder::<$db>::new(format!(
                     "SELECT s.id, s.organization_id, COALESCE(o.name, ''), COALESCE(o.description, ''), COALESCE(o.url, ''), \
                      COALESCE(o.email, ''), s.name, s.alternate_name, s.description, s.url, s.email, s.status, \
                      s.eligibility_description, s.fees_description, s.application_process, s.alert, s.create_time, s.update_time, \
-                     COALESCE(d.lists, '[[], [], [], []]'), \
-                     COALESCE((SELECT json_agg(json_build_array(c.location_id, c.available, c.total, c.as_of_time)) \
-                     FROM capacity c WHERE c.service_id = s.id)::text, '[]') \
+                     COALESCE(d.lists, '[[], [], [], []]'), COALESCE({capacity}, '[]') \
                      FROM services s LEFT JOIN organizations o ON o.id = s.organization_id \
-                     LEFT JOIN service_documents d ON d.service_id = s.id WHERE s.id IN (",
-                );
+                     LEFT JOIN service_documents d ON d.service_id = s.id WHERE s.id IN ("
+                ));
                 Self::push_in(&mut qb, ids);
                 qb.push(")");
                 type LocationJson = (
@@ -865,135 +888,6 @@ macro_rules! sql_store {
                 })
             }
 
-            #[allow(clippy::too_many_lines)]
-            async fn load_chunk(conn: &mut $conn, ids: &[String], out: &mut HashMap<String, Service>) -> StoreResult<()> {
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT s.id, s.organization_id, COALESCE(o.name, ''), COALESCE(o.description, ''), COALESCE(o.url, ''), \
-                     COALESCE(o.email, ''), s.name, s.alternate_name, s.description, s.url, s.email, s.status, \
-                     s.eligibility_description, s.fees_description, s.application_process, s.alert, s.create_time, s.update_time \
-                     FROM services s LEFT JOIN organizations o ON o.id = s.organization_id WHERE s.id IN (",
-                );
-                Self::push_in(&mut qb, ids);
-                qb.push(")");
-                for row in qb.build().fetch_all(&mut *conn).await? {
-                    let service = Self::decode_service(&row)?;
-                    out.insert(service.id.clone(), service);
-                }
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT st.service_id, t.id, t.code, t.name, t.taxonomy, COALESCE(t.parent_id, '') \
-                     FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id WHERE st.service_id IN (",
-                );
-                Self::push_in(&mut qb, ids);
-                qb.push(") ORDER BY st.service_id, t.code, t.id");
-                for row in qb.build().fetch_all(&mut *conn).await? {
-                    let sid: String = row.try_get(0)?;
-                    if let Some(service) = out.get_mut(&sid) {
-                        service.taxonomy_terms.push(TaxonomyTerm {
-                            id: row.try_get(1)?,
-                            code: row.try_get(2)?,
-                            name: row.try_get(3)?,
-                            taxonomy: row.try_get(4)?,
-                            parent_id: row.try_get(5)?,
-                        });
-                    }
-                }
-                let mut qb = QueryBuilder::<$db>::new("SELECT service_id, code FROM languages WHERE service_id IN (");
-                Self::push_in(&mut qb, ids);
-                qb.push(") ORDER BY service_id, position, code");
-                for row in qb.build().fetch_all(&mut *conn).await? {
-                    let sid: String = row.try_get(0)?;
-                    if let Some(service) = out.get_mut(&sid) {
-                        service.languages.push(row.try_get(1)?);
-                    }
-                }
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT service_id, number, extension, type, description FROM phones WHERE service_id IN (",
-                );
-                Self::push_in(&mut qb, ids);
-                qb.push(") ORDER BY service_id, id");
-                for row in qb.build().fetch_all(&mut *conn).await? {
-                    let sid: String = row.try_get(0)?;
-                    if let Some(service) = out.get_mut(&sid) {
-                        service.phones.push(Phone {
-                            number: row.try_get(1)?,
-                            extension: row.try_get(2)?,
-                            r#type: row.try_get(3)?,
-                            description: row.try_get(4)?,
-                        });
-                    }
-                }
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT sal.service_id, l.id, l.name, l.latitude, l.longitude, l.time_zone, l.attention, l.address_1, \
-                     l.address_2, l.city, l.region, l.state_province, l.postal_code, l.country, l.has_address \
-                     FROM service_at_location sal JOIN locations l ON l.id = sal.location_id WHERE sal.service_id IN (",
-                );
-                Self::push_in(&mut qb, ids);
-                qb.push(") ORDER BY sal.service_id, sal.position, l.id");
-                for row in qb.build().fetch_all(&mut *conn).await? {
-                    let sid: String = row.try_get(0)?;
-                    let latitude: Option<f64> = row.try_get(3)?;
-                    let longitude: Option<f64> = row.try_get(4)?;
-                    let has_address: i64 = row.try_get(14)?;
-                    let location = ServiceLocation {
-                        location_id: row.try_get(1)?,
-                        name: row.try_get(2)?,
-                        point: latitude.zip(longitude).map(|(latitude, longitude)| GeoPoint { latitude, longitude }),
-                        time_zone: row.try_get(5)?,
-                        address: if has_address == 0 {
-                            None
-                        } else {
-                            Some(Address {
-                                attention: row.try_get(6)?,
-                                address_1: row.try_get(7)?,
-                                address_2: row.try_get(8)?,
-                                city: row.try_get(9)?,
-                                region: row.try_get(10)?,
-                                state_province: row.try_get(11)?,
-                                postal_code: row.try_get(12)?,
-                                country: row.try_get(13)?,
-                            })
-                        },
-                        ..ServiceLocation::default()
-                    };
-                    if let Some(service) = out.get_mut(&sid) {
-                        service.locations.push(location);
-                    }
-                }
-                let mut qb = QueryBuilder::<$db>::new(Self::SCHEDULE_COLUMNS);
-                qb.push(" WHERE service_id IN (");
-                Self::push_in(&mut qb, ids);
-                qb.push(") OR (service_id IS NULL AND location_id IN (SELECT location_id FROM service_at_location WHERE service_id IN (");
-                Self::push_in(&mut qb, ids);
-                qb.push("))) ORDER BY position, id");
-                let schedules = Self::decode_schedules(qb.build().fetch_all(&mut *conn).await?)?;
-                for service in out.values_mut().filter(|s| ids.contains(&s.id)) {
-                    for location in &mut service.locations {
-                        location.schedules = schedules
-                            .iter()
-                            .filter(|(sid, lid, _)| applies(sid.as_deref(), lid.as_deref(), &service.id, &location.location_id))
-                            .map(|(_, _, schedule)| schedule.clone())
-                            .collect();
-                    }
-                }
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT service_id, location_id, available, total, as_of_time FROM capacity WHERE service_id IN (",
-                );
-                Self::push_in(&mut qb, ids);
-                qb.push(")");
-                for row in qb.build().fetch_all(&mut *conn).await? {
-                    let sid: String = row.try_get(0)?;
-                    let lid: String = row.try_get(1)?;
-                    let capacity = Self::decode_capacity(&row, 2)?;
-                    if let Some(location) = out
-                        .get_mut(&sid)
-                        .and_then(|s| s.locations.iter_mut().find(|l| l.location_id == lid))
-                    {
-                        location.capacity = Some(capacity);
-                    }
-                }
-                Ok(())
-            }
-
             /// A query that starts with `terms(id)`, the ids of the terms with the filter's
             /// taxonomy codes and of their descendants, when it has codes.
             fn with_terms(filter: &CandidateFilter) -> QueryBuilder<'_, $db> {
@@ -1006,11 +900,75 @@ macro_rules! sql_store {
                 qb
             }
 
-            /// The candidates of `filter` from `search_rows` (SQLite, `relay dev`): the rows in
-            /// the bounding box (index on latitude, longitude), text through FTS5, filtered in
-            /// SQL, ranked here with [`RankKey::of`]; then the opening hours of the kept
-            /// candidates, read from the same rows by primary key.
+            /// The candidates of `filter` from `search_rows` (SQLite, `relay dev`), best first,
+            /// at most `filter.limit`, with their opening hours (read from the same rows by
+            /// primary key).
+            ///
+            /// SQLite has no trigonometry, so exact distances are computed here, for the rows
+            /// a bounding box lets through. A search ordered by distance (a point and a radius,
+            /// no text) reads growing boxes around its point: the box of radius `r` holds
+            /// every row within `r`, so once at least `limit` rows within `r` follow the page's
+            /// last key, no row outside can rank before them. A 5 km search in a dense metro
+            /// then ranks a few hundred rows instead of thousands.
             async fn scanned_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
+                let limit = usize::try_from(filter.limit).unwrap_or(0);
+                let mut candidates = match filter.point {
+                    Some(point) if filter.text.is_none() && filter.radius > 0.0 => {
+                        // A quarter of the radius first (a sixteenth of the area), and not less
+                        // than twice the distance a next page starts from.
+                        let after = filter.after.as_ref().map_or(0.0, |after| after.d);
+                        let mut within = (filter.radius / 4.0).max(after * 2.0);
+                        loop {
+                            if within >= filter.radius {
+                                break self.scan_box(filter, filter.bounding_box).await?;
+                            }
+                            let mut found = self.scan_box(filter, Some(crate::handler::bounding_box(point, within))).await?;
+                            found.retain(|c| c.key.d <= within);
+                            if found.len() >= limit {
+                                break found;
+                            }
+                            within *= 2.0;
+                        }
+                    }
+                    _ => self.scan_box(filter, filter.bounding_box).await?,
+                };
+                candidates.truncate(limit);
+                // The hours of the kept candidates, from their search rows.
+                let mut hours = HashMap::new();
+                // By service id, the primary key's prefix (a row-value IN over VALUES made
+                // SQLite scan the table); rows of other locations are dropped below.
+                let mut services: Vec<String> = candidates.iter().map(|c| c.key.s.clone()).collect();
+                services.sort();
+                services.dedup();
+                for chunk in services.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT service_id, location_id, time_zone, schedules FROM search_rows WHERE service_id IN (",
+                    );
+                    Self::push_in(&mut qb, chunk);
+                    qb.push(")");
+                    for row in qb.build().fetch_all(&self.pool).await? {
+                        let schedules: String = row.try_get(3)?;
+                        hours.insert(
+                            (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?),
+                            LocationHours { time_zone: row.try_get(2)?, schedules: decode_schedule_json(&schedules)? },
+                        );
+                    }
+                }
+                for candidate in &mut candidates {
+                    candidate.hours = hours.remove(&(candidate.key.s.clone(), candidate.key.l.clone()));
+                }
+                Ok(candidates)
+            }
+
+            /// The rows of `filter` in `bounding_box` (index on latitude, longitude; text
+            /// through FTS5), filtered in SQL, ranked here with [`RankKey::of`], within the
+            /// radius and after the page's last key, best first (not limited, except in name
+            /// order, which pages in SQL).
+            async fn scan_box(
+                &self,
+                filter: &CandidateFilter,
+                bounding_box: Option<(f64, f64, f64, f64)>,
+            ) -> StoreResult<Vec<Candidate>> {
                 // The candidates come back as one string (fields split by U+0001, rows by
                 // U+0002; coordinates printed with 17 digits, so they parse back to the same
                 // f64): the driver's cost per row, not SQLite, dominated a search with
@@ -1036,7 +994,7 @@ macro_rules! sql_store {
                 } else {
                     qb.push("0.0 AS score FROM search_rows r WHERE TRUE ");
                 }
-                if let Some((min_lat, max_lat, min_lon, max_lon)) = filter.bounding_box {
+                if let Some((min_lat, max_lat, min_lon, max_lon)) = bounding_box {
                     qb.push("AND r.latitude BETWEEN ");
                     qb.push_bind(min_lat);
                     qb.push(" AND ");
@@ -1107,31 +1065,6 @@ macro_rules! sql_store {
                     candidates.push(Candidate { key, hours: None });
                 }
                 candidates.sort_by(|a, b| a.key.rank_cmp(&b.key));
-                candidates.truncate(usize::try_from(filter.limit).unwrap_or(0));
-                // The hours of the kept candidates, from their search rows.
-                let mut hours = HashMap::new();
-                // By service id, the primary key's prefix (a row-value IN over VALUES made
-                // SQLite scan the table); rows of other locations are dropped below.
-                let mut services: Vec<String> = candidates.iter().map(|c| c.key.s.clone()).collect();
-                services.sort();
-                services.dedup();
-                for chunk in services.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT service_id, location_id, time_zone, schedules FROM search_rows WHERE service_id IN (",
-                    );
-                    Self::push_in(&mut qb, chunk);
-                    qb.push(")");
-                    for row in qb.build().fetch_all(&self.pool).await? {
-                        let schedules: String = row.try_get(3)?;
-                        hours.insert(
-                            (row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?),
-                            LocationHours { time_zone: row.try_get(2)?, schedules: decode_schedule_json(&schedules)? },
-                        );
-                    }
-                }
-                for candidate in &mut candidates {
-                    candidate.hours = hours.remove(&(candidate.key.s.clone(), candidate.key.l.clone()));
-                }
                 Ok(candidates)
             }
 
@@ -1345,6 +1278,19 @@ macro_rules! sql_store {
 
             async fn apply_all(&mut self, rows: &[Row]) -> StoreResult<Vec<Applied>> {
                 $store::apply_rows(&mut self.tx, rows).await
+            }
+
+            async fn forget_schedules(&mut self, services: &[String], locations: &[String]) -> StoreResult<()> {
+                for (ids, condition) in [(services, "service_id IN ("), (locations, "service_id IS NULL AND location_id IN (")] {
+                    for chunk in ids.chunks(CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new("DELETE FROM schedules WHERE ");
+                        qb.push(condition);
+                        $store::push_in(&mut qb, chunk);
+                        qb.push(")");
+                        qb.build().execute(&mut *self.tx).await?;
+                    }
+                }
+                Ok(())
             }
 
             async fn refresh_all_search(&mut self) -> StoreResult<()> {
