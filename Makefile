@@ -91,24 +91,29 @@ test: check-servers lint build ## Every test, against real PostgreSQL and Redis
 	$(MAKE) fuzz-eido
 
 # --- Fault tests (issue 18) ------------------------------------------------------------------
-# A Redis failover that loses acknowledged writes, and kill -9 of each service in turn, each
-# under load for about half a minute, with every guarantee checked afterwards and the counts
-# printed. Not part of `make test`; each run is bounded by CHAOS_TIMEOUT. Measured on the
-# 2-core machine after `make test` built everything: 65 s in all (failover about 25 s, kill
-# about 35 s); a run with stuck calls waits up to 2 min more before it reports.
+# A Redis failover that loses acknowledged writes, kill -9 of each service in turn, a
+# PostgreSQL outage and partition for the whole suite, each under load for about half a
+# minute, with every guarantee checked afterwards and the counts printed; and 150 stalled
+# stream watchers (memory, a healthy watcher's latency, resume and drop). Not part of `make
+# test` (each is over 30 s); .ci/run calls it after `make test`. Each run is bounded by
+# CHAOS_TIMEOUT. Measured on the loaded 2-core machine after `make test` built everything:
+# failover about 25 s, kill about 35 s, pg_outage about 45 s, slow_consumer about 5 min, so
+# about 7 min with the build reused; a run with stuck calls waits up to 2 min more per test.
 CHAOS_TIMEOUT ?= 600
 CHAOS_TEST := $(CARGO) test --locked -p relay-tests --features chaos
 
 .PHONY: chaos
-chaos: check-servers ## Fault tests under load: Redis failover, kill -9 of every service (about 1 min once built)
+chaos: check-servers ## Fault tests under load: Redis failover, kill -9, PostgreSQL outage, stalled watchers (about 7 min once built)
 	@command -v redis-server >/dev/null || { echo "make chaos needs redis-server on PATH (Debian: redis-server)"; exit 1; }
 	$(CARGO) build --workspace --bins --locked
-	$(CHAOS_TEST) --test failover --test kill --test cluster --no-run
+	$(CHAOS_TEST) --test failover --test kill --test cluster --test pg_outage --test slow_consumer --no-run
 	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test failover -- --nocapture
 	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test kill -- --nocapture
 	@# Relay on a Redis Cluster of the test's own (3 primaries, a replica each): a slot moved
 	@# and a primary killed under load, two routers with regions on every primary.
 	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test cluster -- --nocapture --test-threads 1
+	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test pg_outage -- --nocapture
+	timeout $(CHAOS_TIMEOUT) $(CHAOS_TEST) --test slow_consumer -- --nocapture
 
 # The program report in a real browser: `cargo test -p relay --test report` writes the HTML
 # reports to target/tmp/report-check/, and scripts/report-check.sh opens them in headless

@@ -349,30 +349,7 @@ impl Load {
     /// # Panics
     /// When intake does not answer within a minute.
     pub async fn incidents(&self) -> Vec<Incident> {
-        let intake = IntakeServiceClient::new(channel(&self.intake));
-        let mut all = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let request = ListIncidentsRequest {
-                cad_system: self.cad.clone(),
-                page_size: 500,
-                page_token: page_token.clone(),
-                ..ListIncidentsRequest::default()
-            };
-            let page = retry(Duration::from_secs(60), || {
-                let mut intake = intake.clone();
-                let request = request.clone();
-                async move { intake.list_incidents(request).await }
-            })
-            .await
-            .expect("list incidents")
-            .into_inner();
-            all.extend(page.incidents);
-            if page.next_page_token.is_empty() {
-                return all;
-            }
-            page_token = page.next_page_token;
-        }
+        incidents_of(&self.intake, &self.cad).await
     }
 
     /// Waits (at most `limit`) until no acknowledged incident is PENDING or QUEUED in
@@ -409,6 +386,37 @@ impl Load {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Every incident intake (at `endpoint`) holds for `cad`, retrying transient failures.
+///
+/// # Panics
+/// When intake does not answer within a minute.
+pub async fn incidents_of(endpoint: &str, cad: &str) -> Vec<Incident> {
+    let intake = IntakeServiceClient::new(channel(endpoint));
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListIncidentsRequest {
+            cad_system: cad.to_owned(),
+            page_size: 500,
+            page_token: page_token.clone(),
+            ..ListIncidentsRequest::default()
+        };
+        let page = retry(Duration::from_secs(60), || {
+            let mut intake = intake.clone();
+            let request = request.clone();
+            async move { intake.list_incidents(request).await }
+        })
+        .await
+        .expect("list incidents")
+        .into_inner();
+        all.extend(page.incidents);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
     }
 }
 

@@ -19,6 +19,7 @@ use std::{
 use sqlx::{Connection, Executor, PgConnection};
 
 pub mod chaos;
+pub mod outage;
 pub mod proxy;
 pub mod raw;
 pub mod redis_cluster;
@@ -261,30 +262,12 @@ impl ServiceProcess {
     /// # Panics
     /// When it does not within 30 seconds.
     pub async fn wait_until_serving(&self) {
-        use tonic_health::pb::{
-            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-        };
-        let channel = tonic::transport::Channel::from_shared(self.endpoint())
-            .expect("endpoint")
-            .connect_lazy();
-        let mut client = HealthClient::new(channel);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = client
-                .check(HealthCheckRequest::default())
-                .await
-                .ok()
-                .map(|r| r.into_inner().status);
-            if status == Some(ServingStatus::Serving as i32) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never became SERVING (last {status:?}); stderr: {:?}",
+        if let Err(last) = wait_until_serving(&self.endpoint(), Duration::from_secs(30)).await {
+            panic!(
+                "{} never became SERVING (last {last}); stderr: {:?}",
                 self.endpoint(),
                 self.stderr_lines()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -328,6 +311,38 @@ impl ServiceProcess {
     #[must_use]
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
+    }
+}
+
+/// Waits until the gRPC server at `endpoint` (`http://ADDR`) reports SERVING on
+/// `grpc.health.v1`, at most `limit`; the last answer seen when it does not.
+///
+/// # Errors
+/// The last status (or error) seen, when it is not SERVING within `limit`.
+///
+/// # Panics
+/// When `endpoint` is not a URI.
+pub async fn wait_until_serving(endpoint: &str, limit: Duration) -> Result<(), String> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect_lazy();
+    let mut client = HealthClient::new(channel);
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = client
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{status:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1,5 +1,7 @@
-//! A TCP proxy on 127.0.0.1 that a test can cut and restore, to make a dependency (PostgreSQL,
-//! Redis) unreachable for one service without touching the shared server.
+//! A TCP proxy on 127.0.0.1 that a test can cut, stall and restore, to make a dependency
+//! (PostgreSQL, Redis) unreachable for one service without touching the shared server: cut is
+//! an outage (connections refused and reset), stall a partition (connections stay open, no
+//! byte gets through).
 
 use std::{
     net::SocketAddr,
@@ -10,18 +12,59 @@ use std::{
 };
 
 use tokio::{
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::watch,
     task::{AbortHandle, JoinHandle},
 };
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     up: AtomicBool,
+    /// True while partitioned: bytes are held, nothing is closed.
+    stalled: watch::Sender<bool>,
     connections: Mutex<Vec<AbortHandle>>,
 }
 
+/// Copies `from` to `to`, holding each chunk while the proxy is stalled.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stalled: watch::Receiver<bool>) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards one accepted connection to `target` (connecting only once the proxy flows).
+async fn forward(inbound: TcpStream, target: SocketAddr, mut stalled: watch::Receiver<bool>) {
+    if stalled.wait_for(|s| !*s).await.is_err() {
+        return;
+    }
+    let Ok(outbound) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let (in_read, in_write) = inbound.into_split();
+    let (out_read, out_write) = outbound.into_split();
+    tokio::select! {
+        () = pump(in_read, out_write, stalled.clone()) => {}
+        () = pump(out_read, in_write, stalled) => {}
+    }
+}
+
 /// Forwards every connection to `target` while up; when cut, closes the connections it carries
-/// and closes new ones at once (a client sees the peer go away, as when a database crashes).
+/// and closes new ones at once (a client sees the peer go away, as when a database crashes);
+/// when stalled, keeps every connection open and accepts new ones, but forwards nothing until
+/// restored (a network partition: the peer is silent, not gone).
 #[derive(Debug)]
 pub struct TcpProxy {
     addr: SocketAddr,
@@ -39,20 +82,17 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy address");
         let shared = Arc::new(Shared {
             up: AtomicBool::new(true),
+            stalled: watch::Sender::new(false),
             connections: Mutex::new(Vec::new()),
         });
         let state = shared.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !state.up.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
+                let task = tokio::spawn(forward(inbound, target, state.stalled.subscribe()));
                 let mut connections = state.connections.lock().expect("proxy lock");
                 connections.retain(|c| !c.is_finished());
                 connections.push(task.abort_handle());
@@ -88,9 +128,16 @@ impl TcpProxy {
         }
     }
 
-    /// Forwards again.
+    /// Holds every byte in both directions, keeping connections open and accepting new ones,
+    /// until [`Self::restore`]: a partition, where the peer is silent rather than gone.
+    pub fn stall(&self) {
+        self.shared.stalled.send_replace(true);
+    }
+
+    /// Forwards again (after a cut or a stall); held bytes go through.
     pub fn restore(&self) {
         self.shared.up.store(true, Ordering::SeqCst);
+        self.shared.stalled.send_replace(false);
     }
 }
 

@@ -114,7 +114,19 @@ impl Suite {
     /// # Panics
     /// When a service does not start or become SERVING.
     pub async fn start_with(extra: &[(&str, &str)], routing_replicas: usize) -> Self {
-        let database = TestDatabase::new().await;
+        Self::start_on(TestDatabase::new().await, extra, routing_replicas).await
+    }
+
+    /// As [`Suite::start_with`], on `database` (a test that reaches it through a proxy passes
+    /// the proxied `RELAY_DATABASE_URL` in `extra`; [`Suite::database`] stays the direct one).
+    ///
+    /// # Panics
+    /// When a service does not start or become SERVING.
+    pub async fn start_on(
+        database: TestDatabase,
+        extra: &[(&str, &str)],
+        routing_replicas: usize,
+    ) -> Self {
         let redis = redis_url();
         let prefix = unique_name("relay");
         let mut env: Vec<(String, String)> = [

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use relay_tests::binary_path;
+use relay_tests::{binary_path, wait_until_serving};
 
 /// Kills `relay dev` when the test ends, however it ends.
 struct Dev(std::process::Child);
@@ -132,8 +132,18 @@ fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
         ]
     );
 
-    // A clean start is quiet at WARN: give readiness a few checks, then look.
-    std::thread::sleep(Duration::from_secs(3));
+    // A clean start is quiet at WARN: once all four are SERVING (start-up done, readiness
+    // passed), look.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for port in base..base + 4 {
+        let endpoint = format!("http://127.0.0.1:{port}");
+        runtime
+            .block_on(wait_until_serving(&endpoint, Duration::from_secs(60)))
+            .unwrap_or_else(|last| panic!("{endpoint} never became SERVING (last {last})"));
+    }
     let warnings: Vec<String> = logged
         .lock()
         .expect("log")

@@ -185,6 +185,31 @@ pub struct Intake {
     pub(crate) watched_regions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Tells the application to start consuming a region's events.
     pub(crate) new_regions: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Passes of the background jobs, for tests that wait for one.
+    pub(crate) passes: Passes,
+}
+
+/// How many passes the outbox worker and the deadline job have finished: a test that must
+/// show something did not happen waits for a pass that began after its change, instead of
+/// sleeping.
+#[derive(Debug, Default)]
+pub struct Passes {
+    outbox: std::sync::atomic::AtomicU64,
+    deadlines: std::sync::atomic::AtomicU64,
+}
+
+impl Passes {
+    /// Outbox passes finished (each delivered or retried every due row it read).
+    #[must_use]
+    pub fn outbox(&self) -> u64 {
+        self.outbox.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Deadline-job passes finished (each escalated every call past its limit).
+    #[must_use]
+    pub fn deadlines(&self) -> u64 {
+        self.deadlines.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A digest of a request for `request_id` reuse detection.
@@ -230,6 +255,12 @@ fn outbox_id(now: i64) -> String {
 }
 
 impl Intake {
+    /// How many passes the background jobs have finished.
+    #[must_use]
+    pub fn passes(&self) -> &Passes {
+        &self.passes
+    }
+
     /// Makes sure intake consumes `region`'s routing and availability events (its queue
     /// assignments, escalations and team statuses), starting at its first incident.
     pub(crate) fn watch_region(&self, region: &str) {
@@ -1149,7 +1180,11 @@ impl Intake {
     pub async fn run_outbox(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let poll = IntakeSettings::ms(self.settings.outbox_poll_ms);
         loop {
-            match self.deliver_due(64).await {
+            let delivered = self.deliver_due(64).await;
+            self.passes
+                .outbox
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match delivered {
                 Ok(64) => continue,
                 Ok(_) => {}
                 Err(error) => {
@@ -1550,6 +1585,9 @@ impl Intake {
             if let Err(error) = self.run_deadlines_once().await {
                 tracing::warn!(error = %error, "deadline job failed; will retry");
             }
+            self.passes
+                .deadlines
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}

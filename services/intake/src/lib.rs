@@ -194,6 +194,7 @@ impl Application {
             sequencer_wake: Notify::new(),
             watched_regions: std::sync::Mutex::default(),
             new_regions: region_sender,
+            passes: crate::core::Passes::default(),
         });
         let host = ServiceHost::from_config(&config);
         let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token());

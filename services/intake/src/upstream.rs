@@ -33,12 +33,35 @@ async fn pause(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// Where a consumer asks its upstream to start: after its recorded cursor; with none yet (it
+/// has never recorded an event of the region), from the start of the upstream's retained
+/// history (`origin`), so that events published before it first connected, or while it was
+/// disconnected before its first event, are not skipped (a call routed before intake's watch
+/// was open stayed QUEUED in intake's view for good); and once the upstream has answered that
+/// this history is gone (`history_gone`), from now.
+fn resume_after(cursor: Option<String>, origin: &str, history_gone: bool) -> String {
+    match cursor {
+        Some(cursor) => cursor,
+        None if history_gone => String::new(),
+        None => origin.to_owned(),
+    }
+}
+
+/// Whether `status`, the answer to a watch that asked for the upstream's whole history, says
+/// that history is no longer retained.
+fn history_expired(status: &tonic::Status, after: &str, origin: &str) -> bool {
+    after == origin && status.code() == tonic::Code::FailedPrecondition
+}
+
 /// Follows routing's assignment events of `region` until `shutdown`.
 pub async fn watch_routing(intake: Arc<Intake>, region: String, shutdown: CancellationToken) {
+    // Routing's event ids are sequence numbers from 1.
+    const ORIGIN: &str = "0";
     let mut delay = RECONNECT_MIN;
+    let mut history_gone = false;
     loop {
         let after = match intake.store.stream_cursor("routing", &region).await {
-            Ok(cursor) => cursor.unwrap_or_default(),
+            Ok(cursor) => resume_after(cursor, ORIGIN, history_gone),
             Err(error) => {
                 tracing::warn!(region = %region, error = %error, "cannot read the routing cursor");
                 if !pause(&mut delay, &shutdown).await {
@@ -50,7 +73,7 @@ pub async fn watch_routing(intake: Arc<Intake>, region: String, shutdown: Cancel
         let mut client = intake.routing.clone();
         let request = WatchAssignmentsRequest {
             region: region.clone(),
-            after_event_id: after,
+            after_event_id: after.clone(),
         };
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -83,6 +106,7 @@ pub async fn watch_routing(intake: Arc<Intake>, region: String, shutdown: Cancel
                 }
             }
             Err(status) => {
+                history_gone |= history_expired(&status, &after, ORIGIN);
                 tracing::debug!(region = %region, code = ?status.code(), "routing event stream unavailable");
             }
         }
@@ -99,10 +123,13 @@ pub async fn watch_teams(
     region: String,
     shutdown: CancellationToken,
 ) {
+    // Availability's event ids are Redis stream ids.
+    const ORIGIN: &str = "0-0";
     let mut delay = RECONNECT_MIN;
+    let mut history_gone = false;
     loop {
         let after = match intake.store.stream_cursor("availability", &region).await {
-            Ok(cursor) => cursor.unwrap_or_default(),
+            Ok(cursor) => resume_after(cursor, ORIGIN, history_gone),
             Err(error) => {
                 tracing::warn!(region = %region, error = %error, "cannot read the availability cursor");
                 if !pause(&mut delay, &shutdown).await {
@@ -114,7 +141,7 @@ pub async fn watch_teams(
         let mut client = client.clone();
         let request = WatchTeamsRequest {
             region: region.clone(),
-            after_event_id: after,
+            after_event_id: after.clone(),
         };
         let stream = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -159,6 +186,7 @@ pub async fn watch_teams(
                 }
             }
             Err(status) => {
+                history_gone |= history_expired(&status, &after, ORIGIN);
                 tracing::debug!(region = %region, code = ?status.code(), "team event stream unavailable");
             }
         }

@@ -64,7 +64,9 @@ async fn an_eligible_call_outside_program_hours_is_escalated_at_once_and_never_r
     // A traditional call is not the program's to serve: no unserved reason.
     let police = submit(&app, "H-2", "ROBBERY").await;
     assert_eq!(unserved(&police), 0);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Two outbox passes: the second began after both calls were committed.
+    let passes = app.intake.passes().outbox();
+    assert!(eventually(10, || async { app.intake.passes().outbox() >= passes + 2 }).await);
     assert!(
         routing.assign_calls().is_empty(),
         "nothing is sent to routing outside hours"
@@ -116,7 +118,14 @@ async fn a_review_nobody_makes_escalates_with_its_reason_after_the_regions_wait(
         RoutingState::NotRouted as i32
     );
     clock.advance_seconds(60);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Two deadline passes: the second began after the clock moved.
+    let passes = app.intake.passes().deadlines();
+    assert!(
+        eventually(10, || async {
+            app.intake.passes().deadlines() >= passes + 2
+        })
+        .await
+    );
     assert_eq!(
         incident(&app, &call.incident_id)
             .await
