@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub mod error;
-mod handler;
+pub mod handler;
 pub mod keyspace;
 mod metrics;
 pub mod model;
