@@ -210,6 +210,40 @@ fuzz-eido: $(FUZZ_VENV)/bin/schemathesis ## Fuzz POST /EIDO and GET /EIDO/{id} o
 	timeout $$(( $(FUZZ_TIMEOUT) + 60 )) env FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_TIMEOUT=$(FUZZ_TIMEOUT) \
 	  scripts/fuzz-eido.sh target/debug/relay $(FUZZ_VENV)/bin/schemathesis
 
+# --- Fuzzing the parsers and validators in process (issue 18) -------------------------------
+# cargo-fuzz (libFuzzer) targets in fuzz/ (its own Cargo.lock, outside the workspace); see
+# docs/fuzzing.md. cargo-fuzz needs nightly flags: the stable toolchain takes them with
+# RUSTC_BOOTSTRAP=1, and the targets build without a sanitizer (the code forbids unsafe; panics,
+# overflow checks and assertions are what find bugs). cargo-fuzz comes from crates.io, pinned,
+# installed only when missing, bounded by INSTALL_TIMEOUT.
+FUZZ_TARGETS := protocol hsds_zip hsds_csv page_token schedule validators
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 15
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_BUILD_TIMEOUT ?= 1800
+
+.PHONY: fuzz-tools
+fuzz-tools:
+	@if ! $(CARGO) fuzz --version 2>/dev/null | grep -q " $(CARGO_FUZZ_VERSION)"; then \
+	  echo "installing cargo-fuzz $(CARGO_FUZZ_VERSION) from crates.io"; \
+	  timeout $(INSTALL_TIMEOUT) $(CARGO) install --quiet --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION); \
+	fi
+
+.PHONY: fuzz-build
+fuzz-build: fuzz-tools ## Build every fuzz target (fuzz/, --locked)
+	@# cargo fuzz has no --locked: this fails when fuzz/Cargo.lock would have to change.
+	cd fuzz && $(CARGO) metadata --locked --format-version 1 >/dev/null
+	cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_INCREMENTAL=0 timeout $(FUZZ_BUILD_TIMEOUT) \
+	  $(CARGO) fuzz build --sanitizer none
+
+.PHONY: fuzz
+fuzz: fuzz-build ## Run each fuzz target for FUZZ_SECONDS (default 60); fails on a crash
+	fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+.PHONY: fuzz-smoke
+fuzz-smoke: fuzz-build ## Each fuzz target for FUZZ_SMOKE_SECONDS (15 s); fails on a crash
+	fuzz/run.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
 .PHONY: bench
 bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	$(CARGO) bench -p relay-intake --bench submit

@@ -158,13 +158,57 @@ fn expected_revision(v: &mut Violations, value: i64) -> Option<i64> {
 }
 
 /// The fields of one position report, shared by ReportLocation and StreamLocations.
-struct ReportFields<'a> {
+#[derive(Debug, Clone, Copy)]
+pub struct ReportFields<'a> {
     team_id: &'a str,
     location: Option<&'a GeoPoint>,
     recorded_at: Option<&'a prost_types::Timestamp>,
     heading: Option<f64>,
     speed: Option<f64>,
     accuracy: Option<f64>,
+}
+
+impl<'a> ReportFields<'a> {
+    /// The fields of a ReportLocation request.
+    #[must_use]
+    pub fn of_request(r: &'a ReportLocationRequest) -> Self {
+        Self {
+            team_id: &r.team_id,
+            location: r.location.as_ref(),
+            recorded_at: r.recorded_at.as_ref(),
+            heading: r.heading_degrees,
+            speed: r.speed_meters_per_second,
+            accuracy: r.accuracy_meters,
+        }
+    }
+
+    /// The fields of one StreamLocations message.
+    #[must_use]
+    pub fn of_message(m: &'a StreamLocationsRequest) -> Self {
+        Self {
+            team_id: &m.team_id,
+            location: m.location.as_ref(),
+            recorded_at: m.recorded_at.as_ref(),
+            heading: m.heading_degrees,
+            speed: m.speed_meters_per_second,
+            accuracy: m.accuracy_meters,
+        }
+    }
+}
+
+/// Checks one position report as ReportLocation and StreamLocations do, `now` being the
+/// server's clock.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_location(
+    fields: &ReportFields<'_>,
+    now: DateTime<Utc>,
+) -> Result<LocationReport, ApiError> {
+    let mut v = Violations::new();
+    let report = location_report(&mut v, fields, now);
+    v.finish()?;
+    report.ok_or_else(|| ApiError::invalid("location", "is required"))
 }
 
 fn location_report(
@@ -219,11 +263,10 @@ fn location_report(
     })
 }
 
-fn violations_of(v: Violations) -> Vec<FieldViolation> {
-    match v.finish() {
-        Ok(()) => Vec::new(),
-        Err(ApiError::InvalidArgument { violations, .. }) => violations,
-        Err(_) => Vec::new(),
+fn violations_of(error: ApiError) -> Vec<FieldViolation> {
+    match error {
+        ApiError::InvalidArgument { violations, .. } => violations,
+        _ => Vec::new(),
     }
 }
 
@@ -363,6 +406,138 @@ fn reject(
     }
 }
 
+/// Checks an UpsertTeam request: the team it defines and the expected revision (if any).
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_upsert_team(
+    request: &UpsertTeamRequest,
+) -> Result<(TeamDefinition, Option<i64>), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("team_id", &request.team_id);
+    display_name(&mut v, &request.display_name);
+    v.id("region", &request.region);
+    let tags = capabilities(&mut v, "capabilities", &request.capabilities);
+    let shift_ends_at = v.timestamp("shift_ends_at", request.shift_ends_at.as_ref());
+    let expected = expected_revision(&mut v, request.expected_revision);
+    v.finish()?;
+    let definition = TeamDefinition {
+        team_id: request.team_id.clone(),
+        display_name: request.display_name.clone(),
+        region: request.region.clone(),
+        capabilities: tags,
+        shift_ends_at,
+    };
+    Ok((definition, expected))
+}
+
+/// Checks a GetTeam request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the bad field.
+pub fn check_get_team(request: &GetTeamRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("team_id", &request.team_id);
+    v.finish()
+}
+
+/// Checks a ListTeams request: the status filter and the page size.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_list_teams(
+    request: &ListTeamsRequest,
+) -> Result<(Option<TeamStatus>, usize), ApiError> {
+    let mut v = Violations::new();
+    v.optional_id("region", &request.region);
+    let status_filter = if request.status == 0 {
+        None
+    } else {
+        v.enum_value::<TeamStatus>("status", request.status)
+    };
+    let size = v.page_size("page_size", request.page_size);
+    v.finish()?;
+    Ok((status_filter, size))
+}
+
+/// Checks a SetTeamStatus request: the target status and the expected revision (if any).
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_set_team_status(
+    request: &SetTeamStatusRequest,
+) -> Result<(TeamStatus, Option<i64>), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("team_id", &request.team_id);
+    let target = v.enum_value::<TeamStatus>("status", request.status);
+    if target.is_some_and(is_busy) {
+        v.id("incident_id", &request.incident_id);
+    } else {
+        v.optional_id("incident_id", &request.incident_id);
+    }
+    let expected = expected_revision(&mut v, request.expected_revision);
+    v.finish()?;
+    let target = target.ok_or_else(|| ApiError::invalid("status", "is required"))?;
+    Ok((target, expected))
+}
+
+/// Checks a FindAvailableTeams request: the point, the required tags (sorted, without
+/// duplicates) and the effective limit.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_find_available_teams(
+    request: &FindAvailableTeamsRequest,
+) -> Result<(GeoPoint, Vec<String>, usize), ApiError> {
+    let mut v = Violations::new();
+    v.id("region", &request.region);
+    let point = v.geo_point("location", request.location.as_ref());
+    if !(request.radius_meters.is_finite()
+        && request.radius_meters > 0.0
+        && request.radius_meters <= MAX_RADIUS_METERS)
+    {
+        v.add("radius_meters", "must be greater than 0 and at most 100000");
+    }
+    let required = capabilities(
+        &mut v,
+        "required_capabilities",
+        &request.required_capabilities,
+    );
+    let limit = match usize::try_from(request.limit) {
+        Err(_) => {
+            v.add("limit", "must not be negative");
+            0
+        }
+        Ok(0) => DEFAULT_LIMIT,
+        Ok(limit) => limit.min(MAX_LIMIT),
+    };
+    v.finish()?;
+    let point = point.ok_or_else(|| ApiError::invalid("location", "is required"))?;
+    Ok((point, required, limit))
+}
+
+/// Checks a WatchTeams request: the event to resume after, if any.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_watch_teams(request: &WatchTeamsRequest) -> Result<Option<EventId>, ApiError> {
+    let mut v = Violations::new();
+    v.id("region", &request.region);
+    let after = if request.after_event_id.is_empty() {
+        None
+    } else {
+        let parsed = EventId::parse(&request.after_event_id);
+        if parsed.is_none() {
+            v.add("after_event_id", "is not an event id this service issued");
+        }
+        parsed
+    };
+    v.finish()?;
+    Ok(after)
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ListCursor {
     after: String,
@@ -377,22 +552,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<UpsertTeamRequest>,
     ) -> Result<Response<UpsertTeamResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("team_id", &request.team_id);
-        display_name(&mut v, &request.display_name);
-        v.id("region", &request.region);
-        let tags = capabilities(&mut v, "capabilities", &request.capabilities);
-        let shift_ends_at = v.timestamp("shift_ends_at", request.shift_ends_at.as_ref());
-        let expected = expected_revision(&mut v, request.expected_revision);
-        v.finish().map_err(status)?;
-        let definition = TeamDefinition {
-            team_id: request.team_id.clone(),
-            display_name: request.display_name.clone(),
-            region: request.region.clone(),
-            capabilities: tags,
-            shift_ends_at,
-        };
+        let (definition, expected) = check_upsert_team(&request).map_err(status)?;
         let fingerprint = UpsertTeamRequest {
             request_id: String::new(),
             ..request.clone()
@@ -425,9 +585,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<GetTeamRequest>,
     ) -> Result<Response<GetTeamResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("team_id", &request.team_id);
-        v.finish().map_err(status)?;
+        check_get_team(&request).map_err(status)?;
         let team = self.domain.get(&request.team_id).await.map_err(api)?;
         Ok(Response::new(GetTeamResponse {
             team: Some(team_to_proto(&team)),
@@ -439,15 +597,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<ListTeamsRequest>,
     ) -> Result<Response<ListTeamsResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.optional_id("region", &request.region);
-        let status_filter = if request.status == 0 {
-            None
-        } else {
-            v.enum_value::<TeamStatus>("status", request.status)
-        };
-        let size = v.page_size("page_size", request.page_size);
-        v.finish().map_err(status)?;
+        let (status_filter, size) = check_list_teams(&request).map_err(status)?;
         let scope = format!("region={}&status={}", request.region, request.status);
         let cursor: Option<ListCursor> = self
             .pages
@@ -484,20 +634,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<SetTeamStatusRequest>,
     ) -> Result<Response<SetTeamStatusResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("team_id", &request.team_id);
-        let target = v.enum_value::<TeamStatus>("status", request.status);
-        if target.is_some_and(is_busy) {
-            v.id("incident_id", &request.incident_id);
-        } else {
-            v.optional_id("incident_id", &request.incident_id);
-        }
-        let expected = expected_revision(&mut v, request.expected_revision);
-        v.finish().map_err(status)?;
-        let Some(target) = target else {
-            return Err(status(ApiError::invalid("status", "is required")));
-        };
+        let (target, expected) = check_set_team_status(&request).map_err(status)?;
         // The incident matters only for busy targets and for clearing to AVAILABLE.
         let incident = if is_busy(target) || target == TeamStatus::Available {
             request.incident_id.as_str()
@@ -541,23 +678,8 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<ReportLocationRequest>,
     ) -> Result<Response<ReportLocationResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        let report = location_report(
-            &mut v,
-            &ReportFields {
-                team_id: &request.team_id,
-                location: request.location.as_ref(),
-                recorded_at: request.recorded_at.as_ref(),
-                heading: request.heading_degrees,
-                speed: request.speed_meters_per_second,
-                accuracy: request.accuracy_meters,
-            },
-            self.domain.now(),
-        );
-        v.finish().map_err(status)?;
-        let Some(report) = report else {
-            return Err(status(ApiError::invalid("location", "is required")));
-        };
+        let report = check_location(&ReportFields::of_request(&request), self.domain.now())
+            .map_err(status)?;
         let outcome = self
             .domain
             .report(std::slice::from_ref(&report))
@@ -628,23 +750,10 @@ impl AvailabilityService for AvailabilityServiceHandler {
                         )));
                     }
                 };
-                let mut v = Violations::new();
-                let report = location_report(
-                    &mut v,
-                    &ReportFields {
-                        team_id: &message.team_id,
-                        location: message.location.as_ref(),
-                        recorded_at: message.recorded_at.as_ref(),
-                        heading: message.heading_degrees,
-                        speed: message.speed_meters_per_second,
-                        accuracy: message.accuracy_meters,
-                    },
-                    now,
-                );
-                match report {
-                    Some(report) => batch.push((index, report)),
-                    None => {
-                        let violation = violations_of(v).into_iter().next();
+                match check_location(&ReportFields::of_message(&message), now) {
+                    Ok(report) => batch.push((index, report)),
+                    Err(error) => {
+                        let violation = violations_of(error).into_iter().next();
                         let (field, description) = violation
                             .map(|f| (f.field, f.description))
                             .unwrap_or_default();
@@ -671,32 +780,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<FindAvailableTeamsRequest>,
     ) -> Result<Response<FindAvailableTeamsResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("region", &request.region);
-        let point = v.geo_point("location", request.location.as_ref());
-        if !(request.radius_meters.is_finite()
-            && request.radius_meters > 0.0
-            && request.radius_meters <= MAX_RADIUS_METERS)
-        {
-            v.add("radius_meters", "must be greater than 0 and at most 100000");
-        }
-        let required = capabilities(
-            &mut v,
-            "required_capabilities",
-            &request.required_capabilities,
-        );
-        let limit = match usize::try_from(request.limit) {
-            Err(_) => {
-                v.add("limit", "must not be negative");
-                0
-            }
-            Ok(0) => DEFAULT_LIMIT,
-            Ok(limit) => limit.min(MAX_LIMIT),
-        };
-        v.finish().map_err(status)?;
-        let Some(point) = point else {
-            return Err(status(ApiError::invalid("location", "is required")));
-        };
+        let (point, required, limit) = check_find_available_teams(&request).map_err(status)?;
         let found = self
             .domain
             .store()
@@ -728,18 +812,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<WatchTeamsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("region", &request.region);
-        let after = if request.after_event_id.is_empty() {
-            None
-        } else {
-            let parsed = EventId::parse(&request.after_event_id);
-            if parsed.is_none() {
-                v.add("after_event_id", "is not an event id this service issued");
-            }
-            parsed
-        };
-        v.finish().map_err(status)?;
+        let after = check_watch_teams(&request).map_err(status)?;
         let store = self.domain.store().clone();
         let region = request.region;
         let mut after = match after {

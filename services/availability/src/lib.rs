@@ -27,7 +27,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub mod error;
-mod handler;
+pub mod handler;
 pub mod keyspace;
 pub mod live_state;
 mod metrics;

@@ -205,6 +205,180 @@ fn check_name(v: &mut Violations, field: &str, value: &str) {
     }
 }
 
+/// The checked parameters of a SearchServices request.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchChecked {
+    /// The point searched around (latitude, longitude), if any.
+    pub point: Option<(f64, f64)>,
+    /// The radius in meters (0: none).
+    pub radius: f64,
+    /// The instant to check opening hours at, if any.
+    pub open_at: Option<DateTime<Utc>>,
+    /// The effective page size.
+    pub page_size: usize,
+}
+
+/// Checks a SearchServices request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_search(request: &SearchServicesRequest) -> Result<SearchChecked, ApiError> {
+    let mut v = Violations::new();
+    if request.query.chars().count() > MAX_QUERY_CHARS {
+        v.add(
+            "query",
+            format!("must be at most {MAX_QUERY_CHARS} characters"),
+        );
+    }
+    let point = request
+        .location
+        .as_ref()
+        .and_then(|p| v.geo_point("location", Some(p)))
+        .map(|p| (p.latitude, p.longitude));
+    let radius = request.radius_meters;
+    if !radius.is_finite() || !(0.0..=MAX_RADIUS_METERS).contains(&radius) {
+        v.add(
+            "radius_meters",
+            format!("must be from 0 to {MAX_RADIUS_METERS} meters"),
+        );
+    } else if radius > 0.0 && request.location.is_none() {
+        v.add("radius_meters", "requires location");
+    }
+    for (i, code) in request.taxonomy_codes.iter().enumerate() {
+        if !is_taxonomy_code(code) {
+            v.add(
+                format!("taxonomy_codes[{i}]"),
+                "must be 1..64 characters without spaces",
+            );
+        }
+    }
+    for (i, language) in request.languages.iter().enumerate() {
+        if !is_language_tag(language) {
+            v.add(
+                format!("languages[{i}]"),
+                "must be a BCP-47 tag or ISO 639 code such as \"es\"",
+            );
+        }
+    }
+    let open_at = v.timestamp("open_at", request.open_at.as_ref());
+    let page_size = v.page_size("page_size", request.page_size);
+    v.finish()?;
+    Ok(SearchChecked {
+        point,
+        radius,
+        open_at,
+        page_size,
+    })
+}
+
+/// Checks an UpsertService request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_upsert_service(request: &UpsertServiceRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    validate_service(&mut v, request.service.as_ref());
+    v.finish()
+}
+
+/// Checks an UpdateCapacity request, `now` being the server's clock.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_update_capacity(
+    request: &UpdateCapacityRequest,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("service_id", &request.service_id);
+    v.id("location_id", &request.location_id);
+    if request.total < 0 {
+        v.add("total", "must not be negative");
+    }
+    if request.available < 0 || request.available > request.total.max(0) {
+        v.add("available", "must be from 0 to total");
+    }
+    match v.timestamp("as_of_time", request.as_of_time.as_ref()) {
+        None if request.as_of_time.is_none() => v.add("as_of_time", "is required"),
+        Some(time) if time > now + Duration::seconds(60) => {
+            v.add(
+                "as_of_time",
+                "must not be more than 60 seconds ahead of the server's clock",
+            );
+        }
+        _ => {}
+    }
+    v.finish()
+}
+
+/// Checks a CreateReferral request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_create_referral(request: &CreateReferralRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("incident_id", &request.incident_id);
+    v.id("service_id", &request.service_id);
+    v.optional_id("location_id", &request.location_id);
+    if request.notes.len() > MAX_NOTES_BYTES {
+        v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
+    }
+    v.finish()
+}
+
+/// Checks an UpdateReferral request: the new status (UNSPECIFIED: unchanged).
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_update_referral(request: &UpdateReferralRequest) -> Result<ReferralStatus, ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("referral_id", &request.referral_id);
+    let status_value = if request.status == 0 {
+        Some(ReferralStatus::Unspecified)
+    } else {
+        v.enum_value::<ReferralStatus>("status", request.status)
+    };
+    if request
+        .notes
+        .as_ref()
+        .is_some_and(|n| n.len() > MAX_NOTES_BYTES)
+    {
+        v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
+    }
+    v.finish()?;
+    Ok(status_value.unwrap_or(ReferralStatus::Unspecified))
+}
+
+/// Checks a ListReferrals request: the effective page size.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_list_referrals(request: &ListReferralsRequest) -> Result<usize, ApiError> {
+    let mut v = Violations::new();
+    v.optional_id("incident_id", &request.incident_id);
+    v.optional_id("service_id", &request.service_id);
+    if request.status != 0 {
+        v.enum_value::<ReferralStatus>("status", request.status);
+    }
+    let page_size = v.page_size("page_size", request.page_size);
+    v.finish()?;
+    Ok(page_size)
+}
+
+/// Checks a GetService request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the bad field.
+pub fn check_get_service(request: &GetServiceRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("service_id", &request.service_id);
+    v.finish()
+}
+
 /// Checks a service for UpsertService, naming each bad field under `service.`.
 fn validate_service(v: &mut Violations, service: Option<&Service>) {
     let Some(service) = service else {
@@ -410,46 +584,12 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         &self,
         request: SearchServicesRequest,
     ) -> Result<SearchServicesResponse, Status> {
-        let mut v = Violations::new();
-        if request.query.chars().count() > MAX_QUERY_CHARS {
-            v.add(
-                "query",
-                format!("must be at most {MAX_QUERY_CHARS} characters"),
-            );
-        }
-        let point = request
-            .location
-            .as_ref()
-            .and_then(|p| v.geo_point("location", Some(p)))
-            .map(|p| (p.latitude, p.longitude));
-        let radius = request.radius_meters;
-        if !radius.is_finite() || !(0.0..=MAX_RADIUS_METERS).contains(&radius) {
-            v.add(
-                "radius_meters",
-                format!("must be from 0 to {MAX_RADIUS_METERS} meters"),
-            );
-        } else if radius > 0.0 && request.location.is_none() {
-            v.add("radius_meters", "requires location");
-        }
-        for (i, code) in request.taxonomy_codes.iter().enumerate() {
-            if !is_taxonomy_code(code) {
-                v.add(
-                    format!("taxonomy_codes[{i}]"),
-                    "must be 1..64 characters without spaces",
-                );
-            }
-        }
-        for (i, language) in request.languages.iter().enumerate() {
-            if !is_language_tag(language) {
-                v.add(
-                    format!("languages[{i}]"),
-                    "must be a BCP-47 tag or ISO 639 code such as \"es\"",
-                );
-            }
-        }
-        let open_at = v.timestamp("open_at", request.open_at.as_ref());
-        let page_size = v.page_size("page_size", request.page_size);
-        v.finish().map_err(api)?;
+        let SearchChecked {
+            point,
+            radius,
+            open_at,
+            page_size,
+        } = check_search(&request).map_err(api)?;
 
         let scope = format!(
             "search\u{1}{}\u{1}{:?}\u{1}{}\u{1}{:?}\u{1}{:?}\u{1}{:?}\u{1}{}",
@@ -622,9 +762,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         request: Request<GetServiceRequest>,
     ) -> Result<Response<GetServiceResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("service_id", &request.service_id);
-        v.finish().map_err(api)?;
+        check_get_service(&request).map_err(api)?;
         let service = self
             .store
             .get_services(std::slice::from_ref(&request.service_id))
@@ -642,10 +780,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         request: Request<UpsertServiceRequest>,
     ) -> Result<Response<UpsertServiceResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        validate_service(&mut v, request.service.as_ref());
-        v.finish().map_err(api)?;
+        check_upsert_service(&request).map_err(api)?;
         let idem = self.idem("UpsertService", &request.request_id, &request);
         let mut service = request.service.unwrap_or_default();
         for location in &mut service.locations {
@@ -665,27 +800,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         request: Request<UpdateCapacityRequest>,
     ) -> Result<Response<UpdateCapacityResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("service_id", &request.service_id);
-        v.id("location_id", &request.location_id);
-        if request.total < 0 {
-            v.add("total", "must not be negative");
-        }
-        if request.available < 0 || request.available > request.total.max(0) {
-            v.add("available", "must be from 0 to total");
-        }
-        match v.timestamp("as_of_time", request.as_of_time.as_ref()) {
-            None if request.as_of_time.is_none() => v.add("as_of_time", "is required"),
-            Some(time) if time > Utc::now() + Duration::seconds(60) => {
-                v.add(
-                    "as_of_time",
-                    "must not be more than 60 seconds ahead of the server's clock",
-                );
-            }
-            _ => {}
-        }
-        v.finish().map_err(api)?;
+        check_update_capacity(&request, Utc::now()).map_err(api)?;
         let idem = self.idem("UpdateCapacity", &request.request_id, &request);
         let capacity = relay_proto::directory::Capacity {
             available: request.available,
@@ -705,15 +820,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         request: Request<CreateReferralRequest>,
     ) -> Result<Response<CreateReferralResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("incident_id", &request.incident_id);
-        v.id("service_id", &request.service_id);
-        v.optional_id("location_id", &request.location_id);
-        if request.notes.len() > MAX_NOTES_BYTES {
-            v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
-        }
-        v.finish().map_err(api)?;
+        check_create_referral(&request).map_err(api)?;
         let idem = self.idem("CreateReferral", &request.request_id, &request);
         let referral = Referral {
             referral_id: uuid::Uuid::now_v7().to_string(),
@@ -740,24 +847,8 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         request: Request<UpdateReferralRequest>,
     ) -> Result<Response<UpdateReferralResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("referral_id", &request.referral_id);
-        let status_value = if request.status == 0 {
-            Some(ReferralStatus::Unspecified)
-        } else {
-            v.enum_value::<ReferralStatus>("status", request.status)
-        };
-        if request
-            .notes
-            .as_ref()
-            .is_some_and(|n| n.len() > MAX_NOTES_BYTES)
-        {
-            v.add("notes", format!("must be at most {MAX_NOTES_BYTES} bytes"));
-        }
-        v.finish().map_err(api)?;
+        let new_status = check_update_referral(&request).map_err(api)?;
         let idem = self.idem("UpdateReferral", &request.request_id, &request);
-        let new_status = status_value.unwrap_or(ReferralStatus::Unspecified);
         self.once(idem, |idem| async move {
             self.store
                 .update_referral(
@@ -776,14 +867,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         request: Request<ListReferralsRequest>,
     ) -> Result<Response<ListReferralsResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.optional_id("incident_id", &request.incident_id);
-        v.optional_id("service_id", &request.service_id);
-        if request.status != 0 {
-            v.enum_value::<ReferralStatus>("status", request.status);
-        }
-        let page_size = v.page_size("page_size", request.page_size);
-        v.finish().map_err(api)?;
+        let page_size = check_list_referrals(&request).map_err(api)?;
         let scope = format!(
             "referrals\u{1}{}\u{1}{}\u{1}{}",
             request.incident_id, request.service_id, request.status

@@ -1640,11 +1640,27 @@ pub async fn import<S: DirectoryStore>(
     options: &ImportOptions,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<ImportReport, ImportError> {
+    let mut session = store.begin().await?;
+    let report = import_into(&mut session, path, options, progress).await?;
+    session.commit().await?;
+    Ok(report)
+}
+
+/// Reads the package at `path` into an open write `session` without committing it: what
+/// [`import`] does inside its transaction (and what the fuzz targets drive).
+///
+/// # Errors
+/// As [`import`]; the caller then drops the session, which rolls it back.
+pub async fn import_into<W: WriteSession>(
+    session: &mut W,
+    path: &Path,
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<ImportReport, ImportError> {
     let mut source = Source::open(path)?;
     let (planned, notes) = plan(&mut source, path)?;
     let bytes_total: u64 = planned.iter().map(|p| p.size).sum();
     let now = crate::micros(chrono::Utc::now());
-    let mut session = store.begin().await?;
     let mut report = ImportReport {
         notes,
         ..ImportReport::default()
@@ -1662,7 +1678,7 @@ pub async fn import<S: DirectoryStore>(
         }
         let mut reader = source.reader(&planned.file)?;
         let summary = import_file(
-            &mut session,
+            session,
             &mut reader,
             planned,
             options,
@@ -1688,7 +1704,6 @@ pub async fn import<S: DirectoryStore>(
             .await?;
     }
     session.refresh_all_search().await?;
-    session.commit().await?;
     Ok(report)
 }
 

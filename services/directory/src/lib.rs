@@ -25,7 +25,7 @@ pub mod clock;
 pub mod error;
 pub mod export;
 pub mod generate;
-mod handler;
+pub mod handler;
 pub mod import;
 pub mod retention;
 pub mod schedule;

@@ -161,7 +161,8 @@ impl Hours {
             .map(str::trim)
             .filter(|s| !s.is_empty())
         {
-            let split = item.len().saturating_sub(2);
+            // The day code is the last two characters (bytes would split a multi-byte one).
+            let split = item.char_indices().rev().nth(1).map_or(0, |(at, _)| at);
             let (ordinal, code) = item.split_at(split);
             let day = weekday(&code.to_ascii_uppercase());
             let ordinal = if ordinal.is_empty() {
@@ -406,6 +407,25 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .expect("rfc3339")
             .with_timezone(&Utc)
+    }
+
+    /// Found by the `schedule` fuzz target: a `byday` item whose last two bytes split a
+    /// multi-byte character panicked (`byte index 1 is not a char boundary`) in UpsertService
+    /// validation and in the importer, instead of being refused.
+    #[test]
+    fn a_byday_with_multibyte_characters_is_refused_not_a_panic() {
+        for byday in ["éa", "1é", "MO,ñMO", "\u{1F600}FR", "-1\u{e9}"] {
+            let problems = Hours::parse(&Schedule {
+                freq: ScheduleFrequency::Monthly as i32,
+                byday: byday.into(),
+                opens_at: "09:00".into(),
+                closes_at: "17:00".into(),
+                ..Schedule::default()
+            })
+            .expect_err(byday);
+            assert_eq!(problems.len(), 1, "{byday}: {problems:?}");
+            assert_eq!(problems[0].0, "byday");
+        }
     }
 
     #[test]

@@ -196,6 +196,23 @@ pub(crate) fn validate_submit(
     intake: &Intake,
     request: SubmitIncidentRequest,
 ) -> Result<NewIncident, ApiError> {
+    let new = check_submit(request, intake.clock.now_micros())?;
+    if !intake.region_known(&new.region) {
+        return Err(ApiError::invalid_with_reason(
+            "REGION_UNKNOWN",
+            "region",
+            "is not a region this deployment serves",
+        ));
+    }
+    Ok(new)
+}
+
+/// Checks a SubmitIncident request's fields, `now` being the server's clock in microseconds
+/// (whether the region is served is checked after, against the deployment).
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_submit(request: SubmitIncidentRequest, now: i64) -> Result<NewIncident, ApiError> {
     let mut v = Violations::new();
     v.id("cad_system", &request.cad_system);
     check_cad_incident_id(&mut v, "cad_incident_id", &request.cad_incident_id);
@@ -213,7 +230,6 @@ pub(crate) fn validate_submit(
         v.timestamp("received_at", request.received_at.as_ref())
     };
     if let Some(received) = received_at {
-        let now = intake.clock.now_micros();
         if received.timestamp_micros() > now + MAX_FUTURE_MICROS {
             v.add(
                 "received_at",
@@ -248,13 +264,6 @@ pub(crate) fn validate_submit(
         value => v.enum_value::<AssignmentMode>("routing_mode", value),
     };
     v.finish()?;
-    if !intake.region_known(&request.region) {
-        return Err(ApiError::invalid_with_reason(
-            "REGION_UNKNOWN",
-            "region",
-            "is not a region this deployment serves",
-        ));
-    }
     let (Some(location), Some(received_at), Some(routing_mode)) =
         (location, received_at, routing_mode)
     else {
@@ -278,7 +287,11 @@ pub(crate) fn validate_submit(
     })
 }
 
-fn validate_update(request: &UpdateIncidentRequest) -> Result<IncidentUpdate, ApiError> {
+/// Checks an UpdateIncident request and turns it into an [`IncidentUpdate`].
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn validate_update(request: &UpdateIncidentRequest) -> Result<IncidentUpdate, ApiError> {
     let mut v = Violations::new();
     v.id("request_id", &request.request_id);
     v.id("incident_id", &request.incident_id);
@@ -324,6 +337,132 @@ fn validate_update(request: &UpdateIncidentRequest) -> Result<IncidentUpdate, Ap
     })
 }
 
+/// Checks a CancelIncident request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_cancel(request: &CancelIncidentRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("incident_id", &request.incident_id);
+    check_len(&mut v, "reason", &request.reason, MAX_REASON);
+    v.finish()
+}
+
+/// Checks a CloseIncident request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_close(request: &CloseIncidentRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("incident_id", &request.incident_id);
+    let _ = v.enum_value::<CloseOutcome>("outcome", request.outcome);
+    if request.referral_ids.len() > MAX_REFERRALS {
+        v.add(
+            "referral_ids",
+            format!("must hold at most {MAX_REFERRALS} ids"),
+        );
+    }
+    for (index, id) in request.referral_ids.iter().enumerate() {
+        v.id(&format!("referral_ids[{index}]"), id);
+    }
+    check_bytes(&mut v, "notes", &request.notes, MAX_NOTE_BYTES);
+    v.finish()
+}
+
+/// Checks a GetIncident request: whether it asks by incident id (else by CAD id).
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_get_incident(request: &GetIncidentRequest) -> Result<bool, ApiError> {
+    let mut v = Violations::new();
+    let by_id = !request.incident_id.is_empty();
+    let by_cad = !request.cad_system.is_empty() || !request.cad_incident_id.is_empty();
+    if by_id && by_cad {
+        v.add(
+            "incident_id",
+            "give either incident_id or cad_system with cad_incident_id, not both",
+        );
+    } else if by_id {
+        v.id("incident_id", &request.incident_id);
+    } else {
+        v.id("cad_system", &request.cad_system);
+        check_cad_incident_id(&mut v, "cad_incident_id", &request.cad_incident_id);
+    }
+    v.finish()?;
+    Ok(by_id)
+}
+
+/// The checked filters of a ListIncidents request.
+#[derive(Debug, Clone, Copy)]
+pub struct ListBounds {
+    /// `received_after`.
+    pub after: Option<chrono::DateTime<chrono::Utc>>,
+    /// `received_before`.
+    pub before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The effective page size.
+    pub page_size: usize,
+}
+
+/// Checks a ListIncidents request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_list_incidents(request: &ListIncidentsRequest) -> Result<ListBounds, ApiError> {
+    let mut v = Violations::new();
+    v.optional_id("cad_system", &request.cad_system);
+    v.optional_id("region", &request.region);
+    if request.state != 0 && IncidentState::try_from(request.state).is_err() {
+        v.add("state", format!("{} is not a known value", request.state));
+    }
+    if request.disposition != 0 && Disposition::try_from(request.disposition).is_err() {
+        v.add(
+            "disposition",
+            format!("{} is not a known value", request.disposition),
+        );
+    }
+    if request.routing_state != 0 && RoutingState::try_from(request.routing_state).is_err() {
+        v.add(
+            "routing_state",
+            format!("{} is not a known value", request.routing_state),
+        );
+    }
+    if request.unserved_reason != 0 && UnservedReason::try_from(request.unserved_reason).is_err() {
+        v.add(
+            "unserved_reason",
+            format!("{} is not a known value", request.unserved_reason),
+        );
+    }
+    let after = v.timestamp("received_after", request.received_after.as_ref());
+    let before = v.timestamp("received_before", request.received_before.as_ref());
+    if let (Some(after), Some(before)) = (after, before)
+        && after >= before
+    {
+        v.add("received_after", "must be before received_before");
+    }
+    let page_size = v.page_size("page_size", request.page_size);
+    v.finish()?;
+    Ok(ListBounds {
+        after,
+        before,
+        page_size,
+    })
+}
+
+/// Checks a WatchIncidentEvents request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_watch(request: &WatchIncidentEventsRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("cad_system", &request.cad_system);
+    if request.after_sequence < 0 {
+        v.add("after_sequence", "must not be negative");
+    }
+    v.finish()
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ListCursor {
     received_at: i64,
@@ -360,11 +499,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<CancelIncidentRequest>,
     ) -> Result<Response<CancelIncidentResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("incident_id", &request.incident_id);
-        check_len(&mut v, "reason", &request.reason, MAX_REASON);
-        v.finish().map_err(invalid)?;
+        check_cancel(&request).map_err(invalid)?;
         let print = fingerprint("CancelIncident", &request);
         let response = self
             .intake
@@ -384,21 +519,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<CloseIncidentRequest>,
     ) -> Result<Response<CloseIncidentResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("incident_id", &request.incident_id);
-        let _ = v.enum_value::<CloseOutcome>("outcome", request.outcome);
-        if request.referral_ids.len() > MAX_REFERRALS {
-            v.add(
-                "referral_ids",
-                format!("must hold at most {MAX_REFERRALS} ids"),
-            );
-        }
-        for (index, id) in request.referral_ids.iter().enumerate() {
-            v.id(&format!("referral_ids[{index}]"), id);
-        }
-        check_bytes(&mut v, "notes", &request.notes, MAX_NOTE_BYTES);
-        v.finish().map_err(invalid)?;
+        check_close(&request).map_err(invalid)?;
         let print = fingerprint("CloseIncident", &request);
         let response = self
             .intake
@@ -420,21 +541,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<GetIncidentResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        let by_id = !request.incident_id.is_empty();
-        let by_cad = !request.cad_system.is_empty() || !request.cad_incident_id.is_empty();
-        if by_id && by_cad {
-            v.add(
-                "incident_id",
-                "give either incident_id or cad_system with cad_incident_id, not both",
-            );
-        } else if by_id {
-            v.id("incident_id", &request.incident_id);
-        } else {
-            v.id("cad_system", &request.cad_system);
-            check_cad_incident_id(&mut v, "cad_incident_id", &request.cad_incident_id);
-        }
-        v.finish().map_err(invalid)?;
+        let by_id = check_get_incident(&request).map_err(invalid)?;
         let found = if by_id {
             self.intake.store.get_incident(&request.incident_id).await
         } else {
@@ -461,41 +568,11 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<ListIncidentsRequest>,
     ) -> Result<Response<ListIncidentsResponse>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.optional_id("cad_system", &request.cad_system);
-        v.optional_id("region", &request.region);
-        if request.state != 0 && IncidentState::try_from(request.state).is_err() {
-            v.add("state", format!("{} is not a known value", request.state));
-        }
-        if request.disposition != 0 && Disposition::try_from(request.disposition).is_err() {
-            v.add(
-                "disposition",
-                format!("{} is not a known value", request.disposition),
-            );
-        }
-        if request.routing_state != 0 && RoutingState::try_from(request.routing_state).is_err() {
-            v.add(
-                "routing_state",
-                format!("{} is not a known value", request.routing_state),
-            );
-        }
-        if request.unserved_reason != 0
-            && UnservedReason::try_from(request.unserved_reason).is_err()
-        {
-            v.add(
-                "unserved_reason",
-                format!("{} is not a known value", request.unserved_reason),
-            );
-        }
-        let after = v.timestamp("received_after", request.received_after.as_ref());
-        let before = v.timestamp("received_before", request.received_before.as_ref());
-        if let (Some(after), Some(before)) = (after, before)
-            && after >= before
-        {
-            v.add("received_after", "must be before received_before");
-        }
-        let page_size = v.page_size("page_size", request.page_size);
-        v.finish().map_err(invalid)?;
+        let ListBounds {
+            after,
+            before,
+            page_size,
+        } = check_list_incidents(&request).map_err(invalid)?;
         let scope = format!(
             "list|{}|{}|{}|{}|{}|{}|{:?}|{:?}",
             request.cad_system,
@@ -553,12 +630,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<WatchIncidentEventsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchIncidentEventsResponse>>, Status> {
         let request = request.into_inner();
-        let mut v = Violations::new();
-        v.id("cad_system", &request.cad_system);
-        if request.after_sequence < 0 {
-            v.add("after_sequence", "must not be negative");
-        }
-        v.finish().map_err(invalid)?;
+        check_watch(&request).map_err(invalid)?;
         let cad = request.cad_system;
         let after = request.after_sequence;
         // Subscribe before reading, so no event committed from now on is missed.

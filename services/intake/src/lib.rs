@@ -34,7 +34,7 @@ pub mod apco;
 pub mod clock;
 pub mod core;
 pub mod eido;
-mod handler;
+pub mod handler;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;

@@ -23,7 +23,7 @@ use relay_proto::{
         CancelRoutingRequest, CancelRoutingResponse, ConfirmAssignmentRequest,
         ConfirmAssignmentResponse, GetAssignmentRequest, ListQueueRequest, ListQueueResponse,
         QueuedIncident, ReleaseTeamRequest, ReleaseTeamResponse, RestoreAssignmentRequest,
-        RestoreAssignmentResponse,
+        RestoreAssignmentResponse, WatchAssignmentsRequest,
     },
 };
 use relay_runtime::{
@@ -88,6 +88,151 @@ enum Attempt<T> {
     NoTeam,
 }
 
+/// Checks an AssignTeam request's fields (whether the region is served is checked after,
+/// against the deployment) and returns its parameters.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_assign_team(request: &AssignTeamRequest) -> Result<Params, ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("incident_id", &request.incident_id);
+    v.id("region", &request.region);
+    v.id("cad_system", &request.cad_system);
+    let location = v.geo_point("location", request.location.as_ref());
+    for (field, tags) in [
+        ("required_capabilities", &request.required_capabilities),
+        ("preferred_capabilities", &request.preferred_capabilities),
+    ] {
+        v.capabilities(field, tags);
+        if dedupe(tags).len() > MAX_TAGS {
+            v.add(field, format!("holds at most {MAX_TAGS} tags"));
+        }
+    }
+    if !(1..=5).contains(&request.priority) {
+        v.add("priority", "must be from 1 (highest) to 5");
+    }
+    let recommend = match relay_proto::common::AssignmentMode::try_from(request.mode) {
+        Ok(relay_proto::common::AssignmentMode::Recommend) => true,
+        Ok(_) => false,
+        Err(_) => {
+            v.add("mode", format!("{} is not a known value", request.mode));
+            false
+        }
+    };
+    if let Some(seconds) = request.expected_duration_seconds
+        && !(1..=86_400).contains(&seconds)
+    {
+        v.add(
+            "expected_duration_seconds",
+            "must be from 1 to 86400 seconds",
+        );
+    }
+    if request.cad_incident_id.chars().count() > MAX_CAD_INCIDENT_ID {
+        v.add(
+            "cad_incident_id",
+            format!("must be at most {MAX_CAD_INCIDENT_ID} characters"),
+        );
+    }
+    v.finish()?;
+    Ok(Params {
+        incident_id: request.incident_id.clone(),
+        region: request.region.clone(),
+        location: location.unwrap_or_default(),
+        required: dedupe(&request.required_capabilities),
+        preferred: dedupe(&request.preferred_capabilities),
+        priority: request.priority,
+        recommend,
+        expected_duration_seconds: request.expected_duration_seconds,
+        cad_system: request.cad_system.clone(),
+        cad_incident_id: request.cad_incident_id.clone(),
+    })
+}
+
+/// Checks a ConfirmAssignment request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_confirm_assignment(request: &ConfirmAssignmentRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("incident_id", &request.incident_id);
+    v.id("team_id", &request.team_id);
+    v.finish()
+}
+
+/// Checks a ReleaseTeam request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_release_team(request: &ReleaseTeamRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("assignment_id", &request.assignment_id);
+    if request.reason.chars().count() > MAX_REASON {
+        v.add("reason", format!("must be at most {MAX_REASON} characters"));
+    }
+    v.finish()
+}
+
+/// Checks a CancelRouting request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_cancel_routing(request: &CancelRoutingRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("request_id", &request.request_id);
+    v.id("incident_id", &request.incident_id);
+    if request.reason.chars().count() > MAX_REASON {
+        v.add("reason", format!("must be at most {MAX_REASON} characters"));
+    }
+    v.finish()
+}
+
+/// Checks a GetAssignment request.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming the bad field.
+pub fn check_get_assignment(request: &GetAssignmentRequest) -> Result<(), ApiError> {
+    let mut v = Violations::new();
+    v.id("assignment_id", &request.assignment_id);
+    v.finish()
+}
+
+/// Checks a ListQueue request's fields: the effective page size.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_list_queue(request: &ListQueueRequest) -> Result<usize, ApiError> {
+    let mut v = Violations::new();
+    v.id("region", &request.region);
+    let size = v.page_size("page_size", request.page_size);
+    v.finish()?;
+    Ok(size)
+}
+
+/// Checks a WatchAssignments request's fields: the sequence number to resume after, if any.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming each bad field.
+pub fn check_watch_assignments(request: &WatchAssignmentsRequest) -> Result<Option<i64>, ApiError> {
+    let mut v = Violations::new();
+    v.id("region", &request.region);
+    let after = if request.after_event_id.is_empty() {
+        None
+    } else {
+        match request.after_event_id.parse::<i64>() {
+            Ok(seq) if seq >= 0 => Some(seq),
+            _ => {
+                v.add("after_event_id", "is not an event id this service issued");
+                None
+            }
+        }
+    };
+    v.finish()?;
+    Ok(after)
+}
+
 /// A team chosen by name for an incident (ConfirmAssignment, RestoreAssignment).
 #[derive(Clone, Copy)]
 struct Chosen<'a> {
@@ -100,17 +245,27 @@ struct Chosen<'a> {
 
 /// The validated parameters of an AssignTeam call.
 #[derive(Debug, Clone)]
-struct Params {
-    incident_id: String,
-    region: String,
-    location: GeoPoint,
-    required: Vec<String>,
-    preferred: Vec<String>,
-    priority: i32,
-    recommend: bool,
-    expected_duration_seconds: Option<i32>,
-    cad_system: String,
-    cad_incident_id: String,
+pub struct Params {
+    /// The incident.
+    pub incident_id: String,
+    /// Its region.
+    pub region: String,
+    /// Where it is.
+    pub location: GeoPoint,
+    /// Capabilities a team must have, without duplicates.
+    pub required: Vec<String>,
+    /// Capabilities that rank a team higher, without duplicates.
+    pub preferred: Vec<String>,
+    /// 1 (highest) to 5.
+    pub priority: i32,
+    /// RECOMMEND rather than AUTO_ASSIGN.
+    pub recommend: bool,
+    /// How long the call is expected to take, seconds.
+    pub expected_duration_seconds: Option<i32>,
+    /// The CAD that sent it.
+    pub cad_system: String,
+    /// The CAD's own id of the incident.
+    pub cad_incident_id: String,
 }
 
 impl Params {
@@ -708,62 +863,11 @@ impl Engine {
     }
 
     fn validate_assign(&self, request: &AssignTeamRequest) -> Result<Params, RoutingError> {
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("incident_id", &request.incident_id);
-        v.id("region", &request.region);
-        v.id("cad_system", &request.cad_system);
-        let location = v.geo_point("location", request.location.as_ref());
-        for (field, tags) in [
-            ("required_capabilities", &request.required_capabilities),
-            ("preferred_capabilities", &request.preferred_capabilities),
-        ] {
-            v.capabilities(field, tags);
-            if dedupe(tags).len() > MAX_TAGS {
-                v.add(field, format!("holds at most {MAX_TAGS} tags"));
-            }
-        }
-        if !(1..=5).contains(&request.priority) {
-            v.add("priority", "must be from 1 (highest) to 5");
-        }
-        let recommend = match relay_proto::common::AssignmentMode::try_from(request.mode) {
-            Ok(relay_proto::common::AssignmentMode::Recommend) => true,
-            Ok(_) => false,
-            Err(_) => {
-                v.add("mode", format!("{} is not a known value", request.mode));
-                false
-            }
-        };
-        if let Some(seconds) = request.expected_duration_seconds
-            && !(1..=86_400).contains(&seconds)
-        {
-            v.add(
-                "expected_duration_seconds",
-                "must be from 1 to 86400 seconds",
-            );
-        }
-        if request.cad_incident_id.chars().count() > MAX_CAD_INCIDENT_ID {
-            v.add(
-                "cad_incident_id",
-                format!("must be at most {MAX_CAD_INCIDENT_ID} characters"),
-            );
-        }
-        v.finish()?;
+        let params = check_assign_team(request)?;
         if !request.region.is_empty() {
             self.region("region", &request.region)?;
         }
-        Ok(Params {
-            incident_id: request.incident_id.clone(),
-            region: request.region.clone(),
-            location: location.unwrap_or_default(),
-            required: dedupe(&request.required_capabilities),
-            preferred: dedupe(&request.preferred_capabilities),
-            priority: request.priority,
-            recommend,
-            expected_duration_seconds: request.expected_duration_seconds,
-            cad_system: request.cad_system.clone(),
-            cad_incident_id: request.cad_incident_id.clone(),
-        })
+        Ok(params)
     }
 
     /// AssignTeam: rank, then claim (AUTO_ASSIGN) or only rank (RECOMMEND); queue when no
@@ -981,11 +1085,7 @@ impl Engine {
         &self,
         request: ConfirmAssignmentRequest,
     ) -> Result<ConfirmAssignmentResponse, RoutingError> {
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("incident_id", &request.incident_id);
-        v.id("team_id", &request.team_id);
-        v.finish()?;
+        check_confirm_assignment(&request)?;
         let fingerprint = fingerprint("ConfirmAssignment", &request);
         if let Some(response) = self.remembered(&request.request_id, &fingerprint).await? {
             return Ok(response);
@@ -1335,13 +1435,7 @@ impl Engine {
         &self,
         request: ReleaseTeamRequest,
     ) -> Result<ReleaseTeamResponse, RoutingError> {
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("assignment_id", &request.assignment_id);
-        if request.reason.chars().count() > MAX_REASON {
-            v.add("reason", format!("must be at most {MAX_REASON} characters"));
-        }
-        v.finish()?;
+        check_release_team(&request)?;
         let fingerprint = fingerprint("ReleaseTeam", &request);
         // The remembered response, the assignment and its incident: one read.
         let found = self
@@ -1410,13 +1504,7 @@ impl Engine {
         &self,
         request: CancelRoutingRequest,
     ) -> Result<CancelRoutingResponse, RoutingError> {
-        let mut v = Violations::new();
-        v.id("request_id", &request.request_id);
-        v.id("incident_id", &request.incident_id);
-        if request.reason.chars().count() > MAX_REASON {
-            v.add("reason", format!("must be at most {MAX_REASON} characters"));
-        }
-        v.finish()?;
+        check_cancel_routing(&request)?;
         let fingerprint = fingerprint("CancelRouting", &request);
         if let Some(response) = self.remembered(&request.request_id, &fingerprint).await? {
             return Ok(response);
@@ -1513,9 +1601,7 @@ impl Engine {
         &self,
         request: GetAssignmentRequest,
     ) -> Result<Assignment, RoutingError> {
-        let mut v = Violations::new();
-        v.id("assignment_id", &request.assignment_id);
-        v.finish()?;
+        check_get_assignment(&request)?;
         self.store
             .assignment(&request.assignment_id)
             .await?
@@ -1531,10 +1617,7 @@ impl Engine {
         &self,
         request: ListQueueRequest,
     ) -> Result<ListQueueResponse, RoutingError> {
-        let mut v = Violations::new();
-        v.id("region", &request.region);
-        let size = v.page_size("page_size", request.page_size);
-        v.finish()?;
+        let size = check_list_queue(&request)?;
         self.region("region", &request.region)?;
         let scope = format!("ListQueue region={}", request.region);
         let cursor: Option<QueueCursor> =

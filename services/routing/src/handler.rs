@@ -9,7 +9,6 @@ use relay_proto::routing::{
     ReleaseTeamResponse, RestoreAssignmentRequest, RestoreAssignmentResponse,
     WatchAssignmentsRequest, WatchAssignmentsResponse, routing_service_server::RoutingService,
 };
-use relay_runtime::validate::Violations;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -131,20 +130,7 @@ async fn start_of_watch(
     engine: &Engine,
     request: &WatchAssignmentsRequest,
 ) -> Result<i64, RoutingError> {
-    let mut v = Violations::new();
-    v.id("region", &request.region);
-    let after = if request.after_event_id.is_empty() {
-        None
-    } else {
-        match request.after_event_id.parse::<i64>() {
-            Ok(seq) if seq >= 0 => Some(seq),
-            _ => {
-                v.add("after_event_id", "is not an event id this service issued");
-                None
-            }
-        }
-    };
-    v.finish()?;
+    let after = crate::engine::check_watch_assignments(request)?;
     engine.region("region", &request.region)?;
     let (first, last) = engine.store().event_bounds(&request.region).await?;
     match after {
