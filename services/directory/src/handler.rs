@@ -25,13 +25,13 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     DOMAIN,
-    clock::{Clock, SystemClock},
     error::{DirectoryError, REQUEST_ID_REUSED},
     schedule::{self, Hours},
     store::{
         Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey, ReferralFilter,
     },
 };
+use relay_runtime::clock::{Clock, SystemClock};
 
 /// Longest free-text query, in characters.
 pub const MAX_QUERY_CHARS: usize = 256;
@@ -469,7 +469,7 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         if !query.is_empty() && !query.chars().any(char::is_alphanumeric) {
             return Ok(SearchServicesResponse::default());
         }
-        let at = open_at.unwrap_or_else(Utc::now);
+        let at = open_at.unwrap_or_else(|| self.clock.now());
         let mut filter = CandidateFilter {
             text: (!query.is_empty()).then(|| query.to_owned()),
             point,
@@ -677,7 +677,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         }
         match v.timestamp("as_of_time", request.as_of_time.as_ref()) {
             None if request.as_of_time.is_none() => v.add("as_of_time", "is required"),
-            Some(time) if time > Utc::now() + Duration::seconds(60) => {
+            Some(time) if time > self.clock.now() + Duration::seconds(60) => {
                 v.add(
                     "as_of_time",
                     "must not be more than 60 seconds ahead of the server's clock",

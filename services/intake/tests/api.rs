@@ -6,7 +6,6 @@ mod support;
 
 use std::{collections::HashMap, sync::Arc};
 
-use relay_intake::clock::{Clock, OffsetClock};
 use relay_proto::{
     common::TeamStatus,
     intake::{
@@ -15,6 +14,7 @@ use relay_proto::{
         RoutingState, UpdateIncidentRequest, watch_incident_events_response::Kind,
     },
 };
+use relay_runtime::clock::{Clock, OffsetClock};
 use relay_tests::TestDatabase;
 use support::{
     FakeAvailability, FakeRouting, REGION, Script, TestIntake, bad_fields, eventually, reason,

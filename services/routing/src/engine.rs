@@ -33,7 +33,6 @@ use relay_runtime::{
 use tokio::sync::Notify;
 
 use crate::{
-    clock::Clock,
     error::RoutingError,
     eta::EtaEstimator,
     fleet::{Claim, ClaimRefused, Fleet, FleetTeam},
@@ -44,6 +43,7 @@ use crate::{
         Store, StoreError, Write, from_timestamp, timestamp,
     },
 };
+use relay_runtime::clock::Clock;
 
 /// At most this many candidates are returned.
 pub const MAX_CANDIDATES: usize = 50;
@@ -352,6 +352,12 @@ impl Engine {
             )
             .into()
         })
+    }
+
+    /// The clock every time rule of the engine reads.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The clock, to the microsecond (what the record keeps), so that answers and the
@@ -1765,7 +1771,11 @@ impl Engine {
         regions.extend(self.settings.regions.keys().cloned());
         regions.sort();
         regions.dedup();
-        let grace = Duration::from_secs(self.settings.reconcile_grace_seconds);
+        // The grace covers a replica's own work between a claim and its record (wall time),
+        // so it lasts as long on the wall clock at any clock speed.
+        let grace = self
+            .clock
+            .elapsed_in(Duration::from_secs(self.settings.reconcile_grace_seconds));
         let mut waiting = Vec::new();
         for region in regions {
             self.recheck_queue(&region).await?;
