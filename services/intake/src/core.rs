@@ -672,6 +672,7 @@ impl Intake {
                         || new_co_responder)
                 {
                     safety_alert = true;
+                    lifecycle::safety_alert(&mut after, now);
                     let mut alert = event(&after, IncidentEventKind::SafetyAlert, now);
                     alert.team_id.clone_from(&team_id);
                     alert.risk_flags = added.iter().map(|f| *f as i32).collect();

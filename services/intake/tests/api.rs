@@ -388,6 +388,22 @@ async fn a_weapon_reported_after_assignment_raises_a_safety_alert_at_once() {
         RoutingState::Assigned as i32,
         "Relay does not withdraw the team"
     );
+    // The durable timeline keeps it (the event expires with the history).
+    let timeline = after.timeline.clone().unwrap_or_default();
+    assert_eq!(timeline.safety_alerts, 1);
+    assert!(
+        timeline
+            .first_safety_alert
+            .as_ref()
+            .is_some_and(|t| t.record_time.is_some())
+    );
+    assert!(
+        incident
+            .timeline
+            .as_ref()
+            .is_none_or(|t| t.safety_alerts == 0 && t.first_safety_alert.is_none()),
+        "no alert before the update"
+    );
 
     // The alert is on the stream, naming the team and the flag.
     let mut alert = None;
