@@ -209,7 +209,7 @@ mod tests {
         );
         assert_eq!(
             observations.counts(),
-            "submitted=10 duplicates=0 assigned=6 queued=2 escalated=0 closed=5 referrals=3 community_response=7 traditional_response=3"
+            "submitted=10 duplicates=0 assigned=6 queued=2 escalated=0 closed=5 referrals=3 off_duty_after_call=0 community_response=7 traditional_response=3"
         );
     }
 }
