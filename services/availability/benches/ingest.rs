@@ -12,7 +12,7 @@ use std::{
 };
 
 use chrono::Utc;
-use relay_availability::{Application, SystemClock};
+use relay_availability::Application;
 use relay_proto::{
     availability::{
         SetTeamStatusRequest, StreamLocationsRequest, UpsertTeamRequest,
@@ -20,6 +20,7 @@ use relay_proto::{
     },
     common::{GeoPoint, TeamStatus},
 };
+use relay_runtime::clock::SystemClock;
 use relay_runtime::{Config, validate::to_timestamp};
 use tonic::transport::Channel;
 

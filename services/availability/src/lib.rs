@@ -38,7 +38,9 @@ pub mod store;
 
 pub use handler::{AvailabilityServiceHandler, team_to_proto};
 pub use keyspace::Keyspace;
-pub use service::{Availability, Clock, ManualClock, SystemClock};
+pub use service::Availability;
+
+use relay_runtime::clock::Clock;
 pub use store::{
     ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, MemoryTeamStore,
     Nearest, RedisTeamStore, ReleaseError, ReleaseOutcome, StoreError, TeamStore,
@@ -142,10 +144,12 @@ impl Application {
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        Self::build_with_clock(config, Arc::new(SystemClock)).await
+        let clock = config.settings.clock()?;
+        Self::build_with_clock(config, clock).await
     }
 
-    /// As [`Self::build`], with the clock the service reads (tests pass a [`ManualClock`]).
+    /// As [`Self::build`], with the clock the service reads (tests pass a
+    /// [`relay_runtime::clock::ManualClock`]).
     ///
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
@@ -253,7 +257,10 @@ impl Application {
             shutdown: token,
         } = self;
         let settings_stale = settings.stale_position_seconds;
-        let sample_every = Duration::from_secs(settings.sample_interval_seconds.max(1));
+        // Stale positions follow the domain's clock: sample as often in its time.
+        let sample_every = domain
+            .clock()
+            .pace(Duration::from_secs(settings.sample_interval_seconds.max(1)));
         let check_every = Duration::from_millis(settings.live_state_check_ms.max(10));
         let sampler_token = token.clone();
         let watch_token = token.clone();

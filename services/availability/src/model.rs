@@ -175,6 +175,26 @@ pub fn allowed_from(target: TeamStatus) -> &'static [TeamStatus] {
     }
 }
 
+/// The status a team asking for `target` lands in: "off duty after this call". A busy team
+/// that clears (AVAILABLE) once its shift has ended (`shift_ends_at` at or before `now`) goes
+/// OFF_DUTY instead, so a team finishes the call it is on when its shift ends and is then
+/// off duty, with no AVAILABLE moment in which routing could offer it a new call. Both
+/// backends apply this one rule (the Redis script mirrors it).
+#[must_use]
+pub fn landing_status(
+    current: TeamStatus,
+    target: TeamStatus,
+    shift_ends_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> TeamStatus {
+    let shift_over = shift_ends_at.is_some_and(|end| end <= now);
+    if target == TeamStatus::Available && is_busy(current) && shift_over {
+        TeamStatus::OffDuty
+    } else {
+        target
+    }
+}
+
 /// What kind of change an event reports (mirrors `TeamEventKind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {

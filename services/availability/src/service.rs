@@ -2,9 +2,10 @@
 //! [`RosterStore`] (durable roster), with an injectable [`Clock`]. Handlers validate requests
 //! and call these; nothing here sees protobuf, SQL or Redis commands.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use relay_runtime::clock::Clock;
 
 use crate::{
     error::AvailabilityError,
@@ -13,54 +14,6 @@ use crate::{
     roster::{RosterEntry, RosterStore},
     store::{ChangeError, LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome},
 };
-
-/// A source of the current time.
-pub trait Clock: Send + Sync + 'static {
-    /// Now.
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that tests set and advance by hand.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    /// A clock showing `now`.
-    #[must_use]
-    pub fn new(now: DateTime<Utc>) -> Self {
-        Self(Mutex::new(now))
-    }
-
-    /// Moves the clock to `now`.
-    pub fn set(&self, now: DateTime<Utc>) {
-        if let Ok(mut time) = self.0.lock() {
-            *time = now;
-        }
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: chrono::Duration) {
-        if let Ok(mut time) = self.0.lock() {
-            *time += by;
-        }
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0.lock().map_or_else(|_| Utc::now(), |t| *t)
-    }
-}
 
 /// The availability domain: roster and live state.
 #[derive(Clone)]

@@ -7,7 +7,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{RedisEnv, Setup, TestApp, bad_fields, reason, start_time, upsert};
-use relay_availability::{Clock, ManualClock, model::TeamStatus as Status};
+use relay_availability::model::TeamStatus as Status;
 use relay_proto::{
     availability::{
         FindAvailableTeamsRequest, GetTeamRequest, ListTeamsRequest, ReportLocationRequest,
@@ -15,6 +15,7 @@ use relay_proto::{
     },
     common::{GeoPoint, TeamStatus},
 };
+use relay_runtime::clock::{Clock, ManualClock};
 use relay_runtime::validate::to_timestamp;
 use tokio_stream::StreamExt;
 use tonic::Code;

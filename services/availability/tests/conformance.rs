@@ -845,6 +845,64 @@ async fn the_live_epoch_is_written_once_and_agreed_on(store: &dyn TeamStore) {
     );
 }
 
+/// "Off duty after this call": a team whose shift ends while it is on a call finishes the
+/// call and, when it clears, goes OFF_DUTY (never AVAILABLE, so nothing can be offered to
+/// it); a team clearing before its shift end goes AVAILABLE as before, and the ended shift
+/// does not stop the call's own steps.
+async fn a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears(store: &dyn TeamStore) {
+    let here = at(44.05, -123.09);
+    let shift_end = t0() + secs(3_600);
+    for id in ["late", "early"] {
+        available_team(store, id, "north", here).await;
+        let mut ending = def(id, "north");
+        ending.shift_ends_at = Some(shift_end);
+        store
+            .upsert_team(&ending, None, t0())
+            .await
+            .expect("shift end");
+        store
+            .claim("north", id, &format!("inc-{id}"), None, t0(), None)
+            .await
+            .expect("claim");
+    }
+    // The shift ends while "late" is on scene: its steps still go through.
+    let after_end = shift_end + secs(60);
+    for status in [TeamStatus::EnRoute, TeamStatus::OnScene] {
+        let (team, _) = store
+            .set_status("late", status, "inc-late", None, after_end)
+            .await
+            .expect("the call goes on past the shift end");
+        assert_eq!(team.status, status);
+    }
+    let (cleared, changed) = store
+        .set_status("late", TeamStatus::Available, "inc-late", None, after_end)
+        .await
+        .expect("clearing after the shift end is no error");
+    assert!(changed);
+    assert_eq!(cleared.status, TeamStatus::OffDuty);
+    assert_eq!(cleared.incident_id, "");
+    let stored = store.get_team("late").await.expect("get").expect("team");
+    assert_eq!(stored.status, TeamStatus::OffDuty);
+    let free = store
+        .find_available("north", here, 10_000.0, &[], 10)
+        .await
+        .expect("find");
+    assert!(!ids(&free).contains(&"late".to_owned()), "{:?}", ids(&free));
+
+    // Clearing one second before the shift end: AVAILABLE.
+    let (cleared, _) = store
+        .set_status(
+            "early",
+            TeamStatus::Available,
+            "inc-early",
+            None,
+            shift_end - secs(1),
+        )
+        .await
+        .expect("clear");
+    assert_eq!(cleared.status, TeamStatus::Available);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -898,6 +956,7 @@ conformance!(
     idempotency_records_expire_and_are_kept_per_rpc,
     history_expiry_is_reported,
     the_live_epoch_is_written_once_and_agreed_on,
+    a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears,
 );
 
 /// Redis only (the in-process store trims by its own wall clock, which a test cannot move

@@ -25,13 +25,13 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     DOMAIN,
-    clock::{Clock, SystemClock},
     error::{DirectoryError, REQUEST_ID_REUSED},
     schedule::{self, Hours},
     store::{
         Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey, ReferralFilter,
     },
 };
+use relay_runtime::clock::{Clock, SystemClock};
 
 /// Longest free-text query, in characters.
 pub const MAX_QUERY_CHARS: usize = 256;
@@ -609,7 +609,7 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         if !query.is_empty() && !query.chars().any(char::is_alphanumeric) {
             return Ok(SearchServicesResponse::default());
         }
-        let at = open_at.unwrap_or_else(Utc::now);
+        let at = open_at.unwrap_or_else(|| self.clock.now());
         let mut filter = CandidateFilter {
             text: (!query.is_empty()).then(|| query.to_owned()),
             point,
@@ -800,7 +800,7 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         request: Request<UpdateCapacityRequest>,
     ) -> Result<Response<UpdateCapacityResponse>, Status> {
         let request = request.into_inner();
-        check_update_capacity(&request, Utc::now()).map_err(api)?;
+        check_update_capacity(&request, self.clock.now()).map_err(api)?;
         let idem = self.idem("UpdateCapacity", &request.request_id, &request);
         let capacity = relay_proto::directory::Capacity {
             available: request.available,

@@ -21,7 +21,6 @@ use relay_runtime::{
 use secrecy::SecretString;
 use serde::Deserialize;
 
-pub mod clock;
 pub mod error;
 pub mod export;
 pub mod generate;
@@ -31,8 +30,8 @@ pub mod retention;
 pub mod schedule;
 pub mod store;
 
-use clock::{Clock, SystemClock};
 pub use handler::DirectoryServiceHandler;
+use relay_runtime::clock::Clock;
 use store::{PgStore, Row, SqliteStore};
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
@@ -271,19 +270,21 @@ impl Application {
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        Self::build_with_clock(config, Arc::new(SystemClock)).await
+        let clock = config.settings.clock()?;
+        Self::build_with_clock(config, clock).await
     }
 
     /// [`Application::build`] with mutations and the retention job on `clock` (tests move a
-    /// [`clock::ManualClock`]).
+    /// [`relay_runtime::clock::ManualClock`]).
     ///
     /// # Errors
     /// As [`Application::build`].
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, BoxError> {
         let settings: DirectorySettings = config.section("directory")?;
         let retention_days = settings.retention_days()?;
-        let retention_every =
-            Duration::from_secs(settings.retention_interval_seconds.unwrap_or(3600).max(1));
+        let retention_every = clock.pace(Duration::from_secs(
+            settings.retention_interval_seconds.unwrap_or(3600).max(1),
+        ));
         let tokens = config.settings.page_tokens()?;
         let backend = Backend::open(
             config.database_url()?,

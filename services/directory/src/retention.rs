@@ -8,7 +8,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{clock::Clock, store::DirectoryStore, store::StoreResult};
+use relay_runtime::clock::Clock;
+
+use crate::{store::DirectoryStore, store::StoreResult};
 
 /// A day in microseconds.
 const DAY: i64 = 86_400_000_000;

@@ -12,8 +12,8 @@ use std::{sync::Arc, time::Duration};
 use common::{
     Harness, Kind, active_service, intake::FakeIntake, start, start_with, upsert_service,
 };
-use relay_directory::clock::SystemClock;
 use relay_proto::directory::{CreateReferralRequest, ListReferralsRequest, Referral};
+use relay_runtime::clock::SystemClock;
 use tonic::Code;
 use tonic_types::StatusExt;
 

@@ -9,11 +9,12 @@ mod common;
 use std::sync::Arc;
 
 use common::{Harness, Kind, active_service, backend, start_with, upsert_service};
-use relay_directory::{clock::ManualClock, retention::Retention};
+use relay_directory::retention::Retention;
 use relay_proto::directory::{
     CreateReferralRequest, ListReferralsRequest, Referral, ReferralStatus, ServiceLocation,
     UpdateReferralRequest,
 };
+use relay_runtime::clock::ManualClock;
 
 async fn referrals(h: &mut Harness) -> Vec<Referral> {
     h.client

@@ -24,7 +24,6 @@ use tokio::sync::{Notify, broadcast};
 use tonic::{Code, codegen::InterceptedService, transport::Channel};
 
 use crate::{
-    clock::Clock,
     lifecycle::{self, Step, event, mark, routing_state},
     program::Programs,
     protocol::{self, Decision, Protocol},
@@ -34,6 +33,7 @@ use crate::{
         OutboxKind, RequestRecord, StoreError, StoredIncident, micros_of, timestamp_of,
     },
 };
+use relay_runtime::clock::Clock;
 
 /// The routing client intake uses.
 pub type RoutingClient = RoutingServiceClient<InterceptedService<Channel, TracePropagation>>;
@@ -282,6 +282,15 @@ impl Intake {
         self.clock.now_micros()
     }
 
+    /// The outbox lease in clock microseconds, lasting `outbox_lease_ms` of wall time at any
+    /// clock speed (a lease guards a delivery in flight, which takes wall time).
+    fn lease_micros(&self) -> i64 {
+        let lease = self
+            .clock
+            .elapsed_in(IntakeSettings::ms(self.settings.outbox_lease_ms));
+        i64::try_from(lease.as_micros()).unwrap_or(i64::MAX)
+    }
+
     /// A change committed events: the sequencer gives them their sequences, then tells the
     /// watchers.
     fn events_queued(&self) {
@@ -471,7 +480,7 @@ impl Intake {
         if routed {
             let mut item = self.assign_item(&incident, 1, now);
             // The submitting call delivers at once; the lease keeps the worker away meanwhile.
-            item.next_attempt_at = now + lease_micros(&self.settings);
+            item.next_attempt_at = now + self.lease_micros();
             outbox.push(item);
         }
         let stored = StoredIncident {
@@ -694,6 +703,7 @@ impl Intake {
                         || new_co_responder)
                 {
                     safety_alert = true;
+                    lifecycle::safety_alert(&mut after, now);
                     let mut alert = event(&after, IncidentEventKind::SafetyAlert, now);
                     alert.team_id.clone_from(&team_id);
                     alert.risk_flags = added.iter().map(|f| *f as i32).collect();
@@ -1026,6 +1036,7 @@ impl Intake {
             Ok(answer) => self.record_delivery(&item, answer, None, known).await,
             Err(status) if retryable(status.code()) => {
                 let delay = backoff(&self.settings, item.attempts);
+                let delay = self.clock.elapsed_in(delay);
                 let next = self.now() + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
                 tracing::warn!(
                     incident_id = %item.incident_id,
@@ -1164,7 +1175,7 @@ impl Intake {
         let now = self.now();
         let items = self
             .store
-            .claim_outbox(now, now + lease_micros(&self.settings), limit)
+            .claim_outbox(now, now + self.lease_micros(), limit)
             .await?;
         let count = items.len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -1580,7 +1591,9 @@ impl Intake {
 
     /// The deadline loop, until `shutdown`.
     pub async fn run_deadlines(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        let every = IntakeSettings::ms(self.settings.deadline_interval_ms.max(10));
+        let every = self.clock.pace(IntakeSettings::ms(
+            self.settings.deadline_interval_ms.max(10),
+        ));
         loop {
             if let Err(error) = self.run_deadlines_once().await {
                 tracing::warn!(error = %error, "deadline job failed; will retry");
@@ -1623,7 +1636,9 @@ impl Intake {
 
     /// The retention loop, until `shutdown`.
     pub async fn run_retention(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        let every = Duration::from_secs(self.settings.retention_interval_seconds.max(1));
+        let every = self.clock.pace(Duration::from_secs(
+            self.settings.retention_interval_seconds.max(1),
+        ));
         loop {
             if let Err(error) = self.run_retention_once().await {
                 tracing::error!(error = %error, "retention job failed");
@@ -1694,12 +1709,6 @@ fn retryable(code: Code) -> bool {
             | Code::Internal
             | Code::Unauthenticated
     )
-}
-
-fn lease_micros(settings: &IntakeSettings) -> i64 {
-    i64::try_from(settings.outbox_lease_ms)
-        .unwrap_or(i64::MAX / 1000)
-        .saturating_mul(1000)
 }
 
 /// Exponential backoff with jitter: base * 2^(attempts-1), capped, then a random half to full.

@@ -31,7 +31,6 @@ use relay_runtime::{
 use tokio::sync::{Notify, broadcast};
 
 pub mod apco;
-pub mod clock;
 pub mod core;
 pub mod eido;
 pub mod handler;
@@ -50,13 +49,13 @@ pub mod upstream;
 pub use handler::{IntakeServiceHandler, api_error};
 
 use crate::{
-    clock::{Clock, SystemClock},
     core::Intake,
     program::Programs,
     protocol::Protocol,
     settings::IntakeSettings,
     store::{IncidentStore, postgres::PgStore, sqlite::SqliteStore},
 };
+use relay_runtime::clock::Clock;
 
 /// A readiness check of the database.
 pub type CheckFn = Box<dyn Fn() -> relay_runtime::server::CheckFuture + Send + Sync>;
@@ -149,7 +148,8 @@ impl Application {
     /// When a required setting is missing, the protocol file is invalid (the error names the
     /// line and the reason), or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
-        Self::build_with_clock(config, Arc::new(SystemClock)).await
+        let clock = config.settings.clock()?;
+        Self::build_with_clock(config, clock).await
     }
 
     /// As [`Self::build`], with a given clock (tests control time with it).

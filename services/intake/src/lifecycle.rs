@@ -112,6 +112,21 @@ pub fn mark(incident: &mut Incident, step: Step, source: Option<Timestamp>, now:
     }
 }
 
+/// Records a SAFETY_ALERT raised while a team is assigned: the first one's time and the
+/// count, on the durable timeline (the event itself expires with the event history).
+pub fn safety_alert(incident: &mut Incident, now: i64) {
+    let timeline = incident
+        .timeline
+        .get_or_insert_with(IncidentTimeline::default);
+    if timeline.first_safety_alert.is_none() {
+        timeline.first_safety_alert = Some(StepTime {
+            source_time: None,
+            record_time: Some(timestamp_of(now)),
+        });
+    }
+    timeline.safety_alerts = timeline.safety_alerts.saturating_add(1);
+}
+
 /// Records the first reason the call could not be served.
 pub fn unserved(incident: &mut Incident, reason: i32) {
     let timeline = incident

@@ -210,6 +210,9 @@ pub struct ReportBuilder {
     by_type: BTreeMap<String, u64>,
     eligible: u64,
     co_response: u64,
+    safety_alert_calls: u64,
+    safety_alerts: u64,
+    served_with_safety_alert: u64,
     served: u64,
     served_after_waiting: u64,
     served_wait: Durations,
@@ -288,6 +291,9 @@ impl ReportBuilder {
             by_type: BTreeMap::new(),
             eligible: 0,
             co_response: 0,
+            safety_alert_calls: 0,
+            safety_alerts: 0,
+            served_with_safety_alert: 0,
             served: 0,
             served_after_waiting: 0,
             served_wait: Durations::default(),
@@ -338,6 +344,11 @@ impl ReportBuilder {
             bucket.received += 1;
             bucket.eligible += u64::from(eligible);
             bucket.served += u64::from(served);
+        }
+        if timeline.safety_alerts > 0 {
+            self.safety_alert_calls += 1;
+            self.safety_alerts += u64::try_from(timeline.safety_alerts).unwrap_or(0);
+            self.served_with_safety_alert += u64::from(served);
         }
         if timeline.first_unserved_reason == UnservedReason::ReviewTimeout as i32 {
             self.review_timeouts += 1;
@@ -535,6 +546,29 @@ impl ReportBuilder {
             "",
             self.co_response,
             self.eligible,
+        ));
+        count(
+            &mut out,
+            "calls_with_safety_alert",
+            "",
+            "",
+            self.safety_alert_calls,
+        );
+        out.push(figure(
+            "safety_alerts_raised",
+            "",
+            "",
+            as_f64(self.safety_alerts),
+            "alerts",
+            self.safety_alert_calls,
+            "",
+        ));
+        out.push(share(
+            "served_calls_with_safety_alert_share",
+            "",
+            "",
+            self.served_with_safety_alert,
+            self.served,
         ));
         // Connections.
         out.push(figure(

@@ -6,7 +6,6 @@ mod support;
 
 use std::{collections::HashMap, sync::Arc};
 
-use relay_intake::clock::{Clock, OffsetClock};
 use relay_proto::{
     common::TeamStatus,
     intake::{
@@ -15,6 +14,7 @@ use relay_proto::{
         RoutingState, UpdateIncidentRequest, watch_incident_events_response::Kind,
     },
 };
+use relay_runtime::clock::{Clock, OffsetClock};
 use relay_tests::TestDatabase;
 use support::{
     FakeAvailability, FakeRouting, REGION, Script, TestIntake, bad_fields, eventually, reason,
@@ -387,6 +387,22 @@ async fn a_weapon_reported_after_assignment_raises_a_safety_alert_at_once() {
         routing_state(&after),
         RoutingState::Assigned as i32,
         "Relay does not withdraw the team"
+    );
+    // The durable timeline keeps it (the event expires with the history).
+    let timeline = after.timeline.clone().unwrap_or_default();
+    assert_eq!(timeline.safety_alerts, 1);
+    assert!(
+        timeline
+            .first_safety_alert
+            .as_ref()
+            .is_some_and(|t| t.record_time.is_some())
+    );
+    assert!(
+        incident
+            .timeline
+            .as_ref()
+            .is_none_or(|t| t.safety_alerts == 0 && t.first_safety_alert.is_none()),
+        "no alert before the update"
     );
 
     // The alert is on the stream, naming the team and the flag.

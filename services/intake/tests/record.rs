@@ -9,12 +9,12 @@ mod support;
 use std::sync::Arc;
 
 use chrono::{Datelike, Utc};
-use relay_intake::clock::{Clock, OffsetClock};
 use relay_proto::{
     common::UnservedReason,
     intake::{GetIncidentRequest, Incident, IncidentEventKind, ListIncidentsRequest, RoutingState},
     routing::{Assignment, AssignmentEvent, AssignmentEventKind, AssignmentState},
 };
+use relay_runtime::clock::{Clock, OffsetClock};
 use relay_tests::TestDatabase;
 use support::{FakeRouting, REGION, Script, TestIntake, bad_fields, eventually, submission};
 use tonic::Code;

@@ -88,7 +88,8 @@ fn calls() -> Vec<Call> {
     vec![
         // A: community, WELFARE, p3, Mon 10:00. Assigned at +60 s (routing's time), dispatched
         // +90, en route +120, on scene +600, cleared +1800 (the team's times); triaged +3 s
-        // (Relay's record time only). Closed REFERRED with 2 referrals.
+        // (Relay's record time only). Two safety alerts after assignment (the first at +700).
+        // Closed REFERRED with 2 referrals.
         Call {
             id: "A",
             region: "east",
@@ -104,6 +105,8 @@ fn calls() -> Vec<Call> {
                 on_scene: source(at(600)),
                 cleared: source(at(1800)),
                 closed: record(at(1900)),
+                first_safety_alert: record(at(700)),
+                safety_alerts: 2,
                 ..IncidentTimeline::default()
             },
             outcome: CloseOutcome::Referred,
@@ -412,6 +415,10 @@ async fn the_figures_match_the_hand_computed_ones(store: Arc<dyn IncidentStore>)
         0,
     );
     check(r, "co_response_share", "", "", 0.25, 4);
+    // Safety alerts after assignment: A had two, B (served) none.
+    check(r, "calls_with_safety_alert", "", "", 1.0, 1);
+    check(r, "safety_alerts_raised", "", "", 2.0, 1);
+    check(r, "served_calls_with_safety_alert_share", "", "", 0.5, 2);
 
     // Connections: A (2 referrals) and B (none) are the served, closed calls.
     check(r, "referrals_per_served_call", "", "", 1.0, 2);
@@ -573,6 +580,16 @@ async fn the_figures_match_the_hand_computed_ones(store: Arc<dyn IncidentStore>)
         );
     }
     check(&report, "eligible_calls_served_share", "", "", 0.0, 0);
+    check(&report, "calls_with_safety_alert", "", "", 0.0, 0);
+    check(&report, "safety_alerts_raised", "", "", 0.0, 0);
+    check(
+        &report,
+        "served_calls_with_safety_alert_share",
+        "",
+        "",
+        0.0,
+        0,
+    );
 }
 
 async fn pg_store(db: &TestDatabase) -> Arc<dyn IncidentStore> {

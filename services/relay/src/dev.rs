@@ -8,7 +8,12 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use relay_runtime::{BoxError, Config, config::LogFormat, telemetry};
+use relay_runtime::{
+    BoxError, Config,
+    clock::{Clock, SystemClock},
+    config::{ClockSettings, LogFormat},
+    telemetry,
+};
 
 /// What `relay dev` was asked for.
 #[derive(Debug, Clone)]
@@ -17,6 +22,9 @@ pub struct DevOptions {
     pub port_base: u16,
     /// Where state is kept between runs; `None`: a temporary folder removed at exit.
     pub data_dir: Option<PathBuf>,
+    /// Simulated time for every service (`--clock-speed`, `--clock-origin`,
+    /// `--clock-anchor`); unset: the wall clock.
+    pub clock: ClockSettings,
 }
 
 fn config(
@@ -46,6 +54,10 @@ fn config(
         .build()?)
 }
 
+fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Runs the suite until SIGINT or SIGTERM.
 ///
 /// # Errors
@@ -72,12 +84,24 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         return Err(format!("--port-base {base} leaves no room for four ports").into());
     }
     let db = |name: &str| dir.join(format!("{name}.db"));
+    // One clock for the four services, so that every time rule follows the same (possibly
+    // simulated) time; `relay dev` is a development setup, so a simulated one is allowed.
+    let simulated = if options.clock.is_simulated() {
+        Some(options.clock.scaled()?)
+    } else {
+        None
+    };
+    let clock: Arc<dyn Clock> = match simulated {
+        Some(scaled) => Arc::new(scaled),
+        None => Arc::new(SystemClock),
+    };
 
     let availability_config = config("availability", base + 1, &db("availability"), base)?;
     // Migrate before serving, so no call can arrive before the roster's tables exist.
     relay_availability::Application::migrate(&availability_config).await?;
-    let availability = relay_availability::Application::build(availability_config).await?;
-    let clock: Arc<dyn relay_routing::clock::Clock> = Arc::new(relay_routing::clock::SystemClock);
+    let availability =
+        relay_availability::Application::build_with_clock(availability_config, clock.clone())
+            .await?;
     let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
         availability.domain().store().clone(),
         clock.clone(),
@@ -86,15 +110,16 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     let routing_config = config("routing", base + 2, &db("routing"), base)?;
     relay_routing::Application::migrate(&routing_config).await?;
     let routing =
-        relay_routing::Application::build_with_fleet(routing_config, fleet, clock).await?;
+        relay_routing::Application::build_with_fleet(routing_config, fleet, clock.clone()).await?;
 
     let intake_config = config("intake", base, &db("intake"), base)?;
     relay_intake::Application::migrate(&intake_config).await?;
-    let intake = relay_intake::Application::build(intake_config).await?;
+    let intake = relay_intake::Application::build_with_clock(intake_config, clock.clone()).await?;
 
     let directory_config = config("directory", base + 3, &db("directory"), base)?;
     relay_directory::Application::migrate(&directory_config).await?;
-    let directory = relay_directory::Application::build(directory_config).await?;
+    let directory =
+        relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;
 
     println!("intake listening on http://{}", intake.local_addr());
     println!("intake EIDO on http://{}/EIDO", intake.http_addr());
@@ -104,6 +129,17 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     );
     println!("routing listening on http://{}", routing.local_addr());
     println!("directory listening on http://{}", directory.local_addr());
+    if let Some(scaled) = simulated {
+        println!(
+            "clock: simulated, {} at {} and {}x as fast (relay simulate --speed {} --clock-origin {} --clock-anchor {})",
+            rfc3339(scaled.origin()),
+            rfc3339(scaled.anchor()),
+            clock.speed(),
+            clock.speed(),
+            rfc3339(scaled.origin()),
+            rfc3339(scaled.anchor()),
+        );
+    }
     println!("data in {}; Ctrl-C stops", dir.display());
 
     let stop = tokio_util::sync::CancellationToken::new();

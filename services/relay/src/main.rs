@@ -32,6 +32,8 @@ enum Command {
         /// Keep state in this folder between runs (default: a temporary folder).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        clock: ClockArgs,
     },
     /// Drive a Relay deployment through its public API with a seeded CAD and fleet
     /// simulator (teams on shifts reporting positions, calls with a realistic mix of types
@@ -46,6 +48,39 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+}
+
+/// Simulated time, shared by `relay dev` and `relay simulate`: the clock reads `origin` at
+/// the wall instant `anchor` and runs `speed` times as fast (RELAY_CLOCK__* for a service
+/// process; development only).
+#[derive(Debug, Clone, clap::Args)]
+struct ClockArgs {
+    /// Run every time rule (escalation, review waits, recommendation expiry, stale
+    /// positions, program hours, shift ends) this many times faster than the wall clock.
+    #[arg(long)]
+    clock_speed: Option<f64>,
+    /// The simulated time at the anchor, RFC 3339 (default: when `relay dev` starts).
+    #[arg(long, value_parser = parse_instant)]
+    clock_origin: Option<chrono::DateTime<chrono::Utc>>,
+    /// The wall instant at which the clock reads the origin, RFC 3339 (default: the origin).
+    #[arg(long, value_parser = parse_instant)]
+    clock_anchor: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ClockArgs {
+    fn settings(&self) -> relay_runtime::config::ClockSettings {
+        relay_runtime::config::ClockSettings {
+            speed: self.clock_speed,
+            origin: self.clock_origin,
+            anchor: self.clock_anchor,
+        }
+    }
+}
+
+fn parse_instant(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2026-03-02T08:00:00Z: {e}"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +112,15 @@ struct SimulateArgs {
     /// No live progress display (for logs and tests).
     #[arg(long)]
     no_progress: bool,
+    /// The deployment runs on simulated time (`relay dev --clock-speed S`): its origin, as
+    /// `relay dev` printed it. The simulator then stamps calls, positions and shift ends in
+    /// that time, at `--speed` (which must be the deployment's clock speed). Unset: the
+    /// deployment runs on the wall clock.
+    #[arg(long, value_parser = parse_instant)]
+    clock_origin: Option<chrono::DateTime<chrono::Utc>>,
+    /// The wall instant of the origin, as `relay dev` printed it (default: the origin).
+    #[arg(long, value_parser = parse_instant, requires = "clock_origin")]
+    clock_anchor: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -182,7 +226,8 @@ fn main() -> ExitCode {
         Command::Dev {
             port_base,
             data_dir,
-        } => dev(port_base, data_dir),
+            clock,
+        } => dev(port_base, data_dir, &clock),
         Command::Directory {
             command:
                 DirectoryCommand::Import {
@@ -222,7 +267,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn dev(port_base: u16, data_dir: Option<PathBuf>) -> ExitCode {
+fn dev(port_base: u16, data_dir: Option<PathBuf>, clock: &ClockArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -236,6 +281,7 @@ fn dev(port_base: u16, data_dir: Option<PathBuf>) -> ExitCode {
     match runtime.block_on(dev::run(dev::DevOptions {
         port_base,
         data_dir,
+        clock: clock.settings(),
     })) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -266,9 +312,24 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         availability: args.availability.clone(),
         directory: args.directory.clone(),
     };
+    let clock = match args.clock_origin {
+        Some(origin) => match relay_runtime::clock::ScaledClock::new(
+            origin,
+            args.clock_anchor.unwrap_or(origin),
+            args.speed,
+        ) {
+            Ok(clock) => Some(clock),
+            Err(error) => {
+                eprintln!("relay simulate: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let options = RunOptions {
         speed: args.speed,
         progress: !args.no_progress,
+        clock,
         ..RunOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -977,6 +977,13 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
         .map(|(k, v)| vec![k.replace('_', " ").to_lowercase(), format!("{v:.0}")])
         .collect();
     table(&mut page, &["outcome", "calls"], &rows);
+    let (alert_calls, _) = value_of(report, "calls_with_safety_alert", "", "");
+    let (alerts, _) = value_of(report, "safety_alerts_raised", "", "");
+    let _ = write!(
+        page,
+        "<p class=\"note\">Safety alerts after a team was sent (a new risk reported while \
+         it was assigned): {alerts:.0} on {alert_calls:.0} calls.</p>"
+    );
     page.push_str("</div><div>\n<h3>Response times</h3>");
     let rows: Vec<Vec<String>> = report::SEGMENTS
         .iter()

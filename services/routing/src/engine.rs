@@ -34,7 +34,6 @@ use relay_runtime::{
 use tokio::sync::Notify;
 
 use crate::{
-    clock::Clock,
     error::RoutingError,
     eta::EtaEstimator,
     fleet::{Claim, ClaimRefused, Fleet, FleetTeam},
@@ -45,6 +44,7 @@ use crate::{
         RequestRecord, Store, StoreError, Write, end_cause_of, from_timestamp, timestamp,
     },
 };
+use relay_runtime::clock::Clock;
 
 /// At most this many candidates are returned.
 pub const MAX_CANDIDATES: usize = 50;
@@ -562,6 +562,12 @@ impl Engine {
             )
             .into()
         })
+    }
+
+    /// The clock every time rule of the engine reads.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The clock, to the microsecond (what the record keeps), so that answers and the
@@ -1979,7 +1985,11 @@ impl Engine {
         regions.extend(self.settings.regions.keys().cloned());
         regions.sort();
         regions.dedup();
-        let grace = Duration::from_secs(self.settings.reconcile_grace_seconds);
+        // The grace covers a replica's own work between a claim and its record (wall time),
+        // so it lasts as long on the wall clock at any clock speed.
+        let grace = self
+            .clock
+            .elapsed_in(Duration::from_secs(self.settings.reconcile_grace_seconds));
         let mut waiting = Vec::new();
         for region in regions {
             self.recheck_queue(&region).await?;

@@ -76,7 +76,8 @@ pub struct NearestTeams {
     pub frontier: Option<f64>,
 }
 
-/// A team became AVAILABLE (it cleared, came on duty, or a claim was undone).
+/// A team became AVAILABLE (it cleared, came on duty, or a claim was undone), or OFF_DUTY
+/// (its shift ended while it was on a call, and it cleared): either may end its assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TeamAvailable {
     /// The team's region.
@@ -214,19 +215,19 @@ struct State {
 pub struct MemoryFleet {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<TeamAvailable>,
-    clock: Arc<dyn crate::clock::Clock>,
+    clock: Arc<dyn relay_runtime::clock::Clock>,
 }
 
 impl Default for MemoryFleet {
     fn default() -> Self {
-        Self::new(Arc::new(crate::clock::SystemClock))
+        Self::new(Arc::new(relay_runtime::clock::SystemClock))
     }
 }
 
 impl MemoryFleet {
     /// An empty fleet whose status changes are timed by `clock`.
     #[must_use]
-    pub fn new(clock: Arc<dyn crate::clock::Clock>) -> Self {
+    pub fn new(clock: Arc<dyn relay_runtime::clock::Clock>) -> Self {
         Self {
             state: Arc::default(),
             events: broadcast::channel(4096).0,
@@ -480,7 +481,8 @@ impl Fleet for MemoryFleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::ManualClock, ranking::Position};
+    use crate::ranking::Position;
+    use relay_runtime::clock::ManualClock;
 
     fn snapshot(id: &str) -> TeamSnapshot {
         TeamSnapshot {

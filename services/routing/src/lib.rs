@@ -21,7 +21,6 @@ use relay_runtime::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod eta;
@@ -36,12 +35,12 @@ pub mod store_fleet;
 pub use handler::RoutingServiceHandler;
 
 use crate::{
-    clock::{Clock, SystemClock},
     engine::Engine,
     fleet::{Fleet, MemoryFleet},
     settings::RoutingSettings,
     store::{PostgresStore, SqliteStore, Store},
 };
+use relay_runtime::clock::Clock;
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.routing.v1";
@@ -107,7 +106,7 @@ impl Application {
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let settings: RoutingSettings = config.section("routing")?;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let clock: Arc<dyn Clock> = config.settings.clock()?;
         let fleet: Arc<dyn Fleet> = if settings.fleet == "memory" {
             Arc::new(MemoryFleet::new(clock.clone()))
         } else {
@@ -251,7 +250,8 @@ async fn drain_loop(engine: Engine, stop: CancellationToken) {
 
 /// Runs [`Engine::maintain`] every `interval`.
 async fn upkeep_loop(engine: Engine, interval: Duration, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(interval);
+    // Escalation follows the engine's clock: tick as often in its time as in real time.
+    let mut ticker = tokio::time::interval(engine.clock().pace(interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -29,11 +29,11 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::Clock,
     eta::great_circle_meters,
     fleet::{Claim, ClaimRefused, Fleet, FleetError, FleetTeam, NearestTeams, TeamAvailable},
     ranking::{Position, TeamSnapshot},
 };
+use relay_runtime::clock::Clock;
 
 /// The namespace of remembered recommendations among the store's expiring records.
 const RECOMMENDATION: &str = "routing.recommendation";
@@ -276,8 +276,13 @@ impl StoreFleet {
                     Ok(events) => {
                         for event in events {
                             after = Some(event.id);
+                            // OFF_DUTY too: a team whose shift ended goes there straight from
+                            // its call as it clears, and its assignment ends at once.
                             if matches!(event.kind, EventKind::StatusChanged | EventKind::Upserted)
-                                && event.team.status == TeamStatus::Available
+                                && matches!(
+                                    event.team.status,
+                                    TeamStatus::Available | TeamStatus::OffDuty
+                                )
                                 && lock(&quiet).announce(&event.team.team_id, event.team.revision)
                             {
                                 // No receiver is fine: the queue is re-checked periodically.
@@ -485,7 +490,7 @@ mod tests {
     use relay_availability::{Keyspace, RedisTeamStore, model::TeamDefinition};
 
     use super::*;
-    use crate::clock::SystemClock;
+    use relay_runtime::clock::SystemClock;
 
     /// A fleet over availability's Redis store (own key prefix) with AVAILABLE teams.
     async fn fleet(prefix: &str, region: &str, teams: &[&str]) -> StoreFleet {

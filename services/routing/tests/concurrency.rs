@@ -24,11 +24,11 @@ use relay_proto::{
     },
 };
 use relay_routing::{
-    clock::{Clock, ManualClock},
     engine::Engine,
     fleet::{Fleet, MemoryFleet},
     store::{IncidentState, PostgresStore, Store},
 };
+use relay_runtime::clock::{Clock, ManualClock};
 use relay_tests::TestDatabase;
 use sqlx::Row;
 

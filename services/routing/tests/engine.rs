@@ -16,7 +16,6 @@ use relay_proto::{
     },
 };
 use relay_routing::{
-    clock::Clock,
     error::RoutingError,
     fleet::{
         Claim, ClaimRefused, Fleet, FleetError, FleetTeam, MemoryFleet, NearestTeams, TeamAvailable,
@@ -24,6 +23,7 @@ use relay_routing::{
     ranking::TeamSnapshot,
     store::{IncidentState, Store},
 };
+use relay_runtime::clock::Clock;
 
 const AUTO: AssignmentMode = AssignmentMode::AutoAssign;
 const RECOMMEND: AssignmentMode = AssignmentMode::Recommend;
@@ -1519,12 +1519,12 @@ async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
     let record = common::postgres_store(&database).await;
     let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
         Arc::new(store),
-        Arc::new(relay_routing::clock::SystemClock),
+        Arc::new(relay_runtime::clock::SystemClock),
     ));
     let engine = relay_routing::engine::Engine::new(
         record,
         fleet,
-        Arc::new(relay_routing::clock::SystemClock),
+        Arc::new(relay_runtime::clock::SystemClock),
         relay_routing::settings::RoutingSettings::default(),
         relay_runtime::paging::PageTokens::new(b"k"),
     );

@@ -13,12 +13,9 @@ use relay_proto::{
         routing_service_client::RoutingServiceClient,
     },
 };
-use relay_routing::{
-    Application,
-    clock::{Clock, SystemClock},
-    fleet::MemoryFleet,
-};
+use relay_routing::{Application, fleet::MemoryFleet};
 use relay_runtime::Config;
+use relay_runtime::clock::{Clock, SystemClock};
 use relay_tests::TestDatabase;
 use tokio::sync::oneshot;
 use tonic::{Code, Streaming, transport::Channel};

@@ -305,12 +305,96 @@ pub struct Settings {
     #[serde(default)]
     pub page_token_secret: Option<SecretString>,
     /// A development setup in one process (`RELAY_INSECURE_DEV=true`; `relay dev` sets it):
-    /// page tokens may be signed with a random key. Never set it in a deployment.
+    /// page tokens may be signed with a random key, and the clock may be simulated
+    /// ([`Settings::clock`]). Never set it in a deployment.
     #[serde(default)]
     pub insecure_dev: bool,
+    /// The clock every time rule reads (`[clock]`, `RELAY_CLOCK__*`): the wall clock unless
+    /// a simulation sets a speed or an origin.
+    #[serde(default)]
+    pub clock: ClockSettings,
+}
+
+/// Simulated time for `relay dev` and `relay simulate` (`[clock]`, `RELAY_CLOCK__SPEED`,
+/// `RELAY_CLOCK__ORIGIN`, `RELAY_CLOCK__ANCHOR`): every time rule of the service (queue
+/// escalation, review waits, recommendation expiry, stale positions, program hours, shift
+/// ends, retention, the 60 s limit on timestamps ahead of the server) then follows
+/// `origin + speed × (wall now − anchor)`. Services and a simulator given the same three
+/// values read the same time. Refused unless `insecure_dev` is set: a deployment always runs
+/// on the wall clock.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ClockSettings {
+    /// Simulated seconds per wall-clock second; unset: 1.
+    pub speed: Option<f64>,
+    /// The simulated time at `anchor`, RFC 3339; unset: the wall time when the clock is made.
+    pub origin: Option<chrono::DateTime<chrono::Utc>>,
+    /// The wall instant at which the clock reads `origin`, RFC 3339; unset: `origin`.
+    pub anchor: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ClockSettings {
+    /// Whether these settings ask for anything but the wall clock.
+    #[must_use]
+    pub fn is_simulated(&self) -> bool {
+        self.speed.is_some() || self.origin.is_some() || self.anchor.is_some()
+    }
+
+    /// The clock these settings describe: [`crate::clock::SystemClock`] when nothing is
+    /// set, else a [`crate::clock::ScaledClock`], allowed only when `insecure_dev`.
+    ///
+    /// # Errors
+    /// A simulated clock outside development, or an invalid speed.
+    pub fn build(
+        &self,
+        insecure_dev: bool,
+    ) -> Result<std::sync::Arc<dyn crate::clock::Clock>, ConfigError> {
+        if !self.is_simulated() {
+            return Ok(std::sync::Arc::new(crate::clock::SystemClock));
+        }
+        if !insecure_dev {
+            return Err(ConfigError::new(
+                "`clock` (RELAY_CLOCK__SPEED, RELAY_CLOCK__ORIGIN, RELAY_CLOCK__ANCHOR) sets a \
+                 simulated clock, which only a development setup may use: unset it, or set \
+                 RELAY_INSECURE_DEV=true for `relay dev` and simulations",
+            ));
+        }
+        Ok(std::sync::Arc::new(self.scaled()?))
+    }
+
+    /// The simulated clock these settings describe (origin: now when unset; anchor: the
+    /// origin when unset; speed: 1 when unset), whatever the environment.
+    ///
+    /// # Errors
+    /// An invalid speed.
+    pub fn scaled(&self) -> Result<crate::clock::ScaledClock, ConfigError> {
+        let origin = self.origin.unwrap_or_else(chrono::Utc::now);
+        let anchor = self.anchor.unwrap_or(origin);
+        crate::clock::ScaledClock::new(origin, anchor, self.speed.unwrap_or(1.0))
+            .map_err(|e| ConfigError::new(format!("invalid value for `clock.speed`: {e}")))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.speed {
+            Some(speed) if !(speed.is_finite() && speed > 0.0) => Err(ConfigError::new(format!(
+                "invalid value for `clock.speed` (RELAY_CLOCK__SPEED): {speed} is not a number \
+                 greater than 0"
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Settings {
+    /// The clock of the service: [`crate::clock::SystemClock`], or the simulated
+    /// [`crate::clock::ScaledClock`] of [`Settings::clock`] in [`Settings::insecure_dev`].
+    ///
+    /// # Errors
+    /// When `[clock]` is set outside development: one line naming the variables.
+    pub fn clock(&self) -> Result<std::sync::Arc<dyn crate::clock::Clock>, ConfigError> {
+        self.clock.build(self.insecure_dev)
+    }
+
     /// The page-token signer: from [`Settings::page_token_secret`], or a random key in
     /// [`Settings::insecure_dev`].
     ///
@@ -494,6 +578,7 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config, ConfigError> {
         let settings: Settings = self.figment.extract().map_err(ConfigError::from_figment)?;
         settings.server.validate()?;
+        settings.clock.validate()?;
         Ok(Config {
             service: self.service,
             settings,
@@ -599,6 +684,41 @@ mod tests {
             .file(Path::new("/nonexistent/relay.toml"))
             .expect_err("missing file");
         assert!(error.to_string().contains("/nonexistent/relay.toml"));
+    }
+
+    #[test]
+    fn a_simulated_clock_needs_insecure_dev() {
+        let config = Config::builder("routing").build().expect("valid");
+        let wall = config.settings.clock().expect("the wall clock");
+        assert!((wall.speed() - 1.0).abs() < f64::EPSILON);
+
+        let simulated = || {
+            Config::builder("routing")
+                .set("clock.speed", 120.0)
+                .set("clock.origin", "2020-01-06T08:00:00Z")
+        };
+        let error = simulated()
+            .build()
+            .expect("valid values")
+            .settings
+            .clock()
+            .expect_err("refused outside development");
+        assert!(error.to_string().contains("RELAY_INSECURE_DEV"), "{error}");
+
+        let config = simulated()
+            .set("insecure_dev", true)
+            .build()
+            .expect("valid");
+        let clock = config.settings.clock().expect("simulated");
+        assert!((clock.speed() - 120.0).abs() < f64::EPSILON);
+        // Anchored at the origin, which is in the past: simulated time is far ahead.
+        assert!(clock.now() > chrono::Utc::now() + chrono::TimeDelta::days(30));
+
+        let error = Config::builder("routing")
+            .set("clock.speed", 0.0)
+            .build()
+            .expect_err("zero speed");
+        assert!(error.to_string().contains("clock.speed"), "{error}");
     }
 
     #[test]

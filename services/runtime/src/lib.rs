@@ -5,6 +5,7 @@
 //! runs until a shutdown signal. Everything cross-cutting lives here so the handlers hold domain
 //! logic only:
 //!
+//! - [`clock`]: the one clock of every time rule (wall, manual for tests, or simulated).
 //! - [`config`]: typed configuration from defaults, a TOML file and `RELAY_*` variables.
 //! - [`telemetry`]: `tracing` logs, OpenTelemetry traces over OTLP, W3C trace context.
 //! - [`server`]: health (`grpc.health.v1`), reflection, tower layers, graceful shutdown.
@@ -18,6 +19,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod layers;

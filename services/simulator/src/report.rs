@@ -21,6 +21,8 @@ pub struct Observations {
     pub closed: u64,
     /// Referrals made at the close of a call.
     pub referrals: u64,
+    /// Teams whose shift ended on a call: they finished it, then went off duty.
+    pub off_duty_after_call: u64,
     /// Escalated calls by unserved reason.
     pub unserved: BTreeMap<String, u64>,
     /// Queued calls by the reason no team could take them.
@@ -98,6 +100,7 @@ impl Observations {
         }
         let _ = writeln!(out, "closed               {}", self.closed);
         let _ = writeln!(out, "referrals            {}", self.referrals);
+        let _ = writeln!(out, "off duty after call  {}", self.off_duty_after_call);
         let _ = writeln!(out);
         let _ = writeln!(out, "                     p50        p90        p99");
         for (name, samples) in [
@@ -136,14 +139,15 @@ impl Observations {
     #[must_use]
     pub fn counts(&self) -> String {
         let mut out = format!(
-            "submitted={} duplicates={} assigned={} queued={} escalated={} closed={} referrals={}",
+            "submitted={} duplicates={} assigned={} queued={} escalated={} closed={} referrals={} off_duty_after_call={}",
             self.submitted,
             self.duplicates,
             self.assigned,
             self.queued,
             self.escalated,
             self.closed,
-            self.referrals
+            self.referrals,
+            self.off_duty_after_call
         );
         for (disposition, count) in &self.dispositions {
             let _ = write!(out, " {}={count}", disposition.to_lowercase());
@@ -205,7 +209,7 @@ mod tests {
         );
         assert_eq!(
             observations.counts(),
-            "submitted=10 duplicates=0 assigned=6 queued=2 escalated=0 closed=5 referrals=3 community_response=7 traditional_response=3"
+            "submitted=10 duplicates=0 assigned=6 queued=2 escalated=0 closed=5 referrals=3 off_duty_after_call=0 community_response=7 traditional_response=3"
         );
     }
 }

@@ -10,12 +10,25 @@
 //!
 //! Each run uses its own run id in its CAD system, team ids and region, so runs never see
 //! each other's state in a shared deployment.
+//!
+//! Time: against a deployment on simulated time (`relay dev --clock-speed`), `clock` is the
+//! deployment's clock, and calls, positions and shift ends are stamped in its time, so every
+//! time rule of Relay (escalation, review waits, stale positions, shift ends) sees the
+//! simulation as it unfolds. Against a deployment on the wall clock, stamps are wall-clock
+//! times and only the simulator's own pacing is simulated.
+//!
+//! Shifts: a team whose shift ends while it is idle goes OFF_DUTY; one on a call finishes it,
+//! and availability puts it OFF_DUTY when it clears ("off duty after this call"; on the wall
+//! clock, where the deployment's shift end lies far ahead, the simulator asks for OFF_DUTY
+//! right after the clear).
 
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
+
+use chrono::{DateTime, Utc};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use relay_proto::{
@@ -34,6 +47,7 @@ use relay_proto::{
         intake_service_client::IntakeServiceClient, watch_incident_events_response::Kind,
     },
 };
+use relay_runtime::clock::{Clock, ScaledClock};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -66,6 +80,9 @@ pub struct RunOptions {
     pub settle: Duration,
     /// A fixed run id (tests); by default one is made from the clock.
     pub run_id: Option<String>,
+    /// The deployment's simulated clock (same origin, anchor and speed as `relay dev`), or
+    /// `None` when the deployment runs on the wall clock.
+    pub clock: Option<ScaledClock>,
 }
 
 impl Default for RunOptions {
@@ -76,6 +93,7 @@ impl Default for RunOptions {
             progress: true,
             settle: Duration::from_millis(150),
             run_id: None,
+            clock: None,
         }
     }
 }
@@ -94,6 +112,9 @@ pub enum SimError {
         /// Why.
         source: tonic::transport::Error,
     },
+    /// The speed is not a number greater than 0.
+    #[error("{0}")]
+    Speed(String),
     /// Setting up the fleet failed.
     #[error("{what} failed: {status}")]
     Setup {
@@ -166,7 +187,13 @@ struct Sim<'a> {
     directory: DirectoryServiceClient<Channel>,
     steps: BinaryHeap<Reverse<(u64, u64, Step)>>,
     sequence: u64,
-    started: Instant,
+    /// The clock simulated time is read from: the deployment's, or one of the simulator's
+    /// own at `speed` when the deployment runs on the wall clock.
+    clock: ScaledClock,
+    /// Whether `clock` is the deployment's (stamps are then in its time).
+    shared_clock: bool,
+    /// Simulated time 0 of the scenario.
+    base: DateTime<Utc>,
     teams: BTreeMap<String, TeamState>,
     incidents: HashMap<String, IncidentState>,
     requests: u64,
@@ -231,6 +258,16 @@ pub async fn run(
     endpoints: &Endpoints,
     options: RunOptions,
 ) -> Result<(Observations, Vec<String>), SimError> {
+    let (clock, shared_clock) = match options.clock {
+        Some(clock) => (clock, true),
+        None => {
+            let now = Utc::now();
+            (
+                ScaledClock::new(now, now, options.speed).map_err(SimError::Speed)?,
+                false,
+            )
+        }
+    };
     let intake = IntakeServiceClient::new(connect(&endpoints.intake).await?);
     let availability = AvailabilityServiceClient::new(connect(&endpoints.availability).await?);
     let directory = DirectoryServiceClient::new(connect(&endpoints.directory).await?);
@@ -288,7 +325,9 @@ pub async fn run(
         directory,
         steps: BinaryHeap::new(),
         sequence: 0,
-        started: Instant::now(),
+        base: clock.now(),
+        clock,
+        shared_clock,
         teams: BTreeMap::new(),
         incidents: HashMap::new(),
         requests: 0,
@@ -318,7 +357,20 @@ impl Sim<'_> {
     }
 
     fn sim_now(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * self.options.speed
+        #[allow(clippy::cast_precision_loss)]
+        let micros = (self.clock.now() - self.base)
+            .num_microseconds()
+            .unwrap_or(0) as f64;
+        micros / 1e6
+    }
+
+    /// Now as the deployment's clock reads it: simulated time when shared, else the wall.
+    fn stamp(&self) -> prost_types::Timestamp {
+        if self.shared_clock {
+            relay_runtime::validate::to_timestamp(self.clock.now())
+        } else {
+            to_timestamp(SystemTime::now())
+        }
     }
 
     fn fail(&mut self, what: &str, status: &tonic::Status) {
@@ -330,21 +382,29 @@ impl Sim<'_> {
 
     async fn set_up(&mut self) -> Result<(), SimError> {
         let now = SystemTime::now();
+        self.base = self.clock.now();
         for plan in &self.scenario.teams {
             let team_id = format!("{}-{}", self.run_id, plan.team_id);
-            // Relay judges shifts by the wall clock against a call's real expected duration, so
-            // the shift end is given in wall-clock seconds; the simulator itself takes the
-            // team off duty at the simulated time (Step::ShiftEnds).
-            let shift_ends_at = plan
-                .shift_ends_after_seconds
-                .map(|after| now + Duration::from_secs(after));
+            // On the deployment's simulated clock the shift ends at its simulated time. On the
+            // wall clock, Relay judges shifts against a call's real expected duration, so the
+            // shift end is given in wall-clock seconds; the simulator itself takes the team
+            // off duty at the simulated time (Step::ShiftEnds).
+            let shift_ends_at = plan.shift_ends_after_seconds.map(|after| {
+                if self.shared_clock {
+                    #[allow(clippy::cast_possible_wrap)]
+                    let at = self.base + chrono::TimeDelta::seconds(after as i64);
+                    relay_runtime::validate::to_timestamp(at)
+                } else {
+                    to_timestamp(now + Duration::from_secs(after))
+                }
+            });
             let request = UpsertTeamRequest {
                 request_id: self.request_id(),
                 team_id: team_id.clone(),
                 display_name: plan.display_name.clone(),
                 region: self.region.clone(),
                 capabilities: plan.capabilities.clone(),
-                shift_ends_at: shift_ends_at.map(to_timestamp),
+                shift_ends_at,
                 expected_revision: 0,
             };
             let client = self.availability.clone();
@@ -410,7 +470,10 @@ impl Sim<'_> {
             self.options.position_interval_seconds as f64,
             Step::Positions,
         );
-        self.started = Instant::now();
+        if !self.shared_clock {
+            // Set-up time is not part of the scenario on the simulator's own clock.
+            self.base = self.clock.now();
+        }
         Ok(())
     }
 
@@ -429,7 +492,7 @@ impl Sim<'_> {
                     continue;
                 }
             }
-            let wait = (at - self.sim_now()) / self.options.speed;
+            let wait = (at - self.sim_now()) / self.clock.speed();
             if wait > 0.0 {
                 tokio::time::sleep(Duration::from_secs_f64(wait)).await;
             }
@@ -469,20 +532,7 @@ impl Sim<'_> {
                 }
             }
             Step::Clear { team, incident } => self.clear(&team, &incident, at).await,
-            Step::ShiftEnds(team) => {
-                let idle = self
-                    .teams
-                    .get(&team)
-                    .is_some_and(|t| t.busy_on.is_none() && t.on_duty);
-                if idle {
-                    self.set_status(&team, TeamStatus::OffDuty, "").await;
-                    if let Some(state) = self.teams.get_mut(&team) {
-                        state.on_duty = false;
-                    }
-                } else if let Some(state) = self.teams.get_mut(&team) {
-                    state.leave_after_clear = true;
-                }
-            }
+            Step::ShiftEnds(team) => self.shift_ends(&team).await,
         }
     }
 
@@ -500,7 +550,7 @@ impl Sim<'_> {
             // Synthetic text only: never a real person's words.
             narrative: format!("simulated {} call", call.incident_type.to_lowercase()),
             risk_flags: call.risk_flags.iter().map(|f| i32::from(*f)).collect(),
-            received_at: Some(to_timestamp(SystemTime::now())),
+            received_at: Some(self.stamp()),
             preferred_capabilities: call.preferred_capabilities.clone(),
             ..SubmitIncidentRequest::default()
         };
@@ -646,7 +696,38 @@ impl Sim<'_> {
         );
     }
 
-    async fn set_status(&mut self, team_id: &str, status: TeamStatus, incident_id: &str) {
+    /// The end of a team's shift: an idle team goes OFF_DUTY; a busy one finishes its call
+    /// first (see [`Sim::clear`]). A team routing gave a call the simulator has not heard of
+    /// yet is busy too: availability refuses OFF_DUTY while it is on a call.
+    async fn shift_ends(&mut self, team: &str) {
+        let idle = self
+            .teams
+            .get(team)
+            .is_some_and(|t| t.busy_on.is_none() && t.on_duty);
+        let off = idle
+            && match self.request_status(team, TeamStatus::OffDuty, "").await {
+                Ok(_) => true,
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => false,
+                Err(status) => {
+                    self.fail("SetTeamStatus TEAM_STATUS_OFF_DUTY", &status);
+                    true
+                }
+            };
+        if let Some(state) = self.teams.get_mut(team) {
+            if off {
+                state.on_duty = false;
+            } else {
+                state.leave_after_clear = true;
+            }
+        }
+    }
+
+    async fn request_status(
+        &mut self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+    ) -> Result<TeamStatus, tonic::Status> {
         let request = SetTeamStatusRequest {
             request_id: self.request_id(),
             team_id: team_id.to_owned(),
@@ -654,17 +735,46 @@ impl Sim<'_> {
             incident_id: incident_id.to_owned(),
             expected_revision: 0,
         };
-        if let Err(status_error) = self.availability.set_team_status(request).await {
-            self.fail(
-                &format!("SetTeamStatus {}", status.as_str_name()),
-                &status_error,
-            );
+        let response = self.availability.set_team_status(request).await?;
+        Ok(response
+            .into_inner()
+            .team
+            .and_then(|t| TeamStatus::try_from(t.status).ok())
+            .unwrap_or(status))
+    }
+
+    /// Sets a team's status; returns the status it landed in (`None` after a failure, which
+    /// is counted).
+    async fn set_status(
+        &mut self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+    ) -> Option<TeamStatus> {
+        match self.request_status(team_id, status, incident_id).await {
+            Ok(landed) => Some(landed),
+            Err(status_error) => {
+                self.fail(
+                    &format!("SetTeamStatus {}", status.as_str_name()),
+                    &status_error,
+                );
+                None
+            }
         }
     }
 
     async fn clear(&mut self, team_id: &str, incident_id: &str, at: f64) {
-        self.set_status(team_id, TeamStatus::Available, incident_id)
+        let landed = self
+            .set_status(team_id, TeamStatus::Available, incident_id)
             .await;
+        if landed == Some(TeamStatus::OffDuty) {
+            // Its shift had ended: availability put it off duty as it cleared.
+            self.observed.off_duty_after_call += 1;
+            if let Some(team) = self.teams.get_mut(team_id) {
+                team.on_duty = false;
+                team.leave_after_clear = false;
+            }
+        }
         let call = self.incidents.get(incident_id).map(|s| s.call);
         let leave = if let Some(team) = self.teams.get_mut(team_id) {
             let busy = at - team.busy_since;
@@ -688,6 +798,7 @@ impl Sim<'_> {
         }
         if leave {
             self.set_status(team_id, TeamStatus::OffDuty, "").await;
+            self.observed.off_duty_after_call += 1;
             if let Some(team) = self.teams.get_mut(team_id) {
                 team.on_duty = false;
             }
@@ -751,7 +862,7 @@ impl Sim<'_> {
 
     async fn report_positions(&mut self) {
         let now = self.sim_now();
-        let recorded_at = Some(to_timestamp(SystemTime::now()));
+        let recorded_at = Some(self.stamp());
         let reports: Vec<StreamLocationsRequest> = self
             .teams
             .values()

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::model::{
     EventId, EventKind, Position, Team, TeamDefinition, TeamEvent, TeamStatus, allowed_from,
-    is_busy,
+    is_busy, landing_status,
 };
 
 #[derive(Debug, Default)]
@@ -331,7 +331,7 @@ impl TeamStore for MemoryTeamStore {
         if busy_now && !busy_target {
             last_incident = std::mem::take(&mut team.incident_id);
         }
-        team.status = status;
+        team.status = landing_status(team.status, status, team.shift_ends_at, now);
         team.revision += 1;
         team.update_time = now;
         state.teams.insert(

@@ -109,14 +109,15 @@ emit(KEYS[3], h, 'upserted', ARGV[2], ARGV[3])
 return result('ok', h)
 ";
 
-/// Changes a status following the state machine.
+/// Changes a status following the state machine; a busy team clearing after its shift end
+/// lands OFF_DUTY (`model::landing_status`).
 /// KEYS: hash, geo, events, unavailable geo. ARGV: target, incident, expected ('' = none),
 /// allowed-from list,
 /// busy list, now, retention_ms.
 pub(super) const SET_STATUS: &str = r"
 local h = KEYS[1]
 if redis.call('EXISTS', h) == 0 then return {'missing'} end
-local cur = redis.call('HMGET', h, 'status', 'rev', 'incident', 'lat', 'lon', 'id')
+local cur = redis.call('HMGET', h, 'status', 'rev', 'incident', 'lat', 'lon', 'id', 'shift_end')
 local target, incident = ARGV[1], ARGV[2]
 if ARGV[3] ~= '' and ARGV[3] ~= cur[2] then return {'rev', cur[2]} end
 local busy_target = has(ARGV[5], target)
@@ -133,6 +134,9 @@ if busy_now and not busy_target and incident ~= '' and incident ~= cur[3] then
 end
 local next_incident = ''
 if busy_target then next_incident = cur[3] end
+if target == '2' and busy_now and cur[7] and cur[7] ~= '' and tonumber(cur[7]) <= tonumber(ARGV[6]) then
+  target = '1'
+end
 redis.call('HSET', h, 'status', target, 'incident', next_incident, 'updated', ARGV[6])
 if busy_now and not busy_target then redis.call('HSET', h, 'last_incident', cur[3]) end
 redis.call('HINCRBY', h, 'rev', 1)

@@ -6,11 +6,12 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
-use relay_availability::{Application, Availability, ManualClock};
+use relay_availability::{Application, Availability};
 use relay_proto::availability::{
     UpsertTeamRequest, availability_service_client::AvailabilityServiceClient,
 };
 use relay_runtime::Config;
+use relay_runtime::clock::ManualClock;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::{

@@ -127,7 +127,7 @@ pub async fn start_on(
         kind,
         (url, database, dir),
         &[],
-        std::sync::Arc::new(relay_directory::clock::SystemClock),
+        std::sync::Arc::new(relay_runtime::clock::SystemClock),
     )
     .await
 }
@@ -137,7 +137,7 @@ pub async fn start_on(
 pub async fn start_with(
     kind: Kind,
     settings: &[(&str, serde_json::Value)],
-    clock: std::sync::Arc<dyn relay_directory::clock::Clock>,
+    clock: std::sync::Arc<dyn relay_runtime::clock::Clock>,
 ) -> Harness {
     let (url, database, dir) = database(kind).await;
     backend(&url).await;
@@ -148,7 +148,7 @@ async fn start_configured(
     kind: Kind,
     (url, database, dir): (String, Option<TestDatabase>, Option<tempfile::TempDir>),
     settings: &[(&str, serde_json::Value)],
-    clock: std::sync::Arc<dyn relay_directory::clock::Clock>,
+    clock: std::sync::Arc<dyn relay_runtime::clock::Clock>,
 ) -> Harness {
     let mut config = relay_runtime::Config::builder("directory")
         .set("listen", "127.0.0.1:0")

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use relay_intake::{Application, clock::Clock, core::Intake};
+use relay_intake::{Application, core::Intake};
 use relay_proto::{
     availability::{
         Team, TeamEventKind, WatchTeamsRequest, WatchTeamsResponse,
@@ -32,6 +32,7 @@ use relay_proto::{
     },
 };
 use relay_runtime::Config;
+use relay_runtime::clock::Clock;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, codegen::BoxStream, transport::Channel};

@@ -10,13 +10,13 @@ use relay_proto::{
     routing::AssignTeamRequest,
 };
 use relay_routing::{
-    clock::ManualClock,
     engine::Engine,
     fleet::MemoryFleet,
     ranking::{Position, TeamSnapshot},
     settings::RoutingSettings,
     store::{PostgresStore, Store},
 };
+use relay_runtime::clock::ManualClock;
 use relay_runtime::paging::PageTokens;
 use relay_tests::TestDatabase;
 
