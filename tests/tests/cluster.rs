@@ -13,7 +13,7 @@
 
 use std::{
     collections::BTreeMap,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use redis::AsyncCommands;
@@ -281,6 +281,8 @@ async fn two_routers_never_dispatch_twice_with_regions_on_every_primary() {
 /// Slower tests (half a minute or more each): `make chaos`.
 #[cfg(feature = "chaos")]
 mod under_load {
+    use std::time::Instant;
+
     use relay_tests::chaos::{Load, Verdict, metric_sum};
 
     use super::*;

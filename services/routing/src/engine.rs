@@ -774,6 +774,11 @@ impl Engine {
                 ranking.mark_claimed_by_another_call(&best.team_id);
                 continue;
             };
+            // The assignment starts once the claim is known to hold, not when it was sent: a
+            // claim can wait behind a busy Redis, and the team's previous call may have ended
+            // (and been freed) in the meantime. Both ends of every interval are then read after
+            // the Redis change that bounds them, so one team's intervals never overlap.
+            let now = now.max(self.now());
             let assignment = Assignment {
                 assignment_id: uuid::Uuid::now_v7().to_string(),
                 incident_id: record.incident_id.clone(),
@@ -1240,6 +1245,8 @@ impl Engine {
                 }
                 Err(_) => return Err(RoutingError::TeamNotAvailable(team_id.to_owned())),
             };
+            // As in `claim_and_record`: the assignment starts once the claim holds.
+            let now = now.max(self.now());
             let region = self.region("region", &incident.region)?;
             let (distance_meters, eta_seconds) = team.snapshot.position.map_or((0.0, 0), |p| {
                 let estimate = match &self.estimator {
