@@ -11,10 +11,7 @@
 //! The first and the last run in `make test` (about 8 s and 20 s on the 2-core machine); the
 //! two under load take half a minute or more each and are part of `make chaos`.
 
-use std::{
-    collections::BTreeMap,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use redis::AsyncCommands;
 use relay_proto::{

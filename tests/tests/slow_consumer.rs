@@ -308,9 +308,14 @@ async fn stalled_watchers_hold_bounded_memory_and_do_not_slow_a_healthy_one() {
              they stayed stalled under load {} kB, after {} kB",
             before[p], settled[p], peak[p], after[p]
         );
+        // What one stalled watcher may hold by design: its stream's buffer (256 events at
+        // intake and routing), the batch its task last read from the store, and the client's
+        // HTTP/2 window. Measured: 1.1 MB each at 6 submits/s, 1.8 MB at 27/s (bigger events
+        // in the buffer); 3 MB leaves room for the allocator, and the check below is the one
+        // that catches growth without bound.
         assert!(
-            settled[p] < before[p] + 1536 * STALLED as u64,
-            "{service} holds over 1.5 MB per stalled watcher"
+            settled[p] < before[p] + 3 * 1024 * STALLED as u64,
+            "{service} holds over 3 MB per stalled watcher"
         );
         assert!(
             peak[p] < settled[p] + 16 * 1024,
