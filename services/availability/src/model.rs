@@ -4,29 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 pub use relay_proto::common::TeamStatus;
 
-/// Mean Earth radius in meters used for every great-circle distance in Relay's availability
-/// code. It is the radius Redis' GEO commands use, so the Redis index and the exact distance
-/// computed here agree to within the index's quantization (well under a meter).
-pub const EARTH_RADIUS_METERS: f64 = 6_372_797.560_856;
-
-/// A WGS84 position in decimal degrees.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Position {
-    /// Latitude, -90..90.
-    pub latitude: f64,
-    /// Longitude, -180..180.
-    pub longitude: f64,
-}
-
-/// Great-circle (haversine) distance in meters between two positions.
-#[must_use]
-pub fn distance_meters(a: Position, b: Position) -> f64 {
-    let (lat1, lat2) = (a.latitude.to_radians(), b.latitude.to_radians());
-    let dlat = lat2 - lat1;
-    let dlon = (b.longitude - a.longitude).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_METERS * h.sqrt().min(1.0).asin()
-}
+pub use relay_runtime::geo::{EARTH_RADIUS_METERS, Point as Position, distance_meters};
 
 /// The roster fields of a team: who it is, not where it is. Durable in PostgreSQL (or SQLite).
 #[derive(Debug, Clone, PartialEq, Eq)]

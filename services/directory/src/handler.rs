@@ -15,6 +15,7 @@ use relay_proto::directory::{
     UpsertServiceRequest, UpsertServiceResponse, directory_service_server::DirectoryService,
 };
 use relay_proto::intake::{GetIncidentRequest, intake_service_client::IntakeServiceClient};
+use relay_runtime::geo;
 use relay_runtime::{
     client::TracePropagation,
     error::ApiError,
@@ -41,8 +42,7 @@ pub const MAX_RADIUS_METERS: f64 = 500_000.0;
 pub const MAX_NOTES_BYTES: usize = 4096;
 /// Longest name, in characters.
 pub const MAX_NAME_CHARS: usize = 256;
-/// Mean Earth radius used for great-circle distances, in meters.
-pub const EARTH_RADIUS_METERS: f64 = 6_371_008.8;
+pub use relay_runtime::geo::EARTH_RADIUS_METERS;
 
 /// Handles `relay.directory.v1.DirectoryService` calls on a store.
 #[derive(Debug, Clone)]
@@ -133,32 +133,18 @@ fn api(error: ApiError) -> Status {
     error.into_status(DOMAIN)
 }
 
-/// Great-circle distance in meters (haversine).
+/// Great-circle distance in meters between two (latitude, longitude) pairs, in the one
+/// geometry of `relay_runtime::geo`.
 #[must_use]
 pub fn distance_meters(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let (lat1, lon1) = (a.0.to_radians(), a.1.to_radians());
-    let (lat2, lon2) = (b.0.to_radians(), b.1.to_radians());
-    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
-        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_METERS * h.sqrt().min(1.0).asin()
+    geo::distance_meters(geo::Point::new(a.0, a.1), geo::Point::new(b.0, b.1))
 }
 
-/// A latitude/longitude box that contains every point within `radius` meters of `center`.
+/// A (min latitude, max latitude, min longitude, max longitude) box that contains every point
+/// within `radius` meters of `center`.
 pub(crate) fn bounding_box(center: (f64, f64), radius: f64) -> (f64, f64, f64, f64) {
-    let dlat = (radius / EARTH_RADIUS_METERS).to_degrees() * 1.001;
-    let min_lat = (center.0 - dlat).max(-90.0);
-    let max_lat = (center.0 + dlat).min(90.0);
-    let widest = min_lat.abs().max(max_lat.abs());
-    if widest >= 89.0 {
-        return (min_lat, max_lat, -180.0, 180.0);
-    }
-    let dlon = dlat / widest.to_radians().cos();
-    let (min_lon, max_lon) = (center.1 - dlon, center.1 + dlon);
-    if min_lon < -180.0 || max_lon > 180.0 {
-        (min_lat, max_lat, -180.0, 180.0)
-    } else {
-        (min_lat, max_lat, min_lon, max_lon)
-    }
+    let b = geo::bounding_box(geo::Point::new(center.0, center.1), radius);
+    (b.min_latitude, b.max_latitude, b.min_longitude, b.max_longitude)
 }
 
 fn is_language_tag(tag: &str) -> bool {

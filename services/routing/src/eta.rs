@@ -6,17 +6,17 @@
 
 use relay_proto::common::GeoPoint;
 
-/// Mean radius of the Earth in meters (IUGG), as used by the haversine formula.
-pub const EARTH_RADIUS_METERS: f64 = 6_371_008.8;
+pub use relay_runtime::geo::EARTH_RADIUS_METERS;
+use relay_runtime::geo::{Point, distance_meters};
 
-/// Great-circle distance between two points in meters (haversine).
+/// Great-circle distance between two points in meters (haversine), in the one geometry
+/// availability's index and the directory use too.
 #[must_use]
 pub fn great_circle_meters(a: GeoPoint, b: GeoPoint) -> f64 {
-    let (lat1, lat2) = (a.latitude.to_radians(), b.latitude.to_radians());
-    let d_lat = lat2 - lat1;
-    let d_lng = (b.longitude - a.longitude).to_radians();
-    let h = (d_lat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (d_lng / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_METERS * h.sqrt().min(1.0).asin()
+    distance_meters(
+        Point::new(a.latitude, a.longitude),
+        Point::new(b.latitude, b.longitude),
+    )
 }
 
 /// One estimate: how far and how long.

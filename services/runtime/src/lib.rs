@@ -11,6 +11,7 @@
 //! - [`server`]: health (`grpc.health.v1`), reflection, tower layers, graceful shutdown.
 //! - [`layers`]: the request id and trace context layer every request passes through.
 //! - [`client`]: channels to other services with deadlines and trace propagation.
+//! - [`geo`]: positions, great-circle distances and search boxes, one Earth radius.
 //! - [`error`] and [`validate`]: typed errors mapped to `tonic::Status` in one place.
 //! - [`paging`]: opaque, tamper-evident page tokens.
 //! - [`storage`]: PostgreSQL pools (one schema per service), migrations, Redis connections.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod geo;
 pub mod layers;
 pub mod metrics;
 pub mod paging;
