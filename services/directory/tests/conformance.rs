@@ -1365,13 +1365,13 @@ async fn shared_rows_edited_through_one_service_show_in_the_others(mut h: Harnes
     assert_eq!(b.locations[0].point.unwrap().latitude, 44.95);
 }
 
-/// Great-circle distance in meters (haversine on the mean Earth radius), for the brute-force
-/// answers below.
+/// Great-circle distance in meters (haversine on Relay's one Earth radius), for the
+/// brute-force answers below.
 fn haversine(a: (f64, f64), b: (f64, f64)) -> f64 {
     let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
     let h = ((p2 - p1) / 2.0).sin().powi(2)
         + p1.cos() * p2.cos() * ((b.1 - a.1).to_radians() / 2.0).sin().powi(2);
-    2.0 * 6_371_008.8 * h.sqrt().min(1.0).asin()
+    2.0 * relay_runtime::geo::EARTH_RADIUS_METERS * h.sqrt().min(1.0).asin()
 }
 
 /// The point `meters` from `from` on the initial bearing `degrees` (the direct geodesic
@@ -1381,7 +1381,7 @@ fn destination(from: (f64, f64), degrees: f64, meters: f64) -> (f64, f64) {
         from.0.to_radians(),
         from.1.to_radians(),
         degrees.to_radians(),
-        meters / 6_371_008.8,
+        meters / relay_runtime::geo::EARTH_RADIUS_METERS,
     );
     let lat2 = (lat.sin() * delta.cos() + lat.cos() * delta.sin() * bearing.cos()).asin();
     let lon2 =
@@ -1407,7 +1407,7 @@ async fn radius_search_is_exact_at_the_antimeridian_poles_and_circle_edge(mut h:
     for (c, (center, radius, zone)) in cases.iter().enumerate() {
         let (lat, lon) = *center;
         // The bearing of the circle's widest point: where it touches a meridian.
-        let delta = radius / 6_371_008.8;
+        let delta = radius / relay_runtime::geo::EARTH_RADIUS_METERS;
         let widest = (delta.sin() / lat.to_radians().cos()).asin();
         let widest_lat = (lat.to_radians().sin() / delta.cos()).asin();
         let widest_bearing = if lat.abs() < 80.0 {

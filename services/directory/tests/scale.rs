@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 const SERVICES: usize = 10_000;
 
 fn haversine(a: (f64, f64), b: (f64, f64)) -> f64 {
-    let r = 6_371_008.8_f64;
+    let r = relay_runtime::geo::EARTH_RADIUS_METERS;
     let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
     let dp = p2 - p1;
     let dl = (b.1 - a.1).to_radians();
