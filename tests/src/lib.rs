@@ -19,6 +19,7 @@ use std::{
 use sqlx::{Connection, Executor, PgConnection};
 
 pub mod chaos;
+pub mod datastore_tls;
 pub mod outage;
 pub mod proxy;
 pub mod raw;

@@ -277,6 +277,17 @@ pub struct Settings {
     /// (`RELAY_REDIS_CLUSTER`, default false). See `relay_runtime::redis_link`.
     #[serde(default)]
     pub redis_cluster: bool,
+    /// The CA (PEM file) a `rediss://` server's certificate must chain to
+    /// (`RELAY_REDIS_CA_FILE`); unset: the system's roots.
+    #[serde(default)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (PEM file) for Redis servers that require one
+    /// (`RELAY_REDIS_CERT_FILE`, with `RELAY_REDIS_KEY_FILE`).
+    #[serde(default)]
+    pub redis_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM file) (`RELAY_REDIS_KEY_FILE`).
+    #[serde(default)]
+    pub redis_key_file: Option<std::path::PathBuf>,
     /// Where intake listens (`RELAY_INTAKE_ENDPOINT`).
     pub intake_endpoint: String,
     /// Where availability listens (`RELAY_AVAILABILITY_ENDPOINT`).
@@ -511,11 +522,52 @@ impl Config {
     /// # Errors
     /// When `redis_url` is not configured or invalid.
     pub fn redis_target(&self) -> Result<crate::redis_link::RedisTarget, ConfigError> {
-        crate::redis_link::RedisTarget::open(
+        crate::redis_link::RedisTarget::open_with_tls(
             secrecy::ExposeSecret::expose_secret(self.redis_url()?),
             self.settings.redis_cluster,
+            self.redis_tls()?,
         )
         .map_err(|error| ConfigError::new(format!("invalid value for `redis_url`: {error}")))
+    }
+
+    /// The CA and client certificate for `rediss://`, read from their files, or `None` when
+    /// none is configured.
+    fn redis_tls(&self) -> Result<Option<crate::redis_link::RedisTls>, ConfigError> {
+        let read = |key: &str, path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map(|path| {
+                    std::fs::read(path).map_err(|error| {
+                        ConfigError::new(format!(
+                            "invalid value for `{key}`: cannot read {}: {error}",
+                            path.display()
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let settings = &self.settings;
+        let ca = read("redis_ca_file", &settings.redis_ca_file)?;
+        let client = match (
+            read("redis_cert_file", &settings.redis_cert_file)?,
+            read("redis_key_file", &settings.redis_key_file)?,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "missing value for `redis_key_file` (RELAY_REDIS_KEY_FILE): `redis_cert_file` needs its key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "missing value for `redis_cert_file` (RELAY_REDIS_CERT_FILE): `redis_key_file` needs its certificate",
+                ));
+            }
+        };
+        Ok(
+            (ca.is_some() || client.is_some())
+                .then_some(crate::redis_link::RedisTls { ca, client }),
+        )
     }
 
     /// The Redis URL, or an error naming `RELAY_REDIS_URL` when it is not set.
@@ -728,5 +780,47 @@ mod tests {
         assert!(error.to_string().contains("RELAY_REDIS_URL"));
         let error = config.database_url().expect_err("not set");
         assert!(error.to_string().contains("RELAY_DATABASE_URL"));
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked_and_name_their_keys() {
+        let ca = std::env::temp_dir().join(format!("relay-config-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        // A CA for a plaintext URL is a mistake, not a silent downgrade.
+        let config = Config::builder("routing")
+            .set("redis_url", "redis://127.0.0.1:6379")
+            .set("redis_ca_file", ca.to_str().expect("utf-8"))
+            .build()
+            .expect("valid");
+        let error = config.redis_target().expect_err("CA with redis://");
+        assert!(error.to_string().contains("not rediss://"), "{error}");
+        // A certificate without its key names the missing key.
+        let config = Config::builder("routing")
+            .set("redis_url", "rediss://127.0.0.1:6380")
+            .set("redis_cert_file", ca.to_str().expect("utf-8"))
+            .build()
+            .expect("valid");
+        let error = config.redis_target().expect_err("cert without key");
+        assert!(
+            error.to_string().contains("RELAY_REDIS_KEY_FILE"),
+            "{error}"
+        );
+        // An unreadable file names its key.
+        let config = Config::builder("routing")
+            .set("redis_url", "rediss://127.0.0.1:6380")
+            .set("redis_ca_file", "/nonexistent/ca.pem")
+            .build()
+            .expect("valid");
+        let error = config.redis_target().expect_err("missing file");
+        assert!(error.to_string().contains("`redis_ca_file`"), "{error}");
+        // A password in the URL never reaches an error message.
+        let config = Config::builder("routing")
+            .set("redis_url", "redis://relay:hunter2@127.0.0.1:6379")
+            .set("redis_ca_file", ca.to_str().expect("utf-8"))
+            .build()
+            .expect("valid");
+        let error = config.redis_target().expect_err("CA with redis://");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        let _ = std::fs::remove_file(ca);
     }
 }

@@ -8,6 +8,12 @@
 //! learns the slot map from any node, follows `MOVED` and `ASK` redirections, and reloads the
 //! map after a failover.
 //!
+//! TLS: a `rediss://` URL connects over TLS and checks the server's certificate against the
+//! system's roots, or against the CA in `RELAY_REDIS_CA_FILE`; `RELAY_REDIS_CERT_FILE` and
+//! `RELAY_REDIS_KEY_FILE` give a client certificate to servers that ask for one
+//! (`tls-auth-clients yes`). A Redis ACL user and password go in the URL
+//! (`rediss://relay:PASSWORD@host:6380`).
+//!
 //! On a cluster a pipeline is sent per slot: commands are grouped by their key's slot, each
 //! group goes to its primary, and the replies come back in the pipeline's order. A script (or
 //! a transaction) must still keep to one slot, which the keyspace's `{region}` hash tags do.
@@ -16,7 +22,8 @@ use std::{collections::HashMap, time::Duration};
 
 use futures::{FutureExt, future::try_join_all};
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ErrorKind, Pipeline, RedisError,
+    RedisFuture, RedisResult, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
@@ -34,8 +41,8 @@ pub const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where Redis is: one server or a cluster (no connection is made until one is asked for).
 #[derive(Clone)]
 pub enum RedisTarget {
-    /// One server.
-    Single(Client),
+    /// One server (boxed: a client with TLS settings is large).
+    Single(Box<Client>),
     /// A Redis Cluster: a client for shared connections, and one without a response timeout
     /// for blocking reads.
     Cluster(Box<ClusterClients>),
@@ -48,6 +55,53 @@ pub struct ClusterClients {
     shared: ClusterClient,
     /// Connections for blocking commands (`XREAD BLOCK`).
     blocking: ClusterClient,
+}
+
+/// The certificates of a TLS connection to Redis, PEM encoded (read from files by
+/// `Config::redis_target`).
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The CA the server's certificate must chain to; `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key, for servers that require one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    fn into_certificates(self) -> TlsCertificates {
+        TlsCertificates {
+            client_tls: self
+                .client
+                .map(|(client_cert, client_key)| ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: self.ca,
+        }
+    }
+}
+
+/// Makes ring the process's TLS provider (redis-rs builds its TLS settings from the process
+/// default, sqlx and tonic name ring themselves); a provider already installed stays.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `host:port` of a URL, for errors (never the password).
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.rsplit_once('@')
+        .map_or(rest, |(_, host)| host)
+        .to_owned()
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -63,7 +117,7 @@ impl std::fmt::Debug for RedisTarget {
 
 impl From<Client> for RedisTarget {
     fn from(client: Client) -> Self {
-        Self::Single(client)
+        Self::Single(Box::new(client))
     }
 }
 
@@ -74,15 +128,39 @@ impl RedisTarget {
     /// # Errors
     /// When a URL is invalid.
     pub fn open(urls: &str, cluster: bool) -> RedisResult<Self> {
+        Self::open_with_tls(urls, cluster, None)
+    }
+
+    /// Like [`RedisTarget::open`], with the CA and client certificate of `rediss://` URLs.
+    ///
+    /// # Errors
+    /// When a URL is invalid, or `tls` is given for a URL that is not `rediss://`.
+    pub fn open_with_tls(urls: &str, cluster: bool, tls: Option<RedisTls>) -> RedisResult<Self> {
         let nodes: Vec<&str> = urls
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect();
-        if nodes.len() <= 1 && !cluster {
-            return Ok(Self::Single(Client::open(urls.trim())?));
+        if let Some(plain) = nodes.iter().find(|u| !u.starts_with("rediss://")) {
+            if tls.is_some() {
+                return Err(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "a Redis CA or client certificate is configured but a Redis URL is not rediss://",
+                    host_of(plain),
+                )));
+            }
+        } else {
+            install_crypto_provider();
         }
-        Self::cluster(nodes)
+        let certificates = tls.map(RedisTls::into_certificates);
+        if nodes.len() <= 1 && !cluster {
+            let url = urls.trim();
+            return Ok(Self::Single(Box::new(match certificates {
+                Some(certificates) => Client::build_with_tls(url, certificates)?,
+                None => Client::open(url)?,
+            })));
+        }
+        Self::cluster_with_tls(nodes, certificates)
     }
 
     /// A cluster reached through any of `nodes`.
@@ -90,16 +168,28 @@ impl RedisTarget {
     /// # Errors
     /// When a URL is invalid.
     pub fn cluster<T: redis::IntoConnectionInfo + Clone>(nodes: Vec<T>) -> RedisResult<Self> {
-        let shared = ClusterClient::builder(nodes.clone())
+        Self::cluster_with_tls(nodes, None)
+    }
+
+    fn cluster_with_tls<T: redis::IntoConnectionInfo + Clone>(
+        nodes: Vec<T>,
+        certificates: Option<TlsCertificates>,
+    ) -> RedisResult<Self> {
+        let mut shared = ClusterClient::builder(nodes.clone())
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
-            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
-            .build()?;
-        let blocking = ClusterClient::builder(nodes)
+            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT));
+        let mut blocking = ClusterClient::builder(nodes)
             .connection_timeout(CONNECT_TIMEOUT)
-            .overall_response_timeout(None)
-            .build()?;
-        Ok(Self::Cluster(Box::new(ClusterClients { shared, blocking })))
+            .overall_response_timeout(None);
+        if let Some(certificates) = certificates {
+            shared = shared.certs(certificates.clone());
+            blocking = blocking.certs(certificates);
+        }
+        Ok(Self::Cluster(Box::new(ClusterClients {
+            shared: shared.build()?,
+            blocking: blocking.build()?,
+        })))
     }
 
     /// Whether this is a cluster.
@@ -121,7 +211,7 @@ impl RedisTarget {
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_number_of_retries(2);
                 RedisConnection::Manager(ConnectionManager::new_lazy_with_config(
-                    client.clone(),
+                    Client::clone(client),
                     config,
                 )?)
             }
