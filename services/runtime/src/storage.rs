@@ -169,3 +169,99 @@ pub fn sqlite_pool(
 pub fn is_sqlite(url: &SecretString) -> bool {
     url.expose_secret().starts_with("sqlite:")
 }
+
+/// A service's two sets of migrations: PostgreSQL's (in its schema) and SQLite's (`relay dev`).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// Applied inside the service's schema on PostgreSQL.
+    pub postgres: &'static Migrator,
+    /// Applied to the SQLite file.
+    pub sqlite: &'static Migrator,
+}
+
+/// A service's database, PostgreSQL (in its own schema) or SQLite, chosen by the URL: the one
+/// way every service opens, migrates, checks and closes its storage.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// PostgreSQL, sessions in `schema`.
+    Postgres {
+        /// The pool (`search_path` = `schema`).
+        pool: PgPool,
+        /// The service's schema.
+        schema: &'static str,
+    },
+    /// SQLite (`relay dev`).
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl Database {
+    /// Opens (lazily: nothing connects until first use) the database at `url`: `sqlite:` URLs
+    /// are SQLite, anything else PostgreSQL with sessions in `schema`. SQLite pools are kept
+    /// small (one writer at a time in any case).
+    ///
+    /// # Errors
+    /// When the URL or the schema name is invalid.
+    pub fn open(
+        url: &SecretString,
+        schema: &'static str,
+        max_connections: u32,
+    ) -> Result<Self, StorageError> {
+        if is_sqlite(url) {
+            Ok(Self::Sqlite(sqlite_pool(url, max_connections.min(4))?))
+        } else {
+            Ok(Self::Postgres {
+                pool: postgres_pool(url, schema, max_connections)?,
+                schema,
+            })
+        }
+    }
+
+    /// Applies the migrations of this backend (creating the schema on PostgreSQL).
+    ///
+    /// # Errors
+    /// When the database is unreachable or a migration fails.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), StorageError> {
+        match self {
+            Self::Postgres { pool, schema } => {
+                migrate_postgres(pool, schema, migrations.postgres).await
+            }
+            Self::Sqlite(pool) => Ok(migrations.sqlite.run(pool).await?),
+        }
+    }
+
+    /// The readiness check's name: `postgres` or `sqlite`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres { .. } => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A readiness check that runs `SELECT 1`.
+    pub fn check(&self) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+        let database = self.clone();
+        move || {
+            let database = database.clone();
+            Box::pin(async move {
+                let outcome = match &database {
+                    Database::Postgres { pool, .. } => {
+                        sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+                    }
+                    Database::Sqlite(pool) => {
+                        sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+                    }
+                };
+                outcome.map_err(|error| format!("{}: {error}", database.kind()))
+            })
+        }
+    }
+
+    /// Closes every connection, waiting for those in use to come back.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres { pool, .. } => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! `relay_runtime::storage::Database`: one way to open, migrate, check and close a service's
+//! database, on a real PostgreSQL (in its own schema) and on SQLite.
+
+use relay_runtime::storage::{Database, Migrations};
+use relay_tests::TestDatabase;
+use secrecy::SecretString;
+
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations/postgres");
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations/sqlite");
+const MIGRATIONS: Migrations = Migrations {
+    postgres: &POSTGRES,
+    sqlite: &SQLITE,
+};
+
+async fn exercise(database: &Database) {
+    // Lazy: opening connects to nothing; the check is what reaches the server.
+    (database.check())().await.expect("reachable");
+    database.migrate(&MIGRATIONS).await.expect("migrate");
+    // Twice is harmless (a second replica starting, `migrate` then `serve`).
+    database.migrate(&MIGRATIONS).await.expect("migrate again");
+    let inserted = match database {
+        Database::Postgres { pool, .. } => sqlx::query("INSERT INTO probe VALUES (1, 'x')")
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+        Database::Sqlite(pool) => sqlx::query("INSERT INTO probe VALUES (1, 'x')")
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+    };
+    assert_eq!(inserted.expect("insert into the migrated table"), 1);
+    database.close().await;
+    let error = (database.check())().await.expect_err("closed");
+    assert!(error.starts_with(database.kind()), "{error}");
+}
+
+#[tokio::test]
+async fn postgres_migrates_into_its_own_schema_checks_and_closes() {
+    let test = TestDatabase::new().await;
+    let url = SecretString::from(test.url().to_owned());
+    let database = Database::open(&url, "probe_service", 2).expect("open");
+    assert_eq!(database.kind(), "postgres");
+    exercise(&database).await;
+    // The table is in the service's schema, not in public.
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(test.url())
+        .await
+        .expect("connect");
+    let schema: String = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'probe'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .expect("probe table");
+    assert_eq!(schema, "probe_service");
+}
+
+#[tokio::test]
+async fn sqlite_migrates_checks_and_closes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = SecretString::from(format!(
+        "sqlite://{}",
+        dir.path().join("probe.db").display()
+    ));
+    let database = Database::open(&url, "probe_service", 10).expect("open");
+    assert_eq!(database.kind(), "sqlite");
+    exercise(&database).await;
+}
+
+#[test]
+fn a_bad_schema_name_is_refused() {
+    let url = SecretString::from(String::from("postgres://127.0.0.1/x"));
+    let error = Database::open(&url, "Bad-Schema", 2).expect_err("bad schema");
+    assert!(error.to_string().contains("Bad-Schema"), "{error}");
+}
