@@ -16,13 +16,15 @@ use relay_proto::{
         intake_service_server::IntakeService, watch_incident_events_response::Kind,
     },
 };
-use relay_runtime::{error::ApiError, paging::PageTokens, validate::Violations};
+use relay_runtime::{
+    error::ApiError, idempotency::fingerprint, paging::PageTokens, validate::Violations,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
     DOMAIN,
-    core::{IncidentUpdate, Intake, IntakeError, NewIncident, fingerprint},
+    core::{IncidentUpdate, Intake, IntakeError, NewIncident},
     store::{ListFilter, StoreError, micros_of, timestamp_of},
 };
 
