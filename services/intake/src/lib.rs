@@ -9,7 +9,8 @@
 //! - [`core`]: the domain logic, one concern a module: the pure decisions (`core::domain`),
 //!   the commands, the outbox worker, the sequencer, upstream events, deadlines, retention.
 //! - [`upstream`]: consumers of routing's and availability's event streams.
-//! - [`handler`]: request validation and the gRPC surface.
+//! - [`validate`]: request validation (what the fuzzer drives too).
+//! - [`handler`]: the gRPC surface.
 //! - [`eido`], [`http`]: NENA EIDO in and out, over gRPC and on the HTTP port.
 //! - [`report`], [`report_api`]: program reports and `relay.reports.v1.ReportService`.
 
@@ -45,6 +46,7 @@ pub mod settings;
 pub mod store;
 pub mod synthetic;
 pub mod upstream;
+pub mod validate;
 
 pub use handler::{IntakeServiceHandler, api_error};
 
