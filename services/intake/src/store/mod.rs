@@ -1,9 +1,11 @@
 //! Intake's storage: a trait the domain logic uses, with one implementation per backend
 //! (PostgreSQL for production, SQLite for `relay dev`): [`PostgresStore`] and [`SqliteStore`].
 //! Both run the same SQL text (numbered `$n` parameters, `ON CONFLICT`, `RETURNING`, integer
-//! micros for times), kept here as constants with the functions that map rows and
-//! parameters; each backend file holds only the Rust that calls them (and PostgreSQL's
-//! one-statement insert of a new incident).
+//! micros for times): the statements are constants in `sql.rs`, the row and parameter
+//! mapping is here, and one implementation generic over the sqlx database runs them
+//! ([`SqlStore`], `sql_store.rs`). What differs is a [`Dialect`]: PostgreSQL inserts a new
+//! incident in one statement and locks its sequencer (`postgres.rs`); SQLite does neither
+//! (`sqlite.rs`).
 //!
 //! The domain never sees SQL. It reads an incident, computes the new snapshot and the events
 //! the change produces, and hands them to [`IncidentStore::apply_change`], which commits
@@ -45,9 +47,11 @@ use relay_runtime::{
 
 mod postgres;
 mod sql;
+mod sql_store;
 mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use sql_store::{Dialect, RowsAffected, SqlStore};
 pub use sqlite::SqliteStore;
 
 /// Errors of the store.
