@@ -566,9 +566,20 @@ pub(crate) fn event_of(
     Ok(event)
 }
 
-/// The parameters of [`INSERT_INCIDENT`](sql::INSERT_INCIDENT) for `stored`.
-pub(crate) fn new_incident_arguments<DB>(
+/// Which statement [`incident_arguments`] binds for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Write {
+    /// [`INSERT_INCIDENT`](sql::INSERT_INCIDENT): the incident's ids first.
+    Insert,
+    /// [`UPDATE_INCIDENT`](sql::UPDATE_INCIDENT) of the incident read at this revision.
+    Update(i64),
+}
+
+/// The parameters of `write` for `stored`: its id, then the CAD's ids (insert) or the
+/// revision read (update), then every column from `region` to `unserved_reason`.
+pub(crate) fn incident_arguments<DB>(
     stored: &StoredIncident,
+    write: Write,
 ) -> Result<DB::Arguments<'static>, sqlx::Error>
 where
     DB: sqlx::Database,
@@ -582,70 +593,33 @@ where
     let incident = &stored.incident;
     let columns = split_incident(incident);
     let mut args = DB::Arguments::default();
-    args.add(incident.incident_id.clone())
-        .and_then(|()| args.add(incident.cad_system.clone()))
-        .and_then(|()| args.add(incident.cad_incident_id.clone()))
-        .map_err(sqlx::Error::Encode)?;
-    add_row_columns::<DB>(&mut args, stored, columns).map_err(sqlx::Error::Encode)?;
+    let add = || -> Result<(), sqlx::error::BoxDynError> {
+        args.add(incident.incident_id.clone())?;
+        match write {
+            Write::Insert => {
+                args.add(incident.cad_system.clone())?;
+                args.add(incident.cad_incident_id.clone())?;
+            }
+            Write::Update(expected_revision) => args.add(expected_revision)?,
+        }
+        args.add(incident.region.clone())?;
+        args.add(incident.state)?;
+        args.add(incident.triage.as_ref().map_or(0, |t| t.disposition))?;
+        args.add(micros_of(incident.received_at.as_ref()))?;
+        args.add(incident.revision)?;
+        args.add(columns.body)?;
+        args.add(stored.override_disposition)?;
+        args.add(stored.team_status)?;
+        args.add(columns.narrative)?;
+        args.add(columns.caller)?;
+        args.add(columns.notes)?;
+        args.add(columns.close_notes)?;
+        args.add(team_of(incident).to_owned())?;
+        args.add(routing_state_of(incident))?;
+        args.add(unserved_reason_of(incident))
+    };
+    add().map_err(sqlx::Error::Encode)?;
     Ok(args)
-}
-
-/// The parameters of [`UPDATE_INCIDENT`](sql::UPDATE_INCIDENT) for `stored`, read at `expected_revision`.
-pub(crate) fn update_incident_arguments<DB>(
-    stored: &StoredIncident,
-    expected_revision: i64,
-) -> Result<DB::Arguments<'static>, sqlx::Error>
-where
-    DB: sqlx::Database,
-    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    use sqlx::Arguments;
-    let incident = &stored.incident;
-    let columns = split_incident(incident);
-    let mut args = DB::Arguments::default();
-    args.add(incident.incident_id.clone())
-        .and_then(|()| args.add(expected_revision))
-        .map_err(sqlx::Error::Encode)?;
-    add_row_columns::<DB>(&mut args, stored, columns).map_err(sqlx::Error::Encode)?;
-    Ok(args)
-}
-
-/// The columns from `region` to `unserved_reason`, in the order both statements bind them.
-fn add_row_columns<DB>(
-    args: &mut DB::Arguments<'static>,
-    stored: &StoredIncident,
-    columns: IncidentColumns,
-) -> Result<(), sqlx::error::BoxDynError>
-where
-    DB: sqlx::Database,
-    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Option<Vec<u8>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    use sqlx::Arguments;
-    let incident = &stored.incident;
-    args.add(incident.region.clone())?;
-    args.add(incident.state)?;
-    args.add(incident.triage.as_ref().map_or(0, |t| t.disposition))?;
-    args.add(micros_of(incident.received_at.as_ref()))?;
-    args.add(incident.revision)?;
-    args.add(columns.body)?;
-    args.add(stored.override_disposition)?;
-    args.add(stored.team_status)?;
-    args.add(columns.narrative)?;
-    args.add(columns.caller)?;
-    args.add(columns.notes)?;
-    args.add(columns.close_notes)?;
-    args.add(team_of(incident).to_owned())?;
-    args.add(routing_state_of(incident))?;
-    args.add(unserved_reason_of(incident))?;
-    Ok(())
 }
 
 /// The team routing assigned to an incident, empty when none.

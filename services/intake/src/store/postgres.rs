@@ -8,7 +8,7 @@ use relay_runtime::sequencer::Sequencer;
 use sqlx::{Arguments, Postgres, postgres::PgArguments};
 
 use super::{
-    OutboxItem, StoreError, StoredIncident, new_incident_arguments, pending_body,
+    OutboxItem, StoreError, StoredIncident, Write, incident_arguments, pending_body,
     sql::{INSERT_INCIDENT, SEQUENCER_TABLES},
     sql_store::{Dialect, RowsAffected, SqlStore},
 };
@@ -68,7 +68,7 @@ impl Dialect for Postgres {
         outbox: &[OutboxItem],
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut args: PgArguments = new_incident_arguments::<Postgres>(stored)?;
+        let mut args: PgArguments = incident_arguments::<Postgres>(stored, Write::Insert)?;
         add_new_rows(&mut args, events, outbox, now).map_err(sqlx::Error::Encode)?;
         let inserted: i64 = sqlx::query_scalar_with(&INSERT_NEW, args)
             .fetch_one(store.pool())

@@ -6,10 +6,10 @@ use relay_runtime::{idempotency::RequestLog, sequencer::Tables};
 #[cfg(doc)]
 use super::{
     Consumed, IncidentRow, ListFilter, Observation, OutboxItem, Stamped, event_of,
-    new_incident_arguments, observation_of, outbox_of, pending_body, update_incident_arguments,
+    incident_arguments, observation_of, outbox_of, pending_body,
 };
 
-/// The insert of a new incident, parameters in the order of [`new_incident_arguments`]; a
+/// The insert of a new incident, parameters in the order of [`incident_arguments`]; a
 /// `(cad_system, cad_incident_id)` that exists already writes nothing.
 pub(crate) const INSERT_INCIDENT: &str = "INSERT INTO incidents (incident_id, cad_system, \
      cad_incident_id, region, state, disposition, received_at, revision, body, \
@@ -19,7 +19,7 @@ pub(crate) const INSERT_INCIDENT: &str = "INSERT INTO incidents (incident_id, ca
      ON CONFLICT (cad_system, cad_incident_id) DO NOTHING";
 
 /// The update of an incident at the revision read, parameters in the order of
-/// [`update_incident_arguments`]. The personal columns of a purged incident stay empty.
+/// [`incident_arguments`]. The personal columns of a purged incident stay empty.
 pub(crate) const UPDATE_INCIDENT: &str = "UPDATE incidents SET region = $3, state = $4, \
      disposition = $5, received_at = $6, revision = $7, body = $8, override_disposition = $9, \
      team_status = $10, narrative = CASE WHEN purged_at IS NULL THEN $11 ELSE '' END, \

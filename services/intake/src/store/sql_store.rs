@@ -13,8 +13,8 @@ use sqlx::{Pool, Transaction};
 
 use super::{
     Change, ChangeOutcome, Consumed, CreateOutcome, IncidentRow, IncidentStore, ListFilter,
-    Observation, OutboxItem, PendingEvent, Sequenced, StoreError, StoredIncident, event_of,
-    observation_of, outbox_of, pending_body, sequenced,
+    Observation, OutboxItem, PendingEvent, Sequenced, StoreError, StoredIncident, Write, event_of,
+    incident_arguments, observation_of, outbox_of, pending_body, sequenced,
     sql::{
         ADVANCE_CURSOR, ASSIGNED_TO_TEAM, CLAIM_OUTBOX, DELETE_OBSERVATION, EVENT_TIME_AT,
         EVENTS_AFTER, FIRST_SEQUENCE, GET_BY_CAD, GET_INCIDENT, INCIDENT_FOR_TEAM, INSERT_CONSUMED,
@@ -23,7 +23,7 @@ use super::{
         PURGE_PERSONAL_DATA, REQUEST_LOG, RESCHEDULE_OUTBOX, SCAN_RECEIVED, SETTLE_OUTBOX,
         STREAM_CURSOR, UPDATE_INCIDENT,
     },
-    stamp, update_incident_arguments,
+    stamp,
 };
 
 /// `head` with `VALUES` for `rows` rows of `columns` numbered parameters each: one statement
@@ -144,7 +144,7 @@ where
         let Some(stored) = &change.incident else {
             return Ok(Some(0));
         };
-        let args = update_incident_arguments::<DB>(stored, change.expected_revision)?;
+        let args = incident_arguments::<DB>(stored, Write::Update(change.expected_revision))?;
         let updated = sqlx::query_with(UPDATE_INCIDENT, args)
             .execute(&mut **tx)
             .await?

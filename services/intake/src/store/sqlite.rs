@@ -9,7 +9,7 @@ use relay_runtime::sequencer::Sequencer;
 use sqlx::Sqlite;
 
 use super::{
-    OutboxItem, StoreError, StoredIncident, new_incident_arguments,
+    OutboxItem, StoreError, StoredIncident, Write, incident_arguments,
     sql::{INSERT_INCIDENT, SEQUENCER_TABLES},
     sql_store::{Dialect, RowsAffected, SqlStore},
 };
@@ -37,7 +37,7 @@ impl Dialect for Sqlite {
         outbox: &[OutboxItem],
         now: i64,
     ) -> Result<bool, StoreError> {
-        let args = new_incident_arguments::<Sqlite>(stored)?;
+        let args = incident_arguments::<Sqlite>(stored, Write::Insert)?;
         let mut tx = store.pool().begin().await?;
         let inserted = sqlx::query_with(INSERT_INCIDENT, args)
             .execute(&mut *tx)
