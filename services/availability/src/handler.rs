@@ -27,12 +27,15 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use relay_fleet::{
+    LocationOutcome, LocationReport,
+    model::{EventId, EventKind, Position, Team, TeamDefinition, TeamStatus, is_busy},
+};
+
 use crate::{
     DOMAIN,
     error::{AvailabilityError, REQUEST_ID_REUSED, SHUTTING_DOWN, TEAM_NOT_FOUND},
-    model::{EventId, EventKind, Position, Team, TeamDefinition, TeamStatus, is_busy},
     service::Availability,
-    store::{LocationOutcome, LocationReport},
 };
 
 /// Longest display name, in characters.

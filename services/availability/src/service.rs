@@ -7,12 +7,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use relay_runtime::clock::Clock;
 
+use relay_fleet::{
+    ChangeError, LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome,
+    live_state::{self, LiveCheck, LiveState},
+    model::{Team, TeamDefinition, TeamStatus},
+};
+
 use crate::{
     error::AvailabilityError,
-    live_state::LiveState,
-    model::{Team, TeamDefinition, TeamStatus, to_micros},
     roster::{RosterEntry, RosterStore},
-    store::{ChangeError, LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome},
 };
 
 /// The availability domain: roster and live state.
@@ -77,27 +80,42 @@ impl Availability {
     }
 
     /// Recreates in the live store every roster team it lacks (after Redis lost its data),
-    /// with revisions and fencing counters above any issued before. Returns how many teams
-    /// were recreated.
+    /// with revisions and fencing counters above any issued before
+    /// ([`relay_fleet::live_state::seed`]). Returns how many teams were recreated.
     ///
     /// # Errors
     /// When the roster or the live store fails.
     pub async fn rebuild(&self) -> Result<usize, AvailabilityError> {
-        let now = self.now();
-        // Microseconds of wall time exceed any revision or fencing token issued earlier
-        // (those grow by one per change), so neither ever decreases across a loss of Redis.
-        let floor = to_micros(now);
-        let mut created = 0;
-        for entry in self.roster.load_all().await? {
-            if self
-                .store
-                .seed_team(&entry.definition, floor.max(entry.revision + 1), now)
-                .await?
-            {
-                created += 1;
-            }
-        }
-        Ok(created)
+        let roster = self.roster.load_all().await?;
+        let entries = roster.into_iter().map(|e| (e.definition, e.revision));
+        Ok(live_state::seed(self.store.as_ref(), entries, self.now()).await?)
+    }
+
+    /// Builds the live state from the roster and adopts the epoch (start, and after a loss;
+    /// see [`relay_fleet::live_state`]). Returns how many teams were recreated.
+    ///
+    /// # Errors
+    /// When the roster or the live store fails.
+    pub async fn build_live_state(&self) -> Result<usize, AvailabilityError> {
+        self.live
+            .build(self.store.as_ref(), || self.rebuild())
+            .await
+    }
+
+    /// Checks the live-state epoch once and rebuilds after a loss, counting losses and
+    /// recreated teams in this service's metrics.
+    ///
+    /// # Errors
+    /// When the roster or the live store fails (the next check retries).
+    pub async fn check_live_state(&self) -> Result<LiveCheck, AvailabilityError> {
+        self.live
+            .check(
+                self.store.as_ref(),
+                || self.rebuild(),
+                crate::metrics::live_state_lost,
+                crate::metrics::live_state_rebuilt,
+            )
+            .await
     }
 
     /// Creates or updates a team's roster fields, in the durable roster and the live store, so

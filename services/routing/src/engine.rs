@@ -1,5 +1,5 @@
 //! The routing engine: the RPCs' domain logic, the queue, escalation and reconciliation,
-//! over a [`Fleet`] (live team state, atomic claims) and a [`Store`] (the record).
+//! over a [`DispatchStore`] (live team state, atomic claims) and a [`Store`] (the record).
 //!
 //! The order of steps is what makes routing safe:
 //! 1. validate (nothing is touched on bad input), then answer a remembered request_id;
@@ -15,6 +15,10 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use prost::Message;
+use relay_fleet::{
+    ClaimError, DispatchStore, FleetTeam, ReleaseError, ReleaseOutcome,
+    model::{Position, is_busy},
+};
 use relay_proto::{
     common::{Candidate, ExclusionReason, GeoPoint, TeamStatus, UnservedReason},
     routing::{
@@ -36,8 +40,7 @@ use tokio::sync::Notify;
 use crate::{
     error::RoutingError,
     eta::EtaEstimator,
-    fleet::{Claim, ClaimRefused, Fleet, FleetTeam},
-    ranking::{RankInput, RankedTeam, Ranking, rank},
+    ranking::{RankInput, RankedTeam, Ranking, TeamSnapshot, rank},
     settings::{RegionSettings, RoutingSettings},
     store::{
         EndAssignment, IncidentRecord, IncidentState, IncidentWrite, LIVE_STATE_LOST, QueueCursor,
@@ -70,7 +73,7 @@ pub const REGION_UNKNOWN: &str = "REGION_UNKNOWN";
 #[derive(Debug, Clone)]
 pub struct Engine {
     store: Arc<dyn Store>,
-    fleet: Arc<dyn Fleet>,
+    fleet: Arc<dyn DispatchStore>,
     clock: Arc<dyn Clock>,
     settings: Arc<RoutingSettings>,
     estimator: Option<Arc<dyn EtaEstimator>>,
@@ -320,14 +323,19 @@ fn fingerprint(method: &str, request: &impl Message) -> Vec<u8> {
     bytes
 }
 
-fn is_busy(status: TeamStatus) -> bool {
-    matches!(
-        status,
-        TeamStatus::Dispatched
-            | TeamStatus::EnRoute
-            | TeamStatus::OnScene
-            | TeamStatus::Transporting
-    )
+/// A point of the API as the fleet's geometry takes it.
+fn position(point: GeoPoint) -> Position {
+    Position::new(point.latitude, point.longitude)
+}
+
+/// Why the fleet refused a claim (nothing changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// No team has this id, in any region.
+    UnknownTeam,
+    /// The team is not AVAILABLE (another call claimed it, or it went off duty), its position
+    /// is older than the limit, or it belongs to another region.
+    Unavailable,
 }
 
 /// Whether the fleet lost the live state that held `active`'s claim: the team is gone from
@@ -502,7 +510,7 @@ impl Engine {
     #[must_use]
     pub fn new(
         store: Arc<dyn Store>,
-        fleet: Arc<dyn Fleet>,
+        fleet: Arc<dyn DispatchStore>,
         clock: Arc<dyn Clock>,
         settings: RoutingSettings,
         page_tokens: PageTokens,
@@ -531,10 +539,68 @@ impl Engine {
         &self.store
     }
 
-    /// The fleet.
+    /// The fleet: the teams' live state, where teams are claimed.
     #[must_use]
-    pub fn fleet(&self) -> &Arc<dyn Fleet> {
+    pub fn fleet(&self) -> &Arc<dyn DispatchStore> {
         &self.fleet
+    }
+
+    /// Claims `team_id` for the incident (see [`DispatchStore::claim`]): its fencing token, or
+    /// why it was refused.
+    async fn claim_team(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+        max_position_age: Option<Duration>,
+    ) -> Result<Result<i64, Refused>, RoutingError> {
+        match self
+            .fleet
+            .claim(region, team_id, incident_id, None, now, max_position_age)
+            .await
+        {
+            Ok(claim) => Ok(Ok(claim.fencing_token)),
+            // Not in this region: tell a team of another region from no team at all.
+            Err(ClaimError::NotFound) => Ok(Err(match self.fleet.fleet_team(team_id).await? {
+                Some(_) => Refused::Unavailable,
+                None => Refused::UnknownTeam,
+            })),
+            // No expected revision is passed, so a mismatch cannot happen; it would be a lost
+            // race.
+            Err(
+                ClaimError::NotAvailable { .. }
+                | ClaimError::StalePosition
+                | ClaimError::RevisionMismatch { .. },
+            ) => Ok(Err(Refused::Unavailable)),
+            Err(ClaimError::Store(error)) => Err(error.into()),
+        }
+    }
+
+    /// Makes a team busy on `incident_id` AVAILABLE; whether it did. With `announce` false,
+    /// the team is not announced to this replica's queue drain (see
+    /// [`DispatchStore::release_quietly`]).
+    async fn release_claim(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        announce: bool,
+    ) -> Result<bool, RoutingError> {
+        let now = self.now();
+        let outcome = if announce {
+            self.fleet.release(region, team_id, incident_id, now).await
+        } else {
+            self.fleet
+                .release_quietly(region, team_id, incident_id, now)
+                .await
+        };
+        match outcome {
+            Ok(ReleaseOutcome::Released(_)) => Ok(true),
+            Ok(ReleaseOutcome::AlreadyReleased(_))
+            | Err(ReleaseError::NotFound | ReleaseError::NotOnIncident { .. }) => Ok(false),
+            Err(ReleaseError::Store(error)) => Err(error.into()),
+        }
     }
 
     /// Notified whenever this engine appended events (watchers also poll for other replicas').
@@ -618,8 +684,18 @@ impl Engine {
         while count <= MAX_READ {
             let nearest = self
                 .fleet
-                .available_near(region_name, location, region.max_distance_meters, count)
+                .nearest_available(
+                    region_name,
+                    position(location),
+                    region.max_distance_meters,
+                    count,
+                )
                 .await?;
+            let nearest_teams: Vec<TeamSnapshot> = nearest
+                .teams
+                .into_iter()
+                .map(|(team, _)| team.into())
+                .collect();
             let horizon = match nearest.frontier {
                 None => None,
                 Some(frontier) => match estimator.min_eta_beyond(frontier) {
@@ -628,7 +704,7 @@ impl Engine {
                 },
             };
             let mut ranking = self.rank_teams(
-                &nearest.teams,
+                &nearest_teams,
                 region,
                 location,
                 required,
@@ -652,13 +728,16 @@ impl Engine {
                         .map_or(limit, |best| nearer_reach(estimator, best, limit));
                     let unavailable = self
                         .fleet
-                        .unavailable_near(region_name, location, reach, MAX_CANDIDATES)
+                        .nearest_unavailable(region_name, position(location), reach, MAX_CANDIDATES)
                         .await?;
                     if unavailable.is_empty() {
                         return Ok(ranking);
                     }
-                    let mut teams = nearest.teams;
-                    for team in unavailable {
+                    let mut teams = nearest_teams;
+                    for team in unavailable
+                        .into_iter()
+                        .map(|(team, _)| TeamSnapshot::from(team))
+                    {
                         if !teams.iter().any(|t| t.team_id == team.team_id) {
                             teams.push(team);
                         }
@@ -673,17 +752,20 @@ impl Engine {
             }
             count *= 4;
         }
-        let teams = self
+        let teams: Vec<TeamSnapshot> = self
             .fleet
-            .teams_near(region_name, location, f64::INFINITY)
-            .await?;
+            .teams_near(region_name, position(location), f64::INFINITY)
+            .await?
+            .into_iter()
+            .map(TeamSnapshot::from)
+            .collect();
         Ok(self.rank_teams(&teams, region, location, required, preferred, expected, now))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn rank_teams(
         &self,
-        teams: &[crate::ranking::TeamSnapshot],
+        teams: &[TeamSnapshot],
         region: &RegionSettings,
         location: GeoPoint,
         required: &[String],
@@ -715,7 +797,7 @@ impl Engine {
         if let Some(incident) = self.store.incident(incident_id).await? {
             return Ok(Some(incident));
         }
-        let Some(bytes) = self.fleet.recommendation(incident_id).await? else {
+        let Some(bytes) = self.fleet.recommendation(incident_id, self.now()).await? else {
             return Ok(None);
         };
         let request = AssignTeamRequest::decode(bytes.as_slice())
@@ -727,7 +809,7 @@ impl Engine {
     /// Undoes a claim after the record refused or failed (best effort: reconciliation
     /// repairs what this cannot).
     async fn undo_claim(&self, region: &str, team_id: &str, incident_id: &str) {
-        if let Err(error) = self.fleet.release(region, team_id, incident_id, true).await {
+        if let Err(error) = self.release_claim(region, team_id, incident_id, true).await {
             tracing::warn!(%region, %team_id, %incident_id, %error, "could not undo a claim; reconciliation will release the team");
         }
     }
@@ -761,8 +843,7 @@ impl Engine {
             }
             let now = self.now();
             let claim = self
-                .fleet
-                .claim(
+                .claim_team(
                     &record.region,
                     &best.team_id,
                     &record.incident_id,
@@ -770,7 +851,7 @@ impl Engine {
                     Some(region.staleness_limit()),
                 )
                 .await?;
-            let Ok(Claim { fencing_token }) = claim else {
+            let Ok(fencing_token) = claim else {
                 ranking.mark_claimed_by_another_call(&best.team_id);
                 continue;
             };
@@ -955,6 +1036,7 @@ impl Engine {
                                 &params.incident_id,
                                 &request.encode_to_vec(),
                                 RECOMMENDATION_TTL,
+                                self.now(),
                             )
                             .await?;
                         return Ok(response);
@@ -1153,7 +1235,7 @@ impl Engine {
             return Err(nothing());
         }
         if latest.state == i32::from(AssignmentState::Active) {
-            let team = self.fleet.team(&request.team_id).await?;
+            let team = self.fleet.fleet_team(&request.team_id).await?;
             if working_on(team.as_ref(), &latest.incident_id) {
                 return Ok(wrap(latest));
             }
@@ -1223,7 +1305,7 @@ impl Engine {
                     team_id: active.team_id,
                 });
             }
-            let Some(team) = self.fleet.team(team_id).await? else {
+            let Some(team) = self.fleet.fleet_team(team_id).await? else {
                 return Err(RoutingError::TeamNotFound(team_id.to_owned()));
             };
             if team.region != incident.region {
@@ -1235,20 +1317,22 @@ impl Engine {
             }
             let now = self.now();
             let claim = self
-                .fleet
-                .claim(&incident.region, team_id, &incident.incident_id, now, None)
+                .claim_team(&incident.region, team_id, &incident.incident_id, now, None)
                 .await?;
             let fencing_token = match claim {
-                Ok(claim) => claim.fencing_token,
-                Err(ClaimRefused::UnknownTeam) => {
+                Ok(fencing_token) => fencing_token,
+                Err(Refused::UnknownTeam) => {
                     return Err(RoutingError::TeamNotFound(team_id.to_owned()));
                 }
-                Err(_) => return Err(RoutingError::TeamNotAvailable(team_id.to_owned())),
+                Err(Refused::Unavailable) => {
+                    return Err(RoutingError::TeamNotAvailable(team_id.to_owned()));
+                }
             };
             // As in `claim_and_record`: the assignment starts once the claim holds.
             let now = now.max(self.now());
             let region = self.region("region", &incident.region)?;
-            let (distance_meters, eta_seconds) = team.snapshot.position.map_or((0.0, 0), |p| {
+            let snapshot = TeamSnapshot::from(team.snapshot);
+            let (distance_meters, eta_seconds) = snapshot.position.map_or((0.0, 0), |p| {
                 let estimate = match &self.estimator {
                     Some(e) => e.estimate(p.point, incident.location),
                     None => region.estimator().estimate(p.point, incident.location),
@@ -1420,8 +1504,7 @@ impl Engine {
         );
         let freeing = tokio::spawn(async move {
             match engine
-                .fleet
-                .release(&region, &team_id, &incident_id, false)
+                .release_claim(&region, &team_id, &incident_id, false)
                 .await
             {
                 Ok(true) => {
@@ -1674,7 +1757,7 @@ impl Engine {
         // ACTIVE assignment after that assignment was recorded has left it (the reverse
         // order could end an assignment recorded just after a stale fleet read).
         if let Some(stale) = self.store.active_assignment_of_team(team_id).await? {
-            let team = self.fleet.team(team_id).await?;
+            let team = self.fleet.fleet_team(team_id).await?;
             if working_on(team.as_ref(), &stale.incident_id) {
                 return Ok(None);
             }
@@ -1707,12 +1790,13 @@ impl Engine {
         if page.is_empty() {
             return Ok(None);
         }
-        let Some(team) = self.fleet.team(team_id).await? else {
+        let Some(team) = self.fleet.fleet_team(team_id).await? else {
             return Ok(None);
         };
         if team.snapshot.status != TeamStatus::Available || team.region != region {
             return Ok(None);
         }
+        let snapshot = TeamSnapshot::from(team.snapshot);
         loop {
             let Some(last) = page.last() else {
                 return Ok(None);
@@ -1725,7 +1809,7 @@ impl Engine {
             for incident in &page {
                 let now = self.now();
                 let mut ranking = self.rank_teams(
-                    std::slice::from_ref(&team.snapshot),
+                    std::slice::from_ref(&snapshot),
                     &settings,
                     incident.location,
                     &incident.required_capabilities,
@@ -1778,10 +1862,13 @@ impl Engine {
             return Ok(0);
         }
         // One fleet read for the whole page; claims re-check every team atomically.
-        let mut teams = self
+        let mut teams: Vec<TeamSnapshot> = self
             .fleet
-            .teams_near(region, page[0].location, f64::INFINITY)
-            .await?;
+            .teams_near(region, position(page[0].location), f64::INFINITY)
+            .await?
+            .into_iter()
+            .map(TeamSnapshot::from)
+            .collect();
         for incident in &page {
             if !teams.iter().any(|t| t.status == TeamStatus::Available) {
                 break;
@@ -1922,8 +2009,7 @@ impl Engine {
                 continue;
             }
             if self
-                .fleet
-                .release(region, &snapshot.team_id, &incident_id, true)
+                .release_claim(region, &snapshot.team_id, &incident_id, true)
                 .await?
             {
                 tracing::warn!(%region, team_id = %snapshot.team_id, %incident_id, "released a team claimed without a recorded assignment");
@@ -1935,7 +2021,7 @@ impl Engine {
             if now.signed_duration_since(from_timestamp(active.assigned_at.as_ref())) < grace {
                 continue;
             }
-            let team = self.fleet.team(&active.team_id).await?;
+            let team = self.fleet.fleet_team(&active.team_id).await?;
             if working_on(team.as_ref(), &active.incident_id) {
                 continue;
             }

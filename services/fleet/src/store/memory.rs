@@ -1,5 +1,5 @@
-//! The in-process backend of [`TeamStore`] for `relay dev` and tests: the same semantics as the
-//! Redis backend, with one mutex for atomicity (every operation is one critical section, as
+//! The in-process backend of [`TeamStore`] and [`DispatchStore`] for `relay dev` and tests: the
+//! same semantics as the Redis backend, with one mutex for atomicity (every operation is one critical section, as
 //! every Redis script is) and a `watch` channel to wake event readers.
 //!
 //! Proximity is a scan of the region's available set followed by the same exact ranking as
@@ -15,13 +15,17 @@ use std::{
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use tokio::sync::broadcast;
+
 use super::{
-    ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, ReleaseError,
-    ReleaseOutcome, StoreError, TeamPage, TeamStore, UpsertOutcome, rank_candidates,
+    ChangeError, Claim, ClaimError, DispatchStore, EventsError, FleetTeam, LocationOutcome,
+    LocationReport, Nearest, ReleaseError, ReleaseOutcome, StoreError, TeamAvailable, TeamPage,
+    TeamStore, UpsertOutcome, announce::Announcer, announces, busy_of, is_unavailable,
+    on_duty_near, rank_candidates, rank_placed,
 };
 use crate::model::{
-    EventId, EventKind, Position, Team, TeamDefinition, TeamEvent, TeamStatus, allowed_from,
-    is_busy, landing_status,
+    EventId, EventKind, Position, Team, TeamDefinition, TeamEvent, TeamStatus, TeamSummary,
+    allowed_from, is_busy, landing_status,
 };
 
 #[derive(Debug, Default)]
@@ -45,6 +49,7 @@ struct State {
     regions: HashMap<String, Region>,
     last_id: EventId,
     requests: HashMap<String, (String, Instant)>,
+    recommendations: HashMap<String, (Vec<u8>, DateTime<Utc>)>,
     epoch: Option<String>,
 }
 
@@ -54,6 +59,7 @@ pub struct MemoryTeamStore {
     state: Mutex<State>,
     retention: Duration,
     notify: watch::Sender<u64>,
+    announcer: Announcer,
 }
 
 fn poisoned() -> StoreError {
@@ -75,6 +81,7 @@ impl MemoryTeamStore {
             state: Mutex::new(State::default()),
             retention,
             notify: watch::channel(0).0,
+            announcer: Announcer::default(),
         }
     }
 
@@ -83,6 +90,22 @@ impl MemoryTeamStore {
     }
 
     fn emit(&self, state: &mut State, kind: EventKind, team: &Team, now: DateTime<Utc>) {
+        self.emit_with(state, kind, team, now, true);
+    }
+
+    /// Records an event; announces the team to [`DispatchStore::subscribe`]rs when the change
+    /// frees it ([`announces`]) and `announce` is set (a quiet release is not).
+    fn emit_with(
+        &self,
+        state: &mut State,
+        kind: EventKind,
+        team: &Team,
+        now: DateTime<Utc>,
+        announce: bool,
+    ) {
+        if announce && announces(kind, team) {
+            self.announcer.announce(&team.region, &team.team_id);
+        }
         let wall = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -155,6 +178,58 @@ impl MemoryTeamStore {
             .insert(team.team_id.clone());
         self.emit(state, EventKind::Upserted, &team, now);
         team
+    }
+
+    /// Releases a team (see [`DispatchStore::release`]), announcing it when `announce`.
+    fn release_team(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+        announce: bool,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        let mut state = self.lock()?;
+        let Some(entry) = state
+            .teams
+            .get_mut(team_id)
+            .filter(|e| e.team.region == region)
+        else {
+            return Err(ReleaseError::NotFound);
+        };
+        let busy = is_busy(entry.team.status);
+        if busy && entry.team.incident_id == incident_id {
+            entry.last_incident = std::mem::take(&mut entry.team.incident_id);
+            entry.team.status = TeamStatus::Available;
+            entry.team.revision += 1;
+            entry.team.update_time = now;
+            let team = entry.team.clone();
+            Self::reindex(&mut state, &team);
+            self.emit_with(&mut state, EventKind::StatusChanged, &team, now, announce);
+            return Ok(ReleaseOutcome::Released(team));
+        }
+        if !busy && entry.last_incident == incident_id {
+            return Ok(ReleaseOutcome::AlreadyReleased(entry.team.clone()));
+        }
+        Err(ReleaseError::NotOnIncident {
+            status: entry.team.status,
+            current_incident: entry.team.incident_id.clone(),
+        })
+    }
+
+    /// The teams of `region`.
+    fn region_teams(&self, region: &str) -> Result<Vec<Team>, StoreError> {
+        let state = self.lock()?;
+        Ok(state
+            .regions
+            .get(region)
+            .map(|r| {
+                r.teams
+                    .iter()
+                    .filter_map(|id| state.teams.get(id).map(|e| e.team.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn reindex(state: &mut State, team: &Team) {
@@ -406,96 +481,6 @@ impl TeamStore for MemoryTeamStore {
         Ok(rank_candidates(teams, point, radius_meters))
     }
 
-    async fn claim(
-        &self,
-        region: &str,
-        team_id: &str,
-        incident_id: &str,
-        expected_revision: Option<i64>,
-        now: DateTime<Utc>,
-        max_position_age: Option<Duration>,
-    ) -> Result<Claim, ClaimError> {
-        let mut state = self.lock()?;
-        let Some(entry) = state
-            .teams
-            .get_mut(team_id)
-            .filter(|e| e.team.region == region)
-        else {
-            return Err(ClaimError::NotFound);
-        };
-        let team = &mut entry.team;
-        if team.status != TeamStatus::Available {
-            return Err(ClaimError::NotAvailable {
-                status: team.status,
-            });
-        }
-        let fresh = max_position_age.is_none_or(|age| {
-            let max_age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            team.location.is_some()
-                && team
-                    .location_updated_at
-                    .is_some_and(|at| now.signed_duration_since(at) <= max_age)
-        });
-        if !fresh {
-            return Err(ClaimError::StalePosition);
-        }
-        if let Some(expected) = expected_revision
-            && expected != team.revision
-        {
-            return Err(ClaimError::RevisionMismatch {
-                current: team.revision,
-            });
-        }
-        team.status = TeamStatus::Dispatched;
-        team.incident_id = incident_id.to_owned();
-        team.revision += 1;
-        team.fencing_token += 1;
-        team.update_time = now;
-        let team = team.clone();
-        Self::reindex(&mut state, &team);
-        self.emit(&mut state, EventKind::StatusChanged, &team, now);
-        Ok(Claim {
-            fencing_token: team.fencing_token,
-            revision: team.revision,
-            team,
-        })
-    }
-
-    async fn release(
-        &self,
-        region: &str,
-        team_id: &str,
-        incident_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<ReleaseOutcome, ReleaseError> {
-        let mut state = self.lock()?;
-        let Some(entry) = state
-            .teams
-            .get_mut(team_id)
-            .filter(|e| e.team.region == region)
-        else {
-            return Err(ReleaseError::NotFound);
-        };
-        let busy = is_busy(entry.team.status);
-        if busy && entry.team.incident_id == incident_id {
-            entry.last_incident = std::mem::take(&mut entry.team.incident_id);
-            entry.team.status = TeamStatus::Available;
-            entry.team.revision += 1;
-            entry.team.update_time = now;
-            let team = entry.team.clone();
-            Self::reindex(&mut state, &team);
-            self.emit(&mut state, EventKind::StatusChanged, &team, now);
-            return Ok(ReleaseOutcome::Released(team));
-        }
-        if !busy && entry.last_incident == incident_id {
-            return Ok(ReleaseOutcome::AlreadyReleased(entry.team.clone()));
-        }
-        Err(ReleaseError::NotOnIncident {
-            status: entry.team.status,
-            current_incident: entry.team.incident_id.clone(),
-        })
-    }
-
     async fn read_events(
         &self,
         region: &str,
@@ -585,5 +570,297 @@ impl TeamStore for MemoryTeamStore {
             .epoch
             .get_or_insert_with(|| candidate.to_owned())
             .clone())
+    }
+}
+
+#[tonic::async_trait]
+impl DispatchStore for MemoryTeamStore {
+    async fn teams_near(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+    ) -> Result<Vec<TeamSummary>, StoreError> {
+        Ok(on_duty_near(
+            &self.region_teams(region)?,
+            point,
+            radius_meters,
+        ))
+    }
+
+    async fn nearest_available(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Nearest, StoreError> {
+        let mut teams = self.available_within(region, point, radius_meters).await?;
+        let frontier = (teams.len() > count).then(|| teams[count].1);
+        teams.truncate(count);
+        Ok(Nearest {
+            teams: teams
+                .iter()
+                .map(|(team, distance)| (TeamSummary::from(team), *distance))
+                .collect(),
+            frontier,
+        })
+    }
+
+    async fn nearest_unavailable(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Vec<(TeamSummary, f64)>, StoreError> {
+        let teams = self
+            .region_teams(region)?
+            .iter()
+            .map(TeamSummary::from)
+            .collect();
+        let mut found = rank_placed(teams, point, radius_meters, is_unavailable);
+        found.truncate(count);
+        Ok(found)
+    }
+
+    async fn fleet_team(&self, team_id: &str) -> Result<Option<FleetTeam>, StoreError> {
+        Ok(self
+            .lock()?
+            .teams
+            .get(team_id)
+            .map(|e| FleetTeam::from(&e.team)))
+    }
+
+    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, StoreError> {
+        Ok(busy_of(&self.region_teams(region)?))
+    }
+
+    async fn claim(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        max_position_age: Option<Duration>,
+    ) -> Result<Claim, ClaimError> {
+        let mut state = self.lock()?;
+        let Some(entry) = state
+            .teams
+            .get_mut(team_id)
+            .filter(|e| e.team.region == region)
+        else {
+            return Err(ClaimError::NotFound);
+        };
+        let team = &mut entry.team;
+        if team.status != TeamStatus::Available {
+            return Err(ClaimError::NotAvailable {
+                status: team.status,
+            });
+        }
+        let fresh = max_position_age.is_none_or(|age| {
+            let max_age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+            team.location.is_some()
+                && team
+                    .location_updated_at
+                    .is_some_and(|at| now.signed_duration_since(at) <= max_age)
+        });
+        if !fresh {
+            return Err(ClaimError::StalePosition);
+        }
+        if let Some(expected) = expected_revision
+            && expected != team.revision
+        {
+            return Err(ClaimError::RevisionMismatch {
+                current: team.revision,
+            });
+        }
+        team.status = TeamStatus::Dispatched;
+        team.incident_id = incident_id.to_owned();
+        team.revision += 1;
+        team.fencing_token += 1;
+        team.update_time = now;
+        let team = team.clone();
+        Self::reindex(&mut state, &team);
+        self.emit(&mut state, EventKind::StatusChanged, &team, now);
+        Ok(Claim {
+            fencing_token: team.fencing_token,
+            revision: team.revision,
+            team,
+        })
+    }
+
+    async fn release(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        self.release_team(region, team_id, incident_id, now, true)
+    }
+
+    async fn release_quietly(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        self.release_team(region, team_id, incident_id, now, false)
+    }
+
+    async fn remember_recommendation(
+        &self,
+        incident_id: &str,
+        request: &[u8],
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let mut state = self.lock()?;
+        state.recommendations.retain(|_, (_, until)| *until > now);
+        state
+            .recommendations
+            .insert(incident_id.to_owned(), (request.to_vec(), expires));
+        Ok(())
+    }
+
+    async fn recommendation(
+        &self,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .lock()?
+            .recommendations
+            .get(incident_id)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(request, _)| request.clone()))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<TeamAvailable> {
+        self.announcer.subscribe()
+    }
+}
+
+#[cfg(feature = "testing")]
+impl MemoryTeamStore {
+    /// Testing: puts a team into `region` as `summary` says (any status, position and
+    /// capabilities; no incident), bypassing the state machine, as a test sets up a fleet.
+    /// Keeps the team's fencing counter and creation time; announces it like an upsert.
+    ///
+    /// # Panics
+    /// When the store's lock was poisoned.
+    pub fn put_team(&self, region: &str, summary: TeamSummary, now: DateTime<Utc>) {
+        #[allow(clippy::unwrap_used)]
+        let mut state = self.lock().unwrap();
+        let previous = state.teams.get(&summary.team_id).cloned();
+        if let Some(old) = &previous
+            && let Some(old_region) = state.regions.get_mut(&old.team.region)
+        {
+            old_region.teams.remove(&old.team.team_id);
+            old_region.available.remove(&old.team.team_id);
+        }
+        let team = Team {
+            team_id: summary.team_id,
+            display_name: summary.display_name,
+            region: region.to_owned(),
+            capabilities: summary.capabilities,
+            status: summary.status,
+            location: summary.location,
+            location_updated_at: summary.location_updated_at,
+            heading_degrees: None,
+            speed_meters_per_second: None,
+            accuracy_meters: None,
+            incident_id: String::new(),
+            shift_ends_at: summary.shift_ends_at,
+            revision: previous.as_ref().map_or(1, |e| e.team.revision + 1),
+            fencing_token: previous.as_ref().map_or(0, |e| e.team.fencing_token),
+            create_time: previous.as_ref().map_or(now, |e| e.team.create_time),
+            update_time: now,
+        };
+        state.teams.insert(
+            team.team_id.clone(),
+            Entry {
+                team: team.clone(),
+                last_incident: previous.map(|e| e.last_incident).unwrap_or_default(),
+            },
+        );
+        state
+            .regions
+            .entry(team.region.clone())
+            .or_default()
+            .teams
+            .insert(team.team_id.clone());
+        Self::reindex(&mut state, &team);
+        self.emit(&mut state, EventKind::Upserted, &team, now);
+    }
+
+    /// Testing: sets a team's status bypassing the state machine (a busy status keeps the
+    /// team's incident; any other clears it). Returns false for an unknown team.
+    ///
+    /// # Panics
+    /// When the store's lock was poisoned.
+    pub fn force_status(&self, team_id: &str, status: TeamStatus, now: DateTime<Utc>) -> bool {
+        #[allow(clippy::unwrap_used)]
+        let mut state = self.lock().unwrap();
+        let Some(entry) = state.teams.get_mut(team_id) else {
+            return false;
+        };
+        if entry.team.status == status {
+            return true;
+        }
+        entry.team.status = status;
+        if !is_busy(status) && !entry.team.incident_id.is_empty() {
+            entry.last_incident = std::mem::take(&mut entry.team.incident_id);
+        }
+        entry.team.revision += 1;
+        entry.team.update_time = now;
+        let team = entry.team.clone();
+        Self::reindex(&mut state, &team);
+        self.emit(&mut state, EventKind::StatusChanged, &team, now);
+        true
+    }
+
+    /// Testing: a Redis failover that lost recent writes, as routing sees it: every team
+    /// becomes AVAILABLE with no incident, its fencing counter restarts at 0 and its live
+    /// record is new (created `now`). Nothing is announced.
+    ///
+    /// # Panics
+    /// When the store's lock was poisoned.
+    pub fn lose_writes(&self, now: DateTime<Utc>) {
+        #[allow(clippy::unwrap_used)]
+        let mut state = self.lock().unwrap();
+        let teams: Vec<Team> = state
+            .teams
+            .values_mut()
+            .map(|entry| {
+                let team = &mut entry.team;
+                team.status = TeamStatus::Available;
+                team.incident_id.clear();
+                team.fencing_token = 0;
+                team.create_time = now;
+                team.update_time = now;
+                team.clone()
+            })
+            .collect();
+        for team in &teams {
+            Self::reindex(&mut state, team);
+        }
+    }
+
+    /// Testing: every team, ordered by id.
+    ///
+    /// # Panics
+    /// When the store's lock was poisoned.
+    #[must_use]
+    pub fn teams(&self) -> Vec<Team> {
+        #[allow(clippy::unwrap_used)]
+        let state = self.lock().unwrap();
+        let mut teams: Vec<Team> = state.teams.values().map(|e| e.team.clone()).collect();
+        teams.sort_by(|a, b| a.team_id.cmp(&b.team_id));
+        teams
     }
 }
