@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use relay_runtime::clock::Clock;
 
 use relay_fleet::{
-    ChangeError, LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome,
+    ChangeError, LocationOutcome, LocationReport, Recorded, RequestRecord, TeamPage, TeamStore,
+    UpsertOutcome,
     live_state::{self, LiveCheck, LiveState},
     model::{Team, TeamDefinition, TeamStatus},
 };
@@ -118,14 +119,16 @@ impl Availability {
             .await
     }
 
-    /// Creates or updates a team's roster fields, in the durable roster and the live store, so
-    /// that a failed upsert records nothing (common.proto): the roster change is a transaction
-    /// that writes the new fields first (proving the database answers, and locking the team's
-    /// row so concurrent upserts of one team reach both stores in one order), then the live
-    /// store changes, then the transaction commits with the live store's revision. A refusal
-    /// or a failure before the commit rolls the roster back and leaves the live store as it
-    /// was. Only a commit that fails after the live store changed leaves the two apart; a
-    /// retry converges (an unchanged upsert still writes the roster).
+    /// Creates or updates a team's roster fields under a request id, in the durable roster and
+    /// the live store, so that a failed upsert records nothing (common.proto): the roster change
+    /// is a transaction that writes the new fields first (proving the database answers, and
+    /// locking the team's row so concurrent upserts of one team reach both stores in one
+    /// order), then the live store changes (writing the request's idempotency record in the
+    /// same step), then the transaction commits with the live store's revision. A refusal or a
+    /// failure before the commit rolls the roster back and leaves the live store as it was.
+    /// Only a commit that fails after the live store changed leaves the two apart; a retry
+    /// converges: it replays the recorded answer and, under the same row lock, writes the
+    /// live team's current definition to the roster.
     ///
     /// # Errors
     /// The store's refusals, or a storage failure.
@@ -133,7 +136,8 @@ impl Availability {
         &self,
         definition: &TeamDefinition,
         expected_revision: Option<i64>,
-    ) -> Result<UpsertOutcome, AvailabilityError> {
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<UpsertOutcome>, AvailabilityError> {
         let mut roster = self.roster.begin().await?;
         // Revision 0 never lowers a stored revision (the save keeps the greater one).
         roster
@@ -142,18 +146,27 @@ impl Availability {
                 revision: 0,
             })
             .await?;
-        let outcome = self
+        let recorded = self
             .store
-            .upsert_team(definition, expected_revision, self.now())
+            .upsert_team_once(definition, expected_revision, self.now(), request)
             .await?;
+        let team = match &recorded {
+            Recorded::Applied(outcome) => outcome.team.clone(),
+            Recorded::Replayed(_) => match self.store.get_team(&definition.team_id).await? {
+                Some(team) => team,
+                None => return Ok(recorded),
+            },
+            // Nothing changed: the roster write is rolled back.
+            Recorded::Reused => return Ok(recorded),
+        };
         roster
             .save(&RosterEntry {
-                definition: outcome.team.definition(),
-                revision: outcome.team.revision,
+                definition: team.definition(),
+                revision: team.revision,
             })
             .await?;
         roster.commit().await?;
-        Ok(outcome)
+        Ok(recorded)
     }
 
     /// One team.
@@ -181,7 +194,7 @@ impl Availability {
         Ok(self.store.list_teams(region, status, after, limit).await?)
     }
 
-    /// Changes a team's status.
+    /// Changes a team's status under a request id (its record is written with the change).
     ///
     /// # Errors
     /// The state machine's refusals, or a storage failure.
@@ -191,10 +204,18 @@ impl Availability {
         status: TeamStatus,
         incident_id: &str,
         expected_revision: Option<i64>,
-    ) -> Result<(Team, bool), AvailabilityError> {
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<(Team, bool)>, AvailabilityError> {
         match self
             .store
-            .set_status(team_id, status, incident_id, expected_revision, self.now())
+            .set_status_once(
+                team_id,
+                status,
+                incident_id,
+                expected_revision,
+                self.now(),
+                request,
+            )
             .await
         {
             Err(ChangeError::NotFound) => Err(self.missing()),

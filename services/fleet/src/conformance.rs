@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::{
-    ChangeError, ClaimError, FleetStore, LocationOutcome, LocationReport, ReleaseError,
-    ReleaseOutcome,
+    ChangeError, ClaimError, FleetStore, LocationOutcome, LocationReport, Recorded, ReleaseError,
+    ReleaseOutcome, RequestRecord,
     model::{EventId, EventKind, Position, TeamDefinition, TeamStatus},
 };
 
@@ -748,35 +748,191 @@ pub async fn seeding_recreates_missing_teams_above_a_floor(store: &dyn FleetStor
     assert!(claim.fencing_token > floor);
 }
 
-/// Conformance scenario (see the module documentation).
+/// A change under a request id writes its record in the same step: a retry replays the team
+/// as it was right after the change (whatever changed since), another request under the same
+/// id changes nothing, records are kept per RPC, and a refused change records nothing.
 pub async fn idempotency_records_expire_and_are_kept_per_rpc(store: &dyn FleetStore) {
-    assert_eq!(
-        store
-            .idempotency_get("upsert_team", "r1")
-            .await
-            .expect("get"),
-        None
-    );
-    store
-        .idempotency_put("upsert_team", "r1", "{\"x\":1}", Duration::from_secs(60))
+    let request = |rpc: &'static str, fingerprint: &'static str| RequestRecord {
+        rpc,
+        request_id: "r1",
+        fingerprint,
+        ttl: Duration::from_secs(60),
+    };
+    let d = def("t1", "north");
+    let created = store
+        .upsert_team_once(&d, None, t0(), &request("upsert_team", "a"))
         .await
-        .expect("put");
+        .expect("create");
+    let Recorded::Applied(created) = created else {
+        panic!("first run: {created:?}")
+    };
+    assert!(created.created && created.changed);
+    store
+        .set_status("t1", TeamStatus::Available, "", None, t0() + secs(1))
+        .await
+        .expect("available");
+    let again = store
+        .upsert_team_once(&d, None, t0() + secs(2), &request("upsert_team", "a"))
+        .await
+        .expect("retry");
+    assert_eq!(again, Recorded::Replayed(created.clone()));
+    let mut other = d.clone();
+    other.display_name = String::from("Another");
+    let reused = store
+        .upsert_team_once(&other, None, t0(), &request("upsert_team", "b"))
+        .await
+        .expect("reused");
+    assert_eq!(reused, Recorded::Reused);
+    let team = store.get_team("t1").await.expect("get").expect("team");
+    assert_eq!((team.revision, team.display_name.as_str()), (2, "Team t1"));
+
+    // The same id for another RPC is another request.
+    let status = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OutOfService,
+            "",
+            None,
+            t0() + secs(3),
+            &request("set_team_status", "a"),
+        )
+        .await
+        .expect("status");
+    let Recorded::Applied((out_of_service, true)) = status else {
+        panic!("status: {status:?}")
+    };
+    assert_eq!(out_of_service.status, TeamStatus::OutOfService);
+    store
+        .set_status("t1", TeamStatus::Available, "", None, t0() + secs(4))
+        .await
+        .expect("available again");
+    let replayed = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OutOfService,
+            "",
+            None,
+            t0() + secs(5),
+            &request("set_team_status", "a"),
+        )
+        .await
+        .expect("replay");
+    assert_eq!(replayed, Recorded::Replayed((out_of_service, true)));
     assert_eq!(
         store
-            .idempotency_get("upsert_team", "r1")
+            .get_team("t1")
             .await
             .expect("get")
-            .as_deref(),
-        Some("{\"x\":1}")
+            .expect("team")
+            .status,
+        TeamStatus::Available,
+        "a replay changes nothing"
     );
-    assert_eq!(
-        store
-            .idempotency_get("set_team_status", "r1")
-            .await
-            .expect("get"),
-        None
+
+    // A refused change records nothing: the request can be sent again once it can apply.
+    let refused = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OnScene,
+            "inc-1",
+            None,
+            t0() + secs(6),
+            &RequestRecord {
+                request_id: "r2",
+                ..request("set_team_status", "c")
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(ChangeError::InvalidTransition { .. })),
+        "{refused:?}"
     );
+    let later = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OffDuty,
+            "",
+            None,
+            t0() + secs(7),
+            &RequestRecord {
+                request_id: "r2",
+                ..request("set_team_status", "d")
+            },
+        )
+        .await
+        .expect("a new request under the refused one's id");
+    assert!(matches!(later, Recorded::Applied((_, true))), "{later:?}");
     store.ping().await.expect("ping");
+}
+
+/// Retries of one request racing each other (a client that timed out and resent): exactly one
+/// applies, and every other one replays it, even when the request names the revision it
+/// expects (which the applied one moved on). Were the record written after the change rather
+/// with it, a retry could pass the record check before the record existed and fail with
+/// REVISION_MISMATCH, or apply a second time.
+pub async fn racing_retries_of_one_request_apply_once(store: &dyn FleetStore) {
+    store
+        .upsert_team(&def("t1", "north"), None, t0())
+        .await
+        .expect("create");
+    let request = RequestRecord {
+        rpc: "set_team_status",
+        request_id: "r1",
+        fingerprint: "f",
+        ttl: Duration::from_secs(60),
+    };
+    let retries = (0..8).map(|n| {
+        store.set_status_once(
+            "t1",
+            TeamStatus::Available,
+            "",
+            Some(1),
+            t0() + secs(n),
+            &request,
+        )
+    });
+    let outcomes = futures_join_all(retries).await;
+    let mut applied = 0;
+    for outcome in outcomes {
+        match outcome.expect("every retry succeeds") {
+            Recorded::Applied((team, true)) => {
+                applied += 1;
+                assert_eq!(team.revision, 2);
+            }
+            Recorded::Replayed((team, true)) => assert_eq!(team.revision, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(applied, 1);
+    let team = store.get_team("t1").await.expect("get").expect("team");
+    assert_eq!((team.status, team.revision), (TeamStatus::Available, 2));
+}
+
+/// Polls every future to completion concurrently (a small `join_all`, to keep this crate's
+/// dependencies as they are).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (future, slot) in pending.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => *slot = Some(output),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
 }
 
 /// Conformance scenario (see the module documentation).

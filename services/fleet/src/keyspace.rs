@@ -8,7 +8,7 @@
 //! The rule that keeps this true on a cluster: a script touches only the keys it is given in
 //! `KEYS`, all of one region (scripts.rs tests it; the conformance suite runs on a real
 //! cluster, which refuses a script across slots with CROSSSLOT). The two keys outside a region
-//! (`team_regions`, `live_epoch`, `req:*`, `recommendation:*`) are read and written by single-key commands only, never inside a
+//! (`team_regions`, `live_epoch`, `recommendation:*`) are read and written by single-key commands only, never inside a
 //! script; a new global key a script needs (an epoch, a counter) must be one per region.
 //!
 //! | key | type | fields / members | written by |
@@ -20,7 +20,7 @@
 //! | `<p>:{<region>}:events` | stream | one entry per change: `kind` (`upserted`, `status`, `location`, `removed`), `at` (µs), then every field of the team hash after the change; trimmed by age (`MINID`) to the retention window | every script that changes a team |
 //! | `<p>:team_regions` | hash | team id → region (the only key outside a region: it finds a team's region from its id) | upsert and move |
 //! | `<p>:live_epoch` | string | a random id written once the live state was built from the roster; its absence means Redis lost the live state (issue 18), which availability detects and rebuilds | availability's loss watch ([`crate::live_state`]) |
-//! | `<p>:req:<rpc>:<request_id>` | string | JSON of the request fingerprint and the response, expires after 24 h | availability handlers (idempotency) |
+//! | `<p>:{<region>}:req:<rpc>:<request_id>` | hash | `~fp` (the request's fingerprint), `~tag` (what the change did: `created`, `updated`, `same`, `ok`), then every field of the team hash after the change; expires after 24 h. In the team's region, so that the script making the change writes it in the same step (and a retry finds it there and replays) | the upsert, move-in and status scripts, for availability's UpsertTeam and SetTeamStatus (idempotency) |
 //! | `<p>:recommendation:<incident_id>` | string | the encoded `AssignTeamRequest` of an incident routing only recommended a team for, expires after an hour: ConfirmAssignment and CancelRouting on any replica find the incident there | routing ([`crate::DispatchStore::remember_recommendation`]) |
 
 /// The default key prefix.
@@ -101,10 +101,10 @@ impl Keyspace {
         format!("{}:live_epoch", self.prefix)
     }
 
-    /// An idempotency record.
+    /// The idempotency record of a request that changes a team of `region`.
     #[must_use]
-    pub fn request(&self, rpc: &str, request_id: &str) -> String {
-        format!("{}:req:{rpc}:{request_id}", self.prefix)
+    pub fn request(&self, region: &str, rpc: &str, request_id: &str) -> String {
+        format!("{}:req:{rpc}:{request_id}", self.region_prefix(region))
     }
 
     /// The remembered request of an incident routing only recommended a team for: a key
@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(keys.events("north"), "relay:{north}:events");
         let custom = Keyspace::new("test_1");
         assert_eq!(custom.team_regions(), "test_1:team_regions");
-        assert_eq!(custom.request("upsert", "r1"), "test_1:req:upsert:r1");
+        assert_eq!(
+            custom.request("north", "upsert", "r1"),
+            "test_1:{north}:req:upsert:r1"
+        );
         assert_eq!(custom.recommendation("i1"), "test_1:recommendation:i1");
     }
 }

@@ -28,6 +28,7 @@ pub mod conformance;
 pub use keyspace::Keyspace;
 pub use store::{
     ChangeError, Claim, ClaimError, DispatchStore, EventsError, FleetStore, FleetTeam,
-    LocationOutcome, LocationReport, MemoryTeamStore, Nearest, RedisTeamStore, ReleaseError,
-    ReleaseOutcome, StoreError, TeamAvailable, TeamPage, TeamStore, UpsertOutcome,
+    LocationOutcome, LocationReport, MemoryTeamStore, Nearest, Recorded, RedisTeamStore,
+    ReleaseError, ReleaseOutcome, RequestRecord, StoreError, TeamAvailable, TeamPage, TeamStore,
+    UpsertOutcome,
 };

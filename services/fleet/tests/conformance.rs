@@ -114,6 +114,7 @@ conformance!(
     lists_page_and_filter,
     seeding_recreates_missing_teams_above_a_floor,
     idempotency_records_expire_and_are_kept_per_rpc,
+    racing_retries_of_one_request_apply_once,
     history_expiry_is_reported,
     the_live_epoch_is_written_once_and_agreed_on,
     a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears,

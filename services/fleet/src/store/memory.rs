@@ -19,9 +19,9 @@ use tokio::sync::broadcast;
 
 use super::{
     ChangeError, Claim, ClaimError, DispatchStore, EventsError, FleetTeam, LocationOutcome,
-    LocationReport, Nearest, ReleaseError, ReleaseOutcome, StoreError, TeamAvailable, TeamPage,
-    TeamStore, UpsertOutcome, announce::Announcer, announces, busy_of, is_unavailable,
-    on_duty_near, rank_candidates, rank_placed,
+    LocationReport, Nearest, Recorded, ReleaseError, ReleaseOutcome, RequestRecord, StoreError,
+    TeamAvailable, TeamPage, TeamStore, UpsertOutcome, announce::Announcer, announces, busy_of,
+    is_unavailable, on_duty_near, rank_candidates, rank_placed,
 };
 use crate::model::{
     EventId, EventKind, Position, Team, TeamDefinition, TeamEvent, TeamStatus, TeamSummary,
@@ -43,12 +43,58 @@ struct Entry {
     last_incident: String,
 }
 
+/// What a change under a request id did, as its record keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Created,
+    Changed,
+    Same,
+}
+
+/// The idempotency record of a request: as the Redis store's, the team right after the change.
+#[derive(Debug, Clone)]
+struct RequestEntry {
+    fingerprint: String,
+    tag: Tag,
+    team: Team,
+}
+
+/// The record of `request` when it exists: `Err` when it was made by another request (another
+/// fingerprint). Expired records are dropped.
+fn recall(state: &mut State, request: &RequestRecord<'_>) -> Option<Result<RequestEntry, ()>> {
+    let now = Instant::now();
+    state.requests.retain(|_, (_, expires)| *expires > now);
+    let (entry, _) = state
+        .requests
+        .get(&format!("{}:{}", request.rpc, request.request_id))?;
+    Some(if entry.fingerprint == request.fingerprint {
+        Ok(entry.clone())
+    } else {
+        Err(())
+    })
+}
+
+/// Writes the record of `request`, in the same critical section as its change.
+fn remember(state: &mut State, request: &RequestRecord<'_>, tag: Tag, team: &Team) {
+    state.requests.insert(
+        format!("{}:{}", request.rpc, request.request_id),
+        (
+            RequestEntry {
+                fingerprint: request.fingerprint.to_owned(),
+                tag,
+                team: team.clone(),
+            },
+            Instant::now() + request.ttl,
+        ),
+    );
+}
+
 #[derive(Debug, Default)]
 struct State {
     teams: HashMap<String, Entry>,
     regions: HashMap<String, Region>,
     last_id: EventId,
-    requests: HashMap<String, (String, Instant)>,
+    requests: HashMap<String, (RequestEntry, Instant)>,
     recommendations: HashMap<String, (Vec<u8>, DateTime<Utc>)>,
     epoch: Option<String>,
 }
@@ -217,6 +263,142 @@ impl MemoryTeamStore {
         })
     }
 
+    /// [`TeamStore::upsert_team`] within the lock.
+    fn upsert_in(
+        &self,
+        state: &mut State,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<UpsertOutcome, ChangeError> {
+        let Some(entry) = state.teams.get(&definition.team_id).cloned() else {
+            if expected_revision.is_some() {
+                return Err(ChangeError::RevisionMismatch { current: 0 });
+            }
+            let team = self.create(state, definition, 1, 0, now);
+            return Ok(UpsertOutcome {
+                team,
+                created: true,
+                changed: true,
+            });
+        };
+        let mut team = entry.team;
+        if let Some(expected) = expected_revision
+            && expected != team.revision
+        {
+            return Err(ChangeError::RevisionMismatch {
+                current: team.revision,
+            });
+        }
+        if team.definition() == *definition {
+            return Ok(UpsertOutcome {
+                team,
+                created: false,
+                changed: false,
+            });
+        }
+        let moving = team.region != definition.region;
+        if moving {
+            if !matches!(team.status, TeamStatus::OffDuty | TeamStatus::OutOfService) {
+                return Err(ChangeError::RegionChangeNotAllowed {
+                    status: team.status,
+                });
+            }
+            let old = team.clone();
+            if let Some(region) = state.regions.get_mut(&old.region) {
+                region.teams.remove(&old.team_id);
+                region.available.remove(&old.team_id);
+            }
+            self.emit(state, EventKind::Removed, &old, now);
+        }
+        team.display_name.clone_from(&definition.display_name);
+        team.region.clone_from(&definition.region);
+        team.capabilities.clone_from(&definition.capabilities);
+        team.shift_ends_at = definition.shift_ends_at;
+        team.revision += 1;
+        team.update_time = now;
+        state
+            .regions
+            .entry(team.region.clone())
+            .or_default()
+            .teams
+            .insert(team.team_id.clone());
+        if let Some(entry) = state.teams.get_mut(&team.team_id) {
+            entry.team = team.clone();
+        }
+        self.emit(state, EventKind::Upserted, &team, now);
+        Ok(UpsertOutcome {
+            team,
+            created: false,
+            changed: true,
+        })
+    }
+
+    /// [`TeamStore::set_status`] within the lock.
+    fn set_status_in(
+        &self,
+        state: &mut State,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<(Team, bool), ChangeError> {
+        let Some(entry) = state.teams.get(team_id).cloned() else {
+            return Err(ChangeError::NotFound);
+        };
+        let mut team = entry.team;
+        if let Some(expected) = expected_revision
+            && expected != team.revision
+        {
+            return Err(ChangeError::RevisionMismatch {
+                current: team.revision,
+            });
+        }
+        let mismatch = || ChangeError::IncidentMismatch {
+            current_incident: team.incident_id.clone(),
+        };
+        let (busy_target, busy_now) = (is_busy(status), is_busy(team.status));
+        if team.status == status {
+            if busy_target && incident_id != team.incident_id {
+                return Err(mismatch());
+            }
+            return Ok((team, false));
+        }
+        if status == TeamStatus::Dispatched && team.status == TeamStatus::Available {
+            return Err(ChangeError::DispatchRequiresRouting);
+        }
+        if !allowed_from(status).contains(&team.status) {
+            return Err(ChangeError::InvalidTransition {
+                from: team.status,
+                to: status,
+            });
+        }
+        if busy_target && incident_id != team.incident_id {
+            return Err(mismatch());
+        }
+        if busy_now && !busy_target && !incident_id.is_empty() && incident_id != team.incident_id {
+            return Err(mismatch());
+        }
+        let mut last_incident = entry.last_incident;
+        if busy_now && !busy_target {
+            last_incident = std::mem::take(&mut team.incident_id);
+        }
+        team.status = landing_status(team.status, status, team.shift_ends_at, now);
+        team.revision += 1;
+        team.update_time = now;
+        state.teams.insert(
+            team.team_id.clone(),
+            Entry {
+                team: team.clone(),
+                last_incident,
+            },
+        );
+        Self::reindex(state, &team);
+        self.emit(state, EventKind::StatusChanged, &team, now);
+        Ok((team, true))
+    }
+
     /// The teams of `region`.
     fn region_teams(&self, region: &str) -> Result<Vec<Team>, StoreError> {
         let state = self.lock()?;
@@ -251,67 +433,41 @@ impl TeamStore for MemoryTeamStore {
         now: DateTime<Utc>,
     ) -> Result<UpsertOutcome, ChangeError> {
         let mut state = self.lock()?;
-        let Some(entry) = state.teams.get(&definition.team_id).cloned() else {
-            if expected_revision.is_some() {
-                return Err(ChangeError::RevisionMismatch { current: 0 });
+        self.upsert_in(&mut state, definition, expected_revision, now)
+    }
+
+    async fn upsert_team_once(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError> {
+        let mut state = self.lock()?;
+        match recall(&mut state, request) {
+            Some(Ok(record)) => {
+                let (created, changed) = match record.tag {
+                    Tag::Created => (true, true),
+                    Tag::Changed => (false, true),
+                    Tag::Same => (false, false),
+                };
+                return Ok(Recorded::Replayed(UpsertOutcome {
+                    team: record.team,
+                    created,
+                    changed,
+                }));
             }
-            let team = self.create(&mut state, definition, 1, 0, now);
-            return Ok(UpsertOutcome {
-                team,
-                created: true,
-                changed: true,
-            });
+            Some(Err(())) => return Ok(Recorded::Reused),
+            None => {}
+        }
+        let outcome = self.upsert_in(&mut state, definition, expected_revision, now)?;
+        let tag = match (outcome.created, outcome.changed) {
+            (true, _) => Tag::Created,
+            (false, true) => Tag::Changed,
+            (false, false) => Tag::Same,
         };
-        let mut team = entry.team;
-        if let Some(expected) = expected_revision
-            && expected != team.revision
-        {
-            return Err(ChangeError::RevisionMismatch {
-                current: team.revision,
-            });
-        }
-        if team.definition() == *definition {
-            return Ok(UpsertOutcome {
-                team,
-                created: false,
-                changed: false,
-            });
-        }
-        let moving = team.region != definition.region;
-        if moving {
-            if !matches!(team.status, TeamStatus::OffDuty | TeamStatus::OutOfService) {
-                return Err(ChangeError::RegionChangeNotAllowed {
-                    status: team.status,
-                });
-            }
-            let old = team.clone();
-            if let Some(region) = state.regions.get_mut(&old.region) {
-                region.teams.remove(&old.team_id);
-                region.available.remove(&old.team_id);
-            }
-            self.emit(&mut state, EventKind::Removed, &old, now);
-        }
-        team.display_name.clone_from(&definition.display_name);
-        team.region.clone_from(&definition.region);
-        team.capabilities.clone_from(&definition.capabilities);
-        team.shift_ends_at = definition.shift_ends_at;
-        team.revision += 1;
-        team.update_time = now;
-        state
-            .regions
-            .entry(team.region.clone())
-            .or_default()
-            .teams
-            .insert(team.team_id.clone());
-        if let Some(entry) = state.teams.get_mut(&team.team_id) {
-            entry.team = team.clone();
-        }
-        self.emit(&mut state, EventKind::Upserted, &team, now);
-        Ok(UpsertOutcome {
-            team,
-            created: false,
-            changed: true,
-        })
+        remember(&mut state, request, tag, &outcome.team);
+        Ok(Recorded::Applied(outcome))
     }
 
     async fn seed_team(
@@ -366,59 +522,47 @@ impl TeamStore for MemoryTeamStore {
         now: DateTime<Utc>,
     ) -> Result<(Team, bool), ChangeError> {
         let mut state = self.lock()?;
-        let Some(entry) = state.teams.get(team_id).cloned() else {
-            return Err(ChangeError::NotFound);
-        };
-        let mut team = entry.team;
-        if let Some(expected) = expected_revision
-            && expected != team.revision
-        {
-            return Err(ChangeError::RevisionMismatch {
-                current: team.revision,
-            });
-        }
-        let mismatch = || ChangeError::IncidentMismatch {
-            current_incident: team.incident_id.clone(),
-        };
-        let (busy_target, busy_now) = (is_busy(status), is_busy(team.status));
-        if team.status == status {
-            if busy_target && incident_id != team.incident_id {
-                return Err(mismatch());
+        self.set_status_in(
+            &mut state,
+            team_id,
+            status,
+            incident_id,
+            expected_revision,
+            now,
+        )
+    }
+
+    async fn set_status_once(
+        &self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<(Team, bool)>, ChangeError> {
+        let mut state = self.lock()?;
+        match recall(&mut state, request) {
+            Some(Ok(record)) => {
+                return Ok(Recorded::Replayed((
+                    record.team,
+                    record.tag == Tag::Changed,
+                )));
             }
-            return Ok((team, false));
+            Some(Err(())) => return Ok(Recorded::Reused),
+            None => {}
         }
-        if status == TeamStatus::Dispatched && team.status == TeamStatus::Available {
-            return Err(ChangeError::DispatchRequiresRouting);
-        }
-        if !allowed_from(status).contains(&team.status) {
-            return Err(ChangeError::InvalidTransition {
-                from: team.status,
-                to: status,
-            });
-        }
-        if busy_target && incident_id != team.incident_id {
-            return Err(mismatch());
-        }
-        if busy_now && !busy_target && !incident_id.is_empty() && incident_id != team.incident_id {
-            return Err(mismatch());
-        }
-        let mut last_incident = entry.last_incident;
-        if busy_now && !busy_target {
-            last_incident = std::mem::take(&mut team.incident_id);
-        }
-        team.status = landing_status(team.status, status, team.shift_ends_at, now);
-        team.revision += 1;
-        team.update_time = now;
-        state.teams.insert(
-            team.team_id.clone(),
-            Entry {
-                team: team.clone(),
-                last_incident,
-            },
-        );
-        Self::reindex(&mut state, &team);
-        self.emit(&mut state, EventKind::StatusChanged, &team, now);
-        Ok((team, true))
+        let (team, changed) = self.set_status_in(
+            &mut state,
+            team_id,
+            status,
+            incident_id,
+            expected_revision,
+            now,
+        )?;
+        let tag = if changed { Tag::Changed } else { Tag::Same };
+        remember(&mut state, request, tag, &team);
+        Ok(Recorded::Applied((team, changed)))
     }
 
     async fn report_locations(
@@ -524,36 +668,6 @@ impl TeamStore for MemoryTeamStore {
             .get(region)
             .and_then(|r| r.events.back())
             .map_or(EventId::ZERO, |e| e.id))
-    }
-
-    async fn idempotency_get(
-        &self,
-        rpc: &str,
-        request_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        let state = self.lock()?;
-        Ok(state
-            .requests
-            .get(&format!("{rpc}:{request_id}"))
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(record, _)| record.clone()))
-    }
-
-    async fn idempotency_put(
-        &self,
-        rpc: &str,
-        request_id: &str,
-        record: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let mut state = self.lock()?;
-        let now = Instant::now();
-        state.requests.retain(|_, (_, expires)| *expires > now);
-        state.requests.insert(
-            format!("{rpc}:{request_id}"),
-            (record.to_owned(), now + ttl),
-        );
-        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

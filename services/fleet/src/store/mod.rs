@@ -147,6 +147,31 @@ pub enum EventsError {
     Store(#[from] StoreError),
 }
 
+/// A mutation's request id and what a retry is checked against (availability's idempotency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRecord<'a> {
+    /// The RPC: records are kept per RPC.
+    pub rpc: &'a str,
+    /// The client's request id.
+    pub request_id: &'a str,
+    /// What makes two requests the same (a digest of the request without its id).
+    pub fingerprint: &'a str,
+    /// How long the record is kept.
+    pub ttl: Duration,
+}
+
+/// What a change under a request id did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded<T> {
+    /// The change ran now, and its record was written with it.
+    Applied(T),
+    /// The request id already ran with this fingerprint: what it answered then (the team as
+    /// it was right after that change); nothing changed now.
+    Replayed(T),
+    /// The request id already ran with another fingerprint; nothing changed.
+    Reused,
+}
+
 /// A successful upsert.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpsertOutcome {
@@ -298,21 +323,29 @@ pub trait TeamStore: Send + Sync + 'static {
     /// after it yields only later changes.
     async fn last_event_id(&self, region: &str) -> Result<EventId, StoreError>;
 
-    /// The stored idempotency record of a request, if any.
-    async fn idempotency_get(
+    /// As [`Self::upsert_team`] under a request id: the request's record (its fingerprint and
+    /// the team after the change) is written in the same atomic step as the change, so a
+    /// retry of a request that changed the team replays it whatever happened after the change
+    /// (a crash, a lost reply), and two requests under one id never both apply. A refused
+    /// change writes no record.
+    async fn upsert_team_once(
         &self,
-        rpc: &str,
-        request_id: &str,
-    ) -> Result<Option<String>, StoreError>;
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError>;
 
-    /// Stores an idempotency record for `ttl`.
-    async fn idempotency_put(
+    /// As [`Self::set_status`] under a request id (see [`Self::upsert_team_once`]).
+    async fn set_status_once(
         &self,
-        rpc: &str,
-        request_id: &str,
-        record: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<(Team, bool)>, ChangeError>;
 
     /// Whether the store is reachable (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -24,8 +24,8 @@ use tokio::sync::broadcast;
 
 use super::{
     ChangeError, Claim, ClaimError, DispatchStore, EventsError, FleetTeam, LocationOutcome,
-    LocationReport, Nearest, ReleaseError, ReleaseOutcome, StoreError, TeamAvailable, TeamPage,
-    TeamStore, UpsertOutcome,
+    LocationReport, Nearest, Recorded, ReleaseError, ReleaseOutcome, RequestRecord, StoreError,
+    TeamAvailable, TeamPage, TeamStore, UpsertOutcome,
     announce::{Announcer, EventSource},
     busy_of, is_unavailable, on_duty_near, rank_candidates, rank_placed, region_teams, scripts,
 };
@@ -278,13 +278,41 @@ fn positional<'a>(
     }
 }
 
+/// A flat `field, value, ...` list as a map.
+fn flat_map(flat: &[String]) -> HashMap<String, String> {
+    flat.chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect()
+}
+
 /// Decodes a team from a flat `field, value, ...` list.
 fn decode_flat(flat: &[String]) -> Result<Team, StoreError> {
-    let map = flat
-        .chunks_exact(2)
-        .map(|pair| (pair[0].clone(), pair[1].clone()))
-        .collect();
-    decode_team(&map)
+    decode_team(&flat_map(flat))
+}
+
+/// The upsert outcome a record's tag stands for.
+fn upsert_outcome(tag: &str, team: Team) -> Result<UpsertOutcome, StoreError> {
+    let (created, changed) = match tag {
+        "created" => (true, true),
+        "updated" => (false, true),
+        "same" => (false, false),
+        other => return Err(corrupt(format!("request record tagged `{other}`"))),
+    };
+    Ok(UpsertOutcome {
+        team,
+        created,
+        changed,
+    })
+}
+
+/// The outcome of a change made without a request id (never replayed).
+fn applied<T>(recorded: Recorded<T>) -> Result<T, ChangeError> {
+    match recorded {
+        Recorded::Applied(outcome) => Ok(outcome),
+        Recorded::Replayed(_) | Recorded::Reused => {
+            Err(corrupt("a change without a request id was replayed").into())
+        }
+    }
 }
 
 /// The hash fields of a team (the inverse of [`decode_team`]).
@@ -617,19 +645,92 @@ impl RedisTeamStore {
         Ok(decoded)
     }
 
+    /// The key, fingerprint and time to live (ms) of a request's record, as the scripts take
+    /// them: an empty fingerprint (and a key the script never touches) when there is none.
+    fn record_args(
+        &self,
+        region: &str,
+        request: Option<&RequestRecord<'_>>,
+    ) -> (String, String, String) {
+        match request {
+            Some(request) => (
+                self.keys.request(region, request.rpc, request.request_id),
+                request.fingerprint.to_owned(),
+                request.ttl.as_millis().max(1).to_string(),
+            ),
+            None => (
+                self.keys.request(region, "-", "-"),
+                String::new(),
+                String::new(),
+            ),
+        }
+    }
+
+    /// The record of `request` in `region`, if any (read before a region change, which takes
+    /// two scripts: the first must not run for a request that already ran).
+    async fn recall(
+        &self,
+        region: &str,
+        request: &RequestRecord<'_>,
+    ) -> Result<Option<Recorded<UpsertOutcome>>, StoreError> {
+        let fields: HashMap<String, String> = self
+            .conn()
+            .hgetall(self.keys.request(region, request.rpc, request.request_id))
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        if fields.get("~fp").map(String::as_str) != Some(request.fingerprint) {
+            return Ok(Some(Recorded::Reused));
+        }
+        let tag = fields.get("~tag").cloned().unwrap_or_default();
+        Ok(Some(Recorded::Replayed(upsert_outcome(
+            &tag,
+            decode_team(&fields)?,
+        )?)))
+    }
+
+    async fn upsert(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: Option<&RequestRecord<'_>>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError> {
+        match self.region_of(&definition.team_id).await? {
+            Some(current) if current != definition.region => {
+                if let Some(request) = request
+                    && let Some(recorded) = self.recall(&definition.region, request).await?
+                {
+                    return Ok(recorded);
+                }
+                self.move_region(&current, definition, expected_revision, now, request)
+                    .await
+                    .map(Recorded::Applied)
+            }
+            _ => {
+                self.upsert_in_place(definition, expected_revision, now, request)
+                    .await
+            }
+        }
+    }
+
     async fn upsert_in_place(
         &self,
         definition: &TeamDefinition,
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
-    ) -> Result<UpsertOutcome, ChangeError> {
+        request: Option<&RequestRecord<'_>>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError> {
         let region = &definition.region;
+        let (record, fingerprint, ttl) = self.record_args(region, request);
         let reply: Vec<String> = self
             .scripts
             .upsert
             .key(self.keys.team(region, &definition.team_id))
             .key(self.keys.teams(region))
             .key(self.keys.events(region))
+            .key(record)
             .arg(&definition.team_id)
             .arg(&definition.display_name)
             .arg(region)
@@ -638,6 +739,8 @@ impl RedisTeamStore {
             .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
             .arg(to_micros(now))
             .arg(self.retention_ms())
+            .arg(fingerprint)
+            .arg(ttl)
             .invoke_async(&mut self.conn())
             .await
             .map_err(StoreError::from)?;
@@ -650,6 +753,15 @@ impl RedisTeamStore {
                     current: revision_from(second(&reply))?,
                 });
             }
+            "replay" => {
+                let fields = flat_map(&reply[1..]);
+                let tag = fields.get("~tag").cloned().unwrap_or_default();
+                return Ok(Recorded::Replayed(upsert_outcome(
+                    &tag,
+                    decode_team(&fields)?,
+                )?));
+            }
+            "reused" => return Ok(Recorded::Reused),
             other => return Err(corrupt(format!("upsert answered `{other}`")).into()),
         };
         let team = decode_flat(&reply[1..])?;
@@ -661,11 +773,11 @@ impl RedisTeamStore {
                 .map_err(StoreError::from)?;
             self.remember_region(&definition.team_id, region);
         }
-        Ok(UpsertOutcome {
+        Ok(Recorded::Applied(UpsertOutcome {
             team,
             created,
             changed,
-        })
+        }))
     }
 
     async fn move_region(
@@ -674,6 +786,7 @@ impl RedisTeamStore {
         definition: &TeamDefinition,
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
+        request: Option<&RequestRecord<'_>>,
     ) -> Result<UpsertOutcome, ChangeError> {
         let allowed = list(&[TeamStatus::OffDuty, TeamStatus::OutOfService]);
         let reply: Vec<String> = self
@@ -713,6 +826,7 @@ impl RedisTeamStore {
         team.shift_ends_at = definition.shift_ends_at;
         team.revision += 1;
         team.update_time = now;
+        let (record, fingerprint, ttl) = self.record_args(&definition.region, request);
         let mut invocation = self.scripts.move_in.prepare_invoke();
         invocation
             .key(self.keys.team(&definition.region, &definition.team_id))
@@ -720,9 +834,12 @@ impl RedisTeamStore {
             .key(self.keys.events(&definition.region))
             .key(self.keys.available(&definition.region))
             .key(self.keys.unavailable(&definition.region))
+            .key(record)
             .arg(&definition.team_id)
             .arg(to_micros(now))
-            .arg(self.retention_ms());
+            .arg(self.retention_ms())
+            .arg(fingerprint)
+            .arg(ttl);
         for (field, value) in encode_team(&team) {
             invocation.arg(field).arg(value);
         }
@@ -778,6 +895,64 @@ impl RedisTeamStore {
                 current_incident: reply.get(2).cloned().unwrap_or_default(),
             }),
             other => Err(corrupt(format!("release answered `{other}`")).into()),
+        }
+    }
+
+    async fn change_status(
+        &self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: Option<&RequestRecord<'_>>,
+    ) -> Result<Recorded<(Team, bool)>, ChangeError> {
+        let Some(region) = self.region_of(team_id).await? else {
+            return Err(ChangeError::NotFound);
+        };
+        let (record, fingerprint, ttl) = self.record_args(&region, request);
+        let reply: Vec<String> = self
+            .scripts
+            .set_status
+            .key(self.keys.team(&region, team_id))
+            .key(self.keys.available(&region))
+            .key(self.keys.events(&region))
+            .key(self.keys.unavailable(&region))
+            .key(record)
+            .arg(status as i32)
+            .arg(incident_id)
+            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(list(allowed_from(status)))
+            .arg(busy_list())
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .arg(fingerprint)
+            .arg(ttl)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => Ok(Recorded::Applied((decode_flat(&reply[1..])?, true))),
+            "same" => Ok(Recorded::Applied((decode_flat(&reply[1..])?, false))),
+            "replay" => {
+                let fields = flat_map(&reply[1..]);
+                let changed = fields.get("~tag").is_some_and(|tag| tag == "ok");
+                Ok(Recorded::Replayed((decode_team(&fields)?, changed)))
+            }
+            "reused" => Ok(Recorded::Reused),
+            "missing" => Err(ChangeError::NotFound),
+            "rev" => Err(ChangeError::RevisionMismatch {
+                current: revision_from(second(&reply))?,
+            }),
+            "incident" => Err(ChangeError::IncidentMismatch {
+                current_incident: second(&reply).to_owned(),
+            }),
+            "dispatch" => Err(ChangeError::DispatchRequiresRouting),
+            "transition" => Err(ChangeError::InvalidTransition {
+                from: status_from(second(&reply))?,
+                to: status,
+            }),
+            other => Err(corrupt(format!("set_status answered `{other}`")).into()),
         }
     }
 
@@ -882,16 +1057,21 @@ impl TeamStore for RedisTeamStore {
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<UpsertOutcome, ChangeError> {
-        match self.region_of(&definition.team_id).await? {
-            Some(current) if current != definition.region => {
-                self.move_region(&current, definition, expected_revision, now)
-                    .await
-            }
-            _ => {
-                self.upsert_in_place(definition, expected_revision, now)
-                    .await
-            }
-        }
+        applied(
+            self.upsert(definition, expected_revision, now, None)
+                .await?,
+        )
+    }
+
+    async fn upsert_team_once(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError> {
+        self.upsert(definition, expected_revision, now, Some(request))
+            .await
     }
 
     async fn seed_team(
@@ -980,43 +1160,30 @@ impl TeamStore for RedisTeamStore {
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<(Team, bool), ChangeError> {
-        let Some(region) = self.region_of(team_id).await? else {
-            return Err(ChangeError::NotFound);
-        };
-        let reply: Vec<String> = self
-            .scripts
-            .set_status
-            .key(self.keys.team(&region, team_id))
-            .key(self.keys.available(&region))
-            .key(self.keys.events(&region))
-            .key(self.keys.unavailable(&region))
-            .arg(status as i32)
-            .arg(incident_id)
-            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
-            .arg(list(allowed_from(status)))
-            .arg(busy_list())
-            .arg(to_micros(now))
-            .arg(self.retention_ms())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(StoreError::from)?;
-        match first(&reply) {
-            "ok" => Ok((decode_flat(&reply[1..])?, true)),
-            "same" => Ok((decode_flat(&reply[1..])?, false)),
-            "missing" => Err(ChangeError::NotFound),
-            "rev" => Err(ChangeError::RevisionMismatch {
-                current: revision_from(second(&reply))?,
-            }),
-            "incident" => Err(ChangeError::IncidentMismatch {
-                current_incident: second(&reply).to_owned(),
-            }),
-            "dispatch" => Err(ChangeError::DispatchRequiresRouting),
-            "transition" => Err(ChangeError::InvalidTransition {
-                from: status_from(second(&reply))?,
-                to: status,
-            }),
-            other => Err(corrupt(format!("set_status answered `{other}`")).into()),
-        }
+        applied(
+            self.change_status(team_id, status, incident_id, expected_revision, now, None)
+                .await?,
+        )
+    }
+
+    async fn set_status_once(
+        &self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<(Team, bool)>, ChangeError> {
+        self.change_status(
+            team_id,
+            status,
+            incident_id,
+            expected_revision,
+            now,
+            Some(request),
+        )
+        .await
     }
 
     async fn report_locations(
@@ -1105,32 +1272,6 @@ impl TeamStore for RedisTeamStore {
 
     async fn last_event_id(&self, region: &str) -> Result<EventId, StoreError> {
         self.events.last_event_id(region).await
-    }
-
-    async fn idempotency_get(
-        &self,
-        rpc: &str,
-        request_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(self.conn().get(self.keys.request(rpc, request_id)).await?)
-    }
-
-    async fn idempotency_put(
-        &self,
-        rpc: &str,
-        request_id: &str,
-        record: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let _: () = self
-            .conn()
-            .set_ex(
-                self.keys.request(rpc, request_id),
-                record,
-                ttl.as_secs().max(1),
-            )
-            .await?;
-        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
