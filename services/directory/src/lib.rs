@@ -29,6 +29,7 @@ pub mod import;
 pub mod retention;
 pub mod schedule;
 pub mod store;
+pub mod validate;
 
 pub use handler::DirectoryServiceHandler;
 use relay_runtime::clock::Clock;
