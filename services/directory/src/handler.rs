@@ -1,43 +1,35 @@
-//! The gRPC handlers of `relay.directory.v1.DirectoryService`: validation first, then the
-//! store. The store filters, ranks (relevance, distance, name, ids; see
-//! [`crate::store::RankKey`]) and pages; opening hours are checked here.
+//! The gRPC handlers of `relay.directory.v1.DirectoryService`: each validates its request
+//! ([`crate::validate`]), translates it, lets the domain decide ([`crate::search`],
+//! [`crate::referral`]) and the store persist, and runs mutations once per request_id.
 
 use std::{collections::HashMap, sync::Arc};
 
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use prost::Message;
 use relay_proto::directory::{
     CreateReferralRequest, CreateReferralResponse, GetServiceRequest, GetServiceResponse,
-    ListReferralsRequest, ListReferralsResponse, Referral, ReferralStatus, SearchResult,
-    SearchServicesRequest, SearchServicesResponse, Service, ServiceLocation, UpdateCapacityRequest,
-    UpdateCapacityResponse, UpdateReferralRequest, UpdateReferralResponse, UpsertServiceRequest,
-    UpsertServiceResponse, directory_service_server::DirectoryService,
+    ListReferralsRequest, ListReferralsResponse, Referral, ReferralStatus, SearchServicesRequest,
+    SearchServicesResponse, Service, UpdateCapacityRequest, UpdateCapacityResponse,
+    UpdateReferralRequest, UpdateReferralResponse, UpsertServiceRequest, UpsertServiceResponse,
+    directory_service_server::DirectoryService,
 };
 use relay_proto::intake::{GetIncidentRequest, intake_service_client::IntakeServiceClient};
-use relay_runtime::geo;
-use relay_runtime::{
-    client::TracePropagation, error::ApiError, paging::PageTokens, validate::to_timestamp,
-};
+use relay_runtime::geo::{self, Point};
+use relay_runtime::{client::TracePropagation, error::ApiError, paging::PageTokens};
 use tonic::{Request, Response, Status};
 
 use crate::{
     DOMAIN,
     error::{DirectoryError, REQUEST_ID_REUSED},
-    schedule::{self, Hours},
-    store::{
-        Candidate, CandidateFilter, DirectoryStore, Idem, LocationHours, RankKey, ReferralFilter,
-    },
+    search::{self, CandidateFilter, Pager, RankKey},
+    store::{DirectoryStore, Idem, ReferralFilter},
 };
-use relay_runtime::clock::{Clock, SystemClock};
 // The validators stay reachable where the fuzz target and docs/fuzzing.md name them, as in
 // the other services (`relay_<service>::handler::check_*`).
 pub use crate::validate::{
     SearchChecked, check_create_referral, check_get_service, check_list_referrals, check_search,
     check_update_capacity, check_update_referral, check_upsert_service,
 };
-
-pub use relay_runtime::geo::EARTH_RADIUS_METERS;
+use relay_runtime::clock::{Clock, SystemClock};
 
 /// Handles `relay.directory.v1.DirectoryService` calls on a store.
 #[derive(Debug, Clone)]
@@ -128,62 +120,6 @@ fn api(error: ApiError) -> Status {
     error.into_status(DOMAIN)
 }
 
-/// Great-circle distance in meters between two (latitude, longitude) pairs, in the one
-/// geometry of `relay_runtime::geo`.
-#[must_use]
-pub fn distance_meters(a: (f64, f64), b: (f64, f64)) -> f64 {
-    geo::distance_meters(geo::Point::new(a.0, a.1), geo::Point::new(b.0, b.1))
-}
-
-/// A (min latitude, max latitude, min longitude, max longitude) box that contains every point
-/// within `radius` meters of `center`.
-pub(crate) fn bounding_box(center: (f64, f64), radius: f64) -> (f64, f64, f64, f64) {
-    let b = geo::bounding_box(geo::Point::new(center.0, center.1), radius);
-    (
-        b.min_latitude,
-        b.max_latitude,
-        b.min_longitude,
-        b.max_longitude,
-    )
-}
-
-/// A result before its service is loaded; the key is also the page token's cursor.
-struct Hit {
-    key: RankKey,
-    relevance: f64,
-    distance: f64,
-}
-
-impl From<RankKey> for Hit {
-    fn from(key: RankKey) -> Self {
-        Self {
-            relevance: -key.r,
-            distance: key.d,
-            key,
-        }
-    }
-}
-
-/// Parsed opening hours of one location.
-fn parse_hours(hours: &LocationHours) -> (Tz, Vec<Hours>) {
-    let tz = schedule::parse_time_zone(&hours.time_zone).unwrap_or(Tz::UTC);
-    (
-        tz,
-        hours
-            .schedules
-            .iter()
-            .filter_map(|s| Hours::parse(s).ok())
-            .collect(),
-    )
-}
-
-fn location_hours(location: &ServiceLocation) -> (Tz, Vec<Hours>) {
-    parse_hours(&LocationHours {
-        time_zone: location.time_zone.clone(),
-        schedules: location.schedules.clone(),
-    })
-}
-
 impl<S: DirectoryStore> DirectoryServiceHandler<S> {
     /// The original response of a request already recorded under `request_id`, or `None`.
     async fn replay<R: Message + Default>(&self, idem: &Idem) -> Result<Option<R>, Status> {
@@ -237,7 +173,6 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         }
     }
 
-    #[allow(clippy::too_many_lines)]
     async fn search(
         &self,
         request: SearchServicesRequest,
@@ -267,14 +202,14 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         if !query.is_empty() && !query.chars().any(char::is_alphanumeric) {
             return Ok(SearchServicesResponse::default());
         }
-        let at = open_at.unwrap_or_else(|| self.clock.now());
-        let mut filter = CandidateFilter {
+        let point = point.map(|(latitude, longitude)| Point::new(latitude, longitude));
+        let filter = CandidateFilter {
             text: (!query.is_empty()).then(|| query.to_owned()),
             point,
             radius,
             bounding_box: point
                 .filter(|_| radius > 0.0)
-                .map(|p| bounding_box(p, radius)),
+                .map(|p| geo::bounding_box(p, radius)),
             taxonomy_codes: request.taxonomy_codes.clone(),
             languages: request
                 .languages
@@ -285,37 +220,19 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
             after: cursor,
             limit: 0,
         };
-        let want = page_size + 1;
-        // The store ranks and pages; only opening hours are checked here, so with open_at
-        // read ahead in batches until a page is full.
-        let batch = if open_at.is_some() {
-            (want * 2).max(100)
-        } else {
-            want
-        };
-        filter.limit = i64::try_from(batch).unwrap_or(500);
-        let mut hits: Vec<Hit> = Vec::new();
-        loop {
-            let candidates = self
-                .store
-                .search_candidates(&filter)
-                .await
-                .map_err(status)?;
-            let exhausted = candidates.len() < batch;
-            if let Some(last) = candidates.last() {
-                filter.after = Some(last.key.clone());
-            }
-            if open_at.is_some() {
-                hits.extend(self.keep_open(candidates, at).await?);
+        let at = open_at.unwrap_or_else(|| self.clock.now());
+        let mut pager = Pager::new(filter, open_at, page_size);
+        while let Some(filter) = pager.next() {
+            let candidates = self.store.search_candidates(filter).await.map_err(status)?;
+            let missing = pager.missing_hours(&candidates);
+            let read = if missing.is_empty() {
+                HashMap::new()
             } else {
-                hits.extend(candidates.into_iter().map(|c| Hit::from(c.key)));
-            }
-            if hits.len() >= want || exhausted {
-                break;
-            }
+                self.store.hours(&missing).await.map_err(status)?
+            };
+            pager.take(candidates, &read);
         }
-        let more = hits.len() > page_size;
-        hits.truncate(page_size);
+        let (hits, more) = pager.finish();
         let next_page_token = match (more, hits.last()) {
             (true, Some(last)) => self.tokens.encode(&scope, &last.key),
             _ => String::new(),
@@ -331,78 +248,10 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
-        let results = hits
-            .into_iter()
-            .filter_map(|hit| {
-                let service = services.get(&hit.key.s)?.clone();
-                let location = service
-                    .locations
-                    .iter()
-                    .find(|l| l.location_id == hit.key.l);
-                let (open_now, next_open_time, capacity) = match location {
-                    Some(location) => {
-                        let (tz, hours) = location_hours(location);
-                        let open = schedule::is_open(tz, &hours, at);
-                        let next = if open {
-                            None
-                        } else {
-                            schedule::next_open(tz, &hours, at).map(to_timestamp)
-                        };
-                        (open, next, location.capacity)
-                    }
-                    None => (false, None, None),
-                };
-                Some(SearchResult {
-                    service: Some(service),
-                    location_id: hit.key.l,
-                    distance_meters: hit.distance,
-                    open_now,
-                    next_open_time,
-                    capacity,
-                    relevance: hit.relevance,
-                })
-            })
-            .collect();
         Ok(SearchServicesResponse {
-            results,
+            results: search::results(hits, &services, at),
             next_page_token,
         })
-    }
-
-    /// The candidates whose location is open at `at`, as hits. Hours the store did not
-    /// return with the candidates are read in one more query.
-    async fn keep_open(
-        &self,
-        candidates: Vec<Candidate>,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<Hit>, Status> {
-        let missing: Vec<(String, String)> = candidates
-            .iter()
-            .filter(|c| c.hours.is_none() && !c.key.l.is_empty())
-            .map(|c| (c.key.s.clone(), c.key.l.clone()))
-            .collect();
-        let read = if missing.is_empty() {
-            HashMap::new()
-        } else {
-            self.store.hours(&missing).await.map_err(status)?
-        };
-        Ok(candidates
-            .into_iter()
-            .filter(|c| {
-                if c.key.l.is_empty() {
-                    return false;
-                }
-                let hours = match &c.hours {
-                    Some(hours) => Some(hours),
-                    None => read.get(&(c.key.s.clone(), c.key.l.clone())),
-                };
-                hours.is_some_and(|hours| {
-                    let (tz, parsed) = parse_hours(hours);
-                    schedule::is_open(tz, &parsed, at)
-                })
-            })
-            .map(|c| Hit::from(c.key))
-            .collect())
     }
 }
 
@@ -563,21 +412,5 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             referrals,
             next_page_token,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn distances_and_boxes_agree() {
-        let portland = (45.5152, -122.6784);
-        let eugene = (44.0521, -123.0868);
-        let d = distance_meters(portland, eugene);
-        assert!((d - 165_000.0).abs() < 3_000.0, "{d}");
-        let (min_lat, max_lat, min_lon, max_lon) = bounding_box(portland, d);
-        assert!((min_lat..=max_lat).contains(&eugene.0));
-        assert!((min_lon..=max_lon).contains(&eugene.1));
     }
 }
