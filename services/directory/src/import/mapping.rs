@@ -7,8 +7,19 @@ use relay_proto::directory::{
     Address, Organization, Phone, Schedule, ScheduleFrequency, Service, TaxonomyTerm,
 };
 
-use super::{ImportOptions, descriptor::Table, fields::*, records::Record};
-use crate::{schedule::Hours, store::Row};
+use super::{
+    ImportOptions,
+    descriptor::Table,
+    fields::{
+        Problem, Time, date_of, id_or_derived, is_id, keep_email, keep_url, language_code, problem,
+        require, require_id, status_of, time_of, weekday_code, zone_of,
+    },
+    records::Record,
+};
+use crate::{
+    schedule::{Hours, ScheduleProblem},
+    store::Row,
+};
 
 /// The rows of one record, or why it is rejected. Notes are reported but the rows stored.
 pub(super) struct Mapped {
@@ -410,7 +421,91 @@ fn map_schedule(
     let Some((opens_at, closes_at)) = hours_of(r)? else {
         return Ok(None);
     };
-    let (freq, byday, valid_from, valid_to) = match table {
+    let (freq, byday, valid_from, valid_to) = recurrence(table, r)?;
+    let interval = match r.get("interval") {
+        "" => 0,
+        text => text.parse::<i32>().map_err(|_| {
+            problem(
+                "interval",
+                format!("interval `{text}` is not a whole number"),
+            )
+        })?,
+    };
+    let schedule = Schedule {
+        freq: freq as i32,
+        interval,
+        byday,
+        bymonthday: if freq == ScheduleFrequency::Monthly {
+            r.get("bymonthday").replace(' ', "")
+        } else {
+            String::new()
+        },
+        opens_at,
+        closes_at,
+        valid_from,
+        valid_to,
+        dtstart: date_of(r, "dtstart")?,
+        description: r.get("description").to_owned(),
+    };
+    if let Err(problems) = Hours::parse(&schedule) {
+        return Err(schedule_problem(table, problems));
+    }
+    // Nothing refers to a schedule row, so one without an id gets one derived from what it
+    // says: the same row gives the same id on every import, and two identical rows are one
+    // schedule.
+    let interval = schedule.interval.to_string();
+    let freq = schedule.freq.to_string();
+    let id = id_or_derived(
+        r,
+        &[
+            service_id.as_deref().unwrap_or_default(),
+            location_id.as_deref().unwrap_or_default(),
+            service_at_location_id.as_deref().unwrap_or_default(),
+            &freq,
+            &interval,
+            &schedule.byday,
+            &schedule.bymonthday,
+            &schedule.opens_at,
+            &schedule.closes_at,
+            &schedule.valid_from,
+            &schedule.valid_to,
+            &schedule.dtstart,
+            &schedule.description,
+        ],
+    )?;
+    let mut rows = Vec::new();
+    let zoned = location_id.as_ref().or_else(|| {
+        service_at_location_id
+            .as_ref()
+            .and_then(|sal| seen.sal_locations.get(sal))
+    });
+    if let (Some(location_id), Some(zone)) = (zoned, zone_of(r.get("timezone"))) {
+        rows.push(Row::LocationTimeZone {
+            location_id: location_id.clone(),
+            time_zone: zone,
+        });
+    }
+    rows.push(Row::Schedule {
+        id,
+        service_id,
+        location_id,
+        service_at_location_id,
+        position,
+        schedule,
+    });
+    Ok(Some(Mapped {
+        rows,
+        notes: Vec::new(),
+    }))
+}
+
+/// How often a schedule row repeats: frequency, `byday`, and the dates it is valid between,
+/// read the way its table writes them.
+fn recurrence(
+    table: Table,
+    r: &Record<'_>,
+) -> Result<(ScheduleFrequency, String, String, String), Problem> {
+    Ok(match table {
         Table::RegularSchedules => {
             let weekday = r.get("weekday");
             let code = weekday_code(weekday).ok_or_else(|| {
@@ -462,94 +557,25 @@ fn map_schedule(
                 date_of(r, "valid_to")?,
             )
         }
+    })
+}
+
+/// The problem of a schedule whose rule does not parse, naming the package's columns (a 1.x
+/// regular schedule's `byday` is its `weekday`).
+fn schedule_problem(table: Table, problems: Vec<ScheduleProblem>) -> Problem {
+    let column = match table {
+        Table::RegularSchedules => problems
+            .iter()
+            .map(|(field, _)| if *field == "byday" { "weekday" } else { field })
+            .collect::<Vec<_>>(),
+        _ => problems.iter().map(|(field, _)| *field).collect(),
     };
-    let interval = match r.get("interval") {
-        "" => 0,
-        text => text.parse::<i32>().map_err(|_| {
-            problem(
-                "interval",
-                format!("interval `{text}` is not a whole number"),
-            )
-        })?,
-    };
-    let schedule = Schedule {
-        freq: freq as i32,
-        interval,
-        byday,
-        bymonthday: if freq == ScheduleFrequency::Monthly {
-            r.get("bymonthday").replace(' ', "")
-        } else {
-            String::new()
-        },
-        opens_at,
-        closes_at,
-        valid_from,
-        valid_to,
-        dtstart: date_of(r, "dtstart")?,
-        description: r.get("description").to_owned(),
-    };
-    if let Err(problems) = Hours::parse(&schedule) {
-        let column = match table {
-            Table::RegularSchedules => problems
-                .iter()
-                .map(|(field, _)| if *field == "byday" { "weekday" } else { field })
-                .collect::<Vec<_>>(),
-            _ => problems.iter().map(|(field, _)| *field).collect(),
-        };
-        return Err(problem(
-            &column.join(", "),
-            problems
-                .into_iter()
-                .map(|(field, why)| format!("{field} {why}"))
-                .collect::<Vec<_>>()
-                .join("; "),
-        ));
-    }
-    // Nothing refers to a schedule row, so one without an id gets one derived from what it
-    // says: the same row gives the same id on every import, and two identical rows are one
-    // schedule.
-    let interval = schedule.interval.to_string();
-    let freq = schedule.freq.to_string();
-    let id = id_or_derived(
-        r,
-        &[
-            service_id.as_deref().unwrap_or_default(),
-            location_id.as_deref().unwrap_or_default(),
-            service_at_location_id.as_deref().unwrap_or_default(),
-            &freq,
-            &interval,
-            &schedule.byday,
-            &schedule.bymonthday,
-            &schedule.opens_at,
-            &schedule.closes_at,
-            &schedule.valid_from,
-            &schedule.valid_to,
-            &schedule.dtstart,
-            &schedule.description,
-        ],
-    )?;
-    let mut rows = Vec::new();
-    let zoned = location_id.as_ref().or_else(|| {
-        service_at_location_id
-            .as_ref()
-            .and_then(|sal| seen.sal_locations.get(sal))
-    });
-    if let (Some(location_id), Some(zone)) = (zoned, zone_of(r.get("timezone"))) {
-        rows.push(Row::LocationTimeZone {
-            location_id: location_id.clone(),
-            time_zone: zone,
-        });
-    }
-    rows.push(Row::Schedule {
-        id,
-        service_id,
-        location_id,
-        service_at_location_id,
-        position,
-        schedule,
-    });
-    Ok(Some(Mapped {
-        rows,
-        notes: Vec::new(),
-    }))
+    problem(
+        &column.join(", "),
+        problems
+            .into_iter()
+            .map(|(field, why)| format!("{field} {why}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
