@@ -36,11 +36,8 @@ impl Dialect for Postgres {
          (SELECT string_agg(t.name, ' ') FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
           WHERE st.service_id = services.id))";
 
-    fn execute<'c>(
-        conn: &'c mut PgConnection,
-        query: &'c Query<'_>,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'c {
-        async move { Ok(query.to_sqlx().execute(conn).await?.rows_affected()) }
+    async fn execute(conn: &mut PgConnection, query: &Query<'_>) -> Result<u64, sqlx::Error> {
+        Ok(query.to_sqlx().execute(conn).await?.rows_affected())
     }
 
     fn fetch_all<'c>(
@@ -114,36 +111,34 @@ impl Dialect for Postgres {
         }
     }
 
-    fn search_candidates<'c>(
-        pool: &'c sqlx::PgPool,
-        filter: &'c CandidateFilter,
-    ) -> impl Future<Output = StoreResult<Vec<Candidate>>> + Send + 'c {
-        async move {
-            let mut conn = pool.acquire().await?;
-            let rows = ranked(filter).fetch_all::<Postgres>(&mut conn).await?;
-            rows.iter()
-                .map(|row| {
-                    let name = row.text(2)?;
-                    Ok(Candidate {
-                        key: RankKey {
-                            r: row.float(5)?,
-                            d: row.float(6)?,
-                            n: if filter.text.is_none() {
-                                name
-                            } else {
-                                String::new()
-                            },
-                            s: row.text(0)?,
-                            l: row.text(1)?,
+    async fn search_candidates(
+        pool: &sqlx::PgPool,
+        filter: &CandidateFilter,
+    ) -> StoreResult<Vec<Candidate>> {
+        let mut conn = pool.acquire().await?;
+        let rows = ranked(filter).fetch_all::<Postgres>(&mut conn).await?;
+        rows.iter()
+            .map(|row| {
+                let name = row.text(2)?;
+                Ok(Candidate {
+                    key: RankKey {
+                        r: row.float(5)?,
+                        d: row.float(6)?,
+                        n: if filter.text.is_none() {
+                            name
+                        } else {
+                            String::new()
                         },
-                        hours: Some(LocationHours {
-                            time_zone: row.text(3)?,
-                            schedules: decode_schedule_json(&row.text(4)?)?,
-                        }),
-                    })
+                        s: row.text(0)?,
+                        l: row.text(1)?,
+                    },
+                    hours: Some(LocationHours {
+                        time_zone: row.text(3)?,
+                        schedules: decode_schedule_json(&row.text(4)?)?,
+                    }),
                 })
-                .collect()
-        }
+            })
+            .collect()
     }
 }
 

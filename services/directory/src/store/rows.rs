@@ -204,7 +204,7 @@ fn location_of(l: LocationJson, capacity: &[CapacityJson]) -> ServiceLocation {
         }),
         name: l.1,
         time_zone: l.4,
-        address: (l.13 != 0).then(|| Address {
+        address: (l.13 != 0).then_some(Address {
             attention: l.5,
             address_1: l.6,
             address_2: l.7,

@@ -298,7 +298,7 @@ impl<D: Dialect> DirectoryStore for SqlStore<D> {
                 .execute::<D>(&mut tx)
                 .await?;
                 UpdateCapacityResponse {
-                    capacity: Some(capacity.clone()),
+                    capacity: Some(*capacity),
                     stale: false,
                 }
             }

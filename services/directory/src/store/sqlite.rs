@@ -49,11 +49,8 @@ impl Dialect for Sqlite {
          COALESCE((SELECT group_concat(t.name, ' ') FROM service_taxonomy st JOIN taxonomy_terms t ON t.id = st.taxonomy_term_id \
           WHERE st.service_id = services.id), '')";
 
-    fn execute<'c>(
-        conn: &'c mut SqliteConnection,
-        query: &'c Query<'_>,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'c {
-        async move { Ok(query.to_sqlx().execute(conn).await?.rows_affected()) }
+    async fn execute(conn: &mut SqliteConnection, query: &Query<'_>) -> Result<u64, sqlx::Error> {
+        Ok(query.to_sqlx().execute(conn).await?.rows_affected())
     }
 
     fn fetch_all<'c>(
@@ -135,18 +132,16 @@ impl Dialect for Sqlite {
     /// The candidates of `filter` from `search_rows`, best first, at most `filter.limit`,
     /// with their opening hours (read from the same rows by primary key). A search ordered
     /// by distance reads growing boxes around its point ([`search::grow_near`]).
-    fn search_candidates<'c>(
-        pool: &'c SqlitePool,
-        filter: &'c CandidateFilter,
-    ) -> impl Future<Output = StoreResult<Vec<Candidate>>> + Send + 'c {
-        async move {
-            let limit = usize::try_from(filter.limit).unwrap_or(0);
-            let mut candidates =
-                search::grow_near(filter, limit, |bounds| scan_box(pool, filter, bounds)).await?;
-            candidates.truncate(limit);
-            with_hours(pool, &mut candidates).await?;
-            Ok(candidates)
-        }
+    async fn search_candidates(
+        pool: &SqlitePool,
+        filter: &CandidateFilter,
+    ) -> StoreResult<Vec<Candidate>> {
+        let limit = usize::try_from(filter.limit).unwrap_or(0);
+        let mut candidates =
+            search::grow_near(filter, limit, |bounds| scan_box(pool, filter, bounds)).await?;
+        candidates.truncate(limit);
+        with_hours(pool, &mut candidates).await?;
+        Ok(candidates)
     }
 }
 
