@@ -26,13 +26,16 @@ pub mod export;
 pub mod generate;
 pub mod handler;
 pub mod import;
+pub mod referral;
 pub mod retention;
 pub mod schedule;
+pub mod search;
 pub mod store;
+pub mod validate;
 
 pub use handler::DirectoryServiceHandler;
 use relay_runtime::clock::Clock;
-use store::{PgStore, Row, SqliteStore};
+use store::{PostgresStore, Row, SqliteStore};
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.directory.v1";
@@ -197,7 +200,7 @@ pub fn rows_of_service(service: &Service, now: i64) -> Vec<Row> {
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// PostgreSQL.
-    Postgres(PgStore),
+    Postgres(PostgresStore),
     /// SQLite.
     Sqlite(SqliteStore),
 }
@@ -215,7 +218,7 @@ impl Backend {
                 max_connections,
             )?)))
         } else {
-            Ok(Self::Postgres(PgStore::new(storage::postgres_pool(
+            Ok(Self::Postgres(PostgresStore::new(storage::postgres_pool(
                 url,
                 SCHEMA,
                 max_connections,

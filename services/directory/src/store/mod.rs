@@ -1,7 +1,10 @@
 //! Storage of the directory behind one trait, [`DirectoryStore`], with two backends:
-//! PostgreSQL ([`PgStore`], schema `directory`) and SQLite ([`SqliteStore`], for `relay dev`).
-//! The domain logic (validation, ranking, opening hours) never sees SQL; the one conformance
-//! suite in `tests/conformance.rs` runs against both.
+//! PostgreSQL ([`PostgresStore`], schema `directory`) and SQLite ([`SqliteStore`], for
+//! `relay dev`). Both are one [`SqlStore`] over the backend's [`Dialect`]: the statements
+//! both databases read the same way are written once (`sql.rs`, `write.rs`, `dump.rs`), row
+//! mapping once (`rows.rs`), and what differs per dialect in `postgres.rs` and `sqlite.rs`.
+//! The domain logic (validation, ranking, opening hours, referral rules) never sees SQL; the
+//! one conformance suite in `tests/conformance.rs` runs against both.
 
 use std::{collections::HashMap, future::Future};
 
@@ -11,10 +14,22 @@ use relay_proto::directory::{
 };
 
 use crate::error::DirectoryError;
+pub use crate::search::{Candidate, CandidateFilter, LocationHours, RankKey};
 
+mod documents;
+mod dump;
+mod postgres;
+mod query;
+mod rows;
 mod sql;
+mod sqlite;
+mod write;
 
-pub use sql::{PgStore, SqliteStore};
+pub use postgres::PostgresStore;
+pub use query::{Columns, Dialect, Query, Value};
+pub use sql::SqlStore;
+pub use sqlite::SqliteStore;
+pub use write::SqlSession;
 
 /// Result of the store.
 pub type StoreResult<T> = Result<T, DirectoryError>;
@@ -41,113 +56,6 @@ pub struct StoredRequest {
     pub fingerprint: Vec<u8>,
     /// The original response's bytes.
     pub response: Vec<u8>,
-}
-
-/// The filters and order of a search. The store returns the matching ACTIVE (service,
-/// location) pairs in [`RankKey`] order, strictly after `after`, at most `limit`; opening
-/// hours are checked by the caller.
-#[derive(Debug, Clone, Default)]
-pub struct CandidateFilter {
-    /// Free text; `None` means no text filter.
-    pub text: Option<String>,
-    /// The point distances are measured from (latitude, longitude), if any.
-    pub point: Option<(f64, f64)>,
-    /// Radius in meters around `point`; 0 means no radius. Candidates without coordinates
-    /// are excluded when set.
-    pub radius: f64,
-    /// Latitude and longitude bounds that contain the radius, inclusive:
-    /// `(min_lat, max_lat, min_lon, max_lon)`; set with `radius`.
-    pub bounding_box: Option<(f64, f64, f64, f64)>,
-    /// Taxonomy codes (each matches its descendants); empty means any.
-    pub taxonomy_codes: Vec<String>,
-    /// Lowercase language tags; empty means any.
-    pub languages: Vec<String>,
-    /// Only locations whose live capacity has units available.
-    pub accepting_only: bool,
-    /// Start strictly after this key.
-    pub after: Option<RankKey>,
-    /// At most this many candidates.
-    pub limit: i64,
-}
-
-/// The ranking key of a candidate, ascending = best first: relevance (negated), distance,
-/// name (only when ordering by name matters: no text), service id, location id. Strings
-/// compare bytewise.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RankKey {
-    /// Negated relevance in [-1, 0]: -score/(score+1) with text, -1 without.
-    pub r: f64,
-    /// Distance in meters from the search's point (0 without a point or coordinates).
-    pub d: f64,
-    /// The service's name without text, empty with text.
-    pub n: String,
-    /// Service id.
-    pub s: String,
-    /// Location id (empty for a service without locations).
-    pub l: String,
-}
-
-impl RankKey {
-    /// The key of a candidate with raw text score `score` (>= 0) at `to`.
-    #[must_use]
-    pub fn of(
-        filter: &CandidateFilter,
-        score: f64,
-        to: Option<(f64, f64)>,
-        name: String,
-        s: String,
-        l: String,
-    ) -> Self {
-        let score = score.max(0.0);
-        Self {
-            r: if filter.text.is_some() {
-                -(score / (score + 1.0))
-            } else {
-                -1.0
-            },
-            d: match (filter.point, to) {
-                (Some(from), Some(to)) => crate::handler::distance_meters(from, to),
-                _ => 0.0,
-            },
-            n: if filter.text.is_some() {
-                String::new()
-            } else {
-                name
-            },
-            s,
-            l,
-        }
-    }
-
-    /// Total order of keys.
-    #[must_use]
-    pub fn rank_cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.r
-            .total_cmp(&other.r)
-            .then(self.d.total_cmp(&other.d))
-            .then_with(|| self.n.cmp(&other.n))
-            .then_with(|| self.s.cmp(&other.s))
-            .then_with(|| self.l.cmp(&other.l))
-    }
-}
-
-/// One (service, location) pair that passed the filters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    /// Its ranking key (service and location ids included).
-    pub key: RankKey,
-    /// The location's opening hours, when the backend keeps them with the search data
-    /// (`None`: ask [`DirectoryStore::hours`]).
-    pub hours: Option<LocationHours>,
-}
-
-/// The opening hours of one service at one location.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LocationHours {
-    /// The location's IANA time zone.
-    pub time_zone: String,
-    /// The schedules that apply.
-    pub schedules: Vec<Schedule>,
 }
 
 /// A referral filter for listing.
@@ -415,74 +323,4 @@ pub trait DirectoryStore: Clone + Send + Sync + 'static {
         &self,
         filter: &ReferralFilter,
     ) -> impl Future<Output = StoreResult<Vec<Referral>>> + Send;
-}
-
-/// Whether a referral status is final.
-#[must_use]
-pub fn is_final(status: ReferralStatus) -> bool {
-    matches!(
-        status,
-        ReferralStatus::Connected | ReferralStatus::Declined | ReferralStatus::Cancelled
-    )
-}
-
-/// The referral after applying `status` and `notes` to `current`, or why it may not change.
-///
-/// # Errors
-/// [`DirectoryError::ReferralClosed`] or [`DirectoryError::BackToPending`].
-pub fn transition(
-    current: &Referral,
-    status: ReferralStatus,
-    notes: Option<&str>,
-    now: i64,
-) -> StoreResult<Referral> {
-    let from = ReferralStatus::try_from(current.status).unwrap_or(ReferralStatus::Pending);
-    let mut next = current.clone();
-    if status != ReferralStatus::Unspecified && status != from {
-        if is_final(from) {
-            return Err(DirectoryError::ReferralClosed(current.referral_id.clone()));
-        }
-        if status == ReferralStatus::Pending {
-            return Err(DirectoryError::BackToPending(current.referral_id.clone()));
-        }
-        next.status = status as i32;
-    }
-    if let Some(notes) = notes {
-        next.notes = notes.to_owned();
-    }
-    if next != *current {
-        next.update_time = Some(crate::micros_to_timestamp(now));
-    }
-    Ok(next)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RankKey;
-
-    /// A page token carries the last key; it must come back bit for bit, or the next page
-    /// repeats or skips the result at the boundary.
-    #[test]
-    fn rank_keys_round_trip_exactly() {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut off = 0;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            #[allow(clippy::cast_precision_loss)]
-            let d = (x >> 11) as f64 / (1u64 << 53) as f64 * 5000.0;
-            let key = RankKey {
-                r: -d / (d + 1.0),
-                d,
-                ..RankKey::default()
-            };
-            let json = serde_json::to_vec(&key).expect("a key serializes");
-            let back: RankKey = serde_json::from_slice(&json).expect("a key parses");
-            if back.d.to_bits() != d.to_bits() || back.r.to_bits() != key.r.to_bits() {
-                off += 1;
-            }
-        }
-        assert_eq!(off, 0);
-    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use relay_directory::{
     Application, Backend,
-    store::{PgStore, SqliteStore},
+    store::{PostgresStore, SqliteStore},
 };
 use relay_proto::directory::directory_service_client::DirectoryServiceClient;
 use relay_tests::TestDatabase;
@@ -294,4 +294,4 @@ pub async fn upsert_service(h: &mut Harness, service: relay_proto::directory::Se
         .unwrap();
 }
 
-pub fn _unused(_: PgStore, _: SqliteStore) {}
+pub fn _unused(_: PostgresStore, _: SqliteStore) {}
