@@ -313,6 +313,11 @@ pub struct Settings {
     /// a simulation sets a speed or an origin.
     #[serde(default)]
     pub clock: ClockSettings,
+    /// TLS, authentication and scopes (`[security]`, `RELAY_SECURITY__*`, and the
+    /// operator's names `RELAY_TLS_CERT`, `RELAY_AUTH_JWKS`, ...): see
+    /// [`crate::security::SecuritySettings`].
+    #[serde(default)]
+    pub security: crate::security::SecuritySettings,
 }
 
 /// Simulated time for `relay dev` and `relay simulate` (`[clock]`, `RELAY_CLOCK__SPEED`,
@@ -560,7 +565,14 @@ impl ConfigBuilder {
     pub fn env(mut self) -> Self {
         self.figment = self
             .figment
-            .merge(Env::prefixed("RELAY_").split("__").ignore(&["config"]));
+            .merge(Env::prefixed("RELAY_").split("__").ignore(&["config"]))
+            // The operator's names of DESIGN.md (`RELAY_TLS_CERT`) for keys of `[security]`.
+            .merge(Env::prefixed("RELAY_").filter_map(|key| {
+                crate::security::ENV_ALIASES
+                    .iter()
+                    .find(|(alias, _)| key == *alias)
+                    .map(|(_, target)| (*target).into())
+            }));
         self
     }
 
@@ -719,6 +731,38 @@ mod tests {
             .build()
             .expect_err("zero speed");
         assert!(error.to_string().contains("clock.speed"), "{error}");
+    }
+
+    #[test]
+    fn security_reads_the_operator_names_and_its_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("relay.toml");
+        std::fs::write(
+            &file,
+            "[security]\ntls_cert = \"/certs/tls.crt\"\nreflection = \"off\"\n\
+             [security.identities.\"spiffe://relay/intake\"]\nscopes = [\"assignments.write\"]\n",
+        )
+        .expect("write");
+        let config = Config::builder("routing")
+            .file(&file)
+            .expect("file exists")
+            .build()
+            .expect("valid");
+        let security = &config.settings.security;
+        assert_eq!(
+            security.tls_cert.as_deref(),
+            Some(Path::new("/certs/tls.crt"))
+        );
+        assert_eq!(security.reflection, crate::security::Reflection::Off);
+        assert_eq!(
+            security.identities["spiffe://relay/intake"].scopes,
+            ["assignments.write"]
+        );
+        let error = Config::builder("routing")
+            .set("security.tls_certificate", "x")
+            .build()
+            .expect_err("unknown key");
+        assert!(error.to_string().contains("tls_certificate"), "{error}");
     }
 
     #[test]
