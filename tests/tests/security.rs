@@ -209,6 +209,15 @@ fn futures_once() -> tokio_stream::Once<Vec<u8>> {
     tokio_stream::once(Vec::new())
 }
 
+/// Whether a call got past the auth layer: answered, or refused by the service itself (an
+/// empty request is rarely valid), not UNAUTHENTICATED nor short of a scope.
+fn past_auth(result: Result<(), Status>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(status) => status.code() != Code::Unauthenticated && reason(&status) != "SCOPE_MISSING",
+    }
+}
+
 fn reason(status: &Status) -> String {
     status
         .get_error_details()
@@ -315,14 +324,11 @@ async fn every_rpc_of_every_service_needs_a_valid_credential_with_its_scope() {
             // With its scope alone, the call reaches the service (whose answer to an empty
             // request is its own business).
             let only = pki.token(vec![(*scope).to_owned()]);
-            if let Err(status) = call(&channel, path, Some(&only)).await {
-                let refused_by_auth =
-                    status.code() == Code::Unauthenticated || reason(&status) == "SCOPE_MISSING";
-                assert!(
-                    !refused_by_auth,
-                    "{path} with its scope `{scope}`: {status:?}"
-                );
-            }
+            let result = call(&channel, path, Some(&only)).await;
+            assert!(
+                past_auth(result.clone()),
+                "{path} with its scope `{scope}`: {result:?}"
+            );
         }
     }
     assert_eq!(
@@ -489,5 +495,51 @@ async fn secure_is_the_default_and_insecure_needs_a_development_setup() {
             .iter()
             .any(|line| line.contains("WARN") && line.contains("plaintext")),
         "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_token_issue_makes_tokens_the_services_accept() {
+    let pki = Pki::new();
+    let process = start(&pki, "relay-directory", &[]);
+    let key = pki.path("signing-key.pem");
+    write(&key, pki.signer.key_pem());
+    let issue = |scopes: &[&str]| {
+        let mut command = std::process::Command::new(relay_tests::binary_path("relay"));
+        command
+            .args(["token", "issue", "--signing-key"])
+            .arg(&key)
+            .args(["--kid", KID, "--issuer", ISSUER, "--audience", AUDIENCE]);
+        for scope in scopes {
+            command.args(["--scope", scope]);
+        }
+        let output = command.output().expect("run relay token issue");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let channel = tls_channel(&process, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let search = "/relay.directory.v1.DirectoryService/SearchServices";
+    let upsert = "/relay.directory.v1.DirectoryService/UpsertService";
+    let reader = issue(&["directory.read"]);
+    assert!(
+        past_auth(call(&channel, search, Some(&reader)).await),
+        "directory.read searches"
+    );
+    let status = call(&channel, upsert, Some(&reader))
+        .await
+        .expect_err("directory.read does not write");
+    assert_eq!(reason(&status), "SCOPE_MISSING");
+    assert!(
+        past_auth(call(&channel, upsert, Some(&issue(&["all"]))).await),
+        "`all` holds every scope"
     );
 }

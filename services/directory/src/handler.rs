@@ -144,7 +144,12 @@ pub fn distance_meters(a: (f64, f64), b: (f64, f64)) -> f64 {
 /// within `radius` meters of `center`.
 pub(crate) fn bounding_box(center: (f64, f64), radius: f64) -> (f64, f64, f64, f64) {
     let b = geo::bounding_box(geo::Point::new(center.0, center.1), radius);
-    (b.min_latitude, b.max_latitude, b.min_longitude, b.max_longitude)
+    (
+        b.min_latitude,
+        b.max_latitude,
+        b.min_longitude,
+        b.max_longitude,
+    )
 }
 
 fn is_language_tag(tag: &str) -> bool {

@@ -115,10 +115,16 @@ mod tests {
     fn a_box_holds_every_point_of_its_circle() {
         let d = distance_meters(PORTLAND, EUGENE);
         assert!(bounding_box(PORTLAND, d).contains(EUGENE));
-        assert!(!bounding_box(PORTLAND, d * 0.9).contains(Point::new(EUGENE.latitude, PORTLAND.longitude)));
+        assert!(
+            !bounding_box(PORTLAND, d * 0.9)
+                .contains(Point::new(EUGENE.latitude, PORTLAND.longitude))
+        );
         let polar = bounding_box(Point::new(89.5, 10.0), 100_000.0);
         assert_eq!((polar.min_longitude, polar.max_longitude), (-180.0, 180.0));
         let dateline = bounding_box(Point::new(0.0, 179.9), 50_000.0);
-        assert_eq!((dateline.min_longitude, dateline.max_longitude), (-180.0, 180.0));
+        assert_eq!(
+            (dateline.min_longitude, dateline.max_longitude),
+            (-180.0, 180.0)
+        );
     }
 }
