@@ -133,11 +133,7 @@ async fn run<S: Service>(binary: &str, command: Command, config: Config) -> Resu
         Command::Serve => {
             // The scheme clients use; a refused posture fails in `build` (at bind), in the
             // order the service reads its settings.
-            let scheme = match config
-                .settings
-                .security
-                .posture(config.settings.insecure_dev)
-            {
+            let scheme = match config.settings.security.posture(config.insecure_allowed()) {
                 Ok(posture) if posture.plaintext => "http",
                 _ => "https",
             };

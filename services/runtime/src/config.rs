@@ -452,9 +452,20 @@ pub struct Config {
     /// The settings every service shares.
     pub settings: Settings,
     figment: Figment,
+    operator: bool,
 }
 
 impl Config {
+    /// Whether TLS and authentication may be off: in a development setup
+    /// (`insecure_dev`), or for a configuration built in code alone, with neither a file nor
+    /// the environment (a test, or a program embedding a service, which chooses its own
+    /// transport). What an operator gives (a file, `RELAY_*` variables, so every binary)
+    /// follows the secure default. See [`crate::security::SecuritySettings::posture`].
+    #[must_use]
+    pub fn insecure_allowed(&self) -> bool {
+        self.settings.insecure_dev || !self.operator
+    }
+
     /// Starts a configuration for `service` (its short name) with the documented defaults.
     #[must_use]
     pub fn builder(service: &'static str) -> ConfigBuilder {
@@ -468,7 +479,11 @@ impl Config {
                 format!("http://127.0.0.1:{port}"),
             ));
         }
-        ConfigBuilder { service, figment }
+        ConfigBuilder {
+            service,
+            figment,
+            operator: false,
+        }
     }
 
     /// Loads the configuration of `service` from an optional TOML file and the environment.
@@ -542,6 +557,8 @@ impl Config {
 pub struct ConfigBuilder {
     service: &'static str,
     figment: Figment,
+    /// Whether a file or the environment was added: an operator's configuration.
+    operator: bool,
 }
 
 impl ConfigBuilder {
@@ -557,6 +574,7 @@ impl ConfigBuilder {
             )));
         }
         self.figment = self.figment.merge(Toml::file_exact(path));
+        self.operator = true;
         Ok(self)
     }
 
@@ -573,6 +591,7 @@ impl ConfigBuilder {
                     .find(|(alias, _)| key == *alias)
                     .map(|(_, target)| (*target).into())
             }));
+        self.operator = true;
         self
     }
 
@@ -595,6 +614,7 @@ impl ConfigBuilder {
             service: self.service,
             settings,
             figment: self.figment,
+            operator: self.operator,
         })
     }
 }

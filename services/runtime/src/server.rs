@@ -111,7 +111,7 @@ impl ServiceHost {
     #[must_use]
     pub fn from_config(config: &Config) -> Self {
         let mut host = Self::new(&config.settings.server)
-            .security(&config.settings.security, config.settings.insecure_dev);
+            .security(&config.settings.security, config.insecure_allowed());
         host.admin = Some(config.settings.admin_addr(config.service));
         host
     }

@@ -15,7 +15,9 @@
 //! unless the configuration says so explicitly (`insecure_plaintext`, `insecure_no_auth`),
 //! which only a development setup (`RELAY_INSECURE_DEV=true`) may do. In a development setup
 //! with neither TLS files nor a JWKS configured, both default to on, so `relay dev` and test
-//! launchers stay one command; each logs a warning at start.
+//! launchers stay one command; each logs a warning at start. A configuration built in code
+//! alone (`Config::builder` without a file or the environment: in-process tests, embedding)
+//! counts as such a setup: see [`crate::config::Config::insecure_allowed`].
 
 pub mod auth;
 pub mod pki;
