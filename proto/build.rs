@@ -19,12 +19,23 @@ fn main() -> Result<(), Box<dyn Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
-    let descriptors = protox::compile(&files, [&root])?;
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    // The descriptor set served by reflection (compile_fds does not write it).
+    // The descriptor set served by reflection (compile_fds does not write it). Encoded from
+    // the pool rather than from `descriptors`, which drops extension options such as each
+    // RPC's `(relay.auth.v1.scope)`.
     fs::write(
         out_dir.join("relay_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    fs::write(
+        out_dir.join("relay_scopes.rs"),
+        scope_table(&compiler.descriptor_pool())?,
     )?;
     tonic_prost_build::configure()
         // google.rpc is in the set for reflection only. Marking it extern makes prost skip
@@ -37,6 +48,55 @@ fn main() -> Result<(), Box<dyn Error>> {
         .generate_default_stubs(true)
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// The table of every Relay RPC's full path and the scope its `(relay.auth.v1.scope)` option
+/// declares, as Rust source. An RPC without the option is listed with an empty scope, so that
+/// the descriptor test names it (and the auth layer refuses it to everyone).
+fn scope_table(pool: &prost_reflect::DescriptorPool) -> Result<String, Box<dyn Error>> {
+    let extension = pool
+        .get_extension_by_name("relay.auth.v1.scope")
+        .ok_or("relay/auth/v1/options.proto does not declare relay.auth.v1.scope")?;
+    let mut rows = Vec::new();
+    for service in pool.services() {
+        if !service.full_name().starts_with("relay.") {
+            continue;
+        }
+        for method in service.methods() {
+            let options = method.options();
+            let scope = match options.get_extension(&extension).as_enum_number() {
+                Some(number) if options.has_extension(&extension) => extension
+                    .kind()
+                    .as_enum()
+                    .and_then(|kind| kind.get_value(number))
+                    .map(|value| scope_name(value.name()))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            rows.push(format!(
+                "    (\"/{}/{}\", \"{scope}\"),\n",
+                service.full_name(),
+                method.name()
+            ));
+        }
+    }
+    rows.sort();
+    Ok(format!(
+        "/// Every Relay RPC's path (`/package.Service/Method`) and the scope it requires, from\n\
+         /// each RPC's `(relay.auth.v1.scope)` option, sorted by path. An empty scope means the\n\
+         /// option is missing.\n\
+         pub const METHOD_SCOPES: &[(&str, &str)] = &[\n{}];\n",
+        rows.concat()
+    ))
+}
+
+/// A scope's name in credentials: `SCOPE_INCIDENTS_SUBMIT` is `incidents.submit`;
+/// `SCOPE_UNSPECIFIED` is no scope.
+fn scope_name(value: &str) -> String {
+    match value.strip_prefix("SCOPE_") {
+        Some("UNSPECIFIED") | None => String::new(),
+        Some(name) => name.to_lowercase().replace('_', "."),
+    }
 }
 
 fn collect_protos(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

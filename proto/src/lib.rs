@@ -12,6 +12,29 @@
 /// reflection clients can decode error details.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("relay_descriptor");
 
+/// The scope each RPC requires, declared once in the protos by `(relay.auth.v1.scope)`
+/// (relay/auth/v1/options.proto) and read from the descriptors at build time.
+pub mod scopes {
+    include!(concat!(env!("OUT_DIR"), "/relay_scopes.rs"));
+
+    /// The scope the RPC at `path` (`/relay.intake.v1.IntakeService/SubmitIncident`)
+    /// requires: `None` for a path that is no Relay RPC, `Some("")` for an RPC declared
+    /// without a scope (which no credential can call).
+    #[must_use]
+    pub fn scope_of(path: &str) -> Option<&'static str> {
+        scope_entry(path).map(|(_, scope)| scope)
+    }
+
+    /// As [`scope_of`], with the table's own (static) copy of the path.
+    #[must_use]
+    pub fn scope_entry(path: &str) -> Option<(&'static str, &'static str)> {
+        METHOD_SCOPES
+            .binary_search_by(|(candidate, _)| (*candidate).cmp(path))
+            .ok()
+            .map(|index| METHOD_SCOPES[index])
+    }
+}
+
 pub mod relay {
     pub mod common {
         pub mod v1 {

@@ -235,7 +235,7 @@ impl ServiceProcess {
                 )
             });
         let addr = line
-            .rsplit_once("http://")
+            .rsplit_once("://")
             .and_then(|(_, addr)| addr.trim().parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from {binary}: {line}"));
         Self {

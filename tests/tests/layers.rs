@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 use relay_proto::routing::{
     routing_service_client::RoutingServiceClient, routing_service_server::RoutingServiceServer,
 };
+use relay_runtime::security::SecuritySettings;
 use relay_runtime::{config::ServerSettings, server::ServiceHost};
 use relay_tests::slow::{Slow, slow_request};
 use tonic::{Code, transport::Channel};
 
 async fn start(settings: ServerSettings, slow: Slow) -> RoutingServiceClient<Channel> {
     let server = ServiceHost::new(&settings)
+        // Plaintext and no credential: these test the layers, not the boundary.
+        .security(&SecuritySettings::default(), true)
         .add_service(RoutingServiceServer::new(slow))
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await
@@ -92,6 +95,8 @@ async fn raw_call(endpoint: &str, path: &str, body: Vec<u8>) -> tonic::Status {
 async fn undecodable_and_oversized_requests_are_the_callers_fault() {
     use tonic_types::StatusExt;
     let server = ServiceHost::new(&ServerSettings::default())
+        // Plaintext and no credential: these test the layers, not the boundary.
+        .security(&SecuritySettings::default(), true)
         .add_service(RoutingServiceServer::new(Slow::default()))
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await

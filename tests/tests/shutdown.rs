@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use relay_proto::routing::{
     routing_service_client::RoutingServiceClient, routing_service_server::RoutingServiceServer,
 };
+use relay_runtime::security::SecuritySettings;
 use relay_runtime::{config::ServerSettings, server::ServiceHost};
 use relay_tests::slow::{Slow, slow_request};
 use tokio::sync::oneshot;
@@ -26,6 +27,8 @@ async fn start(grace_seconds: u64) -> Running {
     let slow = Slow::default();
     let entered = slow.entered.clone();
     let server = ServiceHost::new(&settings)
+        // Plaintext and no credential: these test the layers, not the boundary.
+        .security(&SecuritySettings::default(), true)
         .add_service(RoutingServiceServer::new(slow))
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await

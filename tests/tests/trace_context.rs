@@ -6,6 +6,7 @@ use std::time::Duration;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
+use relay_runtime::security::SecuritySettings;
 use relay_runtime::{
     client::TracePropagation, config::ServerSettings, server::ServiceHost, telemetry,
 };
@@ -30,6 +31,8 @@ fn subscriber() -> tracing::subscriber::DefaultGuard {
 /// A server with only health and reflection, on an ephemeral port.
 async fn start_server() -> (Channel, tokio::sync::oneshot::Sender<()>) {
     let server = ServiceHost::new(&ServerSettings::default())
+        // Plaintext and no credential: these test the layers, not the boundary.
+        .security(&SecuritySettings::default(), true)
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("bind");

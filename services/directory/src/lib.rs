@@ -296,9 +296,12 @@ impl Application {
         let intake = if settings.check_incidents.unwrap_or(false) {
             let deadline =
                 Duration::from_millis(settings.intake_deadline_ms.unwrap_or(2000).max(1));
-            let channel =
-                relay_runtime::client::channel(&config.settings.intake_endpoint, deadline)
-                    .map_err(|error| format!("intake_endpoint (RELAY_INTAKE_ENDPOINT): {error}"))?;
+            let channel = relay_runtime::client::channel_for(
+                &config,
+                &config.settings.intake_endpoint,
+                deadline,
+            )
+            .map_err(|error| format!("intake_endpoint (RELAY_INTAKE_ENDPOINT): {error}"))?;
             Some(IntakeServiceClient::with_interceptor(
                 channel,
                 relay_runtime::client::TracePropagation,

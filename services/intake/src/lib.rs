@@ -25,7 +25,7 @@ use relay_proto::{
 use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
-    client::{TracePropagation, channel},
+    client::{TracePropagation, channel_for},
     server::{BoundServer, ServiceHost},
     storage,
 };
@@ -168,12 +168,13 @@ impl Application {
         let (store, check) = open_store(&config, &settings).await?;
         let timeout = Duration::from_millis(settings.routing_timeout_ms.max(1));
         let routing = RoutingServiceClient::with_interceptor(
-            channel(&config.settings.routing_endpoint, timeout)?,
+            channel_for(&config, &config.settings.routing_endpoint, timeout)?,
             TracePropagation,
         );
         // Watch streams are long-lived: no per-call timeout on this channel.
         let availability = AvailabilityServiceClient::with_interceptor(
-            channel(
+            channel_for(
+                &config,
                 &config.settings.availability_endpoint,
                 Duration::from_secs(365 * 24 * 3600),
             )?,

@@ -119,6 +119,7 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     let directory =
         relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;
 
+    println!("relay dev serves plaintext gRPC and asks no credential: for this machine only");
     println!("intake listening on http://{}", intake.local_addr());
     println!("intake EIDO on http://{}/EIDO", intake.http_addr());
     println!(

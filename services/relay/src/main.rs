@@ -48,6 +48,53 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// Bearer tokens for Relay's services.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign a token (ES256) with a signing key file and print it: for development and tests
+    /// (a deployment's tokens come from its identity provider). The services verify it with
+    /// the key's JWKS (RELAY_AUTH_JWKS), issuer and audience.
+    Issue(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The P-256 signing key, PKCS#8 PEM.
+    #[arg(long, value_name = "FILE")]
+    signing_key: PathBuf,
+    /// The key id (`kid`) the JWKS gives that key.
+    #[arg(long, default_value = relay_runtime::security::pki::DEV_KID)]
+    kid: String,
+    /// `iss`: what the services expect in RELAY_AUTH_ISSUER.
+    #[arg(long, default_value = relay_runtime::security::pki::DEV_ISSUER)]
+    issuer: String,
+    /// `aud`: what the services expect in RELAY_AUTH_AUDIENCE.
+    #[arg(long, default_value = relay_runtime::security::pki::DEV_AUDIENCE)]
+    audience: String,
+    /// `sub`: who the bearer is.
+    #[arg(long, default_value = "relay-dev")]
+    subject: String,
+    /// A scope (`incidents.submit`, ...); repeat for more. `all`: every scope.
+    #[arg(long = "scope", required = true)]
+    scopes: Vec<String>,
+    /// Bind the token to one CAD system's incidents.
+    #[arg(long)]
+    cad_system: Option<String>,
+    /// Bind the token to one team (a responder's device).
+    #[arg(long)]
+    team_id: Option<String>,
+    /// Limit the token to a region; repeat for more.
+    #[arg(long = "region")]
+    regions: Vec<String>,
+    /// How long the token is valid, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    lifetime_seconds: i64,
 }
 
 /// Simulated time, shared by `relay dev` and `relay simulate`: the clock reads `origin` at
@@ -228,6 +275,9 @@ fn main() -> ExitCode {
             data_dir,
             clock,
         } => dev(port_base, data_dir, &clock),
+        Command::Token {
+            command: TokenCommand::Issue(args),
+        } => issue_token(&args),
         Command::Directory {
             command:
                 DirectoryCommand::Import {
@@ -264,6 +314,48 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn issue_token(args: &TokenArgs) -> ExitCode {
+    use relay_runtime::security::pki::{TokenClaims, TokenSigner, all_scopes};
+    let pem = match std::fs::read_to_string(&args.signing_key) {
+        Ok(pem) => pem,
+        Err(error) => {
+            eprintln!("relay: {}: {error}", args.signing_key.display());
+            return ExitCode::from(2);
+        }
+    };
+    let scopes = if args.scopes.iter().any(|scope| scope == "all") {
+        all_scopes()
+    } else {
+        args.scopes.clone()
+    };
+    let claims = TokenClaims {
+        subject: args.subject.clone(),
+        scopes,
+        cad_system: args.cad_system.clone(),
+        team_id: args.team_id.clone(),
+        regions: args.regions.clone(),
+    };
+    let token = TokenSigner::from_pem(&pem, &args.kid).and_then(|signer| {
+        signer.issue(
+            &args.issuer,
+            &args.audience,
+            &claims,
+            0,
+            args.lifetime_seconds,
+        )
+    });
+    match token {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relay: {error}");
+            ExitCode::from(2)
+        }
     }
 }
 

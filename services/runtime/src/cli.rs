@@ -105,6 +105,20 @@ pub fn main<S: Service>() -> ExitCode {
     }
 }
 
+/// A configuration error that reached us wrapped in an I/O error (the listener's bind
+/// refuses an incomplete `[security]` block), unwrapped so it is one line and exit 2.
+fn configuration_error(error: BoxError) -> BoxError {
+    let inner = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .and_then(|inner| inner.downcast_ref::<ConfigError>())
+        .map(|config| ConfigError::new(config.to_string()));
+    match inner {
+        Some(config) => Box::new(config),
+        None => error,
+    }
+}
+
 async fn run<S: Service>(binary: &str, command: Command, config: Config) -> Result<(), BoxError> {
     let telemetry = telemetry::init(binary, &config.settings.log, config.settings.log_format)?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{binary} starting");
@@ -116,15 +130,27 @@ async fn run<S: Service>(binary: &str, command: Command, config: Config) -> Resu
             }
             result
         }
-        Command::Serve => match S::build(config).await {
-            Ok(service) => {
-                println!("{} listening on http://{}", S::NAME, service.local_addr());
-                service
-                    .run_until_stopped(Box::pin(shutdown::signal()))
-                    .await
+        Command::Serve => {
+            // The scheme clients use; a refused posture fails in `build` (at bind), in the
+            // order the service reads its settings.
+            let scheme = match config.settings.security.posture(config.insecure_allowed()) {
+                Ok(posture) if posture.plaintext => "http",
+                _ => "https",
+            };
+            match S::build(config).await {
+                Ok(service) => {
+                    println!(
+                        "{} listening on {scheme}://{}",
+                        S::NAME,
+                        service.local_addr()
+                    );
+                    service
+                        .run_until_stopped(Box::pin(shutdown::signal()))
+                        .await
+                }
+                Err(error) => Err(configuration_error(error)),
             }
-            Err(error) => Err(error),
-        },
+        }
     };
     if let Err(error) = &result
         && error.downcast_ref::<ConfigError>().is_none()

@@ -324,6 +324,11 @@ pub struct Settings {
     /// a simulation sets a speed or an origin.
     #[serde(default)]
     pub clock: ClockSettings,
+    /// TLS, authentication and scopes (`[security]`, `RELAY_SECURITY__*`, and the
+    /// operator's names `RELAY_TLS_CERT`, `RELAY_AUTH_JWKS`, ...): see
+    /// [`crate::security::SecuritySettings`].
+    #[serde(default)]
+    pub security: crate::security::SecuritySettings,
 }
 
 /// Simulated time for `relay dev` and `relay simulate` (`[clock]`, `RELAY_CLOCK__SPEED`,
@@ -458,9 +463,20 @@ pub struct Config {
     /// The settings every service shares.
     pub settings: Settings,
     figment: Figment,
+    operator: bool,
 }
 
 impl Config {
+    /// Whether TLS and authentication may be off: in a development setup
+    /// (`insecure_dev`), or for a configuration built in code alone, with neither a file nor
+    /// the environment (a test, or a program embedding a service, which chooses its own
+    /// transport). What an operator gives (a file, `RELAY_*` variables, so every binary)
+    /// follows the secure default. See [`crate::security::SecuritySettings::posture`].
+    #[must_use]
+    pub fn insecure_allowed(&self) -> bool {
+        self.settings.insecure_dev || !self.operator
+    }
+
     /// Starts a configuration for `service` (its short name) with the documented defaults.
     #[must_use]
     pub fn builder(service: &'static str) -> ConfigBuilder {
@@ -474,7 +490,11 @@ impl Config {
                 format!("http://127.0.0.1:{port}"),
             ));
         }
-        ConfigBuilder { service, figment }
+        ConfigBuilder {
+            service,
+            figment,
+            operator: false,
+        }
     }
 
     /// Loads the configuration of `service` from an optional TOML file and the environment.
@@ -589,6 +609,8 @@ impl Config {
 pub struct ConfigBuilder {
     service: &'static str,
     figment: Figment,
+    /// Whether a file or the environment was added: an operator's configuration.
+    operator: bool,
 }
 
 impl ConfigBuilder {
@@ -604,6 +626,7 @@ impl ConfigBuilder {
             )));
         }
         self.figment = self.figment.merge(Toml::file_exact(path));
+        self.operator = true;
         Ok(self)
     }
 
@@ -612,7 +635,15 @@ impl ConfigBuilder {
     pub fn env(mut self) -> Self {
         self.figment = self
             .figment
-            .merge(Env::prefixed("RELAY_").split("__").ignore(&["config"]));
+            .merge(Env::prefixed("RELAY_").split("__").ignore(&["config"]))
+            // The operator's names of DESIGN.md (`RELAY_TLS_CERT`) for keys of `[security]`.
+            .merge(Env::prefixed("RELAY_").filter_map(|key| {
+                crate::security::ENV_ALIASES
+                    .iter()
+                    .find(|(alias, _)| key == *alias)
+                    .map(|(_, target)| (*target).into())
+            }));
+        self.operator = true;
         self
     }
 
@@ -635,6 +666,7 @@ impl ConfigBuilder {
             service: self.service,
             settings,
             figment: self.figment,
+            operator: self.operator,
         })
     }
 }
@@ -771,6 +803,38 @@ mod tests {
             .build()
             .expect_err("zero speed");
         assert!(error.to_string().contains("clock.speed"), "{error}");
+    }
+
+    #[test]
+    fn security_reads_the_operator_names_and_its_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("relay.toml");
+        std::fs::write(
+            &file,
+            "[security]\ntls_cert = \"/certs/tls.crt\"\nreflection = \"off\"\n\
+             [security.identities.\"spiffe://relay/intake\"]\nscopes = [\"assignments.write\"]\n",
+        )
+        .expect("write");
+        let config = Config::builder("routing")
+            .file(&file)
+            .expect("file exists")
+            .build()
+            .expect("valid");
+        let security = &config.settings.security;
+        assert_eq!(
+            security.tls_cert.as_deref(),
+            Some(Path::new("/certs/tls.crt"))
+        );
+        assert_eq!(security.reflection, crate::security::Reflection::Off);
+        assert_eq!(
+            security.identities["spiffe://relay/intake"].scopes,
+            ["assignments.write"]
+        );
+        let error = Config::builder("routing")
+            .set("security.tls_certificate", "x")
+            .build()
+            .expect_err("unknown key");
+        assert!(error.to_string().contains("tls_certificate"), "{error}");
     }
 
     #[test]

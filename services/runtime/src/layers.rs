@@ -128,6 +128,8 @@ where
             rpc.system = "grpc",
             rpc.method = %request.uri().path(),
             request_id = %request_id,
+            // The caller's subject, recorded by the auth layer (never its credential).
+            principal = tracing::field::Empty,
         );
         // A request without a valid traceparent starts a new trace.
         let _ = span.set_parent(parent);

@@ -10,6 +10,7 @@
 //! - [`telemetry`]: `tracing` logs, OpenTelemetry traces over OTLP, W3C trace context.
 //! - [`server`]: health (`grpc.health.v1`), reflection, tower layers, graceful shutdown.
 //! - [`layers`]: the request id and trace context layer every request passes through.
+//! - [`security`]: TLS on the listener, bearer tokens and client certificates, per-RPC scopes.
 //! - [`client`]: channels to other services with deadlines and trace propagation.
 //! - [`geo`]: positions, great-circle distances and search boxes, one Earth radius.
 //! - [`error`] and [`validate`]: typed errors mapped to `tonic::Status` in one place.
@@ -31,6 +32,7 @@ pub mod layers;
 pub mod metrics;
 pub mod paging;
 pub mod redis_link;
+pub mod security;
 pub mod sequencer;
 pub mod server;
 pub mod shutdown;

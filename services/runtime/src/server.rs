@@ -10,6 +10,10 @@
 //! pods unready, never restarts them. On SIGTERM health turns NOT_SERVING at once, the listener stops accepting,
 //! in-flight calls get `server.shutdown_grace_seconds` to finish, and streams are told to end
 //! through [`ServiceHost::shutdown_token`].
+//!
+//! The listener serves TLS (reloaded when its files change) and every call but health passes
+//! the auth layer ([`crate::security`]): both are decided at [`ServiceHost::bind`] from the
+//! `[security]` settings, and only a development setup may turn either off.
 
 use std::{
     convert::Infallible,
@@ -37,6 +41,11 @@ use crate::{
     config::{Config, ServerSettings},
     layers::{MetricsLayer, RequestContextLayer},
     metrics,
+    security::{
+        Posture, Reflection, SecuritySettings,
+        auth::{AuthLayer, Authenticator},
+        tls::ServerTls,
+    },
 };
 
 /// The services every port hosts beside the Relay service itself.
@@ -62,6 +71,8 @@ pub struct ServiceHost {
     checks: Vec<(&'static str, Check)>,
     shutdown: CancellationToken,
     admin: Option<SocketAddr>,
+    security: SecuritySettings,
+    insecure_dev: bool,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -77,7 +88,9 @@ impl std::fmt::Debug for ServiceHost {
 }
 
 impl ServiceHost {
-    /// A server with the given settings and no services yet.
+    /// A server with the given settings and no services yet. Its security is the default,
+    /// TLS and authentication, with no files: [`Self::security`] says where they are (or, in
+    /// a development setup, that there are none).
     #[must_use]
     pub fn new(settings: &ServerSettings) -> Self {
         Self {
@@ -87,16 +100,29 @@ impl ServiceHost {
             checks: Vec::new(),
             shutdown: CancellationToken::new(),
             admin: None,
+            security: SecuritySettings::default(),
+            insecure_dev: false,
         }
     }
 
-    /// A server for a service's loaded configuration: its server settings, and its admin
-    /// endpoint (`GET /metrics`) on [`crate::config::Settings::admin_addr`].
+    /// A server for a service's loaded configuration: its server settings, its security
+    /// (`[security]`), and its admin endpoint (`GET /metrics`) on
+    /// [`crate::config::Settings::admin_addr`].
     #[must_use]
     pub fn from_config(config: &Config) -> Self {
-        let mut host = Self::new(&config.settings.server);
+        let mut host = Self::new(&config.settings.server)
+            .security(&config.settings.security, config.insecure_allowed());
         host.admin = Some(config.settings.admin_addr(config.service));
         host
+    }
+
+    /// Sets the TLS and authentication settings; `insecure_dev` allows turning them off
+    /// (see [`SecuritySettings::posture`]).
+    #[must_use]
+    pub fn security(mut self, security: &SecuritySettings, insecure_dev: bool) -> Self {
+        self.security = security.clone();
+        self.insecure_dev = insecure_dev;
+        self
     }
 
     /// Serves a generated service (e.g. `AvailabilityServiceServer::new(handler)`); its name is
@@ -136,11 +162,25 @@ impl ServiceHost {
         self.shutdown.clone()
     }
 
-    /// Binds the listener (port 0 picks a free port).
+    /// Binds the listener (port 0 picks a free port), after loading the TLS files and the
+    /// JWKS.
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When the security settings are incomplete or refused (the message names the
+    /// variable), a TLS file or the JWKS does not load, or the address cannot be bound.
     pub async fn bind(self, addr: SocketAddr) -> std::io::Result<BoundServer> {
+        let posture = self
+            .security
+            .posture(self.insecure_dev)
+            .map_err(std::io::Error::other)?;
+        let tls = if posture.plaintext {
+            None
+        } else {
+            Some(ServerTls::load(&self.security).map_err(std::io::Error::other)?)
+        };
+        let authenticator = Arc::new(
+            Authenticator::new(&self.security, posture.no_auth).map_err(std::io::Error::other)?,
+        );
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let admin = match self.admin {
@@ -157,6 +197,9 @@ impl ServiceHost {
             listener,
             local_addr,
             admin,
+            posture,
+            tls,
+            authenticator,
         })
     }
 }
@@ -168,6 +211,9 @@ pub struct BoundServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     admin: Option<TcpListener>,
+    posture: Posture,
+    tls: Option<Arc<ServerTls>>,
+    authenticator: Arc<Authenticator>,
 }
 
 #[derive(Clone)]
@@ -202,6 +248,12 @@ impl BoundServer {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Whether the listener serves TLS (`false`: plaintext, development only).
+    #[must_use]
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The shutdown token of this server; see [`ServiceHost::shutdown_token`].
     #[must_use]
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -222,6 +274,9 @@ impl BoundServer {
             listener,
             local_addr,
             admin,
+            posture,
+            tls,
+            authenticator,
         } = self;
         let ServiceHost {
             settings,
@@ -230,7 +285,30 @@ impl BoundServer {
             checks,
             shutdown: token,
             admin: _,
+            security,
+            insecure_dev: _,
         } = host;
+        for (insecure, what) in [
+            (
+                posture.plaintext,
+                "serving plaintext gRPC (security.insecure_plaintext)",
+            ),
+            (
+                posture.no_auth,
+                "serving every caller without a credential (security.insecure_no_auth)",
+            ),
+        ] {
+            if !insecure {
+                continue;
+            }
+            if posture.explicit {
+                tracing::warn!("{what}: development only, never in a deployment");
+            } else {
+                tracing::info!(
+                    "{what}: RELAY_INSECURE_DEV is set and no TLS file or JWKS is configured"
+                );
+            }
+        }
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let ready = Arc::new(AtomicBool::new(false));
@@ -278,7 +356,17 @@ impl BoundServer {
             .await;
 
         // Reflection lists what this port serves, not every service in the descriptor set.
-        let listed: Vec<&str> = health.names.iter().copied().chain(HOSTED).collect();
+        let reflect = authenticator.reflection() != Reflection::Off;
+        let listed: Vec<&str> = health
+            .names
+            .iter()
+            .copied()
+            .chain(
+                HOSTED
+                    .into_iter()
+                    .filter(|name| reflect || !name.contains("reflection")),
+            )
+            .collect();
         let reflection = || {
             listed.iter().fold(
                 tonic_reflection::server::Builder::configure()
@@ -287,12 +375,12 @@ impl BoundServer {
                 |builder, name| builder.with_service_name(*name),
             )
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-        routes
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        routes.add_service(health_service);
+        if reflect {
+            routes
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?);
+        }
         let served = health.names.join(", ");
         let routes = tonic::service::Routes::from(routes.routes().into_axum_router().fallback(
             move |request: http::Request<axum::body::Body>| {
@@ -327,7 +415,6 @@ impl BoundServer {
         // TCP_NODELAY on the accepted connections themselves: the builder's own setting
         // applies only to listeners it binds. Without it a response written in two frames
         // (message, then trailers) waits for the client's delayed ACK, about 40 ms.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut builder = Server::builder()
             .timeout(settings.request_timeout())
             .concurrency_limit_per_connection(settings.concurrency_limit_per_connection)
@@ -336,13 +423,28 @@ impl BoundServer {
         if let Some(age) = settings.max_connection_age() {
             builder = builder.max_connection_age(age);
         }
-        tracing::info!(%local_addr, "serving");
-        let server = builder
-            // Outermost first: the metrics see the code the caller gets.
+        tracing::info!(%local_addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "serving");
+        let router = builder
+            // Outermost first: the metrics see the code the caller gets, and a refused call
+            // has its request id and span.
             .layer(MetricsLayer)
             .layer(RequestContextLayer)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, signal);
+            .layer(AuthLayer::new(authenticator))
+            .add_routes(routes);
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match tls {
+                Some(tls) => {
+                    tokio::spawn(
+                        Arc::clone(&tls).watch(security.tls_reload_interval(), token.clone()),
+                    );
+                    let incoming = tls.incoming(listener, token.clone());
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                }
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                }
+            };
 
         let grace = settings.shutdown_grace();
         let result = tokio::select! {

@@ -1,0 +1,684 @@
+//! Who is calling, and whether they may: the tower layer every Relay service runs behind.
+//!
+//! A caller proves who it is with a bearer JWT (`authorization: Bearer ...`) signed by a key
+//! of the configured JWKS, with the configured issuer and audience, not expired and not
+//! before its `nbf` (both with a small leeway); or with a client certificate (mTLS) whose
+//! identity, a SPIFFE URI SAN or else the subject CN, the configuration maps to scopes. A
+//! token wins over a certificate when a call carries both. The caller becomes a
+//! [`Principal`], put in the request's extensions for the handler.
+//!
+//! Every RPC requires the one scope its `.proto` declares (`(relay.auth.v1.scope)`, read from
+//! the descriptors into [`relay_proto::scopes`]). Refusals carry a `google.rpc.ErrorInfo`:
+//! UNAUTHENTICATED with reason `CREDENTIALS_MISSING` or `CREDENTIALS_INVALID`, and
+//! PERMISSION_DENIED with `SCOPE_MISSING` (metadata `scope`). Health is open to everyone;
+//! reflection needs a valid credential. A token is never logged: refusals log the reason
+//! and the verifier's error kind only.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use serde::Deserialize;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use super::{IdentityGrant, Reflection, SecuritySettings, tls::PeerIdentity};
+
+/// The error domain of refusals on paths that belong to no Relay package (reflection).
+const AUTH_DOMAIN: &str = "relay.auth.v1";
+
+/// Reason: the call carries no credential.
+pub const CREDENTIALS_MISSING: &str = "CREDENTIALS_MISSING";
+/// Reason: the credential is malformed, expired, not yet valid, or not ours.
+pub const CREDENTIALS_INVALID: &str = "CREDENTIALS_INVALID";
+/// Reason: a valid credential without the scope the RPC requires.
+pub const SCOPE_MISSING: &str = "SCOPE_MISSING";
+/// Reason: the credential is bound to another CAD system.
+pub const CAD_SYSTEM_NOT_ALLOWED: &str = "CAD_SYSTEM_NOT_ALLOWED";
+/// Reason: the credential is bound to another team.
+pub const TEAM_NOT_ALLOWED: &str = "TEAM_NOT_ALLOWED";
+/// Reason: the credential is limited to other regions.
+pub const REGION_NOT_ALLOWED: &str = "REGION_NOT_ALLOWED";
+
+/// How a principal proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A bearer JWT.
+    Token,
+    /// A client certificate (mTLS).
+    Certificate,
+    /// None: authentication is off in a development setup; every scope is granted.
+    Development,
+}
+
+/// The caller of an RPC, as the auth layer established it. Handlers read it from the request
+/// with [`Principal::of`] and check the bindings that depend on the request's content
+/// ([`Principal::require_cad_system`], [`Principal::require_team`],
+/// [`Principal::require_region`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`, or the certificate's identity.
+    pub subject: String,
+    /// Scopes by name (`incidents.submit`).
+    pub scopes: BTreeSet<String>,
+    /// The one CAD system this caller may act for, when bound to one.
+    pub cad_system: Option<String>,
+    /// The one team this caller may report for, when bound to one.
+    pub team_id: Option<String>,
+    /// The regions this caller is limited to; empty: every region.
+    pub regions: Vec<String>,
+    /// How the caller proved who it is.
+    pub kind: CredentialKind,
+    /// The error domain of the RPC being called (`relay.intake.v1`).
+    domain: &'static str,
+}
+
+impl Principal {
+    /// The principal of a call in a development setup without authentication: every scope,
+    /// no binding.
+    #[must_use]
+    pub fn development() -> Self {
+        Self {
+            subject: String::from("development"),
+            scopes: BTreeSet::new(),
+            cad_system: None,
+            team_id: None,
+            regions: Vec::new(),
+            kind: CredentialKind::Development,
+            domain: AUTH_DOMAIN,
+        }
+    }
+
+    /// The principal the auth layer attached to a request.
+    #[must_use]
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&Self> {
+        request.extensions().get::<Self>()
+    }
+
+    /// Whether the principal holds `scope` (always, in development).
+    #[must_use]
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.kind == CredentialKind::Development || self.scopes.contains(scope)
+    }
+
+    /// `Ok` when the principal holds `scope`, else PERMISSION_DENIED (`SCOPE_MISSING`).
+    ///
+    /// # Errors
+    /// The status to return to the caller.
+    pub fn require_scope(&self, scope: &str) -> Result<(), Status> {
+        if self.has_scope(scope) {
+            return Ok(());
+        }
+        Err(refusal(
+            Code::PermissionDenied,
+            self.domain,
+            SCOPE_MISSING,
+            format!("the credential lacks the scope `{scope}` this call requires"),
+            Some(("scope", scope)),
+        ))
+    }
+
+    /// `Ok` when the principal may act for `cad_system` (it is bound to no CAD, or to this
+    /// one), else PERMISSION_DENIED (`CAD_SYSTEM_NOT_ALLOWED`).
+    ///
+    /// # Errors
+    /// The status to return to the caller.
+    pub fn require_cad_system(&self, cad_system: &str) -> Result<(), Status> {
+        match &self.cad_system {
+            Some(bound) if bound != cad_system => Err(refusal(
+                Code::PermissionDenied,
+                self.domain,
+                CAD_SYSTEM_NOT_ALLOWED,
+                "the credential is bound to another cad_system",
+                Some(("cad_system", cad_system)),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `Ok` when the principal may report for `team_id`, else PERMISSION_DENIED
+    /// (`TEAM_NOT_ALLOWED`).
+    ///
+    /// # Errors
+    /// The status to return to the caller.
+    pub fn require_team(&self, team_id: &str) -> Result<(), Status> {
+        match &self.team_id {
+            Some(bound) if bound != team_id => Err(refusal(
+                Code::PermissionDenied,
+                self.domain,
+                TEAM_NOT_ALLOWED,
+                "the credential is bound to another team",
+                Some(("team_id", team_id)),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `Ok` when the principal may act in `region`, else PERMISSION_DENIED
+    /// (`REGION_NOT_ALLOWED`).
+    ///
+    /// # Errors
+    /// The status to return to the caller.
+    pub fn require_region(&self, region: &str) -> Result<(), Status> {
+        if self.regions.is_empty() || self.regions.iter().any(|r| r == region) {
+            return Ok(());
+        }
+        Err(refusal(
+            Code::PermissionDenied,
+            self.domain,
+            REGION_NOT_ALLOWED,
+            "the credential is limited to other regions",
+            Some(("region", region)),
+        ))
+    }
+
+    fn from_grant(subject: String, grant: &IdentityGrant, kind: CredentialKind) -> Self {
+        Self {
+            subject,
+            scopes: grant.scopes.iter().cloned().collect(),
+            cad_system: grant.cad_system.clone(),
+            team_id: grant.team_id.clone(),
+            regions: grant.regions.clone(),
+            kind,
+            domain: AUTH_DOMAIN,
+        }
+    }
+}
+
+fn refusal(
+    code: Code,
+    domain: &'static str,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: Option<(&str, &str)>,
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    crate::error::status(code, domain, reason, message, metadata)
+}
+
+/// The claims Relay reads from a token. `exp`, `nbf`, `iss` and `aud` are checked by the
+/// verifier itself.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    /// Space-separated scopes (RFC 8693, OAuth 2.0).
+    #[serde(default)]
+    scope: Option<String>,
+    /// Scopes as a list (Entra ID's `scp` may be either).
+    #[serde(default)]
+    scp: Option<ScopeList>,
+    #[serde(default)]
+    cad_system: Option<String>,
+    #[serde(default)]
+    team_id: Option<String>,
+    #[serde(default)]
+    regions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ScopeList {
+    Text(String),
+    List(Vec<String>),
+}
+
+/// One verification key of the JWKS.
+struct Key {
+    id: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Checks bearer tokens against the keys of a JWKS file.
+pub struct JwtVerifier {
+    keys: Vec<Key>,
+    issuer: String,
+    audience: String,
+    leeway_seconds: u64,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("keys", &self.keys.iter().map(|k| &k.id).collect::<Vec<_>>())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token was refused, for the log (never the token itself).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No key of the JWKS has the token's `kid` and algorithm.
+    #[error("no key of the JWKS matches the token's kid and algorithm")]
+    UnknownKey,
+    /// The signature, a claim, or the encoding is wrong.
+    #[error("{0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+}
+
+impl JwtVerifier {
+    /// Reads the JWKS file. Keys whose algorithm cannot be told (no `alg`, and a key type
+    /// without a single algorithm) or that cannot verify are refused.
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds no usable key.
+    pub fn from_jwks_file(
+        path: &Path,
+        issuer: &str,
+        audience: &str,
+        leeway_seconds: u64,
+    ) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("JWKS {} (RELAY_AUTH_JWKS): {error}", path.display()))?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(|error| {
+            format!(
+                "JWKS {} (RELAY_AUTH_JWKS) is not a JWK set: {error}",
+                path.display()
+            )
+        })?;
+        Self::from_jwks(&set, issuer, audience, leeway_seconds)
+            .map_err(|error| format!("JWKS {} (RELAY_AUTH_JWKS): {error}", path.display()))
+    }
+
+    /// A verifier for the keys of `set`.
+    ///
+    /// # Errors
+    /// When a key cannot be used, or the set has none.
+    pub fn from_jwks(
+        set: &JwkSet,
+        issuer: &str,
+        audience: &str,
+        leeway_seconds: u64,
+    ) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let id = jwk.common.key_id.clone();
+            let algorithm = match jwk.common.key_algorithm {
+                Some(algorithm) => algorithm
+                    .to_string()
+                    .parse::<Algorithm>()
+                    .map_err(|error| format!("key {id:?}: {error}"))?,
+                None => default_algorithm(jwk)
+                    .ok_or_else(|| format!("key {id:?} names no `alg`, and its type has many"))?,
+            };
+            if matches!(
+                algorithm,
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            ) {
+                return Err(format!(
+                    "key {id:?} is a shared secret ({algorithm:?}); only public keys verify tokens"
+                ));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("key {id:?}: {error}"))?;
+            keys.push(Key { id, algorithm, key });
+        }
+        if keys.is_empty() {
+            return Err(String::from("the set has no key"));
+        }
+        Ok(Self {
+            keys,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            leeway_seconds,
+        })
+    }
+
+    /// The principal a token proves.
+    ///
+    /// # Errors
+    /// Why the token is refused.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let header = jsonwebtoken::decode_header(token)?;
+        let candidates = self.keys.iter().filter(|key| {
+            key.algorithm == header.alg
+                && match (&header.kid, &key.id) {
+                    (Some(wanted), Some(id)) => wanted == id,
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                }
+        });
+        let mut last = TokenError::UnknownKey;
+        for key in candidates {
+            let mut validation = Validation::new(key.algorithm);
+            validation.set_issuer(&[&self.issuer]);
+            validation.set_audience(&[&self.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation.leeway = self.leeway_seconds;
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return Ok(principal_of(data.claims)),
+                Err(error) => last = TokenError::Invalid(error),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn default_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Some(Algorithm::ES256),
+            EllipticCurve::P384 => Some(Algorithm::ES384),
+            _ => None,
+        },
+        AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+fn principal_of(claims: Claims) -> Principal {
+    let mut scopes: BTreeSet<String> = claims
+        .scope
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    match claims.scp {
+        Some(ScopeList::Text(text)) => scopes.extend(text.split_whitespace().map(str::to_owned)),
+        Some(ScopeList::List(list)) => scopes.extend(list),
+        None => {}
+    }
+    Principal {
+        subject: claims.sub,
+        scopes,
+        cad_system: claims.cad_system,
+        team_id: claims.team_id,
+        regions: claims.regions,
+        kind: CredentialKind::Token,
+        domain: AUTH_DOMAIN,
+    }
+}
+
+/// What the auth layer checks, built once per server from [`SecuritySettings`].
+#[derive(Debug)]
+pub struct Authenticator {
+    /// `None`: authentication is off (development only).
+    jwt: Option<JwtVerifier>,
+    enforce: bool,
+    identities: HashMap<String, IdentityGrant>,
+    reflection: Reflection,
+}
+
+impl Authenticator {
+    /// An authenticator that lets every call through with [`Principal::development`].
+    #[must_use]
+    pub fn disabled() -> Self {
+        Self {
+            jwt: None,
+            enforce: false,
+            identities: HashMap::new(),
+            reflection: Reflection::Authenticated,
+        }
+    }
+
+    /// The authenticator of `settings`; `no_auth` from [`SecuritySettings::posture`].
+    ///
+    /// # Errors
+    /// When the JWKS cannot be read.
+    pub fn new(settings: &SecuritySettings, no_auth: bool) -> Result<Self, String> {
+        if no_auth {
+            return Ok(Self {
+                reflection: settings.reflection,
+                ..Self::disabled()
+            });
+        }
+        let jwt = match &settings.auth_jwks {
+            Some(path) => Some(JwtVerifier::from_jwks_file(
+                path,
+                settings.auth_issuer.as_deref().unwrap_or_default(),
+                settings.auth_audience.as_deref().unwrap_or_default(),
+                settings.auth_leeway_seconds,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            jwt,
+            enforce: true,
+            identities: settings
+                .identities
+                .iter()
+                .map(|(identity, grant)| (identity.clone(), grant.clone()))
+                .collect(),
+            reflection: settings.reflection,
+        })
+    }
+
+    /// Whether calls are checked at all.
+    #[must_use]
+    pub fn enforcing(&self) -> bool {
+        self.enforce
+    }
+
+    /// Whether reflection is served.
+    #[must_use]
+    pub fn reflection(&self) -> Reflection {
+        self.reflection
+    }
+
+    /// Decides a call to `path` with these `headers`, from a peer with this certificate
+    /// identity: the principal, or the refusal.
+    ///
+    /// # Errors
+    /// The status the caller gets.
+    pub fn authorize(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<Option<Principal>, Status> {
+        if path.starts_with("/grpc.health.v1.Health/") {
+            return Ok(None);
+        }
+        if !self.enforce {
+            return Ok(Some(Principal::development()));
+        }
+        let scope = relay_proto::scopes::scope_entry(path);
+        let domain = scope.map_or(AUTH_DOMAIN, |(path, _)| package_of(path));
+        let mut principal = self.identify(domain, headers, peer)?;
+        principal.domain = domain;
+        match scope {
+            // Not a Relay RPC: reflection (a valid credential suffices) or an unknown path,
+            // which the router answers UNIMPLEMENTED.
+            None => {}
+            Some((_, "")) => {
+                return Err(refusal(
+                    Code::PermissionDenied,
+                    domain,
+                    SCOPE_MISSING,
+                    "this RPC declares no scope, so no credential may call it",
+                    None,
+                ));
+            }
+            Some((_, scope)) => principal.require_scope(scope)?,
+        }
+        Ok(Some(principal))
+    }
+
+    fn identify(
+        &self,
+        domain: &'static str,
+        headers: &http::HeaderMap,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<Principal, Status> {
+        let invalid = |message: &str| {
+            refusal(
+                Code::Unauthenticated,
+                domain,
+                CREDENTIALS_INVALID,
+                message,
+                None,
+            )
+        };
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|text| {
+                    text.strip_prefix("Bearer ")
+                        .or_else(|| text.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .filter(|token| !token.is_empty())
+                .ok_or_else(|| invalid("the authorization header is not `Bearer <token>`"))?;
+            let Some(verifier) = &self.jwt else {
+                return Err(invalid(
+                    "this server accepts client certificates only, not bearer tokens",
+                ));
+            };
+            return verifier.verify(token).map_err(|error| {
+                tracing::debug!(reason = CREDENTIALS_INVALID, %error, "token refused");
+                invalid("the bearer token is invalid, expired or not for this service")
+            });
+        }
+        if let Some(peer) = peer {
+            let grant = self.identities.get(&peer.0).cloned().unwrap_or_default();
+            return Ok(Principal::from_grant(
+                peer.0.clone(),
+                &grant,
+                CredentialKind::Certificate,
+            ));
+        }
+        Err(refusal(
+            Code::Unauthenticated,
+            domain,
+            CREDENTIALS_MISSING,
+            "this call needs a credential: a bearer token or a client certificate",
+            None,
+        ))
+    }
+}
+
+/// `relay.intake.v1` from `/relay.intake.v1.IntakeService/SubmitIncident`.
+fn package_of(path: &'static str) -> &'static str {
+    let service = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or(path);
+    service
+        .rsplit_once('.')
+        .map_or(AUTH_DOMAIN, |(package, _)| package)
+}
+
+/// The layer installing [`Authenticator`] in front of every service of a server.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    /// A layer deciding calls with `authenticator`.
+    #[must_use]
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            authenticator: Arc::clone(&self.authenticator),
+        }
+    }
+}
+
+/// The service made by [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let peer = super::tls::peer_identity(request.extensions());
+        match self
+            .authenticator
+            .authorize(request.uri().path(), request.headers(), peer.as_ref())
+        {
+            Ok(principal) => {
+                if let Some(principal) = principal {
+                    tracing::Span::current().record("principal", principal.subject.as_str());
+                    request.extensions_mut().insert(principal);
+                }
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => {
+                tracing::info!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "call refused"
+                );
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_package_of_a_path_is_its_error_domain() {
+        assert_eq!(
+            package_of("/relay.intake.v1.IntakeService/SubmitIncident"),
+            "relay.intake.v1"
+        );
+        assert_eq!(package_of("/nothing"), AUTH_DOMAIN);
+    }
+
+    #[test]
+    fn bindings_refuse_other_cads_teams_and_regions() {
+        let principal = Principal {
+            cad_system: Some(String::from("cad-a")),
+            team_id: Some(String::from("t1")),
+            regions: vec![String::from("north")],
+            kind: CredentialKind::Token,
+            ..Principal::development()
+        };
+        assert!(principal.require_cad_system("cad-a").is_ok());
+        let status = principal
+            .require_cad_system("cad-b")
+            .expect_err("another CAD");
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert!(principal.require_team("t2").is_err());
+        assert!(principal.require_region("south").is_err());
+        assert!(principal.require_region("north").is_ok());
+        assert!(principal.require_scope("incidents.read").is_err());
+        assert!(Principal::development().require_scope("admin").is_ok());
+    }
+}
