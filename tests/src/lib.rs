@@ -370,3 +370,32 @@ mod tests {
         );
     }
 }
+
+/// `GET path` on a service's admin endpoint (plain HTTP/1.1): the status code and the body.
+///
+/// # Panics
+/// When the endpoint does not answer with an HTTP response.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("admin endpoint");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("http response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {head}"));
+    (status, body.to_owned())
+}

@@ -246,22 +246,9 @@ impl Suite {
     /// # Panics
     /// When the endpoint does not answer 200.
     pub async fn scrape(&self, service: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.admin[service])
-            .await
-            .expect("admin endpoint");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("request");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("response");
-        let (head, body) = response.split_once("\r\n\r\n").expect("http response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        let (status, body) = crate::admin_get(self.admin[service], "/metrics").await;
+        assert_eq!(status, 200, "GET /metrics of {service}");
+        body
     }
 
     /// Deletes the suite's Redis keys.

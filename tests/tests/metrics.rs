@@ -339,3 +339,43 @@ async fn a_scrape_after_three_assignments_says_three() {
     }
     suite.clean_up().await;
 }
+
+/// Kubernetes' gRPC probes cannot speak the gRPC port's TLS, so the admin endpoint answers
+/// them: `/readyz` follows gRPC health (503 while PostgreSQL is unreachable, 200 once it
+/// answers), `/healthz` is 200 while the process serves, database or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_endpoint_answers_readiness_and_liveness_probes() {
+    use relay_tests::{ServiceProcess, TestDatabase, admin_get, proxy::TcpProxy};
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+    };
+    let database = TestDatabase::new().await;
+    // A proxy that refuses every connection until it is restored: PostgreSQL is "down".
+    let proxy = TcpProxy::start(relay_tests::proxy::socket_addr_of(database.url(), 5432)).await;
+    proxy.cut();
+    let url = relay_tests::proxy::url_via(database.url(), proxy.addr());
+    let admin = free();
+    let admin_listen = admin.to_string();
+    let service = ServiceProcess::start(
+        "relay-directory",
+        &[
+            ("RELAY_DATABASE_URL", url.as_str()),
+            ("RELAY_ADMIN_LISTEN", admin_listen.as_str()),
+            ("RELAY_SERVER__READINESS_INTERVAL_MS", "100"),
+            ("RELAY_LOG", "error"),
+        ],
+    );
+    let (status, body) = admin_get(admin, "/readyz").await;
+    assert_eq!((status, body.trim()), (503, "NOT_SERVING"));
+    let (status, _) = admin_get(admin, "/healthz").await;
+    assert_eq!(status, 200, "liveness never depends on the database");
+
+    proxy.restore();
+    service.wait_until_serving().await;
+    let (status, body) = admin_get(admin, "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "SERVING"));
+    let (status, _) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+}

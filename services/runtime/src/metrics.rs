@@ -218,23 +218,41 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Serves `GET /metrics` (Prometheus text) on `listener` until `shutdown`.
+/// Serves the admin endpoint on `listener` until `shutdown`: `GET /metrics` (Prometheus
+/// text), and for probes that cannot speak the gRPC port's TLS (Kubernetes' gRPC probes
+/// cannot), `GET /readyz` (200 while health is SERVING, 503 otherwise: dependencies down, or
+/// draining after SIGTERM) and `GET /healthz` (200 while the process serves; it never depends
+/// on a database).
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let router = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                render(),
-            )
-        }),
-    );
+    use axum::http::StatusCode;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    render(),
+                )
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "SERVING\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || async move {
+                if ready.load(std::sync::atomic::Ordering::Relaxed) {
+                    (StatusCode::OK, "SERVING\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                }
+            }),
+        );
     if let Err(error) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

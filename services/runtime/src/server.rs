@@ -343,13 +343,17 @@ impl BoundServer {
             names: Arc::new(names),
             ready,
         };
+        health.set(ServingStatus::NotServing).await;
         if let Some(admin) = admin {
             if let Ok(addr) = admin.local_addr() {
-                tracing::info!(%addr, "admin endpoint serving /metrics");
+                tracing::info!(%addr, "admin endpoint serving /metrics, /readyz, /healthz");
             }
-            tokio::spawn(metrics::serve_admin(admin, token.clone().cancelled_owned()));
+            tokio::spawn(metrics::serve_admin(
+                admin,
+                Arc::clone(&health.ready),
+                token.clone().cancelled_owned(),
+            ));
         }
-        health.set(ServingStatus::NotServing).await;
         health
             .reporter
             .set_service_status(LIVENESS, ServingStatus::Serving)
