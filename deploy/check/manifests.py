@@ -35,7 +35,10 @@ SERVICES = {
 SECRET_NAME = "relay-secrets"
 PAGE_TOKEN_VAR = "RELAY_PAGE_TOKEN_SECRET"
 # Settings that must never reach a cluster: they turn the services' safety refusals off.
-DEV_ONLY_VARS = ("RELAY_INSECURE_DEV",)
+DEV_ONLY_VARS = ("RELAY_INSECURE_DEV", "RELAY_INSECURE_PLAINTEXT", "RELAY_INSECURE_NO_AUTH",
+                 "RELAY_SECURITY__INSECURE_PLAINTEXT", "RELAY_SECURITY__INSECURE_NO_AUTH")
+# Secure is the default and a deployment says where its certificates and keys are (issue 14).
+SECURITY_VARS = ("RELAY_TLS_CERT", "RELAY_TLS_KEY", "RELAY_TLS_CLIENT_CA", "RELAY_AUTH_JWKS")
 DIGEST = re.compile(r"^[^@\s]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}@sha256:[0-9a-f]{64}$")
 CLUSTER_SCOPED = {"Namespace"}
 # The labels deploy/README.md tells operators to set (namespace labels unless stated).
@@ -237,6 +240,12 @@ def check_file(path: str, required: list[str], expect_egress: list[str]) -> Fail
                 + ("it must never be deployed" if var != PAGE_TOKEN_VAR
                    else "a secret belongs in the Secret, not a ConfigMap"))
 
+    if deployments:
+        for var in SECURITY_VARS:
+            f.check(var in config_data,
+                    f"{path}: ConfigMap does not set {var}: services refuse to start without TLS "
+                    "and a JWKS (docs/operations.md, Security)")
+
     pods: dict[str, Endpoint] = {}
     for name, dep in sorted(deployments.items()):
         tmpl = dep["spec"]["template"]
@@ -275,6 +284,17 @@ def check_file(path: str, required: list[str], expect_egress: list[str]) -> Fail
         admin = (env_of(main).get("RELAY_ADMIN_LISTEN") or {}).get("value")
         f.check(admin == f"0.0.0.0:{expected}",
                 f"{where}: RELAY_ADMIN_LISTEN is {admin!r}, expected '0.0.0.0:{expected}'")
+
+        # Probes on the admin port: the gRPC port speaks TLS, which gRPC probes cannot.
+        for probe, want in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = (main.get(probe) or {}).get("httpGet") or {}
+            f.check(get.get("path") == want and get.get("port") in ("metrics", expected),
+                    f"{where}: {probe} must be httpGet {want} on the metrics port, got "
+                    f"{main.get(probe)}")
+        # The TLS files are mounted where the ConfigMap says.
+        mounts = {m.get("mountPath") for m in main.get("volumeMounts") or []}
+        f.check("/etc/relay/tls" in mounts,
+                f"{where}: container {main['name']} does not mount /etc/relay/tls")
 
         # Spread over zones and nodes, counting only this Deployment's pods.
         spread = tmpl["spec"].get("topologySpreadConstraints") or []
