@@ -354,23 +354,6 @@ impl Drop for ServiceProcess {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::database_url;
-
-    #[test]
-    fn database_urls_swap_the_database_name() {
-        assert_eq!(
-            database_url("postgres://u@h:5432/postgres", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            database_url("postgres://u@h/postgres?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-    }
-}
-
 /// `GET path` on a service's admin endpoint (plain HTTP/1.1): the status code and the body.
 ///
 /// # Panics
@@ -398,4 +381,21 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP status line: {head}"));
     (status, body.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url;
+
+    #[test]
+    fn database_urls_swap_the_database_name() {
+        assert_eq!(
+            database_url("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            database_url("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
 }
