@@ -3,9 +3,11 @@
 
 use relay_runtime::{ApiError, error::cause_chain};
 
-use relay_fleet::{ChangeError, EventsError, StoreError, model::TeamStatus};
-
-use crate::roster::RosterError;
+use crate::{
+    model::TeamStatus,
+    roster::RosterError,
+    store::{ChangeError, EventsError, StoreError},
+};
 
 /// `TEAM_NOT_FOUND` (NOT_FOUND).
 pub const TEAM_NOT_FOUND: &str = "TEAM_NOT_FOUND";

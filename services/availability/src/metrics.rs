@@ -22,9 +22,7 @@ use relay_proto::common::TeamStatus;
 use relay_runtime::metrics::meter;
 use tokio_util::sync::CancellationToken;
 
-use relay_fleet::LocationOutcome;
-
-use crate::service::Availability;
+use crate::{service::Availability, store::LocationOutcome};
 
 fn reports() -> &'static Counter<u64> {
     static REPORTS: OnceLock<Counter<u64>> = OnceLock::new();

@@ -7,7 +7,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{RedisEnv, Setup, TestApp, bad_fields, reason, start_time, upsert};
-use relay_fleet::model::TeamStatus as Status;
+use relay_availability::model::TeamStatus as Status;
 use relay_proto::{
     availability::{
         FindAvailableTeamsRequest, GetTeamRequest, ListTeamsRequest, ReportLocationRequest,
@@ -356,7 +356,8 @@ async fn refusals_map_to_their_codes_and_reasons() {
         .await
         .expect("position");
     let claim = app
-        .dispatch
+        .domain
+        .store()
         .claim(
             "north",
             "t1",
@@ -527,7 +528,7 @@ async fn concurrent_status_changes_with_one_revision_have_one_winner() {
     }
 
     // The GEO set agrees with the hashes: read both raw from Redis.
-    let keys = relay_fleet::Keyspace::new(env.setup.prefix.clone());
+    let keys = relay_availability::Keyspace::new(env.setup.prefix.clone());
     let client = redis::Client::open(relay_tests::redis_url()).expect("url");
     let mut redis = client
         .get_multiplexed_async_connection()
@@ -866,7 +867,8 @@ async fn the_roster_survives_losing_redis_and_a_restart() {
         .await
         .expect("position");
     let claim = app
-        .dispatch
+        .domain
+        .store()
         .claim(
             "north",
             "t1",
@@ -918,7 +920,8 @@ async fn the_roster_survives_losing_redis_and_a_restart() {
         .await
         .expect("position");
     let later = app
-        .dispatch
+        .domain
+        .store()
         .claim(
             "north",
             "t1",

@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use relay_runtime::error::{ApiError, cause_chain};
 use tonic::{Code, Status};
 
-use relay_fleet::StoreError as FleetError;
-
-use crate::{DOMAIN, store::StoreError};
+use crate::{DOMAIN, fleet::FleetError, store::StoreError};
 
 /// Everything an RPC of routing can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,6 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{World, assign, team, world};
-use relay_fleet::{
-    Claim, ClaimError, DispatchStore, FleetTeam, MemoryTeamStore, Nearest, ReleaseError,
-    ReleaseOutcome, StoreError, TeamAvailable,
-    model::{Position, TeamSummary},
-};
 use relay_proto::{
     common::{AssignmentMode, ExclusionReason, TeamStatus, UnservedReason},
     routing::{
@@ -22,6 +17,10 @@ use relay_proto::{
 };
 use relay_routing::{
     error::RoutingError,
+    fleet::{
+        Claim, ClaimRefused, Fleet, FleetError, FleetTeam, MemoryFleet, NearestTeams, TeamAvailable,
+    },
+    ranking::TeamSnapshot,
     store::{IncidentState, Store},
 };
 use relay_runtime::clock::Clock;
@@ -161,41 +160,30 @@ async fn stale_positions_and_missing_capabilities_are_excluded_with_reasons() {
 /// A fleet where another call claims `victim` just before this engine's first claim.
 #[derive(Debug)]
 struct RacingFleet {
-    inner: Arc<MemoryTeamStore>,
+    inner: Arc<MemoryFleet>,
     victim: String,
     raced: std::sync::atomic::AtomicBool,
 }
 
 #[tonic::async_trait]
-impl DispatchStore for RacingFleet {
+impl Fleet for RacingFleet {
     async fn teams_near(
         &self,
         region: &str,
-        point: Position,
+        point: relay_proto::common::GeoPoint,
         radius: f64,
-    ) -> Result<Vec<TeamSummary>, StoreError> {
+    ) -> Result<Vec<TeamSnapshot>, FleetError> {
         self.inner.teams_near(region, point, radius).await
     }
-    async fn nearest_available(
+    async fn available_near(
         &self,
         region: &str,
-        point: Position,
+        point: relay_proto::common::GeoPoint,
         radius: f64,
         count: usize,
-    ) -> Result<Nearest, StoreError> {
+    ) -> Result<NearestTeams, FleetError> {
         self.inner
-            .nearest_available(region, point, radius, count)
-            .await
-    }
-    async fn nearest_unavailable(
-        &self,
-        region: &str,
-        point: Position,
-        radius: f64,
-        count: usize,
-    ) -> Result<Vec<(TeamSummary, f64)>, StoreError> {
-        self.inner
-            .nearest_unavailable(region, point, radius, count)
+            .available_near(region, point, radius, count)
             .await
     }
     async fn remember_recommendation(
@@ -203,23 +191,18 @@ impl DispatchStore for RacingFleet {
         incident_id: &str,
         request: &[u8],
         ttl: Duration,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), FleetError> {
         self.inner
-            .remember_recommendation(incident_id, request, ttl, now)
+            .remember_recommendation(incident_id, request, ttl)
             .await
     }
-    async fn recommendation(
-        &self,
-        incident_id: &str,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.recommendation(incident_id, now).await
+    async fn recommendation(&self, incident_id: &str) -> Result<Option<Vec<u8>>, FleetError> {
+        self.inner.recommendation(incident_id).await
     }
-    async fn fleet_team(&self, team_id: &str) -> Result<Option<FleetTeam>, StoreError> {
-        self.inner.fleet_team(team_id).await
+    async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {
+        self.inner.team(team_id).await
     }
-    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, StoreError> {
+    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, FleetError> {
         self.inner.busy_teams(region).await
     }
     async fn claim(
@@ -227,26 +210,18 @@ impl DispatchStore for RacingFleet {
         region: &str,
         team_id: &str,
         incident_id: &str,
-        expected_revision: Option<i64>,
         now: chrono::DateTime<chrono::Utc>,
         max_age: Option<Duration>,
-    ) -> Result<Claim, ClaimError> {
+    ) -> Result<Result<Claim, ClaimRefused>, FleetError> {
         if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let won = self
                 .inner
-                .claim(region, &self.victim, "other-call", None, now, None)
-                .await;
+                .claim(region, &self.victim, "other-call", now, None)
+                .await?;
             assert!(won.is_ok());
         }
         self.inner
-            .claim(
-                region,
-                team_id,
-                incident_id,
-                expected_revision,
-                now,
-                max_age,
-            )
+            .claim(region, team_id, incident_id, now, max_age)
             .await
     }
     async fn release(
@@ -254,19 +229,10 @@ impl DispatchStore for RacingFleet {
         region: &str,
         team_id: &str,
         incident_id: &str,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<ReleaseOutcome, ReleaseError> {
-        self.inner.release(region, team_id, incident_id, now).await
-    }
-    async fn release_quietly(
-        &self,
-        region: &str,
-        team_id: &str,
-        incident_id: &str,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<ReleaseOutcome, ReleaseError> {
+        announce: bool,
+    ) -> Result<bool, FleetError> {
         self.inner
-            .release_quietly(region, team_id, incident_id, now)
+            .release(region, team_id, incident_id, announce)
             .await
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TeamAvailable> {
@@ -280,7 +246,7 @@ async fn a_team_lost_to_another_call_is_marked_and_the_next_is_claimed() {
     add(&w, "best", 300.0, &[], 10);
     add(&w, "second", 900.0, &[], 10);
     let racing = Arc::new(RacingFleet {
-        inner: w.fleet.store(),
+        inner: w.fleet.clone(),
         victim: "best".into(),
         raced: false.into(),
     });
@@ -721,7 +687,7 @@ async fn bad_input_names_every_field_and_changes_nothing() {
     };
     let strict = relay_routing::engine::Engine::new(
         w.store.clone(),
-        w.fleet.store(),
+        w.fleet.clone(),
         w.clock.clone(),
         settings,
         relay_runtime::paging::PageTokens::new(b"k"),
@@ -799,8 +765,9 @@ async fn reconciliation_repairs_a_crash_between_claim_and_record_and_lost_claims
     // A replica claimed "orphan" and died before recording.
     let claim = w
         .fleet
-        .claim(&w.region, "orphan", "inc-dead", None, w.clock.now(), None)
-        .await;
+        .claim(&w.region, "orphan", "inc-dead", w.clock.now(), None)
+        .await
+        .expect("up");
     assert!(claim.is_ok());
     // Two recorded assignments; then the fleet loses the claim of one ("lost").
     for (request, incident) in [("r1", "inc-1"), ("r2", "inc-2")] {
@@ -1453,14 +1420,14 @@ async fn the_cad_incident_number_travels_with_every_message_of_the_incident() {
 /// A team of availability's Redis store `meters_north` of the incident, brought to `status`
 /// the way a team's terminal would (a busy team is claimed by another incident first).
 async fn redis_team(
-    store: &relay_fleet::RedisTeamStore,
+    store: &relay_availability::RedisTeamStore,
     region: &str,
     id: &str,
     meters_north: f64,
     caps: &[&str],
     status: TeamStatus,
 ) {
-    use relay_fleet::{LocationReport, TeamStore, model::TeamDefinition};
+    use relay_availability::{LocationReport, TeamStore, model::TeamDefinition};
     let now = chrono::Utc::now();
     let definition = TeamDefinition {
         team_id: id.into(),
@@ -1478,7 +1445,7 @@ async fn redis_team(
         .expect("placed");
     let report = LocationReport {
         team_id: id.into(),
-        position: Position {
+        position: relay_availability::model::Position {
             latitude: position.point.latitude,
             longitude: position.point.longitude,
         },
@@ -1521,9 +1488,9 @@ async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
     let prefix = relay_tests::unique_name("routing_nearer");
     let region = relay_tests::unique_name("region");
     let client = redis::Client::open(relay_tests::redis_url()).expect("redis");
-    let store = relay_fleet::RedisTeamStore::new(
+    let store = relay_availability::RedisTeamStore::new(
         client,
-        relay_fleet::Keyspace::new(prefix.as_str()),
+        relay_availability::Keyspace::new(prefix.as_str()),
         Duration::from_secs(60),
     )
     .expect("store");
@@ -1550,7 +1517,10 @@ async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
     }
     let database = relay_tests::TestDatabase::new().await;
     let record = common::postgres_store(&database).await;
-    let fleet = Arc::new(store);
+    let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
+        Arc::new(store),
+        Arc::new(relay_runtime::clock::SystemClock),
+    ));
     let engine = relay_routing::engine::Engine::new(
         record,
         fleet,
