@@ -6,11 +6,10 @@
 //!
 //! - [`protocol`]: the triage rules file, loaded and validated at start.
 //! - [`store`]: the storage trait and its PostgreSQL and SQLite implementations.
-//! - [`core`]: the domain logic, one concern a module: the pure decisions (`core::domain`),
-//!   the commands, the outbox worker, the sequencer, upstream events, deadlines, retention.
+//! - [`core`]: the domain logic (submit, update, cancel, close, routing outcomes, upstream
+//!   events, retention) and the outbox worker.
 //! - [`upstream`]: consumers of routing's and availability's event streams.
-//! - [`validate`]: request validation (what the fuzzer drives too).
-//! - [`handler`]: the gRPC surface.
+//! - [`handler`]: request validation and the gRPC surface.
 //! - [`eido`], [`http`]: NENA EIDO in and out, over gRPC and on the HTTP port.
 //! - [`report`], [`report_api`]: program reports and `relay.reports.v1.ReportService`.
 
@@ -46,7 +45,6 @@ pub mod settings;
 pub mod store;
 pub mod synthetic;
 pub mod upstream;
-pub mod validate;
 
 pub use handler::{IntakeServiceHandler, api_error};
 
@@ -55,7 +53,7 @@ use crate::{
     program::Programs,
     protocol::Protocol,
     settings::IntakeSettings,
-    store::{IncidentStore, PostgresStore, SqliteStore},
+    store::{IncidentStore, postgres::PgStore, sqlite::SqliteStore},
 };
 use relay_runtime::clock::Clock;
 
@@ -139,7 +137,7 @@ pub async fn open_store(
             storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
         }
         let check: CheckFn = Box::new(storage::postgres_check(pool.clone()));
-        Ok((Arc::new(PostgresStore::new(pool)), check))
+        Ok((Arc::new(PgStore::new(pool)), check))
     }
 }
 
