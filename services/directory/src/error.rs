@@ -97,12 +97,18 @@ impl From<DirectoryError> for ApiError {
             DirectoryError::BackToPending(_) => {
                 ApiError::failed_precondition(INVALID_STATUS_TRANSITION, message)
             }
-            DirectoryError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
-                ApiError::unavailable(
-                    "DATABASE_UNAVAILABLE",
-                    "the directory database is unreachable",
-                )
-            }
+            // With TLS compiled in, a connection dropped during the SSLRequest or the TLS
+            // handshake fails as Tls or Protocol, not Io.
+            DirectoryError::Database(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::Io(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_),
+            ) => ApiError::unavailable(
+                "DATABASE_UNAVAILABLE",
+                "the directory database is unreachable",
+            ),
             other => ApiError::internal(other),
         }
     }

@@ -95,8 +95,14 @@ pub fn api_error(error: IntakeError) -> ApiError {
             "CONTENDED",
             "the incident is changing concurrently; retry with the same request_id",
         ),
+        // With TLS compiled in, a connection the server (or a proxy) drops during the
+        // SSLRequest or the TLS handshake fails as Tls or Protocol, not Io.
         IntakeError::Store(StoreError::Database(
-            error @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed),
+            error @ (sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)),
         )) => {
             tracing::warn!(error = %error, "database unavailable");
             ApiError::unavailable("STORAGE_UNAVAILABLE", "the incident store is unreachable")
