@@ -58,7 +58,7 @@ const KINDS: u8 = 31;
 fn check(kind: u8, bytes: &[u8]) {
     use relay_availability::handler as a;
     use relay_directory::handler as d;
-    use relay_intake::handler as i;
+    use relay_intake::validate as i;
     use relay_routing::engine as r;
     match kind % KINDS {
         // --- relay.availability.v1 ---
@@ -410,7 +410,7 @@ fn submitted(result: Result<relay_intake::core::NewIncident, relay_runtime::ApiE
         new.routing_mode,
         relay_proto::common::AssignmentMode::Unspecified
     );
-    assert!(new.narrative.len() <= relay_intake::handler::MAX_NARRATIVE_BYTES);
+    assert!(new.narrative.len() <= relay_intake::validate::MAX_NARRATIVE_BYTES);
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,7 @@ use chrono_tz::Tz;
 use prost::Message;
 use relay_intake::{
     report::{self, ReportRequest},
-    store::{IncidentStore, postgres::PgStore},
+    store::{IncidentStore, PostgresStore},
 };
 use relay_runtime::storage;
 use relay_tests::TestDatabase;
@@ -135,7 +135,7 @@ fn main() {
             .unwrap();
         let (from, to) = (time("2025-01-01T00:00:00Z"), time("2026-01-01T00:00:00Z"));
         load(&pool, count, from.timestamp_micros(), to.timestamp_micros()).await;
-        let store = PgStore::new(pool.clone());
+        let store = PostgresStore::new(pool.clone());
         let cases = [
             ("the year, every region", from, to, ""),
             (

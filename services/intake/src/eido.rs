@@ -24,8 +24,8 @@ use serde_json::{Map, Value, json};
 use crate::{
     apco,
     core::{Intake, Submitted},
-    handler::{MAX_ADDRESS, MAX_NARRATIVE_BYTES},
     store::timestamp_of,
+    validate::{MAX_ADDRESS, MAX_NARRATIVE_BYTES},
 };
 
 /// Largest EIDO document accepted, in bytes.
@@ -425,8 +425,8 @@ pub fn submission(
     let mut narrative = Vec::new();
     if let Some(time) = received_time {
         let micros = time.timestamp_micros();
-        let window = (defaults.now_micros - crate::handler::MAX_PAST_MICROS)
-            ..=(defaults.now_micros + crate::handler::MAX_FUTURE_MICROS);
+        let window = (defaults.now_micros - crate::validate::MAX_PAST_MICROS)
+            ..=(defaults.now_micros + crate::validate::MAX_FUTURE_MICROS);
         if window.contains(&micros) {
             request.received_at = Some(timestamp_of(micros));
         } else {
@@ -802,7 +802,7 @@ pub async fn submit(intake: &Arc<Intake>, text: &str) -> Result<Submitted, ApiEr
         now_micros: intake.clock().now_micros(),
     };
     let (request, origins) = submission(text, &defaults)?;
-    let new = crate::handler::validate_submit(intake, request).map_err(|error| match error {
+    let new = crate::validate::validate_submit(intake, request).map_err(|error| match error {
         ApiError::InvalidArgument { reason, violations } => ApiError::InvalidArgument {
             reason,
             violations: violations

@@ -6,10 +6,11 @@
 //!
 //! - [`protocol`]: the triage rules file, loaded and validated at start.
 //! - [`store`]: the storage trait and its PostgreSQL and SQLite implementations.
-//! - [`core`]: the domain logic (submit, update, cancel, close, routing outcomes, upstream
-//!   events, retention) and the outbox worker.
+//! - [`core`]: the domain logic, one concern a module: the pure decisions (`core::domain`),
+//!   the commands, the outbox worker, the sequencer, upstream events, deadlines, retention.
 //! - [`upstream`]: consumers of routing's and availability's event streams.
-//! - [`handler`]: request validation and the gRPC surface.
+//! - [`validate`]: request validation (what the fuzzer drives too).
+//! - [`handler`]: the gRPC surface.
 //! - [`eido`], [`http`]: NENA EIDO in and out, over gRPC and on the HTTP port.
 //! - [`report`], [`report_api`]: program reports and `relay.reports.v1.ReportService`.
 
@@ -45,6 +46,7 @@ pub mod settings;
 pub mod store;
 pub mod synthetic;
 pub mod upstream;
+pub mod validate;
 
 pub use handler::{IntakeServiceHandler, api_error};
 
@@ -53,7 +55,7 @@ use crate::{
     program::Programs,
     protocol::Protocol,
     settings::IntakeSettings,
-    store::{IncidentStore, postgres::PgStore, sqlite::SqliteStore},
+    store::{IncidentStore, PostgresStore, SqliteStore},
 };
 use relay_runtime::clock::Clock;
 
@@ -137,7 +139,7 @@ pub async fn open_store(
             storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
         }
         let check: CheckFn = Box::new(storage::postgres_check(pool.clone()));
-        Ok((Arc::new(PgStore::new(pool)), check))
+        Ok((Arc::new(PostgresStore::new(pool)), check))
     }
 }
 

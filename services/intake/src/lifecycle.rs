@@ -1,7 +1,7 @@
 //! How the facts intake learns from upstream change an incident: routing's record (a team was
 //! assigned, an assignment ended and why) and the teams' statuses. Each is a pure function from
 //! the incident before to a [`Plan`]: the incident after, its events, and the team statuses to
-//! keep or that were applied. `core.rs` reads, calls one of these, and writes the plan as one
+//! keep or that were applied. `core` reads, calls one of these, and writes the plan as one
 //! change, so the rules can be read (and tested) without storage.
 //!
 //! The rule they keep: intake's view of each incident converges to routing's record and to the

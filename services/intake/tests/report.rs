@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use relay_intake::{
     report::{self, Report, ReportRequest},
-    store::{IncidentStore, StoredIncident, postgres::PgStore, sqlite::SqliteStore, timestamp_of},
+    store::{IncidentStore, PostgresStore, SqliteStore, StoredIncident, timestamp_of},
     synthetic::{record, source, wait},
 };
 use relay_proto::{
@@ -598,7 +598,7 @@ async fn pg_store(db: &TestDatabase) -> Arc<dyn IncidentStore> {
     storage::migrate_postgres(&pool, relay_intake::SCHEMA, &relay_intake::MIGRATOR)
         .await
         .unwrap();
-    Arc::new(PgStore::new(pool))
+    Arc::new(PostgresStore::new(pool))
 }
 
 #[tokio::test]

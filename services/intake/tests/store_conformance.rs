@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use relay_intake::store::{
     Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, ListFilter, OutboxItem,
-    OutboxKind, RequestRecord, Sequenced, StoredIncident, postgres::PgStore, sqlite::SqliteStore,
-    timestamp_of,
+    OutboxKind, PostgresStore, Sequenced, SqliteStore, StoredIncident, timestamp_of,
 };
 use relay_proto::intake::{
     CallerContact, Incident, IncidentEvent, IncidentNote, RoutingOutcome, TriageDecision,
 };
-use relay_runtime::storage;
+use relay_runtime::{idempotency::RequestRecord, storage};
 use relay_tests::TestDatabase;
 use secrecy::SecretString;
 
@@ -395,7 +394,7 @@ async fn sqlite_pool(dir: &std::path::Path) -> sqlx::SqlitePool {
 #[tokio::test]
 async fn postgres_store_conforms() {
     let db = TestDatabase::new().await;
-    conformance(Arc::new(PgStore::new(pg_pool(&db, 4).await))).await;
+    conformance(Arc::new(PostgresStore::new(pg_pool(&db, 4).await))).await;
 }
 
 #[tokio::test]
@@ -530,8 +529,8 @@ async fn replicas_sequence_gapless_and_in_order(stores: [Arc<dyn IncidentStore>;
 async fn postgres_replicas_sequence_one_cad_gapless_and_in_incident_order() {
     let db = TestDatabase::new().await;
     replicas_sequence_gapless_and_in_order([
-        Arc::new(PgStore::new(pg_pool(&db, 8).await)),
-        Arc::new(PgStore::new(pg_pool(&db, 8).await)),
+        Arc::new(PostgresStore::new(pg_pool(&db, 8).await)),
+        Arc::new(PostgresStore::new(pg_pool(&db, 8).await)),
     ])
     .await;
 }
@@ -552,7 +551,7 @@ async fn sqlite_replicas_sequence_one_cad_gapless_and_in_incident_order() {
 async fn an_event_committed_late_with_a_lower_id_takes_the_next_sequence() {
     let db = TestDatabase::new().await;
     let pool = pg_pool(&db, 4).await;
-    let store = PgStore::new(pool.clone());
+    let store = PostgresStore::new(pool.clone());
     let mut slow = pool.begin().await.unwrap();
     sqlx::query(
         "INSERT INTO pending_events (cad_system, incident_id, event_time, body) \

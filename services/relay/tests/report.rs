@@ -7,7 +7,7 @@
 
 use std::{path::Path, process::Command};
 
-use relay_intake::store::{IncidentStore, sqlite::SqliteStore};
+use relay_intake::store::{IncidentStore, SqliteStore};
 use secrecy::SecretString;
 
 const FROM: &str = "2026-03-02T00:00:00Z";

@@ -15,6 +15,8 @@
 //! - [`geo`]: positions, great-circle distances and search boxes, one Earth radius.
 //! - [`error`] and [`validate`]: typed errors mapped to `tonic::Status` in one place.
 //! - [`paging`]: opaque, tamper-evident page tokens.
+//! - [`idempotency`]: request fingerprints and the replay of remembered responses.
+//! - [`sequencer`]: gapless per-stream sequence numbers for events committed in parallel.
 //! - [`storage`]: PostgreSQL pools (one schema per service), migrations, Redis connections.
 //! - [`redis_link`]: the one Redis connection type (a single server or a Redis Cluster).
 //! - [`cli`]: the `main` of every service binary (`serve` and `migrate`).
@@ -25,11 +27,13 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod geo;
+pub mod idempotency;
 pub mod layers;
 pub mod metrics;
 pub mod paging;
 pub mod redis_link;
 pub mod security;
+pub mod sequencer;
 pub mod server;
 pub mod shutdown;
 pub mod storage;

@@ -1,0 +1,55 @@
+//! SQLite, for `relay dev`, as a [`Dialect`] of [`SqlStore`]: a new incident is inserted in a
+//! transaction, and the sequencer needs no lock (SQLite has one writer at a time: the
+//! sequencer's DELETE waits for it).
+
+use std::sync::LazyLock;
+
+use relay_proto::intake::IncidentEvent;
+use relay_runtime::sequencer::Sequencer;
+use sqlx::Sqlite;
+
+use super::{
+    OutboxItem, StoreError, StoredIncident, Write, incident_arguments,
+    sql::{INSERT_INCIDENT, SEQUENCER_TABLES},
+    sql_store::{Dialect, RowsAffected, SqlStore},
+};
+
+static SEQUENCER: LazyLock<Sequencer> = LazyLock::new(|| Sequencer::new(SEQUENCER_TABLES, None));
+
+/// The SQLite implementation of [`IncidentStore`](super::IncidentStore).
+pub type SqliteStore = SqlStore<Sqlite>;
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Dialect for Sqlite {
+    fn sequencer() -> &'static Sequencer {
+        &SEQUENCER
+    }
+
+    async fn insert_new(
+        store: &SqlStore<Self>,
+        stored: &StoredIncident,
+        events: &[IncidentEvent],
+        outbox: &[OutboxItem],
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let args = incident_arguments::<Sqlite>(stored, Write::Insert)?;
+        let mut tx = store.pool().begin().await?;
+        let inserted = sqlx::query_with(INSERT_INCIDENT, args)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        SqlStore::insert_outbox(&mut tx, outbox, now).await?;
+        SqlStore::queue_events(&mut tx, events, &stored.incident.cad_system, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
