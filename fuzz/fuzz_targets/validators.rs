@@ -151,7 +151,7 @@ fn check(kind: u8, bytes: &[u8]) {
                 return;
             };
             if let Ok(Some(after)) = a::check_watch_teams(&q) {
-                let again = relay_availability::model::EventId::parse(&after.to_string());
+                let again = relay_fleet::model::EventId::parse(&after.to_string());
                 assert_eq!(again, Some(after), "an event id does not round-trip");
             }
         }

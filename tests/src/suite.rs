@@ -133,6 +133,7 @@ impl Suite {
             ("RELAY_DATABASE_URL", database.url()),
             ("RELAY_REDIS_URL", redis.as_str()),
             ("RELAY_AVAILABILITY__KEY_PREFIX", prefix.as_str()),
+            ("RELAY_ROUTING__KEY_PREFIX", prefix.as_str()),
             ("RELAY_SERVER__READINESS_INTERVAL_MS", "100"),
             ("RELAY_LOG", "warn"),
         ]

@@ -36,6 +36,7 @@ fn env<'a>(database: &'a TestDatabase, redis: &'a str, prefix: &'a str) -> Vec<(
         ("RELAY_DATABASE_URL", database.url()),
         ("RELAY_REDIS_URL", redis),
         ("RELAY_AVAILABILITY__KEY_PREFIX", prefix),
+        ("RELAY_ROUTING__KEY_PREFIX", prefix),
         ("RELAY_ROUTING__RECONCILE_GRACE_SECONDS", "1"),
         ("RELAY_SERVER__READINESS_INTERVAL_MS", "100"),
         ("RELAY_LOG", "warn"),

@@ -3,11 +3,9 @@
 
 use relay_runtime::{ApiError, error::cause_chain};
 
-use crate::{
-    model::TeamStatus,
-    roster::RosterError,
-    store::{ChangeError, EventsError, StoreError},
-};
+use relay_fleet::{ChangeError, EventsError, StoreError, model::TeamStatus};
+
+use crate::roster::RosterError;
 
 /// `TEAM_NOT_FOUND` (NOT_FOUND).
 pub const TEAM_NOT_FOUND: &str = "TEAM_NOT_FOUND";

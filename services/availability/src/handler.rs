@@ -27,12 +27,15 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use relay_fleet::{
+    LocationOutcome, LocationReport, Recorded, RequestRecord,
+    model::{EventId, EventKind, Position, Team, TeamDefinition, TeamStatus, is_busy},
+};
+
 use crate::{
     DOMAIN,
     error::{AvailabilityError, REQUEST_ID_REUSED, SHUTTING_DOWN, TEAM_NOT_FOUND},
-    model::{EventId, EventKind, Position, Team, TeamDefinition, TeamStatus, is_busy},
     service::Availability,
-    store::{LocationOutcome, LocationReport},
 };
 
 /// Longest display name, in characters.
@@ -278,77 +281,28 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+/// The fingerprint of a mutation (its request without the request id): a retry under the
+/// same id must carry the same one, or it is REQUEST_ID_REUSED.
+fn fingerprint(request: &impl Message) -> String {
+    hex(&Sha256::digest(request.encode_to_vec()))
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Remembered {
-    fingerprint: String,
-    response: String,
+/// The answer of a mutation run once per request_id: the change's outcome, applied now or
+/// replayed from its record (written in the same step as the change, by the live store);
+/// a different request under the same id is REQUEST_ID_REUSED.
+fn once<T>(recorded: Recorded<T>) -> Result<(T, bool), Status> {
+    match recorded {
+        Recorded::Applied(outcome) => Ok((outcome, true)),
+        Recorded::Replayed(outcome) => Ok((outcome, false)),
+        Recorded::Reused => Err(status(ApiError::invalid_with_reason(
+            REQUEST_ID_REUSED,
+            "request_id",
+            "was already used for a different request",
+        ))),
+    }
 }
 
 impl AvailabilityServiceHandler {
-    /// Runs a mutation once per request_id: a retry of a successful request returns the
-    /// stored response; a different request under the same id is REQUEST_ID_REUSED.
-    async fn idempotent<Q, R, F>(
-        &self,
-        rpc: &str,
-        request_id: &str,
-        fingerprint_of: &Q,
-        run: F,
-    ) -> Result<R, Status>
-    where
-        Q: Message,
-        R: Message + Default,
-        F: Future<Output = Result<R, Status>>,
-    {
-        let fingerprint = hex(&Sha256::digest(fingerprint_of.encode_to_vec()));
-        let store = self.domain.store();
-        let stored = store
-            .idempotency_get(rpc, request_id)
-            .await
-            .map_err(|e| api(e.into()))?;
-        if let Some(stored) = stored {
-            let remembered: Option<Remembered> = serde_json::from_str(&stored).ok();
-            match remembered {
-                Some(r) if r.fingerprint == fingerprint => {
-                    if let Some(response) =
-                        unhex(&r.response).and_then(|bytes| R::decode(bytes.as_slice()).ok())
-                    {
-                        return Ok(response);
-                    }
-                }
-                _ => {
-                    return Err(status(ApiError::invalid_with_reason(
-                        REQUEST_ID_REUSED,
-                        "request_id",
-                        "was already used for a different request",
-                    )));
-                }
-            }
-        }
-        let response = run.await?;
-        let record = serde_json::to_string(&Remembered {
-            fingerprint,
-            response: hex(&response.encode_to_vec()),
-        })
-        .unwrap_or_default();
-        if let Err(error) = store
-            .idempotency_put(rpc, request_id, &record, IDEMPOTENCY_TTL)
-            .await
-        {
-            tracing::warn!(%error, rpc, "could not remember request id");
-        }
-        Ok(response)
-    }
-
     async fn apply_batch(
         &self,
         batch: &mut Vec<(i64, LocationReport)>,
@@ -553,31 +507,35 @@ impl AvailabilityService for AvailabilityServiceHandler {
     ) -> Result<Response<UpsertTeamResponse>, Status> {
         let request = request.into_inner();
         let (definition, expected) = check_upsert_team(&request).map_err(status)?;
-        let fingerprint = UpsertTeamRequest {
+        let fingerprint = fingerprint(&UpsertTeamRequest {
             request_id: String::new(),
             ..request.clone()
+        });
+        let record = RequestRecord {
+            rpc: "upsert_team",
+            request_id: &request.request_id,
+            fingerprint: &fingerprint,
+            ttl: IDEMPOTENCY_TTL,
         };
-        let response = self
-            .idempotent("upsert_team", &request.request_id, &fingerprint, async {
-                let outcome = self
-                    .domain
-                    .upsert(&definition, expected)
-                    .await
-                    .map_err(api)?;
-                tracing::info!(
-                    team_id = %outcome.team.team_id,
-                    region = %outcome.team.region,
-                    revision = outcome.team.revision,
-                    created = outcome.created,
-                    "team upserted"
-                );
-                Ok(UpsertTeamResponse {
-                    team: Some(team_to_proto(&outcome.team)),
-                    created: outcome.created,
-                })
-            })
-            .await?;
-        Ok(Response::new(response))
+        let recorded = self
+            .domain
+            .upsert(&definition, expected, &record)
+            .await
+            .map_err(api)?;
+        let (outcome, applied) = once(recorded)?;
+        if applied {
+            tracing::info!(
+                team_id = %outcome.team.team_id,
+                region = %outcome.team.region,
+                revision = outcome.team.revision,
+                created = outcome.created,
+                "team upserted"
+            );
+        }
+        Ok(Response::new(UpsertTeamResponse {
+            team: Some(team_to_proto(&outcome.team)),
+            created: outcome.created,
+        }))
     }
 
     async fn get_team(
@@ -641,36 +599,33 @@ impl AvailabilityService for AvailabilityServiceHandler {
         } else {
             ""
         };
-        let fingerprint = SetTeamStatusRequest {
+        let fingerprint = fingerprint(&SetTeamStatusRequest {
             request_id: String::new(),
             ..request.clone()
+        });
+        let record = RequestRecord {
+            rpc: "set_team_status",
+            request_id: &request.request_id,
+            fingerprint: &fingerprint,
+            ttl: IDEMPOTENCY_TTL,
         };
-        let response = self
-            .idempotent(
-                "set_team_status",
-                &request.request_id,
-                &fingerprint,
-                async {
-                    let (team, changed) = self
-                        .domain
-                        .set_status(&request.team_id, target, incident, expected)
-                        .await
-                        .map_err(api)?;
-                    if changed {
-                        tracing::info!(
-                            team_id = %team.team_id,
-                            status = target.as_str_name(),
-                            revision = team.revision,
-                            "team status changed"
-                        );
-                    }
-                    Ok(SetTeamStatusResponse {
-                        team: Some(team_to_proto(&team)),
-                    })
-                },
-            )
-            .await?;
-        Ok(Response::new(response))
+        let recorded = self
+            .domain
+            .set_status(&request.team_id, target, incident, expected, &record)
+            .await
+            .map_err(api)?;
+        let ((team, changed), applied) = once(recorded)?;
+        if applied && changed {
+            tracing::info!(
+                team_id = %team.team_id,
+                status = target.as_str_name(),
+                revision = team.revision,
+                "team status changed"
+            );
+        }
+        Ok(Response::new(SetTeamStatusResponse {
+            team: Some(team_to_proto(&team)),
+        }))
     }
 
     async fn report_location(

@@ -4,13 +4,10 @@
 //! [`Config`], and [`Application::run_until_stopped`] serves until shutdown. Tests build the
 //! same `Application` on port 0.
 //!
-//! It is also the library through which routing reads availability and claims teams:
-//! [`keyspace`] names every Redis key, [`TeamStore`] is the store trait (with
-//! [`RedisTeamStore`] and [`MemoryTeamStore`]), and [`model`] holds the domain types.
-//!
 //! Storage: live state (status, position, incident, revision, fencing counter, events) lives
-//! in the [`TeamStore`]; the roster (who exists) is durable in PostgreSQL (schema
-//! `availability`) or SQLite (embedded mode), and the live store is rebuilt from it at start.
+//! in a [`relay_fleet::TeamStore`] (Redis, or in process), the crate availability shares with
+//! routing; the roster (who exists) is durable in PostgreSQL (schema `availability`) or SQLite
+//! (embedded mode), and the live store is rebuilt from it at start.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,23 +25,18 @@ use tokio_util::sync::CancellationToken;
 
 pub mod error;
 pub mod handler;
-pub mod keyspace;
-pub mod live_state;
 mod metrics;
-pub mod model;
 pub mod roster;
 pub mod service;
-pub mod store;
 
 pub use handler::{AvailabilityServiceHandler, team_to_proto};
-pub use keyspace::Keyspace;
 pub use service::Availability;
 
-use relay_runtime::clock::Clock;
-pub use store::{
-    ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, MemoryTeamStore,
-    Nearest, RedisTeamStore, ReleaseError, ReleaseOutcome, StoreError, TeamStore,
+use relay_fleet::{
+    DispatchStore, FleetStore, Keyspace, MemoryTeamStore, RedisTeamStore, TeamStore, keyspace,
+    live_state,
 };
+use relay_runtime::clock::Clock;
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.availability.v1";
@@ -87,7 +79,7 @@ pub struct AvailabilitySettings {
     /// How often the team gauges (`relay_teams`, `relay_teams_stale_position`) are sampled.
     pub sample_interval_seconds: u64,
     /// How often the live-state epoch is checked for a loss of Redis's data, milliseconds
-    /// (default 1000; see [`live_state`]).
+    /// (default 1000; see [`relay_fleet::live_state`]).
     pub live_state_check_ms: u64,
 }
 
@@ -124,6 +116,7 @@ impl RosterDb {
 pub struct Application {
     server: BoundServer,
     domain: Availability,
+    dispatch: Arc<dyn DispatchStore>,
     roster_db: RosterDb,
     settings: AvailabilitySettings,
     shutdown: CancellationToken,
@@ -171,7 +164,7 @@ impl Application {
                     RosterDb::Postgres(pool),
                 )
             };
-        let team_store: Arc<dyn TeamStore> = match settings.backend {
+        let fleet: Arc<dyn FleetStore> = match settings.backend {
             Backend::Redis => Arc::new(RedisTeamStore::new(
                 config.redis_target()?,
                 Keyspace::new(settings.key_prefix.clone()),
@@ -179,6 +172,8 @@ impl Application {
             )?),
             Backend::Memory => Arc::new(MemoryTeamStore::new(retention)),
         };
+        let team_store: Arc<dyn TeamStore> = fleet.clone();
+        let dispatch: Arc<dyn DispatchStore> = fleet;
         let domain = Availability::new(team_store.clone(), roster.clone(), clock);
         let pages = config.settings.page_tokens()?;
         let host = ServiceHost::from_config(&config);
@@ -221,6 +216,7 @@ impl Application {
         Ok(Self {
             server,
             domain,
+            dispatch,
             roster_db,
             settings,
             shutdown,
@@ -239,6 +235,13 @@ impl Application {
         &self.domain
     }
 
+    /// The same live store, as routing dispatches from it (`relay dev` runs routing on the
+    /// in-process store of its availability).
+    #[must_use]
+    pub fn dispatch(&self) -> &Arc<dyn DispatchStore> {
+        &self.dispatch
+    }
+
     /// Serves until `shutdown` completes, then drains in-flight calls. Meanwhile a start task
     /// applies the roster migrations (unless `migrate_on_start` is off) and rebuilds the live
     /// state from the roster, retrying with backoff; health turns SERVING after it succeeds.
@@ -252,6 +255,7 @@ impl Application {
         let Self {
             server,
             domain,
+            dispatch: _,
             roster_db,
             settings,
             shutdown: token,
@@ -292,10 +296,15 @@ impl Application {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         });
+        let watch_domain = domain.clone();
         let watch = tokio::spawn(live_state::run_watch(
-            domain.clone(),
+            domain.live().clone(),
             check_every,
             watch_token,
+            move || {
+                let domain = watch_domain.clone();
+                async move { domain.check_live_state().await }
+            },
         ));
         let sampler = tokio::spawn(metrics::run_sampler(
             domain.clone(),

@@ -22,7 +22,9 @@ use relay_proto::common::TeamStatus;
 use relay_runtime::metrics::meter;
 use tokio_util::sync::CancellationToken;
 
-use crate::{service::Availability, store::LocationOutcome};
+use relay_fleet::LocationOutcome;
+
+use crate::service::Availability;
 
 fn reports() -> &'static Counter<u64> {
     static REPORTS: OnceLock<Counter<u64>> = OnceLock::new();

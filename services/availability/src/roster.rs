@@ -1,10 +1,10 @@
 //! The durable roster (team definitions) behind [`RosterStore`]: PostgreSQL in production
 //! (schema `availability`), SQLite in embedded mode. Live state is never stored here; it is
-//! rebuilt in the [`crate::TeamStore`] from this roster when the service starts.
+//! rebuilt in the [`relay_fleet::TeamStore`] from this roster when the service starts.
 
 use sqlx::{PgPool, Postgres, Row, Sqlite, SqlitePool, Transaction};
 
-use crate::model::{TeamDefinition, from_micros, to_micros};
+use relay_fleet::model::{TeamDefinition, from_micros, to_micros};
 
 /// A roster storage failure.
 #[derive(Debug, thiserror::Error)]

@@ -7,12 +7,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use relay_runtime::clock::Clock;
 
+use relay_fleet::{
+    ChangeError, LocationOutcome, LocationReport, Recorded, RequestRecord, TeamPage, TeamStore,
+    UpsertOutcome,
+    live_state::{self, LiveCheck, LiveState},
+    model::{Team, TeamDefinition, TeamStatus},
+};
+
 use crate::{
     error::AvailabilityError,
-    live_state::LiveState,
-    model::{Team, TeamDefinition, TeamStatus, to_micros},
     roster::{RosterEntry, RosterStore},
-    store::{ChangeError, LocationOutcome, LocationReport, TeamPage, TeamStore, UpsertOutcome},
 };
 
 /// The availability domain: roster and live state.
@@ -77,37 +81,54 @@ impl Availability {
     }
 
     /// Recreates in the live store every roster team it lacks (after Redis lost its data),
-    /// with revisions and fencing counters above any issued before. Returns how many teams
-    /// were recreated.
+    /// with revisions and fencing counters above any issued before
+    /// ([`relay_fleet::live_state::seed`]). Returns how many teams were recreated.
     ///
     /// # Errors
     /// When the roster or the live store fails.
     pub async fn rebuild(&self) -> Result<usize, AvailabilityError> {
-        let now = self.now();
-        // Microseconds of wall time exceed any revision or fencing token issued earlier
-        // (those grow by one per change), so neither ever decreases across a loss of Redis.
-        let floor = to_micros(now);
-        let mut created = 0;
-        for entry in self.roster.load_all().await? {
-            if self
-                .store
-                .seed_team(&entry.definition, floor.max(entry.revision + 1), now)
-                .await?
-            {
-                created += 1;
-            }
-        }
-        Ok(created)
+        let roster = self.roster.load_all().await?;
+        let entries = roster.into_iter().map(|e| (e.definition, e.revision));
+        Ok(live_state::seed(self.store.as_ref(), entries, self.now()).await?)
     }
 
-    /// Creates or updates a team's roster fields, in the durable roster and the live store, so
-    /// that a failed upsert records nothing (common.proto): the roster change is a transaction
-    /// that writes the new fields first (proving the database answers, and locking the team's
-    /// row so concurrent upserts of one team reach both stores in one order), then the live
-    /// store changes, then the transaction commits with the live store's revision. A refusal
-    /// or a failure before the commit rolls the roster back and leaves the live store as it
-    /// was. Only a commit that fails after the live store changed leaves the two apart; a
-    /// retry converges (an unchanged upsert still writes the roster).
+    /// Builds the live state from the roster and adopts the epoch (start, and after a loss;
+    /// see [`relay_fleet::live_state`]). Returns how many teams were recreated.
+    ///
+    /// # Errors
+    /// When the roster or the live store fails.
+    pub async fn build_live_state(&self) -> Result<usize, AvailabilityError> {
+        self.live
+            .build(self.store.as_ref(), || self.rebuild())
+            .await
+    }
+
+    /// Checks the live-state epoch once and rebuilds after a loss, counting losses and
+    /// recreated teams in this service's metrics.
+    ///
+    /// # Errors
+    /// When the roster or the live store fails (the next check retries).
+    pub async fn check_live_state(&self) -> Result<LiveCheck, AvailabilityError> {
+        self.live
+            .check(
+                self.store.as_ref(),
+                || self.rebuild(),
+                crate::metrics::live_state_lost,
+                crate::metrics::live_state_rebuilt,
+            )
+            .await
+    }
+
+    /// Creates or updates a team's roster fields under a request id, in the durable roster and
+    /// the live store, so that a failed upsert records nothing (common.proto): the roster change
+    /// is a transaction that writes the new fields first (proving the database answers, and
+    /// locking the team's row so concurrent upserts of one team reach both stores in one
+    /// order), then the live store changes (writing the request's idempotency record in the
+    /// same step), then the transaction commits with the live store's revision. A refusal or a
+    /// failure before the commit rolls the roster back and leaves the live store as it was.
+    /// Only a commit that fails after the live store changed leaves the two apart; a retry
+    /// converges: it replays the recorded answer and, under the same row lock, writes the
+    /// live team's current definition to the roster.
     ///
     /// # Errors
     /// The store's refusals, or a storage failure.
@@ -115,7 +136,8 @@ impl Availability {
         &self,
         definition: &TeamDefinition,
         expected_revision: Option<i64>,
-    ) -> Result<UpsertOutcome, AvailabilityError> {
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<UpsertOutcome>, AvailabilityError> {
         let mut roster = self.roster.begin().await?;
         // Revision 0 never lowers a stored revision (the save keeps the greater one).
         roster
@@ -124,18 +146,27 @@ impl Availability {
                 revision: 0,
             })
             .await?;
-        let outcome = self
+        let recorded = self
             .store
-            .upsert_team(definition, expected_revision, self.now())
+            .upsert_team_once(definition, expected_revision, self.now(), request)
             .await?;
+        let team = match &recorded {
+            Recorded::Applied(outcome) => outcome.team.clone(),
+            Recorded::Replayed(_) => match self.store.get_team(&definition.team_id).await? {
+                Some(team) => team,
+                None => return Ok(recorded),
+            },
+            // Nothing changed: the roster write is rolled back.
+            Recorded::Reused => return Ok(recorded),
+        };
         roster
             .save(&RosterEntry {
-                definition: outcome.team.definition(),
-                revision: outcome.team.revision,
+                definition: team.definition(),
+                revision: team.revision,
             })
             .await?;
         roster.commit().await?;
-        Ok(outcome)
+        Ok(recorded)
     }
 
     /// One team.
@@ -163,7 +194,7 @@ impl Availability {
         Ok(self.store.list_teams(region, status, after, limit).await?)
     }
 
-    /// Changes a team's status.
+    /// Changes a team's status under a request id (its record is written with the change).
     ///
     /// # Errors
     /// The state machine's refusals, or a storage failure.
@@ -173,10 +204,18 @@ impl Availability {
         status: TeamStatus,
         incident_id: &str,
         expected_revision: Option<i64>,
-    ) -> Result<(Team, bool), AvailabilityError> {
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<(Team, bool)>, AvailabilityError> {
         match self
             .store
-            .set_status(team_id, status, incident_id, expected_revision, self.now())
+            .set_status_once(
+                team_id,
+                status,
+                incident_id,
+                expected_revision,
+                self.now(),
+                request,
+            )
             .await
         {
             Err(ChangeError::NotFound) => Err(self.missing()),

@@ -7,7 +7,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{RedisEnv, Setup, TestApp, bad_fields, reason, start_time, upsert};
-use relay_availability::model::TeamStatus as Status;
+use relay_fleet::model::TeamStatus as Status;
 use relay_proto::{
     availability::{
         FindAvailableTeamsRequest, GetTeamRequest, ListTeamsRequest, ReportLocationRequest,
@@ -356,8 +356,7 @@ async fn refusals_map_to_their_codes_and_reasons() {
         .await
         .expect("position");
     let claim = app
-        .domain
-        .store()
+        .dispatch
         .claim(
             "north",
             "t1",
@@ -528,7 +527,7 @@ async fn concurrent_status_changes_with_one_revision_have_one_winner() {
     }
 
     // The GEO set agrees with the hashes: read both raw from Redis.
-    let keys = relay_availability::Keyspace::new(env.setup.prefix.clone());
+    let keys = relay_fleet::Keyspace::new(env.setup.prefix.clone());
     let client = redis::Client::open(relay_tests::redis_url()).expect("url");
     let mut redis = client
         .get_multiplexed_async_connection()
@@ -867,8 +866,7 @@ async fn the_roster_survives_losing_redis_and_a_restart() {
         .await
         .expect("position");
     let claim = app
-        .domain
-        .store()
+        .dispatch
         .claim(
             "north",
             "t1",
@@ -920,8 +918,7 @@ async fn the_roster_survives_losing_redis_and_a_restart() {
         .await
         .expect("position");
     let later = app
-        .domain
-        .store()
+        .dispatch
         .claim(
             "north",
             "t1",

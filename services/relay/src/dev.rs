@@ -102,10 +102,8 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     let availability =
         relay_availability::Application::build_with_clock(availability_config, clock.clone())
             .await?;
-    let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
-        availability.domain().store().clone(),
-        clock.clone(),
-    ));
+    // Routing dispatches from availability's own in-process live state.
+    let fleet = availability.dispatch().clone();
 
     let routing_config = config("routing", base + 2, &db("routing"), base)?;
     relay_routing::Application::migrate(&routing_config).await?;

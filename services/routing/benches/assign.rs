@@ -1,5 +1,5 @@
 //! AssignTeam latency and throughput with 10,000 teams in one region, on the production path
-//! (availability's Redis keyspace through the store fleet, the PostgreSQL record), against the
+//! (the teams' Redis keyspace through relay-fleet's Redis store, the PostgreSQL record), against the
 //! floor of the same primitives from bare clients, measured in the same run:
 //! - a tonic unary call on loopback (the same server's health Check);
 //! - the same `GEOSEARCH` routing sends (the region's AVAILABLE set, nearest 16 within 2 km,
@@ -24,7 +24,7 @@ mod cluster;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use relay_availability::{
+use relay_fleet::{
     Keyspace, LocationReport, RedisTeamStore, TeamStore,
     model::{Position as StorePosition, TeamDefinition},
     store::redis::SUMMARY_FIELDS,
@@ -561,7 +561,7 @@ async fn start_routing(
         .set("listen", "127.0.0.1:0")
         .set("database_url", database_url)
         .set("redis_url", redis_url)
-        .set("availability.key_prefix", prefix)
+        .set("routing.key_prefix", prefix)
         .set("routing.maintenance_interval_ms", 60_000)
         .build()
         .expect("config");

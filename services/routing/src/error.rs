@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use relay_runtime::error::{ApiError, cause_chain};
 use tonic::{Code, Status};
 
-use crate::{DOMAIN, fleet::FleetError, store::StoreError};
+use relay_fleet::StoreError as FleetError;
+
+use crate::{DOMAIN, store::StoreError};
 
 /// Everything an RPC of routing can fail with.
 #[derive(Debug, thiserror::Error)]

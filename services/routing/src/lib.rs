@@ -4,8 +4,9 @@
 //! [`Config`], and [`Application::run_until_stopped`] serves until shutdown. Tests build the
 //! same `Application` on port 0 with [`Application::build_with_fleet`].
 //!
-//! Layout: [`ranking`] (pure), [`fleet`] (the port to live team state and the atomic claim),
-//! [`store`] (the record in PostgreSQL or SQLite), [`engine`] (the RPCs, the queue,
+//! Layout: [`ranking`] (pure), the fleet (the teams' live state and the atomic claim: a
+//! [`relay_fleet::DispatchStore`], shared with availability through the `relay-fleet`
+//! crate), [`store`] (the record in PostgreSQL or SQLite), [`engine`] (the RPCs, the queue,
 //! escalation and reconciliation), [`handler`] (gRPC).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -24,19 +25,18 @@ use tokio_util::sync::CancellationToken;
 pub mod engine;
 pub mod error;
 pub mod eta;
-pub mod fleet;
 mod handler;
 mod metrics;
 pub mod ranking;
 pub mod settings;
 pub mod store;
-pub mod store_fleet;
 
 pub use handler::RoutingServiceHandler;
 
+use relay_fleet::{DispatchStore, Keyspace, MemoryTeamStore, RedisTeamStore};
+
 use crate::{
     engine::Engine,
-    fleet::{Fleet, MemoryFleet},
     settings::RoutingSettings,
     store::{PostgresStore, SqliteStore, Store},
 };
@@ -97,27 +97,25 @@ fn page_tokens(config: &Config) -> Result<PageTokens, ConfigError> {
 impl Application {
     /// Builds the service from its configuration and binds `RELAY_LISTEN`.
     ///
-    /// The fleet is availability's team store in Redis (`RELAY_REDIS_URL`, under the key
-    /// prefix `availability.key_prefix`, which must match availability's), through
-    /// [`store_fleet::StoreFleet`]; `routing.fleet = "memory"` uses an in-process fleet of
-    /// routing's own instead (tests).
+    /// The fleet is the teams' live state in Redis (`RELAY_REDIS_URL`, under routing's own
+    /// `routing.key_prefix`, which must equal availability's `availability.key_prefix`), a
+    /// [`RedisTeamStore`]; `routing.fleet = "memory"` uses an in-process fleet of routing's
+    /// own instead (tests).
     ///
     /// # Errors
     /// When a required setting is missing or the address cannot be bound.
     pub async fn build(config: Config) -> Result<Self, BoxError> {
         let settings: RoutingSettings = config.section("routing")?;
         let clock: Arc<dyn Clock> = config.settings.clock()?;
-        let fleet: Arc<dyn Fleet> = if settings.fleet == "memory" {
-            Arc::new(MemoryFleet::new(clock.clone()))
+        let retention = settings.team_event_retention();
+        let fleet: Arc<dyn DispatchStore> = if settings.fleet == "memory" {
+            Arc::new(MemoryTeamStore::new(retention))
         } else {
-            let availability: relay_availability::AvailabilitySettings =
-                config.section("availability")?;
-            let store = relay_availability::RedisTeamStore::new(
+            Arc::new(RedisTeamStore::new(
                 config.redis_target()?,
-                relay_availability::Keyspace::new(availability.key_prefix),
-                Duration::from_secs(availability.event_retention_seconds),
-            )?;
-            Arc::new(store_fleet::StoreFleet::new(Arc::new(store), clock.clone()))
+                Keyspace::new(settings.key_prefix.clone()),
+                retention,
+            )?)
         };
         Self::build_with_fleet(config, fleet, clock).await
     }
@@ -128,7 +126,7 @@ impl Application {
     /// When a setting is invalid, the record cannot be opened, or the address cannot be bound.
     pub async fn build_with_fleet(
         config: Config,
-        fleet: Arc<dyn Fleet>,
+        fleet: Arc<dyn DispatchStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, BoxError> {
         let settings: RoutingSettings = config.section("routing")?;
@@ -143,7 +141,7 @@ impl Application {
         let mut host = host
             .add_service(RoutingServiceServer::new(handler))
             .readiness_check("record", move || check());
-        // The fleet's Redis (availability's keyspace): routing is not ready without it. The
+        // The fleet's Redis (the keys availability serves): routing is not ready without it. The
         // in-process fleet of `relay dev` runs without Redis.
         if config.settings.redis_url.is_some() {
             host = host.readiness_check("redis", storage::redis_check(&config.redis_target()?)?);

@@ -43,6 +43,29 @@ pub struct TeamSnapshot {
     pub shift_ends_at: Option<DateTime<Utc>>,
 }
 
+impl From<relay_fleet::model::TeamSummary> for TeamSnapshot {
+    /// What ranking needs of a team of the fleet (a position needs its time).
+    fn from(team: relay_fleet::model::TeamSummary) -> Self {
+        Self {
+            position: team
+                .location
+                .zip(team.location_updated_at)
+                .map(|(point, recorded_at)| Position {
+                    point: GeoPoint {
+                        latitude: point.latitude,
+                        longitude: point.longitude,
+                    },
+                    recorded_at,
+                }),
+            team_id: team.team_id,
+            display_name: team.display_name,
+            status: team.status,
+            capabilities: team.capabilities,
+            shift_ends_at: team.shift_ends_at,
+        }
+    }
+}
+
 /// The call being ranked for.
 #[derive(Debug, Clone, Copy)]
 pub struct RankInput<'a> {

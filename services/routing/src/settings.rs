@@ -15,8 +15,11 @@
 //! escalation_seconds = [300, 600, 900, 1800, 3600]   # queue wait limit for priority 1..5
 //! ```
 //!
-//! Also `fleet` (`"memory"` for the in-process fleet), `maintenance_interval_ms` (2000),
-//! `reconcile_grace_seconds` (30) and `event_retention_hours` (24).
+//! Also `fleet` (`"memory"` for the in-process fleet), `key_prefix` (`relay`: the prefix of
+//! the teams' Redis keys, which must equal `availability.key_prefix`),
+//! `team_event_retention_seconds` (86400, as `availability.event_retention_seconds`),
+//! `maintenance_interval_ms` (2000), `reconcile_grace_seconds` (30) and
+//! `event_retention_hours` (24).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -131,9 +134,17 @@ pub struct RoutingSettings {
     pub any_region: bool,
     /// Per-region parameters.
     pub regions: BTreeMap<String, RegionSettings>,
-    /// Which fleet to use: empty or `redis` for availability's team store in Redis (the
-    /// production path), `memory` for an in-process fleet of routing's own (tests).
+    /// Which fleet to use: empty or `redis` for the teams' live state in Redis, the keys
+    /// availability serves (the production path), `memory` for an in-process fleet of
+    /// routing's own (tests).
     pub fleet: String,
+    /// The prefix of the teams' Redis keys (default `relay`). It must equal availability's
+    /// `availability.key_prefix`: both services work on the same keys.
+    pub key_prefix: String,
+    /// How long the teams' event streams keep events when routing's claims and releases trim
+    /// them, seconds (default 86400). Keep it equal to
+    /// `availability.event_retention_seconds`, how far back WatchTeams can resume.
+    pub team_event_retention_seconds: u64,
     /// How often the upkeep runs (escalations, queue re-check, reconciliation), milliseconds.
     pub maintenance_interval_ms: u64,
     /// Reconciliation leaves alone states younger than this, seconds.
@@ -148,6 +159,8 @@ impl Default for RoutingSettings {
             any_region: true,
             regions: BTreeMap::new(),
             fleet: String::new(),
+            key_prefix: String::from(relay_fleet::keyspace::DEFAULT_PREFIX),
+            team_event_retention_seconds: 24 * 3600,
             maintenance_interval_ms: 2_000,
             reconcile_grace_seconds: 30,
             event_retention_hours: 24,
@@ -166,6 +179,14 @@ impl RoutingSettings {
                 "routing.fleet: must be \"redis\" (availability's store, the default) or \"memory\"",
             ));
         }
+        if self.key_prefix.is_empty() {
+            return Err(String::from("routing.key_prefix: must not be empty"));
+        }
+        if self.team_event_retention_seconds < 60 {
+            return Err(String::from(
+                "routing.team_event_retention_seconds: must be at least 60",
+            ));
+        }
         if self.maintenance_interval_ms == 0 {
             return Err(String::from(
                 "routing.maintenance_interval_ms: must be more than 0",
@@ -179,6 +200,13 @@ impl RoutingSettings {
         self.regions
             .iter()
             .try_for_each(|(name, region)| region.validate(name))
+    }
+
+    /// How long the teams' event streams keep events (see
+    /// [`Self::team_event_retention_seconds`]).
+    #[must_use]
+    pub fn team_event_retention(&self) -> Duration {
+        Duration::from_secs(self.team_event_retention_seconds)
     }
 
     /// The parameters of `region`, or `None` when it is unknown and `any_region` is off.

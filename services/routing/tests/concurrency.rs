@@ -16,7 +16,8 @@ use std::{
     time::Duration,
 };
 
-use common::{assign, engine_over, postgres_store, team};
+use common::{TestFleet, assign, engine_over, postgres_store, team};
+use relay_fleet::DispatchStore;
 use relay_proto::{
     common::{AssignmentMode, TeamStatus},
     routing::{
@@ -25,7 +26,6 @@ use relay_proto::{
 };
 use relay_routing::{
     engine::Engine,
-    fleet::{Fleet, MemoryFleet},
     store::{IncidentState, PostgresStore, Store},
 };
 use relay_runtime::clock::{Clock, ManualClock};
@@ -57,7 +57,7 @@ async fn one_call(
     index: usize,
     engine: Engine,
     other: Engine,
-    fleet: Arc<MemoryFleet>,
+    fleet: Arc<TestFleet>,
     region: String,
 ) {
     let incident = format!("inc-{index}");
@@ -153,7 +153,7 @@ async fn one_call(
             // break and come back.
             let team_id = format!("t{:02}", index % TEAMS);
             let status = fleet
-                .team(&team_id)
+                .fleet_team(&team_id)
                 .await
                 .expect("up")
                 .map(|t| t.snapshot.status);
@@ -198,7 +198,7 @@ async fn no_double_dispatch_across_two_replicas_under_500_concurrent_calls() {
     let store_a = postgres_store(&database).await;
     let store_b = postgres_store(&database).await;
     let clock = Arc::new(ManualClock::default());
-    let fleet = Arc::new(MemoryFleet::new(clock.clone()));
+    let fleet = Arc::new(TestFleet::new(clock.clone()));
     let region = relay_tests::unique_name("region");
     for index in 0..TEAMS {
         // Teams on a line north of the incident, 200 m apart.

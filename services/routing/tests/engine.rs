@@ -7,6 +7,11 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{World, assign, team, world};
+use relay_fleet::{
+    Claim, ClaimError, DispatchStore, FleetTeam, MemoryTeamStore, Nearest, ReleaseError,
+    ReleaseOutcome, StoreError, TeamAvailable,
+    model::{Position, TeamSummary},
+};
 use relay_proto::{
     common::{AssignmentMode, ExclusionReason, TeamStatus, UnservedReason},
     routing::{
@@ -17,10 +22,6 @@ use relay_proto::{
 };
 use relay_routing::{
     error::RoutingError,
-    fleet::{
-        Claim, ClaimRefused, Fleet, FleetError, FleetTeam, MemoryFleet, NearestTeams, TeamAvailable,
-    },
-    ranking::TeamSnapshot,
     store::{IncidentState, Store},
 };
 use relay_runtime::clock::Clock;
@@ -160,30 +161,41 @@ async fn stale_positions_and_missing_capabilities_are_excluded_with_reasons() {
 /// A fleet where another call claims `victim` just before this engine's first claim.
 #[derive(Debug)]
 struct RacingFleet {
-    inner: Arc<MemoryFleet>,
+    inner: Arc<MemoryTeamStore>,
     victim: String,
     raced: std::sync::atomic::AtomicBool,
 }
 
 #[tonic::async_trait]
-impl Fleet for RacingFleet {
+impl DispatchStore for RacingFleet {
     async fn teams_near(
         &self,
         region: &str,
-        point: relay_proto::common::GeoPoint,
+        point: Position,
         radius: f64,
-    ) -> Result<Vec<TeamSnapshot>, FleetError> {
+    ) -> Result<Vec<TeamSummary>, StoreError> {
         self.inner.teams_near(region, point, radius).await
     }
-    async fn available_near(
+    async fn nearest_available(
         &self,
         region: &str,
-        point: relay_proto::common::GeoPoint,
+        point: Position,
         radius: f64,
         count: usize,
-    ) -> Result<NearestTeams, FleetError> {
+    ) -> Result<Nearest, StoreError> {
         self.inner
-            .available_near(region, point, radius, count)
+            .nearest_available(region, point, radius, count)
+            .await
+    }
+    async fn nearest_unavailable(
+        &self,
+        region: &str,
+        point: Position,
+        radius: f64,
+        count: usize,
+    ) -> Result<Vec<(TeamSummary, f64)>, StoreError> {
+        self.inner
+            .nearest_unavailable(region, point, radius, count)
             .await
     }
     async fn remember_recommendation(
@@ -191,18 +203,23 @@ impl Fleet for RacingFleet {
         incident_id: &str,
         request: &[u8],
         ttl: Duration,
-    ) -> Result<(), FleetError> {
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
         self.inner
-            .remember_recommendation(incident_id, request, ttl)
+            .remember_recommendation(incident_id, request, ttl, now)
             .await
     }
-    async fn recommendation(&self, incident_id: &str) -> Result<Option<Vec<u8>>, FleetError> {
-        self.inner.recommendation(incident_id).await
+    async fn recommendation(
+        &self,
+        incident_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.recommendation(incident_id, now).await
     }
-    async fn team(&self, team_id: &str) -> Result<Option<FleetTeam>, FleetError> {
-        self.inner.team(team_id).await
+    async fn fleet_team(&self, team_id: &str) -> Result<Option<FleetTeam>, StoreError> {
+        self.inner.fleet_team(team_id).await
     }
-    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, FleetError> {
+    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, StoreError> {
         self.inner.busy_teams(region).await
     }
     async fn claim(
@@ -210,18 +227,26 @@ impl Fleet for RacingFleet {
         region: &str,
         team_id: &str,
         incident_id: &str,
+        expected_revision: Option<i64>,
         now: chrono::DateTime<chrono::Utc>,
         max_age: Option<Duration>,
-    ) -> Result<Result<Claim, ClaimRefused>, FleetError> {
+    ) -> Result<Claim, ClaimError> {
         if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let won = self
                 .inner
-                .claim(region, &self.victim, "other-call", now, None)
-                .await?;
+                .claim(region, &self.victim, "other-call", None, now, None)
+                .await;
             assert!(won.is_ok());
         }
         self.inner
-            .claim(region, team_id, incident_id, now, max_age)
+            .claim(
+                region,
+                team_id,
+                incident_id,
+                expected_revision,
+                now,
+                max_age,
+            )
             .await
     }
     async fn release(
@@ -229,10 +254,19 @@ impl Fleet for RacingFleet {
         region: &str,
         team_id: &str,
         incident_id: &str,
-        announce: bool,
-    ) -> Result<bool, FleetError> {
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        self.inner.release(region, team_id, incident_id, now).await
+    }
+    async fn release_quietly(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
         self.inner
-            .release(region, team_id, incident_id, announce)
+            .release_quietly(region, team_id, incident_id, now)
             .await
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TeamAvailable> {
@@ -246,7 +280,7 @@ async fn a_team_lost_to_another_call_is_marked_and_the_next_is_claimed() {
     add(&w, "best", 300.0, &[], 10);
     add(&w, "second", 900.0, &[], 10);
     let racing = Arc::new(RacingFleet {
-        inner: w.fleet.clone(),
+        inner: w.fleet.store(),
         victim: "best".into(),
         raced: false.into(),
     });
@@ -687,7 +721,7 @@ async fn bad_input_names_every_field_and_changes_nothing() {
     };
     let strict = relay_routing::engine::Engine::new(
         w.store.clone(),
-        w.fleet.clone(),
+        w.fleet.store(),
         w.clock.clone(),
         settings,
         relay_runtime::paging::PageTokens::new(b"k"),
@@ -765,9 +799,8 @@ async fn reconciliation_repairs_a_crash_between_claim_and_record_and_lost_claims
     // A replica claimed "orphan" and died before recording.
     let claim = w
         .fleet
-        .claim(&w.region, "orphan", "inc-dead", w.clock.now(), None)
-        .await
-        .expect("up");
+        .claim(&w.region, "orphan", "inc-dead", None, w.clock.now(), None)
+        .await;
     assert!(claim.is_ok());
     // Two recorded assignments; then the fleet loses the claim of one ("lost").
     for (request, incident) in [("r1", "inc-1"), ("r2", "inc-2")] {
@@ -1420,14 +1453,14 @@ async fn the_cad_incident_number_travels_with_every_message_of_the_incident() {
 /// A team of availability's Redis store `meters_north` of the incident, brought to `status`
 /// the way a team's terminal would (a busy team is claimed by another incident first).
 async fn redis_team(
-    store: &relay_availability::RedisTeamStore,
+    store: &relay_fleet::RedisTeamStore,
     region: &str,
     id: &str,
     meters_north: f64,
     caps: &[&str],
     status: TeamStatus,
 ) {
-    use relay_availability::{LocationReport, TeamStore, model::TeamDefinition};
+    use relay_fleet::{LocationReport, TeamStore, model::TeamDefinition};
     let now = chrono::Utc::now();
     let definition = TeamDefinition {
         team_id: id.into(),
@@ -1445,7 +1478,7 @@ async fn redis_team(
         .expect("placed");
     let report = LocationReport {
         team_id: id.into(),
-        position: relay_availability::model::Position {
+        position: Position {
             latitude: position.point.latitude,
             longitude: position.point.longitude,
         },
@@ -1488,9 +1521,9 @@ async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
     let prefix = relay_tests::unique_name("routing_nearer");
     let region = relay_tests::unique_name("region");
     let client = redis::Client::open(relay_tests::redis_url()).expect("redis");
-    let store = relay_availability::RedisTeamStore::new(
+    let store = relay_fleet::RedisTeamStore::new(
         client,
-        relay_availability::Keyspace::new(prefix.as_str()),
+        relay_fleet::Keyspace::new(prefix.as_str()),
         Duration::from_secs(60),
     )
     .expect("store");
@@ -1517,10 +1550,7 @@ async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
     }
     let database = relay_tests::TestDatabase::new().await;
     let record = common::postgres_store(&database).await;
-    let fleet = Arc::new(relay_routing::store_fleet::StoreFleet::new(
-        Arc::new(store),
-        Arc::new(relay_runtime::clock::SystemClock),
-    ));
+    let fleet = Arc::new(store);
     let engine = relay_routing::engine::Engine::new(
         record,
         fleet,

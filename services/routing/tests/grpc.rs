@@ -4,7 +4,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{INCIDENT, team};
+use common::{INCIDENT, TestFleet, team};
 use relay_proto::{
     common::{AssignmentMode, TeamStatus},
     routing::{
@@ -13,7 +13,7 @@ use relay_proto::{
         routing_service_client::RoutingServiceClient,
     },
 };
-use relay_routing::{Application, fleet::MemoryFleet};
+use relay_routing::Application;
 use relay_runtime::Config;
 use relay_runtime::clock::{Clock, SystemClock};
 use relay_tests::TestDatabase;
@@ -48,11 +48,11 @@ fn config(database: &TestDatabase) -> Config {
         .expect("config")
 }
 
-async fn start(database: &TestDatabase, fleet: Arc<MemoryFleet>) -> Server {
+async fn start(database: &TestDatabase, fleet: Arc<TestFleet>) -> Server {
     let config = config(database);
     Application::migrate(&config).await.expect("migrate");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = Application::build_with_fleet(config, fleet, clock)
+    let app = Application::build_with_fleet(config, fleet.store(), clock)
         .await
         .expect("build");
     let addr = app.local_addr();
@@ -105,9 +105,9 @@ async fn next_event(
 }
 
 /// A server over a fresh record and an in-process fleet with one AVAILABLE team, t1.
-async fn one_team_served() -> (TestDatabase, Arc<MemoryFleet>, String, Server) {
+async fn one_team_served() -> (TestDatabase, Arc<TestFleet>, String, Server) {
     let database = TestDatabase::new().await;
-    let fleet = Arc::new(MemoryFleet::default());
+    let fleet = Arc::new(TestFleet::default());
     let region = relay_tests::unique_name("region");
     fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
     let server = start(&database, fleet.clone()).await;
@@ -237,7 +237,7 @@ async fn assignments_stream_in_order_and_resume_without_gap_across_a_restart() {
 #[tokio::test]
 async fn errors_carry_their_reason_fields_and_metadata_over_the_wire() {
     let database = TestDatabase::new().await;
-    let fleet = Arc::new(MemoryFleet::default());
+    let fleet = Arc::new(TestFleet::default());
     let region = relay_tests::unique_name("region");
     fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
     let mut server = start(&database, fleet.clone()).await;
@@ -318,7 +318,7 @@ async fn the_queue_escalates_on_its_own_and_without_redis_startup_names_the_miss
     let error = Application::build(config).await.expect_err("no fleet");
     assert!(error.to_string().contains("RELAY_REDIS_URL"), "{error}");
 
-    let fleet = Arc::new(MemoryFleet::default());
+    let fleet = Arc::new(TestFleet::default());
     let region = relay_tests::unique_name("region");
     let config = Config::builder("routing")
         .set("insecure_dev", true)
@@ -332,7 +332,7 @@ async fn the_queue_escalates_on_its_own_and_without_redis_startup_names_the_miss
         .build()
         .expect("config");
     Application::migrate(&config).await.expect("migrate");
-    let app = Application::build_with_fleet(config, fleet, Arc::new(SystemClock))
+    let app = Application::build_with_fleet(config, fleet.store(), Arc::new(SystemClock))
         .await
         .expect("build");
     let addr = app.local_addr();
@@ -377,10 +377,10 @@ async fn relay_dev_runs_on_sqlite_with_the_memory_fleet() {
         .build()
         .expect("config");
     Application::migrate(&config).await.expect("migrate");
-    let fleet = Arc::new(MemoryFleet::default());
+    let fleet = Arc::new(TestFleet::default());
     let region = relay_tests::unique_name("region");
     fleet.upsert_team(&region, team("t1", 500.0, &[], 5, chrono::Utc::now()));
-    let app = Application::build_with_fleet(config, fleet.clone(), Arc::new(SystemClock))
+    let app = Application::build_with_fleet(config, fleet.store(), Arc::new(SystemClock))
         .await
         .expect("build");
     let addr = app.local_addr();

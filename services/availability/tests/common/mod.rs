@@ -30,6 +30,8 @@ pub fn start_time() -> DateTime<Utc> {
 pub struct TestApp {
     pub client: AvailabilityServiceClient<Channel>,
     pub domain: Availability,
+    /// The same live store, as routing claims from it.
+    pub dispatch: Arc<dyn relay_fleet::DispatchStore>,
     pub clock: Arc<ManualClock>,
     pub endpoint: String,
     stop: Option<oneshot::Sender<()>>,
@@ -69,6 +71,7 @@ impl TestApp {
             .expect("build");
         let endpoint = format!("http://{}", app.local_addr());
         let domain = app.domain().clone();
+        let dispatch = app.dispatch().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -84,6 +87,7 @@ impl TestApp {
         Self {
             client: AvailabilityServiceClient::new(channel),
             domain,
+            dispatch,
             clock,
             endpoint,
             stop: Some(stop),

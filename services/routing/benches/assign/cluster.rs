@@ -10,7 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use relay_availability::{Keyspace, RedisTeamStore};
+use relay_fleet::{Keyspace, RedisTeamStore};
 use relay_proto::{common::AssignmentMode, routing::routing_service_client::RoutingServiceClient};
 use relay_runtime::redis_link::RedisTarget;
 use relay_tests::{TestDatabase, redis_cluster::RedisCluster, redis_server::RedisServer};

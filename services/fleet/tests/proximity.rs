@@ -11,8 +11,8 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
-use relay_availability::{
-    Keyspace, LocationReport, MemoryTeamStore, RedisTeamStore, TeamStore,
+use relay_fleet::{
+    FleetStore, Keyspace, LocationReport, MemoryTeamStore, RedisTeamStore,
     model::{Position, TeamDefinition, TeamStatus, TeamSummary, distance_meters},
 };
 
@@ -58,7 +58,7 @@ fn shift_end(index: usize, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 }
 
 async fn check(
-    store: &dyn TeamStore,
+    store: &dyn FleetStore,
     region: &str,
     teams: &[Spec],
     query: (i32, i32),
@@ -231,7 +231,7 @@ proptest! {
         let runtime = runtime();
         let result = runtime.block_on(async {
             let client = redis::Client::open(relay_tests::redis_url()).expect("redis url");
-            let store: Arc<dyn TeamStore> = Arc::new(
+            let store: Arc<dyn FleetStore> = Arc::new(
                 RedisTeamStore::new(client, Keyspace::new(prefix.clone()), Duration::from_secs(60))
                     .expect("store"),
             );

@@ -1,25 +1,27 @@
-//! The Redis keyspace of availability, shared with routing.
+//! The Redis keyspace of the teams' live state, shared by availability and routing.
 //!
 //! Every key of one region carries the hash tag `{region}`, so on a Redis Cluster all keys of a
 //! region live in one slot and every Lua script touches one slot. The prefix is configurable
-//! (`availability.key_prefix`, default `relay`); tests use a unique prefix.
+//! (`availability.key_prefix` and `routing.key_prefix`, default `relay`, which must be equal);
+//! tests use a unique prefix.
 //!
 //! The rule that keeps this true on a cluster: a script touches only the keys it is given in
 //! `KEYS`, all of one region (scripts.rs tests it; the conformance suite runs on a real
 //! cluster, which refuses a script across slots with CROSSSLOT). The two keys outside a region
-//! (`team_regions`, `req:*`) are read and written by single-key commands only, never inside a
+//! (`team_regions`, `live_epoch`, `recommendation:*`) are read and written by single-key commands only, never inside a
 //! script; a new global key a script needs (an epoch, a counter) must be one per region.
 //!
 //! | key | type | fields / members | written by |
 //! |---|---|---|---|
-//! | `<p>:{<region>}:team:<team_id>` | hash | `id`, `name`, `region`, `caps` (comma-joined sorted tags), `status` (TeamStatus number), `lat`, `lon` (degrees, empty until a position), `loc_at` (µs since epoch of the position's `recorded_at`), `hdg`, `spd`, `acc` (optional, empty when unknown), `incident` (empty unless busy), `last_incident` (the incident the team last left), `shift_end` (µs, empty when unknown), `rev` (revision), `fence` (fencing counter: increased by each claim, never decreased, kept across roster upserts), `created`, `updated` (µs) | availability scripts (upsert, status, location, move); routing through [`crate::TeamStore::claim`] and [`crate::TeamStore::release`] |
+//! | `<p>:{<region>}:team:<team_id>` | hash | `id`, `name`, `region`, `caps` (comma-joined sorted tags), `status` (TeamStatus number), `lat`, `lon` (degrees, empty until a position), `loc_at` (µs since epoch of the position's `recorded_at`), `hdg`, `spd`, `acc` (optional, empty when unknown), `incident` (empty unless busy), `last_incident` (the incident the team last left), `shift_end` (µs, empty when unknown), `rev` (revision), `fence` (fencing counter: increased by each claim, never decreased, kept across roster upserts), `created`, `updated` (µs) | availability scripts (upsert, status, location, move); routing through [`crate::DispatchStore::claim`] and [`crate::DispatchStore::release`] |
 //! | `<p>:{<region>}:available` | GEO (sorted set) | exactly the teams of the region that are `AVAILABLE` and have a position | the same scripts, in the same step as the hash |
 //! | `<p>:{<region>}:unavailable` | GEO (sorted set) | exactly the teams of the region that are on duty but not `AVAILABLE` (busy or out of service) and have a position: what routing lists beside the nearest available teams, to say why each nearer team lost | the same scripts, in the same step as the hash (a team busy or out of service when this set was introduced joins it at its next status change or position report) |
 //! | `<p>:{<region>}:teams` | set | every team id of the region | upsert and move scripts |
 //! | `<p>:{<region>}:events` | stream | one entry per change: `kind` (`upserted`, `status`, `location`, `removed`), `at` (µs), then every field of the team hash after the change; trimmed by age (`MINID`) to the retention window | every script that changes a team |
 //! | `<p>:team_regions` | hash | team id → region (the only key outside a region: it finds a team's region from its id) | upsert and move |
-//! | `<p>:live_epoch` | string | a random id written once the live state was built from the roster; its absence means Redis lost the live state (issue 18), which availability detects and rebuilds | availability's loss watch ([`crate::service::Availability::check_live_state`]) |
-//! | `<p>:req:<rpc>:<request_id>` | string | JSON of the request fingerprint and the response, expires after 24 h | availability handlers (idempotency) |
+//! | `<p>:live_epoch` | string | a random id written once the live state was built from the roster; its absence means Redis lost the live state (issue 18), which availability detects and rebuilds | availability's loss watch ([`crate::live_state`]) |
+//! | `<p>:{<region>}:req:<rpc>:<request_id>` | hash | `~fp` (the request's fingerprint), `~tag` (what the change did: `created`, `updated`, `same`, `ok`), then every field of the team hash after the change; expires after 24 h. In the team's region, so that the script making the change writes it in the same step (and a retry finds it there and replays) | the upsert, move-in and status scripts, for availability's UpsertTeam and SetTeamStatus (idempotency) |
+//! | `<p>:recommendation:<incident_id>` | string | the encoded `AssignTeamRequest` of an incident routing only recommended a team for, expires after an hour: ConfirmAssignment and CancelRouting on any replica find the incident there | routing ([`crate::DispatchStore::remember_recommendation`]) |
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "relay";
@@ -99,10 +101,17 @@ impl Keyspace {
         format!("{}:live_epoch", self.prefix)
     }
 
-    /// An idempotency record.
+    /// The idempotency record of a request that changes a team of `region`.
     #[must_use]
-    pub fn request(&self, rpc: &str, request_id: &str) -> String {
-        format!("{}:req:{rpc}:{request_id}", self.prefix)
+    pub fn request(&self, region: &str, rpc: &str, request_id: &str) -> String {
+        format!("{}:req:{rpc}:{request_id}", self.region_prefix(region))
+    }
+
+    /// The remembered request of an incident routing only recommended a team for: a key
+    /// family of its own, apart from availability's idempotency records.
+    #[must_use]
+    pub fn recommendation(&self, incident_id: &str) -> String {
+        format!("{}:recommendation:{incident_id}", self.prefix)
     }
 }
 
@@ -120,6 +129,10 @@ mod tests {
         assert_eq!(keys.events("north"), "relay:{north}:events");
         let custom = Keyspace::new("test_1");
         assert_eq!(custom.team_regions(), "test_1:team_regions");
-        assert_eq!(custom.request("upsert", "r1"), "test_1:req:upsert:r1");
+        assert_eq!(
+            custom.request("north", "upsert", "r1"),
+            "test_1:{north}:req:upsert:r1"
+        );
+        assert_eq!(custom.recommendation("i1"), "test_1:recommendation:i1");
     }
 }

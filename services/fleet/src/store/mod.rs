@@ -1,11 +1,17 @@
-//! The live state of teams behind one trait, [`TeamStore`], with two backends: Redis
+//! The live state of teams behind two traits, with two backends each: Redis
 //! ([`RedisTeamStore`], production) and in-process ([`MemoryTeamStore`], `relay dev` and tests).
-//! One conformance suite (`tests/conformance.rs`) runs unchanged against both.
+//! One conformance suite (`crate::conformance`, `testing` feature) runs unchanged against both.
 //!
-//! Routing uses this trait as a library: [`TeamStore::available_near`] to rank candidates,
-//! [`TeamStore::claim`] to take a team atomically (returning a fencing token),
-//! [`TeamStore::release`] to hand it back, and [`TeamStore::read_events`] to drain its queue when
-//! teams become available.
+//! - [`TeamStore`] is the live state availability serves: roster upserts, statuses, positions,
+//!   queries, events, the live-state epoch.
+//! - [`DispatchStore`] is what routing needs: [`DispatchStore::nearest_available`] to rank
+//!   candidates (and [`DispatchStore::nearest_unavailable`] to explain the nearer teams that
+//!   lost), [`DispatchStore::claim`] to take a team atomically (returning a fencing token),
+//!   [`DispatchStore::release`] to hand it back, the recommendations routing remembers, and
+//!   [`DispatchStore::subscribe`], announcements of teams becoming free for its queue.
+//!
+//! [`FleetStore`] is both, for code (the conformance suite, `relay dev`) that holds one store
+//! for the two services.
 //!
 //! Time is always a parameter (`now`), so tests control it; only event ids follow the store's
 //! own clock (the Redis server's, or the process's), as Redis stream ids do.
@@ -13,11 +19,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 
 use crate::model::{
     EventId, Position, Team, TeamDefinition, TeamEvent, TeamStatus, TeamSummary, distance_meters,
 };
 
+mod announce;
 pub mod memory;
 pub mod redis;
 mod scripts;
@@ -137,6 +145,31 @@ pub enum EventsError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A mutation's request id and what a retry is checked against (availability's idempotency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRecord<'a> {
+    /// The RPC: records are kept per RPC.
+    pub rpc: &'a str,
+    /// The client's request id.
+    pub request_id: &'a str,
+    /// What makes two requests the same (a digest of the request without its id).
+    pub fingerprint: &'a str,
+    /// How long the record is kept.
+    pub ttl: Duration,
+}
+
+/// What a change under a request id did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded<T> {
+    /// The change ran now, and its record was written with it.
+    Applied(T),
+    /// The request id already ran with this fingerprint: what it answered then (the team as
+    /// it was right after that change); nothing changed now.
+    Replayed(T),
+    /// The request id already ran with another fingerprint; nothing changed.
+    Reused,
 }
 
 /// A successful upsert.
@@ -276,30 +309,6 @@ pub trait TeamStore: Send + Sync + 'static {
         radius_meters: f64,
     ) -> Result<Vec<(Team, f64)>, StoreError>;
 
-    /// Claims an AVAILABLE team for an incident in one atomic step: only if its position is
-    /// at most `max_position_age` old at `now` (not checked when `None`: a dispatcher's
-    /// explicit choice) and its revision equals `expected_revision` when given. The team becomes DISPATCHED on the incident, leaves the GEO set, and its
-    /// fencing counter increases.
-    async fn claim(
-        &self,
-        region: &str,
-        team_id: &str,
-        incident_id: &str,
-        expected_revision: Option<i64>,
-        now: DateTime<Utc>,
-        max_position_age: Option<Duration>,
-    ) -> Result<Claim, ClaimError>;
-
-    /// Hands a team that is busy on `incident_id` back: AVAILABLE, no incident, back in the
-    /// GEO set when it has a position.
-    async fn release(
-        &self,
-        region: &str,
-        team_id: &str,
-        incident_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<ReleaseOutcome, ReleaseError>;
-
     /// Up to `max` events of the region after `after`, waiting up to `block` for the first
     /// one. An empty answer means none arrived in time.
     async fn read_events(
@@ -314,21 +323,29 @@ pub trait TeamStore: Send + Sync + 'static {
     /// after it yields only later changes.
     async fn last_event_id(&self, region: &str) -> Result<EventId, StoreError>;
 
-    /// The stored idempotency record of a request, if any.
-    async fn idempotency_get(
+    /// As [`Self::upsert_team`] under a request id: the request's record (its fingerprint and
+    /// the team after the change) is written in the same atomic step as the change, so a
+    /// retry of a request that changed the team replays it whatever happened after the change
+    /// (a crash, a lost reply), and two requests under one id never both apply. A refused
+    /// change writes no record.
+    async fn upsert_team_once(
         &self,
-        rpc: &str,
-        request_id: &str,
-    ) -> Result<Option<String>, StoreError>;
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError>;
 
-    /// Stores an idempotency record for `ttl`.
-    async fn idempotency_put(
+    /// As [`Self::set_status`] under a request id (see [`Self::upsert_team_once`]).
+    async fn set_status_once(
         &self,
-        rpc: &str,
-        request_id: &str,
-        record: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<(Team, bool)>, ChangeError>;
 
     /// Whether the store is reachable (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -356,57 +373,6 @@ pub trait TeamStore: Send + Sync + 'static {
         Ok(found)
     }
 
-    /// The `count` nearest AVAILABLE teams of the region within the radius, nearest first
-    /// (ties by team id), read without touching the rest of the region: the bounded read
-    /// routing ranks from. [`Nearest::frontier`] tells what was left unread.
-    async fn nearest_available(
-        &self,
-        region: &str,
-        point: Position,
-        radius_meters: f64,
-        count: usize,
-    ) -> Result<Nearest, StoreError> {
-        let mut teams = self.available_within(region, point, radius_meters).await?;
-        let frontier = (teams.len() > count).then(|| teams[count].1);
-        teams.truncate(count);
-        Ok(Nearest {
-            teams: teams
-                .iter()
-                .map(|(team, distance)| (TeamSummary::from(team), *distance))
-                .collect(),
-            frontier,
-        })
-    }
-
-    /// Up to `count` teams of the region that are on duty but not AVAILABLE (busy or out of
-    /// service) and have a position within `radius_meters` of `point`, nearest first (ties by
-    /// team id), as the fields a ranking needs with their distances: what routing lists beside
-    /// the nearest AVAILABLE teams, so that every nearer team's exclusion is explained. This
-    /// default reads the whole region; the Redis store answers from its GEO set of such teams.
-    async fn nearest_unavailable(
-        &self,
-        region: &str,
-        point: Position,
-        radius_meters: f64,
-        count: usize,
-    ) -> Result<Vec<(TeamSummary, f64)>, StoreError> {
-        let mut teams = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .list_teams(Some(region), None, after.as_deref(), 500)
-                .await?;
-            after = page.teams.last().map(|t| t.team_id.clone());
-            teams.extend(page.teams.iter().map(TeamSummary::from));
-            if !page.more || after.is_none() {
-                break;
-            }
-        }
-        let mut found = rank_placed(teams, point, radius_meters, is_unavailable);
-        found.truncate(count);
-        Ok(found)
-    }
-
     /// As [`Self::available_near`], keeping only teams with every required capability.
     async fn find_available(
         &self,
@@ -423,7 +389,218 @@ pub trait TeamStore: Send + Sync + 'static {
     }
 }
 
-/// The answer of [`TeamStore::nearest_available`].
+/// What routing needs of the live state: the teams around a call, the atomic claim and its
+/// release, the recommendations it remembers, and announcements of teams becoming free.
+/// Every method that changes a team is one atomic step.
+#[tonic::async_trait]
+pub trait DispatchStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Every team of `region` that is not OFF_DUTY and is within `radius_meters` of `point`,
+    /// plus such teams without a position; any status. Reads the whole region: routing passes
+    /// `f64::INFINITY` when the nearest teams cannot serve a call and it must say why.
+    async fn teams_near(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+    ) -> Result<Vec<TeamSummary>, StoreError>;
+
+    /// The `count` nearest AVAILABLE teams of the region within the radius, nearest first
+    /// (ties by team id), read without touching the rest of the region: the bounded read
+    /// routing ranks from. [`Nearest::frontier`] tells what was left unread.
+    async fn nearest_available(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Nearest, StoreError>;
+
+    /// Up to `count` teams of the region that are on duty but not AVAILABLE (busy or out of
+    /// service) and have a position within `radius_meters` of `point`, nearest first (ties by
+    /// team id), as the fields a ranking needs with their distances: what routing lists beside
+    /// the nearest AVAILABLE teams, so that every nearer team's exclusion is explained. The
+    /// Redis store answers from its GEO set of such teams.
+    async fn nearest_unavailable(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+        count: usize,
+    ) -> Result<Vec<(TeamSummary, f64)>, StoreError>;
+
+    /// One team, in any status and region, as routing sees it.
+    async fn fleet_team(&self, team_id: &str) -> Result<Option<FleetTeam>, StoreError>;
+
+    /// Every busy team of `region` (DISPATCHED, EN_ROUTE, ON_SCENE, TRANSPORTING).
+    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, StoreError>;
+
+    /// Claims an AVAILABLE team for an incident in one atomic step: only if its position is
+    /// at most `max_position_age` old at `now` (not checked when `None`: a dispatcher's
+    /// explicit choice) and its revision equals `expected_revision` when given. The team
+    /// becomes DISPATCHED on the incident, leaves the GEO set, and its fencing counter
+    /// increases. A team of another region is [`ClaimError::NotFound`].
+    async fn claim(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        max_position_age: Option<Duration>,
+    ) -> Result<Claim, ClaimError>;
+
+    /// Hands a team that is busy on `incident_id` back: AVAILABLE, no incident, back in the
+    /// GEO set when it has a position. The team is announced to [`Self::subscribe`]rs.
+    async fn release(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError>;
+
+    /// As [`Self::release`], without announcing the team to this store's subscribers (other
+    /// replicas still hear of it): the caller offers it to the queue itself (ReleaseTeam and
+    /// CancelRouting do, right after their record write), so the queue is not read twice for
+    /// one release.
+    async fn release_quietly(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError>;
+
+    /// Remembers, for `ttl` after `now`, the routing request of an incident that was only
+    /// recommended, so that ConfirmAssignment or CancelRouting on any replica finds the
+    /// incident. Live state like the teams': lost with them, never the record. Its own key
+    /// family ([`crate::Keyspace::recommendation`]).
+    async fn remember_recommendation(
+        &self,
+        incident_id: &str,
+        request: &[u8],
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The request remembered by [`Self::remember_recommendation`], if it has not expired at
+    /// `now`.
+    async fn recommendation(
+        &self,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Announcements of teams becoming AVAILABLE (they cleared, came on duty, or a claim was
+    /// undone) or OFF_DUTY (a shift that ended on a call): either may end an assignment or
+    /// serve the queue. Best effort: the queue is also re-checked periodically. The Redis
+    /// store reads each region's event stream from the first time the region is looked at.
+    fn subscribe(&self) -> broadcast::Receiver<TeamAvailable>;
+}
+
+/// Both traits: the whole live state, for code that holds one store for availability and
+/// routing (the conformance suite, `relay dev`).
+pub trait FleetStore: TeamStore + DispatchStore {}
+
+impl<T: TeamStore + DispatchStore + ?Sized> FleetStore for T {}
+
+/// One team as routing sees it: what ranking needs, its region, its incident and the times
+/// reconciliation judges it by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetTeam {
+    /// The team's region.
+    pub region: String,
+    /// What ranking needs.
+    pub snapshot: TeamSummary,
+    /// The incident a busy team is working; `None` when not busy.
+    pub incident_id: Option<String>,
+    /// When the team last changed (for the reconciliation grace period).
+    pub status_since: DateTime<Utc>,
+    /// When the live record of the team was created. A record created after an assignment
+    /// began never held that assignment's claim: the live state was lost and rebuilt in
+    /// between.
+    pub live_since: DateTime<Utc>,
+}
+
+impl From<&Team> for FleetTeam {
+    fn from(team: &Team) -> Self {
+        Self {
+            region: team.region.clone(),
+            snapshot: TeamSummary::from(team),
+            incident_id: (!team.incident_id.is_empty()).then(|| team.incident_id.clone()),
+            status_since: team.update_time,
+            live_since: team.create_time,
+        }
+    }
+}
+
+/// A team became AVAILABLE or OFF_DUTY (see [`DispatchStore::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamAvailable {
+    /// The team's region.
+    pub region: String,
+    /// The team.
+    pub team_id: String,
+}
+
+/// Whether a change to `team` (of `kind`) is announced to [`DispatchStore::subscribe`]rs: a
+/// status change or upsert that leaves it AVAILABLE, or OFF_DUTY (a team whose shift ended
+/// goes there straight from its call as it clears, and its assignment ends at once).
+#[must_use]
+pub fn announces(kind: crate::model::EventKind, team: &Team) -> bool {
+    use crate::model::EventKind;
+    matches!(kind, EventKind::StatusChanged | EventKind::Upserted)
+        && matches!(team.status, TeamStatus::Available | TeamStatus::OffDuty)
+}
+
+/// Teams read per page when a region is scanned.
+const PAGE: usize = 500;
+
+/// Every team of a region, page by page.
+///
+/// # Errors
+/// When the store fails.
+pub async fn region_teams(
+    store: &(impl TeamStore + ?Sized),
+    region: &str,
+) -> Result<Vec<Team>, StoreError> {
+    let mut teams = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_teams(Some(region), None, after.as_deref(), PAGE)
+            .await?;
+        after = page.teams.last().map(|t| t.team_id.clone());
+        teams.extend(page.teams);
+        if !page.more || after.is_none() {
+            return Ok(teams);
+        }
+    }
+}
+
+/// [`DispatchStore::teams_near`] over a region's teams.
+fn on_duty_near(teams: &[Team], point: Position, radius_meters: f64) -> Vec<TeamSummary> {
+    teams
+        .iter()
+        .filter(|team| team.status != TeamStatus::OffDuty)
+        .filter(|team| {
+            team.location
+                .is_none_or(|at| distance_meters(at, point) <= radius_meters)
+        })
+        .map(TeamSummary::from)
+        .collect()
+}
+
+/// [`DispatchStore::busy_teams`] over a region's teams.
+fn busy_of(teams: &[Team]) -> Vec<FleetTeam> {
+    teams
+        .iter()
+        .filter(|team| crate::model::is_busy(team.status))
+        .map(FleetTeam::from)
+        .collect()
+}
+
+/// The answer of [`DispatchStore::nearest_available`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nearest {
     /// The teams read (the fields a ranking needs), with their great-circle distances,
@@ -448,7 +625,7 @@ pub fn rank_candidates<T: Placed>(
     })
 }
 
-/// Whether a team in `status` belongs to [`TeamStore::nearest_unavailable`]'s answer: on
+/// Whether a team in `status` belongs to [`DispatchStore::nearest_unavailable`]'s answer: on
 /// duty, not AVAILABLE.
 #[must_use]
 pub fn is_unavailable(status: TeamStatus) -> bool {

@@ -15,11 +15,12 @@
 //! (`relay_live_state_losses_total`), turns the `live state` readiness check failing (health
 //! detail: "the live state was lost and is being rebuilt"), writes a new epoch first (so a
 //! second loss during the rebuild is seen too), recreates every roster team as OFF_DUTY with
-//! no position (see [`crate::Availability::rebuild`]), and turns the check passing again.
+//! no position ([`seed`]), and turns the check passing again.
 //! An epoch that differs from this replica's means another replica already detected a loss:
 //! this one rebuilds too (seeding is idempotent) and adopts it.
 
 use std::{
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -27,10 +28,14 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{error::AvailabilityError, service::Availability};
+use crate::{
+    model::{TeamDefinition, to_micros},
+    store::{StoreError, TeamStore},
+};
 
 /// What this replica knows of the live state's epoch.
 #[derive(Debug, Default)]
@@ -75,56 +80,72 @@ impl LiveState {
         if let Ok(mut known) = self.epoch.lock() {
             *known = Some(epoch);
         }
+        self.intact.store(true, Ordering::Release);
     }
-}
 
-impl Availability {
-    /// Builds the live state from the roster and adopts the epoch (start, and after a loss):
-    /// the epoch is written first, so a loss during the rebuild removes it and is seen.
-    /// Returns how many teams were recreated.
+    /// Builds the live state with `rebuild` (which recreates the roster's teams, as [`seed`]
+    /// does) and adopts the epoch (start, and after a loss): the epoch is written first, so a
+    /// loss during the rebuild removes it and is seen. Returns how many teams were recreated.
     ///
     /// # Errors
     /// When the roster or the live store fails.
-    pub async fn build_live_state(&self) -> Result<usize, AvailabilityError> {
+    pub async fn build<E, F>(
+        &self,
+        store: &dyn TeamStore,
+        rebuild: impl FnOnce() -> F,
+    ) -> Result<usize, E>
+    where
+        E: From<StoreError>,
+        F: Future<Output = Result<usize, E>>,
+    {
         let candidate = uuid::Uuid::now_v7().to_string();
-        let epoch = self.store().adopt_live_epoch(&candidate).await?;
-        let created = self.rebuild().await?;
-        self.live().set(epoch);
-        self.live().intact.store(true, Ordering::Release);
+        let epoch = store.adopt_live_epoch(&candidate).await?;
+        let created = rebuild().await?;
+        self.set(epoch);
         Ok(created)
     }
 
     /// Checks the live-state epoch once and rebuilds after a loss (see the module
-    /// documentation).
+    /// documentation): `rebuild` recreates the roster's teams; `lost` runs once per loss,
+    /// `rebuilt` after a rebuild, with the number of teams recreated (the caller's metrics).
     ///
     /// # Errors
     /// When the roster or the live store fails (the next check retries).
-    pub async fn check_live_state(&self) -> Result<LiveCheck, AvailabilityError> {
-        let current = self.store().live_epoch().await?;
-        let known = self.live().known();
+    pub async fn check<E, F>(
+        &self,
+        store: &dyn TeamStore,
+        rebuild: impl FnOnce() -> F,
+        lost: impl FnOnce(),
+        rebuilt: impl FnOnce(usize),
+    ) -> Result<LiveCheck, E>
+    where
+        E: From<StoreError>,
+        F: Future<Output = Result<usize, E>>,
+    {
+        let current = store.live_epoch().await?;
+        let known = self.known();
         match current {
             Some(epoch) if Some(&epoch) == known.as_ref() => Ok(LiveCheck::Intact),
             Some(epoch) => {
-                let created = self.rebuild().await?;
+                let created = rebuild().await?;
                 tracing::warn!(
                     recreated = created,
                     "another replica rebuilt the live state after a loss; adopted its epoch"
                 );
-                self.live().set(epoch);
-                self.live().intact.store(true, Ordering::Release);
+                self.set(epoch);
                 Ok(LiveCheck::Adopted(created))
             }
             None => {
                 // Log and count once per loss: a failed rebuild leaves `intact` false and the
                 // next check retries without a second line.
-                if self.live().intact.swap(false, Ordering::AcqRel) {
+                if self.intact.swap(false, Ordering::AcqRel) {
                     tracing::error!(
                         "redis lost the live state (its epoch key is gone): rebuilding every team from the roster as OFF_DUTY"
                     );
-                    crate::metrics::live_state_lost();
+                    lost();
                 }
-                let created = self.build_live_state().await?;
-                crate::metrics::live_state_rebuilt(created);
+                let created = self.build(store, rebuild).await?;
+                rebuilt(created);
                 tracing::warn!(recreated = created, "live state rebuilt from the roster");
                 Ok(LiveCheck::Rebuilt(created))
             }
@@ -132,10 +153,43 @@ impl Availability {
     }
 }
 
-/// Checks the live state every `every` (and when woken) until `shutdown`. Does nothing until
+/// Recreates in the live store every roster team it lacks (after Redis lost its data), each
+/// given as its definition and the revision of its last roster change, with revisions and
+/// fencing counters above any issued before. Returns how many teams were recreated.
+///
+/// # Errors
+/// When the live store fails.
+pub async fn seed(
+    store: &dyn TeamStore,
+    roster: impl IntoIterator<Item = (TeamDefinition, i64)>,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    // Microseconds of wall time exceed any revision or fencing token issued earlier (those
+    // grow by one per change), so neither ever decreases across a loss of Redis.
+    let floor = to_micros(now);
+    let mut created = 0;
+    for (definition, revision) in roster {
+        if store
+            .seed_team(&definition, floor.max(revision + 1), now)
+            .await?
+        {
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
+/// Runs `check` every `every` (and when `live` is woken) until `shutdown`. Does nothing until
 /// the first build has succeeded.
-pub async fn run_watch(domain: Availability, every: Duration, shutdown: CancellationToken) {
-    let live: Arc<LiveState> = domain.live().clone();
+pub async fn run_watch<E, F>(
+    live: Arc<LiveState>,
+    every: Duration,
+    shutdown: CancellationToken,
+    check: impl Fn() -> F,
+) where
+    E: std::fmt::Display,
+    F: Future<Output = Result<LiveCheck, E>>,
+{
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -145,7 +199,7 @@ pub async fn run_watch(domain: Availability, every: Duration, shutdown: Cancella
         if live.known().is_none() {
             continue;
         }
-        if let Err(error) = domain.check_live_state().await {
+        if let Err(error) = check().await {
             tracing::warn!(%error, "could not check or rebuild the live state; retrying");
         }
     }

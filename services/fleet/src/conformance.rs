@@ -1,69 +1,19 @@
-//! One conformance suite for every `TeamStore` backend: each scenario below is a generic
-//! function over `&dyn TeamStore`, and the `conformance!` macro instantiates it unchanged for
-//! the Redis backend (the machine's real server, a unique key prefix per test, deleted
-//! afterwards) and the in-process backend.
+//! The conformance suite of the team stores: every scenario is a public function over
+//! `&dyn FleetStore` (both traits), which the crate's `tests/conformance.rs` runs unchanged on
+//! the Redis backend (the machine's real server, and a Redis Cluster) and on the in-process
+//! backend. Another store implementation runs the same functions. Times are fixed (`t0()`), so
+//! every scenario passes whatever the clock says.
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use relay_availability::{
-    ChangeError, ClaimError, Keyspace, LocationOutcome, LocationReport, MemoryTeamStore,
-    RedisTeamStore, ReleaseError, ReleaseOutcome, TeamStore,
+
+use crate::{
+    ChangeError, ClaimError, FleetStore, LocationOutcome, LocationReport, Recorded, ReleaseError,
+    ReleaseOutcome, RequestRecord,
     model::{EventId, EventKind, Position, TeamDefinition, TeamStatus},
 };
-
-/// A store for one test, and what to clean up afterwards.
-struct Backend {
-    store: Arc<dyn TeamStore>,
-    prefix: Option<String>,
-}
-
-impl Backend {
-    fn memory() -> Self {
-        Self {
-            store: Arc::new(MemoryTeamStore::new(Duration::from_secs(3600))),
-            prefix: None,
-        }
-    }
-
-    fn redis() -> Self {
-        let prefix = relay_tests::unique_name("conf");
-        let client = redis::Client::open(relay_tests::redis_url()).expect("redis url");
-        let store = RedisTeamStore::new(
-            client,
-            Keyspace::new(prefix.clone()),
-            Duration::from_secs(3600),
-        )
-        .expect("store");
-        Self {
-            store: Arc::new(store),
-            prefix: Some(prefix),
-        }
-    }
-
-    /// The Redis backend on a Redis Cluster of the test's own (a unique prefix per scenario:
-    /// the scenarios share one cluster).
-    fn cluster(cluster: &relay_tests::redis_cluster::RedisCluster) -> Self {
-        let target = relay_runtime::redis_link::RedisTarget::open(&cluster.urls(), true)
-            .expect("cluster urls");
-        let store = RedisTeamStore::new(
-            target,
-            Keyspace::new(relay_tests::unique_name("conf")),
-            Duration::from_secs(3600),
-        )
-        .expect("store");
-        Self {
-            store: Arc::new(store),
-            prefix: None,
-        }
-    }
-
-    async fn cleanup(self) {
-        if let Some(prefix) = self.prefix {
-            relay_tests::redis_delete_prefix(&prefix).await;
-        }
-    }
-}
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
@@ -104,7 +54,7 @@ fn report(id: &str, position: Position, recorded_at: DateTime<Utc>) -> LocationR
 }
 
 /// Creates an AVAILABLE team with a position reported at `t0()`.
-async fn available_team(store: &dyn TeamStore, id: &str, region: &str, position: Position) {
+async fn available_team(store: &dyn FleetStore, id: &str, region: &str, position: Position) {
     store
         .upsert_team(&def(id, region), None, t0())
         .await
@@ -120,11 +70,12 @@ async fn available_team(store: &dyn TeamStore, id: &str, region: &str, position:
     assert!(matches!(outcome[0], LocationOutcome::Accepted { .. }));
 }
 
-fn ids(found: &[(relay_availability::model::Team, f64)]) -> Vec<String> {
+fn ids(found: &[(crate::model::Team, f64)]) -> Vec<String> {
     found.iter().map(|(t, _)| t.team_id.clone()).collect()
 }
 
-async fn upsert_creates_updates_and_checks_revisions(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn upsert_creates_updates_and_checks_revisions(store: &dyn FleetStore) {
     let d = def("t1", "north");
     let created = store.upsert_team(&d, None, t0()).await.expect("create");
     assert!(created.created && created.changed);
@@ -170,7 +121,8 @@ async fn upsert_creates_updates_and_checks_revisions(store: &dyn TeamStore) {
     assert_eq!(store.get_team("t9").await.expect("get"), None);
 }
 
-async fn status_changes_follow_the_state_machine(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn status_changes_follow_the_state_machine(store: &dyn FleetStore) {
     store
         .upsert_team(&def("t1", "north"), None, t0())
         .await
@@ -232,7 +184,8 @@ async fn status_changes_follow_the_state_machine(store: &dyn TeamStore) {
     assert_eq!(team.revision, 3);
 }
 
-async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn claim_release_and_incident_rules(store: &dyn FleetStore) {
     let here = at(44.05, -123.09);
     available_team(store, "t1", "north", here).await;
     let max_age = Duration::from_secs(300);
@@ -385,7 +338,8 @@ async fn claim_release_and_incident_rules(store: &dyn TeamStore) {
     assert!(matches!(released, Ok(ReleaseOutcome::AlreadyReleased(_))));
 }
 
-async fn older_positions_never_win(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn older_positions_never_win(store: &dyn FleetStore) {
     store
         .upsert_team(&def("t1", "north"), None, t0())
         .await
@@ -420,7 +374,8 @@ async fn older_positions_never_win(store: &dyn TeamStore) {
     assert_eq!(team.accuracy_meters, Some(5.0));
 }
 
-async fn the_geo_index_follows_status_and_position(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn the_geo_index_follows_status_and_position(store: &dyn FleetStore) {
     let center = at(44.05, -123.09);
     store
         .upsert_team(&def("t1", "north"), None, t0())
@@ -498,7 +453,8 @@ async fn the_geo_index_follows_status_and_position(store: &dyn TeamStore) {
     assert!((found[0].1 - 55.6).abs() < 1.0, "{}", found[0].1);
 }
 
-async fn find_filters_capabilities_orders_and_limits(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn find_filters_capabilities_orders_and_limits(store: &dyn FleetStore) {
     let center = at(44.05, -123.09);
     available_team(store, "b", "north", at(44.06, -123.09)).await;
     available_team(store, "a", "north", at(44.06, -123.09)).await;
@@ -553,7 +509,8 @@ async fn find_filters_capabilities_orders_and_limits(store: &dyn TeamStore) {
     assert!(nobody.is_empty());
 }
 
-async fn events_record_every_change_in_order(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn events_record_every_change_in_order(store: &dyn FleetStore) {
     let start = store.last_event_id("north").await.expect("last id");
     assert_eq!(start, EventId::ZERO);
     available_team(store, "t1", "north", at(44.0, -123.0)).await;
@@ -623,7 +580,8 @@ async fn events_record_every_change_in_order(store: &dyn TeamStore) {
     );
 }
 
-async fn region_moves_only_off_duty(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn region_moves_only_off_duty(store: &dyn FleetStore) {
     available_team(store, "t1", "north", at(44.0, -123.0)).await;
     let north_start = store.last_event_id("north").await.expect("id");
     let moved = store.upsert_team(&def("t1", "south"), None, t0()).await;
@@ -687,7 +645,8 @@ async fn region_moves_only_off_duty(store: &dyn TeamStore) {
     assert_eq!(ids(&found), ["t1"]);
 }
 
-async fn lists_page_and_filter(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn lists_page_and_filter(store: &dyn FleetStore) {
     for id in ["e", "a", "d", "c", "b"] {
         store
             .upsert_team(&def(id, "north"), None, t0())
@@ -732,7 +691,8 @@ async fn lists_page_and_filter(store: &dyn TeamStore) {
     assert!(!next.more);
 }
 
-async fn seeding_recreates_missing_teams_above_a_floor(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn seeding_recreates_missing_teams_above_a_floor(store: &dyn FleetStore) {
     // A realistic floor: wall time in microseconds, as `Availability::rebuild` passes.
     let floor = 1_764_000_000_000_000;
     assert!(
@@ -788,37 +748,195 @@ async fn seeding_recreates_missing_teams_above_a_floor(store: &dyn TeamStore) {
     assert!(claim.fencing_token > floor);
 }
 
-async fn idempotency_records_expire_and_are_kept_per_rpc(store: &dyn TeamStore) {
-    assert_eq!(
-        store
-            .idempotency_get("upsert_team", "r1")
-            .await
-            .expect("get"),
-        None
-    );
-    store
-        .idempotency_put("upsert_team", "r1", "{\"x\":1}", Duration::from_secs(60))
+/// A change under a request id writes its record in the same step: a retry replays the team
+/// as it was right after the change (whatever changed since), another request under the same
+/// id changes nothing, records are kept per RPC, and a refused change records nothing.
+pub async fn idempotency_records_expire_and_are_kept_per_rpc(store: &dyn FleetStore) {
+    let request = |rpc: &'static str, fingerprint: &'static str| RequestRecord {
+        rpc,
+        request_id: "r1",
+        fingerprint,
+        ttl: Duration::from_secs(60),
+    };
+    let d = def("t1", "north");
+    let created = store
+        .upsert_team_once(&d, None, t0(), &request("upsert_team", "a"))
         .await
-        .expect("put");
+        .expect("create");
+    let Recorded::Applied(created) = created else {
+        panic!("first run: {created:?}")
+    };
+    assert!(created.created && created.changed);
+    store
+        .set_status("t1", TeamStatus::Available, "", None, t0() + secs(1))
+        .await
+        .expect("available");
+    let again = store
+        .upsert_team_once(&d, None, t0() + secs(2), &request("upsert_team", "a"))
+        .await
+        .expect("retry");
+    assert_eq!(again, Recorded::Replayed(created.clone()));
+    let mut other = d.clone();
+    other.display_name = String::from("Another");
+    let reused = store
+        .upsert_team_once(&other, None, t0(), &request("upsert_team", "b"))
+        .await
+        .expect("reused");
+    assert_eq!(reused, Recorded::Reused);
+    let team = store.get_team("t1").await.expect("get").expect("team");
+    assert_eq!((team.revision, team.display_name.as_str()), (2, "Team t1"));
+
+    // The same id for another RPC is another request.
+    let status = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OutOfService,
+            "",
+            None,
+            t0() + secs(3),
+            &request("set_team_status", "a"),
+        )
+        .await
+        .expect("status");
+    let Recorded::Applied((out_of_service, true)) = status else {
+        panic!("status: {status:?}")
+    };
+    assert_eq!(out_of_service.status, TeamStatus::OutOfService);
+    store
+        .set_status("t1", TeamStatus::Available, "", None, t0() + secs(4))
+        .await
+        .expect("available again");
+    let replayed = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OutOfService,
+            "",
+            None,
+            t0() + secs(5),
+            &request("set_team_status", "a"),
+        )
+        .await
+        .expect("replay");
+    assert_eq!(replayed, Recorded::Replayed((out_of_service, true)));
     assert_eq!(
         store
-            .idempotency_get("upsert_team", "r1")
+            .get_team("t1")
             .await
             .expect("get")
-            .as_deref(),
-        Some("{\"x\":1}")
+            .expect("team")
+            .status,
+        TeamStatus::Available,
+        "a replay changes nothing"
     );
-    assert_eq!(
-        store
-            .idempotency_get("set_team_status", "r1")
-            .await
-            .expect("get"),
-        None
+
+    // A refused change records nothing: the request can be sent again once it can apply.
+    let refused = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OnScene,
+            "inc-1",
+            None,
+            t0() + secs(6),
+            &RequestRecord {
+                request_id: "r2",
+                ..request("set_team_status", "c")
+            },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(ChangeError::InvalidTransition { .. })),
+        "{refused:?}"
     );
+    let later = store
+        .set_status_once(
+            "t1",
+            TeamStatus::OffDuty,
+            "",
+            None,
+            t0() + secs(7),
+            &RequestRecord {
+                request_id: "r2",
+                ..request("set_team_status", "d")
+            },
+        )
+        .await
+        .expect("a new request under the refused one's id");
+    assert!(matches!(later, Recorded::Applied((_, true))), "{later:?}");
     store.ping().await.expect("ping");
 }
 
-async fn history_expiry_is_reported(store: &dyn TeamStore) {
+/// Retries of one request racing each other (a client that timed out and resent): exactly one
+/// applies, and every other one replays it, even when the request names the revision it
+/// expects (which the applied one moved on). Were the record written after the change rather
+/// with it, a retry could pass the record check before the record existed and fail with
+/// REVISION_MISMATCH, or apply a second time.
+pub async fn racing_retries_of_one_request_apply_once(store: &dyn FleetStore) {
+    store
+        .upsert_team(&def("t1", "north"), None, t0())
+        .await
+        .expect("create");
+    let request = RequestRecord {
+        rpc: "set_team_status",
+        request_id: "r1",
+        fingerprint: "f",
+        ttl: Duration::from_secs(60),
+    };
+    let retries = (0..8).map(|n| {
+        store.set_status_once(
+            "t1",
+            TeamStatus::Available,
+            "",
+            Some(1),
+            t0() + secs(n),
+            &request,
+        )
+    });
+    let outcomes = futures_join_all(retries).await;
+    let mut applied = 0;
+    for outcome in outcomes {
+        match outcome.expect("every retry succeeds") {
+            Recorded::Applied((team, true)) => {
+                applied += 1;
+                assert_eq!(team.revision, 2);
+            }
+            Recorded::Replayed((team, true)) => assert_eq!(team.revision, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(applied, 1);
+    let team = store.get_team("t1").await.expect("get").expect("team");
+    assert_eq!((team.status, team.revision), (TeamStatus::Available, 2));
+}
+
+/// Polls every future to completion concurrently (a small `join_all`, to keep this crate's
+/// dependencies as they are).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (future, slot) in pending.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => *slot = Some(output),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Conformance scenario (see the module documentation).
+pub async fn history_expiry_is_reported(store: &dyn FleetStore) {
     // Nothing was ever trimmed: reading from the start is fine.
     let events = store
         .read_events("north", EventId::ZERO, 10, Duration::ZERO)
@@ -834,7 +952,8 @@ async fn history_expiry_is_reported(store: &dyn TeamStore) {
     assert!(matches!(none, Ok(ref v) if v.is_empty()), "{none:?}");
 }
 
-async fn the_live_epoch_is_written_once_and_agreed_on(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn the_live_epoch_is_written_once_and_agreed_on(store: &dyn FleetStore) {
     assert_eq!(store.live_epoch().await.expect("read"), None);
     assert_eq!(store.adopt_live_epoch("e1").await.expect("adopt"), "e1");
     // A second replica adopts the epoch the first one wrote.
@@ -849,7 +968,10 @@ async fn the_live_epoch_is_written_once_and_agreed_on(store: &dyn TeamStore) {
 /// call and, when it clears, goes OFF_DUTY (never AVAILABLE, so nothing can be offered to
 /// it); a team clearing before its shift end goes AVAILABLE as before, and the ended shift
 /// does not stop the call's own steps.
-async fn a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears(store: &dyn TeamStore) {
+/// Conformance scenario (see the module documentation).
+pub async fn a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears(
+    store: &dyn FleetStore,
+) {
     let here = at(44.05, -123.09);
     let shift_end = t0() + secs(3_600);
     for id in ["late", "early"] {
@@ -901,130 +1023,4 @@ async fn a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears(store: &
         .await
         .expect("clear");
     assert_eq!(cleared.status, TeamStatus::Available);
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod redis_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = super::Backend::redis();
-                    super::$name(&*backend.store).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-        mod cluster_backend {
-            /// Every scenario on a real Redis Cluster (three primaries, a replica each), one
-            /// after another on one cluster (starting one costs a few seconds). A script whose
-            /// keys (declared or built inside it) span two slots, or a pipeline the store
-            /// cannot split by slot, fails here with the cluster's CROSSSLOT.
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn every_scenario() {
-                let cluster = relay_tests::redis_cluster::RedisCluster::start().await;
-                $(
-                    let backend = super::Backend::cluster(&cluster);
-                    super::$name(&*backend.store).await;
-                )*
-            }
-        }
-        mod memory_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = super::Backend::memory();
-                    super::$name(&*backend.store).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
-    upsert_creates_updates_and_checks_revisions,
-    status_changes_follow_the_state_machine,
-    claim_release_and_incident_rules,
-    older_positions_never_win,
-    the_geo_index_follows_status_and_position,
-    find_filters_capabilities_orders_and_limits,
-    events_record_every_change_in_order,
-    region_moves_only_off_duty,
-    lists_page_and_filter,
-    seeding_recreates_missing_teams_above_a_floor,
-    idempotency_records_expire_and_are_kept_per_rpc,
-    history_expiry_is_reported,
-    the_live_epoch_is_written_once_and_agreed_on,
-    a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears,
-);
-
-/// Redis only (the in-process store trims by its own wall clock, which a test cannot move
-/// without sleeping): once a stream was trimmed past an id, reading after that id is
-/// `HistoryExpired`, and reading after the newest trimmed id is fine.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_reports_expired_history() {
-    let backend = Backend::redis();
-    let prefix = backend.prefix.clone().expect("redis prefix");
-    let events = Keyspace::new(prefix).events("north");
-    let client = redis::Client::open(relay_tests::redis_url()).expect("url");
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    for id in ["1-0", "2-0", "3-0"] {
-        let _: String = redis::cmd("XADD")
-            .arg(&events)
-            .arg(id)
-            .arg("kind")
-            .arg("status")
-            .query_async(&mut redis)
-            .await
-            .expect("xadd");
-    }
-    let _: i64 = redis::cmd("XTRIM")
-        .arg(&events)
-        .arg("MINID")
-        .arg("3-0")
-        .query_async(&mut redis)
-        .await
-        .expect("xtrim");
-    let expired = backend
-        .store
-        .read_events("north", EventId { ms: 1, seq: 0 }, 10, Duration::ZERO)
-        .await;
-    assert!(
-        matches!(
-            expired,
-            Err(relay_availability::EventsError::HistoryExpired)
-        ),
-        "{expired:?}"
-    );
-    let from_start = backend
-        .store
-        .read_events("north", EventId::ZERO, 10, Duration::ZERO)
-        .await;
-    assert!(matches!(
-        from_start,
-        Err(relay_availability::EventsError::HistoryExpired)
-    ));
-    // Redis does not say which id was trimmed last, so a reader on it is told to rebuild too
-    // (safe); a reader on the first retained entry is not.
-    let on_trimmed = backend
-        .store
-        .read_events("north", EventId { ms: 2, seq: 0 }, 10, Duration::ZERO)
-        .await;
-    assert!(matches!(
-        on_trimmed,
-        Err(relay_availability::EventsError::HistoryExpired)
-    ));
-    let retained = backend
-        .store
-        .read_events("north", EventId { ms: 3, seq: 0 }, 10, Duration::ZERO)
-        .await;
-    assert!(
-        matches!(retained, Ok(ref v) if v.is_empty()),
-        "{retained:?}"
-    );
-    backend.cleanup().await;
 }

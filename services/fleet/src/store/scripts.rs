@@ -34,13 +34,31 @@ local function result(tag, hash)
   table.insert(fields, 1, tag)
   return fields
 end
+local function recalled(req, fp)
+  if fp == '' then return nil end
+  local stored = redis.call('HGET', req, '~fp')
+  if not stored then return nil end
+  if stored ~= fp then return {'reused'} end
+  local fields = redis.call('HGETALL', req)
+  table.insert(fields, 1, 'replay')
+  return fields
+end
+local function remember(req, fp, ttl_ms, tag, hash)
+  if fp == '' then return end
+  redis.call('DEL', req)
+  redis.call('HSET', req, '~fp', fp, '~tag', tag, unpack(redis.call('HGETALL', hash)))
+  redis.call('PEXPIRE', req, ttl_ms)
+end
 ";
 
-/// Creates a team or replaces its roster fields in its current region.
-/// KEYS: hash, teams, events. ARGV: id, name, region, caps, shift_end, expected ('' = none),
-/// now, retention_ms.
+/// Creates a team or replaces its roster fields in its current region, and writes the
+/// request's idempotency record in the same step (a retry of a recorded request replays it).
+/// KEYS: hash, teams, events, request record. ARGV: id, name, region, caps, shift_end,
+/// expected ('' = none), now, retention_ms, fingerprint ('' = no record), record ttl_ms.
 pub(super) const UPSERT: &str = r"
 local h = KEYS[1]
+local again = recalled(KEYS[4], ARGV[9])
+if again then return again end
 if redis.call('EXISTS', h) == 0 then
   if ARGV[6] ~= '' then return {'rev', '0'} end
   redis.call('HSET', h, 'id', ARGV[1], 'name', ARGV[2], 'region', ARGV[3], 'caps', ARGV[4],
@@ -49,16 +67,19 @@ if redis.call('EXISTS', h) == 0 then
     'updated', ARGV[7])
   redis.call('SADD', KEYS[2], ARGV[1])
   emit(KEYS[3], h, 'upserted', ARGV[7], ARGV[8])
+  remember(KEYS[4], ARGV[9], ARGV[10], 'created', h)
   return result('created', h)
 end
 local cur = redis.call('HMGET', h, 'rev', 'name', 'caps', 'shift_end')
 if ARGV[6] ~= '' and ARGV[6] ~= cur[1] then return {'rev', cur[1]} end
 if cur[2] == ARGV[2] and cur[3] == ARGV[4] and cur[4] == ARGV[5] then
+  remember(KEYS[4], ARGV[9], ARGV[10], 'same', h)
   return result('same', h)
 end
 redis.call('HSET', h, 'name', ARGV[2], 'caps', ARGV[4], 'shift_end', ARGV[5], 'updated', ARGV[7])
 redis.call('HINCRBY', h, 'rev', 1)
 emit(KEYS[3], h, 'upserted', ARGV[7], ARGV[8])
+remember(KEYS[4], ARGV[9], ARGV[10], 'updated', h)
 return result('updated', h)
 ";
 
@@ -95,27 +116,32 @@ table.insert(fields, 1, 'ok')
 return fields
 ";
 
-/// Adds a moved team to its new region (region change, second step).
-/// KEYS: hash, teams, events, geo, unavailable geo. ARGV: id, now, retention_ms, then field,
-/// value, ...
+/// Adds a moved team to its new region (region change, second step), and writes the
+/// request's idempotency record in the same step.
+/// KEYS: hash, teams, events, geo, unavailable geo, request record. ARGV: id, now,
+/// retention_ms, fingerprint ('' = no record), record ttl_ms, then field, value, ...
 pub(super) const MOVE_IN: &str = r"
 local h = KEYS[1]
 redis.call('DEL', h)
-redis.call('HSET', h, unpack(ARGV, 4))
+redis.call('HSET', h, unpack(ARGV, 6))
 redis.call('SADD', KEYS[2], ARGV[1])
 local cur = redis.call('HMGET', h, 'status', 'lat', 'lon')
 index(KEYS[4], KEYS[5], ARGV[1], cur[1], cur[2], cur[3])
 emit(KEYS[3], h, 'upserted', ARGV[2], ARGV[3])
+remember(KEYS[6], ARGV[4], ARGV[5], 'updated', h)
 return result('ok', h)
 ";
 
 /// Changes a status following the state machine; a busy team clearing after its shift end
-/// lands OFF_DUTY (`model::landing_status`).
-/// KEYS: hash, geo, events, unavailable geo. ARGV: target, incident, expected ('' = none),
-/// allowed-from list,
-/// busy list, now, retention_ms.
+/// lands OFF_DUTY (`model::landing_status`). Writes the request's idempotency record in the
+/// same step (a retry of a recorded request replays it).
+/// KEYS: hash, geo, events, unavailable geo, request record. ARGV: target, incident, expected
+/// ('' = none), allowed-from list, busy list, now, retention_ms, fingerprint ('' = no
+/// record), record ttl_ms.
 pub(super) const SET_STATUS: &str = r"
 local h = KEYS[1]
+local again = recalled(KEYS[5], ARGV[8])
+if again then return again end
 if redis.call('EXISTS', h) == 0 then return {'missing'} end
 local cur = redis.call('HMGET', h, 'status', 'rev', 'incident', 'lat', 'lon', 'id', 'shift_end')
 local target, incident = ARGV[1], ARGV[2]
@@ -124,6 +150,7 @@ local busy_target = has(ARGV[5], target)
 local busy_now = has(ARGV[5], cur[1])
 if cur[1] == target then
   if busy_target and incident ~= cur[3] then return {'incident', cur[3]} end
+  remember(KEYS[5], ARGV[8], ARGV[9], 'same', h)
   return result('same', h)
 end
 if target == '3' and cur[1] == '2' then return {'dispatch'} end
@@ -142,6 +169,7 @@ if busy_now and not busy_target then redis.call('HSET', h, 'last_incident', cur[
 redis.call('HINCRBY', h, 'rev', 1)
 index(KEYS[2], KEYS[4], cur[6], target, cur[4], cur[5])
 emit(KEYS[3], h, 'status', ARGV[6], ARGV[7])
+remember(KEYS[5], ARGV[8], ARGV[9], 'ok', h)
 return result('ok', h)
 ";
 
@@ -240,7 +268,15 @@ mod tests {
     fn scripts_touch_only_the_keys_they_are_given() {
         // Names bound to a KEYS entry: `local h = KEYS[1]` and the helpers' parameters, each
         // called with KEYS entries only; `unpack(args)` starts with KEYS[2].
-        let bound = ["h", "hash", "events", "geo", "unavailable", "unpack(args"];
+        let bound = [
+            "h",
+            "hash",
+            "events",
+            "geo",
+            "unavailable",
+            "req",
+            "unpack(args",
+        ];
         let scripts = [
             ("PRELUDE", PRELUDE),
             ("UPSERT", UPSERT),
@@ -281,7 +317,7 @@ mod tests {
             RELEASE,
         ];
         for body in bodies {
-            for helper in ["emit(", "index(", "result("] {
+            for helper in ["emit(", "index(", "result(", "recalled(", "remember("] {
                 for call in body.split(helper).skip(1) {
                     let args = call.split(')').next().unwrap_or_default();
                     let first = args.split(',').next().unwrap_or_default().trim();

@@ -1,5 +1,7 @@
-//! The domain types of availability: a team, its status rules, events, and the great-circle
-//! distance every backend uses. Nothing here knows about Redis, SQL or protobuf encoding.
+//! The team model shared by availability and routing: a team, its status rules (the one
+//! [`is_busy`], the state machine, "off duty after this call"), events, and the great-circle
+//! geometry of `relay_runtime::geo` that every backend uses (re-exported, not copied).
+//! Nothing here knows about Redis, SQL or protobuf encoding.
 
 use chrono::{DateTime, TimeZone, Utc};
 pub use relay_proto::common::TeamStatus;
@@ -59,7 +61,7 @@ pub struct Team {
 }
 
 /// What a proximity ranking needs of a team: its identity, capabilities, status, position and
-/// shift ([`TeamStore::nearest_available`](crate::TeamStore::nearest_available) reads only
+/// shift ([`DispatchStore::nearest_available`](crate::DispatchStore::nearest_available) reads only
 /// these, about half of a team's fields).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TeamSummary {

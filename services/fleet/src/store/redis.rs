@@ -1,9 +1,18 @@
-//! The Redis backend of [`TeamStore`]: the keyspace of [`crate::keyspace`], changed only by the
-//! Lua scripts of [`scripts`](self) (loaded once, called by SHA, reloaded on `NOSCRIPT`).
+//! The Redis backend of [`TeamStore`] and [`DispatchStore`]: the keyspace of
+//! [`crate::keyspace`], changed only by the Lua scripts of [`scripts`](self) (loaded once,
+//! called by SHA, reloaded on `NOSCRIPT`).
+//!
+//! Round trips of routing's reads: `nearest_available` is two (a `GEOSEARCH ... COUNT` of the
+//! region's AVAILABLE set, then the found teams' hashes in one pipeline); `nearest_unavailable`
+//! is one or two (the same on the region's set of on-duty teams that are not available; no
+//! pipeline when it finds none); `teams_near` and `busy_teams` page through the region's teams
+//! (one `SMEMBERS`-and-hashes read per 500 teams); `claim` and `release` are one script call
+//! each. Announcements of freed teams come from each region's event stream
+//! ([`DispatchStore::subscribe`]).
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -11,10 +20,14 @@ use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, Script, Value, streams::StreamReadReply};
 use relay_runtime::redis_link::{RedisConnection, RedisTarget};
 
+use tokio::sync::broadcast;
+
 use super::{
-    ChangeError, Claim, ClaimError, EventsError, LocationOutcome, LocationReport, Nearest,
-    ReleaseError, ReleaseOutcome, StoreError, TeamPage, TeamStore, UpsertOutcome, is_unavailable,
-    rank_candidates, rank_placed, scripts,
+    ChangeError, Claim, ClaimError, DispatchStore, EventsError, FleetTeam, LocationOutcome,
+    LocationReport, Nearest, Recorded, ReleaseError, ReleaseOutcome, RequestRecord, StoreError,
+    TeamAvailable, TeamPage, TeamStore, UpsertOutcome,
+    announce::{Announcer, EventSource},
+    busy_of, is_unavailable, on_duty_near, rank_candidates, rank_placed, region_teams, scripts,
 };
 use crate::{
     keyspace::Keyspace,
@@ -50,13 +63,13 @@ fn script(body: &str) -> Script {
 
 /// Team live state in Redis.
 pub struct RedisTeamStore {
-    target: RedisTarget,
     connection: RedisConnection,
-    blocking: Mutex<Vec<RedisConnection>>,
+    events: Events,
     keys: Keyspace,
     scripts: Scripts,
     retention: Duration,
     regions: RwLock<HashMap<String, String>>,
+    announcer: Announcer,
 }
 
 impl std::fmt::Debug for RedisTeamStore {
@@ -228,7 +241,7 @@ fn decode_fields<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Result<Team, St
 }
 
 /// The fields of a team hash that [`TeamSummary`] holds, in the order
-/// [`TeamStore::nearest_available`] reads them with `HMGET` (public for benchmarks that
+/// [`DispatchStore::nearest_available`] reads them with `HMGET` (public for benchmarks that
 /// measure the same read).
 pub const SUMMARY_FIELDS: [&str; 8] = [
     "id",
@@ -265,13 +278,41 @@ fn positional<'a>(
     }
 }
 
+/// A flat `field, value, ...` list as a map.
+fn flat_map(flat: &[String]) -> HashMap<String, String> {
+    flat.chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect()
+}
+
 /// Decodes a team from a flat `field, value, ...` list.
 fn decode_flat(flat: &[String]) -> Result<Team, StoreError> {
-    let map = flat
-        .chunks_exact(2)
-        .map(|pair| (pair[0].clone(), pair[1].clone()))
-        .collect();
-    decode_team(&map)
+    decode_team(&flat_map(flat))
+}
+
+/// The upsert outcome a record's tag stands for.
+fn upsert_outcome(tag: &str, team: Team) -> Result<UpsertOutcome, StoreError> {
+    let (created, changed) = match tag {
+        "created" => (true, true),
+        "updated" => (false, true),
+        "same" => (false, false),
+        other => return Err(corrupt(format!("request record tagged `{other}`"))),
+    };
+    Ok(UpsertOutcome {
+        team,
+        created,
+        changed,
+    })
+}
+
+/// The outcome of a change made without a request id (never replayed).
+fn applied<T>(recorded: Recorded<T>) -> Result<T, ChangeError> {
+    match recorded {
+        Recorded::Applied(outcome) => Ok(outcome),
+        Recorded::Replayed(_) | Recorded::Reused => {
+            Err(corrupt("a change without a request id was replayed").into())
+        }
+    }
 }
 
 /// The hash fields of a team (the inverse of [`decode_team`]).
@@ -322,6 +363,171 @@ fn second(reply: &[String]) -> &str {
     reply.get(1).map_or("", String::as_str)
 }
 
+/// The reads of the event streams, cloneable so that the announcer's region tasks read with
+/// them (see [`DispatchStore::subscribe`]).
+#[derive(Clone)]
+struct Events {
+    target: RedisTarget,
+    connection: RedisConnection,
+    blocking: Arc<Mutex<Vec<RedisConnection>>>,
+    keys: Keyspace,
+}
+
+impl Events {
+    fn conn(&self) -> RedisConnection {
+        self.connection.clone()
+    }
+
+    async fn blocking_connection(&self) -> Result<RedisConnection, StoreError> {
+        let pooled = self.blocking.lock().ok().and_then(|mut pool| pool.pop());
+        if let Some(connection) = pooled {
+            return Ok(connection);
+        }
+        Ok(self.target.dedicated().await?)
+    }
+
+    fn return_connection(&self, connection: RedisConnection) {
+        if let Ok(mut pool) = self.blocking.lock()
+            && pool.len() < 16
+        {
+            pool.push(connection);
+        }
+    }
+
+    /// Whether events after `after` were trimmed away. Trimming removes the oldest entries
+    /// (`MINID`), so when anything was removed (`entries-added` > `length`), every removed id
+    /// is below the first retained one: reading after an id below it may have missed some.
+    /// Redis does not say which id was trimmed last, so a reader positioned exactly on it is
+    /// also told the history expired (it rebuilds its view, which is safe).
+    async fn history_expired(&self, region: &str, after: EventId) -> Result<bool, StoreError> {
+        let info: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(self.keys.events(region))
+            .query_async(&mut self.conn())
+            .await;
+        let info = match info {
+            Ok(info) => info,
+            // No stream yet: nothing was ever trimmed.
+            Err(error)
+                if error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                return Ok(false);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let number = |name: &str| {
+            info.get(name)
+                .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+                .unwrap_or(0)
+        };
+        if number("entries-added") <= number("length") {
+            return Ok(false);
+        }
+        let id_of = |value: &Value| {
+            redis::from_redis_value::<String>(value.clone())
+                .ok()
+                .and_then(|text| EventId::parse(&text))
+        };
+        let first = match info.get("first-entry") {
+            Some(Value::Array(entry)) => entry.first().and_then(id_of),
+            _ => None,
+        };
+        let boundary = match first {
+            Some(first) => Some(first),
+            // Everything was trimmed: nothing is missing only for a reader at the newest id.
+            None => info
+                .get("last-generated-id")
+                .and_then(id_of)
+                .map(|last| EventId {
+                    ms: last.ms,
+                    seq: last.seq.saturating_add(1),
+                }),
+        };
+        Ok(boundary.is_some_and(|boundary| after < boundary))
+    }
+}
+
+#[tonic::async_trait]
+impl EventSource for Events {
+    async fn read_events(
+        &self,
+        region: &str,
+        after: EventId,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<TeamEvent>, EventsError> {
+        if self.history_expired(region, after).await? {
+            return Err(EventsError::HistoryExpired);
+        }
+        let mut command = redis::cmd("XREAD");
+        command.arg("COUNT").arg(max.max(1));
+        let block_ms = block.as_millis();
+        if block_ms > 0 {
+            command
+                .arg("BLOCK")
+                .arg(u64::try_from(block_ms).unwrap_or(u64::MAX));
+        }
+        command
+            .arg("STREAMS")
+            .arg(self.keys.events(region))
+            .arg(after.to_string());
+        let mut connection = self.blocking_connection().await?;
+        let reply: Option<StreamReadReply> = command
+            .query_async(&mut connection)
+            .await
+            .map_err(StoreError::from)?;
+        self.return_connection(connection);
+        let mut events = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                let id = EventId::parse(&entry.id)
+                    .ok_or_else(|| corrupt(format!("event id `{}`", entry.id)))?;
+                let mut fields = HashMap::new();
+                for (name, value) in entry.map {
+                    let text: String = redis::from_redis_value(value)
+                        .map_err(|_| corrupt(format!("event field `{name}`")))?;
+                    fields.insert(name, text);
+                }
+                let kind = fields
+                    .get("kind")
+                    .and_then(|code| EventKind::from_code(code))
+                    .ok_or_else(|| corrupt("event without a kind"))?;
+                let at = fields
+                    .get("at")
+                    .and_then(|at| at.parse().ok())
+                    .map(from_micros)
+                    .ok_or_else(|| corrupt("event without a time"))?;
+                events.push(TeamEvent {
+                    id,
+                    kind,
+                    team: decode_team(&fields)?,
+                    event_time: at,
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    async fn last_event_id(&self, region: &str) -> Result<EventId, StoreError> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.keys.events(region))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        let reply: redis::streams::StreamRangeReply =
+            redis::from_redis_value(reply).map_err(|e| corrupt(e.to_string()))?;
+        Ok(reply
+            .ids
+            .first()
+            .and_then(|entry| EventId::parse(&entry.id))
+            .unwrap_or(EventId::ZERO))
+    }
+}
+
 impl RedisTeamStore {
     /// A store on `target` (a [`redis::Client`], or a [`RedisTarget`]: one server or a Redis
     /// Cluster) under `keys`, keeping events for `retention`. Connects lazily.
@@ -336,9 +542,13 @@ impl RedisTeamStore {
         let target = target.into();
         let connection = target.shared()?;
         Ok(Self {
-            target,
+            events: Events {
+                target,
+                connection: connection.clone(),
+                blocking: Arc::default(),
+                keys: keys.clone(),
+            },
             connection,
-            blocking: Mutex::new(Vec::new()),
             keys,
             scripts: Scripts {
                 upsert: script(scripts::UPSERT),
@@ -352,6 +562,7 @@ impl RedisTeamStore {
             },
             retention,
             regions: RwLock::new(HashMap::new()),
+            announcer: Announcer::default(),
         })
     }
 
@@ -434,19 +645,92 @@ impl RedisTeamStore {
         Ok(decoded)
     }
 
+    /// The key, fingerprint and time to live (ms) of a request's record, as the scripts take
+    /// them: an empty fingerprint (and a key the script never touches) when there is none.
+    fn record_args(
+        &self,
+        region: &str,
+        request: Option<&RequestRecord<'_>>,
+    ) -> (String, String, String) {
+        match request {
+            Some(request) => (
+                self.keys.request(region, request.rpc, request.request_id),
+                request.fingerprint.to_owned(),
+                request.ttl.as_millis().max(1).to_string(),
+            ),
+            None => (
+                self.keys.request(region, "-", "-"),
+                String::new(),
+                String::new(),
+            ),
+        }
+    }
+
+    /// The record of `request` in `region`, if any (read before a region change, which takes
+    /// two scripts: the first must not run for a request that already ran).
+    async fn recall(
+        &self,
+        region: &str,
+        request: &RequestRecord<'_>,
+    ) -> Result<Option<Recorded<UpsertOutcome>>, StoreError> {
+        let fields: HashMap<String, String> = self
+            .conn()
+            .hgetall(self.keys.request(region, request.rpc, request.request_id))
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        if fields.get("~fp").map(String::as_str) != Some(request.fingerprint) {
+            return Ok(Some(Recorded::Reused));
+        }
+        let tag = fields.get("~tag").cloned().unwrap_or_default();
+        Ok(Some(Recorded::Replayed(upsert_outcome(
+            &tag,
+            decode_team(&fields)?,
+        )?)))
+    }
+
+    async fn upsert(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: Option<&RequestRecord<'_>>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError> {
+        match self.region_of(&definition.team_id).await? {
+            Some(current) if current != definition.region => {
+                if let Some(request) = request
+                    && let Some(recorded) = self.recall(&definition.region, request).await?
+                {
+                    return Ok(recorded);
+                }
+                self.move_region(&current, definition, expected_revision, now, request)
+                    .await
+                    .map(Recorded::Applied)
+            }
+            _ => {
+                self.upsert_in_place(definition, expected_revision, now, request)
+                    .await
+            }
+        }
+    }
+
     async fn upsert_in_place(
         &self,
         definition: &TeamDefinition,
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
-    ) -> Result<UpsertOutcome, ChangeError> {
+        request: Option<&RequestRecord<'_>>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError> {
         let region = &definition.region;
+        let (record, fingerprint, ttl) = self.record_args(region, request);
         let reply: Vec<String> = self
             .scripts
             .upsert
             .key(self.keys.team(region, &definition.team_id))
             .key(self.keys.teams(region))
             .key(self.keys.events(region))
+            .key(record)
             .arg(&definition.team_id)
             .arg(&definition.display_name)
             .arg(region)
@@ -455,6 +739,8 @@ impl RedisTeamStore {
             .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
             .arg(to_micros(now))
             .arg(self.retention_ms())
+            .arg(fingerprint)
+            .arg(ttl)
             .invoke_async(&mut self.conn())
             .await
             .map_err(StoreError::from)?;
@@ -467,6 +753,15 @@ impl RedisTeamStore {
                     current: revision_from(second(&reply))?,
                 });
             }
+            "replay" => {
+                let fields = flat_map(&reply[1..]);
+                let tag = fields.get("~tag").cloned().unwrap_or_default();
+                return Ok(Recorded::Replayed(upsert_outcome(
+                    &tag,
+                    decode_team(&fields)?,
+                )?));
+            }
+            "reused" => return Ok(Recorded::Reused),
             other => return Err(corrupt(format!("upsert answered `{other}`")).into()),
         };
         let team = decode_flat(&reply[1..])?;
@@ -478,11 +773,11 @@ impl RedisTeamStore {
                 .map_err(StoreError::from)?;
             self.remember_region(&definition.team_id, region);
         }
-        Ok(UpsertOutcome {
+        Ok(Recorded::Applied(UpsertOutcome {
             team,
             created,
             changed,
-        })
+        }))
     }
 
     async fn move_region(
@@ -491,6 +786,7 @@ impl RedisTeamStore {
         definition: &TeamDefinition,
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
+        request: Option<&RequestRecord<'_>>,
     ) -> Result<UpsertOutcome, ChangeError> {
         let allowed = list(&[TeamStatus::OffDuty, TeamStatus::OutOfService]);
         let reply: Vec<String> = self
@@ -530,6 +826,7 @@ impl RedisTeamStore {
         team.shift_ends_at = definition.shift_ends_at;
         team.revision += 1;
         team.update_time = now;
+        let (record, fingerprint, ttl) = self.record_args(&definition.region, request);
         let mut invocation = self.scripts.move_in.prepare_invoke();
         invocation
             .key(self.keys.team(&definition.region, &definition.team_id))
@@ -537,9 +834,12 @@ impl RedisTeamStore {
             .key(self.keys.events(&definition.region))
             .key(self.keys.available(&definition.region))
             .key(self.keys.unavailable(&definition.region))
+            .key(record)
             .arg(&definition.team_id)
             .arg(to_micros(now))
-            .arg(self.retention_ms());
+            .arg(self.retention_ms())
+            .arg(fingerprint)
+            .arg(ttl);
         for (field, value) in encode_team(&team) {
             invocation.arg(field).arg(value);
         }
@@ -565,73 +865,101 @@ impl RedisTeamStore {
         })
     }
 
-    async fn blocking_connection(&self) -> Result<RedisConnection, StoreError> {
-        let pooled = self.blocking.lock().ok().and_then(|mut pool| pool.pop());
-        if let Some(connection) = pooled {
-            return Ok(connection);
+    async fn release_team(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        let reply: Vec<String> = self
+            .scripts
+            .release
+            .key(self.keys.team(region, team_id))
+            .key(self.keys.available(region))
+            .key(self.keys.events(region))
+            .key(self.keys.unavailable(region))
+            .arg(incident_id)
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .arg(busy_list())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => Ok(ReleaseOutcome::Released(decode_flat(&reply[1..])?)),
+            "already" => Ok(ReleaseOutcome::AlreadyReleased(decode_flat(&reply[1..])?)),
+            "missing" => Err(ReleaseError::NotFound),
+            "other" => Err(ReleaseError::NotOnIncident {
+                status: status_from(second(&reply))?,
+                current_incident: reply.get(2).cloned().unwrap_or_default(),
+            }),
+            other => Err(corrupt(format!("release answered `{other}`")).into()),
         }
-        Ok(self.target.dedicated().await?)
     }
 
-    fn return_connection(&self, connection: RedisConnection) {
-        if let Ok(mut pool) = self.blocking.lock()
-            && pool.len() < 16
-        {
-            pool.push(connection);
-        }
-    }
-
-    /// Whether events after `after` were trimmed away. Trimming removes the oldest entries
-    /// (`MINID`), so when anything was removed (`entries-added` > `length`), every removed id
-    /// is below the first retained one: reading after an id below it may have missed some.
-    /// Redis does not say which id was trimmed last, so a reader positioned exactly on it is
-    /// also told the history expired (it rebuilds its view, which is safe).
-    async fn history_expired(&self, region: &str, after: EventId) -> Result<bool, StoreError> {
-        let info: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(self.keys.events(region))
-            .query_async(&mut self.conn())
-            .await;
-        let info = match info {
-            Ok(info) => info,
-            // No stream yet: nothing was ever trimmed.
-            Err(error)
-                if error.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-            {
-                return Ok(false);
+    async fn change_status(
+        &self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: Option<&RequestRecord<'_>>,
+    ) -> Result<Recorded<(Team, bool)>, ChangeError> {
+        let Some(region) = self.region_of(team_id).await? else {
+            return Err(ChangeError::NotFound);
+        };
+        let (record, fingerprint, ttl) = self.record_args(&region, request);
+        let reply: Vec<String> = self
+            .scripts
+            .set_status
+            .key(self.keys.team(&region, team_id))
+            .key(self.keys.available(&region))
+            .key(self.keys.events(&region))
+            .key(self.keys.unavailable(&region))
+            .key(record)
+            .arg(status as i32)
+            .arg(incident_id)
+            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(list(allowed_from(status)))
+            .arg(busy_list())
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .arg(fingerprint)
+            .arg(ttl)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => Ok(Recorded::Applied((decode_flat(&reply[1..])?, true))),
+            "same" => Ok(Recorded::Applied((decode_flat(&reply[1..])?, false))),
+            "replay" => {
+                let fields = flat_map(&reply[1..]);
+                let changed = fields.get("~tag").is_some_and(|tag| tag == "ok");
+                Ok(Recorded::Replayed((decode_team(&fields)?, changed)))
             }
-            Err(error) => return Err(error.into()),
-        };
-        let number = |name: &str| {
-            info.get(name)
-                .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-                .unwrap_or(0)
-        };
-        if number("entries-added") <= number("length") {
-            return Ok(false);
+            "reused" => Ok(Recorded::Reused),
+            "missing" => Err(ChangeError::NotFound),
+            "rev" => Err(ChangeError::RevisionMismatch {
+                current: revision_from(second(&reply))?,
+            }),
+            "incident" => Err(ChangeError::IncidentMismatch {
+                current_incident: second(&reply).to_owned(),
+            }),
+            "dispatch" => Err(ChangeError::DispatchRequiresRouting),
+            "transition" => Err(ChangeError::InvalidTransition {
+                from: status_from(second(&reply))?,
+                to: status,
+            }),
+            other => Err(corrupt(format!("set_status answered `{other}`")).into()),
         }
-        let id_of = |value: &Value| {
-            redis::from_redis_value::<String>(value.clone())
-                .ok()
-                .and_then(|text| EventId::parse(&text))
-        };
-        let first = match info.get("first-entry") {
-            Some(Value::Array(entry)) => entry.first().and_then(id_of),
-            _ => None,
-        };
-        let boundary = match first {
-            Some(first) => Some(first),
-            // Everything was trimmed: nothing is missing only for a reader at the newest id.
-            None => info
-                .get("last-generated-id")
-                .and_then(id_of)
-                .map(|last| EventId {
-                    ms: last.ms,
-                    seq: last.seq.saturating_add(1),
-                }),
-        };
-        Ok(boundary.is_some_and(|boundary| after < boundary))
+    }
+
+    /// Starts the announcer's task for `region` (once).
+    fn watch(&self, region: &str) {
+        let events = self.events.clone();
+        self.announcer.watch(region, move || Arc::new(events));
     }
 
     /// Applies one chunk of reports, one location script call per region (pipelined when
@@ -729,16 +1057,21 @@ impl TeamStore for RedisTeamStore {
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<UpsertOutcome, ChangeError> {
-        match self.region_of(&definition.team_id).await? {
-            Some(current) if current != definition.region => {
-                self.move_region(&current, definition, expected_revision, now)
-                    .await
-            }
-            _ => {
-                self.upsert_in_place(definition, expected_revision, now)
-                    .await
-            }
-        }
+        applied(
+            self.upsert(definition, expected_revision, now, None)
+                .await?,
+        )
+    }
+
+    async fn upsert_team_once(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<UpsertOutcome>, ChangeError> {
+        self.upsert(definition, expected_revision, now, Some(request))
+            .await
     }
 
     async fn seed_team(
@@ -827,43 +1160,30 @@ impl TeamStore for RedisTeamStore {
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<(Team, bool), ChangeError> {
-        let Some(region) = self.region_of(team_id).await? else {
-            return Err(ChangeError::NotFound);
-        };
-        let reply: Vec<String> = self
-            .scripts
-            .set_status
-            .key(self.keys.team(&region, team_id))
-            .key(self.keys.available(&region))
-            .key(self.keys.events(&region))
-            .key(self.keys.unavailable(&region))
-            .arg(status as i32)
-            .arg(incident_id)
-            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
-            .arg(list(allowed_from(status)))
-            .arg(busy_list())
-            .arg(to_micros(now))
-            .arg(self.retention_ms())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(StoreError::from)?;
-        match first(&reply) {
-            "ok" => Ok((decode_flat(&reply[1..])?, true)),
-            "same" => Ok((decode_flat(&reply[1..])?, false)),
-            "missing" => Err(ChangeError::NotFound),
-            "rev" => Err(ChangeError::RevisionMismatch {
-                current: revision_from(second(&reply))?,
-            }),
-            "incident" => Err(ChangeError::IncidentMismatch {
-                current_incident: second(&reply).to_owned(),
-            }),
-            "dispatch" => Err(ChangeError::DispatchRequiresRouting),
-            "transition" => Err(ChangeError::InvalidTransition {
-                from: status_from(second(&reply))?,
-                to: status,
-            }),
-            other => Err(corrupt(format!("set_status answered `{other}`")).into()),
-        }
+        applied(
+            self.change_status(team_id, status, incident_id, expected_revision, now, None)
+                .await?,
+        )
+    }
+
+    async fn set_status_once(
+        &self,
+        team_id: &str,
+        status: TeamStatus,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        request: &RequestRecord<'_>,
+    ) -> Result<Recorded<(Team, bool)>, ChangeError> {
+        self.change_status(
+            team_id,
+            status,
+            incident_id,
+            expected_revision,
+            now,
+            Some(request),
+        )
+        .await
     }
 
     async fn report_locations(
@@ -940,6 +1260,59 @@ impl TeamStore for RedisTeamStore {
         Ok(rank_candidates(teams, point, radius_meters))
     }
 
+    async fn read_events(
+        &self,
+        region: &str,
+        after: EventId,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<TeamEvent>, EventsError> {
+        self.events.read_events(region, after, max, block).await
+    }
+
+    async fn last_event_id(&self, region: &str) -> Result<EventId, StoreError> {
+        self.events.last_event_id(region).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn live_epoch(&self) -> Result<Option<String>, StoreError> {
+        Ok(redis::cmd("GET")
+            .arg(self.keys.live_epoch())
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn adopt_live_epoch(&self, candidate: &str) -> Result<String, StoreError> {
+        // SET ... NX GET (Redis 7.0): sets only when absent and answers the previous value,
+        // nil when this call set it. One atomic step, so two replicas agree on one epoch.
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(self.keys.live_epoch())
+            .arg(candidate)
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(previous.unwrap_or_else(|| candidate.to_owned()))
+    }
+}
+
+#[tonic::async_trait]
+impl DispatchStore for RedisTeamStore {
+    async fn teams_near(
+        &self,
+        region: &str,
+        point: Position,
+        radius_meters: f64,
+    ) -> Result<Vec<TeamSummary>, StoreError> {
+        self.watch(region);
+        let teams = region_teams(self, region).await?;
+        Ok(on_duty_near(&teams, point, radius_meters))
+    }
+
     async fn nearest_available(
         &self,
         region: &str,
@@ -947,6 +1320,7 @@ impl TeamStore for RedisTeamStore {
         radius_meters: f64,
         count: usize,
     ) -> Result<Nearest, StoreError> {
+        self.watch(region);
         // GEOSEARCH costs as much as the members inside its radius, sorted or not: start
         // small and widen until `count` teams are found or the radius is reached. Redis orders
         // by its own distance over the geohash-rounded position (within a metre of the
@@ -1011,6 +1385,15 @@ impl TeamStore for RedisTeamStore {
         Ok(teams)
     }
 
+    async fn fleet_team(&self, team_id: &str) -> Result<Option<FleetTeam>, StoreError> {
+        Ok(self.get_team(team_id).await?.as_ref().map(FleetTeam::from))
+    }
+
+    async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, StoreError> {
+        self.watch(region);
+        Ok(busy_of(&region_teams(self, region).await?))
+    }
+
     async fn claim(
         &self,
         region: &str,
@@ -1071,158 +1454,57 @@ impl TeamStore for RedisTeamStore {
         incident_id: &str,
         now: DateTime<Utc>,
     ) -> Result<ReleaseOutcome, ReleaseError> {
-        let reply: Vec<String> = self
-            .scripts
-            .release
-            .key(self.keys.team(region, team_id))
-            .key(self.keys.available(region))
-            .key(self.keys.events(region))
-            .key(self.keys.unavailable(region))
-            .arg(incident_id)
-            .arg(to_micros(now))
-            .arg(self.retention_ms())
-            .arg(busy_list())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(StoreError::from)?;
-        match first(&reply) {
-            "ok" => Ok(ReleaseOutcome::Released(decode_flat(&reply[1..])?)),
-            "already" => Ok(ReleaseOutcome::AlreadyReleased(decode_flat(&reply[1..])?)),
-            "missing" => Err(ReleaseError::NotFound),
-            "other" => Err(ReleaseError::NotOnIncident {
-                status: status_from(second(&reply))?,
-                current_incident: reply.get(2).cloned().unwrap_or_default(),
-            }),
-            other => Err(corrupt(format!("release answered `{other}`")).into()),
-        }
+        self.release_team(region, team_id, incident_id, now).await
     }
 
-    async fn read_events(
+    async fn release_quietly(
         &self,
         region: &str,
-        after: EventId,
-        max: usize,
-        block: Duration,
-    ) -> Result<Vec<TeamEvent>, EventsError> {
-        if self.history_expired(region, after).await? {
-            return Err(EventsError::HistoryExpired);
-        }
-        let mut command = redis::cmd("XREAD");
-        command.arg("COUNT").arg(max.max(1));
-        let block_ms = block.as_millis();
-        if block_ms > 0 {
-            command
-                .arg("BLOCK")
-                .arg(u64::try_from(block_ms).unwrap_or(u64::MAX));
-        }
-        command
-            .arg("STREAMS")
-            .arg(self.keys.events(region))
-            .arg(after.to_string());
-        let mut connection = self.blocking_connection().await?;
-        let reply: Option<StreamReadReply> = command
-            .query_async(&mut connection)
-            .await
-            .map_err(StoreError::from)?;
-        self.return_connection(connection);
-        let mut events = Vec::new();
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in key.ids {
-                let id = EventId::parse(&entry.id)
-                    .ok_or_else(|| corrupt(format!("event id `{}`", entry.id)))?;
-                let mut fields = HashMap::new();
-                for (name, value) in entry.map {
-                    let text: String = redis::from_redis_value(value)
-                        .map_err(|_| corrupt(format!("event field `{name}`")))?;
-                    fields.insert(name, text);
-                }
-                let kind = fields
-                    .get("kind")
-                    .and_then(|code| EventKind::from_code(code))
-                    .ok_or_else(|| corrupt("event without a kind"))?;
-                let at = fields
-                    .get("at")
-                    .and_then(|at| at.parse().ok())
-                    .map(from_micros)
-                    .ok_or_else(|| corrupt("event without a time"))?;
-                events.push(TeamEvent {
-                    id,
-                    kind,
-                    team: decode_team(&fields)?,
-                    event_time: at,
-                });
-            }
-        }
-        Ok(events)
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReleaseOutcome, ReleaseError> {
+        self.announcer.begin_quiet(team_id);
+        let outcome = self.release_team(region, team_id, incident_id, now).await;
+        let released = match &outcome {
+            Ok(ReleaseOutcome::Released(team)) => Some(team.revision),
+            _ => None,
+        };
+        self.announcer.end_quiet(region, team_id, released);
+        outcome
     }
 
-    async fn last_event_id(&self, region: &str) -> Result<EventId, StoreError> {
-        let reply: Value = redis::cmd("XREVRANGE")
-            .arg(self.keys.events(region))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn())
-            .await?;
-        let reply: redis::streams::StreamRangeReply =
-            redis::from_redis_value(reply).map_err(|e| corrupt(e.to_string()))?;
-        Ok(reply
-            .ids
-            .first()
-            .and_then(|entry| EventId::parse(&entry.id))
-            .unwrap_or(EventId::ZERO))
-    }
-
-    async fn idempotency_get(
+    async fn remember_recommendation(
         &self,
-        rpc: &str,
-        request_id: &str,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(self.conn().get(self.keys.request(rpc, request_id)).await?)
-    }
-
-    async fn idempotency_put(
-        &self,
-        rpc: &str,
-        request_id: &str,
-        record: &str,
+        incident_id: &str,
+        request: &[u8],
         ttl: Duration,
+        _now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let _: () = self
             .conn()
             .set_ex(
-                self.keys.request(rpc, request_id),
-                record,
+                self.keys.recommendation(incident_id),
+                request,
                 ttl.as_secs().max(1),
             )
             .await?;
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
-        Ok(())
-    }
-
-    async fn live_epoch(&self) -> Result<Option<String>, StoreError> {
-        Ok(redis::cmd("GET")
-            .arg(self.keys.live_epoch())
-            .query_async(&mut self.conn())
+    async fn recommendation(
+        &self,
+        incident_id: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()
+            .get(self.keys.recommendation(incident_id))
             .await?)
     }
 
-    async fn adopt_live_epoch(&self, candidate: &str) -> Result<String, StoreError> {
-        // SET ... NX GET (Redis 7.0): sets only when absent and answers the previous value,
-        // nil when this call set it. One atomic step, so two replicas agree on one epoch.
-        let previous: Option<String> = redis::cmd("SET")
-            .arg(self.keys.live_epoch())
-            .arg(candidate)
-            .arg("NX")
-            .arg("GET")
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(previous.unwrap_or_else(|| candidate.to_owned()))
+    fn subscribe(&self) -> broadcast::Receiver<TeamAvailable> {
+        self.announcer.subscribe()
     }
 }
 
@@ -1271,7 +1553,7 @@ mod tests {
         assert!(decode_team(&broken).is_err());
     }
 
-    /// What [`TeamStore::nearest_unavailable`] must answer, by brute force over every team
+    /// What [`DispatchStore::nearest_unavailable`] must answer, by brute force over every team
     /// of the region (the trait's default).
     async fn unavailable_by_scan(
         store: &RedisTeamStore,
@@ -1407,6 +1689,96 @@ mod tests {
         check("b", &["t"]).await;
         set(TeamStatus::OffDuty, "").await;
         check("b", &[]).await;
+        relay_tests::redis_delete_prefix(&prefix).await;
+    }
+
+    /// A store of its own prefix with AVAILABLE teams of `region`.
+    async fn available_teams(prefix: &str, region: &str, teams: &[&str]) -> RedisTeamStore {
+        let client = redis::Client::open(relay_tests::redis_url()).expect("redis");
+        let store = RedisTeamStore::new(client, Keyspace::new(prefix), Duration::from_secs(60))
+            .expect("store");
+        let now = Utc::now();
+        for team_id in teams {
+            let definition = TeamDefinition {
+                team_id: (*team_id).to_owned(),
+                display_name: (*team_id).to_owned(),
+                region: region.to_owned(),
+                capabilities: vec![],
+                shift_ends_at: None,
+            };
+            store
+                .upsert_team(&definition, None, now)
+                .await
+                .expect("upsert");
+            store
+                .set_status(team_id, TeamStatus::Available, "", None, now)
+                .await
+                .expect("available");
+        }
+        store
+    }
+
+    async fn claim_and_release(
+        store: &RedisTeamStore,
+        region: &str,
+        team_id: &str,
+        announce: bool,
+    ) {
+        let now = Utc::now();
+        store
+            .claim(region, team_id, "incident", None, now, None)
+            .await
+            .expect("claim");
+        let released = if announce {
+            store.release(region, team_id, "incident", now).await
+        } else {
+            store
+                .release_quietly(region, team_id, "incident", now)
+                .await
+        };
+        assert!(
+            matches!(released, Ok(ReleaseOutcome::Released(_))),
+            "{released:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quiet_release_is_not_announced_and_an_announced_one_is() {
+        let prefix = relay_tests::unique_name("routing_quiet");
+        let region = "quiet";
+        let store = available_teams(&prefix, region, &["a", "b", "c"]).await;
+        let mut announced = store.subscribe();
+        // Looking at the region starts its event reader; announced releases until one is
+        // heard show that the reader is past its starting point.
+        store
+            .nearest_available(region, CENTER, 1_000.0, 1)
+            .await
+            .expect("up");
+        let mut live = false;
+        for _ in 0..40 {
+            claim_and_release(&store, region, "a", true).await;
+            if tokio::time::timeout(Duration::from_millis(250), announced.recv())
+                .await
+                .is_ok()
+            {
+                live = true;
+                break;
+            }
+        }
+        assert!(live, "the event reader never announced a release");
+        claim_and_release(&store, region, "b", false).await;
+        claim_and_release(&store, region, "c", true).await;
+        // Events are read in order: everything announced before c's release, and b not at all.
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), announced.recv())
+                .await
+                .expect("c is announced")
+                .expect("open");
+            assert_ne!(next.team_id, "b", "a quiet release was announced");
+            if next.team_id == "c" {
+                break;
+            }
+        }
         relay_tests::redis_delete_prefix(&prefix).await;
     }
 }
