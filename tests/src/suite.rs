@@ -95,11 +95,9 @@ fn start_service(
     ServiceProcess::start(&binary, &env)
 }
 
-/// A free port on 127.0.0.1 (bound and released; the service binds it right after).
+/// A free address on 127.0.0.1 ([`crate::free_port`]; the service binds it right after).
 fn free_local_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()))
 }
 
 impl Suite {
@@ -184,6 +182,34 @@ impl Suite {
         ];
         all.extend(self.routing_replicas.iter());
         all
+    }
+
+    /// The WARN and ERROR lines every service wrote to stderr so far (at most `limit` per
+    /// service, the last ones), for a chaos test to print beside its verdict.
+    #[must_use]
+    pub fn warnings(&self, limit: usize) -> String {
+        let mut out = String::new();
+        let mut named: Vec<(String, &ServiceProcess)> = vec![
+            ("availability".to_owned(), &self.availability),
+            ("routing".to_owned(), &self.routing),
+            ("directory".to_owned(), &self.directory),
+            ("intake".to_owned(), &self.intake),
+        ];
+        for (index, replica) in self.routing_replicas.iter().enumerate() {
+            named.push((format!("routing-{}", index + 1), replica));
+        }
+        for (name, process) in named {
+            let lines: Vec<String> = process
+                .stderr_lines()
+                .into_iter()
+                .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                .collect();
+            let skip = lines.len().saturating_sub(limit);
+            for line in &lines[skip..] {
+                out.push_str(&format!("{name}: {line}\n"));
+            }
+        }
+        out
     }
 
     fn process_mut(&mut self, name: &str) -> &mut ServiceProcess {

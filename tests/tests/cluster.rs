@@ -312,6 +312,7 @@ mod under_load {
     async fn check(suite: &Suite, load: &mut Load, title: &str, began: Instant) {
         let verdict = Verdict::after(load, suite.database().url(), Duration::from_secs(120)).await;
         let (fenced, busy) = refused(suite).await;
+        eprint!("{}", suite.warnings(40));
         verdict.report_and_check(title, began.elapsed().as_secs_f64(), fenced, busy);
     }
 

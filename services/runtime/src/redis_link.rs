@@ -18,7 +18,14 @@
 //! group goes to its primary, and the replies come back in the pipeline's order. A script (or
 //! a transaction) must still keep to one slot, which the keyspace's `{region}` hash tags do.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{FutureExt, future::try_join_all};
 use redis::{
@@ -37,6 +44,9 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a cluster request may take in all, redirections and retries included: long
 /// enough to ride out a primary's failover (`cluster-node-timeout` plus the election).
 pub const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this many requests in a row time out on a cluster's shared connection, it is
+/// replaced by a new one (see [`SharedCluster`]).
+pub const CLUSTER_TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 /// Where Redis is: one server or a cluster (no connection is made until one is asked for).
 #[derive(Clone)]
@@ -219,11 +229,7 @@ impl RedisTarget {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(CONNECT_TIMEOUT)
                     .set_response_timeout(RESPONSE_TIMEOUT);
-                RedisConnection::Cluster(
-                    clients
-                        .shared
-                        .get_pending_async_connection_with_config(config),
-                )
+                RedisConnection::SharedCluster(SharedCluster::new(clients.shared.clone(), config))
             }
         })
     }
@@ -266,8 +272,89 @@ pub enum RedisConnection {
     Manager(ConnectionManager),
     /// A single server's connection of its own.
     Multiplexed(MultiplexedConnection),
-    /// A cluster.
+    /// A cluster's shared connection, replaced when it stops answering.
+    SharedCluster(SharedCluster),
+    /// A cluster connection of its own (blocking reads).
     Cluster(ClusterConnection),
+}
+
+/// A cluster's shared connection that replaces itself when it stops answering.
+///
+/// Why: under load, while a slot migrated between primaries, redis-rs' cluster connection
+/// (1.8) was seen to stop answering for good after a slot-map refresh: every request of one
+/// routing replica timed out for minutes while a new connection from the same process, and
+/// the other replica, were served (the `cluster` chaos test left 58 of 123 calls without a
+/// routing outcome). A cluster that is really down costs nothing more here: a replacement
+/// connects lazily, on its first request. So after
+/// [`CLUSTER_TIMEOUTS_BEFORE_RECONNECT`] timeouts in a row the connection is dropped and a
+/// new one takes its place for every clone; any answer (even an error reply) resets the
+/// count, while other I/O errors leave it as it is.
+#[derive(Clone)]
+pub struct SharedCluster {
+    current: Arc<RwLock<ClusterConnection>>,
+    client: ClusterClient,
+    config: ClusterConfig,
+    timeouts: Arc<AtomicU32>,
+    replaced: Arc<AtomicU32>,
+}
+
+impl SharedCluster {
+    fn new(client: ClusterClient, config: ClusterConfig) -> Self {
+        let connection = client.get_pending_async_connection_with_config(config.clone());
+        Self {
+            current: Arc::new(RwLock::new(connection)),
+            client,
+            config,
+            timeouts: Arc::new(AtomicU32::new(0)),
+            replaced: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// How many times the connection was replaced.
+    #[must_use]
+    pub fn replacements(&self) -> u32 {
+        self.replaced.load(Ordering::Acquire)
+    }
+
+    fn connection(&self) -> ClusterConnection {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Counts a timed-out request, and replaces the connection after enough in a row.
+    fn observe<T>(&self, result: &RedisResult<T>) {
+        match result {
+            Err(error) if error.is_timeout() => {
+                let seen = self.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
+                if seen >= CLUSTER_TIMEOUTS_BEFORE_RECONNECT
+                    && self
+                        .timeouts
+                        .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        timeouts = seen,
+                        "the Redis Cluster connection stopped answering; replacing it"
+                    );
+                    let fresh = self
+                        .client
+                        .get_pending_async_connection_with_config(self.config.clone());
+                    *self
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                    self.replaced.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Ok(_) => self.timeouts.store(0, Ordering::Release),
+            // An error reply is an answer; a refused or dropped connection says nothing of
+            // whether this connection is stuck.
+            Err(error) if error.is_io_error() => {}
+            Err(_) => self.timeouts.store(0, Ordering::Release),
+        }
+    }
 }
 
 /// The slot of a command's first key: the key after `numkeys` for scripts and functions, the
@@ -325,11 +412,38 @@ async fn pipeline_by_slot(
     Ok(ordered)
 }
 
+/// A pipeline on a cluster: a transaction must keep to one slot; any other pipeline is split
+/// by slot.
+async fn cluster_pipeline(
+    connection: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    if !pipeline.is_transaction() && offset == 0 && count == pipeline.len() {
+        pipeline_by_slot(connection, pipeline).await
+    } else {
+        connection
+            .req_packed_commands(pipeline, offset, count)
+            .await
+    }
+}
+
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Manager(c) => c.req_packed_command(cmd),
             Self::Multiplexed(c) => c.req_packed_command(cmd),
+            Self::SharedCluster(shared) => {
+                let mut connection = shared.connection();
+                let shared = shared.clone();
+                async move {
+                    let result = connection.req_packed_command(cmd).await;
+                    shared.observe(&result);
+                    result
+                }
+                .boxed()
+            }
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -343,14 +457,17 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Manager(c) => c.req_packed_commands(cmd, offset, count),
             Self::Multiplexed(c) => c.req_packed_commands(cmd, offset, count),
-            // A transaction must keep to one slot; any other pipeline is split by slot.
-            Self::Cluster(c) => {
-                if !cmd.is_transaction() && offset == 0 && count == cmd.len() {
-                    pipeline_by_slot(c, cmd).boxed()
-                } else {
-                    c.req_packed_commands(cmd, offset, count)
+            Self::SharedCluster(shared) => {
+                let mut connection = shared.connection();
+                let shared = shared.clone();
+                async move {
+                    let result = cluster_pipeline(&mut connection, cmd, offset, count).await;
+                    shared.observe(&result);
+                    result
                 }
+                .boxed()
             }
+            Self::Cluster(c) => cluster_pipeline(c, cmd, offset, count).boxed(),
         }
     }
 
@@ -358,6 +475,7 @@ impl ConnectionLike for RedisConnection {
         match self {
             Self::Manager(c) => c.get_db(),
             Self::Multiplexed(c) => c.get_db(),
+            Self::SharedCluster(shared) => shared.connection().get_db(),
             Self::Cluster(c) => c.get_db(),
         }
     }
@@ -377,6 +495,41 @@ mod tests {
         let flagged = RedisTarget::open("redis://127.0.0.1:7000", true).expect("flag");
         assert!(flagged.is_cluster());
         assert!(RedisTarget::open("nonsense://x", false).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_cluster_connection_is_replaced_after_timeouts_in_a_row_only() {
+        let target = RedisTarget::open("redis://127.0.0.1:7000,redis://127.0.0.1:7001", false)
+            .expect("cluster");
+        let Ok(RedisConnection::SharedCluster(shared)) = target.shared() else {
+            panic!("a cluster's shared connection heals itself");
+        };
+        let timeout: RedisResult<()> = Err(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::TimedOut,
+        )));
+        let refused: RedisResult<()> = Err(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        // Two timeouts, an answer, two timeouts: never three in a row.
+        for result in [&timeout, &timeout, &Ok(()), &timeout, &timeout] {
+            shared.observe(result);
+        }
+        assert_eq!(shared.replacements(), 0);
+        // Errors that are not timeouts do not reset the count (the node may be down).
+        shared.observe(&refused);
+        assert_eq!(shared.replacements(), 0);
+        shared.observe(&timeout);
+        assert_eq!(
+            shared.replacements(),
+            1,
+            "the third timeout in a row replaces it"
+        );
+        // Every clone shares the replacement and the count.
+        let clone = shared.clone();
+        for _ in 0..3 {
+            clone.observe(&timeout);
+        }
+        assert_eq!(shared.replacements(), 2);
     }
 
     #[test]
