@@ -102,10 +102,7 @@ impl Drop for TestCa {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    crate::free_port()
 }
 
 /// A `redis-server` listening on TLS only (no plaintext port), with one ACL user `relay` and

@@ -148,6 +148,44 @@ pub async fn redis_delete_prefix(prefix: &str) {
     }
 }
 
+/// A free port on 127.0.0.1 for a server a test starts (a service's admin endpoint, a Redis,
+/// a PostgreSQL), taken below the kernel's ephemeral range (32768 and up on Linux): a port
+/// the kernel hands out for `bind(0)` or for an outgoing connection can be taken by another
+/// process between this check and the server's own bind, which once failed a chaos run with
+/// "Address already in use". Ports are handed out round-robin from a start that differs per
+/// process, and each is checked free (with `port + companion`, when not 0, for a Redis
+/// Cluster node's bus port).
+///
+/// # Panics
+/// When no port in the range is free.
+#[must_use]
+pub fn free_port_with(companion: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 12_000; // 10000..22000, so that a bus port (+10000) stays below 32768
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(u32::MAX, seed % COUNT, Ordering::SeqCst, Ordering::SeqCst);
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..COUNT {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % COUNT;
+        let port = u16::try_from(FIRST + offset).expect("below 65536");
+        if free(port) && (companion == 0 || free(port + companion)) {
+            return port;
+        }
+    }
+    panic!("no free port in 10000..22000");
+}
+
+/// [`free_port_with`] for a server with one port.
+#[must_use]
+pub fn free_port() -> u16 {
+    free_port_with(0)
+}
+
 /// Where cargo put the workspace's binaries (beside this test executable's `deps/` folder).
 ///
 /// # Panics

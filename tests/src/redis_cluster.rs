@@ -38,18 +38,7 @@ pub struct RedisCluster {
 
 /// A port that is free, and whose cluster bus port (+10000) is free too.
 fn free_port() -> u16 {
-    for _ in 0..200 {
-        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port pair for a cluster node");
+    crate::free_port_with(10_000)
 }
 
 /// Sends one command to the node at `port`, bounded by 5 seconds.

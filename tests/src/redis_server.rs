@@ -21,9 +21,7 @@ impl RedisServer {
     /// # Panics
     /// When `redis-server` cannot be run or does not answer within 10 seconds.
     pub async fn start(primary: Option<SocketAddr>) -> Self {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])

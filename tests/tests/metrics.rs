@@ -346,11 +346,7 @@ async fn a_scrape_after_three_assignments_says_three() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_endpoint_answers_readiness_and_liveness_probes() {
     use relay_tests::{ServiceProcess, TestDatabase, admin_get, proxy::TcpProxy};
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-    };
+    let free = || std::net::SocketAddr::from(([127, 0, 0, 1], relay_tests::free_port()));
     let database = TestDatabase::new().await;
     // A proxy that refuses every connection until it is restored: PostgreSQL is "down".
     let proxy = TcpProxy::start(relay_tests::proxy::socket_addr_of(database.url(), 5432)).await;
