@@ -290,34 +290,38 @@ pub enum RedisConnection {
 /// new one takes its place for every clone; any answer (even an error reply) resets the
 /// count, while other I/O errors leave it as it is.
 #[derive(Clone)]
-pub struct SharedCluster {
-    current: Arc<RwLock<ClusterConnection>>,
+pub struct SharedCluster(Arc<Healing>);
+
+/// What the clones of a [`SharedCluster`] share.
+struct Healing {
+    current: RwLock<ClusterConnection>,
     client: ClusterClient,
     config: ClusterConfig,
-    timeouts: Arc<AtomicU32>,
-    replaced: Arc<AtomicU32>,
+    timeouts: AtomicU32,
+    replaced: AtomicU32,
 }
 
 impl SharedCluster {
     fn new(client: ClusterClient, config: ClusterConfig) -> Self {
         let connection = client.get_pending_async_connection_with_config(config.clone());
-        Self {
-            current: Arc::new(RwLock::new(connection)),
+        Self(Arc::new(Healing {
+            current: RwLock::new(connection),
             client,
             config,
-            timeouts: Arc::new(AtomicU32::new(0)),
-            replaced: Arc::new(AtomicU32::new(0)),
-        }
+            timeouts: AtomicU32::new(0),
+            replaced: AtomicU32::new(0),
+        }))
     }
 
     /// How many times the connection was replaced.
     #[must_use]
     pub fn replacements(&self) -> u32 {
-        self.replaced.load(Ordering::Acquire)
+        self.0.replaced.load(Ordering::Acquire)
     }
 
     fn connection(&self) -> ClusterConnection {
-        self.current
+        self.0
+            .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -327,9 +331,10 @@ impl SharedCluster {
     fn observe<T>(&self, result: &RedisResult<T>) {
         match result {
             Err(error) if error.is_timeout() => {
-                let seen = self.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
+                let seen = self.0.timeouts.fetch_add(1, Ordering::AcqRel) + 1;
                 if seen >= CLUSTER_TIMEOUTS_BEFORE_RECONNECT
                     && self
+                        .0
                         .timeouts
                         .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
@@ -339,20 +344,22 @@ impl SharedCluster {
                         "the Redis Cluster connection stopped answering; replacing it"
                     );
                     let fresh = self
+                        .0
                         .client
-                        .get_pending_async_connection_with_config(self.config.clone());
+                        .get_pending_async_connection_with_config(self.0.config.clone());
                     *self
+                        .0
                         .current
                         .write()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-                    self.replaced.fetch_add(1, Ordering::AcqRel);
+                    self.0.replaced.fetch_add(1, Ordering::AcqRel);
                 }
             }
-            Ok(_) => self.timeouts.store(0, Ordering::Release),
+            Ok(_) => self.0.timeouts.store(0, Ordering::Release),
             // An error reply is an answer; a refused or dropped connection says nothing of
             // whether this connection is stuck.
             Err(error) if error.is_io_error() => {}
-            Err(_) => self.timeouts.store(0, Ordering::Release),
+            Err(_) => self.0.timeouts.store(0, Ordering::Release),
         }
     }
 }
