@@ -427,3 +427,213 @@ async fn a_redis_flush_is_detected_rebuilt_and_recorded_truthfully_and_a_team_re
     drop(suite);
     drop(redis);
 }
+
+/// One region's keys lost alone, as a Redis Cluster primary failing over to a replica without
+/// its data loses the regions it held, while the keyspace's own epoch (on another primary)
+/// survives: the region's stamp is gone, so availability rebuilds it (and only its teams
+/// change), routing ends its call LIVE_STATE_LOST, and the team restores the call straight
+/// from OFF_DUTY, with no moment AVAILABLE in which the queue could take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)]
+async fn a_region_losing_its_keys_alone_is_rebuilt_and_its_team_restores_from_off_duty() {
+    let redis = RedisServer::start(None).await;
+    let url = redis.url();
+    let suite = Suite::start(&[
+        ("RELAY_REDIS_URL", url.as_str()),
+        ("RELAY_ROUTING__RECONCILE_GRACE_SECONDS", "1"),
+    ])
+    .await;
+    let lost_region = unique_name("lost");
+    let kept_region = unique_name("kept");
+    let cad = unique_name("cad");
+    let mut teams = AvailabilityServiceClient::connect(suite.availability.endpoint())
+        .await
+        .expect("availability");
+    let mut routing = RoutingServiceClient::connect(suite.routing.endpoint())
+        .await
+        .expect("routing");
+    let mut intake = IntakeServiceClient::connect(suite.intake.endpoint())
+        .await
+        .expect("intake");
+    let mut events = Events::watch(intake.clone(), &cad).await;
+    let in_region = |region: &str, n: usize| format!("{region}-t{n}");
+    for region in [&lost_region, &kept_region] {
+        for n in 0..2 {
+            teams
+                .upsert_team(UpsertTeamRequest {
+                    request_id: unique_name("r"),
+                    team_id: in_region(region, n),
+                    display_name: format!("Unit {n}"),
+                    region: region.clone(),
+                    capabilities: vec!["clinician".into(), "emt".into(), "peer".into()],
+                    ..UpsertTeamRequest::default()
+                })
+                .await
+                .expect("upsert team");
+            set_status(&mut teams, &in_region(region, n), TeamStatus::Available, "")
+                .await
+                .expect("on duty");
+            teams
+                .report_location(ReportLocationRequest {
+                    team_id: in_region(region, n),
+                    location: Some(HERE),
+                    recorded_at: now(),
+                    ..ReportLocationRequest::default()
+                })
+                .await
+                .expect("position");
+        }
+    }
+    let id = intake
+        .submit_incident(SubmitIncidentRequest {
+            cad_system: cad.clone(),
+            cad_incident_id: "cad-1".into(),
+            incident_type: "WELFARE".into(),
+            priority: 3,
+            location: Some(HERE),
+            address: "1 SW Broadway".into(),
+            region: lost_region.clone(),
+            received_at: now(),
+            ..SubmitIncidentRequest::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .incident
+        .expect("incident")
+        .incident_id;
+    events.until(&id, IncidentEventKind::Dispatched).await;
+    let team_id = incident(&mut intake, &id)
+        .await
+        .routing
+        .expect("routing")
+        .team_id;
+    set_status(&mut teams, &team_id, TeamStatus::EnRoute, &id)
+        .await
+        .expect("en route");
+    events.until(&id, IncidentEventKind::EnRoute).await;
+    // The stamps are written by the periodic check once it has seen the regions' teams.
+    let stamp = format!("{}:{{{lost_region}}}:live_epoch", suite.prefix);
+    poll("the region's stamp", Duration::from_secs(10), || {
+        let stamp = stamp.clone();
+        let redis = &redis;
+        async move {
+            let value: Option<String> = redis.query(&["GET", &stamp]).await.ok()?;
+            value.map(drop)
+        }
+    })
+    .await;
+
+    // Every key of the lost region goes; the keyspace's epoch and the other region stay.
+    let pattern = format!("{}:{{{lost_region}}}:*", suite.prefix);
+    let deleted: i64 = redis
+        .query(&[
+            "EVAL",
+            "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+             n = n + redis.call('DEL', k) end return n",
+            "0",
+            &pattern,
+        ])
+        .await
+        .expect("delete the region's keys");
+    assert!(deleted >= 4, "the region's keys: {deleted}");
+    let epoch: Option<String> = redis
+        .query(&["GET", &format!("{}:live_epoch", suite.prefix)])
+        .await
+        .expect("GET");
+    assert!(epoch.is_some(), "the keyspace's epoch survives");
+
+    let list = |region: String| {
+        let mut teams = teams.clone();
+        async move {
+            teams
+                .list_teams(ListTeamsRequest {
+                    region,
+                    page_size: 100,
+                    ..ListTeamsRequest::default()
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner().teams)
+        }
+    };
+    let (_, rebuilt) = poll("the lost region rebuilt", Duration::from_secs(15), || {
+        let list = list(lost_region.clone());
+        async move {
+            let listed = list.await?;
+            (listed.len() == 2 && listed.iter().all(|t| t.status() == TeamStatus::OffDuty))
+                .then_some(())
+        }
+    })
+    .await;
+    let kept = list(kept_region.clone()).await.expect("the kept region");
+    assert_eq!(kept.len(), 2);
+    assert!(
+        kept.iter().all(|t| t.status() == TeamStatus::Available),
+        "the other region's teams are untouched: {kept:?}"
+    );
+    let (ended, reconciled) = poll(
+        "the interrupted assignment ended",
+        Duration::from_secs(20),
+        || {
+            let url = suite.database().url().to_owned();
+            async move {
+                let rows = record(&url).await;
+                rows.iter()
+                    .all(|(_, _, state, _, _)| state != "ACTIVE")
+                    .then_some(rows)
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "after one region's keys were deleted: rebuilt in {:.2} s, its assignment ended in \
+         {:.2} s",
+        rebuilt.as_secs_f64(),
+        reconciled.as_secs_f64()
+    );
+    assert_eq!(ended.len(), 1);
+    assert_eq!(
+        (ended[0].2.as_str(), ended[0].3),
+        ("RELEASED", LIVE_STATE_LOST),
+        "{ended:?}"
+    );
+    assert_ne!(ended[0].3, TEAM_CLEARED);
+    let metrics = suite.scrape("availability").await;
+    assert_eq!(
+        metric_sum(&metrics, "relay_live_state_losses_total", ""),
+        1.0,
+        "one loss counted"
+    );
+
+    // The team restores its call as the rebuild left it, OFF_DUTY.
+    let restored = routing
+        .restore_assignment(RestoreAssignmentRequest {
+            request_id: unique_name("r"),
+            incident_id: id.clone(),
+            team_id: team_id.clone(),
+        })
+        .await
+        .expect("restore from OFF_DUTY")
+        .into_inner()
+        .assignment
+        .expect("assignment");
+    assert_eq!(restored.source(), AssignmentSource::Restored);
+    assert!(restored.fencing_token > ended[0].4, "a new fencing token");
+    set_status(&mut teams, &team_id, TeamStatus::EnRoute, &id)
+        .await
+        .expect("en route again");
+    let errors: Vec<String> = suite
+        .availability
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("ERROR") && l.contains("lost the live state"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one ERROR line per loss: {errors:?}");
+    assert!(
+        errors[0].contains(&lost_region),
+        "it names the region: {errors:?}"
+    );
+    drop(suite);
+    drop(redis);
+}

@@ -26,7 +26,12 @@ pub struct Availability {
     roster: Arc<dyn RosterStore>,
     clock: Arc<dyn Clock>,
     live: Arc<LiveState>,
+    /// When the loss watch last read the roster's regions.
+    regions_read: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often the loss watch reads the roster's regions (see [`Availability::refresh_regions`]).
+const REGIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Availability {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,6 +52,7 @@ impl Availability {
             roster,
             clock,
             live: Arc::default(),
+            regions_read: Arc::default(),
         }
     }
 
@@ -88,8 +94,22 @@ impl Availability {
     /// When the roster or the live store fails.
     pub async fn rebuild(&self) -> Result<usize, AvailabilityError> {
         let roster = self.roster.load_all().await?;
+        self.live
+            .note_regions(roster.iter().map(|e| e.definition.region.clone()));
         let entries = roster.into_iter().map(|e| (e.definition, e.revision));
         Ok(live_state::seed(self.store.as_ref(), entries, self.now()).await?)
+    }
+
+    /// Tells the loss watch of every region the roster has (regions other replicas created
+    /// since this one last read the roster).
+    ///
+    /// # Errors
+    /// When the roster cannot be read.
+    pub async fn refresh_regions(&self) -> Result<(), AvailabilityError> {
+        let roster = self.roster.load_all().await?;
+        self.live
+            .note_regions(roster.into_iter().map(|e| e.definition.region));
+        Ok(())
     }
 
     /// Builds the live state from the roster and adopts the epoch (start, and after a loss;
@@ -109,6 +129,22 @@ impl Availability {
     /// # Errors
     /// When the roster or the live store fails (the next check retries).
     pub async fn check_live_state(&self) -> Result<LiveCheck, AvailabilityError> {
+        let due = self
+            .regions_read
+            .lock()
+            .is_ok_and(|read| read.is_none_or(|at| at.elapsed() >= REGIONS_EVERY));
+        if due {
+            // A roster that cannot be read now is read at the next check; the stamps of the
+            // regions already known are checked meanwhile.
+            match self.refresh_regions().await {
+                Ok(()) => {
+                    if let Ok(mut read) = self.regions_read.lock() {
+                        *read = Some(std::time::Instant::now());
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not read the roster's regions"),
+            }
+        }
         self.live
             .check(
                 self.store.as_ref(),
@@ -166,6 +202,8 @@ impl Availability {
             })
             .await?;
         roster.commit().await?;
+        // The team is in the live store: its region's epoch stamp is now worth checking.
+        self.live.note_regions([team.region.clone()]);
         Ok(recorded)
     }
 

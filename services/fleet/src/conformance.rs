@@ -964,6 +964,86 @@ pub async fn the_live_epoch_is_written_once_and_agreed_on(store: &dyn FleetStore
     );
 }
 
+/// Conformance scenario (see the module documentation): each region carries its own stamp
+/// of the epoch, read back per region in order, `None` where none was written.
+pub async fn region_epochs_are_stamped_and_read_per_region(store: &dyn FleetStore) {
+    let regions = vec!["north".to_owned(), "south".to_owned()];
+    assert_eq!(
+        store.region_epochs(&regions).await.expect("read"),
+        vec![None, None]
+    );
+    store
+        .stamp_region_epochs(&regions[..1], "e1")
+        .await
+        .expect("stamp");
+    assert_eq!(
+        store.region_epochs(&regions).await.expect("read"),
+        vec![Some("e1".to_owned()), None]
+    );
+    store
+        .stamp_region_epochs(&regions, "e2")
+        .await
+        .expect("stamp");
+    assert_eq!(
+        store.region_epochs(&regions).await.expect("read"),
+        vec![Some("e2".to_owned()), Some("e2".to_owned())]
+    );
+    assert_eq!(
+        store.region_epochs(&[]).await.expect("read"),
+        Vec::<Option<String>>::new()
+    );
+}
+
+/// Conformance scenario (see the module documentation): a claim to restore a call takes a
+/// team OFF_DUTY (as a rebuild leaves it) or AVAILABLE, with a larger fencing token, and
+/// never a busy or out-of-service one; an ordinary claim still refuses OFF_DUTY.
+pub async fn a_claim_to_restore_takes_an_off_duty_team_too(store: &dyn FleetStore) {
+    store
+        .upsert_team(&def("t1", "north"), None, t0())
+        .await
+        .expect("upsert");
+    let refused = store.claim("north", "t1", "inc-1", None, t0(), None).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClaimError::NotAvailable {
+                status: TeamStatus::OffDuty
+            })
+        ),
+        "{refused:?}"
+    );
+    let before = store.get_team("t1").await.expect("read").expect("team");
+    let restored = store
+        .claim_to_restore("north", "t1", "inc-1", t0())
+        .await
+        .expect("an OFF_DUTY team is restored");
+    assert_eq!(restored.team.status, TeamStatus::Dispatched);
+    assert_eq!(restored.team.incident_id, "inc-1");
+    assert!(restored.fencing_token > before.fencing_token);
+    // Busy now: neither claim takes it.
+    let busy = store.claim_to_restore("north", "t1", "inc-2", t0()).await;
+    assert!(
+        matches!(
+            busy,
+            Err(ClaimError::NotAvailable {
+                status: TeamStatus::Dispatched
+            })
+        ),
+        "{busy:?}"
+    );
+    // AVAILABLE is taken too; another region's id is not found there.
+    available_team(store, "t2", "north", at(44.05, -123.09)).await;
+    store
+        .claim_to_restore("north", "t2", "inc-3", t0())
+        .await
+        .expect("an AVAILABLE team is restored");
+    let elsewhere = store.claim_to_restore("south", "t2", "inc-4", t0()).await;
+    assert!(
+        matches!(elsewhere, Err(ClaimError::NotFound)),
+        "{elsewhere:?}"
+    );
+}
+
 /// "Off duty after this call": a team whose shift ends while it is on a call finishes the
 /// call and, when it clears, goes OFF_DUTY (never AVAILABLE, so nothing can be offered to
 /// it); a team clearing before its shift end goes AVAILABLE as before, and the ended shift

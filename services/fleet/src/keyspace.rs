@@ -20,6 +20,7 @@
 //! | `<p>:{<region>}:events` | stream | one entry per change: `kind` (`upserted`, `status`, `location`, `removed`), `at` (µs), then every field of the team hash after the change; trimmed by age (`MINID`) to the retention window | every script that changes a team |
 //! | `<p>:team_regions` | hash | team id → region (the only key outside a region: it finds a team's region from its id) | upsert and move |
 //! | `<p>:live_epoch` | string | a random id written once the live state was built from the roster; its absence means Redis lost the live state (issue 18), which availability detects and rebuilds | availability's loss watch ([`crate::live_state`]) |
+//! | `<p>:{<region>}:live_epoch` | string | the keyspace's epoch, stamped in each region the roster has once its teams were built: its absence in a region this replica saw stamped means that region's keys were lost (a Redis Cluster primary failing over to a replica without them) though the keyspace's epoch, elsewhere, survived | availability's loss watch ([`crate::live_state`]) |
 //! | `<p>:{<region>}:req:<rpc>:<request_id>` | hash | `~fp` (the request's fingerprint), `~tag` (what the change did: `created`, `updated`, `same`, `ok`), then every field of the team hash after the change; expires after 24 h. In the team's region, so that the script making the change writes it in the same step (and a retry finds it there and replays) | the upsert, move-in and status scripts, for availability's UpsertTeam and SetTeamStatus (idempotency) |
 //! | `<p>:recommendation:<incident_id>` | string | the encoded `AssignTeamRequest` of an incident routing only recommended a team for, expires after an hour: ConfirmAssignment and CancelRouting on any replica find the incident there | routing ([`crate::DispatchStore::remember_recommendation`]) |
 
@@ -99,6 +100,14 @@ impl Keyspace {
     #[must_use]
     pub fn live_epoch(&self) -> String {
         format!("{}:live_epoch", self.prefix)
+    }
+
+    /// The live-state epoch stamped in one region, so that the loss of one region's keys
+    /// alone (on a Redis Cluster, its primary failing over to a replica without them) is seen
+    /// even when the keyspace's own epoch, on another primary, survived.
+    #[must_use]
+    pub fn region_epoch(&self, region: &str) -> String {
+        format!("{}:live_epoch", self.region_prefix(region))
     }
 
     /// The idempotency record of a request that changes a team of `region`.

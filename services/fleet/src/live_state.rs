@@ -18,8 +18,21 @@
 //! no position ([`seed`]), and turns the check passing again.
 //! An epoch that differs from this replica's means another replica already detected a loss:
 //! this one rebuilds too (seeding is idempotent) and adopts it.
+//!
+//! **One region lost alone.** On a Redis Cluster the keyspace's epoch lives on one primary and
+//! each region's keys on theirs: a primary that fails over to a replica without its data
+//! loses the regions it held and nothing else, and the keyspace's epoch survives. So the epoch
+//! is also stamped in every region the roster has (`<p>:{region}:live_epoch`, in the region's
+//! slot, lost with its teams), and each check reads those stamps too (one pipelined GET per
+//! region). A region this replica saw stamped whose stamp is gone lost its keys: the check
+//! logs, counts and rebuilds as for a whole loss (seeding recreates only the teams that are
+//! missing). A region never seen stamped is new (its first team was just created): it is
+//! seeded, which creates nothing, and stamped, silently. Availability tells the watch of the
+//! regions ([`LiveState::note_regions`]): the roster's at each build, a new team's region when
+//! it is created, and the whole roster's again every minute (regions other replicas created).
 
 use std::{
+    collections::BTreeSet,
     future::Future,
     sync::{
         Arc, Mutex,
@@ -46,10 +59,20 @@ pub struct LiveState {
     intact: AtomicBool,
     /// Wakes the watch early (a request found a team missing).
     wake: Notify,
+    /// The regions whose epoch stamps the check reads, and those of them it saw stamped with
+    /// the epoch (only a region seen stamped can be said to have lost its stamp).
+    regions: Mutex<Regions>,
+}
+
+/// The regions of the live state, as far as this replica knows.
+#[derive(Debug, Default)]
+struct Regions {
+    known: BTreeSet<String>,
+    stamped: BTreeSet<String>,
 }
 
 /// What one check of the live state found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LiveCheck {
     /// The epoch is the one this replica knows.
     Intact,
@@ -58,6 +81,9 @@ pub enum LiveCheck {
     /// Another replica rebuilt it after a loss; this one seeded this many teams it still
     /// lacked and adopted the new epoch.
     Adopted(usize),
+    /// These regions lost their keys (their stamps were gone) and were rebuilt: this many
+    /// teams were recreated.
+    RegionsRebuilt(Vec<String>, usize),
 }
 
 impl LiveState {
@@ -74,6 +100,30 @@ impl LiveState {
 
     fn known(&self) -> Option<String> {
         self.epoch.lock().map_or(None, |e| e.clone())
+    }
+
+    /// Regions the check is to read the stamps of (the roster's, a new team's).
+    pub fn note_regions(&self, regions: impl IntoIterator<Item = String>) {
+        if let Ok(mut known) = self.regions.lock() {
+            known.known.extend(regions);
+        }
+    }
+
+    fn known_regions(&self) -> Vec<String> {
+        self.regions
+            .lock()
+            .map(|r| r.known.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stamps the epoch in every known region, and remembers them as seen stamped.
+    async fn stamp(&self, store: &dyn TeamStore, epoch: &str) -> Result<(), StoreError> {
+        let regions = self.known_regions();
+        store.stamp_region_epochs(&regions, epoch).await?;
+        if let Ok(mut known) = self.regions.lock() {
+            known.stamped.extend(regions);
+        }
+        Ok(())
     }
 
     fn set(&self, epoch: String) {
@@ -101,6 +151,7 @@ impl LiveState {
         let candidate = uuid::Uuid::now_v7().to_string();
         let epoch = store.adopt_live_epoch(&candidate).await?;
         let created = rebuild().await?;
+        self.stamp(store, &epoch).await?;
         self.set(epoch);
         Ok(created)
     }
@@ -125,13 +176,17 @@ impl LiveState {
         let current = store.live_epoch().await?;
         let known = self.known();
         match current {
-            Some(epoch) if Some(&epoch) == known.as_ref() => Ok(LiveCheck::Intact),
+            Some(epoch) if Some(&epoch) == known.as_ref() => {
+                self.check_regions(store, &epoch, rebuild, lost, rebuilt)
+                    .await
+            }
             Some(epoch) => {
                 let created = rebuild().await?;
                 tracing::warn!(
                     recreated = created,
                     "another replica rebuilt the live state after a loss; adopted its epoch"
                 );
+                self.stamp(store, &epoch).await?;
                 self.set(epoch);
                 Ok(LiveCheck::Adopted(created))
             }
@@ -150,6 +205,65 @@ impl LiveState {
                 Ok(LiveCheck::Rebuilt(created))
             }
         }
+    }
+}
+
+impl LiveState {
+    /// The keyspace's epoch is intact: reads each known region's stamp, and rebuilds when a
+    /// region seen stamped lost it (see the module documentation).
+    async fn check_regions<E, F>(
+        &self,
+        store: &dyn TeamStore,
+        epoch: &str,
+        rebuild: impl FnOnce() -> F,
+        lost: impl FnOnce(),
+        rebuilt: impl FnOnce(usize),
+    ) -> Result<LiveCheck, E>
+    where
+        E: From<StoreError>,
+        F: Future<Output = Result<usize, E>>,
+    {
+        let regions = self.known_regions();
+        let stamps = store.region_epochs(&regions).await?;
+        let (mut gone, mut new) = (Vec::new(), Vec::new());
+        {
+            let mut known = self.regions.lock().map_err(|_| {
+                StoreError::Corrupt(String::from("the live state's region lock was poisoned"))
+            })?;
+            for (region, stamp) in regions.into_iter().zip(stamps) {
+                match stamp {
+                    Some(_) => {
+                        known.stamped.insert(region);
+                    }
+                    None if known.stamped.contains(&region) => gone.push(region),
+                    None => new.push(region),
+                }
+            }
+        }
+        if gone.is_empty() && new.is_empty() {
+            return Ok(LiveCheck::Intact);
+        }
+        if !gone.is_empty() && self.intact.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                regions = %gone.join(","),
+                "redis lost the live state of these regions (their epoch stamps are gone): rebuilding their teams from the roster as OFF_DUTY"
+            );
+            lost();
+        }
+        let created = rebuild().await?;
+        let mut stamped = gone.clone();
+        stamped.extend(new);
+        store.stamp_region_epochs(&stamped, epoch).await?;
+        if let Ok(mut known) = self.regions.lock() {
+            known.stamped.extend(stamped);
+        }
+        self.intact.store(true, Ordering::Release);
+        if gone.is_empty() {
+            return Ok(LiveCheck::Intact);
+        }
+        rebuilt(created);
+        tracing::warn!(recreated = created, regions = %gone.join(","), "live state of the lost regions rebuilt from the roster");
+        Ok(LiveCheck::RegionsRebuilt(gone, created))
     }
 }
 

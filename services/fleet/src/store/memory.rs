@@ -97,6 +97,7 @@ struct State {
     requests: HashMap<String, (RequestEntry, Instant)>,
     recommendations: HashMap<String, (Vec<u8>, DateTime<Utc>)>,
     epoch: Option<String>,
+    region_epochs: HashMap<String, String>,
 }
 
 /// Team live state in this process.
@@ -224,6 +225,64 @@ impl MemoryTeamStore {
             .insert(team.team_id.clone());
         self.emit(state, EventKind::Upserted, &team, now);
         team
+    }
+
+    /// [`DispatchStore::claim`] of a team whose status is one of `allowed`.
+    #[allow(clippy::too_many_arguments)]
+    fn claim_from(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        max_position_age: Option<Duration>,
+        allowed: &[TeamStatus],
+    ) -> Result<Claim, ClaimError> {
+        let mut state = self.lock()?;
+        let Some(entry) = state
+            .teams
+            .get_mut(team_id)
+            .filter(|e| e.team.region == region)
+        else {
+            return Err(ClaimError::NotFound);
+        };
+        let team = &mut entry.team;
+        if !allowed.contains(&team.status) {
+            return Err(ClaimError::NotAvailable {
+                status: team.status,
+            });
+        }
+        let fresh = max_position_age.is_none_or(|age| {
+            let max_age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+            team.location.is_some()
+                && team
+                    .location_updated_at
+                    .is_some_and(|at| now.signed_duration_since(at) <= max_age)
+        });
+        if !fresh {
+            return Err(ClaimError::StalePosition);
+        }
+        if let Some(expected) = expected_revision
+            && expected != team.revision
+        {
+            return Err(ClaimError::RevisionMismatch {
+                current: team.revision,
+            });
+        }
+        team.status = TeamStatus::Dispatched;
+        team.incident_id = incident_id.to_owned();
+        team.revision += 1;
+        team.fencing_token += 1;
+        team.update_time = now;
+        let team = team.clone();
+        Self::reindex(&mut state, &team);
+        self.emit(&mut state, EventKind::StatusChanged, &team, now);
+        Ok(Claim {
+            fencing_token: team.fencing_token,
+            revision: team.revision,
+            team,
+        })
     }
 
     /// Releases a team (see [`DispatchStore::release`]), announcing it when `announce`.
@@ -685,6 +744,22 @@ impl TeamStore for MemoryTeamStore {
             .get_or_insert_with(|| candidate.to_owned())
             .clone())
     }
+
+    async fn region_epochs(&self, regions: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let state = self.lock()?;
+        Ok(regions
+            .iter()
+            .map(|region| state.region_epochs.get(region).cloned())
+            .collect())
+    }
+
+    async fn stamp_region_epochs(&self, regions: &[String], epoch: &str) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        for region in regions {
+            state.region_epochs.insert(region.clone(), epoch.to_owned());
+        }
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -759,50 +834,33 @@ impl DispatchStore for MemoryTeamStore {
         now: DateTime<Utc>,
         max_position_age: Option<Duration>,
     ) -> Result<Claim, ClaimError> {
-        let mut state = self.lock()?;
-        let Some(entry) = state
-            .teams
-            .get_mut(team_id)
-            .filter(|e| e.team.region == region)
-        else {
-            return Err(ClaimError::NotFound);
-        };
-        let team = &mut entry.team;
-        if team.status != TeamStatus::Available {
-            return Err(ClaimError::NotAvailable {
-                status: team.status,
-            });
-        }
-        let fresh = max_position_age.is_none_or(|age| {
-            let max_age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            team.location.is_some()
-                && team
-                    .location_updated_at
-                    .is_some_and(|at| now.signed_duration_since(at) <= max_age)
-        });
-        if !fresh {
-            return Err(ClaimError::StalePosition);
-        }
-        if let Some(expected) = expected_revision
-            && expected != team.revision
-        {
-            return Err(ClaimError::RevisionMismatch {
-                current: team.revision,
-            });
-        }
-        team.status = TeamStatus::Dispatched;
-        team.incident_id = incident_id.to_owned();
-        team.revision += 1;
-        team.fencing_token += 1;
-        team.update_time = now;
-        let team = team.clone();
-        Self::reindex(&mut state, &team);
-        self.emit(&mut state, EventKind::StatusChanged, &team, now);
-        Ok(Claim {
-            fencing_token: team.fencing_token,
-            revision: team.revision,
-            team,
-        })
+        self.claim_from(
+            region,
+            team_id,
+            incident_id,
+            expected_revision,
+            now,
+            max_position_age,
+            &[TeamStatus::Available],
+        )
+    }
+
+    async fn claim_to_restore(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, ClaimError> {
+        self.claim_from(
+            region,
+            team_id,
+            incident_id,
+            None,
+            now,
+            None,
+            &[TeamStatus::Available, TeamStatus::OffDuty],
+        )
     }
 
     async fn release(

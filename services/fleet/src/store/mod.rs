@@ -359,6 +359,13 @@ pub trait TeamStore: Send + Sync + 'static {
     /// returns the epoch in force (another replica's, when it wrote first).
     async fn adopt_live_epoch(&self, candidate: &str) -> Result<String, StoreError>;
 
+    /// The epoch stamped in each of `regions` ([`Self::stamp_region_epochs`]), in order;
+    /// `None` for a region never stamped, or whose keys the store lost.
+    async fn region_epochs(&self, regions: &[String]) -> Result<Vec<Option<String>>, StoreError>;
+
+    /// Stamps `epoch` in each of `regions` (after their teams were built from the roster).
+    async fn stamp_region_epochs(&self, regions: &[String], epoch: &str) -> Result<(), StoreError>;
+
     /// The `limit` nearest AVAILABLE teams of the region within the radius, with distances,
     /// nearest first (ties by team id). No capability filter: routing ranks and explains.
     async fn available_near(
@@ -447,6 +454,18 @@ pub trait DispatchStore: Send + Sync + std::fmt::Debug + 'static {
         expected_revision: Option<i64>,
         now: DateTime<Utc>,
         max_position_age: Option<Duration>,
+    ) -> Result<Claim, ClaimError>;
+
+    /// As [`Self::claim`] for a team restoring its call after a loss of the live state: the
+    /// team may be OFF_DUTY (as the rebuild left it) as well as AVAILABLE, so that its device
+    /// need not set it AVAILABLE first, when the queue could give it another call. No
+    /// position check.
+    async fn claim_to_restore(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
     ) -> Result<Claim, ClaimError>;
 
     /// Hands a team that is busy on `incident_id` back: AVAILABLE, no incident, back in the

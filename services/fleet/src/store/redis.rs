@@ -576,6 +576,64 @@ impl RedisTeamStore {
         self.retention.as_millis().to_string()
     }
 
+    /// [`DispatchStore::claim`] of a team whose status is one of `allowed` (`,2,`).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_from(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        expected_revision: Option<i64>,
+        now: DateTime<Utc>,
+        max_position_age: Option<Duration>,
+        allowed: &str,
+    ) -> Result<Claim, ClaimError> {
+        // Empty: no position check (a dispatcher's choice).
+
+        let max_age = max_position_age
+            .map(|age| {
+                i64::try_from(age.as_micros())
+                    .unwrap_or(i64::MAX)
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let reply: Vec<String> = self
+            .scripts
+            .claim
+            .key(self.keys.team(region, team_id))
+            .key(self.keys.available(region))
+            .key(self.keys.events(region))
+            .key(self.keys.unavailable(region))
+            .arg(incident_id)
+            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
+            .arg(to_micros(now))
+            .arg(max_age)
+            .arg(self.retention_ms())
+            .arg(allowed)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(StoreError::from)?;
+        match first(&reply) {
+            "ok" => {
+                let team = decode_flat(&reply[1..])?;
+                Ok(Claim {
+                    fencing_token: team.fencing_token,
+                    revision: team.revision,
+                    team,
+                })
+            }
+            "missing" => Err(ClaimError::NotFound),
+            "status" => Err(ClaimError::NotAvailable {
+                status: status_from(second(&reply))?,
+            }),
+            "stale" => Err(ClaimError::StalePosition),
+            "rev" => Err(ClaimError::RevisionMismatch {
+                current: revision_from(second(&reply))?,
+            }),
+            other => Err(corrupt(format!("claim answered `{other}`")).into()),
+        }
+    }
+
     fn conn(&self) -> RedisConnection {
         self.connection.clone()
     }
@@ -1298,6 +1356,30 @@ impl TeamStore for RedisTeamStore {
             .await?;
         Ok(previous.unwrap_or_else(|| candidate.to_owned()))
     }
+
+    async fn region_epochs(&self, regions: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if regions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One GET per region, pipelined (on a cluster, one pipeline per slot).
+        let mut pipeline = redis::pipe();
+        for region in regions {
+            pipeline.get(self.keys.region_epoch(region));
+        }
+        Ok(pipeline.query_async(&mut self.conn()).await?)
+    }
+
+    async fn stamp_region_epochs(&self, regions: &[String], epoch: &str) -> Result<(), StoreError> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        for region in regions {
+            pipeline.set(self.keys.region_epoch(region), epoch).ignore();
+        }
+        let () = pipeline.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -1403,48 +1485,27 @@ impl DispatchStore for RedisTeamStore {
         now: DateTime<Utc>,
         max_position_age: Option<Duration>,
     ) -> Result<Claim, ClaimError> {
-        // Empty: no position check (a dispatcher's choice).
-        let max_age = max_position_age
-            .map(|age| {
-                i64::try_from(age.as_micros())
-                    .unwrap_or(i64::MAX)
-                    .to_string()
-            })
-            .unwrap_or_default();
-        let reply: Vec<String> = self
-            .scripts
-            .claim
-            .key(self.keys.team(region, team_id))
-            .key(self.keys.available(region))
-            .key(self.keys.events(region))
-            .key(self.keys.unavailable(region))
-            .arg(incident_id)
-            .arg(expected_revision.map(|r| r.to_string()).unwrap_or_default())
-            .arg(to_micros(now))
-            .arg(max_age)
-            .arg(self.retention_ms())
-            .invoke_async(&mut self.conn())
+        self.claim_from(
+            region,
+            team_id,
+            incident_id,
+            expected_revision,
+            now,
+            max_position_age,
+            ",2,",
+        )
+        .await
+    }
+
+    async fn claim_to_restore(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, ClaimError> {
+        self.claim_from(region, team_id, incident_id, None, now, None, ",1,2,")
             .await
-            .map_err(StoreError::from)?;
-        match first(&reply) {
-            "ok" => {
-                let team = decode_flat(&reply[1..])?;
-                Ok(Claim {
-                    fencing_token: team.fencing_token,
-                    revision: team.revision,
-                    team,
-                })
-            }
-            "missing" => Err(ClaimError::NotFound),
-            "status" => Err(ClaimError::NotAvailable {
-                status: status_from(second(&reply))?,
-            }),
-            "stale" => Err(ClaimError::StalePosition),
-            "rev" => Err(ClaimError::RevisionMismatch {
-                current: revision_from(second(&reply))?,
-            }),
-            other => Err(corrupt(format!("claim answered `{other}`")).into()),
-        }
     }
 
     async fn release(

@@ -218,14 +218,14 @@ end
 return out
 ";
 
-/// Claims an available team for an incident.
+/// Claims an available team for an incident (or, restoring a call, an off-duty one).
 /// KEYS: hash, geo, events, unavailable geo. ARGV: incident, expected ('' = none), now,
-/// max_age_us, retention_ms.
+/// max_age_us, retention_ms, allowed statuses (',2,'; ',1,2,' to restore).
 pub(super) const CLAIM: &str = r"
 local h = KEYS[1]
 if redis.call('EXISTS', h) == 0 then return {'missing'} end
 local cur = redis.call('HMGET', h, 'status', 'rev', 'loc_at', 'id', 'lat', 'lon')
-if cur[1] ~= '2' then return {'status', cur[1]} end
+if not has(ARGV[6], cur[1]) then return {'status', cur[1]} end
 if ARGV[4] ~= '' and (cur[3] == '' or tonumber(ARGV[3]) - tonumber(cur[3]) > tonumber(ARGV[4])) then
   return {'stale'}
 end
