@@ -222,6 +222,18 @@ impl DispatchStore for RacingFleet {
     async fn busy_teams(&self, region: &str) -> Result<Vec<FleetTeam>, StoreError> {
         self.inner.busy_teams(region).await
     }
+    async fn claim_to_restore(
+        &self,
+        region: &str,
+        team_id: &str,
+        incident_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Claim, ClaimError> {
+        self.inner
+            .claim_to_restore(region, team_id, incident_id, now)
+            .await
+    }
+
     async fn claim(
         &self,
         region: &str,

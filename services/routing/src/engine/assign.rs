@@ -307,7 +307,9 @@ impl Engine {
                     &best.team_id,
                     &record.incident_id,
                     now,
-                    Some(region.staleness_limit()),
+                    ClaimFor::Call {
+                        max_position_age: Some(region.staleness_limit()),
+                    },
                 )
                 .await?;
             let Ok(fencing_token) = claim else {

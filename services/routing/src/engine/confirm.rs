@@ -170,8 +170,15 @@ impl Engine {
                 });
             }
             let now = self.now();
+            let how = if source == AssignmentSource::Restored {
+                ClaimFor::Restore
+            } else {
+                ClaimFor::Call {
+                    max_position_age: None,
+                }
+            };
             let claim = self
-                .claim_team(&incident.region, team_id, &incident.incident_id, now, None)
+                .claim_team(&incident.region, team_id, &incident.incident_id, now, how)
                 .await?;
             let fencing_token = match claim {
                 Ok(fencing_token) => fencing_token,

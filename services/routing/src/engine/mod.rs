@@ -119,6 +119,17 @@ enum Refused {
     Unavailable,
 }
 
+/// What a claim is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimFor {
+    /// A call (AssignTeam, ConfirmAssignment): the team must be AVAILABLE, with a position no
+    /// older than the limit when one is given.
+    Call { max_position_age: Option<Duration> },
+    /// RestoreAssignment: the team may also be OFF_DUTY, as a rebuild of the live state left
+    /// it ([`DispatchStore::claim_to_restore`]).
+    Restore,
+}
+
 /// Whether the fleet lost the live state that held `active`'s claim: the team is gone from
 /// the fleet, or its live record was created after the assignment began (availability rebuilt
 /// it from the roster after Redis lost its data, so it never held this claim). A team that
@@ -207,21 +218,29 @@ impl Engine {
         &self.fleet
     }
 
-    /// Claims `team_id` for the incident (see [`DispatchStore::claim`]): its fencing token, or
-    /// why it was refused.
+    /// Claims `team_id` for the incident (see [`DispatchStore::claim`]) as `how` says: its
+    /// fencing token, or why it was refused.
     async fn claim_team(
         &self,
         region: &str,
         team_id: &str,
         incident_id: &str,
         now: DateTime<Utc>,
-        max_position_age: Option<Duration>,
+        how: ClaimFor,
     ) -> Result<Result<i64, Refused>, RoutingError> {
-        match self
-            .fleet
-            .claim(region, team_id, incident_id, None, now, max_position_age)
-            .await
-        {
+        let claimed = match how {
+            ClaimFor::Call { max_position_age } => {
+                self.fleet
+                    .claim(region, team_id, incident_id, None, now, max_position_age)
+                    .await
+            }
+            ClaimFor::Restore => {
+                self.fleet
+                    .claim_to_restore(region, team_id, incident_id, now)
+                    .await
+            }
+        };
+        match claimed {
             Ok(claim) => Ok(Ok(claim.fencing_token)),
             // Not in this region: tell a team of another region from no team at all.
             Err(ClaimError::NotFound) => Ok(Err(match self.fleet.fleet_team(team_id).await? {
