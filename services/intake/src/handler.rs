@@ -115,7 +115,7 @@ impl IntakeServiceHandler {
         principal: &Principal,
         incident_id: &str,
     ) -> Result<(), Status> {
-        if !principal.is_cad_bound() && !principal.is_region_bound() {
+        if !principal.needs_owner() {
             return Ok(());
         }
         let found = self
@@ -133,11 +133,7 @@ fn check_incident(
     principal: &Principal,
     incident: Option<&relay_proto::intake::Incident>,
 ) -> Result<(), Status> {
-    principal.require_cad_system_of(incident.map(|i| i.cad_system.as_str()))?;
-    match incident {
-        Some(incident) => principal.require_region(&incident.region),
-        None => Ok(()),
-    }
+    principal.require_owner(incident.map(|i| (i.cad_system.as_str(), i.region.as_str())))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -59,7 +59,7 @@ impl RoutingServiceHandler {
         principal: &Principal,
         incident_id: &str,
     ) -> Result<(), Status> {
-        if !principal.is_cad_bound() && !principal.is_region_bound() {
+        if !principal.needs_owner() {
             return Ok(());
         }
         let record = self
@@ -68,11 +68,11 @@ impl RoutingServiceHandler {
             .incident(incident_id)
             .await
             .map_err(RoutingError::Store)?;
-        principal.require_cad_system_of(record.as_ref().map(|r| r.cad_system.as_str()))?;
-        if let Some(record) = record {
-            principal.require_region(&record.region)?;
-        }
-        Ok(())
+        principal.require_owner(
+            record
+                .as_ref()
+                .map(|r| (r.cad_system.as_str(), r.region.as_str())),
+        )
     }
 
     /// [`Self::require_incident`] for an RPC naming an assignment.
@@ -81,7 +81,7 @@ impl RoutingServiceHandler {
         principal: &Principal,
         assignment_id: &str,
     ) -> Result<(), Status> {
-        if !principal.is_cad_bound() && !principal.is_region_bound() {
+        if !principal.needs_owner() {
             return Ok(());
         }
         let assignment = self
@@ -90,11 +90,11 @@ impl RoutingServiceHandler {
             .assignment(assignment_id)
             .await
             .map_err(RoutingError::Store)?;
-        principal.require_cad_system_of(assignment.as_ref().map(|a| a.cad_system.as_str()))?;
-        if let Some(assignment) = assignment {
-            principal.require_region(&assignment.region)?;
-        }
-        Ok(())
+        principal.require_owner(
+            assignment
+                .as_ref()
+                .map(|a| (a.cad_system.as_str(), a.region.as_str())),
+        )
     }
 }
 

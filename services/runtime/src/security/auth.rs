@@ -275,6 +275,27 @@ impl Principal {
         }
     }
 
+    /// Whether a resource named by id must be read to decide ([`Self::require_owner`]): the
+    /// principal is bound to a CAD or limited to regions.
+    #[must_use]
+    pub fn needs_owner(&self) -> bool {
+        self.is_cad_bound() || self.is_region_bound()
+    }
+
+    /// `Ok` when the principal may act on a resource named by id whose owner is
+    /// `(cad_system, region)`, or `None` when no resource has the id:
+    /// [`Self::require_cad_system_of`], then [`Self::require_region`].
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED (`CAD_SYSTEM_NOT_ALLOWED`, `REGION_NOT_ALLOWED`).
+    pub fn require_owner(&self, owner: Option<(&str, &str)>) -> Result<(), Status> {
+        self.require_cad_system_of(owner.map(|(cad_system, _)| cad_system))?;
+        match owner {
+            Some((_, region)) => self.require_region(region),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the principal is bound to one CAD system.
     #[must_use]
     pub fn is_cad_bound(&self) -> bool {
