@@ -89,6 +89,18 @@ impl Pki {
         self.token_from(&self.signer, ISSUER, AUDIENCE, scopes, 0, 300)
     }
 
+    /// A token with `scopes` and the bindings of `claims` (its subject and scopes replaced).
+    fn bound_token(&self, scopes: &[&str], claims: TokenClaims) -> String {
+        let claims = TokenClaims {
+            subject: String::from("tester"),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..claims
+        };
+        self.signer
+            .issue(ISSUER, AUDIENCE, &claims, 0, 300)
+            .expect("token")
+    }
+
     fn token_from(
         &self,
         signer: &TokenSigner,
@@ -542,4 +554,677 @@ async fn relay_token_issue_makes_tokens_the_services_accept() {
         past_auth(call(&channel, upsert, Some(&issue(&["all"]))).await),
         "`all` holds every scope"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Tenancy and caller details (issue 14): the bindings of a credential (cad_system, team,
+// regions) are enforced by the handlers, and caller details need `caller.details.read`.
+
+/// A bearer token on every call of a typed client.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    fn new(token: &str) -> Self {
+        Self(format!("Bearer {token}").parse().expect("metadata"))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+fn intake_client(
+    channel: &Channel,
+    token: &str,
+) -> relay_proto::intake::intake_service_client::IntakeServiceClient<Authed> {
+    relay_proto::intake::intake_service_client::IntakeServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer::new(token),
+    )
+}
+
+fn availability_client(
+    channel: &Channel,
+    token: &str,
+) -> relay_proto::availability::availability_service_client::AvailabilityServiceClient<Authed> {
+    relay_proto::availability::availability_service_client::AvailabilityServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer::new(token),
+    )
+}
+
+fn routing_client(
+    channel: &Channel,
+    token: &str,
+) -> relay_proto::routing::routing_service_client::RoutingServiceClient<Authed> {
+    relay_proto::routing::routing_service_client::RoutingServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer::new(token),
+    )
+}
+
+/// Asserts `result` is PERMISSION_DENIED with `why`, for the table's `case`.
+fn assert_denied<T: std::fmt::Debug>(result: Result<T, Status>, why: &str, case: &str) -> Status {
+    let status = result.expect_err(&format!("{case}: must be refused"));
+    assert_eq!(status.code(), Code::PermissionDenied, "{case}: {status:?}");
+    assert_eq!(reason(&status), why, "{case}: {status:?}");
+    status
+}
+
+fn id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn submission(
+    cad_system: &str,
+    cad_incident_id: &str,
+) -> relay_proto::intake::SubmitIncidentRequest {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    relay_proto::intake::SubmitIncidentRequest {
+        cad_system: cad_system.into(),
+        cad_incident_id: cad_incident_id.into(),
+        incident_type: "WELFARE".into(),
+        priority: 3,
+        location: Some(relay_proto::common::GeoPoint {
+            latitude: 44.05,
+            longitude: -123.09,
+        }),
+        address: "1 Main St".into(),
+        region: "north".into(),
+        narrative: "caller worried about her brother".into(),
+        received_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(now).expect("seconds"),
+            nanos: 0,
+        }),
+        caller: Some(relay_proto::intake::CallerContact {
+            name: "Ada Caller".into(),
+            phone: "+15415550100".into(),
+            callback_number: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn start_intake(pki: &Pki) -> ServiceProcess {
+    start(
+        pki,
+        "relay-intake",
+        &[
+            ("RELAY_INTAKE__SUBMIT_WAIT_MS", "10"),
+            ("RELAY_INTAKE__CONSUME_UPSTREAM", "false"),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cad_bound_credential_acts_only_on_its_own_cads_incidents() {
+    use relay_proto::intake::{
+        CancelIncidentRequest, CloseIncidentRequest, CloseOutcome, GetEidoRequest,
+        GetIncidentRequest, IncidentState, ListIncidentsRequest, SubmitEidoRequest,
+        UpdateIncidentRequest, WatchIncidentEventsRequest, watch_incident_events_response::Kind,
+    };
+
+    let pki = Pki::new();
+    let process = start_intake(&pki);
+    let channel = tls_channel(&process, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let mut admin = intake_client(&channel, &pki.token(all_scopes()));
+    let bound_to = |cad: &str| TokenClaims {
+        cad_system: Some(cad.to_owned()),
+        ..TokenClaims::default()
+    };
+    let cad_scopes = ["incidents.submit", "incidents.read", "incidents.watch"];
+    let mut cad_a = intake_client(&channel, &pki.bound_token(&cad_scopes, bound_to("cad-a")));
+
+    // Another CAD's incident, made by an unbound credential.
+    let theirs = admin
+        .submit_incident(submission("cad-b", "B-1"))
+        .await
+        .expect("unbound submits for any CAD")
+        .into_inner()
+        .incident
+        .expect("incident");
+    let before = theirs.revision;
+
+    // Its own: submit, get (by id and by the CAD's id), list, watch.
+    let ours = cad_a
+        .submit_incident(submission("cad-a", "A-1"))
+        .await
+        .expect("its own CAD")
+        .into_inner()
+        .incident
+        .expect("incident");
+    let got = cad_a
+        .get_incident(GetIncidentRequest {
+            incident_id: ours.incident_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("get its own")
+        .into_inner();
+    assert_eq!(got.incident.expect("incident").cad_system, "cad-a");
+    cad_a
+        .get_incident(GetIncidentRequest {
+            cad_system: "cad-a".into(),
+            cad_incident_id: "A-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get its own by the CAD's id");
+    let listed = cad_a
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .expect("an empty filter lists its own")
+        .into_inner();
+    assert_eq!(
+        listed
+            .incidents
+            .iter()
+            .map(|i| i.cad_system.as_str())
+            .collect::<Vec<_>>(),
+        vec!["cad-a"],
+        "a bound credential lists only its own CAD's incidents"
+    );
+    let mut stream = cad_a
+        .watch_incident_events(WatchIncidentEventsRequest {
+            cad_system: "cad-a".into(),
+            after_sequence: 0,
+        })
+        .await
+        .expect("watch its own")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("first message in time")
+        .expect("a message")
+        .expect("not the end");
+    assert!(matches!(first.kind, Some(Kind::Heartbeat(_))), "{first:?}");
+
+    // Another CAD's, on every RPC: CAD_SYSTEM_NOT_ALLOWED.
+    let other = theirs.incident_id.clone();
+    let unknown = id();
+    let case = "submit for another CAD";
+    assert_denied(
+        cad_a.submit_incident(submission("cad-b", "B-2")).await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        case,
+    );
+    let by_other = assert_denied(
+        cad_a
+            .get_incident(GetIncidentRequest {
+                incident_id: other.clone(),
+                ..Default::default()
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "get another CAD's incident",
+    );
+    // An id that names no incident gets the very same answer: existence is not revealed.
+    let by_unknown = assert_denied(
+        cad_a
+            .get_incident(GetIncidentRequest {
+                incident_id: unknown.clone(),
+                ..Default::default()
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "get an unknown incident",
+    );
+    assert_eq!(by_other.message(), by_unknown.message());
+    assert_eq!(by_other.details(), by_unknown.details());
+    assert_denied(
+        cad_a
+            .get_incident(GetIncidentRequest {
+                cad_system: "cad-b".into(),
+                cad_incident_id: "B-1".into(),
+                ..Default::default()
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "get by another CAD's id",
+    );
+    assert_denied(
+        cad_a
+            .list_incidents(ListIncidentsRequest {
+                cad_system: "cad-b".into(),
+                ..Default::default()
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "list another CAD",
+    );
+    assert_denied(
+        cad_a
+            .watch_incident_events(WatchIncidentEventsRequest {
+                cad_system: "cad-b".into(),
+                after_sequence: 0,
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "watch another CAD",
+    );
+    assert_denied(
+        cad_a
+            .update_incident(UpdateIncidentRequest {
+                request_id: id(),
+                incident_id: other.clone(),
+                priority: Some(1),
+                notes: Some("moved up".into()),
+                ..Default::default()
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "update another CAD's incident",
+    );
+    assert_denied(
+        cad_a
+            .cancel_incident(CancelIncidentRequest {
+                request_id: id(),
+                incident_id: other.clone(),
+                reason: "duplicate".into(),
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "cancel another CAD's incident",
+    );
+    assert_denied(
+        cad_a
+            .close_incident(CloseIncidentRequest {
+                request_id: id(),
+                incident_id: other.clone(),
+                outcome: CloseOutcome::ResolvedOnScene as i32,
+                ..Default::default()
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "close another CAD's incident",
+    );
+    assert_denied(
+        cad_a
+            .get_eido(GetEidoRequest {
+                incident_id: other.clone(),
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "EIDO of another CAD's incident",
+    );
+    let eido = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/eido/sample-call-transfer.json"),
+    )
+    .expect("the shared NENA sample");
+    assert_denied(
+        cad_a
+            .submit_eido(SubmitEidoRequest {
+                request_id: String::new(),
+                eido_json: eido,
+            })
+            .await,
+        "CAD_SYSTEM_NOT_ALLOWED",
+        "an EIDO issued by another CAD",
+    );
+
+    // The refusals changed nothing: the other CAD's incident is as it was, and the EIDO
+    // wrote no incident.
+    let after = admin
+        .get_incident(GetIncidentRequest {
+            incident_id: other.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("admin reads it")
+        .into_inner()
+        .incident
+        .expect("incident");
+    assert_eq!(after.revision, before, "no refused write changed it");
+    assert_eq!(after.state, IncidentState::Open as i32);
+    assert!(after.notes.is_empty());
+    let all = admin
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .expect("admin lists")
+        .into_inner();
+    assert_eq!(
+        all.incidents.len(),
+        2,
+        "only the two submitted incidents exist"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_details_are_withheld_without_their_scope() {
+    use relay_proto::intake::{GetEidoRequest, GetIncidentRequest, ListIncidentsRequest};
+
+    let pki = Pki::new();
+    let process = start_intake(&pki);
+    let channel = tls_channel(&process, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let mut writer = intake_client(&channel, &pki.token(vec!["incidents.submit".into()]));
+    let mut reader = intake_client(&channel, &pki.token(vec!["incidents.read".into()]));
+    let mut details_reader = intake_client(
+        &channel,
+        &pki.token(vec!["incidents.read".into(), "caller.details.read".into()]),
+    );
+
+    // Even the submitter's own answer withholds them without the scope.
+    let submitted = writer
+        .submit_incident(submission("cad-a", "A-1"))
+        .await
+        .expect("submit")
+        .into_inner()
+        .incident
+        .expect("incident");
+    assert!(submitted.caller_details_withheld);
+    assert!(submitted.caller.is_none() && submitted.narrative.is_empty());
+    let get = GetIncidentRequest {
+        incident_id: submitted.incident_id.clone(),
+        ..Default::default()
+    };
+
+    for (case, client, shown) in [
+        ("without caller.details.read", &mut reader, false),
+        ("with caller.details.read", &mut details_reader, true),
+    ] {
+        let incident = client
+            .get_incident(get.clone())
+            .await
+            .unwrap_or_else(|status| panic!("{case}: {status:?}"))
+            .into_inner()
+            .incident
+            .expect("incident");
+        let listed = client
+            .list_incidents(ListIncidentsRequest::default())
+            .await
+            .unwrap_or_else(|status| panic!("{case}: {status:?}"))
+            .into_inner()
+            .incidents;
+        let eido = client
+            .get_eido(GetEidoRequest {
+                incident_id: submitted.incident_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("{case}: {status:?}"))
+            .into_inner()
+            .eido_json;
+        for incident in std::iter::once(&incident).chain(listed.iter()) {
+            assert_eq!(incident.caller_details_withheld, !shown, "{case}");
+            assert_eq!(incident.caller.is_some(), shown, "{case}");
+            assert_eq!(!incident.narrative.is_empty(), shown, "{case}");
+            // The rest of the incident is there either way.
+            assert_eq!(incident.address, "1 Main St", "{case}");
+        }
+        if shown {
+            let caller = incident.caller.expect("caller");
+            assert_eq!(caller.name, "Ada Caller");
+            assert_eq!(caller.phone, "+15415550100");
+        }
+        assert_eq!(eido.contains("Ada Caller"), shown, "{case}: {eido}");
+        assert_eq!(eido.contains("+15415550100"), shown, "{case}: {eido}");
+        assert_eq!(eido.contains("worried about her brother"), shown, "{case}");
+        assert_eq!(eido.contains("caller-details-withheld"), !shown, "{case}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_and_region_bound_credentials_report_and_read_only_their_own() {
+    use relay_proto::{
+        availability::{
+            FindAvailableTeamsRequest, GetTeamRequest, ListTeamsRequest, ReportLocationRequest,
+            SetTeamStatusRequest, StreamLocationsRequest, UpsertTeamRequest,
+        },
+        common::{GeoPoint, TeamStatus},
+        routing::{ListQueueRequest, RestoreAssignmentRequest},
+    };
+
+    let pki = Pki::new();
+    let availability = start(&pki, "relay-availability", &[]);
+    let routing = start(&pki, "relay-routing", &[]);
+    let channel = tls_channel(&availability, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let routing_channel = tls_channel(&routing, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let mut admin = availability_client(&channel, &pki.token(all_scopes()));
+    for (team, region) in [("t-north", "north"), ("t-south", "south")] {
+        admin
+            .upsert_team(UpsertTeamRequest {
+                request_id: id(),
+                team_id: team.into(),
+                display_name: team.into(),
+                region: region.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("upsert");
+    }
+    let device_scopes = ["teams.report", "teams.read", "assignments.write"];
+    let mut device = availability_client(
+        &channel,
+        &pki.bound_token(
+            &device_scopes,
+            TokenClaims {
+                team_id: Some("t-north".into()),
+                ..TokenClaims::default()
+            },
+        ),
+    );
+    let mut north = availability_client(
+        &channel,
+        &pki.bound_token(
+            &device_scopes,
+            TokenClaims {
+                regions: vec!["north".into()],
+                ..TokenClaims::default()
+            },
+        ),
+    );
+    let now = || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        prost_types::Timestamp {
+            seconds: i64::try_from(now.as_secs()).expect("seconds"),
+            nanos: 0,
+        }
+    };
+    let status = |team: &str| SetTeamStatusRequest {
+        request_id: id(),
+        team_id: team.into(),
+        status: TeamStatus::Available as i32,
+        ..Default::default()
+    };
+    let position = |team: &str| ReportLocationRequest {
+        team_id: team.into(),
+        location: Some(GeoPoint {
+            latitude: 44.05,
+            longitude: -123.09,
+        }),
+        recorded_at: Some(now()),
+        ..Default::default()
+    };
+
+    // A team-bound device: its own team, and no other.
+    device
+        .set_team_status(status("t-north"))
+        .await
+        .expect("own status");
+    device
+        .report_location(position("t-north"))
+        .await
+        .expect("own position");
+    assert_denied(
+        device.set_team_status(status("t-south")).await,
+        "TEAM_NOT_ALLOWED",
+        "status of another team",
+    );
+    assert_denied(
+        device.report_location(position("t-south")).await,
+        "TEAM_NOT_ALLOWED",
+        "position of another team",
+    );
+    let reports = ["t-north", "t-south"].map(|team| {
+        let p = position(team);
+        StreamLocationsRequest {
+            team_id: p.team_id,
+            location: p.location,
+            recorded_at: Some(prost_types::Timestamp {
+                seconds: now().seconds + 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    });
+    let summary = device
+        .stream_locations(tokio_stream::iter(reports))
+        .await
+        .expect("the stream goes on past a refused report")
+        .into_inner();
+    assert_eq!(
+        (summary.accepted_count, summary.rejected_count),
+        (1, 1),
+        "{summary:?}"
+    );
+    let rejection = &summary.rejections[0];
+    assert_eq!(
+        (
+            rejection.index,
+            rejection.team_id.as_str(),
+            rejection.field.as_str(),
+            rejection.reason.as_str()
+        ),
+        (1, "t-south", "team_id", "TEAM_NOT_ALLOWED")
+    );
+    assert_denied(
+        routing_client(
+            &routing_channel,
+            &pki.bound_token(
+                &device_scopes,
+                TokenClaims {
+                    team_id: Some("t-north".into()),
+                    ..TokenClaims::default()
+                },
+            ),
+        )
+        .restore_assignment(RestoreAssignmentRequest {
+            request_id: id(),
+            incident_id: id(),
+            team_id: "t-south".into(),
+        })
+        .await,
+        "TEAM_NOT_ALLOWED",
+        "restore another team's call",
+    );
+
+    // A region-bound credential: reads filtered or refused, writes refused.
+    let listed = north
+        .list_teams(ListTeamsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        listed
+            .teams
+            .iter()
+            .map(|t| t.team_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["t-north"]
+    );
+    north
+        .get_team(GetTeamRequest {
+            team_id: "t-north".into(),
+        })
+        .await
+        .expect("a team of its region");
+    for (case, result) in [
+        (
+            "get a team of another region",
+            north
+                .get_team(GetTeamRequest {
+                    team_id: "t-south".into(),
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "list another region",
+            north
+                .list_teams(ListTeamsRequest {
+                    region: "south".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "find in another region",
+            north
+                .find_available_teams(FindAvailableTeamsRequest {
+                    region: "south".into(),
+                    location: Some(GeoPoint {
+                        latitude: 44.05,
+                        longitude: -123.09,
+                    }),
+                    radius_meters: 1000.0,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "status of a team of another region",
+            north.set_team_status(status("t-south")).await.map(|_| ()),
+        ),
+        (
+            "position of a team of another region",
+            north.report_location(position("t-south")).await.map(|_| ()),
+        ),
+        (
+            "queue of another region",
+            routing_client(
+                &routing_channel,
+                &pki.bound_token(
+                    &["assignments.read"],
+                    TokenClaims {
+                        regions: vec!["north".into()],
+                        ..TokenClaims::default()
+                    },
+                ),
+            )
+            .list_queue(ListQueueRequest {
+                region: "south".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        ),
+    ] {
+        assert_denied(result, "REGION_NOT_ALLOWED", case);
+    }
+
+    // The refusals changed nothing: the other team is still OFF_DUTY, without a position.
+    let south = admin
+        .get_team(GetTeamRequest {
+            team_id: "t-south".into(),
+        })
+        .await
+        .expect("admin reads it")
+        .into_inner()
+        .team
+        .expect("team");
+    assert_eq!(south.status, TeamStatus::OffDuty as i32);
+    assert!(south.location.is_none(), "{south:?}");
+    assert_eq!(south.revision, 1, "{south:?}");
 }

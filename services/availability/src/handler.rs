@@ -21,6 +21,7 @@ use relay_proto::{
 use relay_runtime::{
     ApiError, FieldViolation,
     paging::PageTokens,
+    security::auth::{Principal, REGION_NOT_ALLOWED, TEAM_NOT_ALLOWED},
     validate::{Violations, is_capability, to_timestamp},
 };
 use sha2::{Digest, Sha256};
@@ -86,6 +87,11 @@ impl AvailabilityServiceHandler {
             stream_max_age,
         }
     }
+}
+
+/// The caller of `request`, as the auth layer established it.
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    Principal::of_call(request, DOMAIN)
 }
 
 fn status(error: impl Into<ApiError>) -> Status {
@@ -303,6 +309,54 @@ fn once<T>(recorded: Recorded<T>) -> Result<(T, bool), Status> {
 }
 
 impl AvailabilityServiceHandler {
+    /// Tenancy of a report for `team_id` (status, position): a team-bound principal reports
+    /// for its own team only (TEAM_NOT_ALLOWED), a region-bound one for the teams of its
+    /// regions only (REGION_NOT_ALLOWED, which reads the team's region; an unknown team is
+    /// TEAM_NOT_FOUND as it would be anyway).
+    async fn require_reporter(&self, principal: &Principal, team_id: &str) -> Result<(), Status> {
+        principal.require_team(team_id)?;
+        if principal.is_region_bound() {
+            let team = self.domain.get(team_id).await.map_err(api)?;
+            principal.require_region(&team.region)?;
+        }
+        Ok(())
+    }
+
+    /// Why a StreamLocations report for `team_id` is refused by tenancy, if it is: the
+    /// rejection's reason and description. `regions` caches the teams' regions for the
+    /// stream; an unknown team is left to the batch (TEAM_NOT_FOUND).
+    async fn refusal_of(
+        &self,
+        principal: &Principal,
+        team_id: &str,
+        regions: &mut std::collections::HashMap<String, Option<String>>,
+    ) -> Result<Option<(&'static str, &'static str)>, Status> {
+        if principal.require_team(team_id).is_err() {
+            return Ok(Some((
+                TEAM_NOT_ALLOWED,
+                "the credential is bound to another team",
+            )));
+        }
+        if !principal.is_region_bound() {
+            return Ok(None);
+        }
+        if !regions.contains_key(team_id) {
+            let region = match self.domain.get(team_id).await {
+                Ok(team) => Some(team.region),
+                Err(AvailabilityError::TeamNotFound) => None,
+                Err(error) => return Err(api(error)),
+            };
+            regions.insert(team_id.to_owned(), region);
+        }
+        Ok(match regions.get(team_id).cloned().flatten() {
+            Some(region) if !principal.allows_region(&region) => Some((
+                REGION_NOT_ALLOWED,
+                "the credential is limited to other regions",
+            )),
+            _ => None,
+        })
+    }
+
     async fn apply_batch(
         &self,
         batch: &mut Vec<(i64, LocationReport)>,
@@ -345,7 +399,7 @@ fn reject(
     description: &str,
 ) {
     summary.rejected_count += 1;
-    if reason != TEAM_NOT_FOUND {
+    if reason == ApiError::INVALID_FIELD {
         crate::metrics::record_invalid_report();
     }
     // Kept past the limit until the batch is applied; `apply_batch` orders and trims them.
@@ -505,8 +559,20 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<UpsertTeamRequest>,
     ) -> Result<Response<UpsertTeamResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let (definition, expected) = check_upsert_team(&request).map_err(status)?;
+        // A team-bound credential changes only its own team; a region-bound one only teams
+        // of its regions, and moves none into or out of another.
+        principal.require_team(&request.team_id)?;
+        principal.require_region(&request.region)?;
+        if principal.is_region_bound() {
+            match self.domain.get(&request.team_id).await {
+                Ok(existing) => principal.require_region(&existing.region)?,
+                Err(AvailabilityError::TeamNotFound) => {}
+                Err(error) => return Err(api(error)),
+            }
+        }
         let fingerprint = fingerprint(&UpsertTeamRequest {
             request_id: String::new(),
             ..request.clone()
@@ -542,9 +608,11 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<GetTeamRequest>,
     ) -> Result<Response<GetTeamResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         check_get_team(&request).map_err(status)?;
         let team = self.domain.get(&request.team_id).await.map_err(api)?;
+        principal.require_region(&team.region)?;
         Ok(Response::new(GetTeamResponse {
             team: Some(team_to_proto(&team)),
         }))
@@ -554,8 +622,15 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<ListTeamsRequest>,
     ) -> Result<Response<ListTeamsResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let (status_filter, size) = check_list_teams(&request).map_err(status)?;
+        // A region-bound credential: a named region must be one of its own; with none named,
+        // the page is filtered to its regions (a page may then hold fewer teams, even none,
+        // with a next_page_token: keep paging).
+        if !request.region.is_empty() {
+            principal.require_region(&request.region)?;
+        }
         let scope = format!("region={}&status={}", request.region, request.status);
         let cursor: Option<ListCursor> = self
             .pages
@@ -582,7 +657,12 @@ impl AvailabilityService for AvailabilityServiceHandler {
             _ => String::new(),
         };
         Ok(Response::new(ListTeamsResponse {
-            teams: page.teams.iter().map(team_to_proto).collect(),
+            teams: page
+                .teams
+                .iter()
+                .filter(|team| principal.allows_region(&team.region))
+                .map(team_to_proto)
+                .collect(),
             next_page_token,
         }))
     }
@@ -591,8 +671,10 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<SetTeamStatusRequest>,
     ) -> Result<Response<SetTeamStatusResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let (target, expected) = check_set_team_status(&request).map_err(status)?;
+        self.require_reporter(&principal, &request.team_id).await?;
         // The incident matters only for busy targets and for clearing to AVAILABLE.
         let incident = if is_busy(target) || target == TeamStatus::Available {
             request.incident_id.as_str()
@@ -632,9 +714,11 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<ReportLocationRequest>,
     ) -> Result<Response<ReportLocationResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let report = check_location(&ReportFields::of_request(&request), self.domain.now())
             .map_err(status)?;
+        self.require_reporter(&principal, &request.team_id).await?;
         let outcome = self
             .domain
             .report(std::slice::from_ref(&report))
@@ -663,8 +747,13 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<Streaming<StreamLocationsRequest>>,
     ) -> Result<Response<StreamLocationsResponse>, Status> {
+        let principal = principal(&request)?;
         let mut stream = request.into_inner();
         let mut summary = StreamLocationsResponse::default();
+        // The regions of the teams this stream reported for, read once each (region-bound
+        // principals only).
+        let mut regions: std::collections::HashMap<String, Option<String>> =
+            std::collections::HashMap::new();
         let mut batch: Vec<(i64, LocationReport)> = Vec::with_capacity(STREAM_BATCH);
         let mut index: i64 = 0;
         let mut ended = false;
@@ -706,7 +795,24 @@ impl AvailabilityService for AvailabilityServiceHandler {
                     }
                 };
                 match check_location(&ReportFields::of_message(&message), now) {
-                    Ok(report) => batch.push((index, report)),
+                    Ok(report) => {
+                        // A report for a team the credential may not report for is refused
+                        // like an invalid one, naming the team; the stream goes on.
+                        match self
+                            .refusal_of(&principal, &report.team_id, &mut regions)
+                            .await?
+                        {
+                            Some((reason, description)) => reject(
+                                &mut summary,
+                                index,
+                                message.team_id,
+                                "team_id",
+                                reason,
+                                description,
+                            ),
+                            None => batch.push((index, report)),
+                        }
+                    }
                     Err(error) => {
                         let violation = violations_of(error).into_iter().next();
                         let (field, description) = violation
@@ -734,8 +840,10 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<FindAvailableTeamsRequest>,
     ) -> Result<Response<FindAvailableTeamsResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let (point, required, limit) = check_find_available_teams(&request).map_err(status)?;
+        principal.require_region(&request.region)?;
         let found = self
             .domain
             .store()
@@ -766,8 +874,10 @@ impl AvailabilityService for AvailabilityServiceHandler {
         &self,
         request: Request<WatchTeamsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let after = check_watch_teams(&request).map_err(status)?;
+        principal.require_region(&request.region)?;
         let store = self.domain.store().clone();
         let region = request.region;
         let mut after = match after {

@@ -797,12 +797,22 @@ fn region(intake: &Intake) -> String {
 /// # Errors
 /// INVALID_ARGUMENT naming JSON paths; the errors of SubmitIncident otherwise.
 pub async fn submit(intake: &Arc<Intake>, text: &str) -> Result<Submitted, ApiError> {
+    let new = prepare(intake, text)?;
+    intake.submit(new).await.map_err(crate::handler::api_error)
+}
+
+/// Maps an EIDO and validates it as SubmitIncident does: the incident to submit, so that the
+/// gRPC handler can check the credential's CAD and region before anything is written.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming JSON paths.
+pub fn prepare(intake: &Arc<Intake>, text: &str) -> Result<crate::core::NewIncident, ApiError> {
     let defaults = EidoDefaults {
         region: region(intake),
         now_micros: intake.clock().now_micros(),
     };
     let (request, origins) = submission(text, &defaults)?;
-    let new = crate::validate::validate_submit(intake, request).map_err(|error| match error {
+    crate::validate::validate_submit(intake, request).map_err(|error| match error {
         ApiError::InvalidArgument { reason, violations } => ApiError::InvalidArgument {
             reason,
             violations: violations
@@ -811,8 +821,7 @@ pub async fn submit(intake: &Arc<Intake>, text: &str) -> Result<Submitted, ApiEr
                 .collect(),
         },
         other => other,
-    })?;
-    intake.submit(new).await.map_err(crate::handler::api_error)
+    })
 }
 
 /// One incident as an EIDO JSON document.
@@ -820,14 +829,22 @@ pub async fn submit(intake: &Arc<Intake>, text: &str) -> Result<Submitted, ApiEr
 /// # Errors
 /// NOT_FOUND when no incident has the id; INVALID_ARGUMENT when it is malformed.
 pub async fn get(intake: &Intake, incident_id: &str) -> Result<String, ApiError> {
-    let mut v = relay_runtime::validate::Violations::new();
-    v.id("incident_id", incident_id);
-    v.finish()?;
+    check_id(incident_id)?;
     let stored = intake
         .get(incident_id)
         .await
         .map_err(crate::handler::api_error)?;
     Ok(render(&stored.incident).to_string())
+}
+
+/// Checks the incident_id of a GetEido request.
+///
+/// # Errors
+/// INVALID_ARGUMENT when it is missing or malformed.
+pub fn check_id(incident_id: &str) -> Result<(), ApiError> {
+    let mut v = relay_runtime::validate::Violations::new();
+    v.id("incident_id", incident_id);
+    v.finish()
 }
 
 fn rfc3339(time: Option<&prost_types::Timestamp>) -> Option<String> {
@@ -958,6 +975,11 @@ pub fn render(incident: &Incident) -> Value {
         }),
     );
     let referrals_ref = add_data("referrals", json!({ "referralIds": incident.referral_ids }));
+    // Without `caller.details.read` the caller, narrative and notes are left out (the
+    // incident came here emptied); this says so, as Incident.caller_details_withheld does.
+    let withheld_ref = incident
+        .caller_details_withheld
+        .then(|| add_data("caller-details-withheld", json!({ "withheld": true })));
 
     let mut notes = Vec::new();
     let mut add_note = |name: String, text: &str, time: &str| {
@@ -973,7 +995,11 @@ pub fn render(incident: &Incident) -> Value {
     if !incident.narrative.is_empty() {
         note_refs.push(add_note("narrative".into(), &incident.narrative, &updated));
     }
+    // A note is never empty as stored; an empty one had its text withheld.
     for (i, note) in incident.notes.iter().enumerate() {
+        if note.text.is_empty() {
+            continue;
+        }
         let time = rfc3339(note.create_time.as_ref()).unwrap_or_else(|| updated.clone());
         note_refs.push(add_note(format!("note-{i}"), &note.text, &time));
     }
@@ -1144,7 +1170,13 @@ pub fn render(incident: &Incident) -> Value {
     root.insert("additionalDataComponent".into(), Value::Array(additional));
     // References Relay's additional data from the incident's notes would bend the schema;
     // the urlPurpose of each says what it is ("relay:triage", ...).
-    let _ = (triage_ref, routing_ref, timeline_ref, referrals_ref);
+    let _ = (
+        triage_ref,
+        routing_ref,
+        timeline_ref,
+        referrals_ref,
+        withheld_ref,
+    );
     root.insert(
         "@context".into(),
         json!({"@vocab": "./JSON-LD_Contexts/EmergencyIncidentDataObjectType.jsonld"}),

@@ -13,13 +13,14 @@ use relay_proto::intake::{
     watch_incident_events_response::Kind,
 };
 use relay_runtime::{
-    error::ApiError, idempotency::fingerprint, paging::PageTokens, validate::Violations,
+    error::ApiError, idempotency::fingerprint, paging::PageTokens, security::auth::Principal,
+    validate::Violations,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    DOMAIN,
+    DOMAIN, caller_details,
     core::{Intake, IntakeError},
     store::{ListFilter, StoreError, micros_of, timestamp_of},
     validate::{
@@ -99,6 +100,42 @@ fn invalid(error: ApiError) -> Status {
     error.into_status(DOMAIN)
 }
 
+/// The caller of `request`, as the auth layer established it.
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    Principal::of_call(request, DOMAIN)
+}
+
+impl IntakeServiceHandler {
+    /// Tenancy of an RPC that names an incident by id alone: a CAD-bound principal gets the
+    /// same refusal for another CAD's incident as for an unknown id; a region-bound one may
+    /// touch incidents of its regions only. Unbound principals pass without a read (the
+    /// RPC itself answers NOT_FOUND for an unknown id).
+    async fn require_incident(
+        &self,
+        principal: &Principal,
+        incident_id: &str,
+    ) -> Result<(), Status> {
+        if !principal.needs_owner() {
+            return Ok(());
+        }
+        let found = self
+            .intake
+            .store
+            .get_incident(incident_id)
+            .await
+            .map_err(|e| status(e.into()))?;
+        check_incident(principal, found.as_ref().map(|s| &s.incident))
+    }
+}
+
+/// [`IntakeServiceHandler::require_incident`] once the incident (or its absence) is known.
+fn check_incident(
+    principal: &Principal,
+    incident: Option<&relay_proto::intake::Incident>,
+) -> Result<(), Status> {
+    principal.require_owner(incident.map(|i| (i.cad_system.as_str(), i.region.as_str())))
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ListCursor {
     received_at: i64,
@@ -111,8 +148,12 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<SubmitIncidentRequest>,
     ) -> Result<Response<SubmitIncidentResponse>, Status> {
+        let principal = principal(&request)?;
         let new = validate_submit(&self.intake, request.into_inner()).map_err(invalid)?;
-        let submitted = self.intake.submit(new).await.map_err(status)?;
+        principal.require_cad_system(&new.cad_system)?;
+        principal.require_region(&new.region)?;
+        let mut submitted = self.intake.submit(new).await.map_err(status)?;
+        caller_details::present(&principal, &mut submitted.incident);
         Ok(Response::new(SubmitIncidentResponse {
             triage: submitted.incident.triage.clone(),
             routing: submitted.incident.routing.clone(),
@@ -125,8 +166,12 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<UpdateIncidentRequest>,
     ) -> Result<Response<UpdateIncidentResponse>, Status> {
+        let principal = principal(&request)?;
         let update = validate_update(request.get_ref()).map_err(invalid)?;
-        let response = self.intake.update(update).await.map_err(status)?;
+        self.require_incident(&principal, &update.incident_id)
+            .await?;
+        let mut response = self.intake.update(update).await.map_err(status)?;
+        caller_details::present_opt(&principal, response.incident.as_mut());
         Ok(Response::new(response))
     }
 
@@ -134,10 +179,13 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<CancelIncidentRequest>,
     ) -> Result<Response<CancelIncidentResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         check_cancel(&request).map_err(invalid)?;
+        self.require_incident(&principal, &request.incident_id)
+            .await?;
         let print = fingerprint("CancelIncident", &request);
-        let response = self
+        let mut response = self
             .intake
             .cancel(
                 &request.request_id,
@@ -147,6 +195,7 @@ impl IntakeService for IntakeServiceHandler {
             )
             .await
             .map_err(status)?;
+        caller_details::present_opt(&principal, response.incident.as_mut());
         Ok(Response::new(response))
     }
 
@@ -154,10 +203,13 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<CloseIncidentRequest>,
     ) -> Result<Response<CloseIncidentResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         check_close(&request).map_err(invalid)?;
+        self.require_incident(&principal, &request.incident_id)
+            .await?;
         let print = fingerprint("CloseIncident", &request);
-        let response = self
+        let mut response = self
             .intake
             .close(
                 &request.request_id,
@@ -169,6 +221,7 @@ impl IntakeService for IntakeServiceHandler {
             )
             .await
             .map_err(status)?;
+        caller_details::present_opt(&principal, response.incident.as_mut());
         Ok(Response::new(response))
     }
 
@@ -176,8 +229,13 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<GetIncidentResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         let by_id = check_get_incident(&request).map_err(invalid)?;
+        if !by_id {
+            // The caller named the CAD: refusing it reveals nothing.
+            principal.require_cad_system(&request.cad_system)?;
+        }
         let found = if by_id {
             self.intake.store.get_incident(&request.incident_id).await
         } else {
@@ -187,13 +245,15 @@ impl IntakeService for IntakeServiceHandler {
                 .await
         }
         .map_err(|e| status(e.into()))?;
-        let stored = found.ok_or_else(|| {
+        check_incident(&principal, found.as_ref().map(|s| &s.incident))?;
+        let mut stored = found.ok_or_else(|| {
             status(IntakeError::NotFound(if by_id {
                 request.incident_id.clone()
             } else {
                 format!("{}/{}", request.cad_system, request.cad_incident_id)
             }))
         })?;
+        caller_details::present(&principal, &mut stored.incident);
         Ok(Response::new(GetIncidentResponse {
             incident: Some(stored.incident),
         }))
@@ -203,12 +263,17 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<ListIncidentsRequest>,
     ) -> Result<Response<ListIncidentsResponse>, Status> {
-        let request = request.into_inner();
+        let principal = principal(&request)?;
+        let mut request = request.into_inner();
         let ListBounds {
             after,
             before,
             page_size,
         } = check_list_incidents(&request).map_err(invalid)?;
+        // A bound credential lists only its own CAD's (and regions') incidents: an empty
+        // filter is filled in, another CAD or region refused.
+        request.cad_system = principal.cad_system_filter(&request.cad_system)?;
+        request.region = principal.region_filter(&request.region)?;
         let scope = format!(
             "list|{}|{}|{}|{}|{}|{}|{:?}|{:?}",
             request.cad_system,
@@ -256,7 +321,14 @@ impl IntakeService for IntakeServiceHandler {
             _ => String::new(),
         };
         Ok(Response::new(ListIncidentsResponse {
-            incidents: rows.into_iter().map(|s| s.incident).collect(),
+            incidents: rows
+                .into_iter()
+                .map(|s| {
+                    let mut incident = s.incident;
+                    caller_details::present(&principal, &mut incident);
+                    incident
+                })
+                .collect(),
             next_page_token,
         }))
     }
@@ -265,8 +337,10 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<WatchIncidentEventsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchIncidentEventsResponse>>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         check_watch(&request).map_err(invalid)?;
+        principal.require_cad_system(&request.cad_system)?;
         let cad = request.cad_system;
         let after = request.after_sequence;
         // Subscribe before reading, so no event committed from now on is missed.
@@ -383,15 +457,18 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<SubmitEidoRequest>,
     ) -> Result<Response<SubmitEidoResponse>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
         if !request.request_id.is_empty() {
             let mut v = Violations::new();
             v.id("request_id", &request.request_id);
             v.finish().map_err(invalid)?;
         }
-        let submitted = crate::eido::submit(&self.intake, &request.eido_json)
-            .await
-            .map_err(invalid)?;
+        let new = crate::eido::prepare(&self.intake, &request.eido_json).map_err(invalid)?;
+        principal.require_cad_system(&new.cad_system)?;
+        principal.require_region(&new.region)?;
+        let mut submitted = self.intake.submit(new).await.map_err(status)?;
+        caller_details::present(&principal, &mut submitted.incident);
         Ok(Response::new(SubmitEidoResponse {
             triage: submitted.incident.triage.clone(),
             routing: submitted.incident.routing.clone(),
@@ -404,9 +481,13 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<GetEidoRequest>,
     ) -> Result<Response<GetEidoResponse>, Status> {
-        let eido_json = crate::eido::get(&self.intake, &request.get_ref().incident_id)
-            .await
-            .map_err(invalid)?;
+        let principal = principal(&request)?;
+        let incident_id = &request.get_ref().incident_id;
+        crate::eido::check_id(incident_id).map_err(invalid)?;
+        self.require_incident(&principal, incident_id).await?;
+        let mut stored = self.intake.get(incident_id).await.map_err(status)?;
+        caller_details::present(&principal, &mut stored.incident);
+        let eido_json = crate::eido::render(&stored.incident).to_string();
         Ok(Response::new(GetEidoResponse { eido_json }))
     }
 }

@@ -10,7 +10,8 @@
 //!   the commands, the outbox worker, the sequencer, upstream events, deadlines, retention.
 //! - [`upstream`]: consumers of routing's and availability's event streams.
 //! - [`validate`]: request validation (what the fuzzer drives too).
-//! - [`handler`]: the gRPC surface.
+//! - [`handler`]: the gRPC surface; [`caller_details`]: what a caller without
+//!   `caller.details.read` sees of an incident.
 //! - [`eido`], [`http`]: NENA EIDO in and out, over gRPC and on the HTTP port.
 //! - [`report`], [`report_api`]: program reports and `relay.reports.v1.ReportService`.
 
@@ -32,6 +33,7 @@ use relay_runtime::{
 use tokio::sync::{Notify, broadcast};
 
 pub mod apco;
+pub mod caller_details;
 pub mod core;
 pub mod eido;
 pub mod handler;

@@ -93,8 +93,16 @@ impl ReportService for ReportServiceHandler {
         &self,
         request: Request<GetProgramReportRequest>,
     ) -> Result<Response<GetProgramReportResponse>, Status> {
-        let request = request.into_inner();
-        let query = validate(&request, &self.intake).map_err(|e| e.into_status(DOMAIN))?;
+        let principal = relay_runtime::security::auth::Principal::of_call(&request, DOMAIN)?;
+        let mut request = request.into_inner();
+        let mut query = validate(&request, &self.intake).map_err(|e| e.into_status(DOMAIN))?;
+        // A region-bound credential reads its own region's report: an empty region is filled
+        // in when it has one, another region is refused.
+        let region = principal.region_filter(&request.region)?;
+        if region != request.region {
+            request.region = region;
+            query = validate(&request, &self.intake).map_err(|e| e.into_status(DOMAIN))?;
+        }
         let now = DateTime::<Utc>::from_timestamp_micros(self.intake.clock.now_micros())
             .unwrap_or_default();
         let report = report::compute(self.intake.store.as_ref(), query, now)

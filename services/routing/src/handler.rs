@@ -9,12 +9,20 @@ use relay_proto::routing::{
     ReleaseTeamResponse, RestoreAssignmentRequest, RestoreAssignmentResponse,
     WatchAssignmentsRequest, WatchAssignmentsResponse, routing_service_server::RoutingService,
 };
+use relay_runtime::security::auth::Principal;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{engine::Engine, error::RoutingError};
+use crate::{
+    DOMAIN,
+    engine::{
+        Engine, check_assign_team, check_cancel_routing, check_confirm_assignment,
+        check_get_assignment, check_list_queue, check_release_team,
+    },
+    error::RoutingError,
+};
 
 /// How often a watcher polls the record for events written by other replicas.
 const WATCH_POLL: Duration = Duration::from_millis(200);
@@ -36,6 +44,60 @@ impl RoutingServiceHandler {
     }
 }
 
+/// The caller of `request`, as the auth layer established it.
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    Principal::of_call(request, DOMAIN)
+}
+
+impl RoutingServiceHandler {
+    /// Tenancy of an RPC naming an incident routing knows: a region-bound principal acts on
+    /// incidents of its regions only (REGION_NOT_ALLOWED); a CAD-bound one on its CAD's only,
+    /// with the same refusal for an unknown incident (CAD_SYSTEM_NOT_ALLOWED). An unbound
+    /// principal passes without a read.
+    async fn require_incident(
+        &self,
+        principal: &Principal,
+        incident_id: &str,
+    ) -> Result<(), Status> {
+        if !principal.needs_owner() {
+            return Ok(());
+        }
+        let record = self
+            .engine
+            .store()
+            .incident(incident_id)
+            .await
+            .map_err(RoutingError::Store)?;
+        principal.require_owner(
+            record
+                .as_ref()
+                .map(|r| (r.cad_system.as_str(), r.region.as_str())),
+        )
+    }
+
+    /// [`Self::require_incident`] for an RPC naming an assignment.
+    async fn require_assignment(
+        &self,
+        principal: &Principal,
+        assignment_id: &str,
+    ) -> Result<(), Status> {
+        if !principal.needs_owner() {
+            return Ok(());
+        }
+        let assignment = self
+            .engine
+            .store()
+            .assignment(assignment_id)
+            .await
+            .map_err(RoutingError::Store)?;
+        principal.require_owner(
+            assignment
+                .as_ref()
+                .map(|a| (a.cad_system.as_str(), a.region.as_str())),
+        )
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchAssignmentsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -44,17 +106,26 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<AssignTeamRequest>,
     ) -> Result<Response<AssignTeamResponse>, Status> {
-        Ok(Response::new(
-            self.engine.assign_team(request.into_inner()).await?,
-        ))
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        check_assign_team(&request).map_err(RoutingError::from)?;
+        principal.require_region(&request.region)?;
+        principal.require_cad_system(&request.cad_system)?;
+        Ok(Response::new(self.engine.assign_team(request).await?))
     }
 
     async fn confirm_assignment(
         &self,
         request: Request<ConfirmAssignmentRequest>,
     ) -> Result<Response<ConfirmAssignmentResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        check_confirm_assignment(&request).map_err(RoutingError::from)?;
+        principal.require_team(&request.team_id)?;
+        self.require_incident(&principal, &request.incident_id)
+            .await?;
         Ok(Response::new(
-            self.engine.confirm_assignment(request.into_inner()).await?,
+            self.engine.confirm_assignment(request).await?,
         ))
     }
 
@@ -62,8 +133,21 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<RestoreAssignmentRequest>,
     ) -> Result<Response<RestoreAssignmentResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        // Restore checks the same fields as Confirm.
+        check_confirm_assignment(&ConfirmAssignmentRequest {
+            request_id: request.request_id.clone(),
+            incident_id: request.incident_id.clone(),
+            team_id: request.team_id.clone(),
+        })
+        .map_err(RoutingError::from)?;
+        // A device restores only its own team's call.
+        principal.require_team(&request.team_id)?;
+        self.require_incident(&principal, &request.incident_id)
+            .await?;
         Ok(Response::new(
-            self.engine.restore_assignment(request.into_inner()).await?,
+            self.engine.restore_assignment(request).await?,
         ))
     }
 
@@ -71,25 +155,36 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<ReleaseTeamRequest>,
     ) -> Result<Response<ReleaseTeamResponse>, Status> {
-        Ok(Response::new(
-            self.engine.release_team(request.into_inner()).await?,
-        ))
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        check_release_team(&request).map_err(RoutingError::from)?;
+        self.require_assignment(&principal, &request.assignment_id)
+            .await?;
+        Ok(Response::new(self.engine.release_team(request).await?))
     }
 
     async fn cancel_routing(
         &self,
         request: Request<CancelRoutingRequest>,
     ) -> Result<Response<CancelRoutingResponse>, Status> {
-        Ok(Response::new(
-            self.engine.cancel_routing(request.into_inner()).await?,
-        ))
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        check_cancel_routing(&request).map_err(RoutingError::from)?;
+        self.require_incident(&principal, &request.incident_id)
+            .await?;
+        Ok(Response::new(self.engine.cancel_routing(request).await?))
     }
 
     async fn get_assignment(
         &self,
         request: Request<GetAssignmentRequest>,
     ) -> Result<Response<GetAssignmentResponse>, Status> {
-        let assignment = self.engine.get_assignment(request.into_inner()).await?;
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        check_get_assignment(&request).map_err(RoutingError::from)?;
+        self.require_assignment(&principal, &request.assignment_id)
+            .await?;
+        let assignment = self.engine.get_assignment(request).await?;
         Ok(Response::new(GetAssignmentResponse {
             assignment: Some(assignment),
         }))
@@ -99,16 +194,27 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<ListQueueRequest>,
     ) -> Result<Response<ListQueueResponse>, Status> {
-        Ok(Response::new(
-            self.engine.list_queue(request.into_inner()).await?,
-        ))
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        check_list_queue(&request).map_err(RoutingError::from)?;
+        principal.require_region(&request.region)?;
+        let mut response = self.engine.list_queue(request).await?;
+        // A CAD-bound credential sees its own CAD's queued calls only (a page may then hold
+        // fewer, with a next_page_token: keep paging).
+        response
+            .queued_incidents
+            .retain(|queued| principal.allows_cad_system(&queued.cad_system));
+        Ok(Response::new(response))
     }
 
     async fn watch_assignments(
         &self,
         request: Request<WatchAssignmentsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let principal = principal(&request)?;
         let request = request.into_inner();
+        crate::engine::check_watch_assignments(&request).map_err(RoutingError::from)?;
+        principal.require_region(&request.region)?;
         let after = start_of_watch(&self.engine, &request).await?;
         let (sender, receiver) = mpsc::channel(WATCH_BATCH);
         let engine = self.engine.clone();
@@ -116,7 +222,15 @@ impl RoutingService for RoutingServiceHandler {
         let watcher = relay_runtime::metrics::Watcher::open("WatchAssignments");
         tokio::spawn(async move {
             let _watcher = watcher;
-            let ended = watch(engine, request.region, after, &sender, &shutdown).await;
+            let ended = watch(
+                engine,
+                request.region,
+                after,
+                &principal,
+                &sender,
+                &shutdown,
+            )
+            .await;
             if let Err(status) = ended {
                 let _ = sender.send(Err(status)).await;
             }
@@ -142,11 +256,13 @@ async fn start_of_watch(
     }
 }
 
-/// Sends the region's events after `after` until the client leaves or the server stops.
+/// Sends the region's events after `after` (those of `principal`'s CAD, when it is bound to
+/// one) until the client leaves or the server stops.
 async fn watch(
     engine: Engine,
     region: String,
     mut after: i64,
+    principal: &Principal,
     sender: &mpsc::Sender<Result<WatchAssignmentsResponse, Status>>,
     shutdown: &CancellationToken,
 ) -> Result<(), Status> {
@@ -162,6 +278,11 @@ async fn watch(
             .map_err(|e| RoutingError::Store(e).into_status())?;
         let full = events.len() == WATCH_BATCH;
         for (seq, event) in events {
+            // A CAD-bound credential gets its own CAD's events only.
+            if !principal.allows_cad_system(&event.cad_system) {
+                after = seq;
+                continue;
+            }
             if sender
                 .send(Ok(WatchAssignmentsResponse { event: Some(event) }))
                 .await
