@@ -661,16 +661,8 @@ impl Authenticator {
                 None,
             )
         };
-        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|text| {
-                    text.strip_prefix("Bearer ")
-                        .or_else(|| text.strip_prefix("bearer "))
-                })
-                .map(str::trim)
-                .filter(|token| !token.is_empty())
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            let token = bearer(headers)
                 .ok_or_else(|| invalid("the authorization header is not `Bearer <token>`"))?;
             let verifier = match &self.jwt {
                 Keys::None => {
