@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts `relay dev` on a free port base, runs each example command against its intake
-# service (RELAY_INTAKE_ADDR), stops relay dev, and fails when any example failed.
+# service (RELAY_INTAKE_ADDR, with the CA and token relay dev prints: RELAY_CA_FILE,
+# RELAY_TOKEN), stops relay dev, and fails when any example failed.
 # Usage: examples/run.sh path/to/relay "command 1" "command 2" ...
 set -euo pipefail
 relay=$1
@@ -42,6 +43,9 @@ fi
 echo "relay dev on 127.0.0.1:$base..$((base + 3))"
 
 export RELAY_INTAKE_ADDR="127.0.0.1:$base"
+# TLS and a token: relay dev prints `export RELAY_CA_FILE=...` and `export RELAY_TOKEN=...`.
+eval "$(grep '^export RELAY_\(CA_FILE\|TOKEN\)=' "$log")"
+[ -n "${RELAY_CA_FILE:-}" ] && [ -n "${RELAY_TOKEN:-}" ] || { echo "relay dev printed no CA or token:" >&2; cat "$log" >&2; exit 1; }
 passed=0
 failed=0
 for example in "$@"; do

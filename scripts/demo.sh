@@ -48,13 +48,16 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 grep ' listening on ' "$data/dev.log"
+# Over TLS with the token relay dev printed (export RELAY_CA_FILE=..., export RELAY_TOKEN=...).
+eval "$(grep '^export RELAY_\(CA_FILE\|TOKEN\)=' "$data/dev.log")"
+echo "CA: $RELAY_CA_FILE (a token for other clients: $data/dev-token)"
 
 echo "== simulating $minutes minutes at ${speed}x"
 # The simulator stamps calls in the deployment's simulated time (same origin and speed).
 "$relay" simulate --clock-origin "$origin" \
-  --intake "http://127.0.0.1:$base" \
-  --availability "http://127.0.0.1:$((base + 1))" \
-  --directory "http://127.0.0.1:$((base + 3))" \
+  --intake "https://127.0.0.1:$base" \
+  --availability "https://127.0.0.1:$((base + 1))" \
+  --directory "https://127.0.0.1:$((base + 3))" \
   --minutes "$minutes" --speed "$speed" | tee "$data/simulation.txt"
 
 echo "== program report of the simulated calls (docs/program-metrics.md)"

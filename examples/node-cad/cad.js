@@ -5,8 +5,13 @@
 // closes the incident. It checks every answer against the contract in
 // proto/relay/intake/v1/intake_service.proto and exits 1 at the first one that is wrong.
 //
-//   RELAY_INTAKE_ADDR=127.0.0.1:50051 node cad.js
+//   RELAY_INTAKE_ADDR=127.0.0.1:50051 RELAY_CA_FILE=... RELAY_TOKEN=... node cad.js
+//
+// RELAY_CA_FILE and RELAY_TOKEN are the lines `relay dev` prints: TLS trusting that CA, and
+// the bearer token on every call. Without RELAY_CA_FILE it connects in plaintext
+// (`relay dev --insecure`).
 import { randomUUID } from "node:crypto";
+import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -19,6 +24,21 @@ const PROTO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../
 const ADDR = process.env.RELAY_INTAKE_ADDR ?? "127.0.0.1:50051";
 const DEADLINE_MS = 5_000; // every unary call has one
 const WATCH_DEADLINE_MS = 30_000; // bounds each stream in this example
+
+// TLS with the CA's certificate, and the token as `authorization: Bearer` on every call.
+function channelCredentials() {
+  const caFile = process.env.RELAY_CA_FILE;
+  const token = process.env.RELAY_TOKEN;
+  if (!caFile) return grpc.credentials.createInsecure();
+  const tls = grpc.credentials.createSsl(fs.readFileSync(caFile));
+  if (!token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.add("authorization", `Bearer ${token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
 
 // keepCase: field names as in the .proto; longs: Number is safe for sequences (< 2^53).
 const loaderOptions = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
@@ -110,7 +130,7 @@ function submitRequest(cadSystem, cadIncidentId, fields) {
 async function main() {
   // A cad_system of its own, so each run starts a fresh stream at sequence 1.
   const cadSystem = `example-node-${randomUUID().slice(0, 12)}`;
-  const client = new IntakeService(ADDR, grpc.credentials.createInsecure());
+  const client = new IntakeService(ADDR, channelCredentials());
   try {
     // 1. Submit. The key is (cad_system, cad_incident_id): resending after a lost response
     // or a DEADLINE_EXCEEDED returns the stored incident with created = false.

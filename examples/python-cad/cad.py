@@ -6,7 +6,10 @@ the last sequence it processed, reads the error details of a bad submission, and
 incident. It checks every answer against the contract in
 proto/relay/intake/v1/intake_service.proto and exits 1 at the first one that is wrong.
 
-    RELAY_INTAKE_ADDR=127.0.0.1:50051 PYTHONPATH=target/stubs/python python cad.py
+    RELAY_INTAKE_ADDR=127.0.0.1:50051 RELAY_CA_FILE=... RELAY_TOKEN=... \
+        PYTHONPATH=target/stubs/python python cad.py
+
+RELAY_CA_FILE and RELAY_TOKEN are the lines `relay dev` prints (TLS and a bearer token).
 """
 
 import os
@@ -18,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from relay_channel import open_channel
 from relay.common.v1 import common_pb2
 from relay.intake.v1 import intake_service_pb2 as intake
 from relay.intake.v1 import intake_service_pb2_grpc as intake_grpc
@@ -97,7 +101,7 @@ def error_details(error):
 def main():
     # A cad_system of its own, so each run starts a fresh stream at sequence 1.
     cad_system = f"example-py-{uuid.uuid4().hex[:12]}"
-    with grpc.insecure_channel(ADDR) as channel:
+    with open_channel(ADDR) as channel:
         grpc.channel_ready_future(channel).result(timeout=DEADLINE)
         stub = intake_grpc.IntakeServiceStub(channel)
 

@@ -4,7 +4,9 @@
 Without them a reflection client answers "symbol google.rpc.ErrorInfo not found" and shows a
 failed call's details as bytes (issue 16). Exits 1 when a type is missing or incomplete.
 
-    RELAY_INTAKE_ADDR=127.0.0.1:50051 python reflection_check.py
+    RELAY_INTAKE_ADDR=127.0.0.1:50051 RELAY_CA_FILE=... RELAY_TOKEN=... python reflection_check.py
+
+Reflection needs a valid credential when the server asks for them (`relay dev` does).
 """
 
 import os
@@ -16,6 +18,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from relay_channel import open_channel
+
 ADDR = os.environ.get("RELAY_INTAKE_ADDR", "127.0.0.1:50051")
 EXPECTED_FIELDS = {
     "google.rpc.Status": {"code", "message", "details"},
@@ -24,7 +28,8 @@ EXPECTED_FIELDS = {
     "google.rpc.RetryInfo": {"retry_delay"},
 }
 
-with grpc.insecure_channel(ADDR) as channel:
+
+with open_channel(ADDR) as channel:
     grpc.channel_ready_future(channel).result(timeout=5)
     pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
     services = set(ProtoReflectionDescriptorDatabase(channel).get_services())

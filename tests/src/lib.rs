@@ -362,12 +362,23 @@ impl ServiceProcess {
 /// # Panics
 /// When `endpoint` is not a URI.
 pub async fn wait_until_serving(endpoint: &str, limit: Duration) -> Result<(), String> {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
     let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())
         .expect("endpoint")
         .connect_lazy();
+    wait_until_serving_on(channel, limit).await
+}
+
+/// As [`wait_until_serving`], over a channel of the caller's (TLS, for instance).
+///
+/// # Errors
+/// The last answer, when it never was SERVING within `limit`.
+pub async fn wait_until_serving_on(
+    channel: tonic::transport::Channel,
+    limit: Duration,
+) -> Result<(), String> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let mut client = HealthClient::new(channel);
     let deadline = Instant::now() + limit;
     loop {

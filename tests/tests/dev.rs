@@ -1,6 +1,7 @@
-//! `relay dev` runs the whole suite on embedded storage, and `relay simulate` drives it
-//! through the public API: calls are triaged, teams are assigned and calls are closed, and the
-//! same seed gives the same counts.
+//! `relay dev` runs the whole suite on embedded storage, over TLS with a local CA and bearer
+//! tokens, and `relay simulate` drives it through the public API with the CA and the token
+//! `relay dev` printed: calls are triaged, teams are assigned and calls are closed, and the
+//! same seed gives the same counts. A call without the token is refused.
 
 use std::{
     io::{BufRead, BufReader},
@@ -8,7 +9,8 @@ use std::{
     time::Duration,
 };
 
-use relay_tests::{binary_path, wait_until_serving};
+use relay_tests::{binary_path, wait_until_serving_on};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// Kills `relay dev` when the test ends, however it ends.
 struct Dev(std::process::Child);
@@ -20,7 +22,13 @@ impl Drop for Dev {
     }
 }
 
-fn simulate(base: u16) -> String {
+/// What `relay dev` printed for its clients.
+struct Credentials {
+    ca_file: String,
+    token: String,
+}
+
+fn simulate(base: u16, credentials: &Credentials) -> String {
     let output = Command::new(binary_path("relay"))
         .args([
             "simulate",
@@ -32,9 +40,11 @@ fn simulate(base: u16) -> String {
             "--speed",
             "900",
         ])
-        .args(["--intake", &format!("http://127.0.0.1:{base}")])
-        .args(["--availability", &format!("http://127.0.0.1:{}", base + 1)])
-        .args(["--directory", &format!("http://127.0.0.1:{}", base + 3)])
+        .args(["--intake", &format!("https://127.0.0.1:{base}")])
+        .args(["--availability", &format!("https://127.0.0.1:{}", base + 1)])
+        .args(["--directory", &format!("https://127.0.0.1:{}", base + 3)])
+        .env("RELAY_CA_FILE", &credentials.ca_file)
+        .env("RELAY_TOKEN", &credentials.token)
         .output()
         .expect("run relay simulate");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -114,23 +124,40 @@ fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
         }
     };
     let mut listening = Vec::new();
+    let (mut ca_file, mut token) = (None, None);
     while listening.len() < 4 {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("relay dev prints its endpoints");
-        if line.contains(" listening on http://127.0.0.1:") {
+        if line.contains(" listening on ") {
             listening.push(line);
+        } else if let Some(path) = line.strip_prefix("export RELAY_CA_FILE=") {
+            ca_file = Some(path.to_owned());
+        } else if let Some(value) = line.strip_prefix("export RELAY_TOKEN=") {
+            token = Some(value.to_owned());
         }
     }
     assert_eq!(
         listening,
         [
-            format!("intake listening on http://127.0.0.1:{base}"),
-            format!("availability listening on http://127.0.0.1:{}", base + 1),
-            format!("routing listening on http://127.0.0.1:{}", base + 2),
-            format!("directory listening on http://127.0.0.1:{}", base + 3),
+            format!("intake listening on https://127.0.0.1:{base}"),
+            format!("availability listening on https://127.0.0.1:{}", base + 1),
+            format!("routing listening on https://127.0.0.1:{}", base + 2),
+            format!("directory listening on https://127.0.0.1:{}", base + 3),
         ]
     );
+    let credentials = Credentials {
+        ca_file: ca_file.expect("relay dev prints `export RELAY_CA_FILE=...` before its endpoints"),
+        token: token.expect("relay dev prints `export RELAY_TOKEN=...` before its endpoints"),
+    };
+    let ca_pem = std::fs::read_to_string(&credentials.ca_file).expect("the CA file");
+    let channel = |port: u16| {
+        Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem)))
+            .expect("tls")
+            .connect_lazy()
+    };
 
     // A clean start is quiet at WARN: once all four are SERVING (start-up done, readiness
     // passed), look.
@@ -138,12 +165,26 @@ fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
         .enable_all()
         .build()
         .expect("runtime");
+    // Lazy channels spawn their connection on the runtime they are made in.
+    let _entered = runtime.enter();
     for port in base..base + 4 {
-        let endpoint = format!("http://127.0.0.1:{port}");
         runtime
-            .block_on(wait_until_serving(&endpoint, Duration::from_secs(60)))
-            .unwrap_or_else(|last| panic!("{endpoint} never became SERVING (last {last})"));
+            .block_on(wait_until_serving_on(
+                channel(port),
+                Duration::from_secs(60),
+            ))
+            .unwrap_or_else(|last| panic!("port {port} never became SERVING (last {last})"));
     }
+    // TLS alone is no credential: a call without the token is refused.
+    let status = runtime
+        .block_on(
+            relay_proto::directory::directory_service_client::DirectoryServiceClient::new(channel(
+                base + 3,
+            ))
+            .search_services(relay_proto::directory::SearchServicesRequest::default()),
+        )
+        .expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     let warnings: Vec<String> = logged
         .lock()
         .expect("log")
@@ -153,13 +194,13 @@ fn relay_dev_serves_the_whole_call_lifecycle_and_simulations_repeat() {
         .collect();
     assert!(warnings.is_empty(), "a clean start warned: {warnings:?}");
 
-    let first = simulate(base);
+    let first = simulate(base, &credentials);
     assert!(count(&first, "submitted") >= 10, "{first}");
     assert!(count(&first, "assigned") >= 1, "{first}");
     assert!(count(&first, "closed") >= 1, "{first}");
     assert!(first.contains("time to assign"), "{first}");
     // The same seed again, in the same deployment (the run id keeps the runs apart).
-    let second = simulate(base);
+    let second = simulate(base, &credentials);
     let counts = |report: &str| {
         report
             .lines()

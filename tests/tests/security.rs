@@ -101,6 +101,18 @@ impl Pki {
             .expect("token")
     }
 
+    /// A token for `subject` with every scope, signed by `signer`.
+    fn token_for(signer: &TokenSigner, subject: &str) -> String {
+        let claims = TokenClaims {
+            subject: subject.to_owned(),
+            scopes: all_scopes(),
+            ..TokenClaims::default()
+        };
+        signer
+            .issue(ISSUER, AUDIENCE, &claims, 0, 300)
+            .expect("token")
+    }
+
     fn token_from(
         &self,
         signer: &TokenSigner,
@@ -130,8 +142,19 @@ fn write(path: &Path, text: &str) {
 /// Starts `binary` over TLS with auth, on SQLite (migrated first) and in-memory live state:
 /// the boundary is the same whatever the storage.
 fn start(pki: &Pki, binary: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+    start_without(pki, binary, extra, &[])
+}
+
+/// As [`start`], without the variables named in `without` (`RELAY_AUTH_JWKS`, for a JWKS URL).
+fn start_without(
+    pki: &Pki,
+    binary: &str,
+    extra: &[(&str, &str)],
+    without: &[&str],
+) -> ServiceProcess {
     let database = format!("sqlite://{}", pki.path(&format!("{binary}.db")).display());
     let mut env: Vec<(String, String)> = pki.env();
+    env.retain(|(key, _)| !without.contains(&key.as_str()));
     env.push(("RELAY_DATABASE_URL".into(), database));
     env.push(("RELAY_PAGE_TOKEN_SECRET".into(), "test-page-secret".into()));
     env.push(("RELAY_AVAILABILITY__BACKEND".into(), "memory".into()));
@@ -1227,4 +1250,355 @@ async fn team_and_region_bound_credentials_report_and_read_only_their_own() {
     assert_eq!(south.status, TeamStatus::OffDuty as i32);
     assert!(south.location.is_none(), "{south:?}");
     assert_eq!(south.revision, 1, "{south:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_rate_limit_is_told_when_to_retry_while_others_are_served() {
+    let pki = Pki::new();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let admin_listen = admin.to_string();
+    let process = start(
+        &pki,
+        "relay-directory",
+        &[
+            ("RELAY_SECURITY__LIMITS__REQUESTS_PER_SECOND", "1"),
+            ("RELAY_SECURITY__LIMITS__BURST", "3"),
+            ("RELAY_ADMIN_LISTEN", &admin_listen),
+        ],
+    );
+    let channel = tls_channel(&process, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let search = "/relay.directory.v1.DirectoryService/SearchServices";
+    let busy = Pki::token_for(&pki.signer, "cad-busy");
+    let calm = Pki::token_for(&pki.signer, "cad-calm");
+
+    // The burst goes through, then the busy principal is refused with when to retry.
+    let mut served = 0;
+    let status = loop {
+        match call(&channel, search, Some(&busy)).await {
+            Err(status) if status.code() == Code::ResourceExhausted => break status,
+            result => {
+                assert!(past_auth(result.clone()), "{result:?}");
+                served += 1;
+                assert!(served <= 6, "never limited after {served} calls");
+            }
+        }
+    };
+    assert!(served >= 3, "the burst of 3 is served first, got {served}");
+    assert_eq!(reason(&status), "RATE_LIMITED", "{status:?}");
+    let delay = status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a RetryInfo with a delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(1),
+        "one request per second: the next within a second, got {delay:?}"
+    );
+
+    // Another principal has a bucket of its own; health is never limited.
+    let result = call(&channel, search, Some(&calm)).await;
+    assert!(
+        served_past_limits(&result),
+        "another principal is still served: {result:?}"
+    );
+    call(&channel, "/grpc.health.v1.Health/Check", None)
+        .await
+        .expect("health is not limited");
+
+    // After the delay it was given, the busy principal is served again.
+    let deadline = std::time::Instant::now() + delay + Duration::from_secs(3);
+    loop {
+        let result = call(&channel, search, Some(&busy)).await;
+        if served_past_limits(&result) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused after its retry delay: {result:?}"
+        );
+        tokio::time::sleep(delay.min(Duration::from_millis(200))).await;
+    }
+
+    // Refusals are counted by class, never by who.
+    let (code, metrics) = relay_tests::admin_get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("relay_rate_limited_total{"))
+        .unwrap_or_else(|| panic!("no relay_rate_limited_total in:\n{metrics}"));
+    assert!(line.contains("class=\"principal\""), "{line}");
+    assert!(!line.contains("cad-busy"), "{line}");
+}
+
+/// Whether a call got past authentication and the rate limit.
+fn served_past_limits(result: &Result<(), Status>) -> bool {
+    past_auth(result.clone())
+        && result
+            .as_ref()
+            .err()
+            .is_none_or(|status| status.code() != Code::ResourceExhausted)
+}
+
+/// An HTTPS server of the test's own serving a JWKS (or an error), counting its fetches.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(authority: &Authority) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = authority
+            .server("localhost", &["localhost", "127.0.0.1"])
+            .expect("server cert");
+        let certs = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((503, String::new())));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = {
+            let answer = std::sync::Arc::clone(&answer);
+            let fetches = std::sync::Arc::clone(&fetches);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let answer = std::sync::Arc::clone(&answer);
+                    let fetches = std::sync::Arc::clone(&fetches);
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let mut request = Vec::new();
+                        let mut buffer = [0_u8; 1024];
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tls.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let (code, body) = answer.lock().expect("answer").clone();
+                        let response = format!(
+                            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = tls.write_all(response.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            })
+        };
+        Self {
+            addr,
+            answer,
+            fetches,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/realms/relay/certs", self.addr.port())
+    }
+
+    /// Serves the public keys of `signers`.
+    fn serve(&self, signers: &[&TokenSigner]) {
+        let keys: Vec<serde_json::Value> = signers
+            .iter()
+            .flat_map(|signer| {
+                let set = serde_json::to_value(signer.jwks().expect("jwks")).expect("json");
+                set["keys"].as_array().cloned().unwrap_or_default()
+            })
+            .collect();
+        *self.answer.lock().expect("answer") =
+            (200, serde_json::json!({ "keys": keys }).to_string());
+    }
+
+    /// Answers every fetch with a server error.
+    fn fail(&self) {
+        *self.answer.lock().expect("answer") = (500, String::from("{}"));
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether health answers SERVING on `channel`.
+async fn serving(channel: &Channel) -> bool {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .is_ok_and(|answer| answer.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// Polls `check` until it holds, for at most `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_refetched_for_a_new_key_and_refreshed_when_keys_are_retired() {
+    let pki = Pki::new();
+    let jwks = JwksServer::start(&pki.authority).await;
+    let first = TokenSigner::generate("key-1").expect("key");
+    let second = TokenSigner::generate("key-2").expect("key");
+    let unknown = TokenSigner::generate("key-3").expect("key");
+    let search = "/relay.directory.v1.DirectoryService/SearchServices";
+    let url = jwks.url();
+    let ca = pki.path("client-ca.pem").display().to_string();
+    let settings = |refresh: &'static str| {
+        vec![
+            ("RELAY_AUTH_JWKS_URL", url.clone()),
+            ("RELAY_SECURITY__AUTH_JWKS_CA", ca.clone()),
+            (
+                "RELAY_SECURITY__AUTH_JWKS_REFRESH_SECONDS",
+                refresh.to_owned(),
+            ),
+            (
+                "RELAY_SECURITY__AUTH_JWKS_REFETCH_MIN_SECONDS",
+                String::from("1"),
+            ),
+            ("RELAY_SERVER__READINESS_INTERVAL_MS", String::from("100")),
+        ]
+    };
+
+    // The provider is down at start: the service starts, NOT_SERVING, and a token is told
+    // to retry (UNAVAILABLE), not that it is invalid. Once the set is served, it serves.
+    jwks.fail();
+    let env = settings("300");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let process = start_without(&pki, "relay-directory", &env, &["RELAY_AUTH_JWKS"]);
+    let channel = tls_channel(&process, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let status = call(&channel, search, Some(&Pki::token_for(&first, "cad")))
+        .await
+        .expect_err("no keys yet");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "KEYS_UNAVAILABLE");
+    jwks.serve(&[&first]);
+    let on = &channel;
+    eventually(
+        Duration::from_secs(15),
+        "SERVING once the JWKS is fetched",
+        move || serving(on),
+    )
+    .await;
+    assert!(past_auth(
+        call(&channel, search, Some(&Pki::token_for(&first, "cad"))).await
+    ));
+
+    // The provider rotates to a new key: a token signed with it names a kid the cached set
+    // lacks, so the set is fetched again at once (the periodic refresh is 5 minutes away).
+    jwks.serve(&[&first, &second]);
+    let new_token = Pki::token_for(&second, "cad");
+    let token = &new_token;
+    eventually(
+        Duration::from_secs(10),
+        "a token of the new key accepted",
+        move || async move { past_auth(call(on, search, Some(token)).await) },
+    )
+    .await;
+
+    // Made-up kids do not make it hammer the provider: at most one fetch per second.
+    let before = jwks.fetches();
+    let started = std::time::Instant::now();
+    let forged = Pki::token_for(&unknown, "cad");
+    for _ in 0..20 {
+        let status = call(&channel, search, Some(&forged))
+            .await
+            .expect_err("an unknown key");
+        assert_eq!(reason(&status), "CREDENTIALS_INVALID");
+    }
+    let seconds = started.elapsed().as_secs();
+    let fetched = jwks.fetches() - before;
+    assert!(
+        fetched <= usize::try_from(seconds).expect("small") + 1,
+        "{fetched} fetches in {seconds}s for 20 unknown kids"
+    );
+    drop(process);
+
+    // Periodic refresh (every second here): a fetch that fails keeps the last good set; a
+    // key the provider retires stops verifying tokens without a restart.
+    let env = settings("1");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let process = start_without(&pki, "relay-directory", &env, &["RELAY_AUTH_JWKS"]);
+    let channel = tls_channel(&process, pki.authority.cert_pem(), None)
+        .await
+        .expect("tls");
+    let on = &channel;
+    eventually(Duration::from_secs(15), "SERVING", move || serving(on)).await;
+    let old_token = Pki::token_for(&first, "cad");
+    assert!(past_auth(call(&channel, search, Some(&old_token)).await));
+    jwks.fail();
+    let failed_from = jwks.fetches();
+    let server = &jwks;
+    eventually(
+        Duration::from_secs(10),
+        "two failed refreshes",
+        move || async move { server.fetches() >= failed_from + 2 },
+    )
+    .await;
+    assert!(
+        past_auth(call(&channel, search, Some(&old_token)).await),
+        "the last good set is kept while the provider fails"
+    );
+    jwks.serve(&[&second]);
+    let retired = &old_token;
+    eventually(
+        Duration::from_secs(10),
+        "the retired key refused",
+        move || async move {
+            call(on, search, Some(retired))
+                .await
+                .is_err_and(|status| reason(&status) == "CREDENTIALS_INVALID")
+        },
+    )
+    .await;
+    assert!(past_auth(call(&channel, search, Some(&new_token)).await));
 }

@@ -5,6 +5,14 @@
 //! SQLite; routing claims teams through that same store (the fleet adapter routing uses over
 //! Redis in production); intake, routing and the directory keep their records in SQLite files
 //! of their own. Nothing needs to be installed.
+//!
+//! The services serve TLS and ask every caller for a credential, as a deployment does: the
+//! data folder gets a local CA, a server certificate, the services' own client certificate
+//! (which they present to each other, mapped to every scope) and a token signing key with its
+//! JWKS ([`DevFiles::ensure`]); `relay dev` prints the CA's path and a ready token with every
+//! scope as `export RELAY_CA_FILE=...` and `export RELAY_TOKEN=...` lines, which
+//! `relay simulate`, the demo and the CAD examples read. `--insecure` serves plaintext without
+//! credentials instead, with a warning.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -12,8 +20,17 @@ use relay_runtime::{
     BoxError, Config,
     clock::{Clock, SystemClock},
     config::{ClockSettings, LogFormat},
+    security::pki::{
+        DEV_AUDIENCE, DEV_ISSUER, DEV_SERVICE_IDENTITY, DevFiles, TokenClaims, all_scopes,
+        write_file,
+    },
     telemetry,
 };
+
+/// The subject of the token `relay dev` prints.
+pub const DEV_SUBJECT: &str = "relay-dev";
+/// How long that token is valid: a working day and then some.
+const DEV_TOKEN_SECONDS: i64 = 24 * 3600;
 
 /// What `relay dev` was asked for.
 #[derive(Debug, Clone)]
@@ -25,6 +42,8 @@ pub struct DevOptions {
     /// Simulated time for every service (`--clock-speed`, `--clock-origin`,
     /// `--clock-anchor`); unset: the wall clock.
     pub clock: ClockSettings,
+    /// Plaintext, no credential (`--insecure`); otherwise TLS and tokens.
+    pub insecure: bool,
 }
 
 fn config(
@@ -32,12 +51,34 @@ fn config(
     port: u16,
     database: &std::path::Path,
     base: u16,
+    pki: Option<&DevFiles>,
 ) -> Result<Config, BoxError> {
     let endpoint = |offset: u16| format!("http://127.0.0.1:{}", base + offset);
     let mut builder = Config::builder(service);
     if service == "intake" {
         // Intake's EIDO HTTP port on a free port (printed at start), like the admin ports.
         builder = builder.set("http_listen", "127.0.0.1:0");
+    }
+    if let Some(files) = pki {
+        // TLS with the local CA; tokens checked against the dev signing key's JWKS; the
+        // services call each other over TLS with their own client certificate, whose
+        // identity gets every scope. The dev token drives a whole simulated CAD and fleet as
+        // one principal, so it gets the service class of rate limit.
+        builder = builder
+            .set("security.tls_cert", &files.server_cert)
+            .set("security.tls_key", &files.server_key)
+            .set("security.tls_client_ca", &files.ca)
+            .set("security.tls_ca", &files.ca)
+            .set("security.tls_client_cert", &files.client_cert)
+            .set("security.tls_client_key", &files.client_key)
+            .set("security.auth_jwks", &files.jwks)
+            .set("security.auth_issuer", DEV_ISSUER)
+            .set("security.auth_audience", DEV_AUDIENCE)
+            .set(
+                "security.identities",
+                serde_json::json!({ DEV_SERVICE_IDENTITY: { "scopes": all_scopes() } }),
+            )
+            .set("security.limits.service_subjects", [DEV_SUBJECT]);
     }
     Ok(builder
         .set("insecure_dev", true)
@@ -84,6 +125,30 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         return Err(format!("--port-base {base} leaves no room for four ports").into());
     }
     let db = |name: &str| dir.join(format!("{name}.db"));
+    let pki = if options.insecure {
+        None
+    } else {
+        Some(DevFiles::ensure(&dir)?)
+    };
+    let token = match &pki {
+        Some(files) => {
+            let token = files.signer()?.issue(
+                DEV_ISSUER,
+                DEV_AUDIENCE,
+                &TokenClaims {
+                    subject: String::from(DEV_SUBJECT),
+                    scopes: all_scopes(),
+                    ..TokenClaims::default()
+                },
+                0,
+                DEV_TOKEN_SECONDS,
+            )?;
+            write_file(&dir.join("dev-token"), &token, true)?;
+            Some(token)
+        }
+        None => None,
+    };
+    let pki = pki.as_ref();
     // One clock for the four services, so that every time rule follows the same (possibly
     // simulated) time; `relay dev` is a development setup, so a simulated one is allowed.
     let simulated = if options.clock.is_simulated() {
@@ -96,7 +161,7 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         None => Arc::new(SystemClock),
     };
 
-    let availability_config = config("availability", base + 1, &db("availability"), base)?;
+    let availability_config = config("availability", base + 1, &db("availability"), base, pki)?;
     // Migrate before serving, so no call can arrive before the roster's tables exist.
     relay_availability::Application::migrate(&availability_config).await?;
     let availability =
@@ -105,29 +170,53 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     // Routing dispatches from availability's own in-process live state.
     let fleet = availability.dispatch().clone();
 
-    let routing_config = config("routing", base + 2, &db("routing"), base)?;
+    let routing_config = config("routing", base + 2, &db("routing"), base, pki)?;
     relay_routing::Application::migrate(&routing_config).await?;
     let routing =
         relay_routing::Application::build_with_fleet(routing_config, fleet, clock.clone()).await?;
 
-    let intake_config = config("intake", base, &db("intake"), base)?;
+    let intake_config = config("intake", base, &db("intake"), base, pki)?;
     relay_intake::Application::migrate(&intake_config).await?;
     let intake = relay_intake::Application::build_with_clock(intake_config, clock.clone()).await?;
 
-    let directory_config = config("directory", base + 3, &db("directory"), base)?;
+    let directory_config = config("directory", base + 3, &db("directory"), base, pki)?;
     relay_directory::Application::migrate(&directory_config).await?;
     let directory =
         relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;
 
-    println!("relay dev serves plaintext gRPC and asks no credential: for this machine only");
-    println!("intake listening on http://{}", intake.local_addr());
+    // The credentials first: a script that waits for the four "listening" lines has them.
+    let scheme = match (&pki, &token) {
+        (Some(files), Some(token)) => {
+            println!(
+                "relay dev serves gRPC over TLS (local CA below) and every call needs a bearer \
+                 token: this one has every scope for 24 hours (`relay token issue` makes others)"
+            );
+            println!("export RELAY_CA_FILE={}", files.ca.display());
+            println!("export RELAY_TOKEN={token}");
+            "https"
+        }
+        _ => {
+            tracing::warn!(
+                "relay dev --insecure: plaintext gRPC, no credential asked; for this machine only"
+            );
+            println!(
+                "relay dev --insecure serves plaintext gRPC and asks no credential: for this \
+                 machine only"
+            );
+            "http"
+        }
+    };
+    println!("intake listening on {scheme}://{}", intake.local_addr());
     println!("intake EIDO on http://{}/EIDO", intake.http_addr());
     println!(
-        "availability listening on http://{}",
+        "availability listening on {scheme}://{}",
         availability.local_addr()
     );
-    println!("routing listening on http://{}", routing.local_addr());
-    println!("directory listening on http://{}", directory.local_addr());
+    println!("routing listening on {scheme}://{}", routing.local_addr());
+    println!(
+        "directory listening on {scheme}://{}",
+        directory.local_addr()
+    );
     if let Some(scaled) = simulated {
         println!(
             "clock: simulated, {} at {} and {}x as fast (relay simulate --speed {} --clock-origin {} --clock-anchor {})",

@@ -24,14 +24,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run all four services in one process on embedded storage (no Redis or PostgreSQL
-    /// needed), each on its own loopback port, until Ctrl-C.
+    /// needed), each on its own loopback port, until Ctrl-C. They serve TLS with a local CA
+    /// and check bearer tokens; the CA's path and a ready token are printed
+    /// (`export RELAY_CA_FILE=...`, `export RELAY_TOKEN=...`) for `relay simulate` and clients.
     Dev {
         /// First of the four ports (intake, availability, routing, directory).
         #[arg(long, default_value_t = 50051)]
         port_base: u16,
-        /// Keep state in this folder between runs (default: a temporary folder).
+        /// Keep state in this folder between runs (default: a temporary folder). The CA,
+        /// keys and certificates are kept there too, so tokens stay valid across runs.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve plaintext gRPC and ask no credential (a warning says so): for tools that
+        /// cannot do TLS. Never on a shared network.
+        #[arg(long)]
+        insecure: bool,
         #[command(flatten)]
         clock: ClockArgs,
     },
@@ -141,6 +148,15 @@ struct SimulateArgs {
     /// Directory endpoint.
     #[arg(long, default_value = "http://127.0.0.1:50054")]
     directory: String,
+    /// The CA that the deployment's certificates chain to, PEM: calls go over TLS (an
+    /// `http://` endpoint is called as `https://`). `relay dev` prints its own.
+    #[arg(long, env = "RELAY_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// The bearer token sent with every call (it needs the scopes of submitting, reading and
+    /// watching incidents, reporting team status and reading the directory). `relay dev`
+    /// prints one.
+    #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Seed of the synthetic metro area, fleet and call mix.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -273,8 +289,9 @@ fn main() -> ExitCode {
         Command::Dev {
             port_base,
             data_dir,
+            insecure,
             clock,
-        } => dev(port_base, data_dir, &clock),
+        } => dev(port_base, data_dir, insecure, &clock),
         Command::Token {
             command: TokenCommand::Issue(args),
         } => issue_token(&args),
@@ -359,7 +376,7 @@ fn issue_token(args: &TokenArgs) -> ExitCode {
     }
 }
 
-fn dev(port_base: u16, data_dir: Option<PathBuf>, clock: &ClockArgs) -> ExitCode {
+fn dev(port_base: u16, data_dir: Option<PathBuf>, insecure: bool, clock: &ClockArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -374,6 +391,7 @@ fn dev(port_base: u16, data_dir: Option<PathBuf>, clock: &ClockArgs) -> ExitCode
         port_base,
         data_dir,
         clock: clock.settings(),
+        insecure,
     })) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -404,6 +422,23 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         availability: args.availability.clone(),
         directory: args.directory.clone(),
     };
+    let ca_pem = match &args.ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(error) => {
+                eprintln!("relay simulate: --ca-file {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let credentials = match relay_simulator::run::Credentials::new(ca_pem, args.token.clone()) {
+        Ok(credentials) => credentials,
+        Err(error) => {
+            eprintln!("relay simulate: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let clock = match args.clock_origin {
         Some(origin) => match relay_runtime::clock::ScaledClock::new(
             origin,
@@ -422,6 +457,7 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         speed: args.speed,
         progress: !args.no_progress,
         clock,
+        credentials,
         ..RunOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

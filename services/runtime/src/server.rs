@@ -44,6 +44,7 @@ use crate::{
     security::{
         Posture, Reflection, SecuritySettings,
         auth::{AuthLayer, Authenticator},
+        limits::{self, RateLimitLayer, RateLimits},
         tls::ServerTls,
     },
 };
@@ -168,7 +169,7 @@ impl ServiceHost {
     /// # Errors
     /// When the security settings are incomplete or refused (the message names the
     /// variable), a TLS file or the JWKS does not load, or the address cannot be bound.
-    pub async fn bind(self, addr: SocketAddr) -> std::io::Result<BoundServer> {
+    pub async fn bind(mut self, addr: SocketAddr) -> std::io::Result<BoundServer> {
         let posture = self
             .security
             .posture(self.insecure_dev)
@@ -181,6 +182,19 @@ impl ServiceHost {
         let authenticator = Arc::new(
             Authenticator::new(&self.security, posture.no_auth).map_err(std::io::Error::other)?,
         );
+        if let Some(remote) = authenticator.remote_jwks() {
+            // Fetched once before serving, so tokens are accepted from the first call when
+            // the provider answers. When it does not, the service starts NOT_SERVING (this
+            // check) and keeps trying: see `security::jwks`.
+            let _ = remote.refresh().await;
+            let remote = Arc::clone(remote);
+            let check: Check = Arc::new(move || {
+                let remote = Arc::clone(&remote);
+                Box::pin(async move { remote.ready().await })
+            });
+            self.checks.push(("jwks", check));
+        }
+        let limits = limits::from_settings(&self.security.limits, posture.no_auth);
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let admin = match self.admin {
@@ -200,6 +214,7 @@ impl ServiceHost {
             posture,
             tls,
             authenticator,
+            limits,
         })
     }
 }
@@ -214,6 +229,7 @@ pub struct BoundServer {
     posture: Posture,
     tls: Option<Arc<ServerTls>>,
     authenticator: Arc<Authenticator>,
+    limits: Option<Arc<RateLimits>>,
 }
 
 #[derive(Clone)]
@@ -277,6 +293,7 @@ impl BoundServer {
             posture,
             tls,
             authenticator,
+            limits,
         } = self;
         let ServiceHost {
             settings,
@@ -395,6 +412,12 @@ impl BoundServer {
             },
         ));
 
+        if let Some(remote) = authenticator.remote_jwks() {
+            tokio::spawn(Arc::clone(remote).run(token.clone()));
+        }
+        if let Some(limits) = &limits {
+            tokio::spawn(Arc::clone(limits).prune_task(token.clone()));
+        }
         let readiness = tokio::spawn(readiness_task(
             health.clone(),
             checks,
@@ -434,6 +457,8 @@ impl BoundServer {
             .layer(MetricsLayer)
             .layer(RequestContextLayer)
             .layer(AuthLayer::new(authenticator))
+            // After auth: the caller is known, and its key is who it is.
+            .layer(RateLimitLayer::new(limits))
             .add_routes(routes);
         let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match tls {

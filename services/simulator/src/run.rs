@@ -49,7 +49,11 @@ use relay_proto::{
 };
 use relay_runtime::clock::{Clock, ScaledClock};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
 use crate::{
     report::{Observations, TeamUse},
@@ -67,6 +71,66 @@ pub struct Endpoints {
     pub directory: String,
 }
 
+/// How the simulator proves who it is: TLS trusting a CA, and a bearer token on every call.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    ca_pem: Option<Vec<u8>>,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Credentials")
+            .field("tls", &self.ca_pem.is_some())
+            .field("token", &self.authorization.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// TLS trusting `ca_pem` (PEM) when given, and `token` as `authorization: Bearer` when
+    /// given.
+    ///
+    /// # Errors
+    /// When the token cannot be a header value.
+    pub fn new(ca_pem: Option<Vec<u8>>, token: Option<String>) -> Result<Self, String> {
+        let authorization = match token.as_deref().map(str::trim) {
+            Some(token) if !token.is_empty() => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| String::from("the token is not a header value (RELAY_TOKEN)"))?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            ca_pem,
+            authorization,
+        })
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to the deployment that carries the simulator's credentials.
+pub type AuthChannel = InterceptedService<Channel, Bearer>;
+
 /// How a run is paced and shown.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOptions {
@@ -83,6 +147,8 @@ pub struct RunOptions {
     /// The deployment's simulated clock (same origin, anchor and speed as `relay dev`), or
     /// `None` when the deployment runs on the wall clock.
     pub clock: Option<ScaledClock>,
+    /// TLS and the bearer token (`relay dev` prints both).
+    pub credentials: Credentials,
 }
 
 impl Default for RunOptions {
@@ -94,6 +160,7 @@ impl Default for RunOptions {
             settle: Duration::from_millis(150),
             run_id: None,
             clock: None,
+            credentials: Credentials::default(),
         }
     }
 }
@@ -182,9 +249,9 @@ struct Sim<'a> {
     run_id: String,
     cad_system: String,
     region: String,
-    intake: IntakeServiceClient<Channel>,
-    availability: AvailabilityServiceClient<Channel>,
-    directory: DirectoryServiceClient<Channel>,
+    intake: IntakeServiceClient<AuthChannel>,
+    availability: AvailabilityServiceClient<AuthChannel>,
+    directory: DirectoryServiceClient<AuthChannel>,
     steps: BinaryHeap<Reverse<(u64, u64, Step)>>,
     sequence: u64,
     /// The clock simulated time is read from: the deployment's, or one of the simulator's
@@ -236,16 +303,31 @@ fn to_timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
 
-async fn connect(endpoint: &str) -> Result<Channel, SimError> {
-    Channel::from_shared(endpoint.to_owned())
-        .map_err(|_| SimError::BadEndpoint(endpoint.to_owned()))?
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|source| SimError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })
+async fn connect(endpoint: &str, credentials: &Credentials) -> Result<AuthChannel, SimError> {
+    let failed = |source| SimError::Connect {
+        endpoint: endpoint.to_owned(),
+        source,
+    };
+    let mut builder = match &credentials.ca_pem {
+        Some(ca) => {
+            // TLS: an `http://` endpoint (the default ones) is called as `https://`.
+            let secure = endpoint
+                .strip_prefix("http://")
+                .map_or_else(|| endpoint.to_owned(), |rest| format!("https://{rest}"));
+            Channel::from_shared(secure)
+                .map_err(|_| SimError::BadEndpoint(endpoint.to_owned()))?
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+                .map_err(failed)?
+        }
+        None => Channel::from_shared(endpoint.to_owned())
+            .map_err(|_| SimError::BadEndpoint(endpoint.to_owned()))?,
+    };
+    builder = builder.timeout(Duration::from_secs(10));
+    let channel = builder.connect().await.map_err(failed)?;
+    Ok(InterceptedService::new(
+        channel,
+        Bearer(credentials.authorization.clone()),
+    ))
 }
 
 /// Runs `scenario` against the deployment at `endpoints`.
@@ -268,9 +350,11 @@ pub async fn run(
             )
         }
     };
-    let intake = IntakeServiceClient::new(connect(&endpoints.intake).await?);
-    let availability = AvailabilityServiceClient::new(connect(&endpoints.availability).await?);
-    let directory = DirectoryServiceClient::new(connect(&endpoints.directory).await?);
+    let credentials = &options.credentials;
+    let intake = IntakeServiceClient::new(connect(&endpoints.intake, credentials).await?);
+    let availability =
+        AvailabilityServiceClient::new(connect(&endpoints.availability, credentials).await?);
+    let directory = DirectoryServiceClient::new(connect(&endpoints.directory, credentials).await?);
     let run_id = options.run_id.clone().unwrap_or_else(|| {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -39,6 +39,9 @@ pub const CREDENTIALS_MISSING: &str = "CREDENTIALS_MISSING";
 pub const CREDENTIALS_INVALID: &str = "CREDENTIALS_INVALID";
 /// Reason: a valid credential without the scope the RPC requires.
 pub const SCOPE_MISSING: &str = "SCOPE_MISSING";
+/// Reason: bearer tokens cannot be checked yet, as the JWKS URL has not been fetched
+/// (UNAVAILABLE: the credential may be fine, retry).
+pub const KEYS_UNAVAILABLE: &str = "KEYS_UNAVAILABLE";
 /// Reason: the credential is bound to another CAD system.
 pub const CAD_SYSTEM_NOT_ALLOWED: &str = "CAD_SYSTEM_NOT_ALLOWED";
 /// Reason: the credential is bound to another team.
@@ -308,6 +311,16 @@ impl Principal {
         !self.regions.is_empty()
     }
 
+    /// A principal named `subject` with no scope nor binding, for tests of the layers.
+    #[cfg(test)]
+    pub(crate) fn for_tests(subject: &str, kind: CredentialKind) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            kind,
+            ..Self::development()
+        }
+    }
+
     fn from_grant(subject: String, grant: &IdentityGrant, kind: CredentialKind) -> Self {
         Self {
             subject,
@@ -359,6 +372,48 @@ struct Claims {
 enum ScopeList {
     Text(String),
     List(Vec<String>),
+}
+
+/// Where the keys that verify bearer tokens come from.
+#[derive(Debug)]
+enum Keys {
+    /// No bearer token is accepted (client certificates only, or authentication off).
+    None,
+    /// A JWKS file, read at start.
+    File(JwtVerifier),
+    /// A JWKS URL, fetched and kept fresh.
+    Remote(Arc<super::jwks::RemoteJwks>),
+}
+
+/// A verifier borrowed from a file set or shared from the current remote set.
+enum KeysRef<'a> {
+    File(&'a JwtVerifier),
+    Remote(Arc<JwtVerifier>),
+}
+
+impl std::ops::Deref for KeysRef<'_> {
+    type Target = JwtVerifier;
+
+    fn deref(&self) -> &JwtVerifier {
+        match self {
+            Self::File(verifier) => verifier,
+            Self::Remote(verifier) => verifier,
+        }
+    }
+}
+
+/// The bearer token of a request, when its `authorization` header holds one.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()
+        .and_then(|text| {
+            text.strip_prefix("Bearer ")
+                .or_else(|| text.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
 }
 
 /// One verification key of the JWKS.
@@ -431,30 +486,45 @@ impl JwtVerifier {
         audience: &str,
         leeway_seconds: u64,
     ) -> Result<Self, String> {
-        let mut keys = Vec::new();
-        for jwk in &set.keys {
-            let id = jwk.common.key_id.clone();
-            let algorithm = match jwk.common.key_algorithm {
-                Some(algorithm) => algorithm
-                    .to_string()
-                    .parse::<Algorithm>()
-                    .map_err(|error| format!("key {id:?}: {error}"))?,
-                None => default_algorithm(jwk)
-                    .ok_or_else(|| format!("key {id:?} names no `alg`, and its type has many"))?,
-            };
-            if matches!(
-                algorithm,
-                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-            ) {
-                return Err(format!(
-                    "key {id:?} is a shared secret ({algorithm:?}); only public keys verify tokens"
-                ));
-            }
-            let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("key {id:?}: {error}"))?;
-            keys.push(Key { id, algorithm, key });
-        }
+        let keys = set.keys.iter().map(key_of).collect::<Result<Vec<_>, _>>()?;
+        Self::with_keys(keys, issuer, audience, leeway_seconds)
+    }
+
+    /// A verifier for the signing keys of a set an identity provider publishes: keys that
+    /// cannot verify a token (encryption keys, shared secrets, unknown algorithms), which
+    /// providers list beside their signing keys, are skipped rather than refused.
+    ///
+    /// # Errors
+    /// When the set has no usable key.
+    pub fn from_published_jwks(
+        set: &JwkSet,
+        issuer: &str,
+        audience: &str,
+        leeway_seconds: u64,
+    ) -> Result<Self, String> {
+        let keys = set
+            .keys
+            .iter()
+            .filter(|jwk| {
+                jwk.common.public_key_use != Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            })
+            .filter_map(|jwk| {
+                key_of(jwk)
+                    .map_err(|error| tracing::debug!(%error, "jwks key skipped"))
+                    .ok()
+            })
+            .collect();
+        Self::with_keys(keys, issuer, audience, leeway_seconds)
+    }
+
+    fn with_keys(
+        keys: Vec<Key>,
+        issuer: &str,
+        audience: &str,
+        leeway_seconds: u64,
+    ) -> Result<Self, String> {
         if keys.is_empty() {
-            return Err(String::from("the set has no key"));
+            return Err(String::from("the set has no usable signing key"));
         }
         Ok(Self {
             keys,
@@ -462,6 +532,18 @@ impl JwtVerifier {
             audience: audience.to_owned(),
             leeway_seconds,
         })
+    }
+
+    /// Whether a key of the set has this `kid`.
+    #[must_use]
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|key| key.id.as_deref() == Some(kid))
+    }
+
+    /// The key ids of the set (for logs: they are public).
+    #[must_use]
+    pub fn kids(&self) -> Vec<String> {
+        self.keys.iter().filter_map(|key| key.id.clone()).collect()
     }
 
     /// The principal a token proves.
@@ -494,6 +576,29 @@ impl JwtVerifier {
         }
         Err(last)
     }
+}
+
+/// The verification key of one JWK.
+fn key_of(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Key, String> {
+    let id = jwk.common.key_id.clone();
+    let algorithm = match jwk.common.key_algorithm {
+        Some(algorithm) => algorithm
+            .to_string()
+            .parse::<Algorithm>()
+            .map_err(|error| format!("key {id:?}: {error}"))?,
+        None => default_algorithm(jwk)
+            .ok_or_else(|| format!("key {id:?} names no `alg`, and its type has many"))?,
+    };
+    if matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) {
+        return Err(format!(
+            "key {id:?} is a shared secret ({algorithm:?}); only public keys verify tokens"
+        ));
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|error| format!("key {id:?}: {error}"))?;
+    Ok(Key { id, algorithm, key })
 }
 
 fn default_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
@@ -537,8 +642,8 @@ fn principal_of(claims: Claims) -> Principal {
 /// What the auth layer checks, built once per server from [`SecuritySettings`].
 #[derive(Debug)]
 pub struct Authenticator {
-    /// `None`: authentication is off (development only).
-    jwt: Option<JwtVerifier>,
+    /// Where the keys that verify bearer tokens come from.
+    jwt: Keys,
     enforce: bool,
     identities: HashMap<String, IdentityGrant>,
     reflection: Reflection,
@@ -549,7 +654,7 @@ impl Authenticator {
     #[must_use]
     pub fn disabled() -> Self {
         Self {
-            jwt: None,
+            jwt: Keys::None,
             enforce: false,
             identities: HashMap::new(),
             reflection: Reflection::Authenticated,
@@ -567,14 +672,17 @@ impl Authenticator {
                 ..Self::disabled()
             });
         }
-        let jwt = match &settings.auth_jwks {
-            Some(path) => Some(JwtVerifier::from_jwks_file(
+        let jwt = match (&settings.auth_jwks, &settings.auth_jwks_url) {
+            (Some(path), _) => Keys::File(JwtVerifier::from_jwks_file(
                 path,
                 settings.auth_issuer.as_deref().unwrap_or_default(),
                 settings.auth_audience.as_deref().unwrap_or_default(),
                 settings.auth_leeway_seconds,
             )?),
-            None => None,
+            (None, Some(url)) => {
+                Keys::Remote(Arc::new(super::jwks::RemoteJwks::new(settings, url)?))
+            }
+            (None, None) => Keys::None,
         };
         Ok(Self {
             jwt,
@@ -592,6 +700,35 @@ impl Authenticator {
     #[must_use]
     pub fn enforcing(&self) -> bool {
         self.enforce
+    }
+
+    /// The JWKS fetched from a URL, when the keys come from one (its refresh task and
+    /// readiness check run beside the server).
+    #[must_use]
+    pub fn remote_jwks(&self) -> Option<&Arc<super::jwks::RemoteJwks>> {
+        match &self.jwt {
+            Keys::Remote(remote) => Some(remote),
+            _ => None,
+        }
+    }
+
+    /// The remote JWKS to fetch again before deciding this call: the call carries a bearer
+    /// token whose `kid` the current set does not hold (or no set is loaded yet). `None`
+    /// when the keys come from a file, or the set knows the key.
+    #[must_use]
+    pub fn wants_fresh_keys(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<Arc<super::jwks::RemoteJwks>> {
+        let Keys::Remote(remote) = &self.jwt else {
+            return None;
+        };
+        if !self.enforce {
+            return None;
+        }
+        let token = bearer(headers)?;
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        (!remote.knows(header.kid.as_deref())).then(|| Arc::clone(remote))
     }
 
     /// Whether reflection is served.
@@ -654,21 +791,28 @@ impl Authenticator {
                 None,
             )
         };
-        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|text| {
-                    text.strip_prefix("Bearer ")
-                        .or_else(|| text.strip_prefix("bearer "))
-                })
-                .map(str::trim)
-                .filter(|token| !token.is_empty())
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            let token = bearer(headers)
                 .ok_or_else(|| invalid("the authorization header is not `Bearer <token>`"))?;
-            let Some(verifier) = &self.jwt else {
-                return Err(invalid(
-                    "this server accepts client certificates only, not bearer tokens",
-                ));
+            let verifier = match &self.jwt {
+                Keys::None => {
+                    return Err(invalid(
+                        "this server accepts client certificates only, not bearer tokens",
+                    ));
+                }
+                Keys::File(verifier) => KeysRef::File(verifier),
+                Keys::Remote(remote) => match remote.current() {
+                    Some(verifier) => KeysRef::Remote(verifier),
+                    None => {
+                        return Err(refusal(
+                            Code::Unavailable,
+                            domain,
+                            KEYS_UNAVAILABLE,
+                            "the keys that verify tokens are not loaded yet; retry shortly",
+                            None,
+                        ));
+                    }
+                },
             };
             return verifier.verify(token).map_err(|error| {
                 tracing::debug!(reason = CREDENTIALS_INVALID, %error, "token refused");
@@ -694,7 +838,7 @@ impl Authenticator {
 }
 
 /// `relay.intake.v1` from `/relay.intake.v1.IntakeService/SubmitIncident`.
-fn package_of(path: &'static str) -> &'static str {
+pub(crate) fn package_of(path: &str) -> &str {
     let service = path
         .strip_prefix('/')
         .and_then(|rest| rest.split('/').next())
@@ -740,9 +884,10 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -754,26 +899,48 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let peer = super::tls::peer_identity(request.extensions());
-        match self
-            .authenticator
-            .authorize(request.uri().path(), request.headers(), peer.as_ref())
+        if let Some(remote) = self.authenticator.wants_fresh_keys(request.headers())
+            && !request.uri().path().starts_with("/grpc.health.v1.Health/")
         {
-            Ok(principal) => {
-                if let Some(principal) = principal {
-                    tracing::Span::current().record("principal", principal.subject.as_str());
-                    request.extensions_mut().insert(principal);
+            // The token names a key the cached JWKS does not hold: the provider may have
+            // rotated. Fetch again (rate-limited), then decide against the new set. The
+            // ready inner service goes with the future; a clone stays for the next call.
+            let authenticator = Arc::clone(&self.authenticator);
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return Box::pin(async move {
+                remote.refetch_for_unknown_kid().await;
+                match decide(&authenticator, &mut request) {
+                    Ok(()) => inner.call(request).await,
+                    Err(status) => Ok(status.into_http()),
                 }
-                Box::pin(self.inner.call(request))
+            });
+        }
+        match decide(&self.authenticator, &mut request) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+/// Authorizes `request`, putting its principal in its extensions, or logs the refusal.
+fn decide<B>(authenticator: &Authenticator, request: &mut Request<B>) -> Result<(), Status> {
+    let peer = super::tls::peer_identity(request.extensions());
+    match authenticator.authorize(request.uri().path(), request.headers(), peer.as_ref()) {
+        Ok(principal) => {
+            if let Some(principal) = principal {
+                tracing::Span::current().record("principal", principal.subject.as_str());
+                request.extensions_mut().insert(principal);
             }
-            Err(status) => {
-                tracing::info!(
-                    code = ?status.code(),
-                    message = status.message(),
-                    "call refused"
-                );
-                Box::pin(std::future::ready(Ok(status.into_http())))
-            }
+            Ok(())
+        }
+        Err(status) => {
+            tracing::info!(
+                code = ?status.code(),
+                message = status.message(),
+                "call refused"
+            );
+            Err(status)
         }
     }
 }

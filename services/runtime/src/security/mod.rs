@@ -3,10 +3,13 @@
 //!
 //! - [`SecuritySettings`]: the `[security]` block of the configuration, with the operator's
 //!   variables of DESIGN.md (`RELAY_TLS_CERT`, `RELAY_TLS_KEY`, `RELAY_TLS_CLIENT_CA`,
-//!   `RELAY_AUTH_JWKS`, `RELAY_AUTH_ISSUER`, `RELAY_AUTH_AUDIENCE`, `RELAY_INSECURE_PLAINTEXT`,
-//!   `RELAY_INSECURE_NO_AUTH`) as aliases of `RELAY_SECURITY__*`.
+//!   `RELAY_AUTH_JWKS`, `RELAY_AUTH_JWKS_URL`, `RELAY_AUTH_ISSUER`, `RELAY_AUTH_AUDIENCE`,
+//!   `RELAY_INSECURE_PLAINTEXT`, `RELAY_INSECURE_NO_AUTH`) as aliases of `RELAY_SECURITY__*`.
 //! - [`auth`]: the tower layer that identifies the caller, checks the RPC's scope (declared
 //!   once in the protos by `(relay.auth.v1.scope)`) and hands handlers a [`auth::Principal`].
+//! - [`jwks`]: a JWKS fetched from a URL, cached, refreshed, and fetched again for an unknown
+//!   `kid`.
+//! - [`limits`]: per-principal rate limits, a tower layer after authentication.
 //! - [`tls`]: the rustls server configuration, reloaded when its files change, and the
 //!   identity of a client certificate.
 //! - [`pki`]: a local CA, certificates, a signing key and tokens for `relay dev` and tests.
@@ -20,6 +23,8 @@
 //! counts as such a setup: see [`crate::config::Config::insecure_allowed`].
 
 pub mod auth;
+pub mod jwks;
+pub mod limits;
 pub mod pki;
 pub mod tls;
 
@@ -30,11 +35,12 @@ use serde::Deserialize;
 use crate::config::ConfigError;
 
 /// The operator's variables of DESIGN.md and the key each sets in `[security]`.
-pub const ENV_ALIASES: [(&str, &str); 8] = [
+pub const ENV_ALIASES: [(&str, &str); 9] = [
     ("tls_cert", "security.tls_cert"),
     ("tls_key", "security.tls_key"),
     ("tls_client_ca", "security.tls_client_ca"),
     ("auth_jwks", "security.auth_jwks"),
+    ("auth_jwks_url", "security.auth_jwks_url"),
     ("auth_issuer", "security.auth_issuer"),
     ("auth_audience", "security.auth_audience"),
     ("insecure_plaintext", "security.insecure_plaintext"),
@@ -88,9 +94,20 @@ pub struct SecuritySettings {
     pub tls_client_cert: Option<PathBuf>,
     /// The key of [`Self::tls_client_cert`], PEM.
     pub tls_client_key: Option<PathBuf>,
-    /// The JWKS file whose keys sign bearer tokens (`RELAY_AUTH_JWKS`). Read at start; a JWKS
-    /// URL fetched and cached with rotation is a later step.
+    /// The JWKS file whose keys sign bearer tokens (`RELAY_AUTH_JWKS`). Read at start.
     pub auth_jwks: Option<PathBuf>,
+    /// The URL of the JWKS (an OIDC provider's `jwks_uri`, `RELAY_AUTH_JWKS_URL`), instead of
+    /// a file: fetched at start, again every [`Self::auth_jwks_refresh_seconds`] and when a
+    /// token names an unknown key; see [`jwks`]. `https://`; `http://` in development only.
+    pub auth_jwks_url: Option<String>,
+    /// The CA that the JWKS URL's server certificate must chain to, PEM
+    /// (`RELAY_SECURITY__AUTH_JWKS_CA`). Unset: the system's root certificates.
+    pub auth_jwks_ca: Option<PathBuf>,
+    /// How often the JWKS URL is fetched again, in seconds (default 300).
+    pub auth_jwks_refresh_seconds: u64,
+    /// The least time between two fetches caused by tokens naming an unknown key, in
+    /// seconds (default 30).
+    pub auth_jwks_refetch_min_seconds: u64,
     /// The `iss` every token must carry (`RELAY_AUTH_ISSUER`).
     pub auth_issuer: Option<String>,
     /// The `aud` every token must carry (`RELAY_AUTH_AUDIENCE`).
@@ -102,6 +119,8 @@ pub struct SecuritySettings {
     pub identities: BTreeMap<String, IdentityGrant>,
     /// Whether reflection is served, and to whom.
     pub reflection: Reflection,
+    /// Per-principal rate limits (`[security.limits]`).
+    pub limits: limits::LimitSettings,
     /// Serve plaintext gRPC (`RELAY_INSECURE_PLAINTEXT`): development only.
     pub insecure_plaintext: Option<bool>,
     /// Serve every caller without a credential (`RELAY_INSECURE_NO_AUTH`): development only.
@@ -119,11 +138,16 @@ impl Default for SecuritySettings {
             tls_client_cert: None,
             tls_client_key: None,
             auth_jwks: None,
+            auth_jwks_url: None,
+            auth_jwks_ca: None,
+            auth_jwks_refresh_seconds: 300,
+            auth_jwks_refetch_min_seconds: 30,
             auth_issuer: None,
             auth_audience: None,
             auth_leeway_seconds: 30,
             identities: BTreeMap::new(),
             reflection: Reflection::default(),
+            limits: limits::LimitSettings::default(),
             insecure_plaintext: None,
             insecure_no_auth: None,
         }
@@ -162,7 +186,7 @@ impl SecuritySettings {
     }
 
     fn auth_configured(&self) -> bool {
-        self.auth_jwks.is_some() || self.tls_client_ca.is_some()
+        self.auth_jwks.is_some() || self.auth_jwks_url.is_some() || self.tls_client_ca.is_some()
     }
 
     /// Decides plaintext and no-auth: secure unless the configuration says otherwise, which
@@ -219,7 +243,26 @@ impl SecuritySettings {
             ));
         }
         if !no_auth {
-            if self.auth_jwks.is_none() && self.tls_client_ca.is_none() {
+            if self.auth_jwks.is_some() && self.auth_jwks_url.is_some() {
+                return Err(ConfigError::new(
+                    "`security.auth_jwks` (RELAY_AUTH_JWKS) and `security.auth_jwks_url` \
+                     (RELAY_AUTH_JWKS_URL) are both set: give the keys as a file or as a URL",
+                ));
+            }
+            if let Some(url) = &self.auth_jwks_url
+                && !url.starts_with("https://")
+                && !(insecure_dev && url.starts_with("http://"))
+            {
+                return Err(ConfigError::new(
+                    "invalid value for `security.auth_jwks_url` (RELAY_AUTH_JWKS_URL): the keys \
+                     that verify tokens must come over https:// (http:// only with \
+                     RELAY_INSECURE_DEV=true)",
+                ));
+            }
+            if self.auth_jwks.is_none()
+                && self.auth_jwks_url.is_none()
+                && self.tls_client_ca.is_none()
+            {
                 return Err(ConfigError::new(
                     "missing value for `security.auth_jwks` (RELAY_AUTH_JWKS): every RPC but \
                      health needs a credential, a bearer token checked against a JWKS or a \
@@ -227,20 +270,21 @@ impl SecuritySettings {
                      with RELAY_INSECURE_DEV=true for development",
                 ));
             }
-            if self.auth_jwks.is_some() {
+            if self.auth_jwks.is_some() || self.auth_jwks_url.is_some() {
                 for (key, value, variable) in [
                     ("auth_issuer", &self.auth_issuer, "RELAY_AUTH_ISSUER"),
                     ("auth_audience", &self.auth_audience, "RELAY_AUTH_AUDIENCE"),
                 ] {
                     if value.as_deref().is_none_or(str::is_empty) {
                         return Err(ConfigError::new(format!(
-                            "missing value for `security.{key}` ({variable}): tokens from \
-                             RELAY_AUTH_JWKS are checked against it"
+                            "missing value for `security.{key}` ({variable}): tokens checked \
+                             against RELAY_AUTH_JWKS or RELAY_AUTH_JWKS_URL must carry it"
                         )));
                     }
                 }
             }
         }
+        self.limits.validate()?;
         if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
             return Err(ConfigError::new(
                 "`security.tls_client_cert` and `security.tls_client_key` \
@@ -296,6 +340,33 @@ mod tests {
         // With TLS and a JWKS configured, a development setup is secure too.
         let posture = secure().posture(true).expect("dev");
         assert!(!posture.plaintext && !posture.no_auth);
+    }
+
+    #[test]
+    fn a_jwks_url_replaces_the_file_and_must_be_https_outside_development() {
+        let url = |url: &str| SecuritySettings {
+            auth_jwks: None,
+            auth_jwks_url: Some(url.to_owned()),
+            ..secure()
+        };
+        assert!(url("https://idp/jwks").posture(false).is_ok());
+        let error = url("http://idp/jwks")
+            .posture(false)
+            .expect_err("plain http");
+        assert!(error.to_string().contains("RELAY_AUTH_JWKS_URL"), "{error}");
+        assert!(url("http://127.0.0.1:1/jwks").posture(true).is_ok());
+        let both = SecuritySettings {
+            auth_jwks_url: Some(String::from("https://idp/jwks")),
+            ..secure()
+        };
+        assert!(both.posture(false).is_err(), "a file and a URL");
+        let error = SecuritySettings {
+            auth_issuer: None,
+            ..url("https://idp/jwks")
+        }
+        .posture(false)
+        .expect_err("issuer");
+        assert!(error.to_string().contains("RELAY_AUTH_ISSUER"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,577 @@
+//! Per-principal rate limits: one tower layer, after authentication, so the caller is known.
+//!
+//! Each caller has a token bucket (GCRA, from the `governor` crate): `requests_per_second`
+//! refill it and `burst` is its size. A caller is keyed by who it is: a token's `sub`, a
+//! client certificate's identity; a call without a principal (authentication off in a
+//! development setup) by its peer's IP address (an IPv6 address by its /64, what one host
+//! usually holds). Service identities (client certificates, and the token subjects listed in
+//! `service_subjects`) get a higher class of their own: intake calling routing carries every
+//! CAD's calls. Health is never limited (probes).
+//!
+//! A refused call gets RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` whose `retry_delay`
+//! is when the caller's next request will be let through, and a `google.rpc.ErrorInfo` with
+//! reason `RATE_LIMITED` (metadata `class`), and is counted in `relay_rate_limited_total`.
+//!
+//! The defaults are far above what a CAD integration or a responder's device sends (a CAD
+//! submits a few calls a minute and reads and watches a few more; a device reports its
+//! position every few seconds): the limit is there against a runaway client or a leaked
+//! token, not to shape normal load. Keyed state is pruned: every few seconds, the buckets
+//! that are full again (indistinguishable from a new one) are dropped, and at once when
+//! more than `max_tracked` keys are held, so memory follows the callers active in the last
+//! seconds, not every caller ever seen.
+
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+};
+use http::{Request, Response};
+use serde::Deserialize;
+use tonic::{
+    Code, Status,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use super::auth::{CredentialKind, Principal};
+use crate::config::ConfigError;
+
+/// Reason of a refused call: the caller sent more than its rate allows.
+pub const RATE_LIMITED: &str = "RATE_LIMITED";
+
+/// How often the keyed state is pruned by [`RateLimits::prune_task`].
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The `[security.limits]` block (`RELAY_SECURITY__LIMITS__*`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Whether calls are limited at all. Unset: on, except in a development setup that asks
+    /// no credential (there is no principal to key by, and every caller is this machine).
+    pub enabled: Option<bool>,
+    /// Sustained requests per second of one principal.
+    pub requests_per_second: u32,
+    /// How many requests one principal may send at once above that rate.
+    pub burst: u32,
+    /// Sustained requests per second of a service identity.
+    pub service_requests_per_second: u32,
+    /// The burst of a service identity.
+    pub service_burst: u32,
+    /// Token subjects (`sub`) that get the service class, as client certificates do.
+    pub service_subjects: Vec<String>,
+    /// Above this many keys held, the idle ones are pruned at once rather than on the next
+    /// periodic pass.
+    pub max_tracked: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            requests_per_second: 500,
+            burst: 1_000,
+            service_requests_per_second: 5_000,
+            service_burst: 10_000,
+            service_subjects: Vec::new(),
+            max_tracked: 100_000,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// Whether the limits apply, given whether authentication is off (`no_auth`).
+    #[must_use]
+    pub fn active(&self, no_auth: bool) -> bool {
+        self.enabled.unwrap_or(!no_auth)
+    }
+
+    /// Checks the numbers.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key that is zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("requests_per_second", self.requests_per_second),
+            ("burst", self.burst),
+            (
+                "service_requests_per_second",
+                self.service_requests_per_second,
+            ),
+            ("service_burst", self.service_burst),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(format!(
+                    "invalid value for `security.limits.{key}` (RELAY_SECURITY__LIMITS__{}): \
+                     must be at least 1; to turn the limits off set \
+                     `security.limits.enabled = false`",
+                    key.to_uppercase()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The class a caller's limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A CAD integration, a dispatcher, a device, an analyst: `requests_per_second`.
+    Principal,
+    /// Another Relay service (or a listed subject): `service_requests_per_second`.
+    Service,
+}
+
+impl Class {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Principal => "principal",
+            Self::Service => "service",
+        }
+    }
+}
+
+type Keyed<C> =
+    RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The limiters of one server: one keyed bucket set per class.
+pub struct RateLimits<C: Clock = DefaultClock> {
+    principals: Keyed<C>,
+    services: Keyed<C>,
+    clock: C,
+    service_subjects: Vec<String>,
+    max_tracked: usize,
+    /// When an inline prune last ran, in milliseconds since `started`.
+    last_prune: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl<C: Clock + Clone> std::fmt::Debug for RateLimits<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("tracked", &self.tracked())
+            .finish_non_exhaustive()
+    }
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let per_second = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_second).allow_burst(burst)
+}
+
+impl RateLimits<DefaultClock> {
+    /// The limiters of `settings` on the monotonic clock.
+    #[must_use]
+    pub fn new(settings: &LimitSettings) -> Self {
+        Self::with_clock(settings, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    /// The limiters of `settings` on `clock` (a fake one in tests).
+    #[must_use]
+    pub fn with_clock(settings: &LimitSettings, clock: C) -> Self {
+        Self {
+            principals: RateLimiter::dashmap_with_clock(
+                quota(settings.requests_per_second, settings.burst),
+                clock.clone(),
+            ),
+            services: RateLimiter::dashmap_with_clock(
+                quota(settings.service_requests_per_second, settings.service_burst),
+                clock.clone(),
+            ),
+            clock,
+            service_subjects: settings.service_subjects.clone(),
+            max_tracked: settings.max_tracked.max(1),
+            last_prune: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The key and class of a caller: its principal, else its peer's address.
+    #[must_use]
+    pub fn key_of(&self, principal: Option<&Principal>, peer: Option<IpAddr>) -> (String, Class) {
+        match principal {
+            Some(principal) if principal.kind == CredentialKind::Certificate => {
+                (format!("cert:{}", principal.subject), Class::Service)
+            }
+            Some(principal) if principal.kind == CredentialKind::Token => {
+                let class = if self.service_subjects.contains(&principal.subject) {
+                    Class::Service
+                } else {
+                    Class::Principal
+                };
+                (format!("sub:{}", principal.subject), class)
+            }
+            // No credential checked: who is calling is only where it calls from.
+            _ => (
+                peer.map_or_else(
+                    || String::from("ip:unknown"),
+                    |ip| format!("ip:{}", host_of(ip)),
+                ),
+                Class::Principal,
+            ),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket: `Ok`, or how long until the next request
+    /// would be let through.
+    ///
+    /// # Errors
+    /// The wait, when the bucket is empty.
+    pub fn check(&self, key: &str, class: Class) -> Result<(), Duration> {
+        let limiter = match class {
+            Class::Principal => &self.principals,
+            Class::Service => &self.services,
+        };
+        if limiter.len() > self.max_tracked {
+            self.prune_now();
+        }
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// How many keys are held.
+    #[must_use]
+    pub fn tracked(&self) -> usize {
+        self.principals.len() + self.services.len()
+    }
+
+    /// Drops the buckets that are full again (a caller idle long enough to have its whole
+    /// burst back), at most once a second when called on the request path.
+    fn prune_now(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1_000 && last != 0 {
+            return;
+        }
+        if self
+            .last_prune
+            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.prune();
+        }
+    }
+
+    /// Drops the buckets that are full again.
+    pub fn prune(&self) {
+        self.principals.retain_recent();
+        self.services.retain_recent();
+        self.principals.shrink_to_fit();
+        self.services.shrink_to_fit();
+    }
+}
+
+impl<C: Clock + Clone + Send + Sync + 'static> RateLimits<C> {
+    /// Prunes the keyed state every [`PRUNE_INTERVAL`] until `token` is cancelled.
+    pub async fn prune_task(self: Arc<Self>, token: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(PRUNE_INTERVAL) => self.prune(),
+            }
+        }
+    }
+}
+
+/// The part of an address that identifies a host: an IPv4 address whole, an IPv6 address by
+/// its /64 (one host often holds a whole /64, so keying by the full address would let it
+/// make fresh buckets at will).
+fn host_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// The refusal of a call over its limit: RESOURCE_EXHAUSTED with RetryInfo and ErrorInfo.
+#[must_use]
+pub fn refusal(domain: &str, class: Class, wait: Duration) -> Status {
+    // At least a millisecond, rounded up: a retry sooner than `retry_delay` is refused again.
+    let millis = wait.as_nanos().div_ceil(1_000_000).max(1);
+    let delay = Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX));
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(delay));
+    details.set_error_info(
+        RATE_LIMITED,
+        domain,
+        [(String::from("class"), class.name().to_owned())],
+    );
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "this caller sends more requests than its rate limit allows; retry in {} ms",
+            delay.as_millis()
+        ),
+        details,
+    )
+}
+
+fn refusals() -> &'static opentelemetry::metrics::Counter<u64> {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        crate::metrics::meter()
+            .u64_counter("relay_rate_limited")
+            .with_description(
+                "Calls refused with RESOURCE_EXHAUSTED by the per-principal rate limit",
+            )
+            .build()
+    })
+}
+
+fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.get_ref().remote_addr())
+        .or_else(|| {
+            extensions
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+        })
+        .map(|addr| addr.ip())
+}
+
+/// The layer installing [`RateLimits`] after the auth layer.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limits: Option<Arc<RateLimits>>,
+}
+
+impl RateLimitLayer {
+    /// A layer checking calls against `limits`; `None`: every call passes.
+    #[must_use]
+    pub fn new(limits: Option<Arc<RateLimits>>) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// The service made by [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limits: Option<Arc<RateLimits>>,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        if let Some(limits) = &self.limits
+            && !path.starts_with("/grpc.health.v1.Health/")
+        {
+            let principal = request.extensions().get::<Principal>();
+            let (key, class) = limits.key_of(principal, peer_ip(request.extensions()));
+            if let Err(wait) = limits.check(&key, class) {
+                let (service, method) = crate::layers::rpc_names(path);
+                refusals().add(
+                    1,
+                    &[
+                        opentelemetry::KeyValue::new("rpc_service", service),
+                        opentelemetry::KeyValue::new("rpc_method", method),
+                        opentelemetry::KeyValue::new("class", class.name()),
+                    ],
+                );
+                let domain = super::auth::package_of(path);
+                tracing::info!(
+                    reason = RATE_LIMITED,
+                    class = class.name(),
+                    retry_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "call refused"
+                );
+                return Box::pin(std::future::ready(Ok(
+                    refusal(domain, class, wait).into_http()
+                )));
+            }
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// The limiter a server runs with, from its settings; `None` when the limits are off.
+#[must_use]
+pub fn from_settings(settings: &LimitSettings, no_auth: bool) -> Option<Arc<RateLimits>> {
+    settings
+        .active(no_auth)
+        .then(|| Arc::new(RateLimits::new(settings)))
+}
+
+#[cfg(test)]
+mod tests {
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+
+    fn settings(per_second: u32, burst: u32) -> LimitSettings {
+        LimitSettings {
+            requests_per_second: per_second,
+            burst,
+            service_requests_per_second: per_second * 10,
+            service_burst: burst * 10,
+            service_subjects: vec![String::from("intake-service")],
+            ..LimitSettings::default()
+        }
+    }
+
+    fn token(subject: &str) -> Principal {
+        Principal::for_tests(subject, CredentialKind::Token)
+    }
+
+    #[test]
+    fn a_principal_over_its_burst_waits_for_its_next_token_and_others_do_not() {
+        let clock = FakeRelativeClock::default();
+        let limits = RateLimits::with_clock(&settings(2, 3), clock.clone());
+        let (a, class) = limits.key_of(Some(&token("cad-a")), None);
+        let (b, _) = limits.key_of(Some(&token("cad-b")), None);
+        for _ in 0..3 {
+            limits.check(&a, class).expect("within the burst");
+        }
+        let wait = limits.check(&a, class).expect_err("over the burst");
+        // Two per second: the next token in half a second at most.
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        limits
+            .check(&b, class)
+            .expect("another principal has its own bucket");
+        clock.advance(wait);
+        limits
+            .check(&a, class)
+            .expect("a token came back after the wait");
+        assert!(limits.check(&a, class).is_err(), "and only one");
+    }
+
+    #[test]
+    fn services_have_their_own_class_and_anonymous_callers_are_keyed_by_host() {
+        let limits = RateLimits::with_clock(&settings(1, 1), FakeRelativeClock::default());
+        let certificate =
+            Principal::for_tests("spiffe://relay/intake", CredentialKind::Certificate);
+        assert_eq!(limits.key_of(Some(&certificate), None).1, Class::Service);
+        assert_eq!(
+            limits.key_of(Some(&token("intake-service")), None).1,
+            Class::Service
+        );
+        assert_eq!(
+            limits.key_of(Some(&token("cad-a")), None).1,
+            Class::Principal
+        );
+        let (service, class) = limits.key_of(Some(&certificate), None);
+        for _ in 0..10 {
+            limits
+                .check(&service, class)
+                .expect("the service burst is ten");
+        }
+        let development = Principal::development();
+        let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let same_host: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        assert_eq!(
+            limits.key_of(Some(&development), Some(one)).0,
+            limits.key_of(None, Some(same_host)).0,
+            "one /64 is one host"
+        );
+        let v4: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert_eq!(limits.key_of(None, Some(v4)).0, "ip:10.1.2.3");
+    }
+
+    #[test]
+    fn idle_buckets_are_pruned() {
+        let clock = FakeRelativeClock::default();
+        let limits = RateLimits::with_clock(&settings(10, 2), clock.clone());
+        for n in 0..50 {
+            let (key, class) = limits.key_of(Some(&token(&format!("device-{n}"))), None);
+            limits.check(&key, class).expect("first call");
+        }
+        assert_eq!(limits.tracked(), 50);
+        clock.advance(Duration::from_secs(1));
+        limits.prune();
+        assert_eq!(limits.tracked(), 0, "every bucket is full again");
+    }
+
+    #[test]
+    fn the_refusal_carries_retry_info_and_its_reason() {
+        let status = refusal(
+            "relay.intake.v1",
+            Class::Principal,
+            Duration::from_micros(1_500),
+        );
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(
+            details.retry_info().and_then(|info| info.retry_delay),
+            Some(Duration::from_millis(2))
+        );
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, RATE_LIMITED);
+        assert_eq!(info.domain, "relay.intake.v1");
+    }
+
+    #[test]
+    fn limits_are_on_unless_no_credential_is_asked_and_zero_is_refused() {
+        let defaults = LimitSettings::default();
+        assert!(defaults.active(false));
+        assert!(!defaults.active(true));
+        let forced = LimitSettings {
+            enabled: Some(true),
+            ..LimitSettings::default()
+        };
+        assert!(forced.active(true));
+        let error = LimitSettings {
+            burst: 0,
+            ..LimitSettings::default()
+        }
+        .validate()
+        .expect_err("zero");
+        assert!(
+            error.to_string().contains("security.limits.burst"),
+            "{error}"
+        );
+    }
+}
