@@ -1255,9 +1255,7 @@ async fn team_and_region_bound_credentials_report_and_read_only_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_principal_over_its_rate_limit_is_told_when_to_retry_while_others_are_served() {
     let pki = Pki::new();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], relay_tests::free_port()));
     let admin_listen = admin.to_string();
     let process = start(
         &pki,
