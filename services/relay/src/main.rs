@@ -469,13 +469,18 @@ fn directory_runtime() -> Option<tokio::runtime::Runtime> {
 
 /// The directory database at `database_url`, migrated (so an empty or older one works).
 async fn migrated_backend(database_url: String) -> anyhow::Result<relay_directory::Backend> {
-    let backend = relay_directory::Backend::open(&secrecy::SecretString::from(database_url), 2)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    backend
-        .migrate()
+    let storage = &relay_directory::STORAGE;
+    let database = relay_runtime::storage::Database::open(
+        &secrecy::SecretString::from(database_url),
+        storage.schema,
+        2,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    database
+        .migrate(&storage.migrations)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(backend)
+    Ok(relay_directory::Backend::on(&database))
 }
 
 /// `relay directory export`: migrates the database (so an empty or older one works), then

@@ -22,10 +22,12 @@ use relay_proto::{
     routing::{Assignment, AssignmentEndCause, AssignmentEvent, AssignmentState},
 };
 
+mod bounded;
 mod postgres;
 mod shared;
 mod sqlite;
 
+pub use bounded::Bounded;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

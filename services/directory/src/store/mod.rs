@@ -16,6 +16,7 @@ use relay_proto::directory::{
 use crate::error::DirectoryError;
 pub use crate::search::{Candidate, CandidateFilter, LocationHours, RankKey};
 
+mod bounded;
 mod documents;
 mod dump;
 mod postgres;
@@ -25,6 +26,7 @@ mod sql;
 mod sqlite;
 mod write;
 
+pub use bounded::Bounded;
 pub use postgres::PostgresStore;
 pub use query::{Columns, Dialect, Query, Value};
 pub use sql::SqlStore;

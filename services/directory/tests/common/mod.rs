@@ -69,9 +69,15 @@ pub async fn database(kind: Kind) -> (String, Option<TestDatabase>, Option<tempf
 
 /// Opens and migrates the store at `url`.
 pub async fn backend(url: &str) -> Backend {
-    let backend = Backend::open(&SecretString::from(url.to_owned()), 4).unwrap();
-    backend.migrate().await.unwrap();
-    backend
+    let storage = &relay_directory::STORAGE;
+    let database = relay_runtime::storage::Database::open(
+        &SecretString::from(url.to_owned()),
+        storage.schema,
+        4,
+    )
+    .unwrap();
+    database.migrate(&storage.migrations).await.unwrap();
+    Backend::on(&database)
 }
 
 /// Runs `f` with the concrete store of `backend`.

@@ -45,11 +45,13 @@ use relay_runtime::{
     sequencer::{Numbered, PendingRow},
 };
 
+mod bounded;
 mod postgres;
 mod sql;
 mod sql_store;
 mod sqlite;
 
+pub use bounded::Bounded;
 pub use postgres::PostgresStore;
 pub use sql_store::{Dialect, RowsAffected, SqlStore};
 pub use sqlite::SqliteStore;
