@@ -942,6 +942,45 @@ mod tests {
     }
 
     #[test]
+    fn the_database_block_defaults_and_names_its_keys() {
+        let config = Config::builder("intake").build().expect("valid");
+        assert_eq!(config.settings.database, DatabaseSettings::default());
+        assert_eq!(
+            config.settings.database.query_timeout(),
+            Duration::from_secs(3)
+        );
+        let config = Config::builder("intake")
+            .set("database.max_connections", 7)
+            .set("database.migrate_on_start", true)
+            .set("database.query_timeout_ms", 1500)
+            .build()
+            .expect("valid");
+        assert_eq!(
+            config.settings.database,
+            DatabaseSettings {
+                max_connections: Some(7),
+                migrate_on_start: Some(true),
+                query_timeout_ms: 1500,
+            }
+        );
+        for (key, value) in [
+            ("database.query_timeout_ms", 0),
+            ("database.max_connections", 0),
+        ] {
+            let error = Config::builder("intake")
+                .set(key, value)
+                .build()
+                .expect_err("zero");
+            assert!(error.to_string().contains(key), "{error}");
+        }
+        let error = Config::builder("intake")
+            .set("database.pool_size", 3)
+            .build()
+            .expect_err("unknown key");
+        assert!(error.to_string().contains("pool_size"), "{error}");
+    }
+
+    #[test]
     fn required_urls_name_their_variable() {
         let config = Config::builder("routing").build().expect("valid");
         let error = config.redis_url().expect_err("not set");

@@ -111,20 +111,6 @@ pub async fn migrate_postgres(
     Ok(())
 }
 
-/// A readiness check that runs `SELECT 1`.
-pub fn postgres_check(pool: PgPool) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
-    move || {
-        let pool = pool.clone();
-        Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&pool)
-                .await
-                .map(|_| ())
-                .map_err(|error| format!("postgres: {error}"))
-        })
-    }
-}
-
 /// A readiness check that sends `PING` (on a cluster, to every primary through one shared
 /// connection, made on the first check).
 ///
@@ -398,5 +384,33 @@ impl QueryBound {
                 self.0.as_millis()
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_operation_past_the_bound_fails_as_a_timeout_naming_the_setting() {
+        let bound = QueryBound::new(Duration::from_millis(20));
+        let started = std::time::Instant::now();
+        let error = bound
+            .run(std::future::pending::<Result<(), sqlx::Error>>())
+            .await
+            .expect_err("never answers");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let sqlx::Error::Io(io) = &error else {
+            panic!("not an I/O error: {error}");
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            error.to_string().contains("database.query_timeout_ms"),
+            "{error}"
+        );
+        assert_eq!(
+            bound.run(async { Ok::<_, sqlx::Error>(7) }).await.ok(),
+            Some(7)
+        );
     }
 }
