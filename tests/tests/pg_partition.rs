@@ -17,15 +17,14 @@ use std::{
 };
 
 use relay_proto::{
-    availability::{UpsertTeamRequest, availability_service_client::AvailabilityServiceClient},
-    common::GeoPoint,
+    availability::availability_service_client::AvailabilityServiceClient,
     directory::{GetServiceRequest, directory_service_client::DirectoryServiceClient},
-    intake::{SubmitIncidentRequest, intake_service_client::IntakeServiceClient},
+    intake::intake_service_client::IntakeServiceClient,
     routing::{GetAssignmentRequest, routing_service_client::RoutingServiceClient},
 };
 use relay_tests::{
     TestDatabase,
-    outage::code_of,
+    outage::{self, code_of, lazy_channel, probe_submission, probe_team},
     proxy::{TcpProxy, socket_addr_of, url_via},
     suite::Suite,
     unique_name,
@@ -43,16 +42,8 @@ const DEADLINE: Duration = Duration::from_secs(8);
 
 type Call = Pin<Box<dyn Future<Output = Code> + Send>>;
 
-fn channel(endpoint: &str) -> Channel {
-    Channel::from_shared(endpoint.to_owned())
-        .expect("endpoint")
-        .connect_lazy()
-}
-
 fn with_deadline<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(DEADLINE);
-    request
+    outage::with_deadline(message, DEADLINE)
 }
 
 /// One RPC per service that needs PostgreSQL; `n` makes each call's ids its own.
@@ -69,10 +60,12 @@ struct Callers {
 impl Callers {
     fn new(suite: &Suite) -> Self {
         Self {
-            intake: IntakeServiceClient::new(channel(&suite.intake.endpoint())),
-            availability: AvailabilityServiceClient::new(channel(&suite.availability.endpoint())),
-            routing: RoutingServiceClient::new(channel(&suite.routing.endpoint())),
-            directory: DirectoryServiceClient::new(channel(&suite.directory.endpoint())),
+            intake: IntakeServiceClient::new(lazy_channel(&suite.intake.endpoint())),
+            availability: AvailabilityServiceClient::new(lazy_channel(
+                &suite.availability.endpoint(),
+            )),
+            routing: RoutingServiceClient::new(lazy_channel(&suite.routing.endpoint())),
+            directory: DirectoryServiceClient::new(lazy_channel(&suite.directory.endpoint())),
             cad: unique_name("partition_cad"),
             region: unique_name("partition_region"),
         }
@@ -81,29 +74,9 @@ impl Callers {
     /// The four calls, by service name.
     fn calls(&self, n: u64) -> Vec<(&'static str, Call)> {
         let mut intake = self.intake.clone();
-        let submit = SubmitIncidentRequest {
-            cad_system: self.cad.clone(),
-            cad_incident_id: format!("partition-{n}"),
-            incident_type: "WELFARE".into(),
-            priority: 3,
-            location: Some(GeoPoint {
-                latitude: 45.5152,
-                longitude: -122.6784,
-            }),
-            address: "1 SW Broadway".into(),
-            region: self.region.clone(),
-            received_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            ..SubmitIncidentRequest::default()
-        };
+        let submit = probe_submission(&self.cad, &self.region, n);
         let mut availability = self.availability.clone();
-        let upsert = UpsertTeamRequest {
-            request_id: format!("partition-upsert-{n}"),
-            team_id: format!("partition-{n}"),
-            display_name: format!("Partition {n}"),
-            region: self.region.clone(),
-            capabilities: vec!["clinician".into()],
-            ..UpsertTeamRequest::default()
-        };
+        let upsert = probe_team(&self.region, n);
         let mut routing = self.routing.clone();
         let mut directory = self.directory.clone();
         vec![

@@ -18,7 +18,7 @@ use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
     server::{BoundServer, CheckFuture, ServiceHost},
-    storage::{Database, Migrations, Storage},
+    storage::{Database, Storage},
 };
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -97,15 +97,8 @@ impl Default for AvailabilitySettings {
 
 /// Availability's database (the roster): schema [`SCHEMA`], its migrations, a pool of 10,
 /// and migrated at start unless `database.migrate_on_start` is false, so a fresh database works.
-pub static STORAGE: Storage = Storage {
-    schema: SCHEMA,
-    migrations: Migrations {
-        postgres: &MIGRATOR,
-        sqlite: &SQLITE_MIGRATOR,
-    },
-    max_connections: 10,
-    migrate_on_start: true,
-};
+pub static STORAGE: Storage =
+    Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR).migrate_on_start(true);
 
 /// The availability service, bound and ready to run.
 pub struct Application {
@@ -146,7 +139,7 @@ impl Application {
         let settings: AvailabilitySettings = config.section("availability")?;
         let retention = Duration::from_secs(settings.event_retention_seconds.max(60));
         let database = STORAGE.open(&config)?;
-        let roster: Arc<dyn roster::RosterStore> = Arc::new(roster::Bounded::new(
+        let roster: Arc<dyn roster::RosterStore> = Arc::new(relay_runtime::storage::Bounded::new(
             roster::SqlRoster::on(&database),
             STORAGE.bound(&config),
         ));

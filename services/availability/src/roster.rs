@@ -1,8 +1,12 @@
 //! The durable roster (team definitions) behind [`RosterStore`]: PostgreSQL in production
 //! (schema `availability`), SQLite in embedded mode. Live state is never stored here; it is
-//! rebuilt in the [`relay_fleet::TeamStore`] from this roster when the service starts.
+//! rebuilt in the [`relay_fleet::TeamStore`] from this roster when the service starts. The
+//! service uses it as a [`Bounded`] roster: every operation (begin, each save, the commit, the
+//! load) under the database's bound (`database.query_timeout_ms`), so that a partitioned
+//! database fails an upsert `UNAVAILABLE` within the bound instead of holding it for its
+//! deadline.
 
-use relay_runtime::storage::{Database, QueryBound};
+use relay_runtime::storage::{Bounded, Database};
 use sqlx::{PgPool, Postgres, Row, Sqlite, SqlitePool, Transaction};
 
 use relay_fleet::model::{TeamDefinition, from_micros, to_micros};
@@ -182,45 +186,28 @@ impl RosterStore for SqlRoster {
     }
 }
 
-/// A roster whose every operation (begin, each save, the commit, the load) runs under the
-/// database's [`QueryBound`] (`database.query_timeout_ms`), so that a partitioned database
-/// fails an upsert `UNAVAILABLE` within the bound instead of holding it for its deadline.
-#[derive(Debug)]
-pub struct Bounded<R> {
-    inner: R,
-    bound: QueryBound,
-}
-
-impl<R> Bounded<R> {
-    /// `inner`, bounded by `bound`.
-    pub fn new(inner: R, bound: QueryBound) -> Self {
-        Self { inner, bound }
-    }
-}
-
 #[tonic::async_trait]
 impl<R: RosterStore> RosterStore for Bounded<R> {
     async fn begin(&self) -> Result<Box<dyn RosterWrite>, RosterError> {
-        let inner = self.bound.run(self.inner.begin()).await?;
-        Ok(Box::new(Bounded {
-            inner,
-            bound: self.bound,
-        }))
+        let inner = self.bound().run(self.inner().begin()).await?;
+        Ok(Box::new(Bounded::new(inner, self.bound())))
     }
 
     async fn load_all(&self) -> Result<Vec<RosterEntry>, RosterError> {
-        self.bound.run(self.inner.load_all()).await
+        self.bound().run(self.inner().load_all()).await
     }
 }
 
+/// A roster change of a [`Bounded`] roster: each save and the commit bounded too.
 #[tonic::async_trait]
 impl RosterWrite for Bounded<Box<dyn RosterWrite>> {
     async fn save(&mut self, entry: &RosterEntry) -> Result<(), RosterError> {
-        self.bound.run(self.inner.save(entry)).await
+        let bound = self.bound();
+        bound.run(self.inner_mut().save(entry)).await
     }
 
     async fn commit(self: Box<Self>) -> Result<(), RosterError> {
-        let Self { inner, bound } = *self;
+        let (inner, bound) = self.into_parts();
         bound.run(inner.commit()).await
     }
 }

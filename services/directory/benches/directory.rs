@@ -281,7 +281,12 @@ async fn main() {
     if backends.contains("postgres") {
         let db = TestDatabase::new().await;
         let url = db.url().to_owned();
-        let backend = migrated(&url).await;
+        let backend = Backend::on(
+            &relay_directory::STORAGE
+                .migrated(&SecretString::from(url.clone()), 8)
+                .await
+                .unwrap(),
+        );
         let Backend::Postgres(store) = backend else {
             unreachable!("postgres url")
         };
@@ -302,7 +307,12 @@ async fn main() {
     if backends.contains("sqlite") {
         let file = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", file.path().join("directory.db").display());
-        let backend = migrated(&url).await;
+        let backend = Backend::on(
+            &relay_directory::STORAGE
+                .migrated(&SecretString::from(url.clone()), 8)
+                .await
+                .unwrap(),
+        );
         let Backend::Sqlite(store) = backend else {
             unreachable!("sqlite url")
         };
@@ -319,17 +329,4 @@ async fn main() {
         )
         .await;
     }
-}
-
-/// The directory's store at `url`, migrated.
-async fn migrated(url: &str) -> Backend {
-    let storage = &relay_directory::STORAGE;
-    let database = relay_runtime::storage::Database::open(
-        &SecretString::from(url.to_owned()),
-        storage.schema,
-        8,
-    )
-    .unwrap();
-    database.migrate(&storage.migrations).await.unwrap();
-    Backend::on(&database)
 }

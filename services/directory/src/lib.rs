@@ -16,7 +16,7 @@ use relay_runtime::{
     BoxError, Config,
     cli::{Service as RelayService, Shutdown},
     server::{BoundServer, ServiceHost},
-    storage::{Database, Migrations, QueryBound, Storage},
+    storage::{Database, QueryBound, Storage},
 };
 use serde::Deserialize;
 
@@ -195,15 +195,7 @@ pub fn rows_of_service(service: &Service, now: i64) -> Vec<Row> {
 
 /// The directory's database: schema [`SCHEMA`], its migrations, a pool of 10, and PostgreSQL
 /// migrated by `relay-directory migrate` (unless `database.migrate_on_start`).
-pub static STORAGE: Storage = Storage {
-    schema: SCHEMA,
-    migrations: Migrations {
-        postgres: &MIGRATOR,
-        sqlite: &SQLITE_MIGRATOR,
-    },
-    max_connections: 10,
-    migrate_on_start: false,
-};
+pub static STORAGE: Storage = Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR);
 
 /// The store of either backend, on a [`Database`]'s pool: the directory's store is generic
 /// (one [`store::SqlStore`] per dialect), so the server, the importer and the exporter pick

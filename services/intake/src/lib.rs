@@ -27,7 +27,7 @@ use relay_runtime::{
     cli::{Service, Shutdown},
     client::{TracePropagation, channel_for},
     server::{BoundServer, ServiceHost},
-    storage::{Database, Migrations, Storage},
+    storage::{Database, Storage},
 };
 use tokio::sync::{Notify, broadcast};
 
@@ -107,15 +107,7 @@ pub fn http_addr(config: &Config) -> Result<SocketAddr, BoxError> {
 
 /// Intake's database: schema [`SCHEMA`], its migrations, a pool of 16, and PostgreSQL migrated
 /// by `relay-intake migrate` (unless `database.migrate_on_start`).
-pub static STORAGE: Storage = Storage {
-    schema: SCHEMA,
-    migrations: Migrations {
-        postgres: &MIGRATOR,
-        sqlite: &SQLITE_MIGRATOR,
-    },
-    max_connections: 16,
-    migrate_on_start: false,
-};
+pub static STORAGE: Storage = Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR).max_connections(16);
 
 /// Opens the database named by the configuration, migrating it when it migrates at start
 /// (SQLite always), and the store on it, each operation bounded by `database.query_timeout_ms`.

@@ -469,15 +469,8 @@ fn directory_runtime() -> Option<tokio::runtime::Runtime> {
 
 /// The directory database at `database_url`, migrated (so an empty or older one works).
 async fn migrated_backend(database_url: String) -> anyhow::Result<relay_directory::Backend> {
-    let storage = &relay_directory::STORAGE;
-    let database = relay_runtime::storage::Database::open(
-        &secrecy::SecretString::from(database_url),
-        storage.schema,
-        2,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    database
-        .migrate(&storage.migrations)
+    let database = relay_directory::STORAGE
+        .migrated(&secrecy::SecretString::from(database_url), 2)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(relay_directory::Backend::on(&database))

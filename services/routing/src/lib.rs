@@ -18,7 +18,7 @@ use relay_runtime::{
     config::ConfigError,
     paging::PageTokens,
     server::{BoundServer, ServiceHost},
-    storage::{self, Database, Migrations, Storage},
+    storage::{self, Database, Storage},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -65,15 +65,7 @@ pub struct Application {
 
 /// Routing's database (the record): schema [`SCHEMA`], its migrations, a pool of 10, and
 /// PostgreSQL migrated by `relay-routing migrate` (unless `database.migrate_on_start`).
-pub static STORAGE: Storage = Storage {
-    schema: SCHEMA,
-    migrations: Migrations {
-        postgres: &MIGRATOR,
-        sqlite: &SQLITE_MIGRATOR,
-    },
-    max_connections: 10,
-    migrate_on_start: false,
-};
+pub static STORAGE: Storage = Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR);
 
 /// Opens the record named by the configuration (PostgreSQL, or SQLite for `sqlite:` URLs),
 /// migrated when it migrates at start, each operation bounded by `database.query_timeout_ms`.

@@ -27,8 +27,8 @@ mod postgres;
 mod shared;
 mod sqlite;
 
-pub use bounded::Bounded;
 pub use postgres::PostgresStore;
+pub use relay_runtime::storage::Bounded;
 pub use sqlite::SqliteStore;
 
 /// What routing last did with an incident.

@@ -277,6 +277,41 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// A service's database in `schema` with these migrations: a pool of 10, and PostgreSQL
+    /// migrated by `relay-<service> migrate` only (see [`Self::max_connections`] and
+    /// [`Self::migrate_on_start`] to change those defaults).
+    #[must_use]
+    pub const fn new(
+        schema: &'static str,
+        postgres: &'static Migrator,
+        sqlite: &'static Migrator,
+    ) -> Self {
+        Self {
+            schema,
+            migrations: Migrations { postgres, sqlite },
+            max_connections: 10,
+            migrate_on_start: false,
+        }
+    }
+
+    /// With a default pool size of `max_connections`.
+    #[must_use]
+    pub const fn max_connections(self, max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            ..self
+        }
+    }
+
+    /// With PostgreSQL migrated at start unless `database.migrate_on_start` says otherwise.
+    #[must_use]
+    pub const fn migrate_on_start(self, migrate_on_start: bool) -> Self {
+        Self {
+            migrate_on_start,
+            ..self
+        }
+    }
+
     /// Opens (lazily) the database at `RELAY_DATABASE_URL`, with the configured pool size.
     ///
     /// # Errors
@@ -329,10 +364,61 @@ impl Storage {
         Ok(result?)
     }
 
+    /// The database at `url` with a pool of `max_connections`, migrated: what a command or a
+    /// test that works on the service's tables directly (import, export, reports) starts from.
+    ///
+    /// # Errors
+    /// When the URL is invalid, the database is unreachable, or a migration fails.
+    pub async fn migrated(
+        &self,
+        url: &SecretString,
+        max_connections: u32,
+    ) -> Result<Database, StorageError> {
+        let database = Database::open(url, self.schema, max_connections)?;
+        database.migrate(&self.migrations).await?;
+        Ok(database)
+    }
+
     /// The bound of each store operation (`database.query_timeout_ms`).
     #[must_use]
     pub fn bound(&self, config: &Config) -> QueryBound {
         QueryBound::new(config.settings.database.query_timeout())
+    }
+}
+
+/// A store whose every operation runs under a [`QueryBound`]: each service implements its store
+/// trait for `Bounded<S>` by running the same operation of `S` under [`Bounded::bound`]
+/// (its `store/bounded.rs`), and serves callers from a `Bounded` store.
+#[derive(Debug, Clone)]
+pub struct Bounded<S> {
+    inner: S,
+    bound: QueryBound,
+}
+
+impl<S> Bounded<S> {
+    /// `inner`, each operation bounded by `bound`.
+    pub const fn new(inner: S, bound: QueryBound) -> Self {
+        Self { inner, bound }
+    }
+
+    /// The store inside.
+    pub const fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The store inside, to change (a transaction).
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The bound.
+    pub const fn bound(&self) -> QueryBound {
+        self.bound
+    }
+
+    /// The store inside and the bound (to consume the store: a commit).
+    pub fn into_parts(self) -> (S, QueryBound) {
+        (self.inner, self.bound)
     }
 }
 

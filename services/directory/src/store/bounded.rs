@@ -1,5 +1,5 @@
-//! [`Bounded`]: the store the gRPC handler and the retention job use, each operation under
-//! the database's [`QueryBound`] (`database.query_timeout_ms`), so that a partitioned database
+//! The store the gRPC handler and the retention job use, each operation under
+//! the database's [`QueryBound`](relay_runtime::storage::QueryBound) (`database.query_timeout_ms`), so that a partitioned database
 //! fails a call `UNAVAILABLE` within the bound instead of holding it for its whole deadline.
 //! The bulk operations (an import's write session, an export's dumps, the retention job's
 //! erasure) are not bounded: they may rightly take longer than one statement should.
@@ -10,64 +10,49 @@ use relay_proto::directory::{
     Capacity, CreateReferralResponse, Referral, ReferralStatus, Service, UpdateCapacityResponse,
     UpdateReferralResponse, UpsertServiceResponse,
 };
-use relay_runtime::storage::QueryBound;
+use relay_runtime::storage::Bounded;
 
 use super::{
     Candidate, CandidateFilter, DirectoryStore, Dump, Idem, LocationHours, ReferralFilter, Row,
     StoreResult, StoredRequest,
 };
 
-/// `inner` with each operation bounded in time (see the module).
-#[derive(Debug, Clone)]
-pub struct Bounded<S> {
-    inner: S,
-    bound: QueryBound,
-}
-
-impl<S> Bounded<S> {
-    /// `inner`, bounded by `bound`.
-    pub fn new(inner: S, bound: QueryBound) -> Self {
-        Self { inner, bound }
-    }
-
-    /// The store inside.
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-}
-
 impl<S: DirectoryStore> DirectoryStore for Bounded<S> {
     type Session = S::Session;
 
     async fn begin(&self) -> StoreResult<S::Session> {
-        self.inner.begin().await
+        self.inner().begin().await
     }
     async fn ping(&self) -> StoreResult<()> {
-        self.bound.run(self.inner.ping()).await
+        self.bound().run(self.inner().ping()).await
     }
     async fn lookup_request(&self, request_id: &str) -> StoreResult<Option<StoredRequest>> {
-        self.bound.run(self.inner.lookup_request(request_id)).await
+        self.bound()
+            .run(self.inner().lookup_request(request_id))
+            .await
     }
     async fn upsert_service(
         &self,
         service: &Service,
         idem: &Idem,
     ) -> StoreResult<UpsertServiceResponse> {
-        self.bound
-            .run(self.inner.upsert_service(service, idem))
+        self.bound()
+            .run(self.inner().upsert_service(service, idem))
             .await
     }
     async fn get_services(&self, ids: &[String]) -> StoreResult<Vec<Service>> {
-        self.bound.run(self.inner.get_services(ids)).await
+        self.bound().run(self.inner().get_services(ids)).await
     }
     async fn search_candidates(&self, filter: &CandidateFilter) -> StoreResult<Vec<Candidate>> {
-        self.bound.run(self.inner.search_candidates(filter)).await
+        self.bound()
+            .run(self.inner().search_candidates(filter))
+            .await
     }
     async fn hours(
         &self,
         pairs: &[(String, String)],
     ) -> StoreResult<HashMap<(String, String), LocationHours>> {
-        self.bound.run(self.inner.hours(pairs)).await
+        self.bound().run(self.inner().hours(pairs)).await
     }
     async fn update_capacity(
         &self,
@@ -76,9 +61,9 @@ impl<S: DirectoryStore> DirectoryStore for Bounded<S> {
         capacity: &Capacity,
         idem: &Idem,
     ) -> StoreResult<UpdateCapacityResponse> {
-        self.bound
+        self.bound()
             .run(
-                self.inner
+                self.inner()
                     .update_capacity(service_id, location_id, capacity, idem),
             )
             .await
@@ -88,8 +73,8 @@ impl<S: DirectoryStore> DirectoryStore for Bounded<S> {
         referral: &Referral,
         idem: &Idem,
     ) -> StoreResult<CreateReferralResponse> {
-        self.bound
-            .run(self.inner.create_referral(referral, idem))
+        self.bound()
+            .run(self.inner().create_referral(referral, idem))
             .await
     }
     async fn update_referral(
@@ -99,23 +84,26 @@ impl<S: DirectoryStore> DirectoryStore for Bounded<S> {
         notes: Option<&str>,
         idem: &Idem,
     ) -> StoreResult<UpdateReferralResponse> {
-        self.bound
-            .run(self.inner.update_referral(referral_id, status, notes, idem))
+        self.bound()
+            .run(
+                self.inner()
+                    .update_referral(referral_id, status, notes, idem),
+            )
             .await
     }
     async fn dump(&self, table: Dump) -> StoreResult<Vec<Row>> {
-        self.inner.dump(table).await
+        self.inner().dump(table).await
     }
     async fn erase_referral_notes(
         &self,
         created_before: i64,
         requests_before: i64,
     ) -> StoreResult<(u64, u64)> {
-        self.inner
+        self.inner()
             .erase_referral_notes(created_before, requests_before)
             .await
     }
     async fn list_referrals(&self, filter: &ReferralFilter) -> StoreResult<Vec<Referral>> {
-        self.bound.run(self.inner.list_referrals(filter)).await
+        self.bound().run(self.inner().list_referrals(filter)).await
     }
 }

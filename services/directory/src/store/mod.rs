@@ -26,9 +26,9 @@ mod sql;
 mod sqlite;
 mod write;
 
-pub use bounded::Bounded;
 pub use postgres::PostgresStore;
 pub use query::{Columns, Dialect, Query, Value};
+pub use relay_runtime::storage::Bounded;
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
 pub use write::SqlSession;

@@ -69,14 +69,10 @@ pub async fn database(kind: Kind) -> (String, Option<TestDatabase>, Option<tempf
 
 /// Opens and migrates the store at `url`.
 pub async fn backend(url: &str) -> Backend {
-    let storage = &relay_directory::STORAGE;
-    let database = relay_runtime::storage::Database::open(
-        &SecretString::from(url.to_owned()),
-        storage.schema,
-        4,
-    )
-    .unwrap();
-    database.migrate(&storage.migrations).await.unwrap();
+    let database = relay_directory::STORAGE
+        .migrated(&SecretString::from(url.to_owned()), 4)
+        .await
+        .unwrap();
     Backend::on(&database)
 }
 

@@ -51,8 +51,8 @@ mod sql;
 mod sql_store;
 mod sqlite;
 
-pub use bounded::Bounded;
 pub use postgres::PostgresStore;
+pub use relay_runtime::storage::Bounded;
 pub use sql_store::{Dialect, RowsAffected, SqlStore};
 pub use sqlite::SqliteStore;
 
