@@ -39,6 +39,20 @@ DEV_ONLY_VARS = ("RELAY_INSECURE_DEV", "RELAY_INSECURE_PLAINTEXT", "RELAY_INSECU
                  "RELAY_SECURITY__INSECURE_PLAINTEXT", "RELAY_SECURITY__INSECURE_NO_AUTH")
 # Secure is the default and a deployment says where its certificates and keys are (issue 14).
 SECURITY_VARS = ("RELAY_TLS_CERT", "RELAY_TLS_KEY", "RELAY_TLS_CLIENT_CA", "RELAY_AUTH_JWKS")
+# The database settings every service shares (`[database]`, docs/operations.md "Settings every
+# service has"): the old per-service names still work, but a manifest uses the shared ones; and
+# the bound of one database operation must leave the server's request timeout room to answer
+# UNAVAILABLE before the caller's deadline.
+OLD_DATABASE_VARS = {
+    "RELAY_INTAKE__RUN_MIGRATIONS": "RELAY_DATABASE__MIGRATE_ON_START",
+    "RELAY_AVAILABILITY__MIGRATE_ON_START": "RELAY_DATABASE__MIGRATE_ON_START",
+    "RELAY_INTAKE__MAX_CONNECTIONS": "RELAY_DATABASE__MAX_CONNECTIONS",
+    "RELAY_DIRECTORY__MAX_CONNECTIONS": "RELAY_DATABASE__MAX_CONNECTIONS",
+}
+QUERY_TIMEOUT_VAR = "RELAY_DATABASE__QUERY_TIMEOUT_MS"
+REQUEST_TIMEOUT_VAR = "RELAY_SERVER__REQUEST_TIMEOUT_MS"
+DEFAULT_QUERY_TIMEOUT_MS = 3000
+DEFAULT_REQUEST_TIMEOUT_MS = 10000
 DIGEST = re.compile(r"^[^@\s]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}@sha256:[0-9a-f]{64}$")
 CLUSTER_SCOPED = {"Namespace"}
 # The labels deploy/README.md tells operators to set (namespace labels unless stated).
@@ -197,6 +211,31 @@ def env_of(container) -> dict:
     return {e["name"]: e for e in container.get("env") or []}
 
 
+def check_database_settings(f: Failures, path: str, config_data: dict, deployments: dict) -> None:
+    """The shared `[database]` names, and a query bound below the request timeout."""
+    for old, new in OLD_DATABASE_VARS.items():
+        f.check(old not in config_data, f"{path}: ConfigMap sets {old}; use {new}")
+    for name, dep in sorted(deployments.items()):
+        for c in containers(dep):
+            env = env_of(c)
+            for old, new in OLD_DATABASE_VARS.items():
+                f.check(old not in env,
+                        f"{path}: Deployment/{name} container {c['name']} sets {old}; use {new}")
+            values = dict(config_data)
+            values.update({k: v.get("value") for k, v in env.items() if "value" in v})
+            try:
+                query = int(values.get(QUERY_TIMEOUT_VAR, DEFAULT_QUERY_TIMEOUT_MS))
+                request = int(values.get(REQUEST_TIMEOUT_VAR, DEFAULT_REQUEST_TIMEOUT_MS))
+            except (TypeError, ValueError):
+                f.check(False, f"{path}: Deployment/{name}: {QUERY_TIMEOUT_VAR} and "
+                        f"{REQUEST_TIMEOUT_VAR} must be whole milliseconds")
+                continue
+            f.check(0 < query < request,
+                    f"{path}: Deployment/{name} container {c['name']}: {QUERY_TIMEOUT_VAR} "
+                    f"({query}) must be above 0 and below {REQUEST_TIMEOUT_VAR} ({request}), so "
+                    "that a call to a partitioned database answers UNAVAILABLE before its deadline")
+
+
 def check_file(path: str, required: list[str], expect_egress: list[str]) -> Failures:
     with open(path, encoding="utf-8") as fh:
         docs = [d for d in yaml.safe_load_all(fh) if d]
@@ -239,6 +278,8 @@ def check_file(path: str, required: list[str], expect_egress: list[str]) -> Fail
                 f"{path}: ConfigMap sets {var}; "
                 + ("it must never be deployed" if var != PAGE_TOKEN_VAR
                    else "a secret belongs in the Secret, not a ConfigMap"))
+
+    check_database_settings(f, path, config_data, deployments)
 
     if deployments:
         for var in SECURITY_VARS:

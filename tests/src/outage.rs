@@ -1,7 +1,7 @@
 //! Measuring a dependency fault from outside (`pg_outage.rs`, `slow_consumer.rs`): a monitor
 //! of a service's gRPC health that keeps every change with its time, probes that call one RPC
-//! in a loop and keep each call's code and latency, percentiles, and a process's resident
-//! memory.
+//! in a loop and keep each call's code and latency (and the calls they make), percentiles, and
+//! a process's resident memory.
 
 use std::{
     sync::{
@@ -16,6 +16,61 @@ use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+/// A channel to `endpoint` that connects on first use (and again after a failure).
+///
+/// # Panics
+/// When `endpoint` is not a URI.
+#[must_use]
+pub fn lazy_channel(endpoint: &str) -> Channel {
+    Channel::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect_lazy()
+}
+
+/// `message` as a request carrying `deadline` (`grpc-timeout`).
+#[must_use]
+pub fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
+
+/// The probes' SubmitIncident: call `probe-{n}` of CAD `cad` in `region`, received now.
+#[must_use]
+pub fn probe_submission(
+    cad: &str,
+    region: &str,
+    n: u64,
+) -> relay_proto::intake::SubmitIncidentRequest {
+    relay_proto::intake::SubmitIncidentRequest {
+        cad_system: cad.to_owned(),
+        cad_incident_id: format!("probe-{n}"),
+        incident_type: "WELFARE".into(),
+        priority: 3,
+        location: Some(relay_proto::common::GeoPoint {
+            latitude: 45.5152,
+            longitude: -122.6784,
+        }),
+        address: "1 SW Broadway".into(),
+        region: region.to_owned(),
+        received_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        ..relay_proto::intake::SubmitIncidentRequest::default()
+    }
+}
+
+/// The probes' UpsertTeam: team `probe-{n}` in `region`, under request id `probe-upsert-{n}`.
+#[must_use]
+pub fn probe_team(region: &str, n: u64) -> relay_proto::availability::UpsertTeamRequest {
+    relay_proto::availability::UpsertTeamRequest {
+        request_id: format!("probe-upsert-{n}"),
+        team_id: format!("probe-{n}"),
+        display_name: format!("Probe {n}"),
+        region: region.to_owned(),
+        capabilities: vec!["clinician".into()],
+        ..relay_proto::availability::UpsertTeamRequest::default()
+    }
+}
 
 /// Polls one service's `grpc.health.v1` every 20 ms and records each change of SERVING.
 pub struct HealthMonitor {

@@ -18,7 +18,7 @@ use relay_runtime::{
     BoxError, Config,
     cli::{Service, Shutdown},
     server::{BoundServer, CheckFuture, ServiceHost},
-    storage,
+    storage::{Database, Storage},
 };
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -50,10 +50,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The migrations of the SQLite roster (embedded mode).
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
 
-/// Where live state is kept.
+/// Where live state is kept (`availability.backend`). Not to be confused with the roster's
+/// database, PostgreSQL or SQLite by `RELAY_DATABASE_URL` (see [`STORAGE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Backend {
+pub enum LiveStore {
     /// Redis at `RELAY_REDIS_URL` (production).
     #[default]
     Redis,
@@ -65,14 +66,12 @@ pub enum Backend {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct AvailabilitySettings {
-    /// `redis` (default) or `memory`.
-    pub backend: Backend,
+    /// Where live state is kept: `redis` (default) or `memory`.
+    pub backend: LiveStore,
     /// Prefix of every Redis key (default `relay`).
     pub key_prefix: String,
     /// How long team events are kept for WatchTeams resumption, in seconds (default 24 h).
     pub event_retention_seconds: u64,
-    /// Apply the roster migrations at start (default true), so a fresh database works.
-    pub migrate_on_start: bool,
     /// An AVAILABLE team whose position is older than this counts in the
     /// `relay_teams_stale_position` gauge (default 300: routing's default staleness limit).
     pub stale_position_seconds: u64,
@@ -86,10 +85,9 @@ pub struct AvailabilitySettings {
 impl Default for AvailabilitySettings {
     fn default() -> Self {
         Self {
-            backend: Backend::Redis,
+            backend: LiveStore::Redis,
             key_prefix: String::from(keyspace::DEFAULT_PREFIX),
             event_retention_seconds: 24 * 3600,
-            migrate_on_start: true,
             stale_position_seconds: 300,
             sample_interval_seconds: 15,
             live_state_check_ms: 1_000,
@@ -97,27 +95,18 @@ impl Default for AvailabilitySettings {
     }
 }
 
-enum RosterDb {
-    Postgres(sqlx::PgPool),
-    Sqlite(sqlx::SqlitePool),
-}
-
-impl RosterDb {
-    async fn migrate(&self) -> Result<(), BoxError> {
-        match self {
-            Self::Postgres(pool) => storage::migrate_postgres(pool, SCHEMA, &MIGRATOR).await?,
-            Self::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await?,
-        }
-        Ok(())
-    }
-}
+/// Availability's database (the roster): schema [`SCHEMA`], its migrations, a pool of 10,
+/// and migrated at start unless `database.migrate_on_start` is false, so a fresh database works.
+pub static STORAGE: Storage =
+    Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR).migrate_on_start(true);
 
 /// The availability service, bound and ready to run.
 pub struct Application {
     server: BoundServer,
     domain: Availability,
     dispatch: Arc<dyn DispatchStore>,
-    roster_db: RosterDb,
+    database: Database,
+    config: Config,
     settings: AvailabilitySettings,
     shutdown: CancellationToken,
 }
@@ -149,28 +138,18 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, BoxError> {
         let settings: AvailabilitySettings = config.section("availability")?;
         let retention = Duration::from_secs(settings.event_retention_seconds.max(60));
-        let database_url = config.database_url()?;
-        let (roster, roster_db): (Arc<dyn roster::RosterStore>, RosterDb) =
-            if storage::is_sqlite(database_url) {
-                let pool = storage::sqlite_pool(database_url, 4)?;
-                (
-                    Arc::new(roster::SqlRoster::Sqlite(pool.clone())),
-                    RosterDb::Sqlite(pool),
-                )
-            } else {
-                let pool = storage::postgres_pool(database_url, SCHEMA, 10)?;
-                (
-                    Arc::new(roster::SqlRoster::Postgres(pool.clone())),
-                    RosterDb::Postgres(pool),
-                )
-            };
+        let database = STORAGE.open(&config)?;
+        let roster: Arc<dyn roster::RosterStore> = Arc::new(relay_runtime::storage::Bounded::new(
+            roster::SqlRoster::on(&database),
+            STORAGE.bound(&config),
+        ));
         let fleet: Arc<dyn FleetStore> = match settings.backend {
-            Backend::Redis => Arc::new(RedisTeamStore::new(
+            LiveStore::Redis => Arc::new(RedisTeamStore::new(
                 config.redis_target()?,
                 Keyspace::new(settings.key_prefix.clone()),
                 retention,
             )?),
-            Backend::Memory => Arc::new(MemoryTeamStore::new(retention)),
+            LiveStore::Memory => Arc::new(MemoryTeamStore::new(retention)),
         };
         let team_store: Arc<dyn TeamStore> = fleet.clone();
         let dispatch: Arc<dyn DispatchStore> = fleet;
@@ -188,7 +167,6 @@ impl Application {
             stream_max_age,
         );
         let store_check = team_store.clone();
-        let roster_check = roster.clone();
         let live_check = domain.live().clone();
         let host = host
             .add_service(AvailabilityServiceServer::new(handler))
@@ -196,10 +174,7 @@ impl Application {
                 let store = store_check.clone();
                 Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
             })
-            .readiness_check("roster", move || -> CheckFuture {
-                let roster = roster_check.clone();
-                Box::pin(async move { roster.ping().await.map_err(|e| e.to_string()) })
-            })
+            .readiness_check(database.kind(), database.check())
             .readiness_check("roster loaded", move || -> CheckFuture {
                 let intact = live_check.is_intact();
                 Box::pin(async move {
@@ -217,7 +192,8 @@ impl Application {
             server,
             domain,
             dispatch,
-            roster_db,
+            database,
+            config,
             settings,
             shutdown,
         })
@@ -243,7 +219,7 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls. Meanwhile a start task
-    /// applies the roster migrations (unless `migrate_on_start` is off) and rebuilds the live
+    /// applies the roster migrations (unless `database.migrate_on_start` is false) and rebuilds the live
     /// state from the roster, retrying with backoff; health turns SERVING after it succeeds.
     ///
     /// # Errors
@@ -256,7 +232,8 @@ impl Application {
             server,
             domain,
             dispatch: _,
-            roster_db,
+            database,
+            config,
             settings,
             shutdown: token,
         } = self;
@@ -274,9 +251,7 @@ impl Application {
             let mut delay = Duration::from_millis(100);
             loop {
                 let attempt = async {
-                    if settings.migrate_on_start {
-                        roster_db.migrate().await?;
-                    }
+                    STORAGE.start(&config, &database).await?;
                     let created = domain.build_live_state().await?;
                     Ok::<usize, BoxError>(created)
                 };
@@ -325,17 +300,7 @@ impl Application {
     /// # Errors
     /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let url = config.database_url()?;
-        if storage::is_sqlite(url) {
-            let pool = storage::sqlite_pool(url, 1)?;
-            SQLITE_MIGRATOR.run(&pool).await?;
-            pool.close().await;
-        } else {
-            let pool = storage::postgres_pool(url, SCHEMA, 1)?;
-            storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
-            pool.close().await;
-        }
-        Ok(())
+        STORAGE.migrate(config).await
     }
 }
 

@@ -1,7 +1,12 @@
 //! The durable roster (team definitions) behind [`RosterStore`]: PostgreSQL in production
 //! (schema `availability`), SQLite in embedded mode. Live state is never stored here; it is
-//! rebuilt in the [`relay_fleet::TeamStore`] from this roster when the service starts.
+//! rebuilt in the [`relay_fleet::TeamStore`] from this roster when the service starts. The
+//! service uses it as a [`Bounded`] roster: every operation (begin, each save, the commit, the
+//! load) under the database's bound (`database.query_timeout_ms`), so that a partitioned
+//! database fails an upsert `UNAVAILABLE` within the bound instead of holding it for its
+//! deadline.
 
+use relay_runtime::storage::{Bounded, Database};
 use sqlx::{PgPool, Postgres, Row, Sqlite, SqlitePool, Transaction};
 
 use relay_fleet::model::{TeamDefinition, from_micros, to_micros};
@@ -29,8 +34,6 @@ pub trait RosterStore: Send + Sync + 'static {
     async fn begin(&self) -> Result<Box<dyn RosterWrite>, RosterError>;
     /// Every team definition, ordered by team id.
     async fn load_all(&self) -> Result<Vec<RosterEntry>, RosterError>;
-    /// Whether the database answers (readiness).
-    async fn ping(&self) -> Result<(), RosterError>;
 }
 
 /// A roster change in progress (see [`RosterStore::begin`]). A save locks the team's row until
@@ -52,6 +55,17 @@ pub enum SqlRoster {
     Postgres(PgPool),
     /// SQLite (embedded mode).
     Sqlite(SqlitePool),
+}
+
+impl SqlRoster {
+    /// The roster on `database`'s pool.
+    #[must_use]
+    pub fn on(database: &Database) -> Self {
+        match database {
+            Database::Postgres { pool, .. } => Self::Postgres(pool.clone()),
+            Database::Sqlite(pool) => Self::Sqlite(pool.clone()),
+        }
+    }
 }
 
 const LOAD: &str = "SELECT team_id, display_name, region, capabilities, shift_ends_at_us, revision \
@@ -170,12 +184,30 @@ impl RosterStore for SqlRoster {
             }
         })
     }
+}
 
-    async fn ping(&self) -> Result<(), RosterError> {
-        match self {
-            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
-        }
-        Ok(())
+#[tonic::async_trait]
+impl<R: RosterStore> RosterStore for Bounded<R> {
+    async fn begin(&self) -> Result<Box<dyn RosterWrite>, RosterError> {
+        let inner = self.bound().run(self.inner().begin()).await?;
+        Ok(Box::new(Bounded::new(inner, self.bound())))
+    }
+
+    async fn load_all(&self) -> Result<Vec<RosterEntry>, RosterError> {
+        self.bound().run(self.inner().load_all()).await
+    }
+}
+
+/// A roster change of a [`Bounded`] roster: each save and the commit bounded too.
+#[tonic::async_trait]
+impl RosterWrite for Bounded<Box<dyn RosterWrite>> {
+    async fn save(&mut self, entry: &RosterEntry) -> Result<(), RosterError> {
+        let bound = self.bound();
+        bound.run(self.inner_mut().save(entry)).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), RosterError> {
+        let (inner, bound) = self.into_parts();
+        bound.run(inner.commit()).await
     }
 }

@@ -281,8 +281,12 @@ async fn main() {
     if backends.contains("postgres") {
         let db = TestDatabase::new().await;
         let url = db.url().to_owned();
-        let backend = Backend::open(&SecretString::from(url.clone()), 8).unwrap();
-        backend.migrate().await.unwrap();
+        let backend = Backend::on(
+            &relay_directory::STORAGE
+                .migrated(&SecretString::from(url.clone()), 8)
+                .await
+                .unwrap(),
+        );
         let Backend::Postgres(store) = backend else {
             unreachable!("postgres url")
         };
@@ -303,8 +307,12 @@ async fn main() {
     if backends.contains("sqlite") {
         let file = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", file.path().join("directory.db").display());
-        let backend = Backend::open(&SecretString::from(url.clone()), 8).unwrap();
-        backend.migrate().await.unwrap();
+        let backend = Backend::on(
+            &relay_directory::STORAGE
+                .migrated(&SecretString::from(url.clone()), 8)
+                .await
+                .unwrap(),
+        );
         let Backend::Sqlite(store) = backend else {
             unreachable!("sqlite url")
         };

@@ -16,9 +16,8 @@ use relay_runtime::{
     BoxError, Config,
     cli::{Service as RelayService, Shutdown},
     server::{BoundServer, ServiceHost},
-    storage,
+    storage::{Database, QueryBound, Storage},
 };
-use secrecy::SecretString;
 use serde::Deserialize;
 
 pub mod error;
@@ -35,7 +34,7 @@ pub mod validate;
 
 pub use handler::DirectoryServiceHandler;
 use relay_runtime::clock::Clock;
-use store::{PostgresStore, Row, SqliteStore};
+use store::{Bounded, PostgresStore, Row, SqliteStore};
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.directory.v1";
@@ -49,12 +48,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The migrations of the SQLite backend (`relay dev`).
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_sqlite");
 
-/// The directory's own settings (`[directory]`, `RELAY_DIRECTORY__*`).
+/// The directory's own settings (`[directory]`, `RELAY_DIRECTORY__*`); the pool size and
+/// migrations at start are in `[database]`, as for every service.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct DirectorySettings {
-    /// Connections in the pool (`RELAY_DIRECTORY__MAX_CONNECTIONS`, default 10).
-    #[serde(default)]
-    pub max_connections: Option<u32>,
     /// Days after its creation when a referral's notes are erased
     /// (`RELAY_DIRECTORY__PERSONAL_DATA_RETENTION_DAYS`, default 30, at least 1).
     #[serde(default)]
@@ -196,7 +193,13 @@ pub fn rows_of_service(service: &Service, now: i64) -> Vec<Row> {
     rows
 }
 
-/// Either backend, chosen from the database URL.
+/// The directory's database: schema [`SCHEMA`], its migrations, a pool of 10, and PostgreSQL
+/// migrated by `relay-directory migrate` (unless `database.migrate_on_start`).
+pub static STORAGE: Storage = Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR);
+
+/// The store of either backend, on a [`Database`]'s pool: the directory's store is generic
+/// (one [`store::SqlStore`] per dialect), so the server, the importer and the exporter pick
+/// the concrete one here.
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// PostgreSQL.
@@ -206,38 +209,13 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Opens (lazily) the store at `url`: `sqlite:` URLs use SQLite, anything else PostgreSQL
-    /// (schema [`SCHEMA`]).
-    ///
-    /// # Errors
-    /// When the URL is invalid.
-    pub fn open(url: &SecretString, max_connections: u32) -> Result<Self, BoxError> {
-        if storage::is_sqlite(url) {
-            Ok(Self::Sqlite(SqliteStore::new(storage::sqlite_pool(
-                url,
-                max_connections,
-            )?)))
-        } else {
-            Ok(Self::Postgres(PostgresStore::new(storage::postgres_pool(
-                url,
-                SCHEMA,
-                max_connections,
-            )?)))
+    /// The store on `database`'s pool.
+    #[must_use]
+    pub fn on(database: &Database) -> Self {
+        match database {
+            Database::Postgres { pool, .. } => Self::Postgres(PostgresStore::new(pool.clone())),
+            Database::Sqlite(pool) => Self::Sqlite(SqliteStore::new(pool.clone())),
         }
-    }
-
-    /// Applies the backend's migrations (creating the schema on PostgreSQL).
-    ///
-    /// # Errors
-    /// When the database is unreachable or a migration fails.
-    pub async fn migrate(&self) -> Result<(), BoxError> {
-        match self {
-            Self::Postgres(store) => {
-                storage::migrate_postgres(store.pool(), SCHEMA, &MIGRATOR).await?
-            }
-            Self::Sqlite(store) => SQLITE_MIGRATOR.run(store.pool()).await?,
-        }
-        Ok(())
     }
 }
 
@@ -260,6 +238,7 @@ fn handler<S: store::DirectoryStore>(
 pub struct Application {
     server: BoundServer,
     backend: Backend,
+    bound: QueryBound,
     clock: Arc<dyn Clock>,
     retention_days: i64,
     retention_every: Duration,
@@ -289,10 +268,10 @@ impl Application {
             settings.retention_interval_seconds.unwrap_or(3600).max(1),
         ));
         let tokens = config.settings.page_tokens()?;
-        let backend = Backend::open(
-            config.database_url()?,
-            settings.max_connections.unwrap_or(10),
-        )?;
+        let database = STORAGE.open(&config)?;
+        STORAGE.start(&config, &database).await?;
+        let backend = Backend::on(&database);
+        let bound = STORAGE.bound(&config);
         let intake = if settings.check_incidents.unwrap_or(false) {
             let deadline =
                 Duration::from_millis(settings.intake_deadline_ms.unwrap_or(2000).max(1));
@@ -309,41 +288,27 @@ impl Application {
         } else {
             None
         };
-        let host = ServiceHost::from_config(&config);
+        let host =
+            ServiceHost::from_config(&config).readiness_check(database.kind(), database.check());
         let host = match backend.clone() {
-            Backend::Postgres(store) => host
-                .readiness_check("postgres", storage::postgres_check(store.pool().clone()))
-                .add_service(DirectoryServiceServer::new(handler(
-                    store,
-                    &tokens,
-                    &clock,
-                    intake.as_ref(),
-                ))),
-            Backend::Sqlite(store) => {
-                SQLITE_MIGRATOR.run(store.pool()).await?;
-                let pool = store.pool().clone();
-                host.readiness_check("sqlite", move || -> relay_runtime::server::CheckFuture {
-                    let pool = pool.clone();
-                    Box::pin(async move {
-                        sqlx::query("SELECT 1")
-                            .execute(&pool)
-                            .await
-                            .map(|_| ())
-                            .map_err(|error| format!("sqlite: {error}"))
-                    })
-                })
-                .add_service(DirectoryServiceServer::new(handler(
-                    store,
-                    &tokens,
-                    &clock,
-                    intake.as_ref(),
-                )))
-            }
+            Backend::Postgres(store) => host.add_service(DirectoryServiceServer::new(handler(
+                Bounded::new(store, bound),
+                &tokens,
+                &clock,
+                intake.as_ref(),
+            ))),
+            Backend::Sqlite(store) => host.add_service(DirectoryServiceServer::new(handler(
+                Bounded::new(store, bound),
+                &tokens,
+                &clock,
+                intake.as_ref(),
+            ))),
         };
         let server = host.bind(config.settings.listen.0).await?;
         Ok(Self {
             server,
             backend,
+            bound,
             clock,
             retention_days,
             retention_every,
@@ -367,12 +332,15 @@ impl Application {
     ) -> Result<(), BoxError> {
         let token = self.server.shutdown_token();
         let (days, every) = (self.retention_days, self.retention_every);
+        let bound = self.bound;
         let job = match self.backend {
             Backend::Postgres(store) => tokio::spawn(
-                retention::Retention::new(store, self.clock, days).run(every, token.clone()),
+                retention::Retention::new(Bounded::new(store, bound), self.clock, days)
+                    .run(every, token.clone()),
             ),
             Backend::Sqlite(store) => tokio::spawn(
-                retention::Retention::new(store, self.clock, days).run(every, token.clone()),
+                retention::Retention::new(Bounded::new(store, bound), self.clock, days)
+                    .run(every, token.clone()),
             ),
         };
         let result = self.server.run_until_stopped(shutdown).await;
@@ -386,13 +354,7 @@ impl Application {
     /// # Errors
     /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let backend = Backend::open(config.database_url()?, 1)?;
-        backend.migrate().await?;
-        match backend {
-            Backend::Postgres(store) => store.pool().close().await,
-            Backend::Sqlite(store) => store.pool().close().await,
-        }
-        Ok(())
+        STORAGE.migrate(config).await
     }
 }
 

@@ -28,7 +28,7 @@ use relay_runtime::{
     cli::{Service, Shutdown},
     client::{TracePropagation, channel_for},
     server::{BoundServer, ServiceHost},
-    storage,
+    storage::{Database, Storage},
 };
 use tokio::sync::{Notify, broadcast};
 
@@ -57,12 +57,9 @@ use crate::{
     program::Programs,
     protocol::Protocol,
     settings::IntakeSettings,
-    store::{IncidentStore, PostgresStore, SqliteStore},
+    store::{Bounded, IncidentStore, PostgresStore, SqliteStore},
 };
 use relay_runtime::clock::Clock;
-
-/// A readiness check of the database.
-pub type CheckFn = Box<dyn Fn() -> relay_runtime::server::CheckFuture + Send + Sync>;
 
 /// The error domain (`google.rpc.ErrorInfo.domain`) of this service: its proto package.
 pub const DOMAIN: &str = "relay.intake.v1";
@@ -110,39 +107,26 @@ pub fn http_addr(config: &Config) -> Result<SocketAddr, BoxError> {
     Ok(SocketAddr::new(listen.ip(), port))
 }
 
-/// Opens the store named by the configuration's database URL, migrating when asked to
-/// (SQLite always).
+/// Intake's database: schema [`SCHEMA`], its migrations, a pool of 16, and PostgreSQL migrated
+/// by `relay-intake migrate` (unless `database.migrate_on_start`).
+pub static STORAGE: Storage = Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR).max_connections(16);
+
+/// Opens the database named by the configuration, migrating it when it migrates at start
+/// (SQLite always), and the store on it, each operation bounded by `database.query_timeout_ms`.
 ///
 /// # Errors
 /// When the URL is missing or invalid, or a migration fails.
-pub async fn open_store(
-    config: &Config,
-    settings: &IntakeSettings,
-) -> Result<(Arc<dyn IncidentStore>, CheckFn), BoxError> {
-    let url = config.database_url()?;
-    if storage::is_sqlite(url) {
-        let pool = storage::sqlite_pool(url, settings.max_connections.max(1))?;
-        SQLITE_MIGRATOR.run(&pool).await?;
-        let check_pool = pool.clone();
-        let check: CheckFn = Box::new(move || {
-            let pool = check_pool.clone();
-            Box::pin(async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|error| format!("sqlite: {error}"))
-            })
-        });
-        Ok((Arc::new(SqliteStore::new(pool)), check))
-    } else {
-        let pool = storage::postgres_pool(url, SCHEMA, settings.max_connections.max(1))?;
-        if settings.run_migrations {
-            storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
+pub async fn open_store(config: &Config) -> Result<(Arc<dyn IncidentStore>, Database), BoxError> {
+    let database = STORAGE.open(config)?;
+    STORAGE.start(config, &database).await?;
+    let bound = STORAGE.bound(config);
+    let store: Arc<dyn IncidentStore> = match &database {
+        Database::Postgres { pool, .. } => {
+            Arc::new(Bounded::new(PostgresStore::new(pool.clone()), bound))
         }
-        let check: CheckFn = Box::new(storage::postgres_check(pool.clone()));
-        Ok((Arc::new(PostgresStore::new(pool)), check))
-    }
+        Database::Sqlite(pool) => Arc::new(Bounded::new(SqliteStore::new(pool.clone()), bound)),
+    };
+    Ok((store, database))
 }
 
 impl Application {
@@ -167,7 +151,7 @@ impl Application {
             None => Protocol::default_protocol()?,
         };
         let programs = Programs::new(&settings.programs).map_err(|e| format!("intake.{e}"))?;
-        let (store, check) = open_store(&config, &settings).await?;
+        let (store, database) = open_store(&config).await?;
         let timeout = Duration::from_millis(settings.routing_timeout_ms.max(1));
         let routing = RoutingServiceClient::with_interceptor(
             channel_for(&config, &config.settings.routing_endpoint, timeout)?,
@@ -209,7 +193,7 @@ impl Application {
             .add_service(ReportServiceServer::new(
                 report_api::ReportServiceHandler::new(Arc::clone(&intake)),
             ))
-            .readiness_check("database", check);
+            .readiness_check(database.kind(), database.check());
         let http_addr = http_addr(&config)?;
         let http = tokio::net::TcpListener::bind(http_addr)
             .await
@@ -318,17 +302,7 @@ impl Application {
     /// # Errors
     /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let url = config.database_url()?;
-        if storage::is_sqlite(url) {
-            let pool = storage::sqlite_pool(url, 1)?;
-            SQLITE_MIGRATOR.run(&pool).await?;
-            pool.close().await;
-        } else {
-            let pool = storage::postgres_pool(url, SCHEMA, 1)?;
-            storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
-            pool.close().await;
-        }
-        Ok(())
+        STORAGE.migrate(config).await
     }
 }
 

@@ -1,5 +1,7 @@
 //! Intake's own configuration: the `[intake]` section, `RELAY_INTAKE__<KEY>` in the
-//! environment. Every key has a default; see docs/intake.md for the operator's table.
+//! environment. Every key has a default; see docs/intake.md for the operator's table. The
+//! database's pool size and migrations at start are in `[database]`, as for every service
+//! (`relay_runtime::config::DatabaseSettings`).
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
@@ -41,12 +43,8 @@ pub struct IntakeSettings {
     pub event_retention_days: i64,
     /// How often the retention job runs, in seconds.
     pub retention_interval_seconds: u64,
-    /// Apply migrations at start (SQLite always does).
-    pub run_migrations: bool,
     /// Consume routing's WatchAssignments and availability's WatchTeams for `regions`.
     pub consume_upstream: bool,
-    /// Database connections in the pool.
-    pub max_connections: u32,
     /// Each region's program rules (`[intake.programs.<region>]`): operating hours, closed
     /// dates, and the two limits below for that region.
     pub programs: HashMap<String, ProgramSettings>,
@@ -80,9 +78,7 @@ impl Default for IntakeSettings {
             personal_data_retention_days: 30,
             event_retention_days: 7,
             retention_interval_seconds: 3600,
-            run_migrations: false,
             consume_upstream: true,
-            max_connections: 16,
             programs: HashMap::new(),
             review_wait_seconds: 600,
             recommendation_expiry_seconds: 300,

@@ -81,7 +81,7 @@ async fn program_hours_that_cannot_be_read_stop_the_start_naming_the_region() {
 .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", db.url())
-        .set("intake.run_migrations", true)
+        .set("database.migrate_on_start", true)
         .set(
             "intake.programs",
             serde_json::json!({ "metro": { "time_zone": "Mars/Olympus", "hours": ["daily 07:00-19:00"] } }),

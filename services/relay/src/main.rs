@@ -505,13 +505,11 @@ fn directory_runtime() -> Option<tokio::runtime::Runtime> {
 
 /// The directory database at `database_url`, migrated (so an empty or older one works).
 async fn migrated_backend(database_url: String) -> anyhow::Result<relay_directory::Backend> {
-    let backend = relay_directory::Backend::open(&secrecy::SecretString::from(database_url), 2)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    backend
-        .migrate()
+    let database = relay_directory::STORAGE
+        .migrated(&secrecy::SecretString::from(database_url), 2)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(backend)
+    Ok(relay_directory::Backend::on(&database))
 }
 
 /// `relay directory export`: migrates the database (so an empty or older one works), then

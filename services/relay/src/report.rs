@@ -105,14 +105,11 @@ pub async fn compute(options: &Options) -> anyhow::Result<Report> {
     let config = relay_runtime::Config::builder("intake")
         .set("insecure_dev", true)
         .set("database_url", options.database_url.as_str())
+        .set("database.max_connections", 2)
+        .set("database.migrate_on_start", false)
         .build()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let settings = relay_intake::settings::IntakeSettings {
-        run_migrations: false,
-        max_connections: 2,
-        ..relay_intake::settings::IntakeSettings::default()
-    };
-    let (store, _) = relay_intake::open_store(&config, &settings)
+    let (store, _) = relay_intake::open_store(&config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open intake's database: {e}"))?;
     let request = ReportRequest {

@@ -18,7 +18,7 @@ use relay_runtime::{
     config::ConfigError,
     paging::PageTokens,
     server::{BoundServer, ServiceHost},
-    storage,
+    storage::{self, Database, Storage},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ use relay_fleet::{DispatchStore, Keyspace, MemoryTeamStore, RedisTeamStore};
 use crate::{
     engine::Engine,
     settings::RoutingSettings,
-    store::{PostgresStore, SqliteStore, Store},
+    store::{Bounded, PostgresStore, SqliteStore, Store},
 };
 use relay_runtime::clock::Clock;
 
@@ -63,31 +63,23 @@ pub struct Application {
     interval: Duration,
 }
 
-type CheckFn = Arc<dyn Fn() -> relay_runtime::server::CheckFuture + Send + Sync>;
+/// Routing's database (the record): schema [`SCHEMA`], its migrations, a pool of 10, and
+/// PostgreSQL migrated by `relay-routing migrate` (unless `database.migrate_on_start`).
+pub static STORAGE: Storage = Storage::new(SCHEMA, &MIGRATOR, &SQLITE_MIGRATOR);
 
-/// Opens the record named by the configuration (PostgreSQL, or SQLite for `sqlite:` URLs).
-async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, CheckFn), BoxError> {
-    let url = config.database_url()?;
-    if storage::is_sqlite(url) {
-        let pool = storage::sqlite_pool(url, 4)?;
-        SQLITE_MIGRATOR.run(&pool).await?;
-        let check_pool = pool.clone();
-        let check: CheckFn = Arc::new(move || {
-            let pool = check_pool.clone();
-            Box::pin(async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("sqlite: {e}"))
-            })
-        });
-        Ok((Arc::new(SqliteStore::new(pool)), check))
-    } else {
-        let pool = storage::postgres_pool(url, SCHEMA, 10)?;
-        let check: CheckFn = Arc::new(storage::postgres_check(pool.clone()));
-        Ok((Arc::new(PostgresStore::new(pool)), check))
-    }
+/// Opens the record named by the configuration (PostgreSQL, or SQLite for `sqlite:` URLs),
+/// migrated when it migrates at start, each operation bounded by `database.query_timeout_ms`.
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Database), BoxError> {
+    let database = STORAGE.open(config)?;
+    STORAGE.start(config, &database).await?;
+    let bound = STORAGE.bound(config);
+    let store: Arc<dyn Store> = match &database {
+        Database::Postgres { pool, .. } => {
+            Arc::new(Bounded::new(PostgresStore::new(pool.clone()), bound))
+        }
+        Database::Sqlite(pool) => Arc::new(Bounded::new(SqliteStore::new(pool.clone()), bound)),
+    };
+    Ok((store, database))
 }
 
 fn page_tokens(config: &Config) -> Result<PageTokens, ConfigError> {
@@ -134,13 +126,13 @@ impl Application {
             .validate()
             .map_err(|message| Box::new(ConfigError::new(message)) as BoxError)?;
         let interval = Duration::from_millis(settings.maintenance_interval_ms);
-        let (store, check) = open_store(&config).await?;
+        let (store, database) = open_store(&config).await?;
         let engine = Engine::new(store, fleet, clock, settings, page_tokens(&config)?);
         let host = ServiceHost::from_config(&config);
         let handler = RoutingServiceHandler::new(engine.clone(), host.shutdown_token());
         let mut host = host
             .add_service(RoutingServiceServer::new(handler))
-            .readiness_check("record", move || check());
+            .readiness_check(database.kind(), database.check());
         // The fleet's Redis (the keys availability serves): routing is not ready without it. The
         // in-process fleet of `relay dev` runs without Redis.
         if config.settings.redis_url.is_some() {
@@ -204,17 +196,7 @@ impl Application {
     /// # Errors
     /// When the database is unreachable or a migration fails.
     pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        let url = config.database_url()?;
-        if storage::is_sqlite(url) {
-            let pool = storage::sqlite_pool(url, 1)?;
-            SQLITE_MIGRATOR.run(&pool).await?;
-            pool.close().await;
-            return Ok(());
-        }
-        let pool = storage::postgres_pool(url, SCHEMA, 1)?;
-        storage::migrate_postgres(&pool, SCHEMA, &MIGRATOR).await?;
-        pool.close().await;
-        Ok(())
+        STORAGE.migrate(config).await
     }
 }
 

@@ -22,11 +22,13 @@ use relay_proto::{
     routing::{Assignment, AssignmentEndCause, AssignmentEvent, AssignmentState},
 };
 
+mod bounded;
 mod postgres;
 mod shared;
 mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use relay_runtime::storage::Bounded;
 pub use sqlite::SqliteStore;
 
 /// What routing last did with an incident.

@@ -324,12 +324,101 @@ pub struct Settings {
     /// a simulation sets a speed or an origin.
     #[serde(default)]
     pub clock: ClockSettings,
+    /// The service's database: pool size, migrations at start, and the time bound of each
+    /// operation (`[database]`, `RELAY_DATABASE__*`; the URL is `RELAY_DATABASE_URL`).
+    #[serde(default)]
+    pub database: DatabaseSettings,
     /// TLS, authentication and scopes (`[security]`, `RELAY_SECURITY__*`, and the
     /// operator's names `RELAY_TLS_CERT`, `RELAY_AUTH_JWKS`, ...): see
     /// [`crate::security::SecuritySettings`].
     #[serde(default)]
     pub security: crate::security::SecuritySettings,
 }
+
+/// The database settings every service has, one block under the same names for each
+/// (`[database]`, `RELAY_DATABASE__*`); each process reads its own environment, so a value
+/// set for one service's pods applies to that service. The URL is `RELAY_DATABASE_URL`.
+///
+/// Unset keys take the service's own default (see `relay_runtime::storage::Storage`): the
+/// pool size differs by service, and only availability migrates PostgreSQL at start unless
+/// told (SQLite, `relay dev`, is always migrated at start).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connections in the pool (`RELAY_DATABASE__MAX_CONNECTIONS`); unset: the service's
+    /// default.
+    pub max_connections: Option<u32>,
+    /// Apply the service's PostgreSQL migrations at start (`RELAY_DATABASE__MIGRATE_ON_START`);
+    /// unset: the service's default. `relay-<service> migrate` applies them alone.
+    pub migrate_on_start: Option<bool>,
+    /// The longest one database operation (a statement, or a transaction, including the wait
+    /// for a pooled connection) may take before the call fails `UNAVAILABLE`, in milliseconds
+    /// (`RELAY_DATABASE__QUERY_TIMEOUT_MS`, default 3000): what bounds a call when PostgreSQL
+    /// is partitioned away (packets dropped, connections left open). Keep it below
+    /// `server.request_timeout_ms`.
+    pub query_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            migrate_on_start: None,
+            query_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// [`Self::query_timeout_ms`] as a duration.
+    #[must_use]
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.query_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "invalid value for `database.query_timeout_ms` (RELAY_DATABASE__QUERY_TIMEOUT_MS): \
+                 must be greater than 0",
+            ));
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::new(
+                "invalid value for `database.max_connections` (RELAY_DATABASE__MAX_CONNECTIONS): \
+                 must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The names the `[database]` keys had in a service's own section, still read from the
+/// environment: (service, old key, `[database]` key). `RELAY_INTAKE__RUN_MIGRATIONS=true` on
+/// intake is `RELAY_DATABASE__MIGRATE_ON_START=true`; the new name wins when both are set. An
+/// old name of another service is ignored, as that service's section always was.
+pub const DATABASE_ENV_ALIASES: [(&str, &str, &str); 4] = [
+    (
+        "intake",
+        "intake.run_migrations",
+        "database.migrate_on_start",
+    ),
+    (
+        "intake",
+        "intake.max_connections",
+        "database.max_connections",
+    ),
+    (
+        "availability",
+        "availability.migrate_on_start",
+        "database.migrate_on_start",
+    ),
+    (
+        "directory",
+        "directory.max_connections",
+        "database.max_connections",
+    ),
+];
 
 /// Simulated time for `relay dev` and `relay simulate` (`[clock]`, `RELAY_CLOCK__SPEED`,
 /// `RELAY_CLOCK__ORIGIN`, `RELAY_CLOCK__ANCHOR`): every time rule of the service (queue
@@ -633,9 +722,23 @@ impl ConfigBuilder {
     /// Adds the `RELAY_*` environment variables (`__` separates nested keys).
     #[must_use]
     pub fn env(mut self) -> Self {
+        let service = self.service;
         self.figment = self
             .figment
-            .merge(Env::prefixed("RELAY_").split("__").ignore(&["config"]))
+            // The old names of `[database]` keys (DATABASE_ENV_ALIASES), first, so that the
+            // new names, merged next, win.
+            .merge(Env::prefixed("RELAY_").split("__").filter_map(move |key| {
+                DATABASE_ENV_ALIASES
+                    .iter()
+                    .find(|(owner, old, _)| *owner == service && key == *old)
+                    .map(|(_, _, new)| (*new).into())
+            }))
+            .merge(
+                Env::prefixed("RELAY_")
+                    .split("__")
+                    .ignore(&["config"])
+                    .filter(|key| !DATABASE_ENV_ALIASES.iter().any(|(_, old, _)| key == *old)),
+            )
             // The operator's names of DESIGN.md (`RELAY_TLS_CERT`) for keys of `[security]`.
             .merge(Env::prefixed("RELAY_").filter_map(|key| {
                 crate::security::ENV_ALIASES
@@ -662,6 +765,7 @@ impl ConfigBuilder {
         let settings: Settings = self.figment.extract().map_err(ConfigError::from_figment)?;
         settings.server.validate()?;
         settings.clock.validate()?;
+        settings.database.validate()?;
         Ok(Config {
             service: self.service,
             settings,
@@ -835,6 +939,45 @@ mod tests {
             .build()
             .expect_err("unknown key");
         assert!(error.to_string().contains("tls_certificate"), "{error}");
+    }
+
+    #[test]
+    fn the_database_block_defaults_and_names_its_keys() {
+        let config = Config::builder("intake").build().expect("valid");
+        assert_eq!(config.settings.database, DatabaseSettings::default());
+        assert_eq!(
+            config.settings.database.query_timeout(),
+            Duration::from_secs(3)
+        );
+        let config = Config::builder("intake")
+            .set("database.max_connections", 7)
+            .set("database.migrate_on_start", true)
+            .set("database.query_timeout_ms", 1500)
+            .build()
+            .expect("valid");
+        assert_eq!(
+            config.settings.database,
+            DatabaseSettings {
+                max_connections: Some(7),
+                migrate_on_start: Some(true),
+                query_timeout_ms: 1500,
+            }
+        );
+        for (key, value) in [
+            ("database.query_timeout_ms", 0),
+            ("database.max_connections", 0),
+        ] {
+            let error = Config::builder("intake")
+                .set(key, value)
+                .build()
+                .expect_err("zero");
+            assert!(error.to_string().contains(key), "{error}");
+        }
+        let error = Config::builder("intake")
+            .set("database.pool_size", 3)
+            .build()
+            .expect_err("unknown key");
+        assert!(error.to_string().contains("pool_size"), "{error}");
     }
 
     #[test]

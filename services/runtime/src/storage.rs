@@ -5,8 +5,16 @@
 //! four services can share one database without touching each other's tables. Pools connect
 //! lazily: a service starts (NOT_SERVING) while its database is down and turns SERVING when the
 //! readiness check reaches it.
+//!
+//! A service describes its database once, as a [`Storage`] (schema, migrations, defaults);
+//! [`Storage::open`] gives its [`Database`] from the `[database]` settings, which the service
+//! migrates at start ([`Storage::start`]), checks (readiness) and closes, and from whose pool
+//! it builds its stores. Every store operation a caller waits on runs under the
+//! [`QueryBound`] of `database.query_timeout_ms`: without it, a call whose pooled connection
+//! stops getting answers (a network partition: packets dropped, the connection left open)
+//! waits for its whole deadline, since sqlx bounds only the wait for a connection.
 
-use std::{str::FromStr, time::Duration};
+use std::{future::Future, str::FromStr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
@@ -15,7 +23,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{redis_link::RedisTarget, server::CheckFuture};
+use crate::{BoxError, config::Config, redis_link::RedisTarget, server::CheckFuture};
 
 /// How long a caller waits for a pooled connection before the call fails.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -101,20 +109,6 @@ pub async fn migrate_postgres(
     }
     migrator.run(pool).await?;
     Ok(())
-}
-
-/// A readiness check that runs `SELECT 1`.
-pub fn postgres_check(pool: PgPool) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
-    move || {
-        let pool = pool.clone();
-        Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&pool)
-                .await
-                .map(|_| ())
-                .map_err(|error| format!("postgres: {error}"))
-        })
-    }
 }
 
 /// A readiness check that sends `PING` (on a cluster, to every primary through one shared
@@ -263,5 +257,246 @@ impl Database {
             Self::Postgres { pool, .. } => pool.close().await,
             Self::Sqlite(pool) => pool.close().await,
         }
+    }
+}
+
+/// A service's database as the service ships it: its schema, its migrations, and what it
+/// uses when `[database]` (`RELAY_DATABASE__*`) does not say. Each service has one, as a
+/// `static`.
+#[derive(Debug, Clone, Copy)]
+pub struct Storage {
+    /// The PostgreSQL schema the service owns.
+    pub schema: &'static str,
+    /// Its migrations.
+    pub migrations: Migrations,
+    /// The pool size when `database.max_connections` is unset.
+    pub max_connections: u32,
+    /// Whether PostgreSQL is migrated at start when `database.migrate_on_start` is unset
+    /// (SQLite always is: `relay dev` has no separate step).
+    pub migrate_on_start: bool,
+}
+
+impl Storage {
+    /// A service's database in `schema` with these migrations: a pool of 10, and PostgreSQL
+    /// migrated by `relay-<service> migrate` only (see [`Self::max_connections`] and
+    /// [`Self::migrate_on_start`] to change those defaults).
+    #[must_use]
+    pub const fn new(
+        schema: &'static str,
+        postgres: &'static Migrator,
+        sqlite: &'static Migrator,
+    ) -> Self {
+        Self {
+            schema,
+            migrations: Migrations { postgres, sqlite },
+            max_connections: 10,
+            migrate_on_start: false,
+        }
+    }
+
+    /// With a default pool size of `max_connections`.
+    #[must_use]
+    pub const fn max_connections(self, max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            ..self
+        }
+    }
+
+    /// With PostgreSQL migrated at start unless `database.migrate_on_start` says otherwise.
+    #[must_use]
+    pub const fn migrate_on_start(self, migrate_on_start: bool) -> Self {
+        Self {
+            migrate_on_start,
+            ..self
+        }
+    }
+
+    /// Opens (lazily) the database at `RELAY_DATABASE_URL`, with the configured pool size.
+    ///
+    /// # Errors
+    /// When the URL is missing or invalid.
+    pub fn open(&self, config: &Config) -> Result<Database, BoxError> {
+        let settings = &config.settings.database;
+        let max_connections = settings
+            .max_connections
+            .unwrap_or(self.max_connections)
+            .max(1);
+        Ok(Database::open(
+            config.database_url()?,
+            self.schema,
+            max_connections,
+        )?)
+    }
+
+    /// Whether [`Self::start`] migrates `database`: SQLite always, PostgreSQL as
+    /// `database.migrate_on_start` says (else the service's default).
+    #[must_use]
+    pub fn migrates_at_start(&self, config: &Config, database: &Database) -> bool {
+        matches!(database, Database::Sqlite(_))
+            || config
+                .settings
+                .database
+                .migrate_on_start
+                .unwrap_or(self.migrate_on_start)
+    }
+
+    /// What a service does with its database as it starts: applies the migrations when
+    /// [`Self::migrates_at_start`].
+    ///
+    /// # Errors
+    /// When the database is unreachable or a migration fails.
+    pub async fn start(&self, config: &Config, database: &Database) -> Result<(), StorageError> {
+        if self.migrates_at_start(config, database) {
+            database.migrate(&self.migrations).await?;
+        }
+        Ok(())
+    }
+
+    /// `relay-<service> migrate`: opens one connection, applies the migrations, closes.
+    ///
+    /// # Errors
+    /// When the URL is missing or invalid, the database is unreachable, or a migration fails.
+    pub async fn migrate(&self, config: &Config) -> Result<(), BoxError> {
+        let database = Database::open(config.database_url()?, self.schema, 1)?;
+        let result = database.migrate(&self.migrations).await;
+        database.close().await;
+        Ok(result?)
+    }
+
+    /// The database at `url` with a pool of `max_connections`, migrated: what a command or a
+    /// test that works on the service's tables directly (import, export, reports) starts from.
+    ///
+    /// # Errors
+    /// When the URL is invalid, the database is unreachable, or a migration fails.
+    pub async fn migrated(
+        &self,
+        url: &SecretString,
+        max_connections: u32,
+    ) -> Result<Database, StorageError> {
+        let database = Database::open(url, self.schema, max_connections)?;
+        database.migrate(&self.migrations).await?;
+        Ok(database)
+    }
+
+    /// The bound of each store operation (`database.query_timeout_ms`).
+    #[must_use]
+    pub fn bound(&self, config: &Config) -> QueryBound {
+        QueryBound::new(config.settings.database.query_timeout())
+    }
+}
+
+/// A store whose every operation runs under a [`QueryBound`]: each service implements its store
+/// trait for `Bounded<S>` by running the same operation of `S` under [`Bounded::bound`]
+/// (its `store/bounded.rs`), and serves callers from a `Bounded` store.
+#[derive(Debug, Clone)]
+pub struct Bounded<S> {
+    inner: S,
+    bound: QueryBound,
+}
+
+impl<S> Bounded<S> {
+    /// `inner`, each operation bounded by `bound`.
+    pub const fn new(inner: S, bound: QueryBound) -> Self {
+        Self { inner, bound }
+    }
+
+    /// The store inside.
+    pub const fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The store inside, to change (a transaction).
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The bound.
+    pub const fn bound(&self) -> QueryBound {
+        self.bound
+    }
+
+    /// The store inside and the bound (to consume the store: a commit).
+    pub fn into_parts(self) -> (S, QueryBound) {
+        (self.inner, self.bound)
+    }
+}
+
+/// The time bound of one database operation (`database.query_timeout_ms`, 3 s by default):
+/// a statement, or a whole transaction, including the wait for a pooled connection. A
+/// partitioned database (packets dropped, connections left open) never answers and sqlx has no
+/// bound of its own on a statement, so every store operation a caller waits on runs under
+/// [`QueryBound::run`]: past the bound it is dropped (the connection is pinged before it is
+/// pooled again, and its transaction rolled back) and fails as [`sqlx::Error::Io`]
+/// `TimedOut`, which every service answers `UNAVAILABLE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryBound(Duration);
+
+impl QueryBound {
+    /// A bound of `limit`.
+    #[must_use]
+    pub const fn new(limit: Duration) -> Self {
+        Self(limit)
+    }
+
+    /// The limit.
+    #[must_use]
+    pub const fn limit(self) -> Duration {
+        self.0
+    }
+
+    /// Runs `operation`, failing it with [`Self::timed_out`] when it takes longer than the
+    /// bound.
+    ///
+    /// # Errors
+    /// The operation's error, or the timeout.
+    pub async fn run<T, E: From<sqlx::Error>>(
+        self,
+        operation: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match tokio::time::timeout(self.0, operation).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(E::from(self.timed_out())),
+        }
+    }
+
+    /// The error of an operation that ran out of time.
+    #[must_use]
+    pub fn timed_out(self) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the database did not answer within {} ms (database.query_timeout_ms)",
+                self.0.as_millis()
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_operation_past_the_bound_fails_as_a_timeout_naming_the_setting() {
+        let bound = QueryBound::new(Duration::from_millis(20));
+        let started = std::time::Instant::now();
+        let error = bound
+            .run(std::future::pending::<Result<(), sqlx::Error>>())
+            .await
+            .expect_err("never answers");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let sqlx::Error::Io(io) = &error else {
+            panic!("not an I/O error: {error}");
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            error.to_string().contains("database.query_timeout_ms"),
+            "{error}"
+        );
+        assert_eq!(
+            bound.run(async { Ok::<_, sqlx::Error>(7) }).await.ok(),
+            Some(7)
+        );
     }
 }

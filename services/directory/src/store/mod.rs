@@ -16,6 +16,7 @@ use relay_proto::directory::{
 use crate::error::DirectoryError;
 pub use crate::search::{Candidate, CandidateFilter, LocationHours, RankKey};
 
+mod bounded;
 mod documents;
 mod dump;
 mod postgres;
@@ -27,6 +28,7 @@ mod write;
 
 pub use postgres::PostgresStore;
 pub use query::{Columns, Dialect, Query, Value};
+pub use relay_runtime::storage::Bounded;
 pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
 pub use write::SqlSession;

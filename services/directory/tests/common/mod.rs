@@ -69,9 +69,11 @@ pub async fn database(kind: Kind) -> (String, Option<TestDatabase>, Option<tempf
 
 /// Opens and migrates the store at `url`.
 pub async fn backend(url: &str) -> Backend {
-    let backend = Backend::open(&SecretString::from(url.to_owned()), 4).unwrap();
-    backend.migrate().await.unwrap();
-    backend
+    let database = relay_directory::STORAGE
+        .migrated(&SecretString::from(url.to_owned()), 4)
+        .await
+        .unwrap();
+    Backend::on(&database)
 }
 
 /// Runs `f` with the concrete store of `backend`.

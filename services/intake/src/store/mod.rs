@@ -45,12 +45,14 @@ use relay_runtime::{
     sequencer::{Numbered, PendingRow},
 };
 
+mod bounded;
 mod postgres;
 mod sql;
 mod sql_store;
 mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use relay_runtime::storage::Bounded;
 pub use sql_store::{Dialect, RowsAffected, SqlStore};
 pub use sqlite::SqliteStore;
 

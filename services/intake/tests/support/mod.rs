@@ -714,7 +714,7 @@ impl TestIntake {
                 // Without a fake, intake does not watch teams; the routing port stands in.
                 availability.map_or_else(|| routing.endpoint(), |a| a.endpoint()),
             )
-            .set("intake.run_migrations", true)
+            .set("database.migrate_on_start", true)
             .set("intake.regions", vec![REGION])
             .set("intake.retry_base_ms", 20)
             .set("intake.retry_max_ms", 300)
