@@ -10,9 +10,7 @@ use relay_tests::{ServiceProcess, TestDatabase, admin_get};
 use sqlx::{Connection, PgConnection};
 
 fn free_local_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    SocketAddr::from(([127, 0, 0, 1], relay_tests::free_port()))
 }
 
 /// `relay_db_pool_max_connections{pool}` of the service whose admin port is `admin`.
