@@ -2,45 +2,9 @@
 //! the importer maps, in HSDS 3.0 and 1.x names), the rest is that table's CSV file, read by
 //! `relay_directory::import::import_into` from a folder package as `relay directory import`
 //! reads it, with a session that checks each row instead of storing it.
+//!
+//! The body is `relay_fuzz::hsds_csv::run` (fuzz/src/targets/hsds_csv.rs), which `make test` also
+//! runs over the committed corpus and pseudo-random inputs (tests/tests/fuzz_corpus.rs).
 #![no_main]
 
-use std::sync::OnceLock;
-
-use libfuzzer_sys::fuzz_target;
-
-/// File names of every table kind the importer maps (and one it only counts).
-const TABLES: [&str; 16] = [
-    "organizations.csv",
-    "taxonomy_terms.csv",
-    "services.csv",
-    "locations.csv",
-    "addresses.csv",
-    "service_at_location.csv",
-    "attributes.csv",
-    "services_taxonomy.csv",
-    "languages.csv",
-    "phones.csv",
-    "schedules.csv",
-    "regular_schedules.csv",
-    "holiday_schedules.csv",
-    "service_capacity.csv",
-    "physical_addresses.csv",
-    "contacts.csv",
-];
-
-fn workdir() -> &'static tempfile::TempDir {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("a temporary folder"))
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&kind, csv)) = data.split_first() else {
-        return;
-    };
-    let table = TABLES[usize::from(kind) % TABLES.len()];
-    // One folder per table kind, holding that one file.
-    let folder = workdir().path().join(table.trim_end_matches(".csv"));
-    std::fs::create_dir_all(&folder).expect("create the package folder");
-    std::fs::write(folder.join(table), csv).expect("write the table");
-    relay_fuzz::import_package(&folder);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| relay_fuzz::hsds_csv::run(data));

@@ -2,19 +2,9 @@
 //! the archive, its `datapackage.json` and every CSV in it go through the same code as
 //! `relay directory import package.zip`, with a session that checks each row instead of
 //! storing it. Never a panic; every stored row is one the database and the evaluator accept.
+//!
+//! The body is `relay_fuzz::hsds_zip::run` (fuzz/src/targets/hsds_zip.rs), which `make test` also
+//! runs over the committed corpus and pseudo-random inputs (tests/tests/fuzz_corpus.rs).
 #![no_main]
 
-use std::sync::OnceLock;
-
-use libfuzzer_sys::fuzz_target;
-
-fn workdir() -> &'static tempfile::TempDir {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("a temporary folder"))
-}
-
-fuzz_target!(|data: &[u8]| {
-    let path = workdir().path().join("package.zip");
-    std::fs::write(&path, data).expect("write the package");
-    relay_fuzz::import_package(&path);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| relay_fuzz::hsds_zip::run(data));

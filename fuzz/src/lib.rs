@@ -107,3 +107,21 @@ fn check_report(report: &ImportReport, rows_written: usize) {
     );
     assert!(u64::try_from(rows_written).unwrap_or(u64::MAX) >= report.stored);
 }
+
+// The targets' bodies, one module each: `fuzz_targets/<name>.rs` hands libFuzzer's input to
+// `<name>::run`, and `make test` runs the same functions over the committed corpus and
+// pseudo-random inputs (tests/tests/fuzz_corpus.rs includes this file), so a change that
+// breaks a target's property fails the ordinary test suite too. Paths are explicit, so this
+// file works both as the fuzz crate's root and as a module of that test.
+#[path = "targets/hsds_csv.rs"]
+pub mod hsds_csv;
+#[path = "targets/hsds_zip.rs"]
+pub mod hsds_zip;
+#[path = "targets/page_token.rs"]
+pub mod page_token;
+#[path = "targets/protocol.rs"]
+pub mod protocol;
+#[path = "targets/schedule.rs"]
+pub mod schedule;
+#[path = "targets/validators.rs"]
+pub mod validators;
