@@ -66,6 +66,14 @@ impl WriteSession for CheckingSession {
         Ok(vec![Applied::Stored; rows.len()])
     }
 
+    async fn forget_schedules(
+        &mut self,
+        _services: &[String],
+        _locations: &[String],
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn refresh_all_search(&mut self) -> StoreResult<()> {
         Ok(())
     }

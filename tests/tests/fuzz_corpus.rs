@@ -51,7 +51,8 @@ impl Rng {
         let mut out = seed.to_vec();
         for _ in 0..=self.below(4) {
             if out.is_empty() {
-                out = self.bytes(1 + self.below(64));
+                let len = 1 + self.below(64);
+                out = self.bytes(len);
                 continue;
             }
             let at = self.below(out.len());
@@ -92,10 +93,8 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 /// Runs `run` on `input`; on a panic, saves the input and fails naming it.
 fn one(target: &str, what: &str, run: fn(&[u8]), input: &[u8]) {
     if catch_unwind(AssertUnwindSafe(|| run(input))).is_err() {
-        let path = std::env::temp_dir().join(format!(
-            "relay-fuzz-{target}-{}.bin",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("relay-fuzz-{target}-{}.bin", std::process::id()));
         std::fs::write(&path, input).expect("save the failing input");
         panic!(
             "fuzz target {target} failed on {what}; input saved to {}",
@@ -120,7 +119,12 @@ fn smoke(target: &str, run: fn(&[u8])) {
             let seed = &files[rng.below(files.len())].1;
             rng.mutate(seed)
         };
-        one(target, &format!("pseudo-random input {inputs}"), run, &input);
+        one(
+            target,
+            &format!("pseudo-random input {inputs}"),
+            run,
+            &input,
+        );
         inputs += 1;
     }
     eprintln!(
