@@ -11,7 +11,7 @@
 //!   recorded for the team and neither the team nor the incident has another ACTIVE one
 //!   (unique partial indexes),
 //! - appends the events, unnumbered; [`Store::sequence_events`] numbers them later, gapless
-//!   per region (on PostgreSQL; SQLite numbers them in the write).
+//!   per region, with [`relay_runtime::sequencer`] (on both backends).
 //!
 //! On PostgreSQL the write is a single statement run on its own, so one round trip; a failed
 //! check aborts it whole.
@@ -292,16 +292,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// One transaction; see [`Write`].
     async fn write(&self, write: Write) -> Result<(), StoreError>;
-    /// Numbers the events written since the last call (where the backend defers numbering to
-    /// keep it out of the request path); reading events does it first. Returns how many.
-    async fn sequence_events(&self) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-    /// Events written and not yet numbered: how many, and the oldest one's time (backends
-    /// that number events as they write them have none).
-    async fn pending_events(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
-        Ok((0, None))
-    }
+    /// Numbers the events written since the last call (numbering is kept out of the request
+    /// path); reading events does it first. Returns how many.
+    async fn sequence_events(&self) -> Result<usize, StoreError>;
+    /// Events written and not yet numbered: how many, and the oldest one's time.
+    async fn pending_events(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError>;
     /// Events of a region with sequence number above `after`, oldest first, with event_id set.
     async fn events(
         &self,

@@ -11,9 +11,12 @@ use sqlx::{
     postgres::{PgArguments, PgRow},
 };
 
+use relay_runtime::sequencer::{Numbered, Sequencer};
+
 use super::{
     IncidentRecord, IncidentState, Lookup, QueueCursor, RequestRecord, Store, StoreError, Write,
     assignment_state_name, end_cause_of, from_timestamp, join_tags, parse_assignment_state,
+    shared::{PendingEvent, SEQUENCER_TABLES},
     split_tags, timestamp,
 };
 
@@ -234,6 +237,44 @@ fn refusal(error: &sqlx::Error) -> Option<StoreError> {
     }
 }
 
+/// One sequencer at a time across replicas (the lock is held until its batch commits, so the
+/// next one sees its moves); the lock's name is the one routing has always taken, so replicas
+/// of the previous release exclude the new ones too.
+static SEQUENCER: std::sync::LazyLock<Sequencer> = std::sync::LazyLock::new(|| {
+    Sequencer::new(
+        SEQUENCER_TABLES,
+        Some("SELECT pg_advisory_xact_lock(hashtext('relay.routing.sequencer'))"),
+    )
+});
+
+/// Writes a numbered batch into `events`, in one statement. clock_timestamp() under the
+/// sequencer's lock never decreases along a region's numbers, so pruning by time never
+/// leaves a hole before a kept event.
+async fn insert_numbered(
+    tx: &mut sqlx::PgConnection,
+    rows: Vec<Numbered<PendingEvent>>,
+) -> Result<(), StoreError> {
+    let mut regions = Vec::with_capacity(rows.len());
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    for numbered in rows {
+        seqs.push(numbered.sequence);
+        regions.push(numbered.row.region);
+        payloads.push(numbered.row.payload);
+    }
+    sqlx::query(
+        "INSERT INTO events (region, seq, payload, event_time) \
+         SELECT region, seq, payload, clock_timestamp() \
+         FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS e(region, seq, payload)",
+    )
+    .bind(&regions)
+    .bind(&seqs)
+    .bind(&payloads)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// A read of a request's remembered response (`q`, by `$1`), an incident (`i`) and an
 /// assignment (`a`), joined as `joins` says, in one round trip.
 fn lookup_sql(joins: &str) -> String {
@@ -283,7 +324,7 @@ async fn lookup_row(
     })
 }
 
-super::shared::record_store!(PostgresStore, PgRow, {
+super::shared::record_store!(PostgresStore, sqlx::Postgres, PgRow, {
     async fn lookup(&self, request_id: &str, incident_id: &str) -> Result<Lookup, StoreError> {
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             lookup_sql(
@@ -314,88 +355,5 @@ super::shared::record_store!(PostgresStore, PgRow, {
             Ok(_) => Ok(()),
             Err(error) => Err(refusal(&error).unwrap_or_else(|| error.into())),
         }
-    }
-
-    async fn pending_events(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pending_events")
-            .fetch_one(&self.pool)
-            .await?;
-        let oldest: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT payload FROM pending_events ORDER BY pending_id LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        let oldest = oldest
-            .and_then(|payload| AssignmentEvent::decode(payload.as_slice()).ok())
-            .and_then(|event| event.event_time)
-            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)));
-        Ok((count, oldest))
-    }
-
-    async fn sequence_events(&self) -> Result<usize, StoreError> {
-        let pending: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pending_events)")
-            .fetch_one(&self.pool)
-            .await?;
-        if !pending {
-            return Ok(0);
-        }
-        let mut tx = self.pool.begin().await?;
-        // One sequencer at a time across replicas; DELETE .. RETURNING moves each row once.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('relay.routing.sequencer'))")
-            .execute(&mut *tx)
-            .await?;
-        let mut rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-            "DELETE FROM pending_events WHERE pending_id IN \
-             (SELECT pending_id FROM pending_events ORDER BY pending_id LIMIT 1000) \
-             RETURNING pending_id, region, payload",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        rows.sort_unstable_by_key(|row| row.0);
-        let mut regions: Vec<(String, i64)> = Vec::new();
-        for (_, region, _) in &rows {
-            match regions.iter_mut().find(|(r, _)| r == region) {
-                Some(entry) => entry.1 += 1,
-                None => regions.push((region.clone(), 1)),
-            }
-        }
-        let mut next = std::collections::HashMap::with_capacity(regions.len());
-        for (region, count) in &regions {
-            let last: i64 = sqlx::query_scalar(
-                "INSERT INTO region_counters (region, last_seq) VALUES ($1, $2) \
-                 ON CONFLICT (region) DO UPDATE SET last_seq = region_counters.last_seq + $2 \
-                 RETURNING last_seq",
-            )
-            .bind(region)
-            .bind(count)
-            .fetch_one(&mut *tx)
-            .await?;
-            next.insert(region.clone(), last - count);
-        }
-        let mut numbered_regions = Vec::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut payloads = Vec::with_capacity(rows.len());
-        for (_, region, payload) in rows {
-            let seq = next
-                .get_mut(&region)
-                .ok_or_else(|| StoreError::Backend("sequencer lost a region".into()))?;
-            *seq += 1;
-            seqs.push(*seq);
-            numbered_regions.push(region);
-            payloads.push(payload);
-        }
-        // clock_timestamp() under the lock never decreases along a region's numbers, so
-        // pruning by time never leaves a hole before a kept event.
-        sqlx::query(
-            "INSERT INTO events (region, seq, payload, event_time) \
-             SELECT region, seq, payload, clock_timestamp() \
-             FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS e(region, seq, payload)",
-        )
-        .bind(&numbered_regions)
-        .bind(&seqs)
-        .bind(&payloads)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(seqs.len())
     }
 });

@@ -1,13 +1,49 @@
-//! What the PostgreSQL and SQLite records share: the column lists, the row decoders and the
-//! SQL of every read (the same text on both: sqlx binds `$n` on SQLite too). Each backend
-//! writes in its own way: PostgreSQL as one statement with a sequencer numbering events,
-//! SQLite statement by statement.
+//! What the PostgreSQL and SQLite records share: the column lists, the row decoders, the
+//! SQL of every read (the same text on both: sqlx binds `$n` on SQLite too) and the tables of
+//! the event sequencer ([`relay_runtime::sequencer`]). Each backend writes in its own way:
+//! PostgreSQL as one statement, SQLite statement by statement; both append events as
+//! pending, and the sequencer numbers them gaplessly per region.
+
+use relay_runtime::sequencer::{PendingRow, Tables};
+
+/// The tables of routing's sequencer: pending assignment events, streamed per region.
+pub(super) const SEQUENCER_TABLES: Tables<'static> = Tables {
+    pending: "pending_events",
+    key: "region",
+    columns: "pending_id, region, payload",
+    counters: "region_counters",
+    last: "last_seq",
+};
+
+/// How many pending events one sequencer transaction moves.
+pub(super) const SEQUENCER_BATCH: i64 = 1000;
+
+/// A pending event as the sequencer takes it: the `AssignmentEvent` (prost, `event_id`
+/// empty) of a region.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct PendingEvent {
+    pub pending_id: i64,
+    pub region: String,
+    pub payload: Vec<u8>,
+}
+
+impl PendingRow for PendingEvent {
+    fn pending_id(&self) -> i64 {
+        self.pending_id
+    }
+
+    fn stream_key(&self) -> &str {
+        &self.region
+    }
+}
 
 /// Expands to the shared column lists and decoders, and to `impl Store for $store` with the
-/// shared reads plus the backend's own methods (`$own`). The store has a `pool` field; the
-/// expansion site imports what the bodies name.
+/// shared reads and sequencer plus the backend's own methods (`$own`). The store has a `pool`
+/// field; the expansion site imports what the bodies name, and defines `SEQUENCER` (its
+/// [`relay_runtime::sequencer::Sequencer`]) and `insert_numbered` (how it writes a numbered
+/// batch into `events`).
 macro_rules! record_store {
-    ($store:ident, $row:ty, { $($own:tt)* }) => {
+    ($store:ident, $db:ty, $row:ty, { $($own:tt)* }) => {
         const INCIDENT_COLUMNS: &str = "incident_id, region, cad_system, priority, latitude, longitude, \
              required_capabilities, preferred_capabilities, expected_duration_seconds, state, \
              queued_time, escalate_time, unserved_reason, version, update_time, cad_incident_id";
@@ -288,6 +324,46 @@ macro_rules! record_store {
                         .await?;
                 let last = last.unwrap_or(0);
                 Ok((first.unwrap_or(last + 1), last))
+            }
+
+            async fn pending_events(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pending_events")
+                    .fetch_one(&self.pool)
+                    .await?;
+                let oldest: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT payload FROM pending_events ORDER BY pending_id LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                let oldest = oldest
+                    .and_then(|payload| AssignmentEvent::decode(payload.as_slice()).ok())
+                    .and_then(|event| event.event_time)
+                    .and_then(|t| {
+                        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+                    });
+                Ok((count, oldest))
+            }
+
+            async fn sequence_events(&self) -> Result<usize, StoreError> {
+                // A read first, so that the readers of events (which sequence before they
+                // read) open no transaction when nothing is pending.
+                let pending: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pending_events)")
+                        .fetch_one(&self.pool)
+                        .await?;
+                if !pending {
+                    return Ok(0);
+                }
+                let mut tx = self.pool.begin().await?;
+                let batch = SEQUENCER
+                    .take::<$db, super::shared::PendingEvent>(&mut tx, super::shared::SEQUENCER_BATCH)
+                    .await?;
+                let moved = batch.rows.len();
+                if moved > 0 {
+                    insert_numbered(&mut *tx, batch.rows).await?;
+                }
+                tx.commit().await?;
+                Ok(moved)
             }
 
             async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

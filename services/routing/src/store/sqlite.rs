@@ -1,4 +1,5 @@
-//! The SQLite record (`relay dev`): the same tables, times as microseconds since the epoch.
+//! The SQLite record (`relay dev`): the same tables, times as microseconds since the epoch,
+//! and events numbered by the same sequencer as on PostgreSQL.
 
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -8,9 +9,12 @@ use relay_proto::{
 };
 use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 
+use relay_runtime::sequencer::{Numbered, Sequencer};
+
 use super::{
     IncidentRecord, IncidentState, QueueCursor, RequestRecord, Store, StoreError, Write,
     assignment_state_name, end_cause_of, from_timestamp, join_tags, parse_assignment_state,
+    shared::{PendingEvent, SEQUENCER_TABLES},
     split_tags, timestamp,
 };
 
@@ -40,7 +44,32 @@ fn constraint(error: &sqlx::Error) -> Option<String> {
     }
 }
 
-super::shared::record_store!(SqliteStore, SqliteRow, {
+/// SQLite has one writer at a time: the sequencer's DELETE waits for it, no lock needed.
+static SEQUENCER: std::sync::LazyLock<Sequencer> =
+    std::sync::LazyLock::new(|| Sequencer::new(SEQUENCER_TABLES, None));
+
+/// Writes a numbered batch into `events`. The batch's time is taken under SQLite's one
+/// writer, so it never decreases along a region's numbers.
+async fn insert_numbered(
+    tx: &mut sqlx::SqliteConnection,
+    rows: Vec<Numbered<PendingEvent>>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    for numbered in rows {
+        sqlx::query(
+            "INSERT INTO events (region, seq, payload, event_time) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(numbered.row.region)
+        .bind(numbered.sequence)
+        .bind(numbered.row.payload)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+super::shared::record_store!(SqliteStore, sqlx::Sqlite, SqliteRow, {
     async fn write(&self, write: Write) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
@@ -158,23 +187,12 @@ super::shared::record_store!(SqliteStore, SqliteRow, {
             }
         }
         for event in &write.events {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO region_counters (region, last_seq) VALUES (?1, 1) \
-                 ON CONFLICT (region) DO UPDATE SET last_seq = region_counters.last_seq + 1 \
-                 RETURNING last_seq",
-            )
-            .bind(&write.region)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO events (region, seq, payload, event_time) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(&write.region)
-            .bind(seq)
-            .bind(event.encode_to_vec())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            // Unnumbered: the sequencer numbers them (see sequence_events).
+            sqlx::query("INSERT INTO pending_events (region, payload) VALUES (?1, ?2)")
+                .bind(&write.region)
+                .bind(event.encode_to_vec())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
