@@ -6,7 +6,6 @@ use std::{pin::Pin, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, Stream, StreamExt};
-use prost::Message;
 use relay_proto::{
     availability::{
         self as pb, FindAvailableTeamsRequest, FindAvailableTeamsResponse, GetTeamRequest,
@@ -19,12 +18,11 @@ use relay_proto::{
     common::GeoPoint,
 };
 use relay_runtime::{
-    ApiError, FieldViolation,
+    ApiError, FieldViolation, idempotency,
     paging::PageTokens,
     security::auth::{Principal, REGION_NOT_ALLOWED, TEAM_NOT_ALLOWED},
     validate::{Violations, is_capability, to_timestamp},
 };
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -277,20 +275,6 @@ fn violations_of(error: ApiError) -> Vec<FieldViolation> {
         ApiError::InvalidArgument { violations, .. } => violations,
         _ => Vec::new(),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// The fingerprint of a mutation (its request without the request id): a retry under the
-/// same id must carry the same one, or it is REQUEST_ID_REUSED.
-fn fingerprint(request: &impl Message) -> String {
-    hex(&Sha256::digest(request.encode_to_vec()))
 }
 
 /// The answer of a mutation run once per request_id: the change's outcome, applied now or
@@ -573,10 +557,13 @@ impl AvailabilityService for AvailabilityServiceHandler {
                 Err(error) => return Err(api(error)),
             }
         }
-        let fingerprint = fingerprint(&UpsertTeamRequest {
-            request_id: String::new(),
-            ..request.clone()
-        });
+        let fingerprint = idempotency::fingerprint(
+            "UpsertTeam",
+            &UpsertTeamRequest {
+                request_id: String::new(),
+                ..request.clone()
+            },
+        );
         let record = RequestRecord {
             rpc: "upsert_team",
             request_id: &request.request_id,
@@ -681,10 +668,13 @@ impl AvailabilityService for AvailabilityServiceHandler {
         } else {
             ""
         };
-        let fingerprint = fingerprint(&SetTeamStatusRequest {
-            request_id: String::new(),
-            ..request.clone()
-        });
+        let fingerprint = idempotency::fingerprint(
+            "SetTeamStatus",
+            &SetTeamStatusRequest {
+                request_id: String::new(),
+                ..request.clone()
+            },
+        );
         let record = RequestRecord {
             rpc: "set_team_status",
             request_id: &request.request_id,

@@ -14,7 +14,12 @@ use relay_proto::directory::{
 };
 use relay_proto::intake::{GetIncidentRequest, intake_service_client::IntakeServiceClient};
 use relay_runtime::geo::{self, Point};
-use relay_runtime::{client::TracePropagation, error::ApiError, paging::PageTokens};
+use relay_runtime::{
+    client::TracePropagation,
+    error::ApiError,
+    idempotency::{self, ReplayError},
+    paging::PageTokens,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -131,16 +136,20 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         else {
             return Ok(None);
         };
-        if stored.rpc != idem.rpc || stored.fingerprint != idem.fingerprint {
-            return Err(api(ApiError::invalid_with_reason(
+        match idempotency::replay_stored(
+            &stored.rpc,
+            &stored.fingerprint,
+            &stored.response,
+            &idem.fingerprint,
+        ) {
+            Ok(response) => Ok(Some(response)),
+            Err(ReplayError::Reused) => Err(api(ApiError::invalid_with_reason(
                 REQUEST_ID_REUSED,
                 "request_id",
                 "was already used for a different request",
-            )));
+            ))),
+            Err(ReplayError::Corrupt(e)) => Err(status(DirectoryError::Corrupt(e.to_string()))),
         }
-        R::decode(stored.response.as_slice())
-            .map(Some)
-            .map_err(|e| status(DirectoryError::Corrupt(e.to_string())))
     }
 
     /// Runs a mutation once per request_id: replays the recorded response on a retry, and
@@ -168,7 +177,7 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
         Idem {
             request_id: request_id.to_owned(),
             rpc,
-            fingerprint: request.encode_to_vec(),
+            fingerprint: idempotency::fingerprint(rpc, request),
             now: self.clock.now_micros(),
         }
     }

@@ -15,14 +15,14 @@ use relay_fleet::{
 use relay_proto::{
     common::{AssignmentMode, ExclusionReason, TeamStatus, UnservedReason},
     routing::{
-        Assignment, AssignmentEndCause, AssignmentEventKind, AssignmentOutcome, AssignmentSource,
-        AssignmentState, CancelRoutingRequest, ConfirmAssignmentRequest, GetAssignmentRequest,
-        ListQueueRequest, ReleaseTeamRequest, RestoreAssignmentRequest,
+        AssignTeamResponse, Assignment, AssignmentEndCause, AssignmentEventKind, AssignmentOutcome,
+        AssignmentSource, AssignmentState, CancelRoutingRequest, ConfirmAssignmentRequest,
+        GetAssignmentRequest, ListQueueRequest, ReleaseTeamRequest, RestoreAssignmentRequest,
     },
 };
 use relay_routing::{
     error::RoutingError,
-    store::{IncidentState, Store},
+    store::{IncidentState, RequestRecord, Store, Write},
 };
 use relay_runtime::clock::Clock;
 
@@ -1611,4 +1611,38 @@ async fn every_team_nearer_than_the_chosen_one_is_listed_with_why_it_lost() {
         response.rationale
     );
     relay_tests::redis_delete_prefix(&prefix).await;
+}
+
+/// A record written before routing took the runtime's fingerprint holds the fingerprint's
+/// preimage (the RPC, a zero byte, the request's encoding): a retry across the upgrade still
+/// gets the remembered answer, and another request under its id is still refused.
+#[tokio::test]
+async fn a_request_recorded_before_the_shared_fingerprint_still_replays() {
+    use prost::Message;
+    let w = world().await;
+    let request = assign("old-1", "inc-old", &w.region, AUTO, 2, &[]);
+    let mut preimage = b"AssignTeam\0".to_vec();
+    request.encode(&mut preimage).expect("encode");
+    let remembered = AssignTeamResponse {
+        rationale: "remembered".into(),
+        ..AssignTeamResponse::default()
+    };
+    w.store
+        .write(Write {
+            region: w.region.clone(),
+            request: Some(RequestRecord {
+                request_id: "old-1".into(),
+                fingerprint: preimage,
+                response: remembered.encode_to_vec(),
+            }),
+            ..Write::default()
+        })
+        .await
+        .expect("old record");
+    let again = w.engine.assign_team(request.clone()).await.expect("retry");
+    assert_eq!(again, remembered);
+    let mut other = request;
+    other.priority = 1;
+    let error = w.engine.assign_team(other).await.expect_err("reused");
+    assert_eq!(error.reason(), "REQUEST_ID_REUSED");
 }

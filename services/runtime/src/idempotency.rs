@@ -22,14 +22,37 @@ use sha2::{Digest, Sha256};
 /// sent to two RPCs never replays one's answer for the other.
 #[must_use]
 pub fn fingerprint(rpc: &str, request: &impl Message) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(rpc.as_bytes());
-    hasher.update([0]);
-    hasher.update(request.encode_to_vec());
+    let mut preimage = rpc.as_bytes().to_vec();
+    preimage.push(0);
+    preimage.extend(request.encode_to_vec());
+    digest(&preimage)
+}
+
+/// The text of a fingerprint: SHA-256, base64url without padding.
+fn digest(bytes: &[u8]) -> String {
     base64::Engine::encode(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        hasher.finalize(),
+        Sha256::digest(bytes),
     )
+}
+
+/// Whether `stored`, the fingerprint a record of `rpc` holds, names the request that
+/// `fingerprint` names.
+///
+/// Records written before the services shared [`fingerprint`] hold its preimage rather than
+/// its digest: the RPC name, a zero byte and the request's encoding (routing), or the encoding
+/// alone, the RPC name in a column of its own (the directory). Such a record matches when the
+/// digest of its preimage does, so a retry that spans the upgrade still replays; these
+/// records leave with the request log's retention.
+#[must_use]
+pub fn same_request(rpc: &str, stored: &[u8], fingerprint: &str) -> bool {
+    if stored == fingerprint.as_bytes() {
+        return true;
+    }
+    let mut preimage = rpc.as_bytes().to_vec();
+    preimage.push(0);
+    preimage.extend_from_slice(stored);
+    digest(stored) == fingerprint || digest(&preimage) == fingerprint
 }
 
 /// A remembered mutation.
@@ -78,10 +101,29 @@ pub fn replay<R: Message + Default>(
     record: &RequestRecord,
     fingerprint: &str,
 ) -> Result<R, ReplayError> {
-    if record.fingerprint != fingerprint {
+    replay_stored(
+        &record.rpc,
+        record.fingerprint.as_bytes(),
+        &record.response,
+        fingerprint,
+    )
+}
+
+/// [`replay`] for a service that keeps its records in its own shape: the record's RPC (empty
+/// when the service does not store it), its stored fingerprint and its encoded response.
+///
+/// # Errors
+/// As [`replay`].
+pub fn replay_stored<R: Message + Default>(
+    rpc: &str,
+    stored_fingerprint: &[u8],
+    response: &[u8],
+    fingerprint: &str,
+) -> Result<R, ReplayError> {
+    if !same_request(rpc, stored_fingerprint, fingerprint) {
         return Err(ReplayError::Reused);
     }
-    Ok(R::decode(record.response.as_slice())?)
+    Ok(R::decode(response)?)
 }
 
 /// The SQL of a service's request log table (the same text on PostgreSQL and SQLite).
@@ -216,6 +258,33 @@ mod tests {
             replay::<prost_types::Timestamp>(&corrupt, &print),
             Err(ReplayError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn records_holding_the_old_preimage_still_match() {
+        let request = prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        };
+        let other = prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        };
+        let print = fingerprint("Rpc", &request);
+        let mut with_rpc = b"Rpc\0".to_vec();
+        with_rpc.extend(request.encode_to_vec());
+        assert!(same_request("", &with_rpc, &print));
+        assert!(same_request("Rpc", &request.encode_to_vec(), &print));
+        assert!(!same_request("OtherRpc", &request.encode_to_vec(), &print));
+        assert!(!same_request("Rpc", &other.encode_to_vec(), &print));
+        assert!(!same_request("", &request.encode_to_vec(), &print));
+        let answer = prost_types::Timestamp {
+            seconds: 7,
+            nanos: 8,
+        };
+        let replayed: prost_types::Timestamp =
+            replay_stored("", &with_rpc, &answer.encode_to_vec(), &print).expect("replay");
+        assert_eq!(replayed, answer);
     }
 
     #[tokio::test]

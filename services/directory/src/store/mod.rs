@@ -43,8 +43,9 @@ pub struct Idem {
     pub request_id: String,
     /// The RPC name.
     pub rpc: &'static str,
-    /// The request's bytes (everything that must match on a retry).
-    pub fingerprint: Vec<u8>,
+    /// The request's fingerprint ([`relay_runtime::idempotency::fingerprint`]: everything that
+    /// must match on a retry).
+    pub fingerprint: String,
     /// Microseconds since the epoch.
     pub now: i64,
 }
@@ -54,7 +55,9 @@ pub struct Idem {
 pub struct StoredRequest {
     /// The RPC name.
     pub rpc: String,
-    /// The original request's bytes.
+    /// The original request's fingerprint: its text, or for a record written before the
+    /// shared fingerprint, the request's encoding (see
+    /// [`relay_runtime::idempotency::same_request`]).
     pub fingerprint: Vec<u8>,
     /// The original response's bytes.
     pub response: Vec<u8>,

@@ -66,7 +66,7 @@ async fn record<D: Dialect>(
     )
     .bind(&idem.request_id)
     .bind(idem.rpc)
-    .bind(&idem.fingerprint)
+    .bind(idem.fingerprint.as_bytes())
     .bind(response)
     .bind(idem.now)
     .execute::<D>(conn)

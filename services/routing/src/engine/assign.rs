@@ -284,7 +284,7 @@ impl Engine {
         expected_version: i64,
         source: AssignmentSource,
         region: &RegionSettings,
-        request: Option<(&str, &[u8])>,
+        request: Option<(&str, &str)>,
         respond: &(dyn Fn(&Ranking, &Assignment) -> Vec<u8> + Send + Sync),
     ) -> Result<Attempt<Assignment>, RoutingError> {
         loop {
@@ -379,7 +379,7 @@ impl Engine {
         record: &IncidentRecord,
         expected_version: i64,
         assignment: &Assignment,
-        request: Option<(&str, &[u8])>,
+        request: Option<(&str, &str)>,
         response: Vec<u8>,
     ) -> Result<(), StoreError> {
         let now = from_timestamp(assignment.assigned_at.as_ref());
@@ -391,7 +391,7 @@ impl Engine {
             region: record.region.clone(),
             request: request.map(|(request_id, fingerprint)| RequestRecord {
                 request_id: request_id.to_owned(),
-                fingerprint: fingerprint.to_vec(),
+                fingerprint: fingerprint.as_bytes().to_vec(),
                 response,
             }),
             incident: Some(IncidentWrite {
@@ -509,7 +509,7 @@ impl Engine {
                         region: params.region.clone(),
                         request: Some(RequestRecord {
                             request_id: request.request_id.clone(),
-                            fingerprint: fingerprint.clone(),
+                            fingerprint: fingerprint.clone().into_bytes(),
                             response: response.encode_to_vec(),
                         }),
                         incident: Some(IncidentWrite {
@@ -589,7 +589,7 @@ impl Engine {
                 region: params.region.clone(),
                 request: Some(RequestRecord {
                     request_id: request.request_id.clone(),
-                    fingerprint: fingerprint.clone(),
+                    fingerprint: fingerprint.clone().into_bytes(),
                     response: response.encode_to_vec(),
                 }),
                 incident: Some(IncidentWrite {

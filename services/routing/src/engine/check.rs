@@ -195,16 +195,18 @@ impl Params {
     }
 }
 
-/// The remembered response of a request, unless the request_id was used for another request.
+/// The remembered response of a request (the runtime's replay path; routing's records keep
+/// no RPC column), unless the request_id was used for another request.
 pub(super) fn replayed<R: Message + Default>(
     record: &RequestRecord,
-    fingerprint: &[u8],
+    fingerprint: &str,
 ) -> Result<R, RoutingError> {
-    if record.fingerprint != fingerprint {
-        return Err(RoutingError::RequestIdReused);
-    }
-    R::decode(record.response.as_slice())
-        .map_err(|e| RoutingError::Store(StoreError::Backend(Box::new(e))))
+    idempotency::replay_stored("", &record.fingerprint, &record.response, fingerprint).map_err(
+        |error| match error {
+            ReplayError::Reused => RoutingError::RequestIdReused,
+            ReplayError::Corrupt(e) => RoutingError::Store(StoreError::Backend(Box::new(e))),
+        },
+    )
 }
 
 pub(super) fn dedupe(tags: &[String]) -> Vec<String> {
@@ -215,11 +217,4 @@ pub(super) fn dedupe(tags: &[String]) -> Vec<String> {
         }
     }
     out
-}
-
-pub(super) fn fingerprint(method: &str, request: &impl Message) -> Vec<u8> {
-    let mut bytes = method.as_bytes().to_vec();
-    bytes.push(0);
-    request.encode(&mut bytes).unwrap_or_default();
-    bytes
 }

@@ -7,7 +7,7 @@ use super::*;
 #[derive(Clone, Copy)]
 struct Chosen<'a> {
     request_id: &'a str,
-    fingerprint: &'a [u8],
+    fingerprint: &'a str,
     incident_id: &'a str,
     team_id: &'a str,
     source: AssignmentSource,
@@ -17,7 +17,7 @@ impl Engine {
     pub(super) async fn replay<R: Message + Default>(
         &self,
         request_id: &str,
-        fingerprint: &[u8],
+        fingerprint: &str,
     ) -> Result<R, RoutingError> {
         self.remembered(request_id, fingerprint)
             .await?
@@ -264,7 +264,7 @@ impl Engine {
         cause: AssignmentEndCause,
         reason: &str,
         cleared_at: Option<DateTime<Utc>>,
-        request: Option<(&str, &[u8])>,
+        request: Option<(&str, &str)>,
         respond: &(dyn Fn(&Assignment) -> Vec<u8> + Send + Sync),
     ) -> Result<Assignment, StoreError> {
         let state = if cause == AssignmentEndCause::Cancelled {
@@ -316,7 +316,7 @@ impl Engine {
                 region: active.region.clone(),
                 request: request.map(|(request_id, fingerprint)| RequestRecord {
                     request_id: request_id.to_owned(),
-                    fingerprint: fingerprint.to_vec(),
+                    fingerprint: fingerprint.as_bytes().to_vec(),
                     response: respond(&ended),
                 }),
                 incident,
@@ -516,7 +516,7 @@ impl Engine {
                 region: incident.region.clone(),
                 request: Some(RequestRecord {
                     request_id: request.request_id.clone(),
-                    fingerprint: fingerprint.clone(),
+                    fingerprint: fingerprint.clone().into_bytes(),
                     response: response.encode_to_vec(),
                 }),
                 incident: Some(IncidentWrite {

@@ -32,6 +32,7 @@ use relay_proto::{
 };
 use relay_runtime::{
     error::ApiError,
+    idempotency::{self, ReplayError, fingerprint},
     paging::PageTokens,
     validate::{Violations, to_timestamp},
 };
@@ -98,11 +99,11 @@ mod maintenance;
 mod queue;
 
 pub use assign::queued_entry;
+use check::replayed;
 pub use check::{
     Params, check_assign_team, check_cancel_routing, check_confirm_assignment,
     check_get_assignment, check_list_queue, check_release_team, check_watch_assignments,
 };
-use check::{fingerprint, replayed};
 
 /// A point of the API as the fleet's geometry takes it.
 fn position(point: GeoPoint) -> Position {
@@ -336,7 +337,7 @@ impl Engine {
     async fn remembered<R: Message + Default>(
         &self,
         request_id: &str,
-        fingerprint: &[u8],
+        fingerprint: &str,
     ) -> Result<Option<R>, RoutingError> {
         self.store
             .request(request_id)
