@@ -377,7 +377,3 @@ pub(crate) fn from_timestamp(time: Option<&prost_types::Timestamp>) -> DateTime<
     time.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
         .unwrap_or_default()
 }
-
-/// The conformance suite every [`Store`] backend passes.
-#[cfg(test)]
-pub(crate) mod conformance;

@@ -1,4 +1,6 @@
-//! The conformance suite of [`Store`]: every check runs against PostgreSQL and SQLite.
+//! The conformance suite of the `Store` trait: every check runs against PostgreSQL (a
+//! database per test) and SQLite (a file per test).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use relay_proto::{
@@ -9,10 +11,11 @@ use relay_proto::{
     },
 };
 
-use super::{
-    EndAssignment, IncidentRecord, IncidentState, IncidentWrite, QueueCursor, RequestRecord, Store,
-    StoreError, TEAM_CLEARED, Write, timestamp,
+use relay_routing::store::{
+    EndAssignment, IncidentRecord, IncidentState, IncidentWrite, PostgresStore, QueueCursor,
+    RequestRecord, SqliteStore, Store, StoreError, TEAM_CLEARED, Write,
 };
+use relay_runtime::validate::to_timestamp as timestamp;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0)
@@ -110,7 +113,7 @@ async fn assign(store: &dyn Store, a: Assignment) -> Result<(), StoreError> {
         .await
 }
 
-pub(crate) async fn incidents_round_trip_and_refuse_stale_versions(store: &dyn Store) {
+async fn incidents_round_trip_and_refuse_stale_versions(store: &dyn Store) {
     let record = incident("i1", "r", IncidentState::Routed);
     create(store, record.clone()).await;
     let read = store.incident("i1").await.expect("read").expect("exists");
@@ -166,7 +169,7 @@ pub(crate) async fn incidents_round_trip_and_refuse_stale_versions(store: &dyn S
     assert!(store.incident("nope").await.expect("read").is_none());
 }
 
-pub(crate) async fn one_active_assignment_per_team_and_per_incident(store: &dyn Store) {
+async fn one_active_assignment_per_team_and_per_incident(store: &dyn Store) {
     for id in ["i1", "i2", "i3"] {
         create(store, incident(id, "r", IncidentState::Routed)).await;
     }
@@ -230,7 +233,7 @@ pub(crate) async fn one_active_assignment_per_team_and_per_incident(store: &dyn 
     );
 }
 
-pub(crate) async fn stale_fencing_tokens_are_refused(store: &dyn Store) {
+async fn stale_fencing_tokens_are_refused(store: &dyn Store) {
     for id in ["i1", "i2", "i3"] {
         create(store, incident(id, "r", IncidentState::Routed)).await;
     }
@@ -266,7 +269,7 @@ pub(crate) async fn stale_fencing_tokens_are_refused(store: &dyn Store) {
         .expect("larger token");
 }
 
-pub(crate) async fn requests_are_remembered_once(store: &dyn Store) {
+async fn requests_are_remembered_once(store: &dyn Store) {
     let request = RequestRecord {
         request_id: "req-1".into(),
         fingerprint: vec![1, 2, 3],
@@ -303,7 +306,7 @@ pub(crate) async fn requests_are_remembered_once(store: &dyn Store) {
     assert_eq!(store.request("other").await.expect("read"), None);
 }
 
-pub(crate) async fn lookup_reads_request_incident_and_active_assignment(store: &dyn Store) {
+async fn lookup_reads_request_incident_and_active_assignment(store: &dyn Store) {
     let empty = store.lookup("req-1", "i1").await.expect("lookup");
     assert_eq!(
         (empty.request, empty.incident, empty.assignment),
@@ -339,7 +342,7 @@ pub(crate) async fn lookup_reads_request_incident_and_active_assignment(store: &
     assert_eq!(found.assignment, Some(assignment("a1", "i1", "t1", 1)));
 }
 
-pub(crate) async fn lookup_assignment_reads_request_assignment_and_incident(store: &dyn Store) {
+async fn lookup_assignment_reads_request_assignment_and_incident(store: &dyn Store) {
     let empty = store
         .lookup_assignment("req-1", "a1")
         .await
@@ -390,7 +393,7 @@ pub(crate) async fn lookup_assignment_reads_request_assignment_and_incident(stor
     assert!(found.incident.is_some());
 }
 
-pub(crate) async fn a_refused_write_keeps_none_of_its_parts(store: &dyn Store) {
+async fn a_refused_write_keeps_none_of_its_parts(store: &dyn Store) {
     create(store, incident("i1", "r", IncidentState::Routed)).await;
     let (_, last) = store.event_bounds("r").await.expect("bounds");
     // A stale incident version refuses the write: its request, events and assignment are
@@ -427,7 +430,7 @@ pub(crate) async fn a_refused_write_keeps_none_of_its_parts(store: &dyn Store) {
         .expect("token 1 is still new");
 }
 
-pub(crate) async fn events_are_numbered_per_region_without_gaps(store: &dyn Store) {
+async fn events_are_numbered_per_region_without_gaps(store: &dyn Store) {
     for (index, region) in ["a", "b", "a", "a", "b"].into_iter().enumerate() {
         store
             .write(Write {
@@ -479,7 +482,7 @@ pub(crate) async fn events_are_numbered_per_region_without_gaps(store: &dyn Stor
     assert_eq!(after[0].0, 6);
 }
 
-pub(crate) async fn concurrent_writers_get_gapless_ordered_numbers(store: &dyn Store) {
+async fn concurrent_writers_get_gapless_ordered_numbers(store: &dyn Store) {
     // Four writers at once, each appending 25 pairs of events, while events are numbered;
     // the numbers that come out are
     // 1..=200 without a gap, each event once, and each pair in its written order.
@@ -562,7 +565,7 @@ async fn end_cause_of(store: &dyn Store, assignment_id: &str) -> AssignmentEndCa
     read.expect("exists").end_cause()
 }
 
-pub(crate) async fn end_causes_and_cad_incident_ids_round_trip(store: &dyn Store) {
+async fn end_causes_and_cad_incident_ids_round_trip(store: &dyn Store) {
     let mut record = incident("i1", "r", IncidentState::Routed);
     record.cad_incident_id = "2026-000123".into();
     create(store, record).await;
@@ -705,7 +708,7 @@ fn migrations_before(migrator: &sqlx::migrate::Migrator, version: i64) -> sqlx::
 }
 
 /// After [`ROWS_BEFORE_END_CAUSE`] and every migration: each ended row has a sensible cause.
-pub(crate) async fn rows_from_before_the_end_cause_read_with_a_cause(store: &dyn Store) {
+async fn rows_from_before_the_end_cause_read_with_a_cause(store: &dyn Store) {
     for (id, want) in [
         ("cleared", AssignmentEndCause::TeamCleared),
         ("released", AssignmentEndCause::Released),
@@ -724,7 +727,7 @@ pub(crate) async fn rows_from_before_the_end_cause_read_with_a_cause(store: &dyn
     assert_eq!((old.cad_incident_id.as_str(), old.version), ("", 4));
 }
 
-pub(crate) async fn the_queue_is_served_by_priority_then_age(store: &dyn Store) {
+async fn the_queue_is_served_by_priority_then_age(store: &dyn Store) {
     let base = t0();
     let entries = [
         ("late-p1", 1, 30),
@@ -782,7 +785,7 @@ macro_rules! conformance_tests {
             #[tokio::test]
             async fn $check() {
                 let (store, _guard) = $open().await;
-                $crate::store::conformance::$check(&store).await;
+                super::$check(&store).await;
             }
         )*
     };
@@ -790,7 +793,7 @@ macro_rules! conformance_tests {
 
 macro_rules! all_conformance_tests {
     ($open:path) => {
-        $crate::store::conformance::conformance_tests!($open;
+        conformance_tests!($open;
             incidents_round_trip_and_refuse_stale_versions,
             one_active_assignment_per_team_and_per_incident,
             stale_fencing_tokens_are_refused,
@@ -806,11 +809,8 @@ macro_rules! all_conformance_tests {
     };
 }
 
-pub(crate) use all_conformance_tests;
-pub(crate) use conformance_tests;
-
 /// A migrated PostgreSQL store in its own database.
-pub(crate) async fn postgres() -> (super::PostgresStore, relay_tests::TestDatabase) {
+async fn postgres() -> (PostgresStore, relay_tests::TestDatabase) {
     postgres_with_rows_before(None).await
 }
 
@@ -818,33 +818,31 @@ pub(crate) async fn postgres() -> (super::PostgresStore, relay_tests::TestDataba
 /// migrated to the end.
 async fn postgres_with_rows_before(
     rows: Option<(i64, &str)>,
-) -> (super::PostgresStore, relay_tests::TestDatabase) {
+) -> (PostgresStore, relay_tests::TestDatabase) {
     use relay_runtime::storage::migrate_postgres;
     let database = relay_tests::TestDatabase::new().await;
     let url = secrecy::SecretString::from(database.url().to_owned());
-    let pool = relay_runtime::storage::postgres_pool(&url, crate::SCHEMA, 4).expect("pool");
+    let pool = relay_runtime::storage::postgres_pool(&url, relay_routing::SCHEMA, 4).expect("pool");
     if let Some((version, rows)) = rows {
-        let older = migrations_before(&crate::MIGRATOR, version);
-        migrate_postgres(&pool, crate::SCHEMA, &older)
+        let older = migrations_before(&relay_routing::MIGRATOR, version);
+        migrate_postgres(&pool, relay_routing::SCHEMA, &older)
             .await
             .expect("migrate");
         sqlx::raw_sql(rows).execute(&pool).await.expect("old rows");
     }
-    migrate_postgres(&pool, crate::SCHEMA, &crate::MIGRATOR)
+    migrate_postgres(&pool, relay_routing::SCHEMA, &relay_routing::MIGRATOR)
         .await
         .expect("migrate");
-    (super::PostgresStore::new(pool), database)
+    (PostgresStore::new(pool), database)
 }
 
 /// A migrated SQLite store in its own temporary file.
-pub(crate) async fn sqlite() -> (super::SqliteStore, tempfile::TempDir) {
+async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
     sqlite_with_rows_before(None).await
 }
 
 /// As [`postgres_with_rows_before`], on SQLite.
-async fn sqlite_with_rows_before(
-    rows: Option<(i64, &str)>,
-) -> (super::SqliteStore, tempfile::TempDir) {
+async fn sqlite_with_rows_before(rows: Option<(i64, &str)>) -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = secrecy::SecretString::from(format!(
         "sqlite://{}",
@@ -852,12 +850,15 @@ async fn sqlite_with_rows_before(
     ));
     let pool = relay_runtime::storage::sqlite_pool(&url, 4).expect("pool");
     if let Some((version, rows)) = rows {
-        let older = migrations_before(&crate::SQLITE_MIGRATOR, version);
+        let older = migrations_before(&relay_routing::SQLITE_MIGRATOR, version);
         older.run(&pool).await.expect("migrate");
         sqlx::raw_sql(rows).execute(&pool).await.expect("old rows");
     }
-    crate::SQLITE_MIGRATOR.run(&pool).await.expect("migrate");
-    (super::SqliteStore::new(pool), dir)
+    relay_routing::SQLITE_MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrate");
+    (SqliteStore::new(pool), dir)
 }
 
 #[tokio::test]
@@ -875,9 +876,9 @@ async fn rows_from_before_the_end_cause_read_with_a_cause_on_sqlite() {
 }
 
 mod on_postgres {
-    super::all_conformance_tests!(super::postgres);
+    all_conformance_tests!(super::postgres);
 }
 
 mod on_sqlite {
-    super::all_conformance_tests!(super::sqlite);
+    all_conformance_tests!(super::sqlite);
 }
