@@ -26,6 +26,7 @@ pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod slow;
+pub mod status;
 pub mod suite;
 
 /// The PostgreSQL server tests use (a URL to any database on it).

@@ -31,10 +31,14 @@ use relay_proto::{
     },
     routing::{AssignTeamRequest, routing_service_client::RoutingServiceClient},
 };
-use relay_tests::{raw::raw_call, redis_url, suite::Suite};
+use relay_tests::{
+    raw::raw_call,
+    redis_url,
+    status::{error_info, violated_fields},
+    suite::Suite,
+};
 use sqlx::{Connection, PgConnection};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 /// One unary RPC from the descriptor set.
 struct Rpc {
@@ -208,21 +212,6 @@ async fn footprint(suite: &Suite) -> BTreeMap<String, i64> {
     counts
 }
 
-fn reason(status: &Status) -> Option<String> {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-}
-
-fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_unary_rpc_refuses_undecodable_and_oversized_requests_and_writes_nothing() {
     let suite = Suite::start(&[]).await;
@@ -260,7 +249,7 @@ async fn every_unary_rpc_refuses_undecodable_and_oversized_requests_and_writes_n
                 .expect_err(&format!("{} accepted {what}", rpc.path));
             assert_eq!(status.code(), code, "{} {what}: {status:?}", rpc.path);
             assert_eq!(
-                reason(&status).as_deref(),
+                error_info(&status).map(|i| i.reason).as_deref(),
                 Some(expected_reason),
                 "{} {what}: {status:?}",
                 rpc.path

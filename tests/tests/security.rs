@@ -10,7 +10,7 @@
 use std::{path::Path, time::Duration};
 
 use relay_runtime::security::pki::{Authority, CertifiedKey, TokenClaims, TokenSigner, all_scopes};
-use relay_tests::{ServiceProcess, raw::RawCodec};
+use relay_tests::{ServiceProcess, raw::RawCodec, status::reason};
 use tonic::{
     Code, Status,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
@@ -251,14 +251,6 @@ fn past_auth(result: Result<(), Status>) -> bool {
         Ok(()) => true,
         Err(status) => status.code() != Code::Unauthenticated && reason(&status) != "SCOPE_MISSING",
     }
-}
-
-fn reason(status: &Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default()
 }
 
 fn assert_refused(result: Result<(), Status>, code: Code, why: &str, path: &str, case: &str) {

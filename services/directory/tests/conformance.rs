@@ -15,6 +15,7 @@ use relay_proto::{
         UpdateReferralRequest, UpsertServiceRequest,
     },
 };
+use relay_tests::status::{bad_fields, reason};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -107,23 +108,6 @@ fn ids(response: &SearchServicesResponse) -> Vec<String> {
         .iter()
         .map(|r| format!("{}@{}", r.service.as_ref().unwrap().id, r.location_id))
         .collect()
-}
-
-fn bad_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
-}
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
 }
 
 const EUGENE: (f64, f64) = (44.0521, -123.0868);

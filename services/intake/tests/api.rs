@@ -17,8 +17,8 @@ use relay_proto::{
 use relay_runtime::clock::{Clock, OffsetClock};
 use relay_tests::TestDatabase;
 use support::{
-    FakeAvailability, FakeRouting, REGION, Script, TestIntake, bad_fields, eventually, reason,
-    submission, watch, with_flags,
+    FakeAvailability, FakeRouting, REGION, Script, TestIntake, eventually, reason, submission,
+    violated_fields, watch, with_flags,
 };
 use tonic::Code;
 
@@ -241,7 +241,7 @@ async fn bad_input_is_refused_naming_each_field_and_writes_nothing() {
     let status = app.client.submit_incident(bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(reason(&status), "INVALID_FIELD");
-    let fields = bad_fields(&status);
+    let fields = violated_fields(&status);
     for field in [
         "cad_system",
         "cad_incident_id",
@@ -265,11 +265,11 @@ async fn bad_input_is_refused_naming_each_field_and_writes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(reason(&status), "REGION_UNKNOWN");
-    assert_eq!(bad_fields(&status), vec!["region"]);
+    assert_eq!(violated_fields(&status), vec!["region"]);
     let missing = relay_proto::intake::SubmitIncidentRequest::default();
     let status = app.client.submit_incident(missing).await.unwrap_err();
-    assert!(bad_fields(&status).contains(&"location".to_owned()));
-    assert!(bad_fields(&status).contains(&"received_at".to_owned()));
+    assert!(violated_fields(&status).contains(&"location".to_owned()));
+    assert!(violated_fields(&status).contains(&"received_at".to_owned()));
     let listed = app
         .client
         .list_incidents(ListIncidentsRequest::default())
@@ -307,7 +307,7 @@ async fn bad_input_is_refused_naming_each_field_and_writes_nothing() {
         })
         .await
         .unwrap_err();
-    let fields = bad_fields(&status);
+    let fields = violated_fields(&status);
     for field in [
         "request_id",
         "incident_id",
@@ -328,7 +328,7 @@ async fn bad_input_is_refused_naming_each_field_and_writes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(bad_fields(&status), vec!["outcome", "referral_ids[0]"]);
+    assert_eq!(violated_fields(&status), vec!["outcome", "referral_ids[0]"]);
     let status = app
         .client
         .get_incident(GetIncidentRequest::default())

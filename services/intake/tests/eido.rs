@@ -14,7 +14,7 @@ use relay_proto::intake::{
 };
 use relay_tests::TestDatabase;
 use serde_json::{Value, json};
-use support::{FakeRouting, TestIntake, bad_fields};
+use support::{FakeRouting, TestIntake, violated_fields};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -455,7 +455,10 @@ async fn broken_eidos_are_refused_naming_the_json_path_and_nothing_is_written() 
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{path}");
-        assert!(bad_fields(&refused).iter().any(|f| f == path), "{path}");
+        assert!(
+            violated_fields(&refused).iter().any(|f| f == path),
+            "{path}"
+        );
     }
     let (status, _, body) = http(app.http, "POST", "/EIDO", "{\"$id\": ").await;
     assert_eq!(status, 400, "{body}");

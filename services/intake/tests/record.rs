@@ -16,7 +16,7 @@ use relay_proto::{
 };
 use relay_runtime::clock::{Clock, OffsetClock};
 use relay_tests::TestDatabase;
-use support::{FakeRouting, REGION, Script, TestIntake, bad_fields, eventually, submission};
+use support::{FakeRouting, REGION, Script, TestIntake, eventually, submission, violated_fields};
 use tonic::Code;
 
 async fn incident(app: &TestIntake, id: &str) -> Incident {
@@ -308,7 +308,7 @@ async fn why_a_call_waited_stays_on_it_after_a_team_is_assigned_and_lists_filter
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
-        bad_fields(&status),
+        violated_fields(&status),
         vec!["routing_state", "unserved_reason"]
     );
     // The RECEIVED event carries the CAD's received_at, and every event its region.
@@ -348,7 +348,7 @@ async fn timestamps_outside_their_range_are_refused_naming_the_field_and_write_n
             .await
             .expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}");
-        assert_eq!(bad_fields(&status), vec!["received_at"], "{what}");
+        assert_eq!(violated_fields(&status), vec!["received_at"], "{what}");
     }
     let status = app
         .client
@@ -362,7 +362,7 @@ async fn timestamps_outside_their_range_are_refused_naming_the_field_and_write_n
         })
         .await
         .unwrap_err();
-    assert_eq!(bad_fields(&status), vec!["received_after"]);
+    assert_eq!(violated_fields(&status), vec!["received_after"]);
     let listed = app
         .client
         .clone()

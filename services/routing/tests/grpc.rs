@@ -16,7 +16,7 @@ use relay_proto::{
 use relay_routing::Application;
 use relay_runtime::Config;
 use relay_runtime::clock::{Clock, SystemClock};
-use relay_tests::TestDatabase;
+use relay_tests::{TestDatabase, status::violated_fields};
 use tokio::sync::oneshot;
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_types::StatusExt;
@@ -416,18 +416,6 @@ async fn relay_dev_runs_on_sqlite_with_the_memory_fleet() {
     assert_eq!(list.queued_incidents[0].incident_id, "inc-2");
     let _ = stop.send(());
     task.await.expect("join").expect("serve");
-}
-
-/// The fields a google.rpc.BadRequest of `status` names.
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .expect("bad request")
-        .field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect()
 }
 
 async fn assigned(server: &mut Server, request: AssignTeamRequest) -> Assignment {

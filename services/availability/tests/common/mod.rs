@@ -17,7 +17,6 @@ use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use tonic_types::StatusExt;
 
 /// The instant tests start their manual clocks at.
 pub fn start_time() -> DateTime<Utc> {
@@ -166,21 +165,4 @@ pub fn upsert(team_id: &str, region: &str) -> UpsertTeamRequest {
     }
 }
 
-/// The fields named by an INVALID_ARGUMENT status.
-pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
-}
-
-/// The ErrorInfo reason of a status.
-pub fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
+pub use relay_tests::status::{bad_fields, reason};

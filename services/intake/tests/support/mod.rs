@@ -821,23 +821,9 @@ pub async fn watch(
         .into_inner()
 }
 
-/// The field names of an INVALID_ARGUMENT status.
-pub fn bad_fields(status: &Status) -> Vec<String> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
-
-/// The ErrorInfo reason of a status.
-pub fn reason(status: &Status) -> String {
-    use tonic_types::StatusExt;
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
-}
+// Not every test file reads error details.
+#[allow(unused_imports)]
+pub use relay_tests::status::{reason, violated_fields};
 
 /// Waits (polling the store, at most `seconds`) until `check` holds.
 pub async fn eventually<F, Fut>(seconds: u64, mut check: F) -> bool
