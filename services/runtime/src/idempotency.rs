@@ -260,17 +260,16 @@ mod tests {
         ));
     }
 
+    fn seconds(seconds: i64) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos: 0 }
+    }
+
     #[test]
     fn records_holding_the_old_preimage_still_match() {
-        let request = prost_types::Duration {
-            seconds: 1,
-            nanos: 0,
-        };
-        let other = prost_types::Duration {
-            seconds: 2,
-            nanos: 0,
-        };
+        let (request, other) = (seconds(1), seconds(2));
         let print = fingerprint("Rpc", &request);
+        // The format of the fingerprints services have stored: it must never change.
+        assert_eq!(print, "xh8Fn2kVlhD4nB7Q_dkfnzDl1hHwkwCs5DbRA9xlNKI");
         let mut with_rpc = b"Rpc\0".to_vec();
         with_rpc.extend(request.encode_to_vec());
         assert!(same_request("", &with_rpc, &print));
