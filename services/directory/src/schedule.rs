@@ -365,7 +365,12 @@ pub fn next_open(tz: Tz, hours: &[Hours], instant: DateTime<Utc>) -> Option<Date
         for h in hours {
             if h.occurs_on(date) {
                 let (open, _) = h.span(date);
-                if open > local && best.is_none_or(|b| open < b) {
+                // An opening inside a daylight-saving gap happens at the gap's end, if the
+                // place is still open then; one that closes inside the gap never happens.
+                if open > local
+                    && best.is_none_or(|b| open < b)
+                    && local_to_utc(tz, open).is_some_and(|at| is_open(tz, hours, at))
+                {
                     best = Some(open);
                 }
             }
@@ -525,6 +530,34 @@ mod tests {
             }
         }
         open
+    }
+
+    /// Found by the property below: a Sunday opening 02:00 to 02:01 in Los Angeles on the
+    /// night the clocks jump from 02:00 to 03:00 (11 March 2029) does not happen; next_open
+    /// answered 03:00 that night, when the place is closed, instead of the next Sunday.
+    #[test]
+    fn an_opening_inside_a_daylight_saving_gap_is_skipped_or_moved_to_the_gap_end() {
+        let tz: Tz = "America/Los_Angeles".parse().expect("tz");
+        // Sunday 4 March 2029, 02:00 PST: the next Sunday is the night of the gap.
+        let instant = Utc
+            .timestamp_opt(1_867_312_800, 0)
+            .single()
+            .expect("instant");
+        let short = weekly("SU", "02:00", "02:01");
+        let next = next_open(tz, std::slice::from_ref(&short), instant).expect("an opening");
+        assert!(is_open(tz, std::slice::from_ref(&short), next), "{next}");
+        assert_eq!(
+            next,
+            at("2029-03-18T09:00:00Z"),
+            "the next Sunday, 02:00 PDT"
+        );
+        // Open across the gap's end: it opens when the gap ends, 03:00 PDT (asked on the
+        // Monday, after that Sunday's own opening).
+        let long = weekly("SU", "02:30", "04:00");
+        let monday = instant + Duration::days(1);
+        let next = next_open(tz, std::slice::from_ref(&long), monday).expect("an opening");
+        assert_eq!(next, at("2029-03-11T10:00:00Z"));
+        assert!(is_open(tz, std::slice::from_ref(&long), next));
     }
 
     proptest::proptest! {
