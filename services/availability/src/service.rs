@@ -164,7 +164,9 @@ impl Availability {
     /// failure before the commit rolls the roster back and leaves the live store as it was.
     /// Only a commit that fails after the live store changed leaves the two apart; a retry
     /// converges: it replays the recorded answer and, under the same row lock, writes the
-    /// live team's current definition to the roster.
+    /// live team's current definition to the roster. A creation whose commit fails is undone
+    /// in the live store ([`TeamStore::undo_create`]), so only an update can stay apart from
+    /// the roster until its retry.
     ///
     /// # Errors
     /// The store's refusals, or a storage failure.
@@ -195,13 +197,36 @@ impl Availability {
             // Nothing changed: the roster write is rolled back.
             Recorded::Reused => return Ok(recorded),
         };
-        roster
-            .save(&RosterEntry {
-                definition: team.definition(),
-                revision: team.revision,
-            })
-            .await?;
-        roster.commit().await?;
+        let committed = async {
+            roster
+                .save(&RosterEntry {
+                    definition: team.definition(),
+                    revision: team.revision,
+                })
+                .await?;
+            roster.commit().await
+        }
+        .await;
+        if let Err(error) = committed {
+            // The roster refused or lost the commit after the live store changed: a team this
+            // request created is removed again (with its record), so the failure records
+            // nothing and the retry creates it whole. An update stays in the live store until
+            // the retry writes its roster row (it replays the record under the row lock).
+            if let Recorded::Applied(outcome) = &recorded
+                && outcome.created
+            {
+                match self.store.undo_create(&team, request, self.now()).await {
+                    Ok(true) => {
+                        tracing::warn!(team_id = %team.team_id, "roster commit failed; the team's creation was undone in the live store");
+                    }
+                    Ok(false) => {}
+                    Err(undo) => {
+                        tracing::warn!(team_id = %team.team_id, error = %undo, "roster commit failed and the live store could not undo the team's creation; the retry converges");
+                    }
+                }
+            }
+            return Err(error.into());
+        }
         // The team is in the live store: its region's epoch stamp is now worth checking.
         self.live.note_regions([team.region.clone()]);
         Ok(recorded)

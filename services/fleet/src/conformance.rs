@@ -964,6 +964,60 @@ pub async fn the_live_epoch_is_written_once_and_agreed_on(store: &dyn FleetStore
     );
 }
 
+/// Conformance scenario (see the module documentation): a creation whose roster commit
+/// failed is undone with its record, so the retry creates the team again; a team another
+/// change already moved on is left for the retry to converge.
+pub async fn a_creation_is_undone_with_its_record_only_while_unchanged(store: &dyn FleetStore) {
+    let request = RequestRecord {
+        rpc: "upsert_team",
+        request_id: "undo-1",
+        fingerprint: "a",
+        ttl: Duration::from_secs(60),
+    };
+    let d = def("t1", "north");
+    let Recorded::Applied(created) = store
+        .upsert_team_once(&d, None, t0(), &request)
+        .await
+        .expect("create")
+    else {
+        panic!("a first run applies");
+    };
+    assert!(created.created);
+    assert!(
+        store
+            .undo_create(&created.team, &request, t0() + secs(1))
+            .await
+            .expect("undo")
+    );
+    assert_eq!(store.get_team("t1").await.expect("get"), None);
+    let listed = store
+        .list_teams(Some("north"), None, None, 10)
+        .await
+        .expect("list");
+    assert!(listed.teams.is_empty(), "{listed:?}");
+    // The record went with it: the retry creates the team, it does not replay.
+    let Recorded::Applied(again) = store
+        .upsert_team_once(&d, None, t0() + secs(2), &request)
+        .await
+        .expect("retry")
+    else {
+        panic!("the retry applies again");
+    };
+    assert!(again.created);
+    // Changed since (a status): not undone.
+    store
+        .set_status("t1", TeamStatus::Available, "", None, t0() + secs(3))
+        .await
+        .expect("available");
+    assert!(
+        !store
+            .undo_create(&again.team, &request, t0() + secs(4))
+            .await
+            .expect("undo")
+    );
+    assert!(store.get_team("t1").await.expect("get").is_some());
+}
+
 /// Conformance scenario (see the module documentation): each region carries its own stamp
 /// of the epoch, read back per region in order, `None` where none was written.
 pub async fn region_epochs_are_stamped_and_read_per_region(store: &dyn FleetStore) {

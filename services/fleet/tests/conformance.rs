@@ -118,6 +118,7 @@ conformance!(
     history_expiry_is_reported,
     the_live_epoch_is_written_once_and_agreed_on,
     region_epochs_are_stamped_and_read_per_region,
+    a_creation_is_undone_with_its_record_only_while_unchanged,
     a_claim_to_restore_takes_an_off_duty_team_too,
     a_team_whose_shift_ends_on_a_call_goes_off_duty_when_it_clears,
 );

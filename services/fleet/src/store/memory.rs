@@ -745,6 +745,29 @@ impl TeamStore for MemoryTeamStore {
             .clone())
     }
 
+    async fn undo_create(
+        &self,
+        team: &Team,
+        request: &RequestRecord<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        let current = match state.teams.get(&team.team_id) {
+            Some(entry) if entry.team.revision == team.revision => entry.team.clone(),
+            _ => return Ok(false),
+        };
+        state.teams.remove(&team.team_id);
+        if let Some(region) = state.regions.get_mut(&current.region) {
+            region.teams.remove(&current.team_id);
+            region.available.remove(&current.team_id);
+        }
+        state
+            .requests
+            .remove(&format!("{}:{}", request.rpc, request.request_id));
+        self.emit(&mut state, EventKind::Removed, &current, now);
+        Ok(true)
+    }
+
     async fn region_epochs(&self, regions: &[String]) -> Result<Vec<Option<String>>, StoreError> {
         let state = self.lock()?;
         Ok(regions

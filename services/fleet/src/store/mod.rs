@@ -336,6 +336,18 @@ pub trait TeamStore: Send + Sync + 'static {
         request: &RequestRecord<'_>,
     ) -> Result<Recorded<UpsertOutcome>, ChangeError>;
 
+    /// Undoes [`Self::upsert_team_once`]'s creation of `team` when the durable roster could
+    /// not commit it (a failed request records nothing): removes the team and the request's
+    /// record, only while nothing changed the team since (its revision is `team.revision`).
+    /// Whether it was removed; `false` leaves a team another change already moved on, for the
+    /// retry to converge.
+    async fn undo_create(
+        &self,
+        team: &Team,
+        request: &RequestRecord<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// As [`Self::set_status`] under a request id (see [`Self::upsert_team_once`]).
     async fn set_status_once(
         &self,

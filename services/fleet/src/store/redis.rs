@@ -50,6 +50,7 @@ struct Scripts {
     upsert: Script,
     seed: Script,
     move_out: Script,
+    undo_create: Script,
     move_in: Script,
     set_status: Script,
     report_locations: Script,
@@ -554,6 +555,7 @@ impl RedisTeamStore {
                 upsert: script(scripts::UPSERT),
                 seed: script(scripts::SEED),
                 move_out: script(scripts::MOVE_OUT),
+                undo_create: script(scripts::UNDO_CREATE),
                 move_in: script(scripts::MOVE_IN),
                 set_status: script(scripts::SET_STATUS),
                 report_locations: script(scripts::REPORT_LOCATIONS),
@@ -1355,6 +1357,38 @@ impl TeamStore for RedisTeamStore {
             .query_async(&mut self.conn())
             .await?;
         Ok(previous.unwrap_or_else(|| candidate.to_owned()))
+    }
+
+    async fn undo_create(
+        &self,
+        team: &Team,
+        request: &RequestRecord<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let region = &team.region;
+        let reply: Vec<String> = self
+            .scripts
+            .undo_create
+            .key(self.keys.team(region, &team.team_id))
+            .key(self.keys.teams(region))
+            .key(self.keys.events(region))
+            .key(self.keys.available(region))
+            .key(self.keys.unavailable(region))
+            .key(self.keys.request(region, request.rpc, request.request_id))
+            .arg(team.revision)
+            .arg(to_micros(now))
+            .arg(self.retention_ms())
+            .invoke_async(&mut self.conn())
+            .await?;
+        if first(&reply) != "ok" {
+            return Ok(false);
+        }
+        let _: () = self
+            .conn()
+            .hdel(self.keys.team_regions(), &team.team_id)
+            .await?;
+        self.forget_region(&team.team_id);
+        Ok(true)
     }
 
     async fn region_epochs(&self, regions: &[String]) -> Result<Vec<Option<String>>, StoreError> {

@@ -97,6 +97,24 @@ emit(KEYS[3], h, 'upserted', ARGV[7], ARGV[8])
 return {'created'}
 ";
 
+/// Undoes the creation of a team whose roster commit failed: removes it with its request
+/// record, only while nothing changed it since (its revision is still the created one).
+/// KEYS: hash, teams, events, geo, unavailable geo, request record. ARGV: revision, now,
+/// retention_ms.
+pub(super) const UNDO_CREATE: &str = r"
+local h = KEYS[1]
+if redis.call('EXISTS', h) == 0 then return {'missing'} end
+local cur = redis.call('HMGET', h, 'rev', 'id')
+if cur[1] ~= ARGV[1] then return {'changed', cur[1]} end
+emit(KEYS[3], h, 'removed', ARGV[2], ARGV[3])
+redis.call('DEL', h)
+redis.call('SREM', KEYS[2], cur[2])
+redis.call('ZREM', KEYS[4], cur[2])
+redis.call('ZREM', KEYS[5], cur[2])
+redis.call('DEL', KEYS[6])
+return {'ok'}
+";
+
 /// Removes a team from its old region (region change, first step).
 /// KEYS: hash, teams, events, geo, unavailable geo. ARGV: expected ('' = none), now, retention_ms,
 /// allowed statuses (',1,7,').
@@ -282,6 +300,7 @@ mod tests {
             ("UPSERT", UPSERT),
             ("SEED", SEED),
             ("MOVE_OUT", MOVE_OUT),
+            ("UNDO_CREATE", UNDO_CREATE),
             ("MOVE_IN", MOVE_IN),
             ("SET_STATUS", SET_STATUS),
             ("REPORT_LOCATIONS", REPORT_LOCATIONS),
