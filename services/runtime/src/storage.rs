@@ -422,6 +422,26 @@ impl<S> Bounded<S> {
     }
 }
 
+/// How many rows a statement changed: each backend's result type has it, under no sqlx trait,
+/// so a store generic over the database (`SqlStore<DB>`) asks for `DB::QueryResult:
+/// RowsAffected`.
+pub trait RowsAffected {
+    /// The rows the statement inserted, updated or deleted.
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
 /// The time bound of one database operation (`database.query_timeout_ms`, 3 s by default):
 /// a statement, or a whole transaction, including the wait for a pooled connection. A
 /// partitioned database (packets dropped, connections left open) never answers and sqlx has no

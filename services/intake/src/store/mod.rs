@@ -53,7 +53,8 @@ mod sqlite;
 
 pub use postgres::PostgresStore;
 pub use relay_runtime::storage::Bounded;
-pub use sql_store::{Dialect, RowsAffected, SqlStore};
+pub use relay_runtime::storage::RowsAffected;
+pub use sql_store::{Dialect, SqlStore};
 pub use sqlite::SqliteStore;
 
 /// Errors of the store.

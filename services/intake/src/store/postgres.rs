@@ -10,7 +10,7 @@ use sqlx::{Arguments, Postgres, postgres::PgArguments};
 use super::{
     OutboxItem, StoreError, StoredIncident, Write, incident_arguments, pending_body,
     sql::{INSERT_INCIDENT, SEQUENCER_TABLES},
-    sql_store::{Dialect, RowsAffected, SqlStore},
+    sql_store::{Dialect, SqlStore},
 };
 
 /// One sequencer at a time per database and schema, across replicas; the lock is held until
@@ -48,12 +48,6 @@ static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
 
 /// The PostgreSQL implementation of [`IncidentStore`](super::IncidentStore).
 pub type PostgresStore = SqlStore<Postgres>;
-
-impl RowsAffected for sqlx::postgres::PgQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
-    }
-}
 
 impl Dialect for Postgres {
     fn sequencer() -> &'static Sequencer {

@@ -8,7 +8,7 @@ use std::{collections::HashMap, future::Future};
 
 use prost::Message;
 use relay_proto::intake::{Incident, IncidentEvent, RoutingState};
-use relay_runtime::{idempotency::RequestRecord, sequencer::Sequencer};
+use relay_runtime::{idempotency::RequestRecord, sequencer::Sequencer, storage::RowsAffected};
 use sqlx::{Pool, Transaction};
 
 use super::{
@@ -38,12 +38,6 @@ fn values_sql(head: &str, rows: usize, columns: usize) -> String {
         })
         .collect();
     format!("{head}VALUES {}", tuples.join(", "))
-}
-
-/// How many rows a statement changed (each backend's result type has it, under no trait).
-pub trait RowsAffected {
-    /// The rows the statement inserted, updated or deleted.
-    fn rows(&self) -> u64;
 }
 
 /// What differs between the databases intake runs on.

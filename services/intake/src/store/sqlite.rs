@@ -11,19 +11,13 @@ use sqlx::Sqlite;
 use super::{
     OutboxItem, StoreError, StoredIncident, Write, incident_arguments,
     sql::{INSERT_INCIDENT, SEQUENCER_TABLES},
-    sql_store::{Dialect, RowsAffected, SqlStore},
+    sql_store::{Dialect, SqlStore},
 };
 
 static SEQUENCER: LazyLock<Sequencer> = LazyLock::new(|| Sequencer::new(SEQUENCER_TABLES, None));
 
 /// The SQLite implementation of [`IncidentStore`](super::IncidentStore).
 pub type SqliteStore = SqlStore<Sqlite>;
-
-impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
-    }
-}
 
 impl Dialect for Sqlite {
     fn sequencer() -> &'static Sequencer {

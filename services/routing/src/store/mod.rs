@@ -15,6 +15,10 @@
 //!
 //! On PostgreSQL the write is a single statement run on its own, so one round trip; a failed
 //! check aborts it whole.
+//!
+//! The trait is implemented once, by [`SqlStore`] (`sql_store.rs`), generic over the database,
+//! with the SQL of `sql.rs` and the row mapping of this module; what differs between
+//! PostgreSQL and SQLite is a [`Dialect`] (`postgres.rs`, `sqlite.rs`).
 
 use chrono::{DateTime, Utc};
 use relay_proto::{
@@ -24,11 +28,14 @@ use relay_proto::{
 
 mod bounded;
 mod postgres;
-mod shared;
+mod sql;
+mod sql_store;
 mod sqlite;
 
 pub use postgres::PostgresStore;
 pub use relay_runtime::storage::Bounded;
+pub use sql::PendingEvent;
+pub use sql_store::{Dialect, SqlStore};
 pub use sqlite::SqliteStore;
 
 /// What routing last did with an incident.
@@ -122,6 +129,18 @@ pub struct QueueCursor {
     pub queued_time: DateTime<Utc>,
     /// Its incident_id.
     pub incident_id: String,
+}
+
+impl QueueCursor {
+    /// The position just after `last`, a queued incident.
+    #[must_use]
+    pub fn after(last: &IncidentRecord) -> Self {
+        Self {
+            priority: last.priority,
+            queued_time: last.queued_time.unwrap_or_default(),
+            incident_id: last.incident_id.clone(),
+        }
+    }
 }
 
 /// A remembered response of a mutation.
@@ -266,11 +285,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// What AssignTeam reads first, in one round trip where the backend can: the remembered
     /// response of `request_id`, the incident, and its ACTIVE assignment.
     async fn lookup(&self, request_id: &str, incident_id: &str) -> Result<Lookup, StoreError> {
-        Ok(Lookup {
-            request: self.request(request_id).await?,
-            incident: self.incident(incident_id).await?,
-            assignment: self.active_assignment_of_incident(incident_id).await?,
-        })
+        lookup_each(self, request_id, incident_id).await
     }
     /// What ReleaseTeam reads first, in one round trip where the backend can: the remembered
     /// response of `request_id`, the assignment (in any state) and its incident.
@@ -279,16 +294,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         request_id: &str,
         assignment_id: &str,
     ) -> Result<Lookup, StoreError> {
-        let assignment = self.assignment(assignment_id).await?;
-        let incident = match &assignment {
-            Some(a) => self.incident(&a.incident_id).await?,
-            None => None,
-        };
-        Ok(Lookup {
-            request: self.request(request_id).await?,
-            incident,
-            assignment,
-        })
+        lookup_assignment_each(self, request_id, assignment_id).await
     }
     /// One transaction; see [`Write`].
     async fn write(&self, write: Write) -> Result<(), StoreError>;
@@ -309,6 +315,110 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn event_bounds(&self, region: &str) -> Result<(i64, i64), StoreError>;
     /// Forgets events and remembered responses older than `before`; returns how many rows.
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// [`Store::lookup`] as one read after another (for a backend without a joined read).
+pub(crate) async fn lookup_each<S: Store + ?Sized>(
+    store: &S,
+    request_id: &str,
+    incident_id: &str,
+) -> Result<Lookup, StoreError> {
+    Ok(Lookup {
+        request: store.request(request_id).await?,
+        incident: store.incident(incident_id).await?,
+        assignment: store.active_assignment_of_incident(incident_id).await?,
+    })
+}
+
+/// [`Store::lookup_assignment`] as one read after another.
+pub(crate) async fn lookup_assignment_each<S: Store + ?Sized>(
+    store: &S,
+    request_id: &str,
+    assignment_id: &str,
+) -> Result<Lookup, StoreError> {
+    let assignment = store.assignment(assignment_id).await?;
+    let incident = match &assignment {
+        Some(a) => store.incident(&a.incident_id).await?,
+        None => None,
+    };
+    Ok(Lookup {
+        request: store.request(request_id).await?,
+        incident,
+        assignment,
+    })
+}
+
+/// A row of the record's tables, decoded: the row mapping both backends share. Implemented
+/// for every row type that decodes the columns' types (PostgreSQL's and SQLite's).
+pub(crate) trait RecordRow {
+    /// An incident from columns named `<prefix><column>` (see `sql::INCIDENT_COLUMNS`).
+    fn incident_at(&self, prefix: &str) -> Result<IncidentRecord, StoreError>;
+    /// An assignment from columns named `<prefix><column>` (see `sql::ASSIGNMENT_COLUMNS`).
+    fn assignment_at(&self, prefix: &str) -> Result<Assignment, StoreError>;
+}
+
+impl<R> RecordRow for R
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn incident_at(&self, prefix: &str) -> Result<IncidentRecord, StoreError> {
+        let c = |name: &str| format!("{prefix}{name}");
+        let state: String = self.try_get(c("state").as_str())?;
+        let required: String = self.try_get(c("required_capabilities").as_str())?;
+        let preferred: String = self.try_get(c("preferred_capabilities").as_str())?;
+        Ok(IncidentRecord {
+            incident_id: self.try_get(c("incident_id").as_str())?,
+            region: self.try_get(c("region").as_str())?,
+            cad_system: self.try_get(c("cad_system").as_str())?,
+            priority: self.try_get(c("priority").as_str())?,
+            location: GeoPoint {
+                latitude: self.try_get(c("latitude").as_str())?,
+                longitude: self.try_get(c("longitude").as_str())?,
+            },
+            required_capabilities: split_tags(&required),
+            preferred_capabilities: split_tags(&preferred),
+            expected_duration_seconds: self.try_get(c("expected_duration_seconds").as_str())?,
+            state: IncidentState::parse(&state)
+                .ok_or_else(|| StoreError::Backend(format!("unknown state {state}").into()))?,
+            queued_time: self.try_get(c("queued_time").as_str())?,
+            escalate_time: self.try_get(c("escalate_time").as_str())?,
+            unserved_reason: self.try_get(c("unserved_reason").as_str())?,
+            version: self.try_get(c("version").as_str())?,
+            update_time: self.try_get(c("update_time").as_str())?,
+            cad_incident_id: self.try_get(c("cad_incident_id").as_str())?,
+        })
+    }
+
+    fn assignment_at(&self, prefix: &str) -> Result<Assignment, StoreError> {
+        let c = |name: &str| format!("{prefix}{name}");
+        let state = parse_assignment_state(&self.try_get::<String, _>(c("state").as_str())?);
+        let end_time: Option<DateTime<Utc>> = self.try_get(c("end_time").as_str())?;
+        let end_reason: String = self.try_get(c("end_reason").as_str())?;
+        let end_cause = end_cause_of(state, self.try_get(c("end_cause").as_str())?, &end_reason);
+        Ok(Assignment {
+            assignment_id: self.try_get(c("assignment_id").as_str())?,
+            incident_id: self.try_get(c("incident_id").as_str())?,
+            team_id: self.try_get(c("team_id").as_str())?,
+            region: self.try_get(c("region").as_str())?,
+            distance_meters: self.try_get(c("distance_meters").as_str())?,
+            eta_seconds: self.try_get(c("eta_seconds").as_str())?,
+            assigned_at: Some(timestamp(self.try_get(c("assigned_at").as_str())?)),
+            fencing_token: self.try_get(c("fencing_token").as_str())?,
+            state: state.into(),
+            source: self.try_get(c("source").as_str())?,
+            cad_system: self.try_get(c("cad_system").as_str())?,
+            end_time: end_time.map(timestamp),
+            end_reason,
+            end_cause: end_cause.into(),
+            cad_incident_id: self.try_get(c("cad_incident_id").as_str())?,
+        })
+    }
 }
 
 pub(crate) fn join_tags(tags: &[String]) -> String {

@@ -1,38 +1,24 @@
-//! The PostgreSQL record (schema `routing`).
+//! PostgreSQL (schema `routing`), as a [`Dialect`] of [`SqlStore`]: a [`Write`] as one
+//! statement (one round trip), the joined reads of AssignTeam and ReleaseTeam, the
+//! sequencer's advisory lock, and numbered batches written with one `UNNEST`.
+
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use relay_proto::{
-    common::GeoPoint,
-    routing::{Assignment, AssignmentEvent, AssignmentSource},
-};
-use sqlx::{
-    Arguments, PgPool, Row,
-    postgres::{PgArguments, PgRow},
-};
-
+use relay_proto::routing::{Assignment, AssignmentEvent, AssignmentSource};
 use relay_runtime::sequencer::{Numbered, Sequencer};
+use sqlx::{Arguments, PgPool, Postgres, Row, postgres::PgArguments};
 
 use super::{
-    IncidentRecord, IncidentState, Lookup, QueueCursor, RequestRecord, Store, StoreError, Write,
-    assignment_state_name, end_cause_of, from_timestamp, join_tags, parse_assignment_state,
-    shared::{PendingEvent, SEQUENCER_TABLES},
-    split_tags, timestamp,
+    EndAssignment, IncidentWrite, Lookup, RecordRow, RequestRecord, StoreError, Write,
+    assignment_state_name, from_timestamp, join_tags,
+    sql::{ASSIGNMENT_COLUMNS, INCIDENT_COLUMNS, PendingEvent, SEQUENCER_TABLES},
+    sql_store::{Dialect, SqlStore},
 };
 
-/// The record in PostgreSQL.
-#[derive(Debug, Clone)]
-pub struct PostgresStore {
-    pool: PgPool,
-}
-
-impl PostgresStore {
-    /// A store over `pool` (whose search_path is the `routing` schema, migrated).
-    #[must_use]
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-}
+/// The PostgreSQL implementation of [`Store`](super::Store).
+pub type PostgresStore = SqlStore<Postgres>;
 
 /// Positional parameters of a statement built piece by piece.
 #[derive(Default)]
@@ -65,11 +51,39 @@ const REFUSED: &str = "RL001";
 /// unique violation it caused. One round trip, where BEGIN, the statement and COMMIT took
 /// three and the statements one by one up to eight.
 fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments), StoreError> {
-    let mut p = Params::default();
-    let mut ctes: Vec<String> = Vec::new();
-    let mut checks: Vec<(&str, &str)> = Vec::new();
+    let mut f = Fused::default();
     if let Some(request) = &write.request {
-        ctes.push(format!(
+        f.request(request, now)?;
+    }
+    if let Some(change) = &write.incident {
+        f.incident(change)?;
+    }
+    if let Some(end) = &write.end_assignment {
+        f.end(end)?;
+    }
+    if let Some(a) = &write.new_assignment {
+        f.assignment(a)?;
+    }
+    if !write.events.is_empty() {
+        f.events(&write.region, &write.events)?;
+    }
+    Ok(f.finish())
+}
+
+/// The statement of [`fused_write`] as it is built: its parameters, its CTEs and the checks
+/// (name, CTE) that judge them.
+#[derive(Default)]
+struct Fused {
+    p: Params,
+    ctes: Vec<String>,
+    checks: Vec<(&'static str, &'static str)>,
+}
+
+impl Fused {
+    /// Remembers the request's response (`request_ok`).
+    fn request(&mut self, request: &RequestRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let p = &mut self.p;
+        self.ctes.push(format!(
             "q AS (INSERT INTO requests (request_id, fingerprint, response, create_time) \
              VALUES ({}, {}, {}, {}) ON CONFLICT (request_id) DO NOTHING RETURNING 1)",
             p.bind(request.request_id.as_str())?,
@@ -77,9 +91,13 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
             p.bind(request.response.as_slice())?,
             p.bind(now)?,
         ));
-        checks.push(("request_ok", "q"));
+        self.checks.push(("request_ok", "q"));
+        Ok(())
     }
-    if let Some(change) = &write.incident {
+
+    /// Creates or updates the incident at the version read (`incident_ok`).
+    fn incident(&mut self, change: &IncidentWrite) -> Result<(), StoreError> {
+        let p = &mut self.p;
         let r = &change.record;
         let values = [
             p.bind(r.incident_id.as_str())?,
@@ -111,7 +129,7 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
                 values[i].clone()
             }
         };
-        ctes.push(if change.expected_version == 0 {
+        self.ctes.push(if change.expected_version == 0 {
             format!(
                 "i AS (INSERT INTO incidents ({INCIDENT_COLUMNS}) VALUES ({}) \
                  ON CONFLICT (incident_id) DO NOTHING RETURNING 1)",
@@ -128,10 +146,14 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
                 values[version]
             )
         });
-        checks.push(("incident_ok", "i"));
+        self.checks.push(("incident_ok", "i"));
+        Ok(())
     }
-    if let Some(end) = &write.end_assignment {
-        ctes.push(format!(
+
+    /// Ends an ACTIVE assignment (`end_ok`).
+    fn end(&mut self, end: &EndAssignment) -> Result<(), StoreError> {
+        let p = &mut self.p;
+        self.ctes.push(format!(
             "e AS (UPDATE assignments SET state = {}, end_time = {}, end_reason = {}, \
              end_cause = {} WHERE assignment_id = {} AND state = 'ACTIVE' RETURNING 1)",
             p.bind(assignment_state_name(end.state))?,
@@ -140,23 +162,30 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
             p.bind(i32::from(end.end_cause))?,
             p.bind(end.assignment_id.as_str())?,
         ));
-        checks.push(("end_ok", "e"));
+        self.checks.push(("end_ok", "e"));
+        Ok(())
     }
-    if let Some(a) = &write.new_assignment {
-        ctes.push(format!(
+
+    /// Raises the team's fencing token (`token_ok`), then records the new ACTIVE assignment
+    /// only when every check so far passed.
+    fn assignment(&mut self, a: &Assignment) -> Result<(), StoreError> {
+        let p = &mut self.p;
+        self.ctes.push(format!(
             "t AS (INSERT INTO team_tokens (team_id, last_token) VALUES ({}, {}) \
              ON CONFLICT (team_id) DO UPDATE SET last_token = EXCLUDED.last_token \
              WHERE team_tokens.last_token < EXCLUDED.last_token RETURNING 1)",
             p.bind(a.team_id.as_str())?,
             p.bind(a.fencing_token)?,
         ));
-        checks.push(("token_ok", "t"));
-        let guard = checks
+        self.checks.push(("token_ok", "t"));
+        let guard = self
+            .checks
             .iter()
             .map(|(_, cte)| format!("EXISTS (SELECT 1 FROM {cte})"))
             .collect::<Vec<_>>()
             .join(" AND ");
-        ctes.push(format!(
+        let p = &mut self.p;
+        self.ctes.push(format!(
             "a AS (INSERT INTO assignments (assignment_id, incident_id, team_id, region, \
              distance_meters, eta_seconds, assigned_at, fencing_token, state, source, \
              cad_system, end_time, end_reason, end_cause, cad_incident_id) \
@@ -178,40 +207,51 @@ fn fused_write(write: &Write, now: DateTime<Utc>) -> Result<(String, PgArguments
             p.bind(a.cad_system.as_str())?,
             p.bind(a.cad_incident_id.as_str())?,
         ));
+        Ok(())
     }
-    if !write.events.is_empty() {
-        // Unnumbered: the sequencer numbers them (see sequence_events).
-        let payloads: Vec<Vec<u8>> = write.events.iter().map(Message::encode_to_vec).collect();
-        ctes.push(format!(
+
+    /// Appends the events, unnumbered: the sequencer numbers them (see sequence_events).
+    fn events(&mut self, region: &str, events: &[AssignmentEvent]) -> Result<(), StoreError> {
+        let p = &mut self.p;
+        let payloads: Vec<Vec<u8>> = events.iter().map(Message::encode_to_vec).collect();
+        self.ctes.push(format!(
             "p AS (INSERT INTO pending_events (region, payload) SELECT {}, payload \
              FROM UNNEST({}::bytea[]) WITH ORDINALITY AS e(payload, n) ORDER BY n)",
-            p.bind(write.region.as_str())?,
+            p.bind(region)?,
             p.bind(payloads)?,
         ));
+        Ok(())
     }
-    let check = |name: &str| {
-        checks.iter().find(|(check, _)| *check == name).map_or_else(
-            || format!("true AS {name}"),
-            |(_, cte)| format!("EXISTS (SELECT 1 FROM {cte}) AS {name}"),
-        )
-    };
-    let select = format!(
-        "SELECT refuse_write(CASE WHEN NOT c.request_ok THEN 'request_ok' \
-         WHEN NOT c.incident_ok THEN 'incident_ok' WHEN NOT c.end_ok THEN 'end_ok' \
-         ELSE 'token_ok' END) \
-         FROM (SELECT {}, {}, {}, {}) AS c \
-         WHERE NOT (c.request_ok AND c.incident_ok AND c.end_ok AND c.token_ok)",
-        check("request_ok"),
-        check("incident_ok"),
-        check("end_ok"),
-        check("token_ok")
-    );
-    let sql = if ctes.is_empty() {
-        select
-    } else {
-        format!("WITH {} {select}", ctes.join(", "))
-    };
-    Ok((sql, p.args))
+
+    /// The statement: the CTEs, then the call of `refuse_write` with the first failed check.
+    fn finish(self) -> (String, PgArguments) {
+        let check = |name: &str| {
+            self.checks
+                .iter()
+                .find(|(check, _)| *check == name)
+                .map_or_else(
+                    || format!("true AS {name}"),
+                    |(_, cte)| format!("EXISTS (SELECT 1 FROM {cte}) AS {name}"),
+                )
+        };
+        let select = format!(
+            "SELECT refuse_write(CASE WHEN NOT c.request_ok THEN 'request_ok' \
+             WHEN NOT c.incident_ok THEN 'incident_ok' WHEN NOT c.end_ok THEN 'end_ok' \
+             ELSE 'token_ok' END) \
+             FROM (SELECT {}, {}, {}, {}) AS c \
+             WHERE NOT (c.request_ok AND c.incident_ok AND c.end_ok AND c.token_ok)",
+            check("request_ok"),
+            check("incident_ok"),
+            check("end_ok"),
+            check("token_ok")
+        );
+        let sql = if self.ctes.is_empty() {
+            select
+        } else {
+            format!("WITH {} {select}", self.ctes.join(", "))
+        };
+        (sql, self.p.args)
+    }
 }
 
 /// The refusal a failed write stands for: a check `refuse_write` named, or one of the
@@ -240,40 +280,12 @@ fn refusal(error: &sqlx::Error) -> Option<StoreError> {
 /// One sequencer at a time across replicas (the lock is held until its batch commits, so the
 /// next one sees its moves); the lock's name is the one routing has always taken, so replicas
 /// of the previous release exclude the new ones too.
-static SEQUENCER: std::sync::LazyLock<Sequencer> = std::sync::LazyLock::new(|| {
+static SEQUENCER: LazyLock<Sequencer> = LazyLock::new(|| {
     Sequencer::new(
         SEQUENCER_TABLES,
         Some("SELECT pg_advisory_xact_lock(hashtext('relay.routing.sequencer'))"),
     )
 });
-
-/// Writes a numbered batch into `events`, in one statement. clock_timestamp() under the
-/// sequencer's lock never decreases along a region's numbers, so pruning by time never
-/// leaves a hole before a kept event.
-async fn insert_numbered(
-    tx: &mut sqlx::PgConnection,
-    rows: Vec<Numbered<PendingEvent>>,
-) -> Result<(), StoreError> {
-    let mut regions = Vec::with_capacity(rows.len());
-    let mut seqs = Vec::with_capacity(rows.len());
-    let mut payloads = Vec::with_capacity(rows.len());
-    for numbered in rows {
-        seqs.push(numbered.sequence);
-        regions.push(numbered.row.region);
-        payloads.push(numbered.row.payload);
-    }
-    sqlx::query(
-        "INSERT INTO events (region, seq, payload, event_time) \
-         SELECT region, seq, payload, clock_timestamp() \
-         FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS e(region, seq, payload)",
-    )
-    .bind(&regions)
-    .bind(&seqs)
-    .bind(&payloads)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
 
 /// A read of a request's remembered response (`q`, by `$1`), an incident (`i`) and an
 /// assignment (`a`), joined as `joins` says, in one round trip.
@@ -317,43 +329,82 @@ async fn lookup_row(
     let assignment_id: Option<String> = row.try_get("a_assignment_id")?;
     Ok(Lookup {
         request,
-        incident: incident_id.map(|_| incident_at(&row, "i_")).transpose()?,
-        assignment: assignment_id
-            .map(|_| assignment_at(&row, "a_"))
-            .transpose()?,
+        incident: incident_id.map(|_| row.incident_at("i_")).transpose()?,
+        assignment: assignment_id.map(|_| row.assignment_at("a_")).transpose()?,
     })
 }
 
-super::shared::record_store!(PostgresStore, sqlx::Postgres, PgRow, {
-    async fn lookup(&self, request_id: &str, incident_id: &str) -> Result<Lookup, StoreError> {
-        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            lookup_sql(
-                "LEFT JOIN incidents i ON i.incident_id = $2 \
-                 LEFT JOIN assignments a ON a.incident_id = $2 AND a.state = 'ACTIVE'",
-            )
-        });
-        lookup_row(&self.pool, &SQL, request_id, incident_id).await
+/// AssignTeam's read: the request, the incident and its ACTIVE assignment.
+static LOOKUP: LazyLock<String> = LazyLock::new(|| {
+    lookup_sql(
+        "LEFT JOIN incidents i ON i.incident_id = $2 \
+         LEFT JOIN assignments a ON a.incident_id = $2 AND a.state = 'ACTIVE'",
+    )
+});
+
+/// ReleaseTeam's read: the request, the assignment (in any state) and its incident.
+static LOOKUP_ASSIGNMENT: LazyLock<String> = LazyLock::new(|| {
+    lookup_sql(
+        "LEFT JOIN assignments a ON a.assignment_id = $2 \
+         LEFT JOIN incidents i ON i.incident_id = a.incident_id",
+    )
+});
+
+impl Dialect for Postgres {
+    fn sequencer() -> &'static Sequencer {
+        &SEQUENCER
     }
 
-    async fn lookup_assignment(
-        &self,
-        request_id: &str,
-        assignment_id: &str,
-    ) -> Result<Lookup, StoreError> {
-        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            lookup_sql(
-                "LEFT JOIN assignments a ON a.assignment_id = $2 \
-                 LEFT JOIN incidents i ON i.incident_id = a.incident_id",
-            )
-        });
-        lookup_row(&self.pool, &SQL, request_id, assignment_id).await
+    /// Writes a numbered batch into `events`, in one statement. clock_timestamp() under the
+    /// sequencer's lock never decreases along a region's numbers, so pruning by time never
+    /// leaves a hole before a kept event.
+    async fn insert_numbered(
+        tx: &mut sqlx::PgConnection,
+        rows: Vec<Numbered<PendingEvent>>,
+    ) -> Result<(), StoreError> {
+        let mut regions = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
+        for numbered in rows {
+            seqs.push(numbered.sequence);
+            regions.push(numbered.row.region);
+            payloads.push(numbered.row.payload);
+        }
+        sqlx::query(
+            "INSERT INTO events (region, seq, payload, event_time) \
+             SELECT region, seq, payload, clock_timestamp() \
+             FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS e(region, seq, payload)",
+        )
+        .bind(&regions)
+        .bind(&seqs)
+        .bind(&payloads)
+        .execute(tx)
+        .await?;
+        Ok(())
     }
 
-    async fn write(&self, write: Write) -> Result<(), StoreError> {
+    /// [`fused_write`]: one round trip.
+    async fn write(store: &SqlStore<Self>, write: Write) -> Result<(), StoreError> {
         let (sql, args) = fused_write(&write, Utc::now())?;
-        match sqlx::query_with(&sql, args).execute(&self.pool).await {
+        match sqlx::query_with(&sql, args).execute(store.pool()).await {
             Ok(_) => Ok(()),
             Err(error) => Err(refusal(&error).unwrap_or_else(|| error.into())),
         }
     }
-});
+
+    async fn lookup(
+        store: &SqlStore<Self>,
+        request_id: &str,
+        incident_id: &str,
+    ) -> Result<Lookup, StoreError> {
+        lookup_row(store.pool(), &LOOKUP, request_id, incident_id).await
+    }
+
+    async fn lookup_assignment(
+        store: &SqlStore<Self>,
+        request_id: &str,
+        assignment_id: &str,
+    ) -> Result<Lookup, StoreError> {
+        lookup_row(store.pool(), &LOOKUP_ASSIGNMENT, request_id, assignment_id).await
+    }
+}
