@@ -113,9 +113,18 @@ async fn record(database_url: &str) -> Vec<(String, String, String, i32, i64)> {
     .expect("read the record")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::too_many_lines)]
-async fn a_redis_flush_is_detected_rebuilt_and_recorded_truthfully_and_a_team_restores_its_call() {
+/// What both tests start from: the suite on a Redis server of the test's own (routing
+/// reconciling after one second), a client of each service, and the CAD's event stream.
+struct Setup {
+    redis: RedisServer,
+    suite: Suite,
+    teams: AvailabilityServiceClient<Channel>,
+    routing: RoutingServiceClient<Channel>,
+    intake: IntakeServiceClient<Channel>,
+    events: Events,
+}
+
+async fn setup(cad: &str) -> Setup {
     let redis = RedisServer::start(None).await;
     let url = redis.url();
     let suite = Suite::start(&[
@@ -123,82 +132,127 @@ async fn a_redis_flush_is_detected_rebuilt_and_recorded_truthfully_and_a_team_re
         ("RELAY_ROUTING__RECONCILE_GRACE_SECONDS", "1"),
     ])
     .await;
-    let region = unique_name("region");
-    let cad = unique_name("cad");
-    let mut teams = AvailabilityServiceClient::connect(suite.availability.endpoint())
+    let teams = AvailabilityServiceClient::connect(suite.availability.endpoint())
         .await
         .expect("availability");
-    let mut routing = RoutingServiceClient::connect(suite.routing.endpoint())
+    let routing = RoutingServiceClient::connect(suite.routing.endpoint())
         .await
         .expect("routing");
-    let mut intake = IntakeServiceClient::connect(suite.intake.endpoint())
+    let intake = IntakeServiceClient::connect(suite.intake.endpoint())
         .await
         .expect("intake");
-    let mut events = Events::watch(intake.clone(), &cad).await;
+    let events = Events::watch(intake.clone(), cad).await;
+    Setup {
+        redis,
+        suite,
+        teams,
+        routing,
+        intake,
+        events,
+    }
+}
+
+/// Puts a team of `region` on duty (AVAILABLE).
+async fn on_duty(teams: &mut AvailabilityServiceClient<Channel>, team_id: &str, region: &str) {
+    teams
+        .upsert_team(UpsertTeamRequest {
+            request_id: unique_name("r"),
+            team_id: team_id.to_owned(),
+            display_name: format!("Unit {team_id}"),
+            region: region.to_owned(),
+            capabilities: vec!["clinician".into(), "emt".into(), "peer".into()],
+            ..UpsertTeamRequest::default()
+        })
+        .await
+        .expect("upsert team");
+    set_status(teams, team_id, TeamStatus::Available, "")
+        .await
+        .expect("on duty");
+}
+
+/// Reports a team's position [`HERE`].
+async fn report_here(teams: &mut AvailabilityServiceClient<Channel>, team_id: &str) {
+    teams
+        .report_location(ReportLocationRequest {
+            team_id: team_id.to_owned(),
+            location: Some(HERE),
+            recorded_at: now(),
+            ..ReportLocationRequest::default()
+        })
+        .await
+        .expect("position");
+}
+
+/// Submits a call [`HERE`] and follows it until its dispatched team is EN_ROUTE; returns the
+/// incident and the team.
+async fn dispatch_en_route(
+    setup: &mut Setup,
+    cad: &str,
+    cad_incident_id: &str,
+    region: &str,
+) -> (String, String) {
+    let id = setup
+        .intake
+        .submit_incident(SubmitIncidentRequest {
+            cad_system: cad.to_owned(),
+            cad_incident_id: cad_incident_id.to_owned(),
+            incident_type: "WELFARE".into(),
+            priority: 3,
+            location: Some(HERE),
+            address: "1 SW Broadway".into(),
+            region: region.to_owned(),
+            received_at: now(),
+            ..SubmitIncidentRequest::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .incident
+        .expect("incident")
+        .incident_id;
+    setup.events.until(&id, IncidentEventKind::Dispatched).await;
+    let team_id = incident(&mut setup.intake, &id)
+        .await
+        .routing
+        .expect("routing")
+        .team_id;
+    set_status(&mut setup.teams, &team_id, TeamStatus::EnRoute, &id)
+        .await
+        .expect("en route");
+    setup.events.until(&id, IncidentEventKind::EnRoute).await;
+    (id, team_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)]
+async fn a_redis_flush_is_detected_rebuilt_and_recorded_truthfully_and_a_team_restores_its_call() {
+    let region = unique_name("region");
+    let cad = unique_name("cad");
+    let mut setup = setup(&cad).await;
 
     // Four teams on duty; three calls, each assigned and its team EN_ROUTE.
     for n in 0..TEAMS {
-        teams
-            .upsert_team(UpsertTeamRequest {
-                request_id: unique_name("r"),
-                team_id: team(n),
-                display_name: format!("Unit {n}"),
-                region: region.clone(),
-                capabilities: vec!["clinician".into(), "emt".into(), "peer".into()],
-                ..UpsertTeamRequest::default()
-            })
-            .await
-            .expect("upsert team");
-        set_status(&mut teams, &team(n), TeamStatus::Available, "")
-            .await
-            .expect("on duty");
+        on_duty(&mut setup.teams, &team(n), &region).await;
     }
     let mut calls = Vec::new();
     let mut acknowledged = Vec::new();
     for n in 0..CALLS {
         for t in 0..TEAMS {
-            teams
-                .report_location(ReportLocationRequest {
-                    team_id: team(t),
-                    location: Some(HERE),
-                    recorded_at: now(),
-                    ..ReportLocationRequest::default()
-                })
-                .await
-                .expect("position");
+            report_here(&mut setup.teams, &team(t)).await;
         }
         let cad_incident_id = format!("cad-{n}");
-        let id = intake
-            .submit_incident(SubmitIncidentRequest {
-                cad_system: cad.clone(),
-                cad_incident_id: cad_incident_id.clone(),
-                incident_type: "WELFARE".into(),
-                priority: 3,
-                location: Some(HERE),
-                address: "1 SW Broadway".into(),
-                region: region.clone(),
-                received_at: now(),
-                ..SubmitIncidentRequest::default()
-            })
-            .await
-            .expect("submit")
-            .into_inner()
-            .incident
-            .expect("incident")
-            .incident_id;
+        let (id, team_id) = dispatch_en_route(&mut setup, &cad, &cad_incident_id, &region).await;
         acknowledged.push((cad_incident_id, id.clone()));
-        events.until(&id, IncidentEventKind::Dispatched).await;
-        let team_id = incident(&mut intake, &id)
-            .await
-            .routing
-            .expect("routing")
-            .team_id;
-        set_status(&mut teams, &team_id, TeamStatus::EnRoute, &id)
-            .await
-            .expect("en route");
-        events.until(&id, IncidentEventKind::EnRoute).await;
         calls.push((id, team_id));
     }
+    let Setup {
+        redis,
+        suite,
+        mut teams,
+        mut routing,
+        mut intake,
+        mut events,
+    } = setup;
     let before = record(suite.database().url()).await;
 
     // Redis loses everything.
@@ -436,82 +490,26 @@ async fn a_redis_flush_is_detected_rebuilt_and_recorded_truthfully_and_a_team_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)]
 async fn a_region_losing_its_keys_alone_is_rebuilt_and_its_team_restores_from_off_duty() {
-    let redis = RedisServer::start(None).await;
-    let url = redis.url();
-    let suite = Suite::start(&[
-        ("RELAY_REDIS_URL", url.as_str()),
-        ("RELAY_ROUTING__RECONCILE_GRACE_SECONDS", "1"),
-    ])
-    .await;
     let lost_region = unique_name("lost");
     let kept_region = unique_name("kept");
     let cad = unique_name("cad");
-    let mut teams = AvailabilityServiceClient::connect(suite.availability.endpoint())
-        .await
-        .expect("availability");
-    let mut routing = RoutingServiceClient::connect(suite.routing.endpoint())
-        .await
-        .expect("routing");
-    let mut intake = IntakeServiceClient::connect(suite.intake.endpoint())
-        .await
-        .expect("intake");
-    let mut events = Events::watch(intake.clone(), &cad).await;
+    let mut setup = setup(&cad).await;
     let in_region = |region: &str, n: usize| format!("{region}-t{n}");
     for region in [&lost_region, &kept_region] {
         for n in 0..2 {
-            teams
-                .upsert_team(UpsertTeamRequest {
-                    request_id: unique_name("r"),
-                    team_id: in_region(region, n),
-                    display_name: format!("Unit {n}"),
-                    region: region.clone(),
-                    capabilities: vec!["clinician".into(), "emt".into(), "peer".into()],
-                    ..UpsertTeamRequest::default()
-                })
-                .await
-                .expect("upsert team");
-            set_status(&mut teams, &in_region(region, n), TeamStatus::Available, "")
-                .await
-                .expect("on duty");
-            teams
-                .report_location(ReportLocationRequest {
-                    team_id: in_region(region, n),
-                    location: Some(HERE),
-                    recorded_at: now(),
-                    ..ReportLocationRequest::default()
-                })
-                .await
-                .expect("position");
+            on_duty(&mut setup.teams, &in_region(region, n), region).await;
+            report_here(&mut setup.teams, &in_region(region, n)).await;
         }
     }
-    let id = intake
-        .submit_incident(SubmitIncidentRequest {
-            cad_system: cad.clone(),
-            cad_incident_id: "cad-1".into(),
-            incident_type: "WELFARE".into(),
-            priority: 3,
-            location: Some(HERE),
-            address: "1 SW Broadway".into(),
-            region: lost_region.clone(),
-            received_at: now(),
-            ..SubmitIncidentRequest::default()
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .incident
-        .expect("incident")
-        .incident_id;
-    events.until(&id, IncidentEventKind::Dispatched).await;
-    let team_id = incident(&mut intake, &id)
-        .await
-        .routing
-        .expect("routing")
-        .team_id;
-    set_status(&mut teams, &team_id, TeamStatus::EnRoute, &id)
-        .await
-        .expect("en route");
-    events.until(&id, IncidentEventKind::EnRoute).await;
+    let (id, team_id) = dispatch_en_route(&mut setup, &cad, "cad-1", &lost_region).await;
+    let Setup {
+        redis,
+        suite,
+        mut teams,
+        mut routing,
+        intake: _intake,
+        events: _events,
+    } = setup;
     // The stamps are written by the periodic check once it has seen the regions' teams.
     let stamp = format!("{}:{{{lost_region}}}:live_epoch", suite.prefix);
     poll("the region's stamp", Duration::from_secs(10), || {

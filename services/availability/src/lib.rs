@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use relay_proto::availability::availability_service_server::AvailabilityServiceServer;
 use relay_runtime::{
     BoxError, Config,
-    cli::{Service, Shutdown},
     server::{BoundServer, CheckFuture, ServiceHost},
     storage::{Database, Storage},
 };
@@ -293,34 +292,11 @@ impl Application {
         watch.abort();
         result
     }
-
-    /// Creates the `availability` schema and applies [`MIGRATOR`] (or the SQLite migrations
-    /// when the database URL is `sqlite:`).
-    ///
-    /// # Errors
-    /// When the database is unreachable or a migration fails.
-    pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        STORAGE.migrate(config).await
-    }
 }
 
-impl Service for Application {
-    const NAME: &'static str = "availability";
-    const ABOUT: &'static str = "Responder availability: the roster of community teams and their live status and position (gRPC relay.availability.v1.AvailabilityService).";
-
-    async fn build(config: Config) -> Result<Self, BoxError> {
-        Self::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local_addr()
-    }
-
-    async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), BoxError> {
-        self.run_until_stopped(shutdown).await
-    }
-
-    async fn migrate(config: Config) -> Result<(), BoxError> {
-        Self::migrate(&config).await
-    }
-}
+relay_runtime::service!(
+    Application,
+    storage = STORAGE,
+    name = "availability",
+    about = "Responder availability: the roster of community teams and their live status and position (gRPC relay.availability.v1.AvailabilityService).",
+);

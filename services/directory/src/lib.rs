@@ -14,7 +14,6 @@ use relay_proto::directory::{Service, directory_service_server::DirectoryService
 use relay_proto::intake::intake_service_client::IntakeServiceClient;
 use relay_runtime::{
     BoxError, Config,
-    cli::{Service as RelayService, Shutdown},
     server::{BoundServer, ServiceHost},
     storage::{Database, QueryBound, Storage},
 };
@@ -348,33 +347,11 @@ impl Application {
         let _ = job.await;
         result
     }
-
-    /// Applies the migrations of the configured backend.
-    ///
-    /// # Errors
-    /// When the database is unreachable or a migration fails.
-    pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        STORAGE.migrate(config).await
-    }
 }
 
-impl RelayService for Application {
-    const NAME: &'static str = "directory";
-    const ABOUT: &'static str = "Referral directory: HSDS 3.0 social services with open-now search, live capacity and referrals (gRPC relay.directory.v1.DirectoryService).";
-
-    async fn build(config: Config) -> Result<Self, BoxError> {
-        Self::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local_addr()
-    }
-
-    async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), BoxError> {
-        self.run_until_stopped(shutdown).await
-    }
-
-    async fn migrate(config: Config) -> Result<(), BoxError> {
-        Self::migrate(&config).await
-    }
-}
+relay_runtime::service!(
+    Application,
+    storage = STORAGE,
+    name = "directory",
+    about = "Referral directory: HSDS 3.0 social services with open-now search, live capacity and referrals (gRPC relay.directory.v1.DirectoryService).",
+);

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     DOMAIN, caller_details,
     core::{Intake, IntakeError},
-    store::{ListFilter, StoreError, micros_of, timestamp_of},
+    store::{ListFilter, StoreError, StoredIncident, micros_of, timestamp_of},
     validate::{
         ListBounds, check_cancel, check_close, check_get_incident, check_list_incidents,
         check_watch, validate_submit, validate_update,
@@ -101,10 +101,6 @@ fn invalid(error: ApiError) -> Status {
 }
 
 /// The caller of `request`, as the auth layer established it.
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    Principal::of_call(request, DOMAIN)
-}
-
 impl IntakeServiceHandler {
     /// Tenancy of an RPC that names an incident by id alone: a CAD-bound principal gets the
     /// same refusal for another CAD's incident as for an unknown id; a region-bound one may
@@ -115,16 +111,15 @@ impl IntakeServiceHandler {
         principal: &Principal,
         incident_id: &str,
     ) -> Result<(), Status> {
-        if !principal.needs_owner() {
-            return Ok(());
-        }
-        let found = self
-            .intake
-            .store
-            .get_incident(incident_id)
+        let read = || async {
+            let found = self.intake.store.get_incident(incident_id).await;
+            found.map_err(|e| status(e.into()))
+        };
+        principal
+            .require_owner_of(read, |s: &StoredIncident| {
+                (s.incident.cad_system.as_str(), s.incident.region.as_str())
+            })
             .await
-            .map_err(|e| status(e.into()))?;
-        check_incident(principal, found.as_ref().map(|s| &s.incident))
     }
 }
 
@@ -148,7 +143,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<SubmitIncidentRequest>,
     ) -> Result<Response<SubmitIncidentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let new = validate_submit(&self.intake, request.into_inner()).map_err(invalid)?;
         principal.require_cad_system(&new.cad_system)?;
         principal.require_region(&new.region)?;
@@ -166,7 +161,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<UpdateIncidentRequest>,
     ) -> Result<Response<UpdateIncidentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let update = validate_update(request.get_ref()).map_err(invalid)?;
         self.require_incident(&principal, &update.incident_id)
             .await?;
@@ -179,7 +174,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<CancelIncidentRequest>,
     ) -> Result<Response<CancelIncidentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_cancel(&request).map_err(invalid)?;
         self.require_incident(&principal, &request.incident_id)
@@ -203,7 +198,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<CloseIncidentRequest>,
     ) -> Result<Response<CloseIncidentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_close(&request).map_err(invalid)?;
         self.require_incident(&principal, &request.incident_id)
@@ -229,7 +224,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<GetIncidentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         let by_id = check_get_incident(&request).map_err(invalid)?;
         if !by_id {
@@ -263,7 +258,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<ListIncidentsRequest>,
     ) -> Result<Response<ListIncidentsResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let mut request = request.into_inner();
         let ListBounds {
             after,
@@ -337,7 +332,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<WatchIncidentEventsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchIncidentEventsResponse>>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_watch(&request).map_err(invalid)?;
         principal.require_cad_system(&request.cad_system)?;
@@ -457,7 +452,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<SubmitEidoRequest>,
     ) -> Result<Response<SubmitEidoResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         if !request.request_id.is_empty() {
             let mut v = Violations::new();
@@ -481,7 +476,7 @@ impl IntakeService for IntakeServiceHandler {
         &self,
         request: Request<GetEidoRequest>,
     ) -> Result<Response<GetEidoResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let incident_id = &request.get_ref().incident_id;
         crate::eido::check_id(incident_id).map_err(invalid)?;
         self.require_incident(&principal, incident_id).await?;

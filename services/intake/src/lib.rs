@@ -25,7 +25,6 @@ use relay_proto::{
 };
 use relay_runtime::{
     BoxError, Config,
-    cli::{Service, Shutdown},
     client::{TracePropagation, channel_for},
     server::{BoundServer, ServiceHost},
     storage::{Database, Storage},
@@ -296,33 +295,11 @@ impl Application {
         while tasks.join_next().await.is_some() {}
         result
     }
-
-    /// Creates the `intake` schema and applies [`MIGRATOR`] (or the SQLite migrations).
-    ///
-    /// # Errors
-    /// When the database is unreachable or a migration fails.
-    pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        STORAGE.migrate(config).await
-    }
 }
 
-impl Service for Application {
-    const NAME: &'static str = "intake";
-    const ABOUT: &'static str = "Call intake: the CAD-facing front door; stores, triages and routes incidents and streams their events (gRPC relay.intake.v1.IntakeService).";
-
-    async fn build(config: Config) -> Result<Self, BoxError> {
-        Self::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local_addr()
-    }
-
-    async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), BoxError> {
-        self.run_until_stopped(shutdown).await
-    }
-
-    async fn migrate(config: Config) -> Result<(), BoxError> {
-        Self::migrate(&config).await
-    }
-}
+relay_runtime::service!(
+    Application,
+    storage = STORAGE,
+    name = "intake",
+    about = "Call intake: the CAD-facing front door; stores, triages and routes incidents and streams their events (gRPC relay.intake.v1.IntakeService).",
+);

@@ -3,7 +3,7 @@
 use std::{pin::Pin, time::Duration};
 
 use relay_proto::routing::{
-    AssignTeamRequest, AssignTeamResponse, CancelRoutingRequest, CancelRoutingResponse,
+    AssignTeamRequest, AssignTeamResponse, Assignment, CancelRoutingRequest, CancelRoutingResponse,
     ConfirmAssignmentRequest, ConfirmAssignmentResponse, GetAssignmentRequest,
     GetAssignmentResponse, ListQueueRequest, ListQueueResponse, ReleaseTeamRequest,
     ReleaseTeamResponse, RestoreAssignmentRequest, RestoreAssignmentResponse,
@@ -22,6 +22,7 @@ use crate::{
         check_get_assignment, check_list_queue, check_release_team,
     },
     error::RoutingError,
+    store::IncidentRecord,
 };
 
 /// How often a watcher polls the record for events written by other replicas.
@@ -45,10 +46,6 @@ impl RoutingServiceHandler {
 }
 
 /// The caller of `request`, as the auth layer established it.
-fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
-    Principal::of_call(request, DOMAIN)
-}
-
 impl RoutingServiceHandler {
     /// Tenancy of an RPC naming an incident routing knows: a region-bound principal acts on
     /// incidents of its regions only (REGION_NOT_ALLOWED); a CAD-bound one on its CAD's only,
@@ -59,20 +56,15 @@ impl RoutingServiceHandler {
         principal: &Principal,
         incident_id: &str,
     ) -> Result<(), Status> {
-        if !principal.needs_owner() {
-            return Ok(());
-        }
-        let record = self
-            .engine
-            .store()
-            .incident(incident_id)
+        let read = || async {
+            let found = self.engine.store().incident(incident_id).await;
+            Ok(found.map_err(RoutingError::Store)?)
+        };
+        principal
+            .require_owner_of(read, |r: &IncidentRecord| {
+                (r.cad_system.as_str(), r.region.as_str())
+            })
             .await
-            .map_err(RoutingError::Store)?;
-        principal.require_owner(
-            record
-                .as_ref()
-                .map(|r| (r.cad_system.as_str(), r.region.as_str())),
-        )
     }
 
     /// [`Self::require_incident`] for an RPC naming an assignment.
@@ -81,20 +73,15 @@ impl RoutingServiceHandler {
         principal: &Principal,
         assignment_id: &str,
     ) -> Result<(), Status> {
-        if !principal.needs_owner() {
-            return Ok(());
-        }
-        let assignment = self
-            .engine
-            .store()
-            .assignment(assignment_id)
+        let read = || async {
+            let found = self.engine.store().assignment(assignment_id).await;
+            Ok(found.map_err(RoutingError::Store)?)
+        };
+        principal
+            .require_owner_of(read, |a: &Assignment| {
+                (a.cad_system.as_str(), a.region.as_str())
+            })
             .await
-            .map_err(RoutingError::Store)?;
-        principal.require_owner(
-            assignment
-                .as_ref()
-                .map(|a| (a.cad_system.as_str(), a.region.as_str())),
-        )
     }
 }
 
@@ -106,7 +93,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<AssignTeamRequest>,
     ) -> Result<Response<AssignTeamResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_assign_team(&request).map_err(RoutingError::from)?;
         principal.require_region(&request.region)?;
@@ -118,7 +105,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<ConfirmAssignmentRequest>,
     ) -> Result<Response<ConfirmAssignmentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_confirm_assignment(&request).map_err(RoutingError::from)?;
         principal.require_team(&request.team_id)?;
@@ -133,7 +120,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<RestoreAssignmentRequest>,
     ) -> Result<Response<RestoreAssignmentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         // Restore checks the same fields as Confirm.
         check_confirm_assignment(&ConfirmAssignmentRequest {
@@ -155,7 +142,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<ReleaseTeamRequest>,
     ) -> Result<Response<ReleaseTeamResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_release_team(&request).map_err(RoutingError::from)?;
         self.require_assignment(&principal, &request.assignment_id)
@@ -167,7 +154,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<CancelRoutingRequest>,
     ) -> Result<Response<CancelRoutingResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_cancel_routing(&request).map_err(RoutingError::from)?;
         self.require_incident(&principal, &request.incident_id)
@@ -179,7 +166,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<GetAssignmentRequest>,
     ) -> Result<Response<GetAssignmentResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_get_assignment(&request).map_err(RoutingError::from)?;
         self.require_assignment(&principal, &request.assignment_id)
@@ -194,7 +181,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<ListQueueRequest>,
     ) -> Result<Response<ListQueueResponse>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         check_list_queue(&request).map_err(RoutingError::from)?;
         principal.require_region(&request.region)?;
@@ -211,7 +198,7 @@ impl RoutingService for RoutingServiceHandler {
         &self,
         request: Request<WatchAssignmentsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let principal = principal(&request)?;
+        let principal = Principal::of_call(&request, DOMAIN)?;
         let request = request.into_inner();
         crate::engine::check_watch_assignments(&request).map_err(RoutingError::from)?;
         principal.require_region(&request.region)?;

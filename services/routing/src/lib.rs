@@ -14,7 +14,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use relay_proto::routing::routing_service_server::RoutingServiceServer;
 use relay_runtime::{
     BoxError, Config,
-    cli::{Service, Shutdown},
     config::ConfigError,
     paging::PageTokens,
     server::{BoundServer, ServiceHost},
@@ -190,14 +189,6 @@ impl Application {
         let _ = upkeep.await;
         result
     }
-
-    /// Creates the `routing` schema and applies [`MIGRATOR`] (or the SQLite migrations).
-    ///
-    /// # Errors
-    /// When the database is unreachable or a migration fails.
-    pub async fn migrate(config: &Config) -> Result<(), BoxError> {
-        STORAGE.migrate(config).await
-    }
 }
 
 /// Offers each team that becomes AVAILABLE to its region's queue.
@@ -244,23 +235,9 @@ async fn upkeep_loop(engine: Engine, interval: Duration, stop: CancellationToken
     }
 }
 
-impl Service for Application {
-    const NAME: &'static str = "routing";
-    const ABOUT: &'static str = "Routing: ranks free teams for a call, claims the chosen one atomically, and queues calls no team can take (gRPC relay.routing.v1.RoutingService).";
-
-    async fn build(config: Config) -> Result<Self, BoxError> {
-        Self::build(config).await
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local_addr()
-    }
-
-    async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), BoxError> {
-        self.run_until_stopped(shutdown).await
-    }
-
-    async fn migrate(config: Config) -> Result<(), BoxError> {
-        Self::migrate(&config).await
-    }
-}
+relay_runtime::service!(
+    Application,
+    storage = STORAGE,
+    name = "routing",
+    about = "Routing: ranks free teams for a call, claims the chosen one atomically, and queues calls no team can take (gRPC relay.routing.v1.RoutingService).",
+);

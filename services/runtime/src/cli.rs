@@ -37,6 +37,54 @@ pub trait Service: Sized + Send + 'static {
     fn migrate(config: Config) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
+/// Implements [`Service`] for a service's `Application`, whose inherent `build(Config)`,
+/// `local_addr()` and `run_until_stopped(Shutdown)` the trait calls, and gives it the inherent
+/// `migrate(&Config)` of its [`Storage`](crate::storage::Storage) (what `relay-<svc> migrate`
+/// and `relay dev` run): the part of every service's `lib.rs` that is not its own.
+///
+/// ```ignore
+/// relay_runtime::service!(Application, storage = STORAGE, name = "routing", about = "Routing: …");
+/// ```
+#[macro_export]
+macro_rules! service {
+    ($app:ty, storage = $storage:expr, name = $name:literal, about = $about:literal $(,)?) => {
+        impl $app {
+            #[doc = concat!("Applies the `", $name, "` migrations to the configured database ")]
+            /// (PostgreSQL, creating the schema, or SQLite).
+            ///
+            /// # Errors
+            /// When the database is unreachable or a migration fails.
+            pub async fn migrate(config: &$crate::Config) -> Result<(), $crate::BoxError> {
+                $storage.migrate(config).await
+            }
+        }
+
+        impl $crate::cli::Service for $app {
+            const NAME: &'static str = $name;
+            const ABOUT: &'static str = $about;
+
+            async fn build(config: $crate::Config) -> Result<Self, $crate::BoxError> {
+                Self::build(config).await
+            }
+
+            fn local_addr(&self) -> std::net::SocketAddr {
+                self.local_addr()
+            }
+
+            async fn run_until_stopped(
+                self,
+                shutdown: $crate::cli::Shutdown,
+            ) -> Result<(), $crate::BoxError> {
+                self.run_until_stopped(shutdown).await
+            }
+
+            async fn migrate(config: $crate::Config) -> Result<(), $crate::BoxError> {
+                Self::migrate(&config).await
+            }
+        }
+    };
+}
+
 #[derive(Debug, Parser)]
 struct Cli {
     /// A TOML configuration file. `RELAY_*` environment variables override its values.

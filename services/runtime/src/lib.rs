@@ -38,6 +38,7 @@ pub mod server;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod tenancy;
 pub mod validate;
 
 pub use config::Config;

@@ -9,7 +9,7 @@ use std::{collections::HashMap, future::Future};
 use prost::Message;
 use relay_proto::intake::{Incident, IncidentEvent, RoutingState};
 use relay_runtime::{idempotency::RequestRecord, sequencer::Sequencer, storage::RowsAffected};
-use sqlx::{Pool, Transaction};
+use sqlx::Transaction;
 
 use super::{
     Change, ChangeOutcome, Consumed, CreateOutcome, IncidentRow, IncidentStore, ListFilter,
@@ -56,40 +56,10 @@ pub trait Dialect: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-/// Intake's store on one sqlx database (see [`super::PostgresStore`] and
-/// [`super::SqliteStore`]).
-pub struct SqlStore<DB: sqlx::Database> {
-    pool: Pool<DB>,
-}
-
-impl<DB: sqlx::Database> Clone for SqlStore<DB> {
-    fn clone(&self) -> Self {
-        Self {
-            pool: self.pool.clone(),
-        }
-    }
-}
-
-impl<DB: sqlx::Database> std::fmt::Debug for SqlStore<DB> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlStore")
-            .field("pool", &self.pool)
-            .finish()
-    }
-}
-
-impl<DB: sqlx::Database> SqlStore<DB> {
-    /// A store on `pool` (migrated separately).
-    #[must_use]
-    pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
-    }
-
-    /// The pool.
-    #[must_use]
-    pub fn pool(&self) -> &Pool<DB> {
-        &self.pool
-    }
+relay_runtime::sql_store! {
+    /// Intake's store on one sqlx database (see [`super::PostgresStore`] and
+    /// [`super::SqliteStore`]).
+    pub struct SqlStore;
 }
 
 // The transaction steps the dialects share; their bounds name the crate-private row types,

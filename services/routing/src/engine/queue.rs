@@ -25,14 +25,7 @@ impl Engine {
         let more = page.len() > size;
         page.truncate(size);
         let next_page_token = match page.last() {
-            Some(last) if more => self.page_tokens.encode(
-                &scope,
-                &QueueCursor {
-                    priority: last.priority,
-                    queued_time: last.queued_time.unwrap_or_default(),
-                    incident_id: last.incident_id.clone(),
-                },
-            ),
+            Some(last) if more => self.page_tokens.encode(&scope, &QueueCursor::after(last)),
             _ => String::new(),
         };
         Ok(ListQueueResponse {
@@ -100,45 +93,21 @@ impl Engine {
             let Some(last) = page.last() else {
                 return Ok(None);
             };
-            let after = Some(QueueCursor {
-                priority: last.priority,
-                queued_time: last.queued_time.unwrap_or_default(),
-                incident_id: last.incident_id.clone(),
-            });
+            let after = Some(QueueCursor::after(last));
             for incident in &page {
-                let now = self.now();
-                let mut ranking = self.rank_teams(
-                    std::slice::from_ref(&snapshot),
-                    &settings,
-                    incident.location,
-                    &incident.required_capabilities,
-                    &incident.preferred_capabilities,
-                    incident.expected_duration_seconds,
-                    now,
-                );
-                if ranking.eligible().next().is_none() {
-                    continue;
-                }
-                match self
-                    .claim_and_record(
-                        &mut ranking,
-                        incident,
-                        incident.version,
-                        AssignmentSource::Queue,
-                        &settings,
-                        None,
-                        &|_, _| Vec::new(),
-                    )
-                    .await
-                {
-                    Ok(Attempt::Done(assignment)) => {
+                let teams = std::slice::from_ref(&snapshot);
+                match self.assign_queued(teams, &settings, incident).await {
+                    Ok(Some(Attempt::Done(assignment))) => {
                         tracing::info!(incident_id = %assignment.incident_id, team_id = %assignment.team_id, %region, "queued incident assigned");
                         return Ok(Some(assignment));
                     }
                     // The team was taken (or its claim refused): nothing more to do for it.
-                    Ok(Attempt::NoTeam) | Err(RoutingError::ClaimConflict) => return Ok(None),
-                    // The incident changed (another replica took it): try the next one.
-                    Ok(Attempt::Retry) => {}
+                    Ok(Some(Attempt::NoTeam)) | Err(RoutingError::ClaimConflict) => {
+                        return Ok(None);
+                    }
+                    // The team does not suit it, or the incident changed (another replica
+                    // took it): try the next one.
+                    Ok(None | Some(Attempt::Retry)) => {}
                     Err(error) => return Err(error),
                 }
             }
@@ -172,42 +141,52 @@ impl Engine {
             if !teams.iter().any(|t| t.status == TeamStatus::Available) {
                 break;
             }
-            let now = self.now();
-            let mut ranking = self.rank_teams(
-                &teams,
-                &settings,
-                incident.location,
-                &incident.required_capabilities,
-                &incident.preferred_capabilities,
-                incident.expected_duration_seconds,
-                now,
-            );
-            if ranking.eligible().next().is_none() {
-                continue;
-            }
-            match self
-                .claim_and_record(
-                    &mut ranking,
-                    incident,
-                    incident.version,
-                    AssignmentSource::Queue,
-                    &settings,
-                    None,
-                    &|_, _| Vec::new(),
-                )
-                .await
-            {
-                Ok(Attempt::Done(assignment)) => {
+            match self.assign_queued(&teams, &settings, incident).await {
+                Ok(Some(Attempt::Done(assignment))) => {
                     assigned += 1;
                     if let Some(taken) = teams.iter_mut().find(|t| t.team_id == assignment.team_id)
                     {
                         taken.status = TeamStatus::Dispatched;
                     }
                 }
-                Ok(Attempt::Retry | Attempt::NoTeam) | Err(RoutingError::ClaimConflict) => {}
+                Ok(None | Some(Attempt::Retry | Attempt::NoTeam))
+                | Err(RoutingError::ClaimConflict) => {}
                 Err(error) => return Err(error),
             }
         }
         Ok(assigned)
+    }
+
+    /// Ranks `teams` for a queued incident and, when one is eligible, claims the best and
+    /// records the assignment (source QUEUE). None when no team is eligible.
+    async fn assign_queued(
+        &self,
+        teams: &[TeamSnapshot],
+        settings: &RegionSettings,
+        incident: &IncidentRecord,
+    ) -> Result<Option<Attempt<Assignment>>, RoutingError> {
+        let mut ranking = self.rank_teams(
+            teams,
+            settings,
+            incident.location,
+            &incident.required_capabilities,
+            &incident.preferred_capabilities,
+            incident.expected_duration_seconds,
+            self.now(),
+        );
+        if ranking.eligible().next().is_none() {
+            return Ok(None);
+        }
+        self.claim_and_record(
+            &mut ranking,
+            incident,
+            incident.version,
+            AssignmentSource::Queue,
+            settings,
+            None,
+            &|_, _| Vec::new(),
+        )
+        .await
+        .map(Some)
     }
 }

@@ -14,7 +14,7 @@ use relay_runtime::{
     sequencer::{Numbered, Sequencer},
     storage::RowsAffected,
 };
-use sqlx::{Pool, Row};
+use sqlx::Row;
 
 use super::{
     IncidentRecord, Lookup, QueueCursor, RecordRow, RequestRecord, Store, StoreError, Write,
@@ -59,41 +59,10 @@ pub trait Dialect: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 }
 
-/// Routing's record on one sqlx database (see [`super::PostgresStore`] and
-/// [`super::SqliteStore`]).
-pub struct SqlStore<DB: sqlx::Database> {
-    pool: Pool<DB>,
-}
-
-impl<DB: sqlx::Database> Clone for SqlStore<DB> {
-    fn clone(&self) -> Self {
-        Self {
-            pool: self.pool.clone(),
-        }
-    }
-}
-
-impl<DB: sqlx::Database> std::fmt::Debug for SqlStore<DB> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlStore")
-            .field("pool", &self.pool)
-            .finish()
-    }
-}
-
-impl<DB: sqlx::Database> SqlStore<DB> {
-    /// A store over `pool` (migrated separately; on PostgreSQL its search_path is the
-    /// `routing` schema).
-    #[must_use]
-    pub fn new(pool: Pool<DB>) -> Self {
-        Self { pool }
-    }
-
-    /// The pool.
-    #[must_use]
-    pub fn pool(&self) -> &Pool<DB> {
-        &self.pool
-    }
+relay_runtime::sql_store! {
+    /// Routing's record on one sqlx database (see [`super::PostgresStore`] and
+    /// [`super::SqliteStore`]).
+    pub struct SqlStore;
 }
 
 /// The decoded event of a numbered row.
