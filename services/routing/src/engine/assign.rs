@@ -265,156 +265,6 @@ impl Engine {
         Ok(Some(params.routed(0, self.now())))
     }
 
-    /// Undoes a claim after the record refused or failed (best effort: reconciliation
-    /// repairs what this cannot).
-    pub(super) async fn undo_claim(&self, region: &str, team_id: &str, incident_id: &str) {
-        if let Err(error) = self.release_claim(region, team_id, incident_id, true).await {
-            tracing::warn!(%region, %team_id, %incident_id, %error, "could not undo a claim; reconciliation will release the team");
-        }
-    }
-
-    /// Claims the best eligible team of `ranking` for the incident and records the
-    /// assignment, trying the next team when one was lost to another call.
-    /// `respond` builds the remembered response (None for the queue's own assignments).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn claim_and_record(
-        &self,
-        ranking: &mut Ranking,
-        record: &IncidentRecord,
-        expected_version: i64,
-        source: AssignmentSource,
-        region: &RegionSettings,
-        request: Option<(&str, &str)>,
-        respond: &(dyn Fn(&Ranking, &Assignment) -> Vec<u8> + Send + Sync),
-    ) -> Result<Attempt<Assignment>, RoutingError> {
-        loop {
-            let Some(best) = ranking.eligible().next().cloned() else {
-                // A partial ranking that ran out of teams (lost to other calls) says nothing
-                // of the rest of the region: rank again.
-                return Ok(if ranking.horizon.is_some() {
-                    Attempt::Retry
-                } else {
-                    Attempt::NoTeam
-                });
-            };
-            if !ranking.settled(&best) {
-                return Ok(Attempt::Retry);
-            }
-            let now = self.now();
-            let claim = self
-                .claim_team(
-                    &record.region,
-                    &best.team_id,
-                    &record.incident_id,
-                    now,
-                    ClaimFor::Call {
-                        max_position_age: Some(region.staleness_limit()),
-                    },
-                )
-                .await?;
-            let Ok(fencing_token) = claim else {
-                ranking.mark_claimed_by_another_call(&best.team_id);
-                continue;
-            };
-            // The assignment starts once the claim is known to hold, not when it was sent: a
-            // claim can wait behind a busy Redis, and the team's previous call may have ended
-            // (and been freed) in the meantime. Both ends of every interval are then read after
-            // the Redis change that bounds them, so one team's intervals never overlap.
-            let now = now.max(self.now());
-            let assignment = Assignment {
-                assignment_id: uuid::Uuid::now_v7().to_string(),
-                incident_id: record.incident_id.clone(),
-                team_id: best.team_id.clone(),
-                region: record.region.clone(),
-                distance_meters: best.distance_meters,
-                eta_seconds: i32::try_from(best.eta_seconds).unwrap_or(i32::MAX),
-                assigned_at: Some(to_timestamp(now)),
-                fencing_token,
-                state: AssignmentState::Active.into(),
-                source: source.into(),
-                cad_system: record.cad_system.clone(),
-                end_time: None,
-                end_reason: String::new(),
-                end_cause: 0,
-                cad_incident_id: record.cad_incident_id.clone(),
-            };
-            match self
-                .record_assignment(
-                    record,
-                    expected_version,
-                    &assignment,
-                    request,
-                    respond(ranking, &assignment),
-                )
-                .await
-            {
-                Ok(()) => {
-                    crate::metrics::assigned(&assignment);
-                    return Ok(Attempt::Done(assignment));
-                }
-                Err(error) => {
-                    self.undo_claim(&record.region, &best.team_id, &record.incident_id)
-                        .await;
-                    match error {
-                        StoreError::TeamBusy => {
-                            crate::metrics::claim_refused(&record.region, "TEAM_BUSY");
-                            ranking.mark_claimed_by_another_call(&best.team_id);
-                        }
-                        StoreError::VersionConflict | StoreError::IncidentBusy => {
-                            return Ok(Attempt::Retry);
-                        }
-                        StoreError::StaleToken => {
-                            crate::metrics::claim_refused(&record.region, "STALE_FENCING_TOKEN");
-                            return Err(RoutingError::ClaimConflict);
-                        }
-                        other => return Err(other.into()),
-                    }
-                }
-            }
-        }
-    }
-
-    pub(super) async fn record_assignment(
-        &self,
-        record: &IncidentRecord,
-        expected_version: i64,
-        assignment: &Assignment,
-        request: Option<(&str, &str)>,
-        response: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        let now = from_timestamp(assignment.assigned_at.as_ref());
-        let mut incident = record.clone();
-        incident.state = IncidentState::Assigned;
-        incident.unserved_reason = 0;
-        incident.update_time = now;
-        self.write(Write {
-            region: record.region.clone(),
-            request: request.map(|(request_id, fingerprint)| RequestRecord {
-                request_id: request_id.to_owned(),
-                fingerprint: fingerprint.as_bytes().to_vec(),
-                response,
-            }),
-            incident: Some(IncidentWrite {
-                record: incident,
-                expected_version,
-            }),
-            end_assignment: None,
-            new_assignment: Some(assignment.clone()),
-            events: vec![AssignmentEvent {
-                event_id: String::new(),
-                kind: AssignmentEventKind::Assigned.into(),
-                incident_id: record.incident_id.clone(),
-                cad_system: record.cad_system.clone(),
-                assignment: Some(assignment.clone()),
-                queued: None,
-                reason: 0,
-                event_time: Some(to_timestamp(now)),
-                cad_incident_id: record.cad_incident_id.clone(),
-            }],
-        })
-        .await
-    }
-
     pub(super) fn validate_assign(
         &self,
         request: &AssignTeamRequest,
@@ -475,152 +325,229 @@ impl Engine {
                 record.cad_incident_id.clone_from(&existing.cad_incident_id);
             }
             let mut ranking = ranking?;
-            if params.recommend {
-                if let Some(best) = ranking.eligible().next() {
-                    let eligible = ranking.eligible().count();
-                    let response = AssignTeamResponse {
-                        outcome: AssignmentOutcome::Recommended.into(),
-                        assignment: None,
-                        queued: None,
-                        candidates: candidates(&ranking),
-                        unserved_reason: 0,
-                        rationale: format!(
-                            "recommended {} (ETA {}), the best of {eligible} eligible teams",
-                            best.display_name,
-                            minutes(best.eta_seconds)
-                        ),
-                    };
-                    if expected_version == 0 {
-                        // A first recommendation claims nothing and records nothing: the
-                        // request is remembered beside the teams' live state, where
-                        // ConfirmAssignment and CancelRouting on any replica find it. A
-                        // retry ranks again.
-                        self.fleet
-                            .remember_recommendation(
-                                &params.incident_id,
-                                &request.encode_to_vec(),
-                                RECOMMENDATION_TTL,
-                                self.now(),
-                            )
-                            .await?;
-                        return Ok(response);
-                    }
-                    let write = Write {
-                        region: params.region.clone(),
-                        request: Some(RequestRecord {
-                            request_id: request.request_id.clone(),
-                            fingerprint: fingerprint.clone().into_bytes(),
-                            response: response.encode_to_vec(),
-                        }),
-                        incident: Some(IncidentWrite {
-                            record,
-                            expected_version,
-                        }),
-                        ..Write::default()
-                    };
-                    match self.write(write).await {
-                        Ok(()) => return Ok(response),
-                        Err(StoreError::VersionConflict) => continue,
-                        Err(StoreError::DuplicateRequest) => {
-                            return self.replay(&request.request_id, &fingerprint).await;
-                        }
-                        Err(error) => return Err(error.into()),
-                    }
-                }
+            let call = Call {
+                request: &request,
+                fingerprint: &fingerprint,
+                params: &params,
+                region: &region,
+                expected_version,
+                now,
+            };
+            let turn = if params.recommend {
+                self.recommend(&call, &ranking, &record).await?
             } else {
-                let respond = |ranking: &Ranking, assignment: &Assignment| {
-                    AssignTeamResponse {
-                        outcome: AssignmentOutcome::Assigned.into(),
-                        assignment: Some(assignment.clone()),
-                        queued: None,
-                        candidates: candidates(ranking),
-                        unserved_reason: 0,
-                        rationale: assigned_rationale(ranking, &assignment.team_id),
-                    }
-                    .encode_to_vec()
-                };
-                let attempt = self
-                    .claim_and_record(
-                        &mut ranking,
-                        &record,
-                        expected_version,
-                        AssignmentSource::AutoAssign,
-                        &region,
-                        Some((&request.request_id, &fingerprint)),
-                        &respond,
-                    )
-                    .await;
-                match attempt {
-                    Ok(Attempt::Done(assignment)) => {
-                        tracing::info!(incident_id = %assignment.incident_id, team_id = %assignment.team_id, region = %assignment.region, "team assigned");
-                        return Ok(AssignTeamResponse::decode(
-                            respond(&ranking, &assignment).as_slice(),
-                        )
-                        .unwrap_or_default());
-                    }
-                    Ok(Attempt::Retry) => continue,
-                    Ok(Attempt::NoTeam) => {}
-                    Err(RoutingError::Store(StoreError::DuplicateRequest)) => {
-                        return self.replay(&request.request_id, &fingerprint).await;
-                    }
-                    Err(error) => return Err(error),
-                }
+                self.auto_assign(&call, &mut ranking, &record).await?
+            };
+            match turn {
+                Turn::Answer(response) => return Ok(*response),
+                Turn::Retry => continue,
+                Turn::Unserved => {}
             }
-            // No eligible team: queue (keeping the first queued_time).
-            let reason = ranking.unserved().unwrap_or(UnservedReason::AllBusy);
-            let queued_time = was_queued.unwrap_or(now);
-            record.state = IncidentState::Queued;
-            record.queued_time = Some(queued_time);
-            record.escalate_time = Some(
-                queued_time
-                    + duration(region.escalation_limit(u8::try_from(params.priority).unwrap_or(5))),
-            );
-            record.unserved_reason = reason.into();
-            let queued = queued_entry(&record);
-            let response = AssignTeamResponse {
-                outcome: AssignmentOutcome::Queued.into(),
-                assignment: None,
-                queued: Some(queued.clone()),
-                candidates: candidates(&ranking),
-                unserved_reason: reason.into(),
-                rationale: format!("queued: {}", unserved_text(reason)),
-            };
-            let write = Write {
-                region: params.region.clone(),
-                request: Some(RequestRecord {
-                    request_id: request.request_id.clone(),
-                    fingerprint: fingerprint.clone().into_bytes(),
-                    response: response.encode_to_vec(),
-                }),
-                incident: Some(IncidentWrite {
-                    record,
-                    expected_version,
-                }),
-                events: vec![AssignmentEvent {
-                    event_id: String::new(),
-                    kind: AssignmentEventKind::Queued.into(),
-                    incident_id: params.incident_id.clone(),
-                    cad_system: queued.cad_system.clone(),
-                    cad_incident_id: queued.cad_incident_id.clone(),
-                    assignment: None,
-                    queued: Some(queued),
-                    reason: reason.into(),
-                    event_time: Some(to_timestamp(now)),
-                }],
-                ..Write::default()
-            };
-            match self.write(write).await {
-                Ok(()) => {
-                    tracing::info!(incident_id = %params.incident_id, region = %params.region, reason = reason.as_str_name(), "incident queued");
-                    return Ok(response);
-                }
-                Err(StoreError::VersionConflict) => {}
-                Err(StoreError::DuplicateRequest) => {
-                    return self.replay(&request.request_id, &fingerprint).await;
-                }
-                Err(error) => return Err(error.into()),
+            if let Turn::Answer(response) = self
+                .queue_unserved(&call, &ranking, record, was_queued)
+                .await?
+            {
+                return Ok(*response);
             }
         }
         Err(RoutingError::Contended)
     }
+
+    /// RECOMMEND: the best eligible team, claimed by nothing. A first recommendation is
+    /// remembered beside the teams' live state; a later one is recorded with the incident.
+    async fn recommend(
+        &self,
+        call: &Call<'_>,
+        ranking: &Ranking,
+        record: &IncidentRecord,
+    ) -> Result<Turn, RoutingError> {
+        let Some(best) = ranking.eligible().next() else {
+            return Ok(Turn::Unserved);
+        };
+        let eligible = ranking.eligible().count();
+        let response = AssignTeamResponse {
+            outcome: AssignmentOutcome::Recommended.into(),
+            assignment: None,
+            queued: None,
+            candidates: candidates(ranking),
+            unserved_reason: 0,
+            rationale: format!(
+                "recommended {} (ETA {}), the best of {eligible} eligible teams",
+                best.display_name,
+                minutes(best.eta_seconds)
+            ),
+        };
+        if call.expected_version == 0 {
+            // A first recommendation claims nothing and records nothing: the request is
+            // remembered beside the teams' live state, where ConfirmAssignment and
+            // CancelRouting on any replica find it. A retry ranks again.
+            self.fleet
+                .remember_recommendation(
+                    &call.params.incident_id,
+                    &call.request.encode_to_vec(),
+                    RECOMMENDATION_TTL,
+                    self.now(),
+                )
+                .await?;
+            return Ok(Turn::Answer(Box::new(response)));
+        }
+        let write = Write {
+            region: call.params.region.clone(),
+            request: Some(call.remembered(&response)),
+            incident: Some(IncidentWrite {
+                record: record.clone(),
+                expected_version: call.expected_version,
+            }),
+            ..Write::default()
+        };
+        match self.write(write).await {
+            Ok(()) => Ok(Turn::Answer(Box::new(response))),
+            Err(StoreError::VersionConflict) => Ok(Turn::Retry),
+            Err(StoreError::DuplicateRequest) => self.replay_call(call).await,
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// AUTO_ASSIGN: claims the best eligible team and records the assignment.
+    async fn auto_assign(
+        &self,
+        call: &Call<'_>,
+        ranking: &mut Ranking,
+        record: &IncidentRecord,
+    ) -> Result<Turn, RoutingError> {
+        let respond = |ranking: &Ranking, assignment: &Assignment| {
+            AssignTeamResponse {
+                outcome: AssignmentOutcome::Assigned.into(),
+                assignment: Some(assignment.clone()),
+                queued: None,
+                candidates: candidates(ranking),
+                unserved_reason: 0,
+                rationale: assigned_rationale(ranking, &assignment.team_id),
+            }
+            .encode_to_vec()
+        };
+        let attempt = self
+            .claim_and_record(
+                ranking,
+                record,
+                call.expected_version,
+                AssignmentSource::AutoAssign,
+                call.region,
+                Some((&call.request.request_id, call.fingerprint)),
+                &respond,
+            )
+            .await;
+        match attempt {
+            Ok(Attempt::Done(assignment)) => {
+                tracing::info!(incident_id = %assignment.incident_id, team_id = %assignment.team_id, region = %assignment.region, "team assigned");
+                Ok(Turn::Answer(Box::new(
+                    AssignTeamResponse::decode(respond(ranking, &assignment).as_slice())
+                        .unwrap_or_default(),
+                )))
+            }
+            Ok(Attempt::Retry) => Ok(Turn::Retry),
+            Ok(Attempt::NoTeam) => Ok(Turn::Unserved),
+            Err(RoutingError::Store(StoreError::DuplicateRequest)) => self.replay_call(call).await,
+            Err(error) => Err(error),
+        }
+    }
+
+    /// No eligible team: queues the incident (keeping the first queued_time).
+    async fn queue_unserved(
+        &self,
+        call: &Call<'_>,
+        ranking: &Ranking,
+        mut record: IncidentRecord,
+        was_queued: Option<DateTime<Utc>>,
+    ) -> Result<Turn, RoutingError> {
+        let params = call.params;
+        let reason = ranking.unserved().unwrap_or(UnservedReason::AllBusy);
+        let queued_time = was_queued.unwrap_or(call.now);
+        record.state = IncidentState::Queued;
+        record.queued_time = Some(queued_time);
+        record.escalate_time = Some(
+            queued_time
+                + duration(
+                    call.region
+                        .escalation_limit(u8::try_from(params.priority).unwrap_or(5)),
+                ),
+        );
+        record.unserved_reason = reason.into();
+        let queued = queued_entry(&record);
+        let response = AssignTeamResponse {
+            outcome: AssignmentOutcome::Queued.into(),
+            assignment: None,
+            queued: Some(queued.clone()),
+            candidates: candidates(ranking),
+            unserved_reason: reason.into(),
+            rationale: format!("queued: {}", unserved_text(reason)),
+        };
+        let write = Write {
+            region: params.region.clone(),
+            request: Some(call.remembered(&response)),
+            incident: Some(IncidentWrite {
+                record,
+                expected_version: call.expected_version,
+            }),
+            events: vec![AssignmentEvent {
+                event_id: String::new(),
+                kind: AssignmentEventKind::Queued.into(),
+                incident_id: params.incident_id.clone(),
+                cad_system: queued.cad_system.clone(),
+                cad_incident_id: queued.cad_incident_id.clone(),
+                assignment: None,
+                queued: Some(queued),
+                reason: reason.into(),
+                event_time: Some(to_timestamp(call.now)),
+            }],
+            ..Write::default()
+        };
+        match self.write(write).await {
+            Ok(()) => {
+                tracing::info!(incident_id = %params.incident_id, region = %params.region, reason = reason.as_str_name(), "incident queued");
+                Ok(Turn::Answer(Box::new(response)))
+            }
+            Err(StoreError::VersionConflict) => Ok(Turn::Retry),
+            Err(StoreError::DuplicateRequest) => self.replay_call(call).await,
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The remembered answer of a request another replica (or an earlier try) recorded.
+    async fn replay_call(&self, call: &Call<'_>) -> Result<Turn, RoutingError> {
+        self.replay(&call.request.request_id, call.fingerprint)
+            .await
+            .map(|response| Turn::Answer(Box::new(response)))
+    }
+}
+
+/// One attempt of AssignTeam: the request and what was read for it.
+struct Call<'a> {
+    request: &'a AssignTeamRequest,
+    fingerprint: &'a str,
+    params: &'a Params,
+    region: &'a RegionSettings,
+    expected_version: i64,
+    now: DateTime<Utc>,
+}
+
+impl Call<'_> {
+    /// The request's answer, to remember with the change.
+    fn remembered(&self, response: &AssignTeamResponse) -> RequestRecord {
+        RequestRecord {
+            request_id: self.request.request_id.clone(),
+            fingerprint: self.fingerprint.as_bytes().to_vec(),
+            response: response.encode_to_vec(),
+        }
+    }
+}
+
+/// What one attempt of AssignTeam came to.
+enum Turn {
+    /// The answer to give.
+    Answer(Box<AssignTeamResponse>),
+    /// The incident changed since it was read: read and try again.
+    Retry,
+    /// No team could take it: queue it.
+    Unserved,
 }

@@ -94,6 +94,7 @@ enum Attempt<T> {
 
 mod assign;
 mod check;
+mod claim;
 mod confirm;
 mod maintenance;
 mod queue;
