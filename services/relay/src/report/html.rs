@@ -98,8 +98,31 @@ pub(super) fn breakdown_rows(report: &Report, metric: &str, breakdown: &str) -> 
         .collect()
 }
 
-#[allow(clippy::too_many_lines)] // the page, top to bottom
 pub(super) fn html(report: &Report) -> anyhow::Result<String> {
+    let mut page = String::new();
+    head(&mut page, report);
+    headline(&mut page, report);
+    charts(&mut page, report)?;
+    page.push_str(
+        "<h2>Figures</h2>\n<div class=\"columns\"><div>\n<h3>Calls by triage decision</h3>",
+    );
+    figures_of_calls(&mut page, report);
+    page.push_str("</div><div>\n<h3>Response times</h3>");
+    figures_of_times(&mut page, report);
+    page.push_str("</div></div>\n");
+    let _ = write!(
+        page,
+        "<footer>Computed {} from Relay intake's incident record. Times of day are in {}. \
+         Each figure is defined in docs/program-metrics.md; `relay report --format csv` gives every figure as data. \
+         This report holds no caller names, phone numbers, narratives or notes.</footer>\n</body></html>\n",
+        report.create_time.to_rfc3339(),
+        report.request.time_zone.name()
+    );
+    Ok(page)
+}
+
+/// The page's head, style and title line.
+fn head(page: &mut String, report: &Report) {
     let zone = report.request.time_zone;
     let local = |t: DateTime<Utc>| {
         t.with_timezone(&zone)
@@ -112,17 +135,6 @@ pub(super) fn html(report: &Report) -> anyhow::Result<String> {
         format!("Region {}", report.request.region)
     };
     let (received, _) = value_of(report, "calls_received", "", "");
-    let (eligible, _) = value_of(report, "eligible_calls", "", "");
-    let (served, _) = value_of(report, "eligible_calls_served", "", "");
-    let (share, share_n) = value_of(report, "eligible_calls_served_share", "", "");
-    let (unserved, _) = value_of(report, "eligible_calls_unserved", "", "");
-    let (on_scene, on_scene_n) = value_of(report, "received_to_on_scene_p50", "", "");
-    let (on_scene90, _) = value_of(report, "received_to_on_scene_p90", "", "");
-    let (referrals, referrals_n) = value_of(report, "referrals_per_served_call", "", "");
-    let (co, _) = value_of(report, "co_response_share", "", "");
-    let none = "—".to_owned();
-
-    let mut page = String::new();
     let _ = write!(
         page,
         r#"<!DOCTYPE html>
@@ -157,6 +169,20 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
         to = local(report.request.to),
         zone = zone.name(),
     );
+}
+
+/// The headline figures, as cards.
+fn headline(page: &mut String, report: &Report) {
+    let (received, _) = value_of(report, "calls_received", "", "");
+    let (eligible, _) = value_of(report, "eligible_calls", "", "");
+    let (served, _) = value_of(report, "eligible_calls_served", "", "");
+    let (share, share_n) = value_of(report, "eligible_calls_served_share", "", "");
+    let (unserved, _) = value_of(report, "eligible_calls_unserved", "", "");
+    let (on_scene, on_scene_n) = value_of(report, "received_to_on_scene_p50", "", "");
+    let (on_scene90, _) = value_of(report, "received_to_on_scene_p90", "", "");
+    let (referrals, referrals_n) = value_of(report, "referrals_per_served_call", "", "");
+    let (co, _) = value_of(report, "co_response_share", "", "");
+    let none = NONE.to_owned();
     let cards = [
         (format!("{received:.0}"), "calls received".to_owned()),
         (
@@ -218,7 +244,11 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
         );
     }
     page.push_str("</div>\n");
+}
 
+/// The charts, each under its title with its caption.
+fn charts(page: &mut String, report: &Report) -> anyhow::Result<()> {
+    let zone = report.request.time_zone;
     let charts = [
         (
             "chart-trend",
@@ -265,15 +295,17 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
             escape(caption)
         );
     }
+    Ok(())
+}
 
-    page.push_str(
-        "<h2>Figures</h2>\n<div class=\"columns\"><div>\n<h3>Calls by triage decision</h3>",
-    );
+/// The left column of the figures: calls by triage decision, unserved reasons, outcomes.
+fn figures_of_calls(page: &mut String, report: &Report) {
+    let none = NONE.to_owned();
     let rows: Vec<Vec<String>> = breakdown_rows(report, "calls_triaged", "disposition")
         .into_iter()
         .map(|(k, v)| vec![k.replace('_', " ").to_lowercase(), format!("{v:.0}")])
         .collect();
-    table(&mut page, &["decision", "calls"], &rows);
+    table(page, &["decision", "calls"], &rows);
     page.push_str("<h3>Why eligible calls were not served</h3>");
     let rows: Vec<Vec<String>> = report
         .unserved_by_reason
@@ -292,7 +324,7 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
             ]
         })
         .collect();
-    table(&mut page, &["reason", "calls", "median wait"], &rows);
+    table(page, &["reason", "calls", "median wait"], &rows);
     page.push_str(
         "<p class=\"note\">Reasons with no call are left out; the CSV lists them all.</p>",
     );
@@ -301,7 +333,7 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
         .into_iter()
         .map(|(k, v)| vec![k.replace('_', " ").to_lowercase(), format!("{v:.0}")])
         .collect();
-    table(&mut page, &["outcome", "calls"], &rows);
+    table(page, &["outcome", "calls"], &rows);
     let (alert_calls, _) = value_of(report, "calls_with_safety_alert", "", "");
     let (alerts, _) = value_of(report, "safety_alerts_raised", "", "");
     let _ = write!(
@@ -309,7 +341,12 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
         "<p class=\"note\">Safety alerts after a team was sent (a new risk reported while \
          it was assigned): {alerts:.0} on {alert_calls:.0} calls.</p>"
     );
-    page.push_str("</div><div>\n<h3>Response times</h3>");
+}
+
+/// The right column of the figures: response times, by step and by priority, and calls by
+/// incident type.
+fn figures_of_times(page: &mut String, report: &Report) {
+    let none = NONE.to_owned();
     let rows: Vec<Vec<String>> = report::SEGMENTS
         .iter()
         .map(|(name, _, _)| {
@@ -334,7 +371,7 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
         })
         .collect();
     table(
-        &mut page,
+        page,
         &["step", "median", "90th pct", "calls", "times from"],
         &rows,
     );
@@ -360,11 +397,7 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
             ]
         })
         .collect();
-    table(
-        &mut page,
-        &["priority", "median", "90th pct", "calls"],
-        &rows,
-    );
+    table(page, &["priority", "median", "90th pct", "calls"], &rows);
     page.push_str("<h3>Calls by incident type</h3>");
     let mut rows = breakdown_rows(report, "calls_received", "incident_type");
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -372,15 +405,8 @@ footer {{ color: #718096; font-size: 13px; margin-top: 36px; }}
         .into_iter()
         .map(|(k, v)| vec![k, format!("{v:.0}")])
         .collect();
-    table(&mut page, &["type (APCO)", "calls"], &rows);
-    page.push_str("</div></div>\n");
-    let _ = write!(
-        page,
-        "<footer>Computed {} from Relay intake's incident record. Times of day are in {}. \
-         Each figure is defined in docs/program-metrics.md; `relay report --format csv` gives every figure as data. \
-         This report holds no caller names, phone numbers, narratives or notes.</footer>\n</body></html>\n",
-        report.create_time.to_rfc3339(),
-        zone.name()
-    );
-    Ok(page)
+    table(page, &["type (APCO)", "calls"], &rows);
 }
+
+/// What a figure without a call shows.
+const NONE: &str = "—";
