@@ -198,21 +198,31 @@ impl ReportBuilder {
     #[allow(clippy::too_many_lines)] // one list of every figure, in the document's order
     pub(super) fn figures(&self) -> Vec<ReportFigure> {
         let mut out = Vec::new();
-        let count =
-            |out: &mut Vec<ReportFigure>, metric: &str, breakdown: &str, key: &str, n: u64| {
-                out.push(figure(metric, breakdown, key, as_f64(n), "calls", n, ""));
-            };
-        // Volume.
-        count(&mut out, "calls_received", "", "", self.received);
+        self.volume(&mut out);
+        self.reach(&mut out);
+        self.speed(&mut out);
+        self.outcomes(&mut out);
+        self.connections(&mut out);
+        self.when(&mut out);
+        self.trend(&mut out);
+        out
+    }
+
+    /// Volume: calls received, triaged, eligible, by type.
+    fn volume(&self, out: &mut Vec<ReportFigure>) {
+        count(out, "calls_received", "", "", self.received);
         for (key, n) in &self.by_disposition {
-            count(&mut out, "calls_triaged", "disposition", key, *n);
+            count(out, "calls_triaged", "disposition", key, *n);
         }
-        count(&mut out, "eligible_calls", "", "", self.eligible);
+        count(out, "eligible_calls", "", "", self.eligible);
         for (key, n) in &self.by_type {
-            count(&mut out, "calls_received", "incident_type", key, *n);
+            count(out, "calls_received", "incident_type", key, *n);
         }
-        // Reach.
-        count(&mut out, "eligible_calls_served", "", "", self.served);
+    }
+
+    /// Reach: eligible calls served or not, why, and how long they waited.
+    fn reach(&self, out: &mut Vec<ReportFigure>) {
+        count(out, "eligible_calls_served", "", "", self.served);
         out.push(share(
             "eligible_calls_served_share",
             "",
@@ -221,34 +231,21 @@ impl ReportBuilder {
             self.eligible,
         ));
         count(
-            &mut out,
+            out,
             "eligible_calls_unserved",
             "",
             "",
             self.eligible - self.served,
         );
         for (key, n) in &self.unserved_by_reason {
-            count(
-                &mut out,
-                "eligible_calls_unserved",
-                "unserved_reason",
-                key,
-                *n,
-            );
+            count(out, "eligible_calls_unserved", "unserved_reason", key, *n);
         }
-        count(&mut out, "eligible_calls_escalated", "", "", self.escalated);
-        count(&mut out, "review_timeouts", "", "", self.review_timeouts);
-        push_percentiles(
-            &mut out,
-            "unserved_wait",
-            "",
-            "",
-            &self.unserved_wait,
-            "record",
-        );
+        count(out, "eligible_calls_escalated", "", "", self.escalated);
+        count(out, "review_timeouts", "", "", self.review_timeouts);
+        push_percentiles(out, "unserved_wait", "", "", &self.unserved_wait, "record");
         for (key, durations) in &self.unserved_wait_by_reason {
             push_percentiles(
-                &mut out,
+                out,
                 "unserved_wait",
                 "unserved_reason",
                 key,
@@ -257,28 +254,31 @@ impl ReportBuilder {
             );
         }
         count(
-            &mut out,
+            out,
             "eligible_calls_served_after_waiting",
             "",
             "",
             self.served_after_waiting,
         );
         push_percentiles(
-            &mut out,
+            out,
             "served_after_waiting_wait",
             "",
             "",
             &self.served_wait,
             "record",
         );
-        // Speed.
+    }
+
+    /// Speed: each step's percentiles, overall and by priority.
+    fn speed(&self, out: &mut Vec<ReportFigure>) {
         for ((name, _, _), durations) in SEGMENTS.iter().zip(&self.segments) {
-            push_percentiles(&mut out, name, "", "", durations, durations.basis());
+            push_percentiles(out, name, "", "", durations, durations.basis());
         }
         for (priority, segments) in &self.segments_by_priority {
             for ((name, _, _), durations) in SEGMENTS.iter().zip(segments) {
                 push_percentiles(
-                    &mut out,
+                    out,
                     name,
                     "priority",
                     &priority.to_string(),
@@ -287,10 +287,13 @@ impl ReportBuilder {
                 );
             }
         }
-        // Outcomes.
-        count(&mut out, "calls_closed", "", "", self.closed);
+    }
+
+    /// Outcomes: how calls closed, co-responses and safety alerts.
+    fn outcomes(&self, out: &mut Vec<ReportFigure>) {
+        count(out, "calls_closed", "", "", self.closed);
         for (key, n) in &self.by_outcome {
-            count(&mut out, "calls_closed", "close_outcome", key, *n);
+            count(out, "calls_closed", "close_outcome", key, *n);
         }
         out.push(share(
             "co_response_share",
@@ -300,7 +303,7 @@ impl ReportBuilder {
             self.eligible,
         ));
         count(
-            &mut out,
+            out,
             "calls_with_safety_alert",
             "",
             "",
@@ -322,7 +325,10 @@ impl ReportBuilder {
             self.served_with_safety_alert,
             self.served,
         ));
-        // Connections.
+    }
+
+    /// Connections: referrals per served call.
+    fn connections(&self, out: &mut Vec<ReportFigure>) {
         out.push(figure(
             "referrals_per_served_call",
             "",
@@ -339,10 +345,13 @@ impl ReportBuilder {
             self.referral_calls,
             self.served_closed,
         ));
-        // When.
+    }
+
+    /// When: calls by hour and weekday, unserved calls by weekday and hour.
+    fn when(&self, out: &mut Vec<ReportFigure>) {
         for (hour, n) in self.by_hour.iter().enumerate() {
             count(
-                &mut out,
+                out,
                 "calls_received",
                 "hour_of_day",
                 &format!("{hour:02}"),
@@ -350,12 +359,12 @@ impl ReportBuilder {
             );
         }
         for (day, n) in self.by_weekday.iter().enumerate() {
-            count(&mut out, "calls_received", "day_of_week", WEEKDAYS[day], *n);
+            count(out, "calls_received", "day_of_week", WEEKDAYS[day], *n);
         }
         for (day, hours) in self.unserved_heat.iter().enumerate() {
             for (hour, n) in hours.iter().enumerate() {
                 count(
-                    &mut out,
+                    out,
                     "eligible_calls_unserved",
                     "weekday_hour",
                     &format!("{} {hour:02}", WEEKDAYS[day]),
@@ -363,7 +372,10 @@ impl ReportBuilder {
                 );
             }
         }
-        // Trend.
+    }
+
+    /// Trend: the headline counts per bucket of the period.
+    fn trend(&self, out: &mut Vec<ReportFigure>) {
         for (start, bucket) in self.buckets.iter().zip(&self.trend) {
             for (metric, n) in [
                 ("calls_received", bucket.received),
@@ -384,8 +396,12 @@ impl ReportBuilder {
             f.bucket_start_time = Some(timestamp_of(start.timestamp_micros()));
             out.push(f);
         }
-        out
     }
+}
+
+/// A count of calls.
+fn count(out: &mut Vec<ReportFigure>, metric: &str, breakdown: &str, key: &str, n: u64) {
+    out.push(figure(metric, breakdown, key, as_f64(n), "calls", n, ""));
 }
 
 pub(super) fn close_outcome_name(outcome: CloseOutcome) -> String {
