@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod dev;
 mod report;
 
@@ -54,6 +55,11 @@ enum Command {
     Directory {
         #[command(subcommand)]
         command: DirectoryCommand,
+    },
+    /// Check a service's tamper-evident audit trail, or export it as JSON lines.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Bearer tokens for Relay's services.
     Token {
@@ -286,6 +292,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Simulate(args) => simulate(&args),
         Command::Report(args) => program_report(args),
+        Command::Audit { command } => audit::run(command),
         Command::Dev {
             port_base,
             data_dir,

@@ -333,6 +333,9 @@ pub struct Settings {
     /// [`crate::security::SecuritySettings`].
     #[serde(default)]
     pub security: crate::security::SecuritySettings,
+    /// The audit trail's retention and queue (`[audit]`, `RELAY_AUDIT__*`).
+    #[serde(default)]
+    pub audit: crate::audit::settings::AuditSettings,
 }
 
 /// The database settings every service has, one block under the same names for each
@@ -766,6 +769,7 @@ impl ConfigBuilder {
         settings.server.validate()?;
         settings.clock.validate()?;
         settings.database.validate()?;
+        settings.audit.validate(settings.insecure_dev)?;
         Ok(Config {
             service: self.service,
             settings,

@@ -5,7 +5,7 @@
 //! bounded: over months of incidents they may rightly take longer than one statement should.
 
 use relay_proto::intake::{Incident, IncidentEvent};
-use relay_runtime::{idempotency::RequestRecord, storage::Bounded};
+use relay_runtime::{audit::AuditRecord, idempotency::RequestRecord, storage::Bounded};
 
 use super::{
     Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, ListFilter, Observation,
@@ -14,15 +14,19 @@ use super::{
 
 #[tonic::async_trait]
 impl<S: IncidentStore> IncidentStore for Bounded<S> {
-    async fn create_incident(
+    async fn create_audited(
         &self,
         incident: &StoredIncident,
         events: Vec<IncidentEvent>,
         outbox: Vec<OutboxItem>,
         now: i64,
+        audit: Option<&AuditRecord>,
     ) -> Result<CreateOutcome, StoreError> {
         self.bound()
-            .run(self.inner().create_incident(incident, events, outbox, now))
+            .run(
+                self.inner()
+                    .create_audited(incident, events, outbox, now, audit),
+            )
             .await
     }
     async fn get_incident(&self, incident_id: &str) -> Result<Option<StoredIncident>, StoreError> {
