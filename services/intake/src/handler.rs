@@ -14,7 +14,10 @@ use relay_proto::intake::{
 };
 use relay_runtime::{
     audit::{AuditRecord, AuditSink},
-    error::ApiError, idempotency::fingerprint, paging::PageTokens, security::auth::Principal,
+    error::ApiError,
+    idempotency::fingerprint,
+    paging::PageTokens,
+    security::auth::Principal,
     validate::Violations,
 };
 use tokio_util::sync::CancellationToken;

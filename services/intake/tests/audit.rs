@@ -87,15 +87,26 @@ async fn a_change_without_its_record_is_impossible_and_a_replay_records_nothing(
     assert_eq!(
         rpcs(&trail).await,
         vec![
-            (SUBMIT.to_owned(), "development".to_owned(), resources.clone()),
+            (
+                SUBMIT.to_owned(),
+                "development".to_owned(),
+                resources.clone()
+            ),
             (UPDATE.to_owned(), "development".to_owned(), resources),
         ]
     );
     let entries = trail.entries(0, (i64::MIN, i64::MAX), 100).await.unwrap();
-    let first = entries.iter().find(|e| e.record.rpc == SUBMIT && e.record.outcome == "OK").unwrap();
+    let first = entries
+        .iter()
+        .find(|e| e.record.rpc == SUBMIT && e.record.outcome == "OK")
+        .unwrap();
     assert_eq!(first.record.credential, "development");
     assert!(!first.record.request_id.is_empty());
-    assert!(first.record.peer.starts_with("127.0.0.1:"), "{:?}", first.record);
+    assert!(
+        first.record.peer.starts_with("127.0.0.1:"),
+        "{:?}",
+        first.record
+    );
     let verified = trail.verify().await.unwrap().expect("a valid chain");
     assert!(verified.records >= 2, "{verified:?}");
     app.stop().await;
@@ -113,15 +124,31 @@ async fn a_caller_details_read_is_recorded_first_or_refused() {
         ..GetIncidentRequest::default()
     };
     // In development every caller may read caller details: each read is recorded.
-    let read = app.client.get_incident(get.clone()).await.unwrap().into_inner();
+    let read = app
+        .client
+        .get_incident(get.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!read.incident.unwrap().caller_details_withheld);
     let trail = sink(db.url());
     let last = rpcs(&trail).await.pop().unwrap();
-    assert_eq!(last, (GET.to_owned(), "development".to_owned(), vec![format!("incident:{id}")]));
+    assert_eq!(
+        last,
+        (
+            GET.to_owned(),
+            "development".to_owned(),
+            vec![format!("incident:{id}")]
+        )
+    );
 
     sqlx::query(REFUSE).execute(&pool).await.unwrap();
     sqlx::query(TRIGGER).execute(&pool).await.unwrap();
-    let refused = app.client.get_incident(get).await.expect_err("no unaudited read");
+    let refused = app
+        .client
+        .get_incident(get)
+        .await
+        .expect_err("no unaudited read");
     assert_eq!(refused.code(), Code::Unavailable);
     app.stop().await;
 }

@@ -38,8 +38,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     BoxError,
-    config::{Config, ServerSettings},
     audit::{AuditSink, layer::AuditLayer, settings::AuditSettings},
+    config::{Config, ServerSettings},
     layers::{MetricsLayer, RequestContextLayer},
     metrics,
     security::{

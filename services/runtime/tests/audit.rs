@@ -73,15 +73,27 @@ async fn tampering_is_found(database: &Database) {
     let verified = sink.verify().await.expect("database").expect("valid");
     assert_eq!((verified.records, verified.last_seq), (5, 5));
 
-    execute(database, "UPDATE audit_log SET principal = 'mallory' WHERE seq = 3").await;
+    execute(
+        database,
+        "UPDATE audit_log SET principal = 'mallory' WHERE seq = 3",
+    )
+    .await;
     assert_eq!(finding(&sink).await, (3, FindingKind::Edited));
-    execute(database, "UPDATE audit_log SET principal = 'cad-3' WHERE seq = 3").await;
+    execute(
+        database,
+        "UPDATE audit_log SET principal = 'cad-3' WHERE seq = 3",
+    )
+    .await;
     assert!(sink.verify().await.expect("database").is_ok());
 
     // Swap the contents of rows 2 and 4 (everything but the seq).
     let columns = "record_time, principal, credential, rpc, resources, outcome, reason, \
                    request_id, trace_id, peer, prev_hash, hash";
-    execute(database, &format!("CREATE TABLE swap AS SELECT seq, {columns} FROM audit_log WHERE seq IN (2, 4)")).await;
+    execute(
+        database,
+        &format!("CREATE TABLE swap AS SELECT seq, {columns} FROM audit_log WHERE seq IN (2, 4)"),
+    )
+    .await;
     execute(database, "DELETE FROM audit_log WHERE seq IN (2, 4)").await;
     execute(
         database,
@@ -99,7 +111,9 @@ async fn tampering_is_found(database: &Database) {
 
     execute(
         database,
-        &format!("INSERT INTO audit_log (seq, {columns}) SELECT 6, {columns} FROM swap WHERE seq = 2"),
+        &format!(
+            "INSERT INTO audit_log (seq, {columns}) SELECT 6, {columns} FROM swap WHERE seq = 2"
+        ),
     )
     .await;
     assert_eq!(finding(&sink).await, (6, FindingKind::Inserted));
@@ -121,22 +135,31 @@ where
 {
     let sink = AuditSink::new(database.clone());
     let mut tx = pool.begin().await.expect("begin");
-    let entry = AuditLog::append::<DB>(&mut tx, &record(1)).await.expect("append");
+    let entry = AuditLog::append::<DB>(&mut tx, &record(1))
+        .await
+        .expect("append");
     assert_eq!(entry.seq, 1);
     tx.rollback().await.expect("rollback");
     assert_eq!(sink.head().await.expect("head").seq, 0);
 
     let mut tx = pool.begin().await.expect("begin");
-    let first = AuditLog::append::<DB>(&mut tx, &record(1)).await.expect("append");
+    let first = AuditLog::append::<DB>(&mut tx, &record(1))
+        .await
+        .expect("append");
     tx.commit().await.expect("commit");
     let mut tx = pool.begin().await.expect("begin");
-    let second = AuditLog::append::<DB>(&mut tx, &record(2)).await.expect("append");
+    let second = AuditLog::append::<DB>(&mut tx, &record(2))
+        .await
+        .expect("append");
     tx.commit().await.expect("commit");
     assert_eq!((first.seq, second.seq), (1, 2));
     assert_eq!(second.prev_hash, first.hash);
     let head = sink.head().await.expect("head");
-    assert_eq!((head.seq, head.hash), (2, second.hash));
-    let entries = sink.entries(0, (i64::MIN, i64::MAX), 10).await.expect("read");
+    assert_eq!((head.seq, &head.hash), (2, &second.hash));
+    let entries = sink
+        .entries(0, (i64::MIN, i64::MAX), 10)
+        .await
+        .expect("read");
     assert_eq!(entries, vec![first, second]);
 }
 
@@ -153,12 +176,29 @@ async fn pruning_keeps_the_chain_verifiable(database: &Database) {
     assert_eq!((second.deleted, second.anchor_seq), (2, 4));
     // Left: 5, 6, and the two audit.pruned records (their time is now): nothing more to prune.
     assert_eq!(sink.prune(4_500, 2).await.expect("prune").deleted, 0);
-    let verified = sink.verify().await.expect("database").expect("valid after pruning");
-    assert_eq!((verified.anchor_seq, verified.records, verified.last_seq), (4, 4, 8));
-    let entries = sink.entries(0, (i64::MIN, i64::MAX), 10).await.expect("read");
-    let pruned: Vec<_> = entries.iter().filter(|e| e.record.rpc == "audit.pruned").collect();
+    let verified = sink
+        .verify()
+        .await
+        .expect("database")
+        .expect("valid after pruning");
+    assert_eq!(
+        (verified.anchor_seq, verified.records, verified.last_seq),
+        (4, 4, 8)
+    );
+    let entries = sink
+        .entries(0, (i64::MIN, i64::MAX), 10)
+        .await
+        .expect("read");
+    let pruned: Vec<_> = entries
+        .iter()
+        .filter(|e| e.record.rpc == "audit.pruned")
+        .collect();
     assert_eq!(pruned.len(), 2);
-    assert!(pruned[1].record.reason.starts_with("anchor seq=4 "), "{:?}", pruned[1]);
+    assert!(
+        pruned[1].record.reason.starts_with("anchor seq=4 "),
+        "{:?}",
+        pruned[1]
+    );
     // Deleting the first record kept is still found.
     execute(database, "DELETE FROM audit_log WHERE seq = 5").await;
     assert_eq!(finding(&sink).await, (5, FindingKind::Deleted));
@@ -172,7 +212,11 @@ async fn postgres_chain_commit_tamper_and_prune() {
     };
     the_record_commits_with_its_change(pool, &database).await;
     execute(&database, "DELETE FROM audit_log").await;
-    execute(&database, "UPDATE audit_head SET seq = 0, hash = anchor_hash").await;
+    execute(
+        &database,
+        "UPDATE audit_head SET seq = 0, hash = anchor_hash",
+    )
+    .await;
     tampering_is_found(&database).await;
 }
 
@@ -191,7 +235,11 @@ async fn sqlite_chain_commit_tamper_and_prune() {
     };
     the_record_commits_with_its_change(pool, &database).await;
     execute(&database, "DELETE FROM audit_log").await;
-    execute(&database, "UPDATE audit_head SET seq = 0, hash = anchor_hash").await;
+    execute(
+        &database,
+        "UPDATE audit_head SET seq = 0, hash = anchor_hash",
+    )
+    .await;
     tampering_is_found(&database).await;
     let other = tempfile::tempdir().expect("temp dir");
     pruning_keeps_the_chain_verifiable(&sqlite(&other).await).await;
@@ -206,7 +254,9 @@ async fn concurrent_appends_on_postgres_give_one_gapless_valid_chain() {
             let sink = sink.clone();
             tokio::spawn(async move {
                 for n in 0..10 {
-                    sink.append_alone(&[record(task * 100 + n)]).await.expect("append");
+                    sink.append_alone(&[record(task * 100 + n)])
+                        .await
+                        .expect("append");
                 }
             })
         })
@@ -238,6 +288,9 @@ fn every_service_creates_the_same_trail() {
     ];
     for copy in copies {
         let text = std::fs::read_to_string(root.join(copy)).expect(copy);
-        assert_eq!(text, canonical, "{copy} differs from the runtime's audit migration");
+        assert_eq!(
+            text, canonical,
+            "{copy} differs from the runtime's audit migration"
+        );
     }
 }

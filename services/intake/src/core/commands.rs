@@ -247,6 +247,8 @@ impl Intake {
     ///
     /// # Errors
     /// See the contract.
+    // The request's fields as the domain takes them, and the call's audit record.
+    #[allow(clippy::too_many_arguments)]
     pub async fn close(
         &self,
         request_id: &str,

@@ -279,7 +279,11 @@ async fn prune_task(sink: AuditSink, settings: AuditSettings, token: Cancellatio
         loop {
             match sink.prune(before, i64::from(settings.prune_batch)).await {
                 Ok(outcome) if outcome.deleted > 0 => {
-                    tracing::info!(deleted = outcome.deleted, anchor = outcome.anchor_seq, "audit records pruned");
+                    tracing::info!(
+                        deleted = outcome.deleted,
+                        anchor = outcome.anchor_seq,
+                        "audit records pruned"
+                    );
                 }
                 Ok(_) => break,
                 Err(error) => {
@@ -302,10 +306,22 @@ mod tests {
     #[test]
     fn writes_are_the_rpcs_whose_scope_neither_reads_nor_watches() {
         let write = |path| is_write(path);
-        assert_eq!(write("/relay.intake.v1.IntakeService/SubmitIncident"), Some(true));
-        assert_eq!(write("/relay.intake.v1.IntakeService/GetIncident"), Some(false));
-        assert_eq!(write("/relay.intake.v1.IntakeService/WatchIncidentEvents"), Some(false));
-        assert_eq!(write("/relay.routing.v1.RoutingService/AssignTeam"), Some(true));
+        assert_eq!(
+            write("/relay.intake.v1.IntakeService/SubmitIncident"),
+            Some(true)
+        );
+        assert_eq!(
+            write("/relay.intake.v1.IntakeService/GetIncident"),
+            Some(false)
+        );
+        assert_eq!(
+            write("/relay.intake.v1.IntakeService/WatchIncidentEvents"),
+            Some(false)
+        );
+        assert_eq!(
+            write("/relay.routing.v1.RoutingService/AssignTeam"),
+            Some(true)
+        );
         assert_eq!(write("/grpc.health.v1.Health/Check"), None);
         assert!(recorded(false, Code::PermissionDenied));
         assert!(recorded(false, Code::ResourceExhausted));

@@ -64,8 +64,14 @@ impl AuditSettings {
             )));
         }
         for (key, value) in [
-            ("audit.retention_days (RELAY_AUDIT__RETENTION_DAYS)", u64::from(self.retention_days)),
-            ("audit.prune_batch (RELAY_AUDIT__PRUNE_BATCH)", u64::from(self.prune_batch)),
+            (
+                "audit.retention_days (RELAY_AUDIT__RETENTION_DAYS)",
+                u64::from(self.retention_days),
+            ),
+            (
+                "audit.prune_batch (RELAY_AUDIT__PRUNE_BATCH)",
+                u64::from(self.prune_batch),
+            ),
             ("audit.queue (RELAY_AUDIT__QUEUE)", self.queue as u64),
         ] {
             if value == 0 {

@@ -94,7 +94,6 @@ fn entry_of(row: Row) -> Result<AuditEntry, sqlx::Error> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuditLog;
 
-
 impl AuditLog {
     /// Appends `record` on `conn`, the transaction of the change it records: the last
     /// statement before the commit. Returns its entry.

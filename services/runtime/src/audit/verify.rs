@@ -43,7 +43,13 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "seq {}: {} ({})", self.seq, self.kind.as_str(), self.detail)
+        write!(
+            f,
+            "seq {}: {} ({})",
+            self.seq,
+            self.kind.as_str(),
+            self.detail
+        )
     }
 }
 
