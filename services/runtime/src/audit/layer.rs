@@ -302,6 +302,52 @@ async fn prune_task(sink: AuditSink, settings: AuditSettings, token: Cancellatio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{Database, Migrations};
+
+    static TRAIL: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations/audit");
+
+    #[tokio::test]
+    async fn a_full_queue_counts_what_it_drops_and_the_trail_says_how_many() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("trail.db").display());
+        let database = Database::open(&url.into(), "probe", 2).expect("open");
+        let migrations = Migrations {
+            postgres: &TRAIL,
+            sqlite: &TRAIL,
+        };
+        database.migrate(&migrations).await.expect("migrate");
+        let sink = AuditSink::new(database);
+        let (sender, receiver) = mpsc::channel(2);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queue = Queue {
+            sender,
+            dropped: Arc::clone(&dropped),
+            authenticator: Arc::new(Authenticator::disabled()),
+        };
+        // No writer yet: two records fit, three are dropped and counted.
+        for n in 0..5 {
+            queue.push(AuditRecord::of_trail("test", format!("{n}")));
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+        let token = CancellationToken::new();
+        token.cancel();
+        // A cancelled writer drains what is queued, then ends.
+        write_task(sink.clone(), receiver, Arc::clone(&dropped), token).await;
+        let written: Vec<(String, String)> = sink
+            .entries(0, (i64::MIN, i64::MAX), 10)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| (e.record.rpc, e.record.reason))
+            .collect();
+        let expected = [("test", "0"), ("test", "1"), ("audit.dropped", "n=3")];
+        assert_eq!(
+            written,
+            expected.map(|(rpc, reason)| (rpc.to_owned(), reason.to_owned()))
+        );
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
+        assert!(sink.verify().await.expect("database").is_ok());
+    }
 
     #[test]
     fn writes_are_the_rpcs_whose_scope_neither_reads_nor_watches() {
