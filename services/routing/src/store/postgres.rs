@@ -293,6 +293,19 @@ fn lookup_sql(joins: &str) -> String {
     )
 }
 
+/// The fused write `query` and the call's audit `record` in one transaction: no change
+/// without its record.
+async fn audited(
+    pool: &PgPool,
+    query: sqlx::query::Query<'_, sqlx::Postgres, PgArguments>,
+    record: &relay_runtime::audit::AuditRecord,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    query.execute(&mut *tx).await?;
+    relay_runtime::audit::AuditLog::append::<sqlx::Postgres>(&mut tx, record).await?;
+    tx.commit().await
+}
+
 async fn lookup_row(
     pool: &PgPool,
     sql: &str,
@@ -351,9 +364,11 @@ super::shared::record_store!(PostgresStore, sqlx::Postgres, PgRow, {
 
     async fn write(&self, write: Write) -> Result<(), StoreError> {
         let (sql, args) = fused_write(&write, Utc::now())?;
-        match sqlx::query_with(&sql, args).execute(&self.pool).await {
-            Ok(_) => Ok(()),
-            Err(error) => Err(refusal(&error).unwrap_or_else(|| error.into())),
-        }
+        let query = sqlx::query_with(&sql, args);
+        let written = match &write.audit {
+            None => query.execute(&self.pool).await.map(drop),
+            Some(record) => audited(&self.pool, query, record).await,
+        };
+        written.map_err(|error| refusal(&error).unwrap_or_else(|| error.into()))
     }
 });

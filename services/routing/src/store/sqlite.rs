@@ -194,6 +194,9 @@ super::shared::record_store!(SqliteStore, sqlx::Sqlite, SqliteRow, {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(record) = &write.audit {
+            relay_runtime::audit::AuditLog::append::<sqlx::Sqlite>(&mut tx, record).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
