@@ -154,7 +154,10 @@ impl Application {
         let dispatch: Arc<dyn DispatchStore> = fleet;
         let domain = Availability::new(team_store.clone(), roster.clone(), clock);
         let pages = config.settings.page_tokens()?;
-        let host = ServiceHost::from_config(&config);
+        let host = ServiceHost::from_config(&config).audit(
+            relay_runtime::audit::AuditSink::new(database.clone()),
+            &config.settings.audit,
+        );
         let shutdown = host.shutdown_token();
         // A client stream must be answered within the server's request timeout: answer at
         // three quarters of it, leaving time to apply the last batch.

@@ -6,6 +6,7 @@
 //! database fails an upsert `UNAVAILABLE` within the bound instead of holding it for its
 //! deadline.
 
+use relay_runtime::audit::{AuditLog, AuditRecord};
 use relay_runtime::storage::{Bounded, Database};
 use sqlx::{PgPool, Postgres, Row, Sqlite, SqlitePool, Transaction};
 
@@ -45,6 +46,9 @@ pub trait RosterWrite: Send {
     async fn save(&mut self, entry: &RosterEntry) -> Result<(), RosterError>;
     /// Makes the change durable.
     async fn commit(self: Box<Self>) -> Result<(), RosterError>;
+    /// Appends the audit record of the call that made the change, in its transaction (the
+    /// last statement before [`Self::commit`]).
+    async fn audit(&mut self, record: &AuditRecord) -> Result<(), RosterError>;
 }
 
 /// The roster in PostgreSQL (a pool whose `search_path` is the `availability` schema) or in
@@ -161,6 +165,14 @@ impl RosterWrite for Write {
         }
         Ok(())
     }
+
+    async fn audit(&mut self, record: &AuditRecord) -> Result<(), RosterError> {
+        match self {
+            Self::Postgres(tx) => AuditLog::append::<Postgres>(tx, record).await?,
+            Self::Sqlite(tx) => AuditLog::append::<Sqlite>(tx, record).await?,
+        };
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -209,5 +221,10 @@ impl RosterWrite for Bounded<Box<dyn RosterWrite>> {
     async fn commit(self: Box<Self>) -> Result<(), RosterError> {
         let (inner, bound) = self.into_parts();
         bound.run(inner.commit()).await
+    }
+
+    async fn audit(&mut self, record: &AuditRecord) -> Result<(), RosterError> {
+        let bound = self.bound();
+        bound.run(self.inner_mut().audit(record)).await
     }
 }

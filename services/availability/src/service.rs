@@ -2,6 +2,7 @@
 //! [`RosterStore`] (durable roster), with an injectable [`Clock`]. Handlers validate requests
 //! and call these; nothing here sees protobuf, SQL or Redis commands.
 
+use relay_runtime::audit::AuditRecord;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -176,6 +177,22 @@ impl Availability {
         expected_revision: Option<i64>,
         request: &RequestRecord<'_>,
     ) -> Result<Recorded<UpsertOutcome>, AvailabilityError> {
+        self.upsert_audited(definition, expected_revision, request, None)
+            .await
+    }
+
+    /// [`Self::upsert`], committing `audit` (the call's record) with the roster change when
+    /// the request changed something (a replay records nothing).
+    ///
+    /// # Errors
+    /// As [`Self::upsert`].
+    pub async fn upsert_audited(
+        &self,
+        definition: &TeamDefinition,
+        expected_revision: Option<i64>,
+        request: &RequestRecord<'_>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<Recorded<UpsertOutcome>, AvailabilityError> {
         let mut roster = self.roster.begin().await?;
         // Revision 0 never lowers a stored revision (the save keeps the greater one).
         roster
@@ -204,6 +221,9 @@ impl Availability {
                     revision: team.revision,
                 })
                 .await?;
+            if let (Some(record), Recorded::Applied(_)) = (audit, &recorded) {
+                roster.audit(record).await?;
+            }
             roster.commit().await
         }
         .await;

@@ -35,6 +35,10 @@ impl RosterWrite for FlakyWrite {
         Ok(())
     }
 
+    async fn audit(&mut self, _: &relay_runtime::audit::AuditRecord) -> Result<(), RosterError> {
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), RosterError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(RosterError::from(sqlx::Error::PoolTimedOut));

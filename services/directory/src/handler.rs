@@ -15,6 +15,7 @@ use relay_proto::directory::{
 use relay_proto::intake::{GetIncidentRequest, intake_service_client::IntakeServiceClient};
 use relay_runtime::geo::{self, Point};
 use relay_runtime::{
+    audit::AuditRecord,
     client::TracePropagation,
     error::ApiError,
     idempotency::{self, ReplayError},
@@ -179,6 +180,7 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
             rpc,
             fingerprint: idempotency::fingerprint(rpc, request),
             now: self.clock.now_micros(),
+            audit: None,
         }
     }
 
@@ -264,6 +266,32 @@ impl<S: DirectoryStore> DirectoryServiceHandler<S> {
     }
 }
 
+/// The audit record of a write, committed with its change (see [`Idem::audit`]).
+struct Audited(AuditRecord);
+
+impl Audited {
+    /// `idem` carrying this record.
+    fn of(self, idem: Idem) -> Idem {
+        Idem {
+            audit: Some(self.0),
+            ..idem
+        }
+    }
+}
+
+/// The record of a call to the directory's `method`, naming the resources `resources` lists.
+fn audited<T>(
+    request: &Request<T>,
+    method: &str,
+    resources: impl Fn(&T) -> Vec<String>,
+) -> Audited {
+    Audited(AuditRecord::of_call(
+        request,
+        &format!("/relay.directory.v1.DirectoryService/{method}"),
+        resources(request.get_ref()),
+    ))
+}
+
 #[tonic::async_trait]
 impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
     async fn search_services(
@@ -295,9 +323,15 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         &self,
         request: Request<UpsertServiceRequest>,
     ) -> Result<Response<UpsertServiceResponse>, Status> {
+        let audit = audited(&request, "UpsertService", |r| {
+            vec![format!(
+                "service:{}",
+                r.service.as_ref().map_or("", |s| s.id.as_str())
+            )]
+        });
         let request = request.into_inner();
         check_upsert_service(&request).map_err(api)?;
-        let idem = self.idem("UpsertService", &request.request_id, &request);
+        let idem = audit.of(self.idem("UpsertService", &request.request_id, &request));
         let mut service = request.service.unwrap_or_default();
         for location in &mut service.locations {
             location.capacity = None;
@@ -315,9 +349,15 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         &self,
         request: Request<UpdateCapacityRequest>,
     ) -> Result<Response<UpdateCapacityResponse>, Status> {
+        let audit = audited(&request, "UpdateCapacity", |r| {
+            vec![
+                format!("service:{}", r.service_id),
+                format!("location:{}", r.location_id),
+            ]
+        });
         let request = request.into_inner();
         check_update_capacity(&request, self.clock.now()).map_err(api)?;
-        let idem = self.idem("UpdateCapacity", &request.request_id, &request);
+        let idem = audit.of(self.idem("UpdateCapacity", &request.request_id, &request));
         let capacity = relay_proto::directory::Capacity {
             available: request.available,
             total: request.total,
@@ -335,9 +375,14 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         &self,
         request: Request<CreateReferralRequest>,
     ) -> Result<Response<CreateReferralResponse>, Status> {
+        let mut audit = audited(&request, "CreateReferral", |r| {
+            vec![
+                format!("incident:{}", r.incident_id),
+                format!("service:{}", r.service_id),
+            ]
+        });
         let request = request.into_inner();
         check_create_referral(&request).map_err(api)?;
-        let idem = self.idem("CreateReferral", &request.request_id, &request);
         let referral = Referral {
             referral_id: uuid::Uuid::now_v7().to_string(),
             incident_id: request.incident_id.clone(),
@@ -349,6 +394,11 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
             update_time: None,
             incident_checked: false,
         };
+        audit
+            .0
+            .resources
+            .push(format!("referral:{}", referral.referral_id));
+        let idem = audit.of(self.idem("CreateReferral", &request.request_id, &request));
         tracing::info!(referral_id = %referral.referral_id, service_id = %referral.service_id, "creating referral");
         self.once(idem, |idem| async move {
             let mut referral = referral;
@@ -362,9 +412,12 @@ impl<S: DirectoryStore> DirectoryService for DirectoryServiceHandler<S> {
         &self,
         request: Request<UpdateReferralRequest>,
     ) -> Result<Response<UpdateReferralResponse>, Status> {
+        let audit = audited(&request, "UpdateReferral", |r| {
+            vec![format!("referral:{}", r.referral_id)]
+        });
         let request = request.into_inner();
         let new_status = check_update_referral(&request).map_err(api)?;
-        let idem = self.idem("UpdateReferral", &request.request_id, &request);
+        let idem = audit.of(self.idem("UpdateReferral", &request.request_id, &request));
         self.once(idem, |idem| async move {
             self.store
                 .update_referral(

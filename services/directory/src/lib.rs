@@ -287,8 +287,12 @@ impl Application {
         } else {
             None
         };
-        let host =
-            ServiceHost::from_config(&config).readiness_check(database.kind(), database.check());
+        let host = ServiceHost::from_config(&config)
+            .audit(
+                relay_runtime::audit::AuditSink::new(database.clone()),
+                &config.settings.audit,
+            )
+            .readiness_check(database.kind(), database.check());
         let host = match backend.clone() {
             Backend::Postgres(store) => host.add_service(DirectoryServiceServer::new(handler(
                 Bounded::new(store, bound),

@@ -13,7 +13,11 @@ use relay_proto::intake::{
     watch_incident_events_response::Kind,
 };
 use relay_runtime::{
-    error::ApiError, idempotency::fingerprint, paging::PageTokens, security::auth::Principal,
+    audit::{AuditRecord, AuditSink},
+    error::ApiError,
+    idempotency::fingerprint,
+    paging::PageTokens,
+    security::auth::Principal,
     validate::Violations,
 };
 use tokio_util::sync::CancellationToken;
@@ -35,6 +39,7 @@ pub struct IntakeServiceHandler {
     intake: Arc<Intake>,
     tokens: PageTokens,
     shutdown: CancellationToken,
+    audit: Option<AuditSink>,
 }
 
 impl IntakeServiceHandler {
@@ -45,8 +50,61 @@ impl IntakeServiceHandler {
             intake,
             tokens,
             shutdown,
+            audit: None,
         }
     }
+
+    /// With the audit trail: writes commit their record with their change, and a read that
+    /// returns caller details is recorded before it is answered.
+    #[must_use]
+    pub fn with_audit(mut self, sink: AuditSink) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Records that `principal` is about to read the caller details of `incident_ids`; a
+    /// principal without `caller.details.read` reads none, and is not recorded here. No
+    /// unaudited read: when the record cannot be written the call fails UNAVAILABLE.
+    async fn audit_read(
+        &self,
+        principal: &Principal,
+        record: AuditRecord,
+        incident_ids: impl Iterator<Item = &str>,
+    ) -> Result<(), Status> {
+        let Some(sink) = &self.audit else {
+            return Ok(());
+        };
+        if !principal.may_read_caller_details() {
+            return Ok(());
+        }
+        let record = AuditRecord {
+            resources: incident_ids.map(|id| format!("incident:{id}")).collect(),
+            ..record
+        };
+        sink.append_alone(&[record]).await.map_err(|error| {
+            tracing::warn!(%error, "caller-details read refused: its audit record failed");
+            invalid(ApiError::unavailable(
+                "STORAGE_UNAVAILABLE",
+                "the audit trail is unreachable, so caller details cannot be read",
+            ))
+        })
+    }
+}
+
+/// The audit record of a call to intake's `method`, its resources named later.
+fn audit_of<T>(request: &Request<T>, method: &str) -> AuditRecord {
+    AuditRecord::of_call(
+        request,
+        &format!("/relay.intake.v1.IntakeService/{method}"),
+        Vec::new(),
+    )
+}
+
+/// [`audit_of`] for a write of incident `incident_id`.
+fn audit_write<T>(request: &Request<T>, method: &str, incident_id: &str) -> Option<AuditRecord> {
+    let mut record = audit_of(request, method);
+    record.resources.push(format!("incident:{incident_id}"));
+    Some(record)
 }
 
 /// Maps a domain error to the API: the one place intake errors meet the wire.
@@ -144,10 +202,15 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<SubmitIncidentRequest>,
     ) -> Result<Response<SubmitIncidentResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = Some(audit_of(&request, "SubmitIncident"));
         let new = validate_submit(&self.intake, request.into_inner()).map_err(invalid)?;
         principal.require_cad_system(&new.cad_system)?;
         principal.require_region(&new.region)?;
-        let mut submitted = self.intake.submit(new).await.map_err(status)?;
+        let mut submitted = self
+            .intake
+            .submit_audited(new, audit)
+            .await
+            .map_err(status)?;
         caller_details::present(&principal, &mut submitted.incident);
         Ok(Response::new(SubmitIncidentResponse {
             triage: submitted.incident.triage.clone(),
@@ -165,7 +228,8 @@ impl IntakeService for IntakeServiceHandler {
         let update = validate_update(request.get_ref()).map_err(invalid)?;
         self.require_incident(&principal, &update.incident_id)
             .await?;
-        let mut response = self.intake.update(update).await.map_err(status)?;
+        let audit = audit_write(&request, "UpdateIncident", &update.incident_id);
+        let mut response = self.intake.update(update, audit).await.map_err(status)?;
         caller_details::present_opt(&principal, response.incident.as_mut());
         Ok(Response::new(response))
     }
@@ -175,6 +239,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<CancelIncidentRequest>,
     ) -> Result<Response<CancelIncidentResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_write(&request, "CancelIncident", &request.get_ref().incident_id);
         let request = request.into_inner();
         check_cancel(&request).map_err(invalid)?;
         self.require_incident(&principal, &request.incident_id)
@@ -187,6 +252,7 @@ impl IntakeService for IntakeServiceHandler {
                 &print,
                 &request.incident_id,
                 &request.reason,
+                audit,
             )
             .await
             .map_err(status)?;
@@ -199,6 +265,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<CloseIncidentRequest>,
     ) -> Result<Response<CloseIncidentResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_write(&request, "CloseIncident", &request.get_ref().incident_id);
         let request = request.into_inner();
         check_close(&request).map_err(invalid)?;
         self.require_incident(&principal, &request.incident_id)
@@ -213,6 +280,7 @@ impl IntakeService for IntakeServiceHandler {
                 request.outcome,
                 request.referral_ids,
                 request.notes,
+                audit,
             )
             .await
             .map_err(status)?;
@@ -225,6 +293,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<GetIncidentResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of(&request, "GetIncident");
         let request = request.into_inner();
         let by_id = check_get_incident(&request).map_err(invalid)?;
         if !by_id {
@@ -248,6 +317,12 @@ impl IntakeService for IntakeServiceHandler {
                 format!("{}/{}", request.cad_system, request.cad_incident_id)
             }))
         })?;
+        self.audit_read(
+            &principal,
+            audit,
+            std::iter::once(stored.incident.incident_id.as_str()),
+        )
+        .await?;
         caller_details::present(&principal, &mut stored.incident);
         Ok(Response::new(GetIncidentResponse {
             incident: Some(stored.incident),
@@ -259,6 +334,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<ListIncidentsRequest>,
     ) -> Result<Response<ListIncidentsResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of(&request, "ListIncidents");
         let mut request = request.into_inner();
         let ListBounds {
             after,
@@ -305,6 +381,10 @@ impl IntakeService for IntakeServiceHandler {
             .map_err(|e| status(e.into()))?;
         let more = rows.len() > page_size;
         rows.truncate(page_size);
+        if !rows.is_empty() {
+            let ids = rows.iter().map(|s| s.incident.incident_id.as_str());
+            self.audit_read(&principal, audit, ids).await?;
+        }
         let next_page_token = match (more, rows.last()) {
             (true, Some(last)) => self.tokens.encode(
                 &scope,
@@ -453,6 +533,7 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<SubmitEidoRequest>,
     ) -> Result<Response<SubmitEidoResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = Some(audit_of(&request, "SubmitEido"));
         let request = request.into_inner();
         if !request.request_id.is_empty() {
             let mut v = Violations::new();
@@ -462,7 +543,11 @@ impl IntakeService for IntakeServiceHandler {
         let new = crate::eido::prepare(&self.intake, &request.eido_json).map_err(invalid)?;
         principal.require_cad_system(&new.cad_system)?;
         principal.require_region(&new.region)?;
-        let mut submitted = self.intake.submit(new).await.map_err(status)?;
+        let mut submitted = self
+            .intake
+            .submit_audited(new, audit)
+            .await
+            .map_err(status)?;
         caller_details::present(&principal, &mut submitted.incident);
         Ok(Response::new(SubmitEidoResponse {
             triage: submitted.incident.triage.clone(),
@@ -477,10 +562,13 @@ impl IntakeService for IntakeServiceHandler {
         request: Request<GetEidoRequest>,
     ) -> Result<Response<GetEidoResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of(&request, "GetEido");
         let incident_id = &request.get_ref().incident_id;
         crate::eido::check_id(incident_id).map_err(invalid)?;
         self.require_incident(&principal, incident_id).await?;
         let mut stored = self.intake.get(incident_id).await.map_err(status)?;
+        self.audit_read(&principal, audit, std::iter::once(incident_id.as_str()))
+            .await?;
         caller_details::present(&principal, &mut stored.incident);
         let eido_json = crate::eido::render(&stored.incident).to_string();
         Ok(Response::new(GetEidoResponse { eido_json }))

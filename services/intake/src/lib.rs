@@ -25,6 +25,7 @@ use relay_proto::{
 };
 use relay_runtime::{
     BoxError, Config,
+    audit::AuditSink,
     client::{TracePropagation, channel_for},
     server::{BoundServer, ServiceHost},
     storage::{Database, Storage},
@@ -184,8 +185,10 @@ impl Application {
             new_regions: region_sender,
             passes: crate::core::Passes::default(),
         });
-        let host = ServiceHost::from_config(&config);
-        let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token());
+        let audit = AuditSink::new(database.clone()).bounded(STORAGE.bound(&config));
+        let host = ServiceHost::from_config(&config).audit(audit.clone(), &config.settings.audit);
+        let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token())
+            .with_audit(audit);
         let host = host
             .add_service(IntakeServiceServer::new(handler))
             // Program reports read the same store (relay.reports.v1.ReportService).

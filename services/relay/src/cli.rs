@@ -48,6 +48,11 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// Check a service's tamper-evident audit trail, or export it as JSON lines.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::AuditCommand,
+    },
     /// Bearer tokens for Relay's services.
     Token {
         #[command(subcommand)]

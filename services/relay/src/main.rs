@@ -6,6 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod dev;
 mod report;
 
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Simulate(args) => simulate(&args),
         Command::Report(args) => program_report(args),
+        Command::Audit { command } => audit::run(command),
         Command::Dev {
             port_base,
             data_dir,

@@ -9,7 +9,7 @@ use relay_proto::routing::{
     ReleaseTeamResponse, RestoreAssignmentRequest, RestoreAssignmentResponse,
     WatchAssignmentsRequest, WatchAssignmentsResponse, routing_service_server::RoutingService,
 };
-use relay_runtime::security::auth::Principal;
+use relay_runtime::{audit::AuditRecord, security::auth::Principal};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     DOMAIN,
     engine::{
-        Engine, check_assign_team, check_cancel_routing, check_confirm_assignment,
+        CALL_AUDIT, Engine, check_assign_team, check_cancel_routing, check_confirm_assignment,
         check_get_assignment, check_list_queue, check_release_team,
     },
     error::RoutingError,
@@ -85,6 +85,16 @@ impl RoutingServiceHandler {
     }
 }
 
+/// The audit record of a call to routing's `method`; the engine names what its write touched
+/// and commits it with the write (see [`CALL_AUDIT`]).
+fn audit_of_call<T>(request: &Request<T>, method: &str) -> AuditRecord {
+    AuditRecord::of_call(
+        request,
+        &format!("/relay.routing.v1.RoutingService/{method}"),
+        Vec::new(),
+    )
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchAssignmentsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -94,11 +104,16 @@ impl RoutingService for RoutingServiceHandler {
         request: Request<AssignTeamRequest>,
     ) -> Result<Response<AssignTeamResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of_call(&request, "AssignTeam");
         let request = request.into_inner();
         check_assign_team(&request).map_err(RoutingError::from)?;
         principal.require_region(&request.region)?;
         principal.require_cad_system(&request.cad_system)?;
-        Ok(Response::new(self.engine.assign_team(request).await?))
+        Ok(Response::new(
+            CALL_AUDIT
+                .scope(audit, self.engine.assign_team(request))
+                .await?,
+        ))
     }
 
     async fn confirm_assignment(
@@ -106,13 +121,16 @@ impl RoutingService for RoutingServiceHandler {
         request: Request<ConfirmAssignmentRequest>,
     ) -> Result<Response<ConfirmAssignmentResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of_call(&request, "ConfirmAssignment");
         let request = request.into_inner();
         check_confirm_assignment(&request).map_err(RoutingError::from)?;
         principal.require_team(&request.team_id)?;
         self.require_incident(&principal, &request.incident_id)
             .await?;
         Ok(Response::new(
-            self.engine.confirm_assignment(request).await?,
+            CALL_AUDIT
+                .scope(audit, self.engine.confirm_assignment(request))
+                .await?,
         ))
     }
 
@@ -121,6 +139,7 @@ impl RoutingService for RoutingServiceHandler {
         request: Request<RestoreAssignmentRequest>,
     ) -> Result<Response<RestoreAssignmentResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of_call(&request, "RestoreAssignment");
         let request = request.into_inner();
         // Restore checks the same fields as Confirm.
         check_confirm_assignment(&ConfirmAssignmentRequest {
@@ -134,7 +153,9 @@ impl RoutingService for RoutingServiceHandler {
         self.require_incident(&principal, &request.incident_id)
             .await?;
         Ok(Response::new(
-            self.engine.restore_assignment(request).await?,
+            CALL_AUDIT
+                .scope(audit, self.engine.restore_assignment(request))
+                .await?,
         ))
     }
 
@@ -143,11 +164,16 @@ impl RoutingService for RoutingServiceHandler {
         request: Request<ReleaseTeamRequest>,
     ) -> Result<Response<ReleaseTeamResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of_call(&request, "ReleaseTeam");
         let request = request.into_inner();
         check_release_team(&request).map_err(RoutingError::from)?;
         self.require_assignment(&principal, &request.assignment_id)
             .await?;
-        Ok(Response::new(self.engine.release_team(request).await?))
+        Ok(Response::new(
+            CALL_AUDIT
+                .scope(audit, self.engine.release_team(request))
+                .await?,
+        ))
     }
 
     async fn cancel_routing(
@@ -155,11 +181,16 @@ impl RoutingService for RoutingServiceHandler {
         request: Request<CancelRoutingRequest>,
     ) -> Result<Response<CancelRoutingResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = audit_of_call(&request, "CancelRouting");
         let request = request.into_inner();
         check_cancel_routing(&request).map_err(RoutingError::from)?;
         self.require_incident(&principal, &request.incident_id)
             .await?;
-        Ok(Response::new(self.engine.cancel_routing(request).await?))
+        Ok(Response::new(
+            CALL_AUDIT
+                .scope(audit, self.engine.cancel_routing(request))
+                .await?,
+        ))
     }
 
     async fn get_assignment(

@@ -127,7 +127,10 @@ impl Application {
         let interval = Duration::from_millis(settings.maintenance_interval_ms);
         let (store, database) = open_store(&config).await?;
         let engine = Engine::new(store, fleet, clock, settings, page_tokens(&config)?);
-        let host = ServiceHost::from_config(&config);
+        let host = ServiceHost::from_config(&config).audit(
+            relay_runtime::audit::AuditSink::new(database.clone()),
+            &config.settings.audit,
+        );
         let handler = RoutingServiceHandler::new(engine.clone(), host.shutdown_token());
         let mut host = host
             .add_service(RoutingServiceServer::new(handler))

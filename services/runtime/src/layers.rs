@@ -116,7 +116,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let request_id = request_id_of(request.headers());
         let path = request.uri().path().to_owned();
         let parent = global::get_text_map_propagator(|propagator| {
@@ -134,6 +134,16 @@ where
         // A request without a valid traceparent starts a new trace.
         let _ = span.set_parent(parent);
         let trace_response = traceparent_of(&span);
+        // What the audit trail names the call by (`00-<trace id>-<span id>-<flags>`).
+        let trace_id = trace_response
+            .as_deref()
+            .and_then(|value| value.split('-').nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        request.extensions_mut().insert(crate::audit::CallIds {
+            request_id: request_id.clone(),
+            trace_id,
+        });
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {

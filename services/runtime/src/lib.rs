@@ -19,8 +19,10 @@
 //! - [`sequencer`]: gapless per-stream sequence numbers for events committed in parallel.
 //! - [`storage`]: PostgreSQL pools (one schema per service), migrations, Redis connections.
 //! - [`redis_link`]: the one Redis connection type (a single server or a Redis Cluster).
+//! - [`audit`]: the tamper-evident audit trail (hash chain), its refusal layer and pruning.
 //! - [`cli`]: the `main` of every service binary (`serve` and `migrate`).
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod clock;

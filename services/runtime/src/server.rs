@@ -38,6 +38,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     BoxError,
+    audit::{AuditSink, layer::AuditLayer, settings::AuditSettings},
     config::{Config, ServerSettings},
     layers::{MetricsLayer, RequestContextLayer},
     metrics,
@@ -74,6 +75,7 @@ pub struct ServiceHost {
     admin: Option<SocketAddr>,
     security: SecuritySettings,
     insecure_dev: bool,
+    audit: Option<(AuditSink, AuditSettings)>,
 }
 
 impl std::fmt::Debug for ServiceHost {
@@ -103,6 +105,7 @@ impl ServiceHost {
             admin: None,
             security: SecuritySettings::default(),
             insecure_dev: false,
+            audit: None,
         }
     }
 
@@ -144,6 +147,14 @@ impl ServiceHost {
     {
         self.names.push(S::NAME);
         self.routes.add_service(service);
+        self
+    }
+
+    /// Records refused calls and failed writes in `sink`, the service's trail, and prunes it
+    /// past the retention of `settings` (see [`crate::audit::layer`]).
+    #[must_use]
+    pub fn audit(mut self, sink: AuditSink, settings: &AuditSettings) -> Self {
+        self.audit = Some((sink, settings.clone()));
         self
     }
 
@@ -304,6 +315,7 @@ impl BoundServer {
             admin: _,
             security,
             insecure_dev: _,
+            audit,
         } = host;
         for (insecure, what) in [
             (
@@ -456,6 +468,10 @@ impl BoundServer {
             // has its request id and span.
             .layer(MetricsLayer)
             .layer(RequestContextLayer)
+            // Outside auth, to see its refusals; inside the context, for the call's ids.
+            .layer(audit.map_or_else(AuditLayer::disabled, |(sink, settings)| {
+                AuditLayer::start(sink, &settings, Arc::clone(&authenticator), &token)
+            }))
             .layer(AuthLayer::new(authenticator))
             // After auth: the caller is known, and its key is who it is.
             .layer(RateLimitLayer::new(limits))

@@ -18,7 +18,9 @@ use relay_proto::{
     common::GeoPoint,
 };
 use relay_runtime::{
-    ApiError, FieldViolation, idempotency,
+    ApiError, FieldViolation,
+    audit::AuditRecord,
+    idempotency,
     paging::PageTokens,
     security::auth::{Principal, REGION_NOT_ALLOWED, TEAM_NOT_ALLOWED},
     validate::{Violations, is_capability, to_timestamp},
@@ -91,6 +93,9 @@ impl AvailabilityServiceHandler {
     }
 }
 
+/// The full method of UpsertTeam, as audit records name it.
+const UPSERT_TEAM: &str = "/relay.availability.v1.AvailabilityService/UpsertTeam";
+
 /// The caller of `request`, as the auth layer established it.
 fn status(error: impl Into<ApiError>) -> Status {
     error.into().into_status(DOMAIN)
@@ -145,6 +150,11 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<UpsertTeamRequest>,
     ) -> Result<Response<UpsertTeamResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = AuditRecord::of_call(
+            &request,
+            UPSERT_TEAM,
+            vec![format!("team:{}", request.get_ref().team_id)],
+        );
         let request = request.into_inner();
         let (definition, expected) = check_upsert_team(&request).map_err(status)?;
         // A team-bound credential changes only its own team; a region-bound one only teams
@@ -173,7 +183,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         };
         let recorded = self
             .domain
-            .upsert(&definition, expected, &record)
+            .upsert_audited(&definition, expected, &record, Some(&audit))
             .await
             .map_err(api)?;
         let (outcome, applied) = once(recorded)?;

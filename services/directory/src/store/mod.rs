@@ -48,6 +48,8 @@ pub struct Idem {
     pub fingerprint: String,
     /// Microseconds since the epoch.
     pub now: i64,
+    /// The audit record of the call, committed with the change.
+    pub audit: Option<relay_runtime::audit::AuditRecord>,
 }
 
 /// A recorded mutation.

@@ -140,6 +140,15 @@ impl Dialect for Postgres {
             })
             .collect()
     }
+
+    async fn append_audit(
+        conn: &mut Self::Connection,
+        record: &relay_runtime::audit::AuditRecord,
+    ) -> Result<(), sqlx::Error> {
+        relay_runtime::audit::AuditLog::append::<Postgres>(conn, record)
+            .await
+            .map(drop)
+    }
 }
 
 /// The statement of the candidates of `filter` from `search_rows`: filtered, ranked, paged

@@ -341,4 +341,11 @@ pub trait Dialect: Database<Row: Columns> {
         pool: &'c sqlx::Pool<Self>,
         filter: &'c CandidateFilter,
     ) -> impl Future<Output = StoreResult<Vec<Candidate>>> + Send + 'c;
+
+    /// Appends `record` to the audit trail in the transaction on `conn`
+    /// ([`relay_runtime::audit::AuditLog::append`]).
+    fn append_audit<'c>(
+        conn: &'c mut Self::Connection,
+        record: &'c relay_runtime::audit::AuditRecord,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'c;
 }

@@ -55,7 +55,8 @@ impl<D: Dialect> SqlStore<D> {
     }
 }
 
-/// Records the response of a mutation under its request_id, in the mutation's transaction.
+/// Records the response of a mutation under its request_id, and its audit record, in the
+/// mutation's transaction.
 async fn record<D: Dialect>(
     conn: &mut D::Connection,
     idem: &Idem,
@@ -72,12 +73,17 @@ async fn record<D: Dialect>(
     .execute::<D>(conn)
     .await;
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(error) if DirectoryError::is_unique_violation(&error) => {
-            Err(DirectoryError::RequestRace(idem.request_id.clone()))
+            return Err(DirectoryError::RequestRace(idem.request_id.clone()));
         }
-        Err(error) => Err(error.into()),
+        Err(error) => return Err(error.into()),
     }
+    // The last statement before the commit: the trail's head is locked for the commit alone.
+    if let Some(audit) = &idem.audit {
+        D::append_audit(conn, audit).await?;
+    }
+    Ok(())
 }
 
 /// The status of a service, or [`DirectoryError::ServiceNotFound`].

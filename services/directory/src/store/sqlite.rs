@@ -143,6 +143,15 @@ impl Dialect for Sqlite {
         with_hours(pool, &mut candidates).await?;
         Ok(candidates)
     }
+
+    async fn append_audit(
+        conn: &mut Self::Connection,
+        record: &relay_runtime::audit::AuditRecord,
+    ) -> Result<(), sqlx::Error> {
+        relay_runtime::audit::AuditLog::append::<Sqlite>(conn, record)
+            .await
+            .map(drop)
+    }
 }
 
 /// Sets the hours of the candidates, from their search rows.

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use prost::Message;
 use relay_proto::intake::{CancelIncidentResponse, CloseIncidentResponse, UpdateIncidentResponse};
-use relay_runtime::idempotency::{RequestRecord, replay};
+use relay_runtime::{
+    audit::AuditRecord,
+    idempotency::{RequestRecord, replay},
+};
 
 use super::{
     IncidentUpdate, Intake, IntakeError, MAX_CONFLICTS, NewIncident, Submitted,
@@ -17,12 +20,14 @@ use crate::{
     store::{ChangeOutcome, CreateOutcome, StoredIncident},
 };
 
-/// A command on one incident: its idempotency key, the request's fingerprint, the RPC name.
+/// A command on one incident: its idempotency key, the request's fingerprint, the RPC name,
+/// and the audit record committed with its change.
 struct Command<'a> {
     request_id: &'a str,
     fingerprint: &'a str,
     rpc: &'a str,
     incident_id: &'a str,
+    audit: Option<AuditRecord>,
 }
 
 impl Intake {
@@ -39,6 +44,20 @@ impl Intake {
     /// # Errors
     /// When storage fails.
     pub async fn submit(self: &Arc<Self>, new: NewIncident) -> Result<Submitted, IntakeError> {
+        self.submit_audited(new, None).await
+    }
+
+    /// [`Self::submit`], committing `audit` (the record of the call, to which the new
+    /// incident's id is added) with the incident. A submission that finds its incident
+    /// already there changes nothing and records nothing.
+    ///
+    /// # Errors
+    /// When storage fails.
+    pub async fn submit_audited(
+        self: &Arc<Self>,
+        new: NewIncident,
+        mut audit: Option<AuditRecord>,
+    ) -> Result<Submitted, IntakeError> {
         self.watch_region(&new.region);
         let now = self.now();
         let accepted = domain::plan_submit(new, &self.rules(), now);
@@ -49,9 +68,14 @@ impl Intake {
         }
         let stored = accepted.stored;
         let outbox = assign.iter().cloned().collect();
+        if let Some(record) = &mut audit {
+            record
+                .resources
+                .push(format!("incident:{}", stored.incident.incident_id));
+        }
         match self
             .store
-            .create_incident(&stored, accepted.events, outbox, now)
+            .create_audited(&stored, accepted.events, outbox, now, audit.as_ref())
             .await?
         {
             CreateOutcome::Existing(existing) => Ok(Submitted {
@@ -128,6 +152,7 @@ impl Intake {
             fingerprint,
             rpc,
             incident_id,
+            ..
         } = *command;
         if let Some(record) = self.store.find_request(request_id).await? {
             return Ok((replay(&record, fingerprint)?, false));
@@ -139,6 +164,7 @@ impl Intake {
                 Decided::Changed(change, response) => (*change, response),
             };
             change.request = Some(RequestRecord::new(request_id, rpc, fingerprint, &response));
+            change.audit.clone_from(&command.audit);
             match self.store.apply_change(change).await? {
                 ChangeOutcome::Applied(_) => {
                     self.events_queued();
@@ -161,12 +187,14 @@ impl Intake {
     pub async fn update(
         &self,
         update: IncidentUpdate,
+        audit: Option<AuditRecord>,
     ) -> Result<UpdateIncidentResponse, IntakeError> {
         let command = Command {
             request_id: &update.request_id,
             fingerprint: &update.fingerprint,
             rpc: "UpdateIncident",
             incident_id: &update.incident_id,
+            audit,
         };
         let rules = self.rules();
         let (response, applied) = self
@@ -195,12 +223,14 @@ impl Intake {
         fingerprint: &str,
         incident_id: &str,
         reason: &str,
+        audit: Option<AuditRecord>,
     ) -> Result<CancelIncidentResponse, IntakeError> {
         let command = Command {
             request_id,
             fingerprint,
             rpc: "CancelIncident",
             incident_id,
+            audit,
         };
         let (response, applied) = self
             .run(&command, |before, now| {
@@ -217,6 +247,8 @@ impl Intake {
     ///
     /// # Errors
     /// See the contract.
+    // The request's fields as the domain takes them, and the call's audit record.
+    #[allow(clippy::too_many_arguments)]
     pub async fn close(
         &self,
         request_id: &str,
@@ -225,12 +257,14 @@ impl Intake {
         outcome: i32,
         referral_ids: Vec<String>,
         notes: String,
+        audit: Option<AuditRecord>,
     ) -> Result<CloseIncidentResponse, IntakeError> {
         let command = Command {
             request_id,
             fingerprint,
             rpc: "CloseIncident",
             incident_id,
+            audit,
         };
         let (response, applied) = self
             .run(&command, |before, now| {

@@ -5,7 +5,7 @@
 //! bounded: over months of incidents they may rightly take longer than one statement should.
 
 use relay_proto::intake::{Incident, IncidentEvent};
-use relay_runtime::idempotency::RequestRecord;
+use relay_runtime::{audit::AuditRecord, idempotency::RequestRecord};
 
 use super::{
     Change, ChangeOutcome, Consumed, CreateOutcome, IncidentStore, ListFilter, Observation,
@@ -15,12 +15,13 @@ use super::{
 relay_runtime::bounded_store! {
     #[tonic::async_trait]
     impl IncidentStore {
-        async fn create_incident(
+        async fn create_audited(
             &self,
             incident: &StoredIncident,
             events: Vec<IncidentEvent>,
             outbox: Vec<OutboxItem>,
             now: i64,
+            audit: Option<&AuditRecord>,
         ) -> Result<CreateOutcome, StoreError>;
         async fn get_incident(
             &self,

@@ -40,6 +40,7 @@
 
 use prost::Message;
 use relay_proto::intake::{Incident, IncidentEvent};
+use relay_runtime::audit::AuditRecord;
 use relay_runtime::{
     idempotency::RequestRecord,
     sequencer::{Numbered, PendingRow},
@@ -163,6 +164,8 @@ pub struct Change {
     pub settles_outbox: Option<String>,
     /// The mutation's idempotency record (refused if the request_id is taken).
     pub request: Option<RequestRecord>,
+    /// The audit record of the call that made the change, appended last in its transaction.
+    pub audit: Option<AuditRecord>,
     /// Upstream event consumed (refused if already consumed).
     pub consumed: Option<Consumed>,
     /// Team statuses to keep for the incident until its assignment is recorded.
@@ -265,6 +268,19 @@ pub trait IncidentStore: Send + Sync + std::fmt::Debug + 'static {
         events: Vec<IncidentEvent>,
         outbox: Vec<OutboxItem>,
         now: i64,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.create_audited(incident, events, outbox, now, None)
+            .await
+    }
+    /// [`Self::create_incident`] with the audit record of the call that submitted it,
+    /// appended in the same transaction (written only when the incident is).
+    async fn create_audited(
+        &self,
+        incident: &StoredIncident,
+        events: Vec<IncidentEvent>,
+        outbox: Vec<OutboxItem>,
+        now: i64,
+        audit: Option<&AuditRecord>,
     ) -> Result<CreateOutcome, StoreError>;
     /// One incident by Relay id.
     async fn get_incident(&self, incident_id: &str) -> Result<Option<StoredIncident>, StoreError>;

@@ -4,7 +4,10 @@
 use std::sync::LazyLock;
 
 use relay_proto::intake::IncidentEvent;
-use relay_runtime::sequencer::Sequencer;
+use relay_runtime::{
+    audit::{AuditLog, AuditRecord},
+    sequencer::Sequencer,
+};
 use sqlx::{Arguments, Postgres, postgres::PgArguments};
 
 use super::{
@@ -54,20 +57,32 @@ impl Dialect for Postgres {
         &SEQUENCER
     }
 
-    /// [`INSERT_NEW`]: one round trip to the server instead of five.
+    /// [`INSERT_NEW`]: one round trip to the server instead of five; with an audit record,
+    /// in a transaction that appends it after the incident (when the incident is new).
     async fn insert_new(
         store: &SqlStore<Self>,
         stored: &StoredIncident,
         events: &[IncidentEvent],
         outbox: &[OutboxItem],
         now: i64,
+        audit: Option<&AuditRecord>,
     ) -> Result<bool, StoreError> {
         let mut args: PgArguments = incident_arguments::<Postgres>(stored, Write::Insert)?;
         add_new_rows(&mut args, events, outbox, now).map_err(sqlx::Error::Encode)?;
-        let inserted: i64 = sqlx::query_scalar_with(&INSERT_NEW, args)
-            .fetch_one(store.pool())
-            .await?;
-        Ok(inserted > 0)
+        let query = sqlx::query_scalar_with(&INSERT_NEW, args);
+        let Some(record) = audit else {
+            let inserted: i64 = query.fetch_one(store.pool()).await?;
+            return Ok(inserted > 0);
+        };
+        let mut tx = store.pool().begin().await?;
+        let inserted: i64 = query.fetch_one(&mut *tx).await?;
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        AuditLog::append::<Postgres>(&mut tx, record).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

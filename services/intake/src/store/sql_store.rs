@@ -8,7 +8,12 @@ use std::{collections::HashMap, future::Future};
 
 use prost::Message;
 use relay_proto::intake::{Incident, IncidentEvent, RoutingState};
-use relay_runtime::{idempotency::RequestRecord, sequencer::Sequencer, storage::RowsAffected};
+use relay_runtime::{
+    audit::{AuditLog, AuditRecord},
+    idempotency::RequestRecord,
+    sequencer::Sequencer,
+    storage::RowsAffected,
+};
 use sqlx::Transaction;
 
 use super::{
@@ -45,7 +50,7 @@ pub trait Dialect: sqlx::Database + Sized {
     /// The sequencer on this database.
     fn sequencer() -> &'static Sequencer;
 
-    /// Writes a new incident, its outbox rows and its events, unless its
+    /// Writes a new incident, its outbox rows, its events and its audit record, unless its
     /// `(cad_system, cad_incident_id)` exists; false when it did.
     fn insert_new(
         store: &SqlStore<Self>,
@@ -53,6 +58,7 @@ pub trait Dialect: sqlx::Database + Sized {
         events: &[IncidentEvent],
         outbox: &[OutboxItem],
         now: i64,
+        audit: Option<&AuditRecord>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
@@ -233,14 +239,15 @@ where
     IncidentRow: for<'r> sqlx::FromRow<'r, DB::Row>,
     PendingEvent: for<'r> sqlx::FromRow<'r, DB::Row>,
 {
-    async fn create_incident(
+    async fn create_audited(
         &self,
         stored: &StoredIncident,
         events: Vec<IncidentEvent>,
         outbox: Vec<OutboxItem>,
         now: i64,
+        audit: Option<&AuditRecord>,
     ) -> Result<CreateOutcome, StoreError> {
-        if DB::insert_new(self, stored, &events, &outbox, now).await? {
+        if DB::insert_new(self, stored, &events, &outbox, now, audit).await? {
             return Ok(CreateOutcome::Created);
         }
         let incident = &stored.incident;
@@ -342,6 +349,10 @@ where
             tx.rollback().await?;
             return Ok(ChangeOutcome::Conflict);
         };
+        // Last, so the trail's head is locked for the commit alone.
+        if let Some(record) = &change.audit {
+            AuditLog::append::<DB>(&mut tx, record).await?;
+        }
         tx.commit().await?;
         Ok(ChangeOutcome::Applied(queued))
     }

@@ -5,7 +5,10 @@
 use std::sync::LazyLock;
 
 use relay_proto::intake::IncidentEvent;
-use relay_runtime::sequencer::Sequencer;
+use relay_runtime::{
+    audit::{AuditLog, AuditRecord},
+    sequencer::Sequencer,
+};
 use sqlx::Sqlite;
 
 use super::{
@@ -30,6 +33,7 @@ impl Dialect for Sqlite {
         events: &[IncidentEvent],
         outbox: &[OutboxItem],
         now: i64,
+        audit: Option<&AuditRecord>,
     ) -> Result<bool, StoreError> {
         let args = incident_arguments::<Sqlite>(stored, Write::Insert)?;
         let mut tx = store.pool().begin().await?;
@@ -43,6 +47,9 @@ impl Dialect for Sqlite {
         }
         SqlStore::insert_outbox(&mut tx, outbox, now).await?;
         SqlStore::queue_events(&mut tx, events, &stored.incident.cad_system, now).await?;
+        if let Some(record) = audit {
+            AuditLog::append::<Sqlite>(&mut tx, record).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

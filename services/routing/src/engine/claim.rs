@@ -128,6 +128,7 @@ impl Engine {
         incident.update_time = now;
         self.write(Write {
             region: record.region.clone(),
+            audit: None,
             request: request.map(|(request_id, fingerprint)| RequestRecord {
                 request_id: request_id.to_owned(),
                 fingerprint: fingerprint.as_bytes().to_vec(),

@@ -314,6 +314,7 @@ impl Engine {
             };
             let write = Write {
                 region: active.region.clone(),
+                audit: None,
                 request: request.map(|(request_id, fingerprint)| RequestRecord {
                     request_id: request_id.to_owned(),
                     fingerprint: fingerprint.as_bytes().to_vec(),
@@ -514,6 +515,7 @@ impl Engine {
             };
             let write = Write {
                 region: incident.region.clone(),
+                audit: None,
                 request: Some(RequestRecord {
                     request_id: request.request_id.clone(),
                     fingerprint: fingerprint.clone().into_bytes(),

@@ -31,6 +31,7 @@ use relay_proto::{
     },
 };
 use relay_runtime::{
+    audit::AuditRecord,
     error::ApiError,
     idempotency::{self, ReplayError, fingerprint},
     paging::PageTokens,
@@ -101,6 +102,32 @@ mod queue;
 
 pub use assign::queued_entry;
 use check::replayed;
+
+tokio::task_local! {
+    /// The audit record of the RPC being served (the handler scopes it around the engine
+    /// call): [`Engine::write`] commits it with the call's own write, naming what it touched.
+    pub static CALL_AUDIT: AuditRecord;
+}
+
+/// `record` naming the incident, team and assignment `write` touches.
+fn audit_of(record: &AuditRecord, write: &Write) -> AuditRecord {
+    let mut record = record.clone();
+    let incident = write.incident.as_ref().map(|i| &i.record.incident_id);
+    let assignment = write.new_assignment.as_ref();
+    let named = incident
+        .map(|id| format!("incident:{id}"))
+        .into_iter()
+        .chain(assignment.map(|a| format!("team:{}", a.team_id)))
+        .chain(assignment.map(|a| format!("assignment:{}", a.assignment_id)))
+        .chain(
+            write
+                .end_assignment
+                .as_ref()
+                .map(|e| format!("assignment:{}", e.assignment_id)),
+        );
+    record.resources.extend(named);
+    record
+}
 pub use check::{
     Params, check_assign_team, check_cancel_routing, check_confirm_assignment,
     check_get_assignment, check_list_queue, check_release_team, check_watch_assignments,
@@ -326,8 +353,12 @@ impl Engine {
         self.clock.now().trunc_subsecs(6)
     }
 
-    async fn write(&self, write: Write) -> Result<(), StoreError> {
+    async fn write(&self, mut write: Write) -> Result<(), StoreError> {
         let has_events = !write.events.is_empty();
+        // The call's own write (the one carrying its idempotency record) commits its record.
+        if write.request.is_some() && write.audit.is_none() {
+            write.audit = CALL_AUDIT.try_with(|record| audit_of(record, &write)).ok();
+        }
         self.store.write(write).await?;
         if has_events {
             self.written.notify_waiters();

@@ -206,6 +206,8 @@ pub struct Write {
     pub new_assignment: Option<Assignment>,
     /// The events to append (their `event_id` is assigned by the store).
     pub events: Vec<AssignmentEvent>,
+    /// The audit record of the call that made the write, appended last in its transaction.
+    pub audit: Option<relay_runtime::audit::AuditRecord>,
 }
 
 /// Why the record refused a write, or could not be reached. A refused write changed nothing.

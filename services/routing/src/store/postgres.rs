@@ -305,6 +305,19 @@ fn lookup_sql(joins: &str) -> String {
     )
 }
 
+/// The fused write `query` and the call's audit `record` in one transaction: no change
+/// without its record.
+async fn audited(
+    pool: &PgPool,
+    query: sqlx::query::Query<'_, sqlx::Postgres, PgArguments>,
+    record: &relay_runtime::audit::AuditRecord,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    query.execute(&mut *tx).await?;
+    relay_runtime::audit::AuditLog::append::<sqlx::Postgres>(&mut tx, record).await?;
+    tx.commit().await
+}
+
 async fn lookup_row(
     pool: &PgPool,
     sql: &str,
@@ -386,10 +399,12 @@ impl Dialect for Postgres {
     /// [`fused_write`]: one round trip.
     async fn write(store: &SqlStore<Self>, write: Write) -> Result<(), StoreError> {
         let (sql, args) = fused_write(&write, Utc::now())?;
-        match sqlx::query_with(&sql, args).execute(store.pool()).await {
-            Ok(_) => Ok(()),
-            Err(error) => Err(refusal(&error).unwrap_or_else(|| error.into())),
-        }
+        let query = sqlx::query_with(&sql, args);
+        let written = match &write.audit {
+            None => query.execute(store.pool()).await.map(drop),
+            Some(record) => audited(store.pool(), query, record).await,
+        };
+        written.map_err(|error| refusal(&error).unwrap_or_else(|| error.into()))
     }
 
     async fn lookup(

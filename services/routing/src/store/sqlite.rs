@@ -100,6 +100,9 @@ impl Dialect for Sqlite {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(record) = &write.audit {
+            relay_runtime::audit::AuditLog::append::<sqlx::Sqlite>(&mut tx, record).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

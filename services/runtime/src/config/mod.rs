@@ -394,6 +394,7 @@ impl ConfigBuilder {
         settings.server.validate()?;
         settings.clock.validate()?;
         settings.database.validate()?;
+        settings.audit.validate(settings.insecure_dev)?;
         Ok(Config {
             service: self.service,
             settings,

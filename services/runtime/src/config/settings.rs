@@ -172,6 +172,9 @@ pub struct Settings {
     /// [`crate::security::SecuritySettings`].
     #[serde(default)]
     pub security: crate::security::SecuritySettings,
+    /// The audit trail's retention and queue (`[audit]`, `RELAY_AUDIT__*`).
+    #[serde(default)]
+    pub audit: crate::audit::settings::AuditSettings,
 }
 
 /// The database settings every service has, one block under the same names for each
