@@ -18,14 +18,7 @@ async fn a_roster_write_commits_with_its_record_or_not_at_all() {
     let env = RedisEnv::new().await;
     let mut app = TestApp::start(&env.setup, Arc::new(ManualClock::new(start_time()))).await;
     let pool = sqlx::PgPool::connect(env.database.url()).await.expect("pg");
-    for sql in [
-        "CREATE FUNCTION availability.refuse_audit() RETURNS trigger LANGUAGE plpgsql \
-         AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$",
-        "CREATE TRIGGER refuse_audit BEFORE INSERT ON availability.audit_log \
-         FOR EACH ROW EXECUTE FUNCTION availability.refuse_audit()",
-    ] {
-        sqlx::query(sql).execute(&pool).await.expect(sql);
-    }
+    relay_tests::audit::refuse_audit(&pool, "availability").await;
     let request = upsert("t-audit", "north");
     let refused = app
         .client
@@ -42,10 +35,7 @@ async fn a_roster_write_commits_with_its_record_or_not_at_all() {
         .expect_err("the creation was undone");
     assert_eq!(missing.code(), Code::NotFound);
 
-    sqlx::query("DROP TRIGGER refuse_audit ON availability.audit_log")
-        .execute(&pool)
-        .await
-        .expect("drop");
+    relay_tests::audit::allow_audit(&pool, "availability").await;
     app.client
         .upsert_team(request.clone())
         .await

@@ -26,18 +26,10 @@ async fn execute(database: &Database, sql: &str) {
 async fn refuse_audit(database: &Database, kind: Kind) {
     match kind {
         Kind::Postgres => {
-            execute(
-                database,
-                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql \
-                 AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$",
-            )
-            .await;
-            execute(
-                database,
-                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
-                 FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
-            )
-            .await;
+            let Database::Postgres { pool, .. } = database else {
+                unreachable!("postgres")
+            };
+            relay_tests::audit::refuse_audit(pool, "directory").await;
         }
         Kind::Sqlite => {
             execute(

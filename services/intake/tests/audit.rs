@@ -7,15 +7,13 @@ mod support;
 
 use relay_proto::intake::{GetIncidentRequest, UpdateIncidentRequest};
 use relay_runtime::{audit::AuditSink, storage::Database};
-use relay_tests::TestDatabase;
+use relay_tests::{
+    TestDatabase,
+    audit::{allow_audit, refuse_audit},
+};
 use secrecy::SecretString;
 use support::{FakeRouting, TestIntake, submission};
 use tonic::Code;
-
-const REFUSE: &str = "CREATE FUNCTION intake.refuse_audit() RETURNS trigger LANGUAGE plpgsql \
-     AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$";
-const TRIGGER: &str = "CREATE TRIGGER refuse_audit BEFORE INSERT ON intake.audit_log \
-     FOR EACH ROW EXECUTE FUNCTION intake.refuse_audit()";
 
 async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT COUNT(*) FROM intake.{table}"))
@@ -51,8 +49,7 @@ async fn a_change_without_its_record_is_impossible_and_a_replay_records_nothing(
     let routing = FakeRouting::started().await;
     let mut app = TestIntake::start(db.url(), &routing, None, &[], None).await;
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-    sqlx::query(REFUSE).execute(&pool).await.unwrap();
-    sqlx::query(TRIGGER).execute(&pool).await.unwrap();
+    refuse_audit(&pool, "intake").await;
 
     let refused = app
         .client
@@ -64,10 +61,7 @@ async fn a_change_without_its_record_is_impossible_and_a_replay_records_nothing(
     assert_eq!(count(&pool, "outbox").await, 0);
     assert_eq!(count(&pool, "pending_events").await, 0);
 
-    sqlx::query("DROP TRIGGER refuse_audit ON intake.audit_log")
-        .execute(&pool)
-        .await
-        .unwrap();
+    allow_audit(&pool, "intake").await;
     let created = app.submit(submission("A-1", "WELFARE")).await;
     let id = created.incident_id.clone();
     // The same incident again: nothing changes, nothing is recorded.
@@ -142,8 +136,7 @@ async fn a_caller_details_read_is_recorded_first_or_refused() {
         )
     );
 
-    sqlx::query(REFUSE).execute(&pool).await.unwrap();
-    sqlx::query(TRIGGER).execute(&pool).await.unwrap();
+    refuse_audit(&pool, "intake").await;
     let refused = app
         .client
         .get_incident(get)

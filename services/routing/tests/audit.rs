@@ -32,14 +32,7 @@ async fn an_assignment_commits_with_its_record_or_not_at_all() {
     w.fleet
         .upsert_team(&w.region, team("near", 500.0, &[], 10, w.clock.now()));
     let pool = sqlx::PgPool::connect(w.database.url()).await.expect("pg");
-    for sql in [
-        "CREATE FUNCTION routing.refuse_audit() RETURNS trigger LANGUAGE plpgsql \
-         AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$",
-        "CREATE TRIGGER refuse_audit BEFORE INSERT ON routing.audit_log \
-         FOR EACH ROW EXECUTE FUNCTION routing.refuse_audit()",
-    ] {
-        sqlx::query(sql).execute(&pool).await.expect(sql);
-    }
+    relay_tests::audit::refuse_audit(&pool, "routing").await;
     let request = assign("r1", "inc-1", &w.region, AssignmentMode::AutoAssign, 2, &[]);
     CALL_AUDIT
         .scope(call(), w.engine.assign_team(request.clone()))
@@ -51,10 +44,7 @@ async fn an_assignment_commits_with_its_record_or_not_at_all() {
         .expect("count");
     assert_eq!(assignments, 0);
 
-    sqlx::query("DROP TRIGGER refuse_audit ON routing.audit_log")
-        .execute(&pool)
-        .await
-        .expect("drop");
+    relay_tests::audit::allow_audit(&pool, "routing").await;
     let response = CALL_AUDIT
         .scope(call(), w.engine.assign_team(request.clone()))
         .await

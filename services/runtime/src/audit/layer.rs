@@ -257,11 +257,11 @@ async fn write_task(
             batch.push(AuditRecord::of_trail("audit.dropped", format!("n={lost}")));
         }
         if let Err(error) = sink.append_alone(&batch).await {
-            let count = batch.len() as u64;
-            tracing::warn!(%error, records = count, "audit records could not be written");
-            // Counted again, so the next batch says how many are missing.
-            dropped.fetch_add(count - u64::from(lost > 0), Ordering::Relaxed);
-            dropped_counter().add(count - u64::from(lost > 0), &[]);
+            let records = (batch.len() - usize::from(lost > 0)) as u64;
+            tracing::warn!(%error, records, "audit records could not be written");
+            // Counted (the earlier losses again), so the next batch says how many are missing.
+            dropped.fetch_add(records + lost, Ordering::Relaxed);
+            dropped_counter().add(records, &[]);
         }
     }
 }
@@ -347,6 +347,25 @@ mod tests {
         );
         assert_eq!(dropped.load(Ordering::Relaxed), 0);
         assert!(sink.verify().await.expect("database").is_ok());
+
+        // A batch the database refuses (here: no trail at all) is counted, earlier losses
+        // included, for the next batch to report.
+        let url = format!("sqlite://{}", dir.path().join("none.db").display());
+        let nowhere = AuditSink::new(Database::open(&url.into(), "probe", 1).expect("open"));
+        let (sender, receiver) = mpsc::channel(4);
+        sender
+            .try_send(AuditRecord::of_trail("test", String::new()))
+            .expect("room");
+        drop(sender);
+        dropped.store(3, Ordering::Relaxed);
+        write_task(
+            nowhere,
+            receiver,
+            Arc::clone(&dropped),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(dropped.load(Ordering::Relaxed), 4);
     }
 
     #[test]

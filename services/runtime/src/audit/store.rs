@@ -282,7 +282,7 @@ impl AuditLog {
             .await?;
         let deleted = rows_affected::<DB>(&deleted);
         let record = AuditRecord::of_trail(
-            "audit.pruned",
+            super::verify::PRUNED,
             format!("anchor seq={seq} hash={hash} deleted={deleted}"),
         );
         Self::append::<DB>(&mut tx, &record).await?;

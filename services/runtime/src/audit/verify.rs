@@ -3,6 +3,9 @@
 
 use super::{AuditEntry, chain_hash, store::Head};
 
+/// The `rpc` of the record a pruning appends (see [`super::AuditLog::prune`]).
+pub const PRUNED: &str = "audit.pruned";
+
 /// How the chain was broken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FindingKind {
@@ -72,6 +75,8 @@ pub struct Verifier {
     expected_seq: i64,
     expected_prev: String,
     records: u64,
+    /// Whether an `audit.pruned` record names the head's anchor (or there is none).
+    anchor_named: bool,
 }
 
 impl Verifier {
@@ -81,6 +86,7 @@ impl Verifier {
         Self {
             expected_seq: head.anchor_seq + 1,
             expected_prev: head.anchor_hash.clone(),
+            anchor_named: head.anchor_seq == 0,
             head,
             records: 0,
         }
@@ -140,13 +146,26 @@ impl Verifier {
                 "its prev_hash is not the hash of the record before it".to_owned(),
             ));
         }
+        if entry.record.rpc == PRUNED && entry.record.reason.starts_with(&self.anchor_reason()) {
+            self.anchor_named = true;
+        }
         self.expected_seq += 1;
         self.expected_prev.clone_from(&entry.hash);
         self.records += 1;
         Ok(())
     }
 
-    /// The end of the walk: every record the head counts was seen.
+    /// How the `audit.pruned` record that set the anchor begins.
+    fn anchor_reason(&self) -> String {
+        format!(
+            "anchor seq={} hash={} ",
+            self.head.anchor_seq, self.head.anchor_hash
+        )
+    }
+
+    /// The end of the walk: every record the head counts was seen, and the anchor was set by
+    /// a pruning the chain itself records (a prefix deleted and the anchor moved by hand is
+    /// not).
     ///
     /// # Errors
     /// When records at the end are missing, or the last hash is not the head's.
@@ -159,6 +178,16 @@ impl Verifier {
                 detail: format!(
                     "seqs {} to {} are missing",
                     self.expected_seq, self.head.seq
+                ),
+            });
+        }
+        if !self.anchor_named {
+            return Err(Finding {
+                seq: self.head.anchor_seq,
+                kind: FindingKind::Deleted,
+                detail: format!(
+                    "records up to seq {} are gone and no audit.pruned record names the anchor",
+                    self.head.anchor_seq
                 ),
             });
         }
@@ -263,12 +292,28 @@ mod tests {
     }
 
     #[test]
-    fn a_pruned_chain_verifies_from_its_anchor() {
-        let (mut head, entries) = chain(5);
+    fn a_pruned_chain_verifies_from_its_anchor_when_the_chain_says_so() {
+        let (mut head, mut entries) = chain(5);
         head.anchor_seq = 2;
         head.anchor_hash = entries[1].hash.clone();
+        // A prefix deleted and the anchor moved by hand: no record of the pruning.
+        assert_eq!(kind_at(&head, &entries[2..]), (2, FindingKind::Deleted));
+        // The pruning's own record, appended after the anchor moved.
+        let record = AuditRecord {
+            rpc: PRUNED.to_owned(),
+            reason: format!("anchor seq=2 hash={} deleted=2", entries[1].hash),
+            ..AuditRecord::default()
+        };
+        let hash = chain_hash(&head.hash, 6, &record);
+        entries.push(AuditEntry {
+            seq: 6,
+            record,
+            prev_hash: head.hash.clone(),
+            hash: hash.clone(),
+        });
+        (head.seq, head.hash) = (6, hash);
         let verified = verify(head.clone(), &entries[2..]).expect("valid from the anchor");
-        assert_eq!(verified.records, 3);
+        assert_eq!(verified.records, 4);
         head.anchor_hash = entries[0].hash.clone();
         assert_eq!(kind_at(&head, &entries[2..]), (3, FindingKind::Inserted));
     }
