@@ -170,97 +170,24 @@ pub struct GeneratedService {
 ///
 /// # Errors
 /// When a file cannot be written.
-#[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
 pub fn write_package(
     dir: &Path,
     services: usize,
     seed: u64,
 ) -> std::io::Result<Vec<GeneratedService>> {
     std::fs::create_dir_all(dir)?;
-    let writer = |name: &str, header: &[&str]| -> std::io::Result<csv::Writer<BufWriter<File>>> {
-        let mut w = csv::Writer::from_writer(BufWriter::new(File::create(dir.join(name))?));
-        w.write_record(header)?;
-        Ok(w)
-    };
-    let mut organizations = writer(
-        "organizations.csv",
-        &["id", "name", "description", "email", "website"],
-    )?;
-    let mut terms = writer(
-        "taxonomy_terms.csv",
-        &["id", "code", "name", "description", "parent_id", "taxonomy"],
-    )?;
-    let mut svc = writer(
-        "services.csv",
-        &[
-            "id",
-            "organization_id",
-            "name",
-            "alternate_name",
-            "description",
-            "url",
-            "email",
-            "status",
-            "last_modified",
-        ],
-    )?;
-    let mut locations = writer(
-        "locations.csv",
-        &["id", "location_type", "name", "latitude", "longitude"],
-    )?;
-    let mut addresses = writer(
-        "addresses.csv",
-        &[
-            "id",
-            "location_id",
-            "address_1",
-            "city",
-            "state_province",
-            "postal_code",
-            "country",
-            "address_type",
-        ],
-    )?;
-    let mut sal = writer(
-        "service_at_location.csv",
-        &["id", "service_id", "location_id"],
-    )?;
-    let mut attributes = writer(
-        "attributes.csv",
-        &[
-            "id",
-            "link_id",
-            "taxonomy_term_id",
-            "link_type",
-            "link_entity",
-            "value",
-        ],
-    )?;
-    let mut languages = writer("languages.csv", &["id", "service_id", "name", "code"])?;
-    let mut phones = writer("phones.csv", &["id", "service_id", "number", "type"])?;
-    let mut schedules = writer(
-        "schedules.csv",
-        &[
-            "id",
-            "service_id",
-            "location_id",
-            "freq",
-            "byday",
-            "opens_at",
-            "closes_at",
-            "description",
-        ],
-    )?;
+    let mut files = Files::create(dir)?;
     for (id, code, name, parent, _) in TAXONOMY {
-        terms.write_record([id, code, name, "", parent, "Relay synthetic"])?;
+        files
+            .terms
+            .write_record([id, code, name, "", parent, "Relay synthetic"])?;
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(services);
-    let meters_per_degree = 111_320.0;
     for i in 0..services {
         if i % 5 == 0 {
             let hood = NEIGHBORHOODS[rng.random_range(0..NEIGHBORHOODS.len())];
-            organizations.write_record([
+            files.organizations.write_record([
                 format!("org-{:06}", i / 5),
                 format!("{hood} Community Services {}", i / 5),
                 "A community nonprofit".to_owned(),
@@ -268,16 +195,38 @@ pub fn write_package(
                 "https://example.org".to_owned(),
             ])?;
         }
+        let drawn = Drawn::draw(&mut rng, i);
+        files.write_service(i, &drawn)?;
+        out.push(drawn.service);
+    }
+    files.finish()?;
+    Ok(out)
+}
+
+/// One service as drawn, with what its description says beyond the service itself.
+struct Drawn {
+    service: GeneratedService,
+    hood: &'static str,
+    youth: bool,
+    /// Where, unrounded (the files write 6 decimals of it).
+    lat: f64,
+    lon: f64,
+}
+
+impl Drawn {
+    /// The `i`th service: its term, neighborhood, audience, place, hours and languages,
+    /// drawn from `rng` in this order (the package of a seed never changes).
+    #[allow(clippy::cast_precision_loss)]
+    fn draw(rng: &mut StdRng, i: usize) -> Self {
+        let meters_per_degree = 111_320.0;
         let term = LEAVES[rng.random_range(0..LEAVES.len())];
-        let (term_id, _, term_name, _, words) = TAXONOMY[term];
+        let (_, _, term_name, _, _) = TAXONOMY[term];
         let hood = NEIGHBORHOODS[rng.random_range(0..NEIGHBORHOODS.len())];
         let youth = rng.random_bool(0.2);
         let name = format!(
             "{hood} {}{term_name} {i}",
             if youth { "Youth " } else { "" }
         );
-        let id = format!("svc-{i:06}");
-        let location_id = format!("loc-{i:06}");
         let distance = METRO_RADIUS_METERS * rng.random::<f64>().sqrt();
         let angle = rng.random::<f64>() * std::f64::consts::TAU;
         let lat = METRO_CENTER.0 + distance * angle.sin() / meters_per_degree;
@@ -300,10 +249,146 @@ pub fn write_package(
         if rng.random_bool(0.05) {
             langs.push("ru");
         }
-        svc.write_record([
+        Self {
+            service: GeneratedService {
+                id: format!("svc-{i:06}"),
+                location_id: format!("loc-{i:06}"),
+                point: ((lat * 1e6).round() / 1e6, (lon * 1e6).round() / 1e6),
+                term,
+                languages: langs,
+                hours,
+                name,
+            },
+            hood,
+            youth,
+            lat,
+            lon,
+        }
+    }
+}
+
+/// The package's CSV files, each with its header written.
+struct Files {
+    organizations: Csv,
+    terms: Csv,
+    svc: Csv,
+    locations: Csv,
+    addresses: Csv,
+    sal: Csv,
+    attributes: Csv,
+    languages: Csv,
+    phones: Csv,
+    schedules: Csv,
+}
+
+type Csv = csv::Writer<BufWriter<File>>;
+
+impl Files {
+    fn create(dir: &Path) -> std::io::Result<Self> {
+        let writer = |name: &str, header: &[&str]| -> std::io::Result<Csv> {
+            let mut w = csv::Writer::from_writer(BufWriter::new(File::create(dir.join(name))?));
+            w.write_record(header)?;
+            Ok(w)
+        };
+        let organizations = writer(
+            "organizations.csv",
+            &["id", "name", "description", "email", "website"],
+        )?;
+        let terms = writer(
+            "taxonomy_terms.csv",
+            &["id", "code", "name", "description", "parent_id", "taxonomy"],
+        )?;
+        let svc = writer(
+            "services.csv",
+            &[
+                "id",
+                "organization_id",
+                "name",
+                "alternate_name",
+                "description",
+                "url",
+                "email",
+                "status",
+                "last_modified",
+            ],
+        )?;
+        let locations = writer(
+            "locations.csv",
+            &["id", "location_type", "name", "latitude", "longitude"],
+        )?;
+        let addresses = writer(
+            "addresses.csv",
+            &[
+                "id",
+                "location_id",
+                "address_1",
+                "city",
+                "state_province",
+                "postal_code",
+                "country",
+                "address_type",
+            ],
+        )?;
+        let sal = writer(
+            "service_at_location.csv",
+            &["id", "service_id", "location_id"],
+        )?;
+        let attributes = writer(
+            "attributes.csv",
+            &[
+                "id",
+                "link_id",
+                "taxonomy_term_id",
+                "link_type",
+                "link_entity",
+                "value",
+            ],
+        )?;
+        let languages = writer("languages.csv", &["id", "service_id", "name", "code"])?;
+        let phones = writer("phones.csv", &["id", "service_id", "number", "type"])?;
+        let schedules = writer(
+            "schedules.csv",
+            &[
+                "id",
+                "service_id",
+                "location_id",
+                "freq",
+                "byday",
+                "opens_at",
+                "closes_at",
+                "description",
+            ],
+        )?;
+        Ok(Self {
+            organizations,
+            terms,
+            svc,
+            locations,
+            addresses,
+            sal,
+            attributes,
+            languages,
+            phones,
+            schedules,
+        })
+    }
+
+    /// The rows of one drawn service in every file but organizations and terms.
+    fn write_service(&mut self, i: usize, drawn: &Drawn) -> std::io::Result<()> {
+        let Drawn {
+            service,
+            hood,
+            youth,
+            lat,
+            lon,
+        } = drawn;
+        let (hood, youth, lat, lon) = (*hood, *youth, *lat, *lon);
+        let (term_id, _, term_name, _, words) = TAXONOMY[service.term];
+        let (id, location_id, name) = (&service.id, &service.location_id, &service.name);
+        self.svc.write_record([
             id.as_str(),
             &format!("org-{:06}", i / 5),
-            &name,
+            name,
             "",
             &format!(
                 "{} {words} for {} in the {hood} neighborhood",
@@ -319,14 +404,14 @@ pub fn write_package(
             "active",
             "2026-01-01T00:00:00Z",
         ])?;
-        locations.write_record([
+        self.locations.write_record([
             location_id.as_str(),
             "physical",
             &format!("{hood} site {i}"),
             &format!("{lat:.6}"),
             &format!("{lon:.6}"),
         ])?;
-        addresses.write_record([
+        self.addresses.write_record([
             &format!("addr-{i:06}"),
             location_id.as_str(),
             &format!("{} {hood} St", 100 + i % 9000),
@@ -336,8 +421,9 @@ pub fn write_package(
             "US",
             "physical",
         ])?;
-        sal.write_record([format!("sal-{i:06}"), id.clone(), location_id.clone()])?;
-        attributes.write_record([
+        self.sal
+            .write_record([format!("sal-{i:06}"), id.clone(), location_id.clone()])?;
+        self.attributes.write_record([
             &format!("attr-{i:06}"),
             id.as_str(),
             term_id,
@@ -345,17 +431,18 @@ pub fn write_package(
             "service",
             "",
         ])?;
-        for code in &langs {
-            languages.write_record([&format!("lang-{i:06}-{code}"), id.as_str(), "", code])?;
+        for code in &service.languages {
+            self.languages
+                .write_record([&format!("lang-{i:06}-{code}"), id.as_str(), "", code])?;
         }
-        phones.write_record([
+        self.phones.write_record([
             format!("phone-{i:06}"),
             id.clone(),
             format!("+1503555{:04}", i % 10_000),
             "voice".into(),
         ])?;
-        let (byday, opens, closes) = hours.columns();
-        schedules.write_record([
+        let (byday, opens, closes) = service.hours.columns();
+        self.schedules.write_record([
             &format!("sched-{i:06}"),
             id.as_str(),
             location_id.as_str(),
@@ -365,29 +452,25 @@ pub fn write_package(
             closes,
             "",
         ])?;
-        out.push(GeneratedService {
-            id,
-            location_id,
-            point: ((lat * 1e6).round() / 1e6, (lon * 1e6).round() / 1e6),
-            term,
-            languages: langs,
-            hours,
-            name,
-        });
+        Ok(())
     }
-    for w in [
-        organizations,
-        terms,
-        svc,
-        locations,
-        addresses,
-        sal,
-        attributes,
-        languages,
-        phones,
-        schedules,
-    ] {
-        w.into_inner().map_err(|e| e.into_error())?;
+
+    /// Flushes every file.
+    fn finish(self) -> std::io::Result<()> {
+        for w in [
+            self.organizations,
+            self.terms,
+            self.svc,
+            self.locations,
+            self.addresses,
+            self.sal,
+            self.attributes,
+            self.languages,
+            self.phones,
+            self.schedules,
+        ] {
+            w.into_inner().map_err(|e| e.into_error())?;
+        }
+        Ok(())
     }
-    Ok(out)
 }

@@ -94,7 +94,6 @@ pub fn incidents(
     (first..first + count).map(move |n| one(n, from, to, &regions, seed))
 }
 
-#[allow(clippy::too_many_lines)] // one call's whole story
 fn one(n: u64, from: i64, to: i64, regions: &[String], seed: u64) -> StoredIncident {
     let mut mix = Mix(seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
     // Busier by day: draw twice and keep a daytime hour when either draw gives one.
@@ -147,41 +146,7 @@ fn one(n: u64, from: i64, to: i64, regions: &[String], seed: u64) -> StoredIncid
     } else if eligible {
         let roll = mix.unit();
         if roll < 0.78 {
-            // Served, some after waiting for a busy team.
-            let mut assigned = received + mix.between(20 * S, 90 * S);
-            if mix.unit() < 0.2 {
-                let waited = mix.between(120, 1200);
-                timeline.queued = record(queued_at);
-                timeline.first_unserved_reason = UnservedReason::AllBusy as i32;
-                timeline.unserved_wait = wait(waited);
-                assigned += waited * S;
-            }
-            let dispatched = assigned + mix.between(5 * S, 60 * S);
-            let en_route = dispatched + mix.between(10 * S, 120 * S);
-            let on_scene = en_route + mix.between(4 * 60 * S, 25 * 60 * S);
-            let cleared = on_scene + mix.between(10 * 60 * S, 70 * 60 * S);
-            timeline.assigned = source(assigned);
-            timeline.dispatched = source(dispatched);
-            timeline.en_route = source(en_route);
-            timeline.on_scene = source(on_scene);
-            timeline.cleared = source(cleared);
-            timeline.closed = record(cleared + 5 * 60 * S);
-            outcome = *mix.pick(&[
-                CloseOutcome::ResolvedOnScene,
-                CloseOutcome::ResolvedOnScene,
-                CloseOutcome::Referred,
-                CloseOutcome::Referred,
-                CloseOutcome::TransportedToService,
-                CloseOutcome::RefusedServices,
-                CloseOutcome::HandedToEms,
-                CloseOutcome::UnableToLocate,
-            ]);
-            let referrals = match outcome {
-                CloseOutcome::Referred => mix.between(1, 4),
-                CloseOutcome::TransportedToService => 1,
-                _ => 0,
-            };
-            referral_ids = (0..referrals).map(|i| format!("ref-{n}-{i}")).collect();
+            (outcome, referral_ids) = served(&mut mix, n, received, queued_at, &mut timeline);
         } else if roll < 0.90 {
             let waited = mix.between(600, 1800);
             timeline.queued = record(queued_at);
@@ -201,45 +166,131 @@ fn one(n: u64, from: i64, to: i64, regions: &[String], seed: u64) -> StoredIncid
         timeline.first_unserved_reason = UnservedReason::ReviewTimeout as i32;
     }
     let region = mix.pick(regions).clone();
-    StoredIncident {
-        incident: Incident {
-            incident_id: format!("syn-{n}"),
-            cad_system: "synthetic-cad".into(),
-            cad_incident_id: format!("SYN-{n}"),
-            incident_type: if apco.is_empty() {
-                "XYZ".into()
-            } else {
-                apco.into()
-            },
-            apco_incident_type: apco.into(),
+    Story {
+        apco,
+        priority,
+        region,
+        received,
+        disposition,
+        outcome,
+        referral_ids,
+        timeline,
+    }
+    .stored(n)
+}
+
+/// What [`one`] drew of a call, to store.
+struct Story {
+    apco: &'static str,
+    priority: i32,
+    region: String,
+    received: i64,
+    disposition: Disposition,
+    outcome: CloseOutcome,
+    referral_ids: Vec<String>,
+    timeline: IncidentTimeline,
+}
+
+impl Story {
+    /// The `n`th synthetic incident as stored.
+    fn stored(self, n: u64) -> StoredIncident {
+        let Self {
+            apco,
             priority,
             region,
-            narrative: "NARRATIVE-SECRET synthetic narrative".into(),
-            caller: Some(CallerContact {
-                name: "CALLERNAME-SECRET".into(),
-                phone: "+15415550199".into(),
-                callback_number: None,
-            }),
-            received_at: Some(timestamp_of(received)),
-            state: if timeline.closed.is_some() {
-                2
-            } else if timeline.cancelled.is_some() {
-                3
-            } else {
-                1
-            },
-            triage: Some(TriageDecision {
-                disposition: disposition as i32,
-                protocol_version: "synthetic".into(),
-                ..TriageDecision::default()
-            }),
-            close_outcome: outcome as i32,
+            received,
+            disposition,
+            outcome,
             referral_ids,
-            timeline: Some(timeline),
-            revision: 1,
-            ..Incident::default()
-        },
-        override_disposition: 0,
-        team_status: 0,
+            timeline,
+        } = self;
+        StoredIncident {
+            incident: Incident {
+                incident_id: format!("syn-{n}"),
+                cad_system: "synthetic-cad".into(),
+                cad_incident_id: format!("SYN-{n}"),
+                incident_type: if apco.is_empty() {
+                    "XYZ".into()
+                } else {
+                    apco.into()
+                },
+                apco_incident_type: apco.into(),
+                priority,
+                region,
+                narrative: "NARRATIVE-SECRET synthetic narrative".into(),
+                caller: Some(CallerContact {
+                    name: "CALLERNAME-SECRET".into(),
+                    phone: "+15415550199".into(),
+                    callback_number: None,
+                }),
+                received_at: Some(timestamp_of(received)),
+                state: if timeline.closed.is_some() {
+                    2
+                } else if timeline.cancelled.is_some() {
+                    3
+                } else {
+                    1
+                },
+                triage: Some(TriageDecision {
+                    disposition: disposition as i32,
+                    protocol_version: "synthetic".into(),
+                    ..TriageDecision::default()
+                }),
+                close_outcome: outcome as i32,
+                referral_ids,
+                timeline: Some(timeline),
+                revision: 1,
+                ..Incident::default()
+            },
+            override_disposition: 0,
+            team_status: 0,
+        }
     }
+}
+
+/// An eligible call a team served, some after waiting for a busy team: its steps, how it
+/// closed and its referrals.
+fn served(
+    mix: &mut Mix,
+    n: u64,
+    received: i64,
+    queued_at: i64,
+    timeline: &mut IncidentTimeline,
+) -> (CloseOutcome, Vec<String>) {
+    // Served, some after waiting for a busy team.
+    let mut assigned = received + mix.between(20 * S, 90 * S);
+    if mix.unit() < 0.2 {
+        let waited = mix.between(120, 1200);
+        timeline.queued = record(queued_at);
+        timeline.first_unserved_reason = UnservedReason::AllBusy as i32;
+        timeline.unserved_wait = wait(waited);
+        assigned += waited * S;
+    }
+    let dispatched = assigned + mix.between(5 * S, 60 * S);
+    let en_route = dispatched + mix.between(10 * S, 120 * S);
+    let on_scene = en_route + mix.between(4 * 60 * S, 25 * 60 * S);
+    let cleared = on_scene + mix.between(10 * 60 * S, 70 * 60 * S);
+    timeline.assigned = source(assigned);
+    timeline.dispatched = source(dispatched);
+    timeline.en_route = source(en_route);
+    timeline.on_scene = source(on_scene);
+    timeline.cleared = source(cleared);
+    timeline.closed = record(cleared + 5 * 60 * S);
+    let outcome = *mix.pick(&[
+        CloseOutcome::ResolvedOnScene,
+        CloseOutcome::ResolvedOnScene,
+        CloseOutcome::Referred,
+        CloseOutcome::Referred,
+        CloseOutcome::TransportedToService,
+        CloseOutcome::RefusedServices,
+        CloseOutcome::HandedToEms,
+        CloseOutcome::UnableToLocate,
+    ]);
+    let referrals = match outcome {
+        CloseOutcome::Referred => mix.between(1, 4),
+        CloseOutcome::TransportedToService => 1,
+        _ => 0,
+    };
+    let referral_ids = (0..referrals).map(|i| format!("ref-{n}-{i}")).collect();
+    (outcome, referral_ids)
 }

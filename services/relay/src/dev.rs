@@ -14,7 +14,10 @@
 //! `relay simulate`, the demo and the CAD examples read. `--insecure` serves plaintext without
 //! credentials instead, with a warning.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use relay_runtime::{
     BoxError, Config,
@@ -124,30 +127,12 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     if base > u16::MAX - 3 {
         return Err(format!("--port-base {base} leaves no room for four ports").into());
     }
-    let db = |name: &str| dir.join(format!("{name}.db"));
     let pki = if options.insecure {
         None
     } else {
         Some(DevFiles::ensure(&dir)?)
     };
-    let token = match &pki {
-        Some(files) => {
-            let token = files.signer()?.issue(
-                DEV_ISSUER,
-                DEV_AUDIENCE,
-                &TokenClaims {
-                    subject: String::from(DEV_SUBJECT),
-                    scopes: all_scopes(),
-                    ..TokenClaims::default()
-                },
-                0,
-                DEV_TOKEN_SECONDS,
-            )?;
-            write_file(&dir.join("dev-token"), &token, true)?;
-            Some(token)
-        }
-        None => None,
-    };
+    let token = dev_token(pki.as_ref(), &dir)?;
     let pki = pki.as_ref();
     // One clock for the four services, so that every time rule follows the same (possibly
     // simulated) time; `relay dev` is a development setup, so a simulated one is allowed.
@@ -160,63 +145,8 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         Some(scaled) => Arc::new(scaled),
         None => Arc::new(SystemClock),
     };
-
-    let availability_config = config("availability", base + 1, &db("availability"), base, pki)?;
-    // Migrate before serving, so no call can arrive before the roster's tables exist.
-    relay_availability::Application::migrate(&availability_config).await?;
-    let availability =
-        relay_availability::Application::build_with_clock(availability_config, clock.clone())
-            .await?;
-    // Routing dispatches from availability's own in-process live state.
-    let fleet = availability.dispatch().clone();
-
-    let routing_config = config("routing", base + 2, &db("routing"), base, pki)?;
-    relay_routing::Application::migrate(&routing_config).await?;
-    let routing =
-        relay_routing::Application::build_with_fleet(routing_config, fleet, clock.clone()).await?;
-
-    let intake_config = config("intake", base, &db("intake"), base, pki)?;
-    relay_intake::Application::migrate(&intake_config).await?;
-    let intake = relay_intake::Application::build_with_clock(intake_config, clock.clone()).await?;
-
-    let directory_config = config("directory", base + 3, &db("directory"), base, pki)?;
-    relay_directory::Application::migrate(&directory_config).await?;
-    let directory =
-        relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;
-
-    // The credentials first: a script that waits for the four "listening" lines has them.
-    let scheme = match (&pki, &token) {
-        (Some(files), Some(token)) => {
-            println!(
-                "relay dev serves gRPC over TLS (local CA below) and every call needs a bearer \
-                 token: this one has every scope for 24 hours (`relay token issue` makes others)"
-            );
-            println!("export RELAY_CA_FILE={}", files.ca.display());
-            println!("export RELAY_TOKEN={token}");
-            "https"
-        }
-        _ => {
-            tracing::warn!(
-                "relay dev --insecure: plaintext gRPC, no credential asked; for this machine only"
-            );
-            println!(
-                "relay dev --insecure serves plaintext gRPC and asks no credential: for this \
-                 machine only"
-            );
-            "http"
-        }
-    };
-    println!("intake listening on {scheme}://{}", intake.local_addr());
-    println!("intake EIDO on http://{}/EIDO", intake.http_addr());
-    println!(
-        "availability listening on {scheme}://{}",
-        availability.local_addr()
-    );
-    println!("routing listening on {scheme}://{}", routing.local_addr());
-    println!(
-        "directory listening on {scheme}://{}",
-        directory.local_addr()
-    );
+    let suite = Suite::build(&dir, base, pki, &clock).await?;
+    suite.announce(pki, token.as_deref());
     if let Some(scaled) = simulated {
         println!(
             "clock: simulated, {} at {} and {}x as fast (relay simulate --speed {} --clock-origin {} --clock-anchor {})",
@@ -229,6 +159,12 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         );
     }
     println!("data in {}; Ctrl-C stops", dir.display());
+    let Suite {
+        intake,
+        availability,
+        routing,
+        directory,
+    } = suite;
 
     let stop = tokio_util::sync::CancellationToken::new();
     let signal = {
@@ -248,4 +184,121 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     signal.abort();
     telemetry.shutdown();
     result.map(|_| ())
+}
+
+/// The token `relay dev` prints (every scope, a working day), also written to
+/// `<dir>/dev-token`; none without TLS.
+fn dev_token(pki: Option<&DevFiles>, dir: &Path) -> Result<Option<String>, BoxError> {
+    Ok(match pki {
+        Some(files) => {
+            let token = files.signer()?.issue(
+                DEV_ISSUER,
+                DEV_AUDIENCE,
+                &TokenClaims {
+                    subject: String::from(DEV_SUBJECT),
+                    scopes: all_scopes(),
+                    ..TokenClaims::default()
+                },
+                0,
+                DEV_TOKEN_SECONDS,
+            )?;
+            write_file(&dir.join("dev-token"), &token, true)?;
+            Some(token)
+        }
+        None => None,
+    })
+}
+
+/// The four services of `relay dev`, built on one clock.
+struct Suite {
+    intake: relay_intake::Application,
+    availability: relay_availability::Application,
+    routing: relay_routing::Application,
+    directory: relay_directory::Application,
+}
+
+impl Suite {
+    /// Migrates and builds each service on its SQLite file in `dir`; routing dispatches from
+    /// availability's in-process live state.
+    async fn build(
+        dir: &Path,
+        base: u16,
+        pki: Option<&DevFiles>,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<Self, BoxError> {
+        let db = |name: &str| dir.join(format!("{name}.db"));
+        let availability_config = config("availability", base + 1, &db("availability"), base, pki)?;
+        // Migrate before serving, so no call can arrive before the roster's tables exist.
+        relay_availability::Application::migrate(&availability_config).await?;
+        let availability =
+            relay_availability::Application::build_with_clock(availability_config, clock.clone())
+                .await?;
+        // Routing dispatches from availability's own in-process live state.
+        let fleet = availability.dispatch().clone();
+
+        let routing_config = config("routing", base + 2, &db("routing"), base, pki)?;
+        relay_routing::Application::migrate(&routing_config).await?;
+        let routing =
+            relay_routing::Application::build_with_fleet(routing_config, fleet, clock.clone())
+                .await?;
+
+        let intake_config = config("intake", base, &db("intake"), base, pki)?;
+        relay_intake::Application::migrate(&intake_config).await?;
+        let intake =
+            relay_intake::Application::build_with_clock(intake_config, clock.clone()).await?;
+
+        let directory_config = config("directory", base + 3, &db("directory"), base, pki)?;
+        relay_directory::Application::migrate(&directory_config).await?;
+        let directory =
+            relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;
+        Ok(Self {
+            intake,
+            availability,
+            routing,
+            directory,
+        })
+    }
+
+    /// Prints the credentials, then where each service listens.
+    fn announce(&self, pki: Option<&DevFiles>, token: Option<&str>) {
+        // The credentials first: a script that waits for the four "listening" lines has them.
+        let scheme = match (pki, token) {
+            (Some(files), Some(token)) => {
+                println!(
+                    "relay dev serves gRPC over TLS (local CA below) and every call needs a bearer \
+                     token: this one has every scope for 24 hours (`relay token issue` makes others)"
+                );
+                println!("export RELAY_CA_FILE={}", files.ca.display());
+                println!("export RELAY_TOKEN={token}");
+                "https"
+            }
+            _ => {
+                tracing::warn!(
+                    "relay dev --insecure: plaintext gRPC, no credential asked; for this machine only"
+                );
+                println!(
+                    "relay dev --insecure serves plaintext gRPC and asks no credential: for this \
+                     machine only"
+                );
+                "http"
+            }
+        };
+        println!(
+            "intake listening on {scheme}://{}",
+            self.intake.local_addr()
+        );
+        println!("intake EIDO on http://{}/EIDO", self.intake.http_addr());
+        println!(
+            "availability listening on {scheme}://{}",
+            self.availability.local_addr()
+        );
+        println!(
+            "routing listening on {scheme}://{}",
+            self.routing.local_addr()
+        );
+        println!(
+            "directory listening on {scheme}://{}",
+            self.directory.local_addr()
+        );
+    }
 }

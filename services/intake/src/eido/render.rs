@@ -32,7 +32,6 @@ pub(super) fn step_json(step: Option<&StepTime>) -> Value {
 
 /// Writes an incident as a NENA EIDO (eidoVersion 1.0).
 #[must_use]
-#[allow(clippy::too_many_lines)] // One document, written top to bottom.
 pub fn render(incident: &Incident) -> Value {
     let updated = rfc3339(incident.update_time.as_ref())
         .or_else(|| rfc3339(incident.create_time.as_ref()))
@@ -50,9 +49,64 @@ pub fn render(incident: &Incident) -> Value {
     let mut root = prologue(&urn, &updated);
     root.insert("eidoVersion".into(), json!("1.0"));
     root.insert("issuingElementIdentification".into(), json!("relay-intake"));
+    let agencies = agencies(incident, &updated);
 
+    let triage = incident.triage.clone().unwrap_or_default();
+    let routing = incident.routing.clone().unwrap_or_default();
+    let timeline = incident.timeline.clone().unwrap_or_default();
+    let state = IncidentState::try_from(incident.state).unwrap_or(IncidentState::Unspecified);
+    let routing_state = RoutingState::try_from(routing.state).unwrap_or_default();
+    // Relay's own data goes by value, each part named by its urlPurpose ("relay:triage",
+    // ...): referencing it from the incident's notes would bend the schema.
+    let additional = additional_data(incident, &updated, &triage, &routing, &timeline);
+    let (notes, note_refs) = notes(incident, &updated);
+    let mut inc = incident_component(incident, &urn, &updated, state, routing_state, note_refs);
+    let location = location_component(incident, &location_id, &updated);
+    let (people, callbacks) = caller_components(incident, &updated, &mut inc);
+    let team = if routing.team_id.is_empty() {
+        &timeline.team_id
+    } else {
+        &routing.team_id
+    };
+    let assigned = !team.is_empty()
+        && matches!(
+            routing_state,
+            RoutingState::Assigned | RoutingState::Released | RoutingState::Cancelled
+        );
+    if assigned {
+        let unit = Unit {
+            incident,
+            team,
+            location_id: &location_id,
+            updated: &updated,
+            timeline: &timeline,
+            routing_state,
+        };
+        unit.dispatch(&triage, &mut root);
+    }
+
+    root.insert("incidentComponent".into(), Value::Object(inc));
+    root.insert("agencyComponent".into(), Value::Array(agencies));
+    root.insert("locationComponent".into(), json!([location]));
+    if !people.is_empty() {
+        root.insert("personComponent".into(), Value::Array(people));
+        root.insert("callbackComponent".into(), Value::Array(callbacks));
+    }
+    if !notes.is_empty() {
+        root.insert("notesComponent".into(), Value::Array(notes));
+    }
+    root.insert("additionalDataComponent".into(), Value::Array(additional));
+    root.insert(
+        "@context".into(),
+        json!({"@vocab": "./JSON-LD_Contexts/EmergencyIncidentDataObjectType.jsonld"}),
+    );
+    Value::Object(root)
+}
+
+/// Relay's agency, and the CAD's (the call's owner) when known.
+fn agencies(incident: &Incident, updated: &str) -> Vec<Value> {
     let mut agencies = vec![Value::Object({
-        let mut a = prologue(RELAY_AGENCY, &updated);
+        let mut a = prologue(RELAY_AGENCY, updated);
         a.insert(
             "agencyRoleDescriptionRegistryText".into(),
             json!(["Dispatch"]),
@@ -61,7 +115,7 @@ pub fn render(incident: &Incident) -> Value {
         a
     })];
     if !incident.cad_system.is_empty() {
-        let mut a = prologue(&incident.cad_system, &updated);
+        let mut a = prologue(&incident.cad_system, updated);
         a.insert(
             "agencyRoleDescriptionRegistryText".into(),
             json!(["CallReceiving"]),
@@ -70,22 +124,30 @@ pub fn render(incident: &Incident) -> Value {
         a.insert("incidentOwningAgencyIndicator".into(), json!(true));
         agencies.push(Value::Object(a));
     }
+    agencies
+}
 
-    let triage = incident.triage.clone().unwrap_or_default();
-    let routing = incident.routing.clone().unwrap_or_default();
-    let timeline = incident.timeline.clone().unwrap_or_default();
-    let state = IncidentState::try_from(incident.state).unwrap_or(IncidentState::Unspecified);
-
+/// Relay's triage, routing, timeline, referrals (and whether caller details were
+/// withheld) as additional data by value.
+fn additional_data(
+    incident: &Incident,
+    updated: &str,
+    triage: &relay_proto::intake::TriageDecision,
+    routing: &relay_proto::intake::RoutingOutcome,
+    timeline: &relay_proto::intake::IncidentTimeline,
+) -> Vec<Value> {
+    let id = &incident.incident_id;
+    let routing_state = RoutingState::try_from(routing.state).unwrap_or_default();
     let mut additional = Vec::new();
     let mut add_data = |name: &str, value: Value| {
-        let mut d = prologue(&format!("{id}:{name}"), &updated);
+        let mut d = prologue(&format!("{id}:{name}"), updated);
         d.insert("additionalDataByValue".into(), json!(value.to_string()));
         d.insert("urlPurpose".into(), json!(format!("relay:{name}")));
         additional.push(Value::Object(d));
         json!({"$ref": format!("{id}:{name}")})
     };
     let disposition = Disposition::try_from(triage.disposition).unwrap_or_default();
-    let triage_ref = add_data(
+    add_data(
         "triage",
         json!({
             "disposition": disposition.as_str_name(),
@@ -97,8 +159,7 @@ pub fn render(incident: &Incident) -> Value {
             "decidedTime": rfc3339(triage.decided_time.as_ref()),
         }),
     );
-    let routing_state = RoutingState::try_from(routing.state).unwrap_or_default();
-    let routing_ref = add_data(
+    add_data(
         "routing",
         json!({
             "state": routing_state.as_str_name(),
@@ -109,7 +170,7 @@ pub fn render(incident: &Incident) -> Value {
             "rationale": routing.rationale,
         }),
     );
-    let timeline_ref = add_data(
+    add_data(
         "timeline",
         json!({
             "received": step_json(timeline.received.as_ref()),
@@ -129,13 +190,18 @@ pub fn render(incident: &Incident) -> Value {
             "teamId": timeline.team_id,
         }),
     );
-    let referrals_ref = add_data("referrals", json!({ "referralIds": incident.referral_ids }));
+    add_data("referrals", json!({ "referralIds": incident.referral_ids }));
     // Without `caller.details.read` the caller, narrative and notes are left out (the
     // incident came here emptied); this says so, as Incident.caller_details_withheld does.
-    let withheld_ref = incident
-        .caller_details_withheld
-        .then(|| add_data("caller-details-withheld", json!({ "withheld": true })));
+    if incident.caller_details_withheld {
+        add_data("caller-details-withheld", json!({ "withheld": true }));
+    }
+    additional
+}
 
+/// The narrative and the notes as notes components, and their references.
+fn notes(incident: &Incident, updated: &str) -> (Vec<Value>, Vec<Value>) {
+    let id = &incident.incident_id;
     let mut notes = Vec::new();
     let mut add_note = |name: String, text: &str, time: &str| {
         let mut n = prologue(&format!("{id}:{name}"), time);
@@ -148,32 +214,46 @@ pub fn render(incident: &Incident) -> Value {
     };
     let mut note_refs = Vec::new();
     if !incident.narrative.is_empty() {
-        note_refs.push(add_note("narrative".into(), &incident.narrative, &updated));
+        note_refs.push(add_note("narrative".into(), &incident.narrative, updated));
     }
     // A note is never empty as stored; an empty one had its text withheld.
     for (i, note) in incident.notes.iter().enumerate() {
         if note.text.is_empty() {
             continue;
         }
-        let time = rfc3339(note.create_time.as_ref()).unwrap_or_else(|| updated.clone());
+        let time = rfc3339(note.create_time.as_ref()).unwrap_or_else(|| updated.to_owned());
         note_refs.push(add_note(format!("note-{i}"), &note.text, &time));
     }
     if !incident.close_notes.is_empty() {
         note_refs.push(add_note(
             "close-notes".into(),
             &incident.close_notes,
-            &updated,
+            updated,
         ));
     }
     if !incident.cancel_reason.is_empty() {
         note_refs.push(add_note(
             "cancel-reason".into(),
             &incident.cancel_reason,
-            &updated,
+            updated,
         ));
     }
+    (notes, note_refs)
+}
 
-    let mut inc = prologue(&urn, &updated);
+/// The incident component: type, status, priority, its location and notes, and its
+/// disposition once closed.
+fn incident_component(
+    incident: &Incident,
+    urn: &str,
+    updated: &str,
+    state: IncidentState,
+    routing_state: RoutingState,
+    note_refs: Vec<Value>,
+) -> Map<String, Value> {
+    let id = &incident.incident_id;
+    let location_id = format!("{id}:location");
+    let mut inc = prologue(urn, updated);
     let apco = if incident.apco_incident_type.is_empty() {
         incident.incident_type.clone()
     } else {
@@ -200,7 +280,7 @@ pub fn render(incident: &Incident) -> Value {
     }
     if state == IncidentState::Closed {
         let outcome = CloseOutcome::try_from(incident.close_outcome).unwrap_or_default();
-        let mut d = prologue(&format!("{id}:disposition"), &updated);
+        let mut d = prologue(&format!("{id}:disposition"), updated);
         d.insert(
             "dispositionCommonRegistryCode".into(),
             json!(outcome.as_str_name()),
@@ -208,8 +288,13 @@ pub fn render(incident: &Incident) -> Value {
         d.insert("dispositionPrimaryIndicator".into(), json!(true));
         inc.insert("dispositionComponent".into(), json!([d]));
     }
+    inc
+}
 
-    let mut location = prologue(&location_id, &updated);
+/// The incident's location: a PIDF-LO point by value and the address.
+fn location_component(incident: &Incident, location_id: &str, updated: &str) -> Map<String, Value> {
+    let id = &incident.incident_id;
+    let mut location = prologue(location_id, updated);
     location.insert(
         "locationTypeDescriptionRegistryText".into(),
         json!("Incident"),
@@ -228,12 +313,21 @@ pub fn render(incident: &Incident) -> Value {
     if !incident.address.is_empty() {
         location.insert("locationDescriptionText".into(), json!(incident.address));
     }
+    location
+}
 
+/// The caller as a person with a callback, referenced from the incident component.
+fn caller_components(
+    incident: &Incident,
+    updated: &str,
+    inc: &mut Map<String, Value>,
+) -> (Vec<Value>, Vec<Value>) {
+    let id = &incident.incident_id;
     let mut people = Vec::new();
     let mut callbacks = Vec::new();
     if let Some(caller) = &incident.caller {
         let person_id = format!("{id}:caller");
-        let mut p = prologue(&person_id, &updated);
+        let mut p = prologue(&person_id, updated);
         p.insert("personIncidentRoleRegistryText".into(), json!(["Caller"]));
         if !caller.name.is_empty() {
             p.insert(
@@ -250,7 +344,7 @@ pub fn render(incident: &Incident) -> Value {
         }
         if !uris.is_empty() {
             let callback_id = format!("{id}:callback");
-            let mut c = prologue(&callback_id, &updated);
+            let mut c = prologue(&callback_id, updated);
             c.insert("callBackInformationUri".into(), json!(uris));
             callbacks.push(Value::Object(c));
             p.insert("callBackReference".into(), json!({"$ref": callback_id}));
@@ -258,25 +352,42 @@ pub fn render(incident: &Incident) -> Value {
         people.push(Value::Object(p));
         inc.insert("personReference".into(), json!([{"$ref": person_id}]));
     }
+    (people, callbacks)
+}
 
-    let team = if routing.team_id.is_empty() {
-        &timeline.team_id
-    } else {
-        &routing.team_id
-    };
-    let assigned = !team.is_empty()
-        && matches!(
+/// The team assigned to an incident, as the EIDO's agent, unit and dispatch.
+struct Unit<'a> {
+    incident: &'a Incident,
+    team: &'a str,
+    location_id: &'a str,
+    updated: &'a str,
+    timeline: &'a relay_proto::intake::IncidentTimeline,
+    routing_state: RoutingState,
+}
+
+impl Unit<'_> {
+    /// Adds the agent, emergency resource and dispatch components to `root`.
+    fn dispatch(
+        &self,
+        triage: &relay_proto::intake::TriageDecision,
+        root: &mut Map<String, Value>,
+    ) {
+        let Self {
+            incident,
+            team,
+            location_id,
+            updated,
+            timeline,
             routing_state,
-            RoutingState::Assigned | RoutingState::Released | RoutingState::Cancelled
-        );
-    if assigned {
+        } = *self;
+        let id = &incident.incident_id;
         let agent_id = format!("team:{team}");
         let resource_id = format!("{id}:unit:{team}");
-        let mut agent = prologue(&agent_id, &updated);
+        let mut agent = prologue(&agent_id, updated);
         agent.insert("agentRoleRegistryText".into(), json!(["Responder"]));
         agent.insert("agencyReference".into(), json!({"$ref": RELAY_AGENCY}));
-        let (primary, secondary) = unit_status(&timeline, routing_state);
-        let mut unit = prologue(&resource_id, &updated);
+        let (primary, secondary) = unit_status(timeline, routing_state);
+        let mut unit = prologue(&resource_id, updated);
         unit.insert(
             "emergencyResourceTypeCommonRegistryText".into(),
             json!("CrisisInterventionUnit"),
@@ -301,7 +412,7 @@ pub fn render(incident: &Incident) -> Value {
             "unitDestinationReference".into(),
             json!({"$ref": location_id}),
         );
-        let mut dispatch = prologue(&format!("{id}:dispatch"), &updated);
+        let mut dispatch = prologue(&format!("{id}:dispatch"), updated);
         dispatch.insert("agencyReference".into(), json!({"$ref": RELAY_AGENCY}));
         dispatch.insert(
             "emergencyResourceReference".into(),
@@ -311,32 +422,6 @@ pub fn render(incident: &Incident) -> Value {
         root.insert("emergencyResourceComponent".into(), json!([unit]));
         root.insert("dispatchComponent".into(), json!([dispatch]));
     }
-
-    root.insert("incidentComponent".into(), Value::Object(inc));
-    root.insert("agencyComponent".into(), Value::Array(agencies));
-    root.insert("locationComponent".into(), json!([location]));
-    if !people.is_empty() {
-        root.insert("personComponent".into(), Value::Array(people));
-        root.insert("callbackComponent".into(), Value::Array(callbacks));
-    }
-    if !notes.is_empty() {
-        root.insert("notesComponent".into(), Value::Array(notes));
-    }
-    root.insert("additionalDataComponent".into(), Value::Array(additional));
-    // References Relay's additional data from the incident's notes would bend the schema;
-    // the urlPurpose of each says what it is ("relay:triage", ...).
-    let _ = (
-        triage_ref,
-        routing_ref,
-        timeline_ref,
-        referrals_ref,
-        withheld_ref,
-    );
-    root.insert(
-        "@context".into(),
-        json!({"@vocab": "./JSON-LD_Contexts/EmergencyIncidentDataObjectType.jsonld"}),
-    );
-    Value::Object(root)
 }
 
 /// The unit's primary and secondary status (NENA's Unit Status registries) from the

@@ -13,6 +13,14 @@ struct Chosen<'a> {
     source: AssignmentSource,
 }
 
+/// What [`Engine::chosen_reads`] found.
+enum Found {
+    /// The chosen team already holds the incident's ACTIVE assignment.
+    Assigned(Assignment),
+    /// The incident, free, and the chosen team.
+    Free(IncidentRecord, FleetTeam),
+}
+
 impl Engine {
     pub(super) async fn replay<R: Message + Default>(
         &self,
@@ -135,91 +143,19 @@ impl Engine {
         let Chosen {
             request_id,
             fingerprint,
-            incident_id,
             team_id,
-            source,
+            ..
         } = *chosen;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(incident) = self.find_incident(incident_id).await? else {
-                return Err(RoutingError::IncidentNotFound(incident_id.to_owned()));
+            let (incident, team) = match self.chosen_reads(chosen).await? {
+                Found::Assigned(active) => return Ok(wrap(active)),
+                Found::Free(incident, team) => (incident, team),
             };
-            if incident.state == IncidentState::Cancelled {
-                return Err(RoutingError::RoutingCancelled(incident_id.to_owned()));
-            }
-            if let Some(active) = self
-                .store
-                .active_assignment_of_incident(incident_id)
-                .await?
-            {
-                if active.team_id == team_id {
-                    return Ok(wrap(active));
-                }
-                return Err(RoutingError::IncidentAlreadyAssigned {
-                    assignment_id: active.assignment_id,
-                    team_id: active.team_id,
-                });
-            }
-            let Some(team) = self.fleet.fleet_team(team_id).await? else {
-                return Err(RoutingError::TeamNotFound(team_id.to_owned()));
-            };
-            if team.region != incident.region {
-                return Err(RoutingError::RegionMismatch {
-                    team_id: team_id.to_owned(),
-                    team_region: team.region,
-                    incident_region: incident.region,
-                });
-            }
             let now = self.now();
-            let how = if source == AssignmentSource::Restored {
-                ClaimFor::Restore
-            } else {
-                ClaimFor::Call {
-                    max_position_age: None,
-                }
-            };
-            let claim = self
-                .claim_team(&incident.region, team_id, &incident.incident_id, now, how)
-                .await?;
-            let fencing_token = match claim {
-                Ok(fencing_token) => fencing_token,
-                Err(Refused::UnknownTeam) => {
-                    return Err(RoutingError::TeamNotFound(team_id.to_owned()));
-                }
-                Err(Refused::Unavailable) => {
-                    return Err(RoutingError::TeamNotAvailable(team_id.to_owned()));
-                }
-            };
+            let fencing_token = self.claim_chosen(chosen, &incident, now).await?;
             // As in `claim_and_record`: the assignment starts once the claim holds.
             let now = now.max(self.now());
-            let region = self.region("region", &incident.region)?;
-            let snapshot = TeamSnapshot::from(team.snapshot);
-            let (distance_meters, eta_seconds) = snapshot.position.map_or((0.0, 0), |p| {
-                let estimate = match &self.estimator {
-                    Some(e) => e.estimate(p.point, incident.location),
-                    None => region.estimator().estimate(p.point, incident.location),
-                };
-                (
-                    estimate.distance_meters,
-                    i32::try_from(estimate.eta_seconds).unwrap_or(i32::MAX),
-                )
-            });
-            let assignment = Assignment {
-                assignment_id: uuid::Uuid::now_v7().to_string(),
-                incident_id: incident.incident_id.clone(),
-                team_id: team_id.to_owned(),
-                region: incident.region.clone(),
-                distance_meters,
-                eta_seconds,
-                assigned_at: Some(to_timestamp(now)),
-                fencing_token,
-                state: AssignmentState::Active.into(),
-                source: source.into(),
-                cad_system: incident.cad_system.clone(),
-                end_time: None,
-                end_reason: String::new(),
-                end_cause: 0,
-                cad_incident_id: incident.cad_incident_id.clone(),
-            };
+            let assignment = self.chosen_assignment(chosen, &incident, team, fencing_token, now)?;
             let response = wrap(assignment.clone());
             let recorded = self
                 .record_assignment(
@@ -250,6 +186,114 @@ impl Engine {
             }
         }
         Err(RoutingError::Contended)
+    }
+
+    /// The incident and the chosen team, checked: the incident exists and is not cancelled,
+    /// has no other team's ACTIVE assignment (the chosen team's is answered again), and the
+    /// team exists in the incident's region.
+    async fn chosen_reads(&self, chosen: &Chosen<'_>) -> Result<Found, RoutingError> {
+        let Chosen {
+            incident_id,
+            team_id,
+            ..
+        } = *chosen;
+        let Some(incident) = self.find_incident(incident_id).await? else {
+            return Err(RoutingError::IncidentNotFound(incident_id.to_owned()));
+        };
+        if incident.state == IncidentState::Cancelled {
+            return Err(RoutingError::RoutingCancelled(incident_id.to_owned()));
+        }
+        if let Some(active) = self
+            .store
+            .active_assignment_of_incident(incident_id)
+            .await?
+        {
+            if active.team_id == team_id {
+                return Ok(Found::Assigned(active));
+            }
+            return Err(RoutingError::IncidentAlreadyAssigned {
+                assignment_id: active.assignment_id,
+                team_id: active.team_id,
+            });
+        }
+        let Some(team) = self.fleet.fleet_team(team_id).await? else {
+            return Err(RoutingError::TeamNotFound(team_id.to_owned()));
+        };
+        if team.region != incident.region {
+            return Err(RoutingError::RegionMismatch {
+                team_id: team_id.to_owned(),
+                team_region: team.region,
+                incident_region: incident.region,
+            });
+        }
+        Ok(Found::Free(incident, team))
+    }
+
+    /// Claims the chosen team for the incident (an OFF_DUTY team too when it restores its
+    /// call); returns the claim's fencing token.
+    async fn claim_chosen(
+        &self,
+        chosen: &Chosen<'_>,
+        incident: &IncidentRecord,
+        now: DateTime<Utc>,
+    ) -> Result<i64, RoutingError> {
+        let team_id = chosen.team_id;
+        let how = if chosen.source == AssignmentSource::Restored {
+            ClaimFor::Restore
+        } else {
+            ClaimFor::Call {
+                max_position_age: None,
+            }
+        };
+        let claim = self
+            .claim_team(&incident.region, team_id, &incident.incident_id, now, how)
+            .await?;
+        match claim {
+            Ok(fencing_token) => Ok(fencing_token),
+            Err(Refused::UnknownTeam) => Err(RoutingError::TeamNotFound(team_id.to_owned())),
+            Err(Refused::Unavailable) => Err(RoutingError::TeamNotAvailable(team_id.to_owned())),
+        }
+    }
+
+    /// The ACTIVE assignment of the chosen team, with its distance and ETA from where the
+    /// fleet last saw it.
+    fn chosen_assignment(
+        &self,
+        chosen: &Chosen<'_>,
+        incident: &IncidentRecord,
+        team: FleetTeam,
+        fencing_token: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Assignment, RoutingError> {
+        let region = self.region("region", &incident.region)?;
+        let snapshot = TeamSnapshot::from(team.snapshot);
+        let (distance_meters, eta_seconds) = snapshot.position.map_or((0.0, 0), |p| {
+            let estimate = match &self.estimator {
+                Some(e) => e.estimate(p.point, incident.location),
+                None => region.estimator().estimate(p.point, incident.location),
+            };
+            (
+                estimate.distance_meters,
+                i32::try_from(estimate.eta_seconds).unwrap_or(i32::MAX),
+            )
+        });
+        Ok(Assignment {
+            assignment_id: uuid::Uuid::now_v7().to_string(),
+            incident_id: incident.incident_id.clone(),
+            team_id: chosen.team_id.to_owned(),
+            region: incident.region.clone(),
+            distance_meters,
+            eta_seconds,
+            assigned_at: Some(to_timestamp(now)),
+            fencing_token,
+            state: AssignmentState::Active.into(),
+            source: chosen.source.into(),
+            cad_system: incident.cad_system.clone(),
+            end_time: None,
+            end_reason: String::new(),
+            end_cause: 0,
+            cad_incident_id: incident.cad_incident_id.clone(),
+        })
     }
 
     /// Ends an ACTIVE assignment in the record (and the incident's ASSIGNED state), with its

@@ -307,9 +307,7 @@ fn evaluate(
     region: &RegionSettings,
     estimator: &dyn EtaEstimator,
 ) -> RankedTeam {
-    let mut exclusions = Vec::new();
-    let mut reasons = Vec::new();
-
+    let mut found = Findings::default();
     let missing: Vec<&str> = input
         .required
         .iter()
@@ -317,13 +315,17 @@ fn evaluate(
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        exclusions.push(ExclusionReason::MissingCapability);
-        reasons.push(format!("lacks {}", missing.join(", ")));
+        found.exclude(
+            ExclusionReason::MissingCapability,
+            format!("lacks {}", missing.join(", ")),
+        );
     }
     let available = team.status == TeamStatus::Available;
     if !available {
-        exclusions.push(ExclusionReason::NotAvailable);
-        reasons.push(format!("status {}", status_name(team.status)));
+        found.exclude(
+            ExclusionReason::NotAvailable,
+            format!("status {}", status_name(team.status)),
+        );
     }
 
     let estimate = team
@@ -331,58 +333,19 @@ fn evaluate(
         .map(|position| (position, estimator.estimate(position.point, input.location)));
     let (distance_meters, eta_seconds) =
         estimate.map_or((0.0, 0), |(_, e)| (e.distance_meters, e.eta_seconds));
-    let mut fresh = false;
-    let mut in_range = false;
-    match estimate {
+    let (fresh, in_range) = match estimate {
         None => {
-            exclusions.push(ExclusionReason::NoPosition);
-            reasons.push(String::from("no position reported"));
+            found.exclude(
+                ExclusionReason::NoPosition,
+                String::from("no position reported"),
+            );
+            (false, false)
         }
         Some((position, _)) => {
-            let age = input.now.signed_duration_since(position.recorded_at);
-            let limit = region.staleness_limit_seconds;
-            #[allow(clippy::cast_precision_loss)]
-            let age_seconds = age.num_milliseconds() as f64 / 1000.0;
-            fresh = age.num_milliseconds()
-                <= i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX);
-            if !fresh {
-                exclusions.push(ExclusionReason::StalePosition);
-                #[allow(clippy::cast_precision_loss)]
-                let limit = limit as f64;
-                reasons.push(format!(
-                    "last position {} old (limit {})",
-                    minutes(age_seconds),
-                    minutes(limit)
-                ));
-            }
-            in_range = distance_meters <= region.max_distance_meters
-                && eta_seconds <= region.max_eta_seconds;
-            if !in_range {
-                exclusions.push(ExclusionReason::OutOfRange);
-                reasons.push(format!(
-                    "ETA {} ({:.1} km) beyond the region's limit of {} or {:.1} km",
-                    minutes(f64::from(eta_seconds)),
-                    distance_meters / 1000.0,
-                    minutes(f64::from(region.max_eta_seconds)),
-                    region.max_distance_meters / 1000.0
-                ));
-            }
+            found.check_position(&position, input, region, distance_meters, eta_seconds)
         }
-    }
-    if let Some(shift_end) = team.shift_ends_at {
-        let finish = input.now
-            + chrono::Duration::seconds(
-                i64::from(eta_seconds) + i64::from(input.expected_duration_seconds),
-            );
-        if shift_end < finish {
-            exclusions.push(ExclusionReason::ShiftEnding);
-            reasons.push(format!(
-                "shift ends {}, before the call could finish ({})",
-                shift_end.format("%H:%M UTC"),
-                finish.format("%H:%M UTC")
-            ));
-        }
-    }
+    };
+    found.check_shift(team, input, eta_seconds);
 
     let matched_preferred: Vec<String> = input
         .preferred
@@ -390,19 +353,7 @@ fn evaluate(
         .filter(|tag| team.capabilities.contains(tag))
         .cloned()
         .collect();
-    let rationale = if exclusions.is_empty() {
-        let mut text = format!(
-            "ETA {} ({:.1} km)",
-            minutes(f64::from(eta_seconds)),
-            distance_meters / 1000.0
-        );
-        if !matched_preferred.is_empty() {
-            text.push_str(&format!("; has preferred {}", matched_preferred.join(", ")));
-        }
-        text
-    } else {
-        format!("excluded: {}", reasons.join("; "))
-    };
+    let rationale = found.rationale(distance_meters, eta_seconds, &matched_preferred);
 
     let on_duty = !matches!(team.status, TeamStatus::OffDuty | TeamStatus::OutOfService);
     let capable = on_duty && missing.is_empty();
@@ -412,7 +363,7 @@ fn evaluate(
     RankedTeam {
         team_id: team.team_id.clone(),
         display_name: team.display_name.clone(),
-        exclusions,
+        exclusions: found.exclusions,
         distance_meters,
         eta_seconds,
         matched_preferred,
@@ -424,6 +375,109 @@ fn evaluate(
             fresh,
             in_range,
         },
+    }
+}
+
+/// What [`evaluate`] found against a team: the constraints it fails, in the contract's
+/// order, and each one's words for the rationale.
+#[derive(Default)]
+struct Findings {
+    exclusions: Vec<ExclusionReason>,
+    reasons: Vec<String>,
+}
+
+impl Findings {
+    fn exclude(&mut self, reason: ExclusionReason, text: String) {
+        self.exclusions.push(reason);
+        self.reasons.push(text);
+    }
+
+    /// The position's freshness and the range; returns (fresh, in range).
+    fn check_position(
+        &mut self,
+        position: &Position,
+        input: &RankInput<'_>,
+        region: &RegionSettings,
+        distance_meters: f64,
+        eta_seconds: u32,
+    ) -> (bool, bool) {
+        let age = input.now.signed_duration_since(position.recorded_at);
+        let limit = region.staleness_limit_seconds;
+        #[allow(clippy::cast_precision_loss)]
+        let age_seconds = age.num_milliseconds() as f64 / 1000.0;
+        let fresh =
+            age.num_milliseconds() <= i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if !fresh {
+            #[allow(clippy::cast_precision_loss)]
+            let limit = limit as f64;
+            self.exclude(
+                ExclusionReason::StalePosition,
+                format!(
+                    "last position {} old (limit {})",
+                    minutes(age_seconds),
+                    minutes(limit)
+                ),
+            );
+        }
+        let in_range =
+            distance_meters <= region.max_distance_meters && eta_seconds <= region.max_eta_seconds;
+        if !in_range {
+            self.exclude(
+                ExclusionReason::OutOfRange,
+                format!(
+                    "ETA {} ({:.1} km) beyond the region's limit of {} or {:.1} km",
+                    minutes(f64::from(eta_seconds)),
+                    distance_meters / 1000.0,
+                    minutes(f64::from(region.max_eta_seconds)),
+                    region.max_distance_meters / 1000.0
+                ),
+            );
+        }
+        (fresh, in_range)
+    }
+
+    /// A shift that ends before now + ETA + the call's expected duration.
+    fn check_shift(&mut self, team: &TeamSnapshot, input: &RankInput<'_>, eta_seconds: u32) {
+        let Some(shift_end) = team.shift_ends_at else {
+            return;
+        };
+        let finish = input.now
+            + chrono::Duration::seconds(
+                i64::from(eta_seconds) + i64::from(input.expected_duration_seconds),
+            );
+        if shift_end < finish {
+            self.exclude(
+                ExclusionReason::ShiftEnding,
+                format!(
+                    "shift ends {}, before the call could finish ({})",
+                    shift_end.format("%H:%M UTC"),
+                    finish.format("%H:%M UTC")
+                ),
+            );
+        }
+    }
+
+    /// The team's rationale: its ETA (and preferred capabilities) when eligible, else why
+    /// not.
+    fn rationale(
+        &self,
+        distance_meters: f64,
+        eta_seconds: u32,
+        matched_preferred: &[String],
+    ) -> String {
+        if self.exclusions.is_empty() {
+            let mut text = format!(
+                "ETA {} ({:.1} km)",
+                minutes(f64::from(eta_seconds)),
+                distance_meters / 1000.0
+            );
+            if !matched_preferred.is_empty() {
+                text.push_str(&format!("; has preferred {}", matched_preferred.join(", ")));
+            }
+            text
+        } else {
+            format!("excluded: {}", self.reasons.join("; "))
+        }
     }
 }
 

@@ -29,8 +29,11 @@ use toml::Spanned;
 
 use crate::apco;
 
+mod source;
+use source::Source;
+
 /// The default protocol shipped with the crate.
-pub const DEFAULT_PROTOCOL: &str = include_str!("../protocol/default.toml");
+pub const DEFAULT_PROTOCOL: &str = include_str!("../../protocol/default.toml");
 
 /// The rule id recorded for a dispatcher's override.
 pub const OVERRIDE_RULE_ID: &str = "dispatcher_override";
@@ -234,201 +237,34 @@ impl Protocol {
     ///
     /// # Errors
     /// [`ProtocolError::Invalid`] with the 1-based line and the reason.
-    #[allow(clippy::too_many_lines)]
     pub fn parse(text: &str, origin: &str) -> Result<Self, ProtocolError> {
-        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-        let invalid = |offset: usize, reason: String| ProtocolError::Invalid {
-            origin: origin.to_owned(),
-            line: line_of(offset),
-            reason,
-        };
+        let src = Source { text, origin };
         let raw: RawProtocol = toml::from_str(text).map_err(|error| {
             let offset = error.span().map_or(0, |span| span.start);
-            invalid(offset, error.message().to_owned())
+            src.invalid(offset, error.message().to_owned())
         })?;
         if raw.version.get_ref().trim().is_empty() {
-            return Err(invalid(
-                raw.version.span().start,
-                "version must not be empty".into(),
-            ));
+            return Err(src.invalid(raw.version.span().start, "version must not be empty".into()));
         }
-        let check_tags = |offset: usize, what: &str, tags: &[String]| {
-            for tag in tags {
-                if !relay_runtime::validate::is_capability(tag) {
-                    return Err(invalid(
-                        offset,
-                        format!("{what} `{tag}` must match [a-z0-9:_-]{{1,32}}"),
-                    ));
-                }
-            }
-            Ok(())
-        };
-        check_tags(
+        src.check_tags(
             0,
             "unlisted_type_co_responders",
             &raw.unlisted_type_co_responders,
         )?;
-
-        let mut cad_mappings = HashMap::new();
-        for (cad, mapping) in raw.cad_mappings {
-            let mut map = HashMap::new();
-            for (local, target) in mapping {
-                if !apco::is_code(target.get_ref()) {
-                    return Err(invalid(
-                        target.span().start,
-                        format!(
-                            "cad_mappings.{cad}.{local} maps to `{}`, which is not an APCO code",
-                            target.get_ref()
-                        ),
-                    ));
-                }
-                map.insert(local, target.into_inner());
-            }
-            cad_mappings.insert(cad, map);
-        }
-
+        let cad_mappings = src.cad_mappings(raw.cad_mappings)?;
         let mut ids = HashSet::new();
-        let mut type_rules = Vec::new();
         let mut seen_types: HashMap<String, String> = HashMap::new();
-        for spanned in raw.type_rules {
-            let start = spanned.span().start;
-            let rule = spanned.into_inner();
-            if rule.id.is_empty() || !ids.insert(rule.id.clone()) {
-                return Err(invalid(
-                    start,
-                    format!("rule id `{}` is empty or repeated", rule.id),
-                ));
-            }
-            if rule.reason.trim().is_empty() {
-                return Err(invalid(start, format!("rule `{}` has no reason", rule.id)));
-            }
-            let disposition = match rule.disposition.get_ref().as_str() {
-                "community" => Disposition::CommunityResponse,
-                "co_response" => Disposition::CoResponse,
-                "traditional" => Disposition::TraditionalResponse,
-                "needs_review" => Disposition::NeedsReview,
-                other => {
-                    return Err(invalid(
-                        rule.disposition.span().start,
-                        format!(
-                            "rule `{}`: disposition `{other}` is not one of community, co_response, traditional, needs_review",
-                            rule.id
-                        ),
-                    ));
-                }
-            };
-            if rule.types.is_empty() {
-                return Err(invalid(start, format!("rule `{}` lists no types", rule.id)));
-            }
-            let mut types = Vec::new();
-            for code in rule.types {
-                if !apco::is_code(code.get_ref()) {
-                    return Err(invalid(
-                        code.span().start,
-                        format!(
-                            "rule `{}`: `{}` is not an APCO code",
-                            rule.id,
-                            code.get_ref()
-                        ),
-                    ));
-                }
-                if let Some(other) = seen_types.insert(code.get_ref().clone(), rule.id.clone()) {
-                    return Err(invalid(
-                        code.span().start,
-                        format!(
-                            "rule `{}`: type `{}` is already decided by rule `{other}`",
-                            rule.id,
-                            code.get_ref()
-                        ),
-                    ));
-                }
-                types.push(code.into_inner());
-            }
-            check_tags(start, "required capability", &rule.required_capabilities)?;
-            check_tags(start, "co-responder", &rule.co_responders)?;
-            if disposition == Disposition::CoResponse && rule.co_responders.is_empty() {
-                return Err(invalid(
-                    start,
-                    format!("rule `{}`: co_response needs co_responders", rule.id),
-                ));
-            }
-            type_rules.push(TypeRule {
-                id: rule.id,
-                types,
-                disposition,
-                reason: rule.reason,
-                required_capabilities: rule.required_capabilities,
-                co_responders: rule.co_responders,
-            });
-        }
-
-        let mut flag_rules = Vec::new();
+        let type_rules = raw
+            .type_rules
+            .into_iter()
+            .map(|spanned| src.type_rule(spanned, &mut ids, &mut seen_types))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut flags_seen = HashSet::new();
-        for spanned in raw.flag_rules {
-            let start = spanned.span().start;
-            let rule = spanned.into_inner();
-            if rule.id.is_empty() || !ids.insert(rule.id.clone()) {
-                return Err(invalid(
-                    start,
-                    format!("rule id `{}` is empty or repeated", rule.id),
-                ));
-            }
-            if rule.reason.trim().is_empty() {
-                return Err(invalid(start, format!("rule `{}` has no reason", rule.id)));
-            }
-            let Some(flag) = flag_from_name(rule.flag.get_ref()) else {
-                return Err(invalid(
-                    rule.flag.span().start,
-                    format!(
-                        "rule `{}`: `{}` is not a risk flag",
-                        rule.id,
-                        rule.flag.get_ref()
-                    ),
-                ));
-            };
-            if !flags_seen.insert(flag) {
-                return Err(invalid(
-                    rule.flag.span().start,
-                    format!(
-                        "rule `{}`: flag {} already has a rule",
-                        rule.id,
-                        rule.flag.get_ref()
-                    ),
-                ));
-            }
-            let effect = match rule.effect.get_ref().as_str() {
-                "co_response" => Disposition::CoResponse,
-                "traditional" => Disposition::TraditionalResponse,
-                other => {
-                    return Err(invalid(
-                        rule.effect.span().start,
-                        format!(
-                            "rule `{}`: effect `{other}` is not one of co_response, traditional (a flag never allows a community team alone)",
-                            rule.id
-                        ),
-                    ));
-                }
-            };
-            check_tags(start, "required capability", &rule.required_capabilities)?;
-            check_tags(start, "co-responder", &rule.co_responders)?;
-            if rule.co_responders.is_empty() {
-                return Err(invalid(
-                    start,
-                    format!(
-                        "rule `{}`: a flag rule must name its co_responders",
-                        rule.id
-                    ),
-                ));
-            }
-            flag_rules.push(FlagRule {
-                id: rule.id,
-                flag,
-                effect,
-                reason: rule.reason,
-                required_capabilities: rule.required_capabilities,
-                co_responders: rule.co_responders,
-            });
-        }
+        let flag_rules = raw
+            .flag_rules
+            .into_iter()
+            .map(|spanned| src.flag_rule(spanned, &mut ids, &mut flags_seen))
+            .collect::<Result<Vec<_>, _>>()?;
         // Every flag must be decided: a flag without a rule would silently let an unsafe call
         // through (guarantee 5).
         let missing: Vec<&str> = (1..=13)
@@ -437,7 +273,7 @@ impl Protocol {
             .map(flag_name)
             .collect();
         if !missing.is_empty() {
-            return Err(invalid(
+            return Err(src.invalid(
                 text.len(),
                 format!("no flag rule for {}", missing.join(", ")),
             ));
