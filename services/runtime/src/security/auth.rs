@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::{IdentityGrant, Reflection, SecuritySettings, tls::PeerIdentity};
+use super::{IdentityGrant, Reflection, SecuritySettings, limits::RateLimits, tls::PeerIdentity};
 
 /// The error domain of refusals on paths that belong to no Relay package (reflection).
 const AUTH_DOMAIN: &str = "relay.auth.v1";
@@ -776,6 +776,41 @@ impl Authenticator {
         Ok(Some(principal))
     }
 
+    /// [`Self::authorize`], with the refusal logged and, past the peer's refusal limit,
+    /// replaced by RESOURCE_EXHAUSTED ([`RateLimits::limit_refusal`]); the principal is
+    /// recorded on the call's span. What every listener (gRPC, intake's HTTP port) runs.
+    ///
+    /// # Errors
+    /// The status the caller gets.
+    pub fn admit(
+        &self,
+        limits: Option<&RateLimits>,
+        path: &str,
+        headers: &http::HeaderMap,
+        peer: Option<&PeerIdentity>,
+        peer_ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<Principal>, Status> {
+        match self.authorize(path, headers, peer) {
+            Ok(principal) => {
+                if let Some(principal) = &principal {
+                    tracing::Span::current().record("principal", principal.subject.as_str());
+                }
+                Ok(principal)
+            }
+            Err(status) => {
+                tracing::info!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "call refused"
+                );
+                Err(match limits {
+                    Some(limits) => limits.limit_refusal(path, peer_ip, status),
+                    None => status,
+                })
+            }
+        }
+    }
+
     fn identify(
         &self,
         domain: &'static str,
@@ -852,13 +887,24 @@ pub(crate) fn package_of(path: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     authenticator: Arc<Authenticator>,
+    limits: Option<Arc<RateLimits>>,
 }
 
 impl AuthLayer {
     /// A layer deciding calls with `authenticator`.
     #[must_use]
     pub fn new(authenticator: Arc<Authenticator>) -> Self {
-        Self { authenticator }
+        Self {
+            authenticator,
+            limits: None,
+        }
+    }
+
+    /// The same, with the refusals of credentials limited per peer address by `limits`
+    /// ([`RateLimits::limit_refusal`]); `None`: not limited.
+    #[must_use]
+    pub fn with_refusal_limits(self, limits: Option<Arc<RateLimits>>) -> Self {
+        Self { limits, ..self }
     }
 }
 
@@ -869,6 +915,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             authenticator: Arc::clone(&self.authenticator),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -878,6 +925,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     authenticator: Arc<Authenticator>,
+    limits: Option<Arc<RateLimits>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -906,17 +954,18 @@ where
             // rotated. Fetch again (rate-limited), then decide against the new set. The
             // ready inner service goes with the future; a clone stays for the next call.
             let authenticator = Arc::clone(&self.authenticator);
+            let limits = self.limits.clone();
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
             return Box::pin(async move {
                 remote.refetch_for_unknown_kid().await;
-                match decide(&authenticator, &mut request) {
+                match decide(&authenticator, limits.as_deref(), &mut request) {
                     Ok(()) => inner.call(request).await,
                     Err(status) => Ok(status.into_http()),
                 }
             });
         }
-        match decide(&self.authenticator, &mut request) {
+        match decide(&self.authenticator, self.limits.as_deref(), &mut request) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
@@ -924,25 +973,24 @@ where
 }
 
 /// Authorizes `request`, putting its principal in its extensions, or logs the refusal.
-fn decide<B>(authenticator: &Authenticator, request: &mut Request<B>) -> Result<(), Status> {
+fn decide<B>(
+    authenticator: &Authenticator,
+    limits: Option<&RateLimits>,
+    request: &mut Request<B>,
+) -> Result<(), Status> {
     let peer = super::tls::peer_identity(request.extensions());
-    match authenticator.authorize(request.uri().path(), request.headers(), peer.as_ref()) {
-        Ok(principal) => {
-            if let Some(principal) = principal {
-                tracing::Span::current().record("principal", principal.subject.as_str());
-                request.extensions_mut().insert(principal);
-            }
-            Ok(())
-        }
-        Err(status) => {
-            tracing::info!(
-                code = ?status.code(),
-                message = status.message(),
-                "call refused"
-            );
-            Err(status)
-        }
+    let peer_ip = super::limits::peer_ip(request.extensions());
+    let principal = authenticator.admit(
+        limits,
+        request.uri().path(),
+        request.headers(),
+        peer.as_ref(),
+        peer_ip,
+    )?;
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
     }
+    Ok(())
 }
 
 #[cfg(test)]
