@@ -44,6 +44,9 @@ pub struct DevOptions {
     pub clock: ClockSettings,
     /// Plaintext, no credential (`--insecure`); otherwise TLS and tokens.
     pub insecure: bool,
+    /// Each principal's requests per second (`--rate-limit`; burst twice that); unset: the
+    /// services' defaults.
+    pub rate_limit: Option<u32>,
 }
 
 fn config(
@@ -52,6 +55,7 @@ fn config(
     database: &std::path::Path,
     base: u16,
     pki: Option<&DevFiles>,
+    rate_limit: Option<u32>,
 ) -> Result<Config, BoxError> {
     let endpoint = |offset: u16| format!("http://127.0.0.1:{}", base + offset);
     let mut builder = Config::builder(service);
@@ -79,6 +83,11 @@ fn config(
                 serde_json::json!({ DEV_SERVICE_IDENTITY: { "scopes": all_scopes() } }),
             )
             .set("security.limits.service_subjects", [DEV_SUBJECT]);
+    }
+    if let Some(per_second) = rate_limit {
+        builder = builder
+            .set("security.limits.requests_per_second", per_second)
+            .set("security.limits.burst", per_second.saturating_mul(2));
     }
     Ok(builder
         .set("insecure_dev", true)
@@ -161,7 +170,14 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         None => Arc::new(SystemClock),
     };
 
-    let availability_config = config("availability", base + 1, &db("availability"), base, pki)?;
+    let availability_config = config(
+        "availability",
+        base + 1,
+        &db("availability"),
+        base,
+        pki,
+        options.rate_limit,
+    )?;
     // Migrate before serving, so no call can arrive before the roster's tables exist.
     relay_availability::Application::migrate(&availability_config).await?;
     let availability =
@@ -170,16 +186,30 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
     // Routing dispatches from availability's own in-process live state.
     let fleet = availability.dispatch().clone();
 
-    let routing_config = config("routing", base + 2, &db("routing"), base, pki)?;
+    let routing_config = config(
+        "routing",
+        base + 2,
+        &db("routing"),
+        base,
+        pki,
+        options.rate_limit,
+    )?;
     relay_routing::Application::migrate(&routing_config).await?;
     let routing =
         relay_routing::Application::build_with_fleet(routing_config, fleet, clock.clone()).await?;
 
-    let intake_config = config("intake", base, &db("intake"), base, pki)?;
+    let intake_config = config("intake", base, &db("intake"), base, pki, options.rate_limit)?;
     relay_intake::Application::migrate(&intake_config).await?;
     let intake = relay_intake::Application::build_with_clock(intake_config, clock.clone()).await?;
 
-    let directory_config = config("directory", base + 3, &db("directory"), base, pki)?;
+    let directory_config = config(
+        "directory",
+        base + 3,
+        &db("directory"),
+        base,
+        pki,
+        options.rate_limit,
+    )?;
     relay_directory::Application::migrate(&directory_config).await?;
     let directory =
         relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;
@@ -207,7 +237,8 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         }
     };
     println!("intake listening on {scheme}://{}", intake.local_addr());
-    println!("intake EIDO on http://{}/EIDO", intake.http_addr());
+    // The EIDO port shares the gRPC listener's TLS and credentials.
+    println!("intake EIDO on {scheme}://{}/EIDO", intake.http_addr());
     println!(
         "availability listening on {scheme}://{}",
         availability.local_addr()

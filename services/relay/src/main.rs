@@ -39,6 +39,12 @@ enum Command {
         /// cannot do TLS. Never on a shared network.
         #[arg(long)]
         insecure: bool,
+        /// Each caller's rate limit, in requests per second, with a burst of twice that
+        /// (`[security.limits] requests_per_second` and `burst` of a deployment; default 500
+        /// and 1000). The printed dev token is not limited by it (it has the service class):
+        /// a low value lets a client see RESOURCE_EXHAUSTED with a narrower token.
+        #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+        rate_limit: Option<u32>,
         #[command(flatten)]
         clock: ClockArgs,
     },
@@ -290,8 +296,15 @@ fn main() -> ExitCode {
             port_base,
             data_dir,
             insecure,
+            rate_limit,
             clock,
-        } => dev(port_base, data_dir, insecure, &clock),
+        } => dev(dev::DevOptions {
+            port_base,
+            data_dir,
+            clock: clock.settings(),
+            insecure,
+            rate_limit,
+        }),
         Command::Token {
             command: TokenCommand::Issue(args),
         } => issue_token(&args),
@@ -376,7 +389,7 @@ fn issue_token(args: &TokenArgs) -> ExitCode {
     }
 }
 
-fn dev(port_base: u16, data_dir: Option<PathBuf>, insecure: bool, clock: &ClockArgs) -> ExitCode {
+fn dev(options: dev::DevOptions) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -387,12 +400,7 @@ fn dev(port_base: u16, data_dir: Option<PathBuf>, insecure: bool, clock: &ClockA
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dev::run(dev::DevOptions {
-        port_base,
-        data_dir,
-        clock: clock.settings(),
-        insecure,
-    })) {
+    match runtime.block_on(dev::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("relay dev: {error}");
