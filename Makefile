@@ -185,10 +185,12 @@ examples/node-cad/node_modules/.package-lock.json: examples/node-cad/package.jso
 examples: stubs $(PY_CAD_VENV)/bin/python examples/node-cad/node_modules/.package-lock.json ## Run the Python and Node CAD examples against relay dev
 	@# The same build as `make build`, so `make test` reuses it instead of rebuilding.
 	$(CARGO) build --workspace --bins --locked
-	timeout $$(( 3 * $(EXAMPLE_TIMEOUT) + 60 )) examples/run.sh target/debug/relay \
+	timeout $$(( 5 * $(EXAMPLE_TIMEOUT) + 60 )) examples/run.sh target/debug/relay \
 	  "timeout $(EXAMPLE_TIMEOUT) env PYTHONPATH=$(STUBS)/python $(PY_CAD_VENV)/bin/python examples/python-cad/cad.py" \
 	  "timeout $(EXAMPLE_TIMEOUT) $(PY_CAD_VENV)/bin/python examples/python-cad/reflection_check.py" \
-	  "timeout $(EXAMPLE_TIMEOUT) node examples/node-cad/cad.js"
+	  "timeout $(EXAMPLE_TIMEOUT) env PYTHONPATH=$(STUBS)/python $(PY_CAD_VENV)/bin/python examples/python-cad/boundary.py" \
+	  "timeout $(EXAMPLE_TIMEOUT) node examples/node-cad/cad.js" \
+	  "timeout $(EXAMPLE_TIMEOUT) node examples/node-cad/boundary.js"
 
 # --- Fuzzing intake's EIDO HTTP endpoints (issue 16) ---------------------------------------
 # schemathesis from PyPI, pinned, in a venv; driven by NENA's EIDO schema; time-bounded.

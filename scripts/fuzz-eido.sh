@@ -49,14 +49,22 @@ if [ -z "$pid" ]; then
   cat "$log" >&2
   exit 1
 fi
-url=$(sed -n 's|^intake EIDO on \(http://[^/]*\)/EIDO$|\1|p' "$log")
+url=$(sed -n 's|^intake EIDO on \(https\{0,1\}://[^/]*\)/EIDO$|\1|p' "$log")
+# The EIDO port asks relay dev's TLS and token, as its gRPC port does: the CA and the dev
+# token come from the lines relay dev prints (the token is passed in a header, never logged).
+ca=$(sed -n 's|^export RELAY_CA_FILE=||p' "$log")
+token=$(sed -n 's|^export RELAY_TOKEN=||p' "$log")
+secure=()
+if [ -n "$ca" ] && [ -n "$token" ]; then
+  secure=(--tls-verify "$ca" --header "Authorization: Bearer $token")
+fi
 echo "fuzzing $url/EIDO with $examples examples per operation, at most ${limit}s"
 
 start=$(date +%s)
 status=0
 # From the scratch folder, so schemathesis's example database stays out of the repository.
 (cd "$work" && timeout "$limit" "$st" run "$work/eido-openapi.json" \
-  --url "$url" \
+  --url "$url" "${secure[@]}" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance \
   --phases examples,coverage,fuzzing \
   --max-examples "$examples" \

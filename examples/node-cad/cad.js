@@ -11,68 +11,12 @@
 // the bearer token on every call. Without RELAY_CA_FILE it connects in plaintext
 // (`relay dev --insecure`).
 import { randomUUID } from "node:crypto";
-import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 
-import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
-import protobuf from "protobufjs";
+import { channelCredentials, check, errorDetails, grpc, service, unary } from "./relay.js";
 
-// The .proto files are loaded at run time from the repository's proto/ tree.
-const PROTO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../proto");
 const ADDR = process.env.RELAY_INTAKE_ADDR ?? "127.0.0.1:50051";
-const DEADLINE_MS = 5_000; // every unary call has one
 const WATCH_DEADLINE_MS = 30_000; // bounds each stream in this example
-
-// TLS with the CA's certificate, and the token as `authorization: Bearer` on every call.
-function channelCredentials() {
-  const caFile = process.env.RELAY_CA_FILE;
-  const token = process.env.RELAY_TOKEN;
-  if (!caFile) return grpc.credentials.createInsecure();
-  const tls = grpc.credentials.createSsl(fs.readFileSync(caFile));
-  if (!token) return tls;
-  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
-    const metadata = new grpc.Metadata();
-    metadata.add("authorization", `Bearer ${token}`);
-    callback(null, metadata);
-  });
-  return grpc.credentials.combineChannelCredentials(tls, bearer);
-}
-
-// keepCase: field names as in the .proto; longs: Number is safe for sequences (< 2^53).
-const loaderOptions = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
-const definition = protoLoader.loadSync("relay/intake/v1/intake_service.proto", {
-  ...loaderOptions,
-  includeDirs: [PROTO],
-});
-const { IntakeService } = grpc.loadPackageDefinition(definition).relay.intake.v1;
-
-// google.rpc.Status and its details, from the vendored googleapis files, to decode the
-// grpc-status-details-bin trailer (grpc-js hands it over as raw bytes).
-const rpc = new protobuf.Root();
-rpc.resolvePath = (_origin, target) => path.join(PROTO, target);
-rpc.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"], { keepCase: true });
-const Status = rpc.lookupType("google.rpc.Status");
-const DETAIL_TYPES = ["google.rpc.ErrorInfo", "google.rpc.BadRequest", "google.rpc.RetryInfo"];
-
-function check(ok, what) {
-  if (!ok) {
-    console.error(`FAIL: ${what}`);
-    process.exit(1);
-  }
-  console.log(`ok: ${what}`);
-}
-
-// Calls a unary RPC with a deadline; resolves with the response, rejects with the error.
-function unary(client, method, request) {
-  const deadline = new Date(Date.now() + DEADLINE_MS);
-  return new Promise((resolve, reject) =>
-    client[method](request, { deadline }, (error, response) =>
-      error ? reject(error) : resolve(response),
-    ),
-  );
-}
+const IntakeService = service("intake", "IntakeService");
 
 // Reads the CAD's stream from afterSequence until until(event) holds, then hangs up.
 // Returns the events read and the last sequence processed, the position to resume from.
@@ -107,18 +51,6 @@ async function watch(client, cadSystem, afterSequence, until) {
     call.cancel(); // hang up: the server sees CANCELLED and frees the stream
   }
   check(false, "the stream ended before the expected event");
-}
-
-// The ErrorInfo and BadRequest of a failed call, keyed by their type name.
-function errorDetails(error) {
-  const [bytes] = error.metadata?.get("grpc-status-details-bin") ?? [];
-  if (!bytes) return {};
-  const details = {};
-  for (const any of Status.decode(bytes).details) {
-    const name = any.type_url.slice(any.type_url.lastIndexOf("/") + 1);
-    if (DETAIL_TYPES.includes(name)) details[name] = rpc.lookupType(name).decode(any.value);
-  }
-  return details;
 }
 
 function submitRequest(cadSystem, cadIncidentId, fields) {

@@ -18,10 +18,8 @@ import uuid
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from relay_channel import open_channel
+from relay_channel import error_details, open_channel
 from relay.common.v1 import common_pb2
 from relay.intake.v1 import intake_service_pb2 as intake
 from relay.intake.v1 import intake_service_pb2_grpc as intake_grpc
@@ -84,20 +82,6 @@ def submit_request(cad_system, cad_incident_id, **fields):
     )
 
 
-def error_details(error):
-    """The ErrorInfo and BadRequest in a failed call's grpc-status-details-bin trailer."""
-    status = rpc_status.from_call(error)  # None when the trailer is absent
-    info, bad_request = None, None
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-    return info, bad_request
-
-
 def main():
     # A cad_system of its own, so each run starts a fresh stream at sequence 1.
     cad_system = f"example-py-{uuid.uuid4().hex[:12]}"
@@ -144,7 +128,8 @@ def main():
             check(False, "a bad submission is rejected")
         except grpc.RpcError as error:
             check(error.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{error.code()} is INVALID_ARGUMENT")
-            info, bad_request = error_details(error)
+            details = error_details(error)
+            info, bad_request = details.get("ErrorInfo"), details.get("BadRequest")
             check(info is not None and bad_request is not None, "ErrorInfo and BadRequest present")
             check(
                 (info.reason, info.domain) == ("INVALID_FIELD", "relay.intake.v1"),

@@ -8,6 +8,15 @@ channel is plaintext (`relay dev --insecure`).
 import os
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+# The google.rpc details Relay puts in a refusal's grpc-status-details-bin trailer.
+DETAIL_TYPES = (
+    error_details_pb2.ErrorInfo,
+    error_details_pb2.BadRequest,
+    error_details_pb2.RetryInfo,
+)
 
 
 def open_channel(addr):
@@ -24,3 +33,17 @@ def open_channel(addr):
             credentials, grpc.access_token_call_credentials(token)
         )
     return grpc.secure_channel(addr, credentials)
+
+
+def error_details(error):
+    """The google.rpc details of a failed call (ErrorInfo, BadRequest, RetryInfo), decoded
+    from its grpc-status-details-bin trailer, by type name; empty without the trailer."""
+    status = rpc_status.from_call(error)  # None when the trailer is absent
+    found = {}
+    for detail in status.details if status else []:
+        for kind in DETAIL_TYPES:
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    return found

@@ -5,197 +5,21 @@
 //! CA, or presents a certificate from another CA, fails at the handshake; a rotated server
 //! certificate is served without a restart; and no token reaches a log line.
 //!
-//! Keys, certificates and tokens are made here, for each run (no committed private key).
+//! Keys, certificates and tokens are made for each run (no committed private key), by the
+//! module `secure` this file shares with eido_http.rs.
+
+mod secure;
 
 use std::{path::Path, time::Duration};
 
 use relay_runtime::security::pki::{Authority, CertifiedKey, TokenClaims, TokenSigner, all_scopes};
 use relay_tests::{ServiceProcess, raw::RawCodec, status::reason};
-use tonic::{
-    Code, Status,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+use secure::{
+    AUDIENCE, Authed, Bearer, CLIENT_IDENTITY, ISSUER, KID, Pki, Stderr, intake_client, start,
+    start_intake, start_without, tls_channel, write,
 };
+use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
-
-const ISSUER: &str = "https://idp.relay.test";
-const AUDIENCE: &str = "relay-test";
-const KID: &str = "test-key";
-/// The identity of the client certificate the configuration maps to `directory.read`.
-const CLIENT_IDENTITY: &str = "spiffe://relay.test/referral-desk";
-
-/// A CA, a server certificate, a token signer and the files the services read.
-struct Pki {
-    dir: tempfile::TempDir,
-    authority: Authority,
-    signer: TokenSigner,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let authority = Authority::new("relay test CA").expect("CA");
-        let signer = TokenSigner::generate(KID).expect("signing key");
-        let pki = Self {
-            dir,
-            authority,
-            signer,
-        };
-        pki.write_server_cert(&pki.authority);
-        write(&pki.path("client-ca.pem"), pki.authority.cert_pem());
-        let jwks = serde_json::to_string(&pki.signer.jwks().expect("jwks")).expect("json");
-        write(&pki.path("jwks.json"), &jwks);
-        write(
-            &pki.path("relay.toml"),
-            &format!(
-                "[security.identities.\"{CLIENT_IDENTITY}\"]\nscopes = [\"directory.read\"]\n"
-            ),
-        );
-        pki
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes a server certificate signed by `authority`, key first, each file replaced
-    /// at once (as a Secret mount swaps them).
-    fn write_server_cert(&self, authority: &Authority) {
-        let server = authority
-            .server("localhost", &["localhost", "127.0.0.1"])
-            .expect("server cert");
-        write(&self.path("server-key.pem"), &server.key_pem);
-        write(&self.path("server.pem"), &server.cert_pem);
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        let path = |name: &str| self.path(name).display().to_string();
-        vec![
-            ("RELAY_CONFIG".into(), path("relay.toml")),
-            ("RELAY_TLS_CERT".into(), path("server.pem")),
-            ("RELAY_TLS_KEY".into(), path("server-key.pem")),
-            ("RELAY_TLS_CLIENT_CA".into(), path("client-ca.pem")),
-            ("RELAY_AUTH_JWKS".into(), path("jwks.json")),
-            ("RELAY_AUTH_ISSUER".into(), ISSUER.into()),
-            ("RELAY_AUTH_AUDIENCE".into(), AUDIENCE.into()),
-            (
-                "RELAY_SECURITY__TLS_RELOAD_INTERVAL_MS".into(),
-                "100".into(),
-            ),
-            ("RELAY_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-        ]
-    }
-
-    fn token(&self, scopes: Vec<String>) -> String {
-        self.token_from(&self.signer, ISSUER, AUDIENCE, scopes, 0, 300)
-    }
-
-    /// A token with `scopes` and the bindings of `claims` (its subject and scopes replaced).
-    fn bound_token(&self, scopes: &[&str], claims: TokenClaims) -> String {
-        let claims = TokenClaims {
-            subject: String::from("tester"),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            ..claims
-        };
-        self.signer
-            .issue(ISSUER, AUDIENCE, &claims, 0, 300)
-            .expect("token")
-    }
-
-    /// A token for `subject` with every scope, signed by `signer`.
-    fn token_for(signer: &TokenSigner, subject: &str) -> String {
-        let claims = TokenClaims {
-            subject: subject.to_owned(),
-            scopes: all_scopes(),
-            ..TokenClaims::default()
-        };
-        signer
-            .issue(ISSUER, AUDIENCE, &claims, 0, 300)
-            .expect("token")
-    }
-
-    fn token_from(
-        &self,
-        signer: &TokenSigner,
-        issuer: &str,
-        audience: &str,
-        scopes: Vec<String>,
-        not_before: i64,
-        lifetime: i64,
-    ) -> String {
-        let claims = TokenClaims {
-            subject: String::from("tester"),
-            scopes,
-            ..TokenClaims::default()
-        };
-        signer
-            .issue(issuer, audience, &claims, not_before, lifetime)
-            .expect("token")
-    }
-}
-
-fn write(path: &Path, text: &str) {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text).expect("write");
-    std::fs::rename(&temporary, path).expect("rename");
-}
-
-/// Starts `binary` over TLS with auth, on SQLite (migrated first) and in-memory live state:
-/// the boundary is the same whatever the storage.
-fn start(pki: &Pki, binary: &str, extra: &[(&str, &str)]) -> ServiceProcess {
-    start_without(pki, binary, extra, &[])
-}
-
-/// As [`start`], without the variables named in `without` (`RELAY_AUTH_JWKS`, for a JWKS URL).
-fn start_without(
-    pki: &Pki,
-    binary: &str,
-    extra: &[(&str, &str)],
-    without: &[&str],
-) -> ServiceProcess {
-    let database = format!("sqlite://{}", pki.path(&format!("{binary}.db")).display());
-    let mut env: Vec<(String, String)> = pki.env();
-    env.retain(|(key, _)| !without.contains(&key.as_str()));
-    env.push(("RELAY_DATABASE_URL".into(), database));
-    env.push(("RELAY_PAGE_TOKEN_SECRET".into(), "test-page-secret".into()));
-    env.push(("RELAY_AVAILABILITY__BACKEND".into(), "memory".into()));
-    env.push(("RELAY_ROUTING__FLEET".into(), "memory".into()));
-    env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    let borrowed: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let migrated = std::process::Command::new(relay_tests::binary_path(binary))
-        .arg("migrate")
-        .env_clear()
-        .env("RELAY_INSECURE_DEV", "true")
-        .envs(borrowed.iter().copied())
-        .output()
-        .expect("run migrate");
-    assert!(
-        migrated.status.success(),
-        "{binary} migrate: {}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
-    ServiceProcess::start(binary, &borrowed)
-}
-
-async fn tls_channel(
-    process: &ServiceProcess,
-    ca_pem: &str,
-    identity: Option<&CertifiedKey>,
-) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    if let Some(identity) = identity {
-        tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
-    }
-    Endpoint::from_shared(format!("https://127.0.0.1:{}", process.addr().port()))
-        .expect("endpoint")
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-}
 
 /// Whether a new TLS connection trusting `ca_pem` (with `identity`) gets a health answer:
 /// `false` when the handshake fails, whichever side refuses it.
@@ -416,18 +240,36 @@ async fn tls_refuses_strangers_and_picks_up_a_rotated_certificate() {
         .await
         .expect("old CA");
     let rotated = Authority::new("rotated CA").expect("CA");
+    let mut stderr = Stderr::default();
+    stderr.read(&process);
+    let reloads = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|line| line.contains("tls certificate reloaded"))
+            .count()
+    };
     pki.write_server_cert(&rotated);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if handshake_ok(&process, rotated.cert_pem(), None).await {
-            break;
-        }
+    // The watcher logs each reload; the one after the certificate (written last) serves it.
+    stderr
+        .wait_for(&process, Duration::from_secs(15), "a reload", |lines| {
+            reloads(lines) >= 1
+        })
+        .await;
+    if !handshake_ok(&process, rotated.cert_pem(), None).await {
+        // The key alone was picked up first: the certificate's reload follows.
+        stderr
+            .wait_for(
+                &process,
+                Duration::from_secs(15),
+                "a second reload",
+                |lines| reloads(lines) >= 2,
+            )
+            .await;
         assert!(
-            std::time::Instant::now() < deadline,
-            "the rotated certificate was never served; stderr: {:?}",
-            process.stderr_lines()
+            handshake_ok(&process, rotated.cert_pem(), None).await,
+            "the rotated certificate is not served after its reload: {:?}",
+            stderr.lines
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     call(&before, "/grpc.health.v1.Health/Check", None)
         .await
@@ -456,21 +298,37 @@ async fn no_token_appears_in_any_log_line_even_at_trace() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The two refusals are logged (so the check below looks at real output); then the
+    // process stops, and its last line ends what it wrote.
+    let mut stderr = Stderr::default();
+    stderr
+        .wait_for(
+            &process,
+            Duration::from_secs(20),
+            "two refusals logged",
+            |lines| {
+                lines
+                    .iter()
+                    .filter(|line| line.contains("call refused"))
+                    .count()
+                    >= 2
+            },
+        )
+        .await;
     process.signal("TERM");
     let mut process = process;
     let _ = process.wait_timeout(Duration::from_secs(20));
-    let lines = process.stderr_lines();
-    assert!(
-        lines.iter().any(|line| line.contains("call refused")),
-        "the refusals are logged (so the check below looks at real output): {} lines",
-        lines.len()
-    );
+    stderr
+        .wait_for(&process, Duration::from_secs(20), "stopped", |lines| {
+            lines.iter().any(|line| line.contains("stopped"))
+        })
+        .await;
+    let lines = &stderr.lines;
     for token in [&good, &expired, &wrong] {
         // The signature part alone is enough to replay nothing, but neither it nor the
         // claims may appear.
         let (signed, signature) = token.rsplit_once('.').expect("a JWT");
-        for line in &lines {
+        for line in lines {
             assert!(!line.contains(signature), "a token signature in: {line}");
             assert!(!line.contains(signed), "token claims in: {line}");
         }
@@ -515,14 +373,18 @@ async fn secure_is_the_default_and_insecure_needs_a_development_setup() {
             ("RELAY_INSECURE_NO_AUTH", "true"),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let lines = process.stderr_lines();
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.contains("WARN") && line.contains("plaintext")),
-        "{lines:?}"
-    );
+    Stderr::default()
+        .wait_for(
+            &process,
+            Duration::from_secs(20),
+            "a warning that it serves plaintext",
+            |lines| {
+                lines
+                    .iter()
+                    .any(|line| line.contains("WARN") && line.contains("plaintext"))
+            },
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,37 +436,6 @@ async fn relay_token_issue_makes_tokens_the_services_accept() {
 // ---------------------------------------------------------------------------------------
 // Tenancy and caller details (issue 14): the bindings of a credential (cad_system, team,
 // regions) are enforced by the handlers, and caller details need `caller.details.read`.
-
-/// A bearer token on every call of a typed client.
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl Bearer {
-    fn new(token: &str) -> Self {
-        Self(format!("Bearer {token}").parse().expect("metadata"))
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
-
-fn intake_client(
-    channel: &Channel,
-    token: &str,
-) -> relay_proto::intake::intake_service_client::IntakeServiceClient<Authed> {
-    relay_proto::intake::intake_service_client::IntakeServiceClient::with_interceptor(
-        channel.clone(),
-        Bearer::new(token),
-    )
-}
 
 fn availability_client(
     channel: &Channel,
@@ -669,17 +500,6 @@ fn submission(
         }),
         ..Default::default()
     }
-}
-
-fn start_intake(pki: &Pki) -> ServiceProcess {
-    start(
-        pki,
-        "relay-intake",
-        &[
-            ("RELAY_INTAKE__SUBMIT_WAIT_MS", "10"),
-            ("RELAY_INTAKE__CONSUME_UPSTREAM", "false"),
-        ],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1244,23 +1064,35 @@ async fn team_and_region_bound_credentials_report_and_read_only_their_own() {
     assert_eq!(south.revision, 1, "{south:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_principal_over_its_rate_limit_is_told_when_to_retry_while_others_are_served() {
-    let pki = Pki::new();
+/// The directory over TLS with a rate of one per second and a burst of three (the two
+/// settings given), its admin port on a known address: the process, a channel, that address.
+async fn limited_directory(
+    pki: &Pki,
+    rate: (&str, &str),
+    burst: (&str, &str),
+) -> (ServiceProcess, Channel, std::net::SocketAddr) {
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], relay_tests::free_port()));
     let admin_listen = admin.to_string();
     let process = start(
-        &pki,
+        pki,
         "relay-directory",
-        &[
-            ("RELAY_SECURITY__LIMITS__REQUESTS_PER_SECOND", "1"),
-            ("RELAY_SECURITY__LIMITS__BURST", "3"),
-            ("RELAY_ADMIN_LISTEN", &admin_listen),
-        ],
+        &[rate, burst, ("RELAY_ADMIN_LISTEN", &admin_listen)],
     );
     let channel = tls_channel(&process, pki.authority.cert_pem(), None)
         .await
         .expect("tls");
+    (process, channel, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_rate_limit_is_told_when_to_retry_while_others_are_served() {
+    let pki = Pki::new();
+    let (_process, channel, admin) = limited_directory(
+        &pki,
+        ("RELAY_SECURITY__LIMITS__REQUESTS_PER_SECOND", "1"),
+        ("RELAY_SECURITY__LIMITS__BURST", "3"),
+    )
+    .await;
     let search = "/relay.directory.v1.DirectoryService/SearchServices";
     let busy = Pki::token_for(&pki.signer, "cad-busy");
     let calm = Pki::token_for(&pki.signer, "cad-calm");
@@ -1322,6 +1154,72 @@ async fn a_principal_over_its_rate_limit_is_told_when_to_retry_while_others_are_
         .unwrap_or_else(|| panic!("no relay_rate_limited_total in:\n{metrics}"));
     assert!(line.contains("class=\"principal\""), "{line}");
     assert!(!line.contains("cad-busy"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_credentials_from_one_address_is_told_to_back_off() {
+    let pki = Pki::new();
+    let (_process, channel, admin) = limited_directory(
+        &pki,
+        ("RELAY_SECURITY__LIMITS__REFUSALS_PER_SECOND", "1"),
+        ("RELAY_SECURITY__LIMITS__REFUSALS_BURST", "3"),
+    )
+    .await;
+    let search = "/relay.directory.v1.DirectoryService/SearchServices";
+    let expired = pki.token_from(&pki.signer, ISSUER, AUDIENCE, all_scopes(), -600, -300);
+
+    // Refusals alternate between no token and a bad one: both count, against the address.
+    let mut refused = 0;
+    let status = loop {
+        let token = (refused % 2 == 1).then_some(expired.as_str());
+        match call(&channel, search, token).await {
+            Err(status) if status.code() == Code::ResourceExhausted => break status,
+            result => {
+                let status = result.expect_err("no valid credential");
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                refused += 1;
+                assert!(refused <= 6, "never limited after {refused} refusals");
+            }
+        }
+    };
+    assert!(
+        refused >= 3,
+        "the burst of 3 is refused first, got {refused}"
+    );
+    assert_eq!(reason(&status), "RATE_LIMITED", "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("error info");
+    assert_eq!(
+        info.metadata.get("class").map(String::as_str),
+        Some("refused")
+    );
+    assert_eq!(info.domain, "relay.directory.v1");
+    let delay = details
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a RetryInfo with a delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(1),
+        "one refusal per second: {delay:?}"
+    );
+
+    // A valid credential from the same address is served; health stays open.
+    let valid = pki.token(all_scopes());
+    let result = call(&channel, search, Some(&valid)).await;
+    assert!(served_past_limits(&result), "a valid token: {result:?}");
+    call(&channel, "/grpc.health.v1.Health/Check", None)
+        .await
+        .expect("health is not limited");
+
+    let (code, metrics) = relay_tests::admin_get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("relay_rate_limited_total{")
+                && line.contains("class=\"refused\"")),
+        "no refused class in relay_rate_limited_total:\n{metrics}"
+    );
 }
 
 /// Whether a call got past authentication and the rate limit.

@@ -1,47 +1,77 @@
 //! Intake's HTTP/JSON port (`RELAY_HTTP_LISTEN`) for NENA EIDO: `POST /EIDO` submits an
 //! incident as an EIDO, `GET /EIDO/{IncidentId}` (the dereference operation of NENA's EIDO
-//! OpenAPI) returns one as an EIDO. The same operations as the SubmitEido and GetEido RPCs,
-//! through the same code; errors are JSON, shaped like the gRPC ones (code, reason, message,
-//! and the field violations naming JSON paths).
+//! OpenAPI) returns one as an EIDO. They are the SubmitEido and GetEido RPCs: each route
+//! calls the gRPC handler, so the port asks the same credential as the RPC (a bearer token
+//! or a client certificate, with the RPC's scope), over the same TLS, under the same rate
+//! limit ([`relay_runtime::security::http`]), and gets the same tenancy (a CAD-bound token
+//! posts and reads only its CAD's incidents) and the same withholding of caller details.
+//! Errors are JSON, shaped like the gRPC ones (code, reason, domain, message, and the field
+//! violations naming JSON paths).
 
 use std::sync::Arc;
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use relay_runtime::error::ApiError;
+use relay_proto::intake::{
+    GetEidoRequest, SubmitEidoRequest, intake_service_server::IntakeService,
+};
+use relay_runtime::{
+    ApiError,
+    security::{
+        auth::Principal,
+        http::{HttpSecurity, error_response},
+    },
+};
 use serde_json::json;
-use tonic::Code;
+use tokio_util::sync::CancellationToken;
 
-use crate::{core::Intake, eido};
+use crate::{IntakeServiceHandler, eido};
 
-/// The HTTP routes, over the shared intake state.
-pub fn router(intake: Arc<Intake>) -> Router {
+/// The RPC whose credential, scope and rate limit `POST /EIDO` takes.
+pub const SUBMIT_EIDO_RPC: &str = "/relay.intake.v1.IntakeService/SubmitEido";
+/// The RPC whose credential, scope and rate limit `GET /EIDO/{IncidentId}` takes.
+pub const GET_EIDO_RPC: &str = "/relay.intake.v1.IntakeService/GetEido";
+
+/// The HTTP routes, over the gRPC handler, each behind its RPC's guard.
+pub fn router(handler: Arc<IntakeServiceHandler>, security: &HttpSecurity) -> Router {
     Router::new()
-        .route("/EIDO", post(submit))
-        .route("/EIDO/{incident_id}", get(dereference))
+        .route("/EIDO", security.guard(SUBMIT_EIDO_RPC, post(submit)))
+        .route(
+            "/EIDO/{incident_id}",
+            security.guard(GET_EIDO_RPC, get(dereference)),
+        )
         // A little over the EIDO limit, so that the handler answers with its own error.
         .layer(DefaultBodyLimit::max(eido::MAX_EIDO_BYTES + 1))
-        .with_state(intake)
+        .with_state(handler)
 }
 
-/// Serves the routes on `listener` until `shutdown`.
+/// Serves the routes on `listener` until `token` is cancelled: over TLS unless the gRPC
+/// listener is plaintext.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    intake: Arc<Intake>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    handler: Arc<IntakeServiceHandler>,
+    security: HttpSecurity,
+    token: CancellationToken,
 ) {
-    if let Err(error) = axum::serve(listener, router(intake))
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let router = router(handler, &security);
+    if let Err(error) = security.serve(listener, router, token).await {
         tracing::warn!(%error, "eido http endpoint stopped");
     }
+}
+
+/// A request to the gRPC handler, carrying the caller the guard established.
+fn call<T>(message: T, principal: Option<Principal>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
+    }
+    request
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
@@ -53,109 +83,71 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-fn error_response(error: ApiError) -> Response {
-    let (status, reason) = match error.code() {
-        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_FIELD"),
-        Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-        Code::AlreadyExists => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
-        Code::FailedPrecondition | Code::Aborted => (StatusCode::CONFLICT, "CONFLICT"),
-        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
-    };
-    let code = format!("{:?}", error.code());
-    let (reason, message, violations) = match error {
-        ApiError::InvalidArgument { reason, violations } => {
-            let message = format!(
-                "invalid argument: {}",
-                violations
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            );
-            let list: Vec<_> = violations
-                .into_iter()
-                .map(|v| json!({"field": v.field, "description": v.description}))
-                .collect();
-            (reason, message, list)
-        }
-        ApiError::NotFound { reason, message }
-        | ApiError::AlreadyExists { reason, message }
-        | ApiError::FailedPrecondition { reason, message }
-        | ApiError::Aborted { reason, message }
-        | ApiError::Unavailable { reason, message } => (reason, message, Vec::new()),
-        ApiError::Internal(cause) => {
-            tracing::error!(
-                error.cause_chain = %relay_runtime::error::cause_chain(cause.as_ref()),
-                "internal error"
-            );
-            (reason, "internal error".to_owned(), Vec::new())
-        }
-    };
-    json_response(
-        status,
-        &json!({"error": {
-            "code": code,
-            "reason": reason,
-            "domain": crate::DOMAIN,
-            "message": message,
-            "fieldViolations": violations,
-        }}),
-    )
-}
-
-async fn submit(State(intake): State<Arc<Intake>>, body: Bytes) -> Response {
+async fn submit(
+    State(handler): State<Arc<IntakeServiceHandler>>,
+    principal: Option<Extension<Principal>>,
+    body: Bytes,
+) -> Response {
     let Ok(text) = std::str::from_utf8(&body) else {
-        return error_response(ApiError::invalid("$", "the body must be UTF-8 JSON"));
+        let error = ApiError::invalid("$", "the body must be UTF-8 JSON");
+        return error_response(&error.into_status(crate::DOMAIN));
     };
-    match eido::submit(&intake, text).await {
-        Ok(submitted) => {
-            let incident = &submitted.incident;
-            let location = format!("/EIDO/{}", incident.incident_id);
-            let status = if submitted.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let triage = incident.triage.clone().unwrap_or_default();
-            let routing = incident.routing.clone().unwrap_or_default();
-            let mut response = json_response(
-                status,
-                &json!({
-                    "incidentId": incident.incident_id,
-                    "created": submitted.created,
-                    "cadSystem": incident.cad_system,
-                    "cadIncidentId": incident.cad_incident_id,
-                    "disposition": relay_proto::intake::Disposition::try_from(triage.disposition)
-                        .unwrap_or_default()
-                        .as_str_name(),
-                    "routingState": relay_proto::intake::RoutingState::try_from(routing.state)
-                        .unwrap_or_default()
-                        .as_str_name(),
-                    "teamId": routing.team_id,
-                    "location": location,
-                }),
-            );
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            response
-        }
-        Err(error) => error_response(error),
+    let request = SubmitEidoRequest {
+        request_id: String::new(),
+        eido_json: text.to_owned(),
+    };
+    let submitted = match handler
+        .submit_eido(call(request, principal.map(|p| p.0)))
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return error_response(&status),
+    };
+    let incident = submitted.incident.unwrap_or_default();
+    let location = format!("/EIDO/{}", incident.incident_id);
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let triage = incident.triage.clone().unwrap_or_default();
+    let routing = incident.routing.clone().unwrap_or_default();
+    let mut response = json_response(
+        status,
+        &json!({
+            "incidentId": incident.incident_id,
+            "created": submitted.created,
+            "cadSystem": incident.cad_system,
+            "cadIncidentId": incident.cad_incident_id,
+            "disposition": relay_proto::intake::Disposition::try_from(triage.disposition)
+                .unwrap_or_default()
+                .as_str_name(),
+            "routingState": relay_proto::intake::RoutingState::try_from(routing.state)
+                .unwrap_or_default()
+                .as_str_name(),
+            "teamId": routing.team_id,
+            "location": location,
+        }),
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
     }
+    response
 }
 
 async fn dereference(
-    State(intake): State<Arc<Intake>>,
+    State(handler): State<Arc<IntakeServiceHandler>>,
+    principal: Option<Extension<Principal>>,
     Path(incident_id): Path<String>,
 ) -> Response {
-    match eido::get(&intake, &incident_id).await {
-        Ok(document) => (
+    let request = call(GetEidoRequest { incident_id }, principal.map(|p| p.0));
+    match handler.get_eido(request).await {
+        Ok(response) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            document,
+            response.into_inner().eido_json,
         )
             .into_response(),
-        Err(error) => error_response(error),
+        Err(status) => error_response(&status),
     }
 }

@@ -78,6 +78,7 @@ pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub struct Application {
     server: BoundServer,
     intake: Arc<Intake>,
+    http_handler: Arc<IntakeServiceHandler>,
     availability: upstream::AvailabilityClient,
     new_regions: tokio::sync::mpsc::UnboundedReceiver<String>,
     http: tokio::net::TcpListener,
@@ -189,6 +190,8 @@ impl Application {
         let host = ServiceHost::from_config(&config).audit(audit.clone(), &config.settings.audit);
         let handler = IntakeServiceHandler::new(Arc::clone(&intake), tokens, host.shutdown_token())
             .with_audit(audit);
+        // The EIDO HTTP port calls the same handler (SubmitEido, GetEido).
+        let http_handler = Arc::new(handler.clone());
         let host = host
             .add_service(IntakeServiceServer::new(handler))
             // Program reports read the same store (relay.reports.v1.ReportService).
@@ -207,6 +210,7 @@ impl Application {
         Ok(Self {
             server,
             intake,
+            http_handler,
             availability,
             new_regions,
             http,
@@ -246,8 +250,9 @@ impl Application {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(http::serve(
             self.http,
-            Arc::clone(&self.intake),
-            token.clone().cancelled_owned(),
+            self.http_handler,
+            self.server.http_security(),
+            token.clone(),
         ));
         tasks.spawn(Arc::clone(&self.intake).run_outbox(token.clone()));
         tasks.spawn(Arc::clone(&self.intake).run_sequencer(token.clone()));

@@ -32,6 +32,12 @@ pub(super) enum Command {
         /// cannot do TLS. Never on a shared network.
         #[arg(long)]
         insecure: bool,
+        /// Each caller's rate limit, in requests per second, with a burst of twice that
+        /// (`[security.limits] requests_per_second` and `burst` of a deployment; default 500
+        /// and 1000). The printed dev token is not limited by it (it has the service class):
+        /// a low value lets a client see RESOURCE_EXHAUSTED with a narrower token.
+        #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+        rate_limit: Option<u32>,
         #[command(flatten)]
         clock: ClockArgs,
     },

@@ -47,6 +47,9 @@ pub struct DevOptions {
     pub clock: ClockSettings,
     /// Plaintext, no credential (`--insecure`); otherwise TLS and tokens.
     pub insecure: bool,
+    /// Each principal's requests per second (`--rate-limit`; burst twice that); unset: the
+    /// services' defaults.
+    pub rate_limit: Option<u32>,
 }
 
 fn config(
@@ -55,6 +58,7 @@ fn config(
     database: &std::path::Path,
     base: u16,
     pki: Option<&DevFiles>,
+    rate_limit: Option<u32>,
 ) -> Result<Config, BoxError> {
     let endpoint = |offset: u16| format!("http://127.0.0.1:{}", base + offset);
     let mut builder = Config::builder(service);
@@ -82,6 +86,11 @@ fn config(
                 serde_json::json!({ DEV_SERVICE_IDENTITY: { "scopes": all_scopes() } }),
             )
             .set("security.limits.service_subjects", [DEV_SUBJECT]);
+    }
+    if let Some(per_second) = rate_limit {
+        builder = builder
+            .set("security.limits.requests_per_second", per_second)
+            .set("security.limits.burst", per_second.saturating_mul(2));
     }
     Ok(builder
         .set("insecure_dev", true)
@@ -145,7 +154,7 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
         Some(scaled) => Arc::new(scaled),
         None => Arc::new(SystemClock),
     };
-    let suite = Suite::build(&dir, base, pki, &clock).await?;
+    let suite = Suite::build(&dir, base, pki, &clock, options.rate_limit).await?;
     suite.announce(pki, token.as_deref());
     if let Some(scaled) = simulated {
         println!(
@@ -225,9 +234,10 @@ impl Suite {
         base: u16,
         pki: Option<&DevFiles>,
         clock: &Arc<dyn Clock>,
+        rate_limit: Option<u32>,
     ) -> Result<Self, BoxError> {
         let db = |name: &str| dir.join(format!("{name}.db"));
-        let availability_config = config("availability", base + 1, &db("availability"), base, pki)?;
+        let availability_config = config("availability", base + 1, &db("availability"), base, pki, rate_limit)?;
         // Migrate before serving, so no call can arrive before the roster's tables exist.
         relay_availability::Application::migrate(&availability_config).await?;
         let availability =
@@ -236,18 +246,18 @@ impl Suite {
         // Routing dispatches from availability's own in-process live state.
         let fleet = availability.dispatch().clone();
 
-        let routing_config = config("routing", base + 2, &db("routing"), base, pki)?;
+        let routing_config = config("routing", base + 2, &db("routing"), base, pki, rate_limit)?;
         relay_routing::Application::migrate(&routing_config).await?;
         let routing =
             relay_routing::Application::build_with_fleet(routing_config, fleet, clock.clone())
                 .await?;
 
-        let intake_config = config("intake", base, &db("intake"), base, pki)?;
+        let intake_config = config("intake", base, &db("intake"), base, pki, rate_limit)?;
         relay_intake::Application::migrate(&intake_config).await?;
         let intake =
             relay_intake::Application::build_with_clock(intake_config, clock.clone()).await?;
 
-        let directory_config = config("directory", base + 3, &db("directory"), base, pki)?;
+        let directory_config = config("directory", base + 3, &db("directory"), base, pki, rate_limit)?;
         relay_directory::Application::migrate(&directory_config).await?;
         let directory =
             relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;
@@ -287,7 +297,8 @@ impl Suite {
             "intake listening on {scheme}://{}",
             self.intake.local_addr()
         );
-        println!("intake EIDO on http://{}/EIDO", self.intake.http_addr());
+        // The EIDO port shares the gRPC listener's TLS and credentials.
+        println!("intake EIDO on {scheme}://{}/EIDO", self.intake.http_addr());
         println!(
             "availability listening on {scheme}://{}",
             self.availability.local_addr()

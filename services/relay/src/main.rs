@@ -55,8 +55,15 @@ fn main() -> ExitCode {
             port_base,
             data_dir,
             insecure,
+            rate_limit,
             clock,
-        } => dev(port_base, data_dir, insecure, &clock),
+        } => dev(dev::DevOptions {
+            port_base,
+            data_dir,
+            clock: clock.settings(),
+            insecure,
+            rate_limit,
+        }),
         Command::Token {
             command: TokenCommand::Issue(args),
         } => issue_token(&args),
@@ -141,7 +148,7 @@ fn issue_token(args: &TokenArgs) -> ExitCode {
     }
 }
 
-fn dev(port_base: u16, data_dir: Option<PathBuf>, insecure: bool, clock: &ClockArgs) -> ExitCode {
+fn dev(options: dev::DevOptions) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -152,12 +159,7 @@ fn dev(port_base: u16, data_dir: Option<PathBuf>, insecure: bool, clock: &ClockA
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dev::run(dev::DevOptions {
-        port_base,
-        data_dir,
-        clock: clock.settings(),
-        insecure,
-    })) {
+    match runtime.block_on(dev::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("relay dev: {error}");

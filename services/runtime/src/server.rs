@@ -281,6 +281,17 @@ impl BoundServer {
         self.tls.is_some()
     }
 
+    /// The security of an HTTP port beside this server (intake's EIDO port): the same TLS
+    /// configuration (reloaded with this listener's), authenticator and rate limits.
+    #[must_use]
+    pub fn http_security(&self) -> crate::security::http::HttpSecurity {
+        crate::security::http::HttpSecurity::new(
+            self.tls.clone(),
+            Arc::clone(&self.authenticator),
+            self.limits.clone(),
+        )
+    }
+
     /// The shutdown token of this server; see [`ServiceHost::shutdown_token`].
     #[must_use]
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -472,7 +483,7 @@ impl BoundServer {
             .layer(audit.map_or_else(AuditLayer::disabled, |(sink, settings)| {
                 AuditLayer::start(sink, &settings, Arc::clone(&authenticator), &token)
             }))
-            .layer(AuthLayer::new(authenticator))
+            .layer(AuthLayer::new(authenticator).with_refusal_limits(limits.clone()))
             // After auth: the caller is known, and its key is who it is.
             .layer(RateLimitLayer::new(limits))
             .add_routes(routes);

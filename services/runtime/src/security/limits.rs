@@ -12,6 +12,14 @@
 //! is when the caller's next request will be let through, and a `google.rpc.ErrorInfo` with
 //! reason `RATE_LIMITED` (metadata `class`), and is counted in `relay_rate_limited_total`.
 //!
+//! Refused credentials have a limit of their own, keyed by peer address (there is no
+//! principal to key by): past `refusals_burst` UNAUTHENTICATED answers to one address, at
+//! `refusals_per_second` sustained, its further refusals become RESOURCE_EXHAUSTED
+//! (`RATE_LIMITED`, metadata `class` = `refused`) with the `retry_delay` until its next
+//! credential is looked at. A flood of bad or expired tokens thus gets told to back off,
+//! and its log lines and refusals stay bounded; calls with a valid credential from the same
+//! address are not affected.
+//!
 //! The defaults are far above what a CAD integration or a responder's device sends (a CAD
 //! submits a few calls a minute and reads and watches a few more; a device reports its
 //! position every few seconds): the limit is there against a runaway client or a leaked
@@ -52,6 +60,9 @@ use crate::config::ConfigError;
 /// Reason of a refused call: the caller sent more than its rate allows.
 pub const RATE_LIMITED: &str = "RATE_LIMITED";
 
+/// The `class` metadata (and metric label) of a refusal of credentials over its limit.
+pub const REFUSED_CLASS: &str = "refused";
+
 /// How often the keyed state is pruned by [`RateLimits::prune_task`].
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -75,6 +86,12 @@ pub struct LimitSettings {
     /// Above this many keys held, the idle ones are pruned at once rather than on the next
     /// periodic pass.
     pub max_tracked: usize,
+    /// Sustained refused credentials (UNAUTHENTICATED) per second from one peer address,
+    /// before its further refusals become RESOURCE_EXHAUSTED (`RATE_LIMITED`, class
+    /// `refused`): a flood of bad or expired tokens gets told to back off.
+    pub refusals_per_second: u32,
+    /// How many refusals one peer address may collect at once above that rate.
+    pub refusals_burst: u32,
 }
 
 impl Default for LimitSettings {
@@ -87,6 +104,8 @@ impl Default for LimitSettings {
             service_burst: 10_000,
             service_subjects: Vec::new(),
             max_tracked: 100_000,
+            refusals_per_second: 5,
+            refusals_burst: 50,
         }
     }
 }
@@ -111,6 +130,8 @@ impl LimitSettings {
                 self.service_requests_per_second,
             ),
             ("service_burst", self.service_burst),
+            ("refusals_per_second", self.refusals_per_second),
+            ("refusals_burst", self.refusals_burst),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(format!(
@@ -132,6 +153,8 @@ pub enum Class {
     Principal,
     /// Another Relay service (or a listed subject): `service_requests_per_second`.
     Service,
+    /// Refused credentials from one peer address: `refusals_per_second`.
+    Refused,
 }
 
 impl Class {
@@ -139,6 +162,7 @@ impl Class {
         match self {
             Self::Principal => "principal",
             Self::Service => "service",
+            Self::Refused => REFUSED_CLASS,
         }
     }
 }
@@ -150,6 +174,7 @@ type Keyed<C> =
 pub struct RateLimits<C: Clock = DefaultClock> {
     principals: Keyed<C>,
     services: Keyed<C>,
+    refused: Keyed<C>,
     clock: C,
     service_subjects: Vec<String>,
     max_tracked: usize,
@@ -193,6 +218,10 @@ impl<C: Clock + Clone> RateLimits<C> {
                 quota(settings.service_requests_per_second, settings.service_burst),
                 clock.clone(),
             ),
+            refused: RateLimiter::dashmap_with_clock(
+                quota(settings.refusals_per_second, settings.refusals_burst),
+                clock.clone(),
+            ),
             clock,
             service_subjects: settings.service_subjects.clone(),
             max_tracked: settings.max_tracked.max(1),
@@ -217,13 +246,7 @@ impl<C: Clock + Clone> RateLimits<C> {
                 (format!("sub:{}", principal.subject), class)
             }
             // No credential checked: who is calling is only where it calls from.
-            _ => (
-                peer.map_or_else(
-                    || String::from("ip:unknown"),
-                    |ip| format!("ip:{}", host_of(ip)),
-                ),
-                Class::Principal,
-            ),
+            _ => (peer_key(peer), Class::Principal),
         }
     }
 
@@ -236,6 +259,7 @@ impl<C: Clock + Clone> RateLimits<C> {
         let limiter = match class {
             Class::Principal => &self.principals,
             Class::Service => &self.services,
+            Class::Refused => &self.refused,
         };
         if limiter.len() > self.max_tracked {
             self.prune_now();
@@ -248,7 +272,43 @@ impl<C: Clock + Clone> RateLimits<C> {
     /// How many keys are held.
     #[must_use]
     pub fn tracked(&self) -> usize {
-        self.principals.len() + self.services.len()
+        self.principals.len() + self.services.len() + self.refused.len()
+    }
+
+    /// Decides a call to `path` by `principal` (from the auth layer) from `peer`: `Ok`, or
+    /// RESOURCE_EXHAUSTED when its bucket is empty (counted and logged). Health always
+    /// passes. What the gRPC layer and intake's HTTP port both run.
+    ///
+    /// # Errors
+    /// The refusal the caller gets.
+    pub fn admit(
+        &self,
+        path: &str,
+        principal: Option<&Principal>,
+        peer: Option<IpAddr>,
+    ) -> Result<(), Status> {
+        if path.starts_with("/grpc.health.v1.Health/") {
+            return Ok(());
+        }
+        let (key, class) = self.key_of(principal, peer);
+        self.check(&key, class)
+            .map_err(|wait| refused_over_limit(path, class, wait))
+    }
+
+    /// What a caller from `peer` gets for a call to `path` that authentication refused with
+    /// `refusal`: that refusal, or, once the peer's refusals exceed `refusals_per_second`
+    /// and `refusals_burst`, RESOURCE_EXHAUSTED (`RATE_LIMITED`, class `refused`) with the
+    /// wait until its next credential will be looked at. Only UNAUTHENTICATED refusals (a
+    /// missing or invalid credential, the only ones without a principal to key by) count.
+    #[must_use]
+    pub fn limit_refusal(&self, path: &str, peer: Option<IpAddr>, refusal: Status) -> Status {
+        if refusal.code() != Code::Unauthenticated {
+            return refusal;
+        }
+        match self.check(&peer_key(peer), Class::Refused) {
+            Ok(()) => refusal,
+            Err(wait) => refused_over_limit(path, Class::Refused, wait),
+        }
     }
 
     /// Drops the buckets that are full again (a caller idle long enough to have its whole
@@ -270,10 +330,10 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// Drops the buckets that are full again.
     pub fn prune(&self) {
-        self.principals.retain_recent();
-        self.services.retain_recent();
-        self.principals.shrink_to_fit();
-        self.services.shrink_to_fit();
+        for limiter in [&self.principals, &self.services, &self.refused] {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 }
 
@@ -287,6 +347,14 @@ impl<C: Clock + Clone + Send + Sync + 'static> RateLimits<C> {
             }
         }
     }
+}
+
+/// The key of a caller known only by its address.
+fn peer_key(peer: Option<IpAddr>) -> String {
+    peer.map_or_else(
+        || String::from("ip:unknown"),
+        |ip| format!("ip:{}", host_of(ip)),
+    )
 }
 
 /// The part of an address that identifies a host: an IPv4 address whole, an IPv6 address by
@@ -341,7 +409,28 @@ fn refusals() -> &'static opentelemetry::metrics::Counter<u64> {
     })
 }
 
-fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+/// A call over its limit: counted, logged, and answered RESOURCE_EXHAUSTED.
+fn refused_over_limit(path: &str, class: Class, wait: Duration) -> Status {
+    let (service, method) = crate::layers::rpc_names(path);
+    refusals().add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("rpc_service", service),
+            opentelemetry::KeyValue::new("rpc_method", method),
+            opentelemetry::KeyValue::new("class", class.name()),
+        ],
+    );
+    tracing::info!(
+        reason = RATE_LIMITED,
+        class = class.name(),
+        retry_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "call refused"
+    );
+    refusal(super::auth::package_of(path), class, wait)
+}
+
+/// The address of a gRPC call's peer, from the connection's info.
+pub(crate) fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
     extensions
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|info| info.get_ref().remote_addr())
@@ -403,33 +492,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let path = request.uri().path();
         if let Some(limits) = &self.limits
-            && !path.starts_with("/grpc.health.v1.Health/")
+            && let Err(status) = limits.admit(
+                request.uri().path(),
+                request.extensions().get::<Principal>(),
+                peer_ip(request.extensions()),
+            )
         {
-            let principal = request.extensions().get::<Principal>();
-            let (key, class) = limits.key_of(principal, peer_ip(request.extensions()));
-            if let Err(wait) = limits.check(&key, class) {
-                let (service, method) = crate::layers::rpc_names(path);
-                refusals().add(
-                    1,
-                    &[
-                        opentelemetry::KeyValue::new("rpc_service", service),
-                        opentelemetry::KeyValue::new("rpc_method", method),
-                        opentelemetry::KeyValue::new("class", class.name()),
-                    ],
-                );
-                let domain = super::auth::package_of(path);
-                tracing::info!(
-                    reason = RATE_LIMITED,
-                    class = class.name(),
-                    retry_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    "call refused"
-                );
-                return Box::pin(std::future::ready(Ok(
-                    refusal(domain, class, wait).into_http()
-                )));
-            }
+            return Box::pin(std::future::ready(Ok(status.into_http())));
         }
         Box::pin(self.inner.call(request))
     }
@@ -533,6 +603,58 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         limits.prune();
         assert_eq!(limits.tracked(), 0, "every bucket is full again");
+    }
+
+    #[test]
+    fn refused_credentials_from_one_address_are_limited_and_valid_calls_are_not() {
+        let clock = FakeRelativeClock::default();
+        let limits = RateLimits::with_clock(
+            &LimitSettings {
+                refusals_per_second: 1,
+                refusals_burst: 2,
+                ..settings(100, 100)
+            },
+            clock.clone(),
+        );
+        let path = "/relay.intake.v1.IntakeService/GetIncident";
+        let flooder: IpAddr = "10.0.0.1".parse().expect("ip");
+        let other: IpAddr = "10.0.0.2".parse().expect("ip");
+        let unauthenticated = || Status::unauthenticated("bad token");
+        for _ in 0..2 {
+            let status = limits.limit_refusal(path, Some(flooder), unauthenticated());
+            assert_eq!(status.code(), Code::Unauthenticated, "within the burst");
+        }
+        let status = limits.limit_refusal(path, Some(flooder), unauthenticated());
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, RATE_LIMITED);
+        assert_eq!(info.domain, "relay.intake.v1");
+        assert_eq!(
+            info.metadata.get("class").map(String::as_str),
+            Some("refused")
+        );
+        let wait = details
+            .retry_info()
+            .and_then(|info| info.retry_delay)
+            .expect("retry info");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        // Another address, and other refusals (a valid credential without its scope), are
+        // not counted against it.
+        let status = limits.limit_refusal(path, Some(other), unauthenticated());
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let denied = limits.limit_refusal(path, Some(flooder), Status::permission_denied("x"));
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let (key, class) = limits.key_of(Some(&token("cad-a")), Some(flooder));
+        limits
+            .check(&key, class)
+            .expect("a valid credential passes");
+        clock.advance(wait);
+        let status = limits.limit_refusal(path, Some(flooder), unauthenticated());
+        assert_eq!(status.code(), Code::Unauthenticated, "after the wait");
     }
 
     #[test]

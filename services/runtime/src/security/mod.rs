@@ -7,6 +7,8 @@
 //!   `RELAY_INSECURE_PLAINTEXT`, `RELAY_INSECURE_NO_AUTH`) as aliases of `RELAY_SECURITY__*`.
 //! - [`auth`]: the tower layer that identifies the caller, checks the RPC's scope (declared
 //!   once in the protos by `(relay.auth.v1.scope)`) and hands handlers a [`auth::Principal`].
+//! - [`http`]: the same boundary on an HTTP/JSON port (intake's EIDO port): TLS, the
+//!   credential and scope of one RPC per route, the rate limits, JSON refusals.
 //! - [`jwks`]: a JWKS fetched from a URL, cached, refreshed, and fetched again for an unknown
 //!   `kid`.
 //! - [`limits`]: per-principal rate limits, a tower layer after authentication.
@@ -23,6 +25,7 @@
 //! counts as such a setup: see [`crate::config::Config::insecure_allowed`].
 
 pub mod auth;
+pub mod http;
 pub mod jwks;
 pub mod limits;
 pub mod pki;

@@ -166,6 +166,29 @@ impl Files {
     }
 }
 
+/// The application protocols a TLS listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2` only: a gRPC listener.
+    Grpc,
+    /// `http/1.1` only: an HTTP/JSON port.
+    Http1,
+}
+
+impl Alpn {
+    /// `config` offering these protocols (a copy when they differ from the files' `h2`).
+    fn apply(self, config: Arc<ServerConfig>) -> Arc<ServerConfig> {
+        match self {
+            Self::Grpc => config,
+            Self::Http1 => {
+                let mut config = (*config).clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(config)
+            }
+        }
+    }
+}
+
 /// The server's current TLS configuration, swapped when its files change.
 #[derive(Debug)]
 pub struct ServerTls {
@@ -257,6 +280,18 @@ impl ServerTls {
         listener: TcpListener,
         token: CancellationToken,
     ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+        self.incoming_with_alpn(listener, token, Alpn::Grpc)
+    }
+
+    /// As [`Self::incoming`], offering `alpn`: an HTTP/1.1 port (intake's EIDO) shares the
+    /// certificate, its reloads and the client CA of the gRPC listener, but not its `h2`.
+    #[must_use]
+    pub fn incoming_with_alpn(
+        self: Arc<Self>,
+        listener: TcpListener,
+        token: CancellationToken,
+        alpn: Alpn,
+    ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -275,7 +310,7 @@ impl ServerTls {
                 };
                 // TCP_NODELAY, as on the plaintext listener: see `server.rs`.
                 let _ = stream.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(self.current());
+                let acceptor = TlsAcceptor::from(alpn.apply(self.current()));
                 let sender = sender.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
