@@ -180,7 +180,7 @@ impl RosterStore for SqlRoster {
     async fn begin(&self) -> Result<Box<dyn RosterWrite>, RosterError> {
         Ok(Box::new(match self {
             Self::Postgres(pool) => Write::Postgres(pool.begin().await?),
-            Self::Sqlite(pool) => Write::Sqlite(pool.begin().await?),
+            Self::Sqlite(pool) => Write::Sqlite(relay_runtime::storage::begin_write(pool).await?),
         }))
     }
 

@@ -237,7 +237,14 @@ impl Suite {
         rate_limit: Option<u32>,
     ) -> Result<Self, BoxError> {
         let db = |name: &str| dir.join(format!("{name}.db"));
-        let availability_config = config("availability", base + 1, &db("availability"), base, pki, rate_limit)?;
+        let availability_config = config(
+            "availability",
+            base + 1,
+            &db("availability"),
+            base,
+            pki,
+            rate_limit,
+        )?;
         // Migrate before serving, so no call can arrive before the roster's tables exist.
         relay_availability::Application::migrate(&availability_config).await?;
         let availability =
@@ -257,7 +264,14 @@ impl Suite {
         let intake =
             relay_intake::Application::build_with_clock(intake_config, clock.clone()).await?;
 
-        let directory_config = config("directory", base + 3, &db("directory"), base, pki, rate_limit)?;
+        let directory_config = config(
+            "directory",
+            base + 3,
+            &db("directory"),
+            base,
+            pki,
+            rate_limit,
+        )?;
         relay_directory::Application::migrate(&directory_config).await?;
         let directory =
             relay_directory::Application::build_with_clock(directory_config, clock.clone()).await?;

@@ -124,7 +124,7 @@ impl<D: Dialect> DirectoryStore for SqlStore<D> {
 
     async fn begin(&self) -> StoreResult<SqlSession<D>> {
         Ok(SqlSession {
-            tx: self.pool.begin().await?,
+            tx: relay_runtime::storage::begin_write(&self.pool).await?,
         })
     }
 
@@ -156,7 +156,7 @@ impl<D: Dialect> DirectoryStore for SqlStore<D> {
         service: &Service,
         idem: &Idem,
     ) -> StoreResult<UpsertServiceResponse> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         let created = Query::new("SELECT 1 FROM services WHERE id = $1")
             .bind(&service.id)
             .fetch_optional::<D>(&mut tx)
@@ -261,7 +261,7 @@ impl<D: Dialect> DirectoryStore for SqlStore<D> {
         capacity: &Capacity,
         idem: &Idem,
     ) -> StoreResult<UpdateCapacityResponse> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         if service_status::<D>(&mut tx, service_id).await?.is_none() {
             return Err(DirectoryError::ServiceNotFound(service_id.to_owned()));
         }
@@ -319,7 +319,7 @@ impl<D: Dialect> DirectoryStore for SqlStore<D> {
         referral: &Referral,
         idem: &Idem,
     ) -> StoreResult<CreateReferralResponse> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         let facts = CreateFacts {
             service_status: service_status::<D>(&mut tx, &referral.service_id).await?,
             offered_at_location: referral.location_id.is_empty()
@@ -362,7 +362,7 @@ impl<D: Dialect> DirectoryStore for SqlStore<D> {
         notes: Option<&str>,
         idem: &Idem,
     ) -> StoreResult<UpdateReferralResponse> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         let row = Query::new(format!(
             "{REFERRAL_COLUMNS} WHERE referral_id = $1{}",
             D::FOR_UPDATE
@@ -429,7 +429,7 @@ impl<D: Dialect> DirectoryStore for SqlStore<D> {
         if due == 0 {
             return Ok((0, 0));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         let referrals =
             Query::new("UPDATE referrals SET notes = '' WHERE create_time < $1 AND notes <> ''")
                 .bind(created_before)

@@ -315,7 +315,7 @@ where
     }
 
     async fn apply_change(&self, change: Change) -> Result<ChangeOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         if let Some(request) = &change.request
             && !REQUEST_LOG
                 .remember::<DB>(&mut tx, request, change.now)
@@ -415,7 +415,7 @@ where
     }
 
     async fn sequence_events(&self, limit: i64) -> Result<Sequenced, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         let batch = DB::sequencer()
             .take::<DB, PendingEvent>(&mut tx, limit)
             .await?;
@@ -479,7 +479,7 @@ where
     }
 
     async fn record_consumed(&self, consumed: &Consumed, now: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         let fresh = Self::consume(&mut tx, consumed, now).await?;
         tx.commit().await?;
         Ok(fresh)

@@ -36,7 +36,7 @@ impl Dialect for Sqlite {
         audit: Option<&AuditRecord>,
     ) -> Result<bool, StoreError> {
         let args = incident_arguments::<Sqlite>(stored, Write::Insert)?;
-        let mut tx = store.pool().begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(store.pool()).await?;
         let inserted = sqlx::query_with(INSERT_INCIDENT, args)
             .execute(&mut *tx)
             .await?

@@ -311,7 +311,7 @@ where
         if !pending {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(&self.pool).await?;
         let batch = DB::sequencer()
             .take::<DB, PendingEvent>(&mut tx, SEQUENCER_BATCH)
             .await?;

@@ -79,7 +79,7 @@ impl Dialect for Sqlite {
 
     async fn write(store: &SqlStore<Self>, write: Write) -> Result<(), StoreError> {
         let now = Utc::now();
-        let mut tx = store.pool().begin().await?;
+        let mut tx = relay_runtime::storage::begin_write(store.pool()).await?;
         if let Some(request) = &write.request {
             remember(&mut tx, request, now).await?;
         }

@@ -175,7 +175,7 @@ impl AuditLog {
         for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
         usize: sqlx::ColumnIndex<DB::Row>,
     {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::storage::begin_write(pool).await?;
         for record in records {
             Self::append::<DB>(&mut tx, record).await?;
         }
@@ -259,7 +259,7 @@ impl AuditLog {
         for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
         usize: sqlx::ColumnIndex<DB::Row>,
     {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::storage::begin_write(pool).await?;
         let anchor: i64 = sqlx::query_scalar(LOCK_HEAD).fetch_one(&mut *tx).await?;
         let oldest: Vec<(i64, String, i64)> = sqlx::query_as(OLDEST)
             .bind(anchor)

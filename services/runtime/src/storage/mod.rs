@@ -160,6 +160,24 @@ pub fn sqlite_pool(
     Ok(pool)
 }
 
+/// Begins a transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+/// IMMEDIATE`): a deferred transaction that reads, then writes, cannot wait for another
+/// writer (in WAL mode SQLite answers `SQLITE_BUSY` at once when the snapshot it read is
+/// stale, whatever the busy timeout), so two writers would fail rather than take turns. With
+/// `BEGIN IMMEDIATE` the second waits its turn within the busy timeout. On PostgreSQL, `BEGIN`.
+///
+/// # Errors
+/// When no connection can be had or the database refuses to begin.
+pub async fn begin_write<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    if DB::NAME == <sqlx::Sqlite as sqlx::Database>::NAME {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    } else {
+        pool.begin().await
+    }
+}
+
 /// Whether a database URL names SQLite rather than PostgreSQL.
 #[must_use]
 pub fn is_sqlite(url: &SecretString) -> bool {
