@@ -60,23 +60,15 @@ impl Engine {
             // (and been freed) in the meantime. Both ends of every interval are then read after
             // the Redis change that bounds them, so one team's intervals never overlap.
             let now = now.max(self.now());
-            let assignment = Assignment {
-                assignment_id: uuid::Uuid::now_v7().to_string(),
-                incident_id: record.incident_id.clone(),
-                team_id: best.team_id.clone(),
-                region: record.region.clone(),
-                distance_meters: best.distance_meters,
-                eta_seconds: i32::try_from(best.eta_seconds).unwrap_or(i32::MAX),
-                assigned_at: Some(to_timestamp(now)),
+            let eta_seconds = i32::try_from(best.eta_seconds).unwrap_or(i32::MAX);
+            let assignment = active_assignment(
+                record,
+                &best.team_id,
+                (best.distance_meters, eta_seconds),
                 fencing_token,
-                state: AssignmentState::Active.into(),
-                source: source.into(),
-                cad_system: record.cad_system.clone(),
-                end_time: None,
-                end_reason: String::new(),
-                end_cause: 0,
-                cad_incident_id: record.cad_incident_id.clone(),
-            };
+                source,
+                now,
+            );
             match self
                 .record_assignment(
                     record,
@@ -153,5 +145,34 @@ impl Engine {
             }],
         })
         .await
+    }
+}
+
+/// A new ACTIVE assignment of `team_id` to the incident of `record`, claimed with
+/// `fencing_token` at `now`, `(distance in meters, ETA in seconds)` away.
+pub(super) fn active_assignment(
+    record: &IncidentRecord,
+    team_id: &str,
+    (distance_meters, eta_seconds): (f64, i32),
+    fencing_token: i64,
+    source: AssignmentSource,
+    now: DateTime<Utc>,
+) -> Assignment {
+    Assignment {
+        assignment_id: uuid::Uuid::now_v7().to_string(),
+        incident_id: record.incident_id.clone(),
+        team_id: team_id.to_owned(),
+        region: record.region.clone(),
+        distance_meters,
+        eta_seconds,
+        assigned_at: Some(to_timestamp(now)),
+        fencing_token,
+        state: AssignmentState::Active.into(),
+        source: source.into(),
+        cad_system: record.cad_system.clone(),
+        end_time: None,
+        end_reason: String::new(),
+        end_cause: 0,
+        cad_incident_id: record.cad_incident_id.clone(),
     }
 }

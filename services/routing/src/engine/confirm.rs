@@ -277,23 +277,14 @@ impl Engine {
                 i32::try_from(estimate.eta_seconds).unwrap_or(i32::MAX),
             )
         });
-        Ok(Assignment {
-            assignment_id: uuid::Uuid::now_v7().to_string(),
-            incident_id: incident.incident_id.clone(),
-            team_id: chosen.team_id.to_owned(),
-            region: incident.region.clone(),
-            distance_meters,
-            eta_seconds,
-            assigned_at: Some(to_timestamp(now)),
+        Ok(claim::active_assignment(
+            incident,
+            chosen.team_id,
+            (distance_meters, eta_seconds),
             fencing_token,
-            state: AssignmentState::Active.into(),
-            source: chosen.source.into(),
-            cad_system: incident.cad_system.clone(),
-            end_time: None,
-            end_reason: String::new(),
-            end_cause: 0,
-            cad_incident_id: incident.cad_incident_id.clone(),
-        })
+            chosen.source,
+            now,
+        ))
     }
 
     /// Ends an ACTIVE assignment in the record (and the incident's ASSIGNED state), with its
