@@ -18,6 +18,7 @@ use std::{
 
 use sqlx::{Connection, Executor, PgConnection};
 
+pub mod bench;
 pub mod chaos;
 pub mod datastore_tls;
 pub mod outage;
