@@ -256,6 +256,10 @@ bench: ## Benchmarks against real servers; figures go to docs/benchmarks.md
 	@# RECOMMEND with regions on a Redis Cluster's 3 primaries against one Redis (5 runs, ratios).
 	timeout 900 $(CARGO) bench -p relay-routing --bench assign -- cluster
 	$(CARGO) bench --locked -p relay-directory --bench directory
+	@# TLS and token checks on against plaintext without auth, in the same run (5 runs each,
+	@# alternating): routing RECOMMEND and intake SubmitIncident; goal p99 ratio <= 1.3.
+	timeout 900 $(CARGO) bench --locked -p relay-routing --bench assign -- security
+	timeout 900 $(CARGO) bench --locked -p relay-intake --bench submit -- security
 
 .PHONY: dev
 dev: ## Run the whole suite locally on embedded storage (relay dev), no server needed

@@ -19,6 +19,7 @@ use std::{
 use sqlx::{Connection, Executor, PgConnection};
 
 pub mod audit;
+pub mod bench;
 pub mod chaos;
 pub mod datastore_tls;
 pub mod outage;

@@ -2,8 +2,14 @@
 //! steady 200 calls/s against real PostgreSQL and a fake routing server that answers at once,
 //! with a floor measured in the same run: one committed PostgreSQL insert through sqlx at the
 //! same rate. Prints p50/p99 of both and their ratios. `make bench` runs it.
+//!
+//! `cargo bench -p relay-intake --bench submit -- security` measures instead SubmitIncident
+//! with TLS and token checks on against plaintext without authentication, in the same run
+//! (see [`security`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
 
+#[path = "submit/security.rs"]
+mod security;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -21,7 +27,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-async fn open_loop<F, Fut>(mut call: F) -> Vec<Duration>
+async fn open_loop<F, Fut>(calls: u64, mut call: F) -> Vec<Duration>
 where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -29,7 +35,7 @@ where
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::new();
-    for n in 0..RATE * SECONDS {
+    for n in 0..calls {
         ticker.tick().await;
         let future = call(n);
         tasks.push(tokio::spawn(async move {
@@ -51,6 +57,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::args().any(|arg| arg == "security") {
+        runtime.block_on(security::compare());
+        return;
+    }
     runtime.block_on(async {
         let db = TestDatabase::new().await;
         // Floor: one committed insert through sqlx, same pool size, same rate.
@@ -67,7 +77,7 @@ fn main() {
             .connect(db.url())
             .await
             .unwrap();
-        let floor = open_loop(|n| {
+        let floor = open_loop(RATE * SECONDS, |n| {
             let pool = pool.clone();
             async move {
                 sqlx::query("INSERT INTO floor (id, body) VALUES ($1, $2)")
@@ -92,7 +102,7 @@ fn main() {
                 .unwrap();
         }
         let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let submit = open_loop(|n| {
+        let submit = open_loop(RATE * SECONDS, |n| {
             let mut client = app.client.clone();
             let failures = std::sync::Arc::clone(&failures);
             async move {

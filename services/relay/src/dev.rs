@@ -23,10 +23,7 @@ use relay_runtime::{
     BoxError, Config,
     clock::{Clock, SystemClock},
     config::{ClockSettings, LogFormat},
-    security::pki::{
-        DEV_AUDIENCE, DEV_ISSUER, DEV_SERVICE_IDENTITY, DevFiles, TokenClaims, all_scopes,
-        write_file,
-    },
+    security::pki::{DevFiles, write_file},
     telemetry,
 };
 
@@ -71,21 +68,7 @@ fn config(
         // services call each other over TLS with their own client certificate, whose
         // identity gets every scope. The dev token drives a whole simulated CAD and fleet as
         // one principal, so it gets the service class of rate limit.
-        builder = builder
-            .set("security.tls_cert", &files.server_cert)
-            .set("security.tls_key", &files.server_key)
-            .set("security.tls_client_ca", &files.ca)
-            .set("security.tls_ca", &files.ca)
-            .set("security.tls_client_cert", &files.client_cert)
-            .set("security.tls_client_key", &files.client_key)
-            .set("security.auth_jwks", &files.jwks)
-            .set("security.auth_issuer", DEV_ISSUER)
-            .set("security.auth_audience", DEV_AUDIENCE)
-            .set(
-                "security.identities",
-                serde_json::json!({ DEV_SERVICE_IDENTITY: { "scopes": all_scopes() } }),
-            )
-            .set("security.limits.service_subjects", [DEV_SUBJECT]);
+        builder = files.configure(builder, &[DEV_SUBJECT]);
     }
     if let Some(per_second) = rate_limit {
         builder = builder
@@ -200,17 +183,7 @@ pub async fn run(options: DevOptions) -> Result<(), BoxError> {
 fn dev_token(pki: Option<&DevFiles>, dir: &Path) -> Result<Option<String>, BoxError> {
     Ok(match pki {
         Some(files) => {
-            let token = files.signer()?.issue(
-                DEV_ISSUER,
-                DEV_AUDIENCE,
-                &TokenClaims {
-                    subject: String::from(DEV_SUBJECT),
-                    scopes: all_scopes(),
-                    ..TokenClaims::default()
-                },
-                0,
-                DEV_TOKEN_SECONDS,
-            )?;
+            let token = files.token(DEV_SUBJECT, DEV_TOKEN_SECONDS)?;
             write_file(&dir.join("dev-token"), &token, true)?;
             Some(token)
         }

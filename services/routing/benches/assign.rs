@@ -17,9 +17,15 @@
 //! `cargo bench -p relay-routing --bench assign -- cluster` measures instead RECOMMEND with
 //! regions on the three primaries of a Redis Cluster against the same on one Redis server, in
 //! the same run (see [`cluster`]).
+//!
+//! `cargo bench -p relay-routing --bench assign -- security` measures RECOMMEND with TLS and
+//! token checks on against plaintext without authentication, in the same run (see
+//! [`security`]).
 
 #[path = "assign/cluster.rs"]
 mod cluster;
+#[path = "assign/security.rs"]
+mod security;
 
 use std::time::{Duration, Instant};
 
@@ -546,7 +552,8 @@ async fn measure(
 }
 
 /// Routing in process on `redis_url` (availability's keys under `prefix`) and `database_url`:
-/// a channel to it, the sender that stops it, and its task.
+/// a channel to it, the sender that stops it, and its task. Plaintext without
+/// authentication; see [`start_routing_with`].
 async fn start_routing(
     redis_url: &str,
     database_url: &str,
@@ -556,7 +563,29 @@ async fn start_routing(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), relay_runtime::BoxError>>,
 ) {
-    let config = Config::builder("routing")
+    start_routing_with(redis_url, database_url, prefix, None).await
+}
+
+/// As [`start_routing`]; with `secure`, serving TLS with those files and checking tokens
+/// (the channel then trusts their CA; its calls need a token).
+async fn start_routing_with(
+    redis_url: &str,
+    database_url: &str,
+    prefix: &str,
+    secure: Option<&relay_runtime::security::pki::DevFiles>,
+) -> (
+    tonic::transport::Channel,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), relay_runtime::BoxError>>,
+) {
+    let mut builder = Config::builder("routing");
+    let mut credentials = relay_runtime::client::Credentials::default();
+    if let Some(files) = secure {
+        builder = files.configure_server(builder, &["bench"]);
+        let ca = std::fs::read(&files.ca).expect("CA");
+        credentials = relay_runtime::client::Credentials::new(Some(ca), None).expect("TLS");
+    }
+    let config = builder
         .set("insecure_dev", true)
         .set("listen", "127.0.0.1:0")
         .set("database_url", database_url)
@@ -567,16 +596,16 @@ async fn start_routing(
         .expect("config");
     Application::migrate(&config).await.expect("migrate");
     let app = Application::build(config).await.expect("build");
-    let endpoint = format!("http://{}", app.local_addr());
+    let endpoint = credentials.uri(&format!("http://{}", app.local_addr()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let channel = tonic::transport::Channel::from_shared(endpoint)
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let mut endpoint = tonic::transport::Channel::from_shared(endpoint).expect("endpoint");
+    if let Some(tls) = credentials.tls() {
+        endpoint = endpoint.tls_config(tls).expect("tls");
+    }
+    let channel = endpoint.connect().await.expect("connect");
     (channel, stop, server)
 }
 
@@ -584,6 +613,10 @@ async fn start_routing(
 async fn main() {
     if std::env::args().any(|arg| arg == "cluster") {
         cluster::compare().await;
+        return;
+    }
+    if std::env::args().any(|arg| arg == "security") {
+        security::compare().await;
         return;
     }
     let database = relay_tests::TestDatabase::new().await;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use opentelemetry::global;
 use tonic::{
     Request, Status,
-    service::Interceptor,
-    transport::{Channel, Endpoint},
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -82,3 +83,85 @@ impl Interceptor for TracePropagation {
         Ok(request)
     }
 }
+
+/// How a tool or an integrator's client proves who it is to Relay: TLS trusting a CA, and a
+/// bearer token on every call (`relay simulate`, the benchmarks).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    ca_pem: Option<Vec<u8>>,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Credentials")
+            .field("tls", &self.ca_pem.is_some())
+            .field("token", &self.authorization.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// TLS trusting `ca_pem` (PEM) when given, and `token` as `authorization: Bearer` when
+    /// given.
+    ///
+    /// # Errors
+    /// When the token cannot be a header value.
+    pub fn new(ca_pem: Option<Vec<u8>>, token: Option<String>) -> Result<Self, String> {
+        let authorization = match token.as_deref().map(str::trim) {
+            Some(token) if !token.is_empty() => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| String::from("the token is not a header value (RELAY_TOKEN)"))?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            ca_pem,
+            authorization,
+        })
+    }
+
+    /// `endpoint` as these credentials call it: an `http://` endpoint becomes `https://`
+    /// when TLS is on, so the default endpoints need not change.
+    #[must_use]
+    pub fn uri(&self, endpoint: &str) -> String {
+        match (&self.ca_pem, endpoint.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => endpoint.to_owned(),
+        }
+    }
+
+    /// The TLS configuration, when TLS is on.
+    #[must_use]
+    pub fn tls(&self) -> Option<ClientTlsConfig> {
+        self.ca_pem
+            .as_ref()
+            .map(|ca| ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+    }
+
+    /// `channel` with the token added to every call.
+    #[must_use]
+    pub fn intercept(&self, channel: Channel) -> AuthChannel {
+        InterceptedService::new(channel, Bearer(self.authorization.clone()))
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that carries [`Credentials`].
+pub type AuthChannel = InterceptedService<Channel, Bearer>;

@@ -681,6 +681,31 @@ impl FakeAvailability {
 /// The region every test uses.
 pub const REGION: &str = "test-region";
 
+/// The configuration of an intake on `database_url` against the fakes, before its own
+/// settings: plaintext, no authentication, migrated at start, region [`REGION`].
+pub fn config(
+    database_url: &str,
+    routing: &FakeRouting,
+    availability: Option<&FakeAvailability>,
+) -> relay_runtime::config::ConfigBuilder {
+    Config::builder("intake")
+        .set("insecure_dev", true)
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", database_url)
+        .set("routing_endpoint", routing.endpoint())
+        .set(
+            "availability_endpoint",
+            // Without a fake, intake does not watch teams; the routing port stands in.
+            availability.map_or_else(|| routing.endpoint(), |a| a.endpoint()),
+        )
+        .set("database.migrate_on_start", true)
+        .set("intake.regions", vec![REGION])
+        .set("intake.retry_base_ms", 20)
+        .set("intake.retry_max_ms", 300)
+        .set("intake.outbox_poll_ms", 100)
+        .set("intake.consume_upstream", availability.is_some())
+}
+
 /// A running intake service.
 pub struct TestIntake {
     /// A client connected to it.
@@ -704,22 +729,7 @@ impl TestIntake {
         extra: &[(&str, serde_json::Value)],
         clock: Option<Arc<dyn Clock>>,
     ) -> Self {
-        let mut builder = Config::builder("intake")
-            .set("insecure_dev", true)
-            .set("listen", "127.0.0.1:0")
-            .set("database_url", database_url)
-            .set("routing_endpoint", routing.endpoint())
-            .set(
-                "availability_endpoint",
-                // Without a fake, intake does not watch teams; the routing port stands in.
-                availability.map_or_else(|| routing.endpoint(), |a| a.endpoint()),
-            )
-            .set("database.migrate_on_start", true)
-            .set("intake.regions", vec![REGION])
-            .set("intake.retry_base_ms", 20)
-            .set("intake.retry_max_ms", 300)
-            .set("intake.outbox_poll_ms", 100)
-            .set("intake.consume_upstream", availability.is_some());
+        let mut builder = config(database_url, routing, availability);
         for (key, value) in extra {
             builder = builder.set(&format!("intake.{key}"), value.clone());
         }

@@ -73,7 +73,7 @@ async fn recommend(
     .await
 }
 
-fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+pub(super) fn median_and_spread(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     (
         values[values.len() / 2],

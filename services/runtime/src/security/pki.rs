@@ -342,6 +342,68 @@ impl DevFiles {
         Ok(files)
     }
 
+    /// `builder` serving TLS with these files and checking tokens against their JWKS, and
+    /// calling other services over TLS with the services' own client certificate, as `relay
+    /// dev` does: [`Self::configure_server`] and [`Self::configure_client`].
+    #[must_use]
+    pub fn configure(
+        &self,
+        builder: crate::config::ConfigBuilder,
+        service_subjects: &[&str],
+    ) -> crate::config::ConfigBuilder {
+        self.configure_client(self.configure_server(builder, service_subjects))
+    }
+
+    /// `builder` serving TLS with these files (client certificates from this CA accepted),
+    /// checking tokens against their JWKS, the services' own identity granted every scope;
+    /// the token subjects in `service_subjects` get the service class of rate limit.
+    #[must_use]
+    pub fn configure_server(
+        &self,
+        builder: crate::config::ConfigBuilder,
+        service_subjects: &[&str],
+    ) -> crate::config::ConfigBuilder {
+        builder
+            .set("security.tls_cert", &self.server_cert)
+            .set("security.tls_key", &self.server_key)
+            .set("security.tls_client_ca", &self.ca)
+            .set("security.auth_jwks", &self.jwks)
+            .set("security.auth_issuer", DEV_ISSUER)
+            .set("security.auth_audience", DEV_AUDIENCE)
+            .set(
+                "security.identities",
+                serde_json::json!({ DEV_SERVICE_IDENTITY: { "scopes": all_scopes() } }),
+            )
+            .set("security.limits.service_subjects", service_subjects)
+    }
+
+    /// `builder` calling other services over TLS trusting this CA, with the services' own
+    /// client certificate.
+    #[must_use]
+    pub fn configure_client(
+        &self,
+        builder: crate::config::ConfigBuilder,
+    ) -> crate::config::ConfigBuilder {
+        builder
+            .set("security.tls_ca", &self.ca)
+            .set("security.tls_client_cert", &self.client_cert)
+            .set("security.tls_client_key", &self.client_key)
+    }
+
+    /// A token for `subject` with every scope, valid for `lifetime_seconds`.
+    ///
+    /// # Errors
+    /// When the key file cannot be read or the token signed.
+    pub fn token(&self, subject: &str, lifetime_seconds: i64) -> Result<String, PkiError> {
+        let claims = TokenClaims {
+            subject: subject.to_owned(),
+            scopes: all_scopes(),
+            ..TokenClaims::default()
+        };
+        self.signer()?
+            .issue(DEV_ISSUER, DEV_AUDIENCE, &claims, 0, lifetime_seconds)
+    }
+
     /// The signer of development tokens.
     ///
     /// # Errors

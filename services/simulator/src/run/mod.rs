@@ -49,11 +49,7 @@ use relay_proto::{
 };
 use relay_runtime::clock::{Clock, ScaledClock};
 use tokio::sync::mpsc;
-use tonic::{
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::{Certificate, Channel, ClientTlsConfig},
-};
+use tonic::transport::Channel;
 
 use crate::{
     report::{Observations, TeamUse},
@@ -74,65 +70,9 @@ pub struct Endpoints {
     pub directory: String,
 }
 
-/// How the simulator proves who it is: TLS trusting a CA, and a bearer token on every call.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    ca_pem: Option<Vec<u8>>,
-    authorization: Option<MetadataValue<Ascii>>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the token.
-        f.debug_struct("Credentials")
-            .field("tls", &self.ca_pem.is_some())
-            .field("token", &self.authorization.is_some())
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// TLS trusting `ca_pem` (PEM) when given, and `token` as `authorization: Bearer` when
-    /// given.
-    ///
-    /// # Errors
-    /// When the token cannot be a header value.
-    pub fn new(ca_pem: Option<Vec<u8>>, token: Option<String>) -> Result<Self, String> {
-        let authorization = match token.as_deref().map(str::trim) {
-            Some(token) if !token.is_empty() => Some(
-                format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| String::from("the token is not a header value (RELAY_TOKEN)"))?,
-            ),
-            _ => None,
-        };
-        Ok(Self {
-            ca_pem,
-            authorization,
-        })
-    }
-}
-
-/// Adds the bearer token to every call.
-#[derive(Clone, Debug)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A channel to the deployment that carries the simulator's credentials.
-pub type AuthChannel = InterceptedService<Channel, Bearer>;
+/// How the simulator proves who it is: TLS trusting a CA, and a bearer token on every call
+/// (shared with other clients of Relay in `relay_runtime::client`).
+pub use relay_runtime::client::{AuthChannel, Bearer, Credentials};
 
 /// How a run is paced and shown.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,26 +251,14 @@ async fn connect(endpoint: &str, credentials: &Credentials) -> Result<AuthChanne
         endpoint: endpoint.to_owned(),
         source,
     };
-    let mut builder = match &credentials.ca_pem {
-        Some(ca) => {
-            // TLS: an `http://` endpoint (the default ones) is called as `https://`.
-            let secure = endpoint
-                .strip_prefix("http://")
-                .map_or_else(|| endpoint.to_owned(), |rest| format!("https://{rest}"));
-            Channel::from_shared(secure)
-                .map_err(|_| SimError::BadEndpoint(endpoint.to_owned()))?
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-                .map_err(failed)?
-        }
-        None => Channel::from_shared(endpoint.to_owned())
-            .map_err(|_| SimError::BadEndpoint(endpoint.to_owned()))?,
-    };
+    let mut builder = Channel::from_shared(credentials.uri(endpoint))
+        .map_err(|_| SimError::BadEndpoint(endpoint.to_owned()))?;
+    if let Some(tls) = credentials.tls() {
+        builder = builder.tls_config(tls).map_err(failed)?;
+    }
     builder = builder.timeout(Duration::from_secs(10));
     let channel = builder.connect().await.map_err(failed)?;
-    Ok(InterceptedService::new(
-        channel,
-        Bearer(credentials.authorization.clone()),
-    ))
+    Ok(credentials.intercept(channel))
 }
 
 /// Runs `scenario` against the deployment at `endpoints`.
