@@ -3,7 +3,8 @@
 //! a call without a valid credential (UNAUTHENTICATED) or without its scope
 //! (PERMISSION_DENIED) and lets the right scope through; a client that does not trust the
 //! CA, or presents a certificate from another CA, fails at the handshake; a rotated server
-//! certificate is served without a restart; and no token reaches a log line.
+//! certificate is served without a restart; and no token reaches a log line. Every refusal of
+//! the table is recorded in its service's audit trail, which stays a valid chain.
 //!
 //! Keys, certificates and tokens are made for each run (no committed private key), by the
 //! module `secure` this file shares with eido_http.rs.
@@ -16,7 +17,9 @@ use relay_runtime::security::pki::{Authority, CertifiedKey, TokenClaims, TokenSi
 use relay_tests::{ServiceProcess, raw::RawCodec, status::reason};
 use secure::{
     AUDIENCE, Authed, Bearer, CLIENT_IDENTITY, ISSUER, KID, Pki, Stderr, intake_client, start,
-    start_intake, start_without, tls_channel, write,
+    start_intake, start_without, tls_channel,
+    trail::{self, Refusal},
+    write,
 };
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
@@ -106,7 +109,10 @@ async fn every_rpc_of_every_service_needs_a_valid_credential_with_its_scope() {
     let other_issuer = pki.token_from(&pki.signer, "https://other", AUDIENCE, all.clone(), 0, 300);
     let other_audience = pki.token_from(&pki.signer, ISSUER, "other", all.clone(), 0, 300);
     let mut checked = 0;
+    let mut refused = Vec::new();
     for (binary, process) in &processes {
+        // Each refusal below is recorded in the service's audit trail (checked at the end).
+        let mut refusals: Vec<Refusal> = Vec::new();
         let channel = tls_channel(process, pki.authority.cert_pem(), None)
             .await
             .unwrap_or_else(|error| panic!("{binary}: {error:?}"));
@@ -131,6 +137,14 @@ async fn every_rpc_of_every_service_needs_a_valid_credential_with_its_scope() {
                 continue;
             }
             checked += 1;
+            let recorded =
+                |outcome, reason, principal| (path.to_string(), outcome, reason, principal);
+            refusals.push(recorded(
+                "UNAUTHENTICATED",
+                "CREDENTIALS_MISSING",
+                "anonymous",
+            ));
+            refusals.push(recorded("PERMISSION_DENIED", "SCOPE_MISSING", "tester"));
             assert_refused(
                 call(&channel, path, None).await,
                 Code::Unauthenticated,
@@ -146,6 +160,11 @@ async fn every_rpc_of_every_service_needs_a_valid_credential_with_its_scope() {
                 ("wrong audience", &other_audience),
                 ("not a JWT", &String::from("not.a.jwt")),
             ] {
+                refusals.push(recorded(
+                    "UNAUTHENTICATED",
+                    "CREDENTIALS_INVALID",
+                    "anonymous",
+                ));
                 assert_refused(
                     call(&channel, path, Some(token)).await,
                     Code::Unauthenticated,
@@ -181,12 +200,16 @@ async fn every_rpc_of_every_service_needs_a_valid_credential_with_its_scope() {
                 "{path} with its scope `{scope}`: {result:?}"
             );
         }
+        refused.push((trail::trail(&pki, binary), refusals));
     }
     assert_eq!(
         checked,
         relay_proto::scopes::METHOD_SCOPES.len(),
         "every RPC is served by one of the four binaries"
     );
+    for (trail, refusals) in &refused {
+        trail::wait_for(trail, refusals, Duration::from_secs(15)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,10 +154,8 @@ impl Application {
         let dispatch: Arc<dyn DispatchStore> = fleet;
         let domain = Availability::new(team_store.clone(), roster.clone(), clock);
         let pages = config.settings.page_tokens()?;
-        let host = ServiceHost::from_config(&config).audit(
-            relay_runtime::audit::AuditSink::new(database.clone()),
-            &config.settings.audit,
-        );
+        let audit = relay_runtime::audit::AuditSink::new(database.clone());
+        let host = ServiceHost::from_config(&config).audit(audit.clone(), &config.settings.audit);
         let shutdown = host.shutdown_token();
         // A client stream must be answered within the server's request timeout: answer at
         // three quarters of it, leaving time to apply the last batch.
@@ -167,7 +165,8 @@ impl Application {
             pages,
             shutdown.clone(),
             stream_max_age,
-        );
+        )
+        .with_audit(audit.bounded(STORAGE.bound(&config)));
         let store_check = team_store.clone();
         let live_check = domain.live().clone();
         let host = host

@@ -7,6 +7,8 @@
 // Each test file uses a part of this module.
 #![allow(dead_code)]
 
+pub mod trail;
+
 use std::{path::Path, time::Duration};
 
 use relay_runtime::security::pki::{Authority, CertifiedKey, TokenClaims, TokenSigner, all_scopes};
@@ -148,6 +150,11 @@ pub fn write(path: &Path, text: &str) {
     std::fs::rename(&temporary, path).expect("rename");
 }
 
+/// The database of `binary` as [`start`] starts it: a SQLite file in the run's folder.
+pub fn database_url(pki: &Pki, binary: &str) -> String {
+    format!("sqlite://{}", pki.path(&format!("{binary}.db")).display())
+}
+
 /// Starts `binary` over TLS with auth, on SQLite (migrated first) and in-memory live state:
 /// the boundary is the same whatever the storage.
 pub fn start(pki: &Pki, binary: &str, extra: &[(&str, &str)]) -> ServiceProcess {
@@ -161,7 +168,7 @@ pub fn start_without(
     extra: &[(&str, &str)],
     without: &[&str],
 ) -> ServiceProcess {
-    let database = format!("sqlite://{}", pki.path(&format!("{binary}.db")).display());
+    let database = database_url(pki, binary);
     let mut env: Vec<(String, String)> = pki.env();
     env.retain(|(key, _)| !without.contains(&key.as_str()));
     env.push(("RELAY_DATABASE_URL".into(), database));

@@ -19,7 +19,7 @@ use relay_proto::{
 };
 use relay_runtime::{
     ApiError, FieldViolation,
-    audit::AuditRecord,
+    audit::{AuditRecord, AuditSink},
     idempotency,
     paging::PageTokens,
     security::auth::{Principal, REGION_NOT_ALLOWED, TEAM_NOT_ALLOWED},
@@ -35,7 +35,9 @@ use relay_fleet::{
 
 use crate::{
     DOMAIN,
-    error::{AvailabilityError, REQUEST_ID_REUSED, SHUTTING_DOWN, TEAM_NOT_FOUND},
+    error::{
+        AvailabilityError, REQUEST_ID_REUSED, SHUTTING_DOWN, STORE_UNAVAILABLE, TEAM_NOT_FOUND,
+    },
     service::Availability,
 };
 
@@ -71,6 +73,7 @@ pub struct AvailabilityServiceHandler {
     pages: PageTokens,
     shutdown: CancellationToken,
     stream_max_age: Duration,
+    audit: Option<AuditSink>,
 }
 
 impl AvailabilityServiceHandler {
@@ -89,14 +92,27 @@ impl AvailabilityServiceHandler {
             pages,
             shutdown,
             stream_max_age,
+            audit: None,
         }
+    }
+
+    /// With the audit trail: status and location reports, which change the live store in
+    /// Redis (no transaction to share with the trail), are recorded before they are applied.
+    #[must_use]
+    pub fn with_audit(mut self, sink: AuditSink) -> Self {
+        self.audit = Some(sink);
+        self
     }
 }
 
 /// The full method of UpsertTeam, as audit records name it.
 const UPSERT_TEAM: &str = "/relay.availability.v1.AvailabilityService/UpsertTeam";
+/// The full methods of the reports, as audit records name them.
+const SET_TEAM_STATUS: &str = "/relay.availability.v1.AvailabilityService/SetTeamStatus";
+const REPORT_LOCATION: &str = "/relay.availability.v1.AvailabilityService/ReportLocation";
+const STREAM_LOCATIONS: &str = "/relay.availability.v1.AvailabilityService/StreamLocations";
 
-/// The caller of `request`, as the auth layer established it.
+/// A `Status` of `error`, in this service's domain.
 fn status(error: impl Into<ApiError>) -> Status {
     error.into().into_status(DOMAIN)
 }
@@ -270,9 +286,11 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<SetTeamStatusRequest>,
     ) -> Result<Response<SetTeamStatusResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = AuditRecord::of_call(&request, SET_TEAM_STATUS, Vec::new());
         let request = request.into_inner();
         let (target, expected) = check_set_team_status(&request).map_err(status)?;
         self.require_reporter(&principal, &request.team_id).await?;
+        self.audit_report(audit, [request.team_id.as_str()]).await?;
         // The incident matters only for busy targets and for clearing to AVAILABLE.
         let incident = if is_busy(target) || target == TeamStatus::Available {
             request.incident_id.as_str()
@@ -316,10 +334,12 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<ReportLocationRequest>,
     ) -> Result<Response<ReportLocationResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = AuditRecord::of_call(&request, REPORT_LOCATION, Vec::new());
         let request = request.into_inner();
         let report = check_location(&ReportFields::of_request(&request), self.domain.now())
             .map_err(status)?;
         self.require_reporter(&principal, &request.team_id).await?;
+        self.audit_report(audit, [request.team_id.as_str()]).await?;
         let outcome = self
             .domain
             .report(std::slice::from_ref(&report))
@@ -349,6 +369,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
         request: Request<Streaming<StreamLocationsRequest>>,
     ) -> Result<Response<StreamLocationsResponse>, Status> {
         let principal = Principal::of_call(&request, DOMAIN)?;
+        let audit = AuditRecord::of_call(&request, STREAM_LOCATIONS, Vec::new());
         let mut stream = request.into_inner();
         let mut summary = StreamLocationsResponse::default();
         // The regions of the teams this stream reported for, read once each (region-bound
@@ -387,7 +408,7 @@ impl AvailabilityService for AvailabilityServiceHandler {
                     Ok(message) => message,
                     Err(error) => {
                         // Apply what came before the bad message, then end the stream.
-                        self.apply_batch(&mut batch, &mut summary).await?;
+                        self.apply_batch(&audit, &mut batch, &mut summary).await?;
                         tracing::info!(code = ?error.code(), "location stream ended by an unreadable message");
                         return Err(status(ApiError::invalid(
                             "message",
@@ -431,9 +452,9 @@ impl AvailabilityService for AvailabilityServiceHandler {
                 }
                 index += 1;
             }
-            self.apply_batch(&mut batch, &mut summary).await?;
+            self.apply_batch(&audit, &mut batch, &mut summary).await?;
         }
-        self.apply_batch(&mut batch, &mut summary).await?;
+        self.apply_batch(&audit, &mut batch, &mut summary).await?;
         Ok(Response::new(summary))
     }
 

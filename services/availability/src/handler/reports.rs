@@ -56,8 +56,39 @@ impl AvailabilityServiceHandler {
         })
     }
 
+    /// Records `record`, naming `teams`, before a report changes them. The live store is
+    /// in Redis, so the report cannot commit with its record: it is recorded first, and when
+    /// the record cannot be written the report is not applied (UNAVAILABLE,
+    /// `STORE_UNAVAILABLE`): no change without its record. A report that then fails is
+    /// recorded a second time, with its code, by the audit layer.
+    pub(super) async fn audit_report<'a>(
+        &self,
+        record: AuditRecord,
+        teams: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Status> {
+        let Some(sink) = &self.audit else {
+            return Ok(());
+        };
+        let teams: std::collections::BTreeSet<&str> = teams.into_iter().collect();
+        let record = AuditRecord {
+            time: relay_runtime::audit::now_micros(),
+            resources: teams.into_iter().map(|id| format!("team:{id}")).collect(),
+            ..record
+        };
+        sink.append_alone(&[record]).await.map_err(|error| {
+            tracing::warn!(%error, "report refused: its audit record failed");
+            status(ApiError::unavailable(
+                STORE_UNAVAILABLE,
+                "the audit trail is unreachable, so the report is not applied",
+            ))
+        })
+    }
+
+    /// Applies the reports of `batch` together, recorded first as one record of the stream's
+    /// call (`audit`) naming their teams.
     pub(super) async fn apply_batch(
         &self,
+        audit: &AuditRecord,
         batch: &mut Vec<(i64, LocationReport)>,
         summary: &mut StreamLocationsResponse,
     ) -> Result<(), Status> {
@@ -66,6 +97,11 @@ impl AvailabilityServiceHandler {
             summary.rejections.truncate(MAX_REJECTIONS);
             return Ok(());
         }
+        self.audit_report(
+            audit.clone(),
+            batch.iter().map(|(_, report)| report.team_id.as_str()),
+        )
+        .await?;
         let reports: Vec<LocationReport> = batch.iter().map(|(_, r)| r.clone()).collect();
         let outcomes = self.domain.report(&reports).await.map_err(api)?;
         for ((index, report), outcome) in batch.drain(..).zip(outcomes) {

@@ -6,7 +6,8 @@
 //! and each non-`OK` answer to a write RPC (an RPC whose scope is neither `*.read` nor
 //! `*.watch`, from the `(relay.auth.v1.scope)` option: no hand list per service). Health and
 //! reflection are not recorded. A successful write is recorded by its store, in the
-//! transaction of the change.
+//! transaction of the change (or, for a change held only in Redis, by its handler before it
+//! is applied: availability's status and location reports).
 //!
 //! Records go through a bounded queue to a background writer, which appends them in batches
 //! ([`AuditSink::append_alone`]): a flood of refusals never waits on the database. When the
