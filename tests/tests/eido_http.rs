@@ -179,6 +179,83 @@ async fn eido_over_http_asks_the_credential_scope_and_cad_of_the_rpcs() {
         .expect("https");
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(!answer.body.contains("relay:caller-details-withheld"));
+
+    // The port's refusals are in intake's audit trail, as the gRPC port's are, and every
+    // record of a call over HTTP names its peer and request id.
+    let submit = String::from("/relay.intake.v1.IntakeService/SubmitEido");
+    let read = String::from("/relay.intake.v1.IntakeService/GetEido");
+    let trail = secure::trail::trail(&pki, "relay-intake");
+    secure::trail::wait_for(
+        &trail,
+        &[
+            (
+                submit.clone(),
+                "UNAUTHENTICATED",
+                "CREDENTIALS_MISSING",
+                "anonymous",
+            ),
+            (
+                submit.clone(),
+                "UNAUTHENTICATED",
+                "CREDENTIALS_INVALID",
+                "anonymous",
+            ),
+            (
+                submit.clone(),
+                "UNAUTHENTICATED",
+                "CREDENTIALS_INVALID",
+                "anonymous",
+            ),
+            (
+                submit.clone(),
+                "PERMISSION_DENIED",
+                "SCOPE_MISSING",
+                "tester",
+            ),
+            (
+                submit.clone(),
+                "PERMISSION_DENIED",
+                "CAD_SYSTEM_NOT_ALLOWED",
+                "tester",
+            ),
+            (submit.clone(), "OK", "", "tester"),
+            (
+                read.clone(),
+                "UNAUTHENTICATED",
+                "CREDENTIALS_MISSING",
+                "anonymous",
+            ),
+            (read.clone(), "PERMISSION_DENIED", "SCOPE_MISSING", "tester"),
+            (
+                read.clone(),
+                "PERMISSION_DENIED",
+                "CAD_SYSTEM_NOT_ALLOWED",
+                "tester",
+            ),
+        ],
+        Duration::from_secs(15),
+    )
+    .await;
+    let mut over_http = 0;
+    trail
+        .walk(
+            0,
+            (i64::MIN, i64::MAX),
+            |entry| -> Result<(), sqlx::Error> {
+                let record = &entry.record;
+                if record.rpc == submit || record.rpc == read {
+                    over_http += 1;
+                    assert!(
+                        record.peer.starts_with("127.0.0.1:") && !record.request_id.is_empty(),
+                        "a record of a call over HTTP without its peer or request id: {record:?}"
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await
+        .expect("read the trail");
+    assert!(over_http >= 9, "{over_http} records of calls over HTTP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use axum::{
-    Extension, Router,
+    Router,
     body::Bytes,
     extract::{DefaultBodyLimit, Path, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{Extensions, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -23,10 +23,7 @@ use relay_proto::intake::{
 };
 use relay_runtime::{
     ApiError,
-    security::{
-        auth::Principal,
-        http::{HttpSecurity, error_response},
-    },
+    security::http::{HttpSecurity, error_response},
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -65,13 +62,12 @@ pub async fn serve(
     }
 }
 
-/// A request to the gRPC handler, carrying the caller the guard established.
-fn call<T>(message: T, principal: Option<Principal>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(principal) = principal {
-        request.extensions_mut().insert(principal);
-    }
-    request
+/// A request to the gRPC handler, carrying what the guard put in the HTTP request's
+/// extensions: the caller it established, the call's ids and its peer (for the audit trail).
+fn call<T>(message: T, extensions: Extensions) -> tonic::Request<T> {
+    let mut request = axum::http::Request::new(message);
+    *request.extensions_mut() = extensions;
+    tonic::Request::from_http(request)
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
@@ -85,7 +81,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
 
 async fn submit(
     State(handler): State<Arc<IntakeServiceHandler>>,
-    principal: Option<Extension<Principal>>,
+    extensions: Extensions,
     body: Bytes,
 ) -> Response {
     let Ok(text) = std::str::from_utf8(&body) else {
@@ -96,10 +92,7 @@ async fn submit(
         request_id: String::new(),
         eido_json: text.to_owned(),
     };
-    let submitted = match handler
-        .submit_eido(call(request, principal.map(|p| p.0)))
-        .await
-    {
+    let submitted = match handler.submit_eido(call(request, extensions)).await {
         Ok(response) => response.into_inner(),
         Err(status) => return error_response(&status),
     };
@@ -137,10 +130,10 @@ async fn submit(
 
 async fn dereference(
     State(handler): State<Arc<IntakeServiceHandler>>,
-    principal: Option<Extension<Principal>>,
+    extensions: Extensions,
     Path(incident_id): Path<String>,
 ) -> Response {
-    let request = call(GetEidoRequest { incident_id }, principal.map(|p| p.0));
+    let request = call(GetEidoRequest { incident_id }, extensions);
     match handler.get_eido(request).await {
         Ok(response) => (
             StatusCode::OK,

@@ -91,7 +91,7 @@ pub struct RequestContext<S> {
     inner: S,
 }
 
-fn request_id_of(headers: &HeaderMap) -> String {
+pub(crate) fn request_id_of(headers: &HeaderMap) -> String {
     headers
         .get(&REQUEST_ID)
         .and_then(|value| value.to_str().ok())

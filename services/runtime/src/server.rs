@@ -206,6 +206,14 @@ impl ServiceHost {
             self.checks.push(("jwks", check));
         }
         let limits = limits::from_settings(&self.security.limits, posture.no_auth);
+        // Started here rather than at run, so an HTTP port beside the server (intake's EIDO
+        // port) records its refusals in the same trail through the same queue.
+        let audit = self
+            .audit
+            .take()
+            .map_or_else(AuditLayer::disabled, |(sink, settings)| {
+                AuditLayer::start(sink, &settings, Arc::clone(&authenticator), &self.shutdown)
+            });
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let admin = match self.admin {
@@ -226,6 +234,7 @@ impl ServiceHost {
             tls,
             authenticator,
             limits,
+            audit,
         })
     }
 }
@@ -241,6 +250,7 @@ pub struct BoundServer {
     tls: Option<Arc<ServerTls>>,
     authenticator: Arc<Authenticator>,
     limits: Option<Arc<RateLimits>>,
+    audit: AuditLayer,
 }
 
 #[derive(Clone)]
@@ -289,6 +299,7 @@ impl BoundServer {
             self.tls.clone(),
             Arc::clone(&self.authenticator),
             self.limits.clone(),
+            self.audit.clone(),
         )
     }
 
@@ -316,6 +327,7 @@ impl BoundServer {
             tls,
             authenticator,
             limits,
+            audit,
         } = self;
         let ServiceHost {
             settings,
@@ -326,7 +338,7 @@ impl BoundServer {
             admin: _,
             security,
             insecure_dev: _,
-            audit,
+            audit: _,
         } = host;
         for (insecure, what) in [
             (
@@ -480,9 +492,7 @@ impl BoundServer {
             .layer(MetricsLayer)
             .layer(RequestContextLayer)
             // Outside auth, to see its refusals; inside the context, for the call's ids.
-            .layer(audit.map_or_else(AuditLayer::disabled, |(sink, settings)| {
-                AuditLayer::start(sink, &settings, Arc::clone(&authenticator), &token)
-            }))
+            .layer(audit)
             .layer(AuthLayer::new(authenticator).with_refusal_limits(limits.clone()))
             // After auth: the caller is known, and its key is who it is.
             .layer(RateLimitLayer::new(limits))

@@ -128,6 +128,30 @@ impl AuditLayer {
     }
 }
 
+impl AuditLayer {
+    /// Records the answer `status` to a call that did not come through the gRPC layers
+    /// (intake's EIDO HTTP port, guarded as the RPC at `rpc_path`), as the layer records a
+    /// gRPC call's: refusals, and failures of writes. `extensions` carry the call's ids and
+    /// connection; `headers` its credential, to name a caller refused after it was
+    /// identified (the credential itself is never recorded).
+    pub fn record_answer(
+        &self,
+        rpc_path: &str,
+        extensions: &http::Extensions,
+        headers: &http::HeaderMap,
+        status: &tonic::Status,
+    ) {
+        let (Some(queue), Some(write)) = (&self.queue, is_write(rpc_path)) else {
+            return;
+        };
+        if !recorded(write, status.code()) {
+            return;
+        }
+        let pending = Pending::from_parts(rpc_path, write, extensions, headers);
+        queue.push(pending.record(status, &queue.authenticator));
+    }
+}
+
 impl<S> Layer<S> for AuditLayer {
     type Service = Audited<S>;
 
@@ -159,8 +183,21 @@ struct Pending {
 
 impl Pending {
     fn of<B>(request: &Request<B>, write: bool) -> Self {
+        Self::from_parts(
+            request.uri().path(),
+            write,
+            request.extensions(),
+            request.headers(),
+        )
+    }
+
+    fn from_parts(
+        path: &str,
+        write: bool,
+        source: &http::Extensions,
+        source_headers: &http::HeaderMap,
+    ) -> Self {
         let mut extensions = http::Extensions::new();
-        let source = request.extensions();
         if let Some(ids) = source.get::<CallIds>() {
             extensions.insert(ids.clone());
         }
@@ -171,11 +208,11 @@ impl Pending {
             extensions.insert(info.clone());
         }
         let mut headers = http::HeaderMap::new();
-        if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
+        if let Some(value) = source_headers.get(http::header::AUTHORIZATION) {
             headers.insert(http::header::AUTHORIZATION, value.clone());
         }
         Self {
-            path: request.uri().path().to_owned(),
+            path: path.to_owned(),
             write,
             extensions,
             headers,

@@ -36,7 +36,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
+
+use crate::audit::{CallIds, layer::AuditLayer};
 use tonic_types::StatusExt;
+
+use tonic::transport::server::TcpConnectInfo;
 
 use super::{
     auth::Authenticator,
@@ -51,6 +55,7 @@ pub struct HttpSecurity {
     tls: Option<Arc<ServerTls>>,
     authenticator: Arc<Authenticator>,
     limits: Option<Arc<RateLimits>>,
+    audit: AuditLayer,
 }
 
 /// Who is at the other end of an HTTP connection: its address, and its client
@@ -129,17 +134,20 @@ struct Guard {
 
 impl HttpSecurity {
     /// The security of a server whose gRPC listener has `tls` (`None`: plaintext),
-    /// `authenticator` and `limits`.
+    /// `authenticator`, `limits` and audit trail (`audit`: refusals and failed writes are
+    /// recorded there, as the gRPC layer records them).
     #[must_use]
     pub fn new(
         tls: Option<Arc<ServerTls>>,
         authenticator: Arc<Authenticator>,
         limits: Option<Arc<RateLimits>>,
+        audit: AuditLayer,
     ) -> Self {
         Self {
             tls,
             authenticator,
             limits,
+            audit,
         }
     }
 
@@ -205,6 +213,16 @@ async fn check(State(guard): State<Guard>, mut request: Request, next: Next) -> 
         // gRPC layer does.
         remote.refetch_for_unknown_kid().await;
     }
+    // What the audit trail names the call by, as the gRPC layers put them in a call's
+    // extensions: its ids and its peer's address.
+    let ids = call_ids(request.headers());
+    request.extensions_mut().insert(ids.clone());
+    if let Some(peer) = &peer {
+        request.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(peer.addr),
+        });
+    }
     let limits = security.limits.as_deref();
     let peer_ip = peer.as_ref().map(|peer| peer.addr.ip());
     let admitted = security
@@ -222,7 +240,8 @@ async fn check(State(guard): State<Guard>, mut request: Request, next: Next) -> 
             }
             Ok(principal)
         });
-    match admitted {
+    let (extensions, headers) = (request.extensions().clone(), request.headers().clone());
+    let mut response = match admitted {
         Ok(principal) => {
             if let Some(principal) = principal {
                 request.extensions_mut().insert(principal);
@@ -230,8 +249,38 @@ async fn check(State(guard): State<Guard>, mut request: Request, next: Next) -> 
             next.run(request).await
         }
         Err(status) => error_response(&status),
+    };
+    if let Some(Answered(status)) = response.extensions().get::<Answered>() {
+        security
+            .audit
+            .record_answer(guard.rpc_path, &extensions, &headers, status);
+    }
+    if let Ok(value) = HeaderValue::try_from(ids.request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The ids of an HTTP call: its `x-request-id` (or a new one) and the trace id of its W3C
+/// `traceparent`, when it sent a valid one.
+fn call_ids(headers: &http::HeaderMap) -> CallIds {
+    let trace_id = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_default()
+        .to_owned();
+    CallIds {
+        request_id: crate::layers::request_id_of(headers),
+        trace_id,
     }
 }
+
+/// The gRPC status an error response stands for, kept in the response's extensions for the
+/// audit trail.
+#[derive(Debug, Clone)]
+struct Answered(Status);
 
 /// The HTTP status of a gRPC code.
 #[must_use]
@@ -297,6 +346,7 @@ pub fn error_response(status: &Status) -> Response {
     if status.code() == Code::Unauthenticated {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    response.extensions_mut().insert(Answered(status.clone()));
     response
 }
 
