@@ -985,6 +985,41 @@ async fn team_and_region_bound_credentials_report_and_read_only_their_own() {
         "TEAM_NOT_ALLOWED",
         "restore another team's call",
     );
+    // A device does not route: AssignTeam and CancelRouting are a dispatcher's or a CAD's.
+    let mut device_routing = routing_client(
+        &routing_channel,
+        &pki.bound_token(
+            &device_scopes,
+            TokenClaims {
+                team_id: Some("t-north".into()),
+                ..TokenClaims::default()
+            },
+        ),
+    );
+    assert_denied(
+        device_routing
+            .assign_team(relay_proto::routing::AssignTeamRequest {
+                request_id: id(),
+                incident_id: id(),
+                region: "north".into(),
+                cad_system: "cad-a".into(),
+                ..Default::default()
+            })
+            .await,
+        "TEAM_NOT_ALLOWED",
+        "a device routes a call",
+    );
+    assert_denied(
+        device_routing
+            .cancel_routing(relay_proto::routing::CancelRoutingRequest {
+                request_id: id(),
+                incident_id: id(),
+                ..Default::default()
+            })
+            .await,
+        "TEAM_NOT_ALLOWED",
+        "a device cancels routing",
+    );
 
     // A region-bound credential: reads filtered or refused, writes refused.
     let listed = north

@@ -106,6 +106,7 @@ impl RoutingService for RoutingServiceHandler {
         let principal = Principal::of_call(&request, DOMAIN)?;
         let audit = audit_of_call(&request, "AssignTeam");
         let request = request.into_inner();
+        principal.require_no_team("route an incident")?;
         check_assign_team(&request).map_err(RoutingError::from)?;
         principal.require_region(&request.region)?;
         principal.require_cad_system(&request.cad_system)?;
@@ -169,6 +170,17 @@ impl RoutingService for RoutingServiceHandler {
         check_release_team(&request).map_err(RoutingError::from)?;
         self.require_assignment(&principal, &request.assignment_id)
             .await?;
+        // A device releases its own team only.
+        if principal.team_id.is_some()
+            && let Some(assignment) = self
+                .engine
+                .store()
+                .assignment(&request.assignment_id)
+                .await
+                .map_err(RoutingError::Store)?
+        {
+            principal.require_team(&assignment.team_id)?;
+        }
         Ok(Response::new(
             CALL_AUDIT
                 .scope(audit, self.engine.release_team(request))
@@ -183,6 +195,7 @@ impl RoutingService for RoutingServiceHandler {
         let principal = Principal::of_call(&request, DOMAIN)?;
         let audit = audit_of_call(&request, "CancelRouting");
         let request = request.into_inner();
+        principal.require_no_team("cancel an incident's routing")?;
         check_cancel_routing(&request).map_err(RoutingError::from)?;
         self.require_incident(&principal, &request.incident_id)
             .await?;

@@ -125,6 +125,25 @@ impl Principal {
         }
     }
 
+    /// `Ok` unless the principal is bound to one team: a responder's device reports and
+    /// confirms for its own team, and may not `action` (routing an incident, cancelling its
+    /// routing: a dispatcher's or a CAD's acts), else PERMISSION_DENIED (`TEAM_NOT_ALLOWED`).
+    ///
+    /// # Errors
+    /// The status to return to the caller.
+    pub fn require_no_team(&self, action: &str) -> Result<(), Status> {
+        match &self.team_id {
+            Some(_) => Err(refusal(
+                Code::PermissionDenied,
+                self.domain,
+                TEAM_NOT_ALLOWED,
+                format!("a credential bound to one team may not {action}"),
+                None,
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// `Ok` when the principal may act in `region`, else PERMISSION_DENIED
     /// (`REGION_NOT_ALLOWED`).
     ///
